@@ -1,0 +1,1 @@
+"""LangChain chat model over the PPD wire contract."""

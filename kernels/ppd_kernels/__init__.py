@@ -1,0 +1,1 @@
+"""Compute for the embedded engine: Llama-family forward, attention, weight loading."""

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up from scratch and run the whole test suite: fast unit tests first, then the
+# end-to-end tests (real SmolLM2 model, real worker/router processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+python -m pytest -m "not e2e" -q "$@"
+python -m pytest -m e2e -q "$@"

@@ -1,0 +1,1 @@
+"""PPD router (ppd-server), embedded engine (ppd-worker) and their tools."""

@@ -1,0 +1,132 @@
+"""The data a routing policy sees and returns. All frozen: a policy is a pure function
+``decide(request, cluster, session) -> Decision`` with no I/O, no clock and no hidden state,
+so the live router and the simulator run the same code.
+
+The router builds these from live state (worker registry, load poller, session table, cost
+model); tests and the simulator build them by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["prefill", "decode", "unified"]
+RouteName = Literal["local", "pd", "replica"]
+
+
+@dataclass(frozen=True, slots=True)
+class CostCoefficients:
+    """Per-worker timing model, in milliseconds (fitted online; start from a profile).
+
+    prefill(n new tokens over c cached) = prefill_base_ms + prefill_per_token_ms*n
+                                          + prefill_attn_ms_per_ktok2 * n*(n+c)/1e6
+    decode step(batch b, total context K) = decode_base_ms + decode_per_seq_ms*b
+                                            + decode_per_kctx_ms*K/1000
+    """
+
+    prefill_base_ms: float = 5.0
+    prefill_per_token_ms: float = 1.0
+    prefill_attn_ms_per_ktok2: float = 0.2
+    decode_base_ms: float = 20.0
+    decode_per_seq_ms: float = 3.0
+    decode_per_kctx_ms: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker as the policy sees it: identity, capabilities, live load, timing model."""
+
+    url: str
+    role: Role
+    healthy: bool = True
+    # capabilities (from /server_info)
+    can_local_prefill: bool = False  # decode with --disaggregation-decode-enable-conditional-agg
+    decode_radix_cache: bool = False  # decode with --disaggregation-decode-enable-radix-cache
+    bootstrap_port: int | None = None  # prefill only
+    max_total_tokens: int = 0
+    kv_bytes_per_token: int = 0
+    # live load (from /v1/loads or /metrics, plus the router's own in-flight count)
+    running_reqs: int = 0
+    waiting_reqs: int = 0
+    waiting_tokens: int = 0  # uncached prompt tokens queued for prefill on this worker
+    used_tokens: int = 0  # KV tokens in use
+    running_context_tokens: int = 0  # sum of context lengths of running decode streams
+    inflight: int = 0  # requests the router has sent and not yet seen finish
+    coefficients: CostCoefficients = field(default_factory=CostCoefficients)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    workers: tuple[WorkerView, ...]
+    link_gbps: float = 10.0  # P->D KV link bandwidth the cost model assumes
+    link_backlog_bytes: int = 0  # KV bytes the router knows are still in flight on the link
+
+    def by_role(self, role: Role) -> tuple[WorkerView, ...]:
+        return tuple(w for w in self.workers if w.role == role and w.healthy)
+
+    def get(self, url: str | None) -> WorkerView | None:
+        for w in self.workers:
+            if w.url == url:
+                return w
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """What the router parsed from one request: only the fields it routes on."""
+
+    conversation_id: str | None
+    turn: int  # 1-based; inferred by the session table when the client did not send it
+    prompt_tokens: int  # whole prompt (exact from the tokenizer, or estimated)
+    max_new_tokens: int = 128
+    w_ttft: float = 1.0
+    w_tpot: float = 1.0
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+    parent_conversation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """Where a conversation's KV lives, as reported by the workers for its earlier turns."""
+
+    conversation_id: str
+    decode_url: str | None
+    prefill_url: str | None
+    cached_tokens_decode: int = 0  # prompt+output tokens the decode worker holds
+    cached_tokens_prefill: int = 0  # prompt tokens the prefill worker holds
+    turns: int = 0  # completed turns
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One option the policy weighed, with the cost model's prediction for it."""
+
+    route: RouteName
+    decode: str | None
+    prefill: str | None
+    ttft_ms: float
+    tpot_ms: float
+    score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    route: RouteName
+    decode: str | None  # the worker that streams the answer (unified worker for "replica")
+    prefill: str | None  # None unless route == "pd"
+    reason: str
+    policy: str
+    candidates: tuple[Candidate, ...] = ()
+    score: float | None = None
+
+    def predicted(self, route: RouteName) -> Candidate | None:
+        for c in self.candidates:
+            if c.route == route:
+                return c
+        return None
+
+
+class NoWorkerAvailable(RuntimeError):
+    """No healthy worker can serve this request (the router answers 503)."""
