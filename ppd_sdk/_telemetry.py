@@ -1,0 +1,169 @@
+"""OpenTelemetry for sessions: one CLIENT span per turn following the GenAI semantic
+conventions, plus the server's routing decision (``ppd.route.*``) and the session's SLO
+hints (``ppd.slo.*``); the W3C ``traceparent`` of that span is injected into the request
+headers so the router's ``ppd.route`` span joins the same trace; and the three GenAI client
+metrics. Only ``opentelemetry-api`` is used: with no SDK installed everything is a no-op,
+and nothing is ever configured globally (explicit providers win, else the global ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from opentelemetry import propagate, trace
+from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+
+from ._exceptions import PPDError
+from ._types import Reply
+from ._version import __version__
+
+# GenAI semantic-convention names, hard-coded like other SDKs do (the semconv package
+# marks them deprecated while they move to semantic-conventions-genai).
+OPERATION = "gen_ai.operation.name"
+PROVIDER = "gen_ai.provider.name"
+CONVERSATION_ID = "gen_ai.conversation.id"
+REQUEST_MODEL = "gen_ai.request.model"
+REQUEST_STREAM = "gen_ai.request.stream"
+REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+RESPONSE_MODEL = "gen_ai.response.model"
+RESPONSE_ID = "gen_ai.response.id"
+RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+RESPONSE_TTFC = "gen_ai.response.time_to_first_chunk"
+USAGE_INPUT = "gen_ai.usage.input_tokens"
+USAGE_OUTPUT = "gen_ai.usage.output_tokens"
+USAGE_CACHE_READ = "gen_ai.usage.cache_read.input_tokens"
+TOKEN_TYPE = "gen_ai.token.type"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+ERROR_TYPE = "error.type"
+
+METRIC_DURATION = "gen_ai.client.operation.duration"
+METRIC_TOKENS = "gen_ai.client.token.usage"
+METRIC_TTFC = "gen_ai.client.operation.time_to_first_chunk"
+_DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01 .. 81.92 s
+_TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1 .. 67108864
+
+
+class Telemetry:
+    """Tracer and instruments of one session (shared by its forks)."""
+
+    def __init__(
+        self,
+        provider_name: str,
+        server_address: str | None,
+        server_port: int | None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.provider_name = provider_name
+        self.server_address = server_address
+        self.server_port = server_port
+        self.tracer = trace.get_tracer("ppd_sdk", __version__, tracer_provider=tracer_provider)
+        meter = get_meter("ppd_sdk", __version__, meter_provider=meter_provider)
+        self.duration = meter.create_histogram(
+            METRIC_DURATION, unit="s", description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.tokens = meter.create_histogram(
+            METRIC_TOKENS, unit="{token}", description="Number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+        )
+        self.ttfc = meter.create_histogram(
+            METRIC_TTFC, unit="s", description="Time to receive the first chunk of a streamed response",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+
+    def start_turn(self, model: str, conversation_id: str, stream: bool, request: Mapping[str, Any]) -> TurnSpan:
+        attrs: dict[str, Any] = {
+            OPERATION: "chat",
+            PROVIDER: self.provider_name,
+            REQUEST_MODEL: model,
+            CONVERSATION_ID: conversation_id,
+            REQUEST_STREAM: stream,
+        }
+        if self.server_address:
+            attrs[SERVER_ADDRESS] = self.server_address
+        if self.server_port:
+            attrs[SERVER_PORT] = self.server_port
+        max_tokens = request.get("max_tokens", request.get("max_completion_tokens"))
+        if isinstance(max_tokens, int):
+            attrs[REQUEST_MAX_TOKENS] = max_tokens
+        if isinstance(request.get("temperature"), (int, float)):
+            attrs[REQUEST_TEMPERATURE] = float(request["temperature"])
+        span = self.tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attrs)
+        return TurnSpan(self, span, attrs)
+
+
+class TurnSpan:
+    """The span of one turn. ``inject`` adds its traceparent to outgoing headers;
+    exactly one of ``finish`` / ``fail`` ends it."""
+
+    def __init__(self, telemetry: Telemetry, span: trace.Span, base_attrs: Mapping[str, Any]) -> None:
+        self._t = telemetry
+        self.span = span
+        self._metric_attrs = {k: v for k, v in base_attrs.items() if k in (OPERATION, PROVIDER, REQUEST_MODEL, SERVER_ADDRESS, SERVER_PORT)}
+
+    def inject(self, headers: dict[str, str]) -> None:
+        propagate.inject(headers, context=trace.set_span_in_context(self.span))
+
+    def set_hints(self, weights: Mapping[str, float], slo: Mapping[str, float | None], turn: int) -> None:
+        self.span.set_attribute("ppd.turn", turn)
+        self.span.set_attribute("ppd.slo.weight.ttft", weights["ttft"])
+        self.span.set_attribute("ppd.slo.weight.tpot", weights["tpot"])
+        for key, value in slo.items():
+            if value is not None:
+                self.span.set_attribute(f"ppd.slo.{key}", value)
+
+    def finish(self, reply: Reply, duration_s: float) -> None:
+        span = self.span
+        span.set_attribute(RESPONSE_MODEL, reply.model)
+        if reply.response_id:
+            span.set_attribute(RESPONSE_ID, reply.response_id)
+        if reply.finish_reason:
+            span.set_attribute(RESPONSE_FINISH_REASONS, [reply.finish_reason])
+        span.set_attribute(USAGE_INPUT, reply.usage.prompt_tokens)
+        span.set_attribute(USAGE_OUTPUT, reply.usage.completion_tokens)
+        if reply.usage.cached_tokens is not None:
+            span.set_attribute(USAGE_CACHE_READ, reply.usage.cached_tokens)
+        if reply.ttft_s is not None:
+            span.set_attribute(RESPONSE_TTFC, reply.ttft_s)
+        if reply.route is not None:
+            for key, value in _route_attributes(reply).items():
+                span.set_attribute(key, value)
+        span.end()
+        attrs = {**self._metric_attrs, RESPONSE_MODEL: reply.model}
+        self._t.duration.record(duration_s, attrs)
+        self._t.tokens.record(reply.usage.prompt_tokens, {**attrs, TOKEN_TYPE: "input"})
+        self._t.tokens.record(reply.usage.completion_tokens, {**attrs, TOKEN_TYPE: "output"})
+        if reply.ttft_s is not None:
+            self._t.ttfc.record(reply.ttft_s, attrs)
+
+    def fail(self, error: PPDError, duration_s: float) -> None:
+        status = getattr(error, "status_code", None)
+        error_type = str(status) if status else type(error).__name__
+        self.span.set_attribute(ERROR_TYPE, error_type)
+        self.span.set_status(Status(StatusCode.ERROR, error.message))
+        self.span.end()
+        self._t.duration.record(duration_s, {**self._metric_attrs, ERROR_TYPE: error_type})
+
+
+def _route_attributes(reply: Reply) -> dict[str, Any]:
+    route = reply.route
+    assert route is not None
+    out: dict[str, Any] = {"ppd.route.name": route.route, "ppd.route.turn": route.turn}
+    for key in ("decode", "prefill", "policy", "reason", "cached_tokens"):
+        value = getattr(route, key)
+        if value is not None:
+            out[f"ppd.route.{key}"] = value
+    for name, predicted in route.predicted.items():
+        out[f"ppd.route.predicted.{name}.ttft_ms"] = predicted.ttft_ms
+        out[f"ppd.route.predicted.{name}.tpot_ms"] = predicted.tpot_ms
+        if predicted.score is not None:
+            out[f"ppd.route.predicted.{name}.score"] = predicted.score
+    chosen = route.predicted.get(route.route)
+    if chosen is not None:
+        out["ppd.route.predicted_ttft_ms"] = chosen.ttft_ms
+        out["ppd.route.predicted_tpot_ms"] = chosen.tpot_ms
+    return out

@@ -1,0 +1,5 @@
+"""The ppd_sdk version."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
