@@ -1,1 +1,67 @@
-"""Compute for the embedded engine: Llama-family forward, attention, weight loading."""
+"""Compute for the embedded engine: Llama-family forward, attention over a paged KV pool,
+weight loading (GGUF / Hugging Face dir / synthetic) and the tokenizer.
+
+Importing ``ppd_kernels`` (and ``ppd_kernels.tokenizer``) does NOT import torch; the names
+below are loaded on first use.
+
+API (stable; the engine codes against it)::
+
+    import torch
+    from ppd_kernels import ModelConfig, ForwardBatch, SeqChunk, KVPool, LoadedModel, load_model
+    from ppd_kernels.tokenizer import Tokenizer, load_tokenizer      # torch-free
+
+    lm = load_model("path/to/model.gguf" | "path/to/hf_dir" | "synthetic" | "synthetic:SEED",
+                    dtype=torch.bfloat16, device="cpu")
+    lm.model, lm.tokenizer, lm.config, lm.name
+
+    kv = KVPool(lm.config, num_slots, dtype=torch.bfloat16, device="cpu")
+    kv.num_slots, kv.bytes_per_token
+    blob = kv.read(slots)          # [num_layers, 2, num_kv_heads, len(slots), head_dim], contiguous
+    kv.write(slots, blob)          # inverse (the receiving side of a KV transfer)
+
+    batch = ForwardBatch(input_ids, positions, [SeqChunk(num_cached, num_new, slots), ...])
+    batch = ForwardBatch.build(new_token_ids=[[...], ...], num_cached=[...], slots=[[...], ...])
+    logits = lm.model.forward(batch, kv)   # float32 [len(seqs), vocab]: each sequence's LAST new token
+
+Contract of a forward:
+- ``SeqChunk.slots`` lists the slot of EVERY token of the sequence (cached prefix, then the
+  ``num_new`` tokens of this forward); the forward writes the new tokens' K/V to the last
+  ``num_new`` slots. Decode rows (num_new == 1) and extend chunks (num_new > 1, with or
+  without a cached prefix) mix freely, in any order. Slots must be distinct within a batch.
+- ``positions`` are the rotary positions of the new tokens (normally num_cached + i).
+- ``KVPool`` dtype must equal the model dtype. ``model.attention_backend`` is "fast"
+  (default) or "reference" (readable oracle).
+
+Fast path requirement: attention reads a sequence's K/V as zero-copy views of each run of
+CONSECUTIVE slots, so give a sequence contiguous runs of slots (consecutive pages) whenever
+possible. Any slot order is correct; each extra run only costs a little more per decode step
+(and a copy of the context for extend chunks).
+
+Tokenizer: ``encode(text)`` (no specials added; special-token texts map to their ids),
+``decode(ids, skip_special_tokens=True)``, ``apply_chat_template(messages, tools=None,
+add_generation_prompt=True)`` (tool format: ``ppd_kernels.chat_template``, which also has
+``parse_tool_calls``), ``eos_token_ids``, ``bos_token_id``, ``vocab_size``, ``special_tokens``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ppd_kernels.batch import ForwardBatch, SeqChunk
+    from ppd_kernels.config import ModelConfig
+    from ppd_kernels.kv_pool import KVPool
+    from ppd_kernels.loader import LoadedModel, load_model
+
+_EXPORTS = {"ModelConfig": "ppd_kernels.config", "ForwardBatch": "ppd_kernels.batch",
+            "SeqChunk": "ppd_kernels.batch", "KVPool": "ppd_kernels.kv_pool",
+            "LoadedModel": "ppd_kernels.loader", "load_model": "ppd_kernels.loader"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ppd_kernels' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -1,0 +1,134 @@
+"""What one forward computes: a ragged mix of decode rows and extend (prefill) chunks.
+
+The engine describes each sequence by the slots of ALL its tokens in the KVPool (cached
+prefix first, then the tokens of this forward). ``ForwardBatch.plan()`` derives, once per
+step, everything the attention kernels need for every layer (contiguous slot runs, masks,
+rows of last tokens), so the per-layer loop does no bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(slots=True)
+class SeqChunk:
+    """One sequence's part of a forward.
+
+    num_cached: tokens of this sequence already in the pool (prefix / earlier chunks).
+    num_new: tokens computed by this forward (1 = decode row, >1 = extend chunk).
+    slots: LongTensor [num_cached + num_new], the pool slot of every token in order;
+        the last ``num_new`` are written by the forward.
+    """
+
+    num_cached: int
+    num_new: int
+    slots: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.num_new < 1 or self.num_cached < 0:
+            raise ValueError(f"SeqChunk needs num_new >= 1 and num_cached >= 0, "
+                             f"got num_new={self.num_new}, num_cached={self.num_cached}")
+        if self.slots.dim() != 1 or self.slots.numel() != self.num_cached + self.num_new:
+            raise ValueError(f"SeqChunk.slots must be 1-D of length num_cached + num_new = "
+                             f"{self.num_cached + self.num_new}, got shape {tuple(self.slots.shape)}")
+
+    @property
+    def context_len(self) -> int:
+        return self.num_cached + self.num_new
+
+
+@dataclass(slots=True)
+class SeqPlan:
+    """Per-step attention metadata of one sequence (shared by all layers)."""
+
+    row_start: int                      # first row of this sequence in the batch's T tokens
+    num_cached: int
+    num_new: int
+    slots: torch.Tensor                 # [num_cached + num_new]
+    runs: list[tuple[int, int]]         # (first slot, length) of each contiguous slot run, in order
+    mask: torch.Tensor | None           # bool [num_new, context] (True = attend); None if not needed
+
+    @property
+    def is_decode(self) -> bool:
+        return self.num_new == 1
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    new_slots: torch.Tensor             # [T] slots the forward writes, in input order
+    last_rows: torch.Tensor             # [num_seqs] row of each sequence's last new token
+    seqs: list[SeqPlan]
+
+
+@dataclass(slots=True)
+class ForwardBatch:
+    """input_ids/positions: [T] new tokens of all sequences concatenated, T = sum(num_new)."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    seqs: list[SeqChunk]
+    _plan: BatchPlan | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        total = sum(s.num_new for s in self.seqs)
+        if not self.seqs or self.input_ids.shape != (total,) or self.positions.shape != (total,):
+            raise ValueError(f"ForwardBatch needs >= 1 sequence and input_ids/positions of shape "
+                             f"[{total}] (sum of num_new), got {tuple(self.input_ids.shape)} / "
+                             f"{tuple(self.positions.shape)}")
+
+    @classmethod
+    def build(cls, new_token_ids: Sequence[Sequence[int]], num_cached: Sequence[int],
+              slots: Sequence[Sequence[int] | torch.Tensor], device: str | torch.device = "cpu",
+              ) -> ForwardBatch:
+        """Batch from plain lists; positions are ``num_cached + i`` for the i-th new token."""
+        seqs, ids, positions = [], [], []
+        for tokens, cached, seq_slots in zip(new_token_ids, num_cached, slots, strict=True):
+            slot_tensor = torch.as_tensor(seq_slots, dtype=torch.long, device=device)
+            seqs.append(SeqChunk(num_cached=cached, num_new=len(tokens), slots=slot_tensor))
+            ids.extend(tokens)
+            positions.extend(range(cached, cached + len(tokens)))
+        return cls(input_ids=torch.tensor(ids, dtype=torch.long, device=device),
+                   positions=torch.tensor(positions, dtype=torch.long, device=device), seqs=seqs)
+
+    def plan(self) -> BatchPlan:
+        """Attention metadata, computed on first use and cached for the step."""
+        if self._plan is None:
+            self._plan = _make_plan(self.seqs)
+        return self._plan
+
+
+def contiguous_runs(slots: torch.Tensor) -> list[tuple[int, int]]:
+    """Split a slot list into maximal runs of consecutive slots: [(first_slot, length), ...]."""
+    n = slots.numel()
+    breaks = torch.nonzero(torch.diff(slots) != 1).flatten().tolist() if n > 1 else []
+    starts = [0] + [b + 1 for b in breaks]
+    ends = breaks + [n - 1]
+    first_slots = slots[starts].tolist()
+    return [(first, end - start + 1) for first, start, end in zip(first_slots, starts, ends)]
+
+
+def causal_mask(num_cached: int, num_new: int, device: torch.device) -> torch.Tensor:
+    """bool [num_new, num_cached + num_new]: new token i sees keys 0 .. num_cached + i."""
+    keys = torch.arange(num_cached + num_new, device=device)
+    queries = torch.arange(num_cached, num_cached + num_new, device=device)
+    return keys[None, :] <= queries[:, None]
+
+
+def _make_plan(seqs: list[SeqChunk]) -> BatchPlan:
+    plans, new_slots, last_rows = [], [], []
+    row = 0
+    for seq in seqs:
+        needs_mask = seq.num_new > 1 and seq.num_cached > 0
+        mask = causal_mask(seq.num_cached, seq.num_new, seq.slots.device) if needs_mask else None
+        plans.append(SeqPlan(row_start=row, num_cached=seq.num_cached, num_new=seq.num_new,
+                             slots=seq.slots, runs=contiguous_runs(seq.slots), mask=mask))
+        new_slots.append(seq.slots[seq.num_cached:])
+        row += seq.num_new
+        last_rows.append(row - 1)
+    device = seqs[0].slots.device
+    return BatchPlan(new_slots=torch.cat(new_slots),
+                     last_rows=torch.tensor(last_rows, dtype=torch.long, device=device), seqs=plans)

@@ -1,0 +1,106 @@
+"""Llama-family decoder forward over a KVPool (device-agnostic torch).
+
+Weights come in as a dict of canonical names (see ``WEIGHT_NAMES``), float tensors in
+[out, in] layout, from any loader (GGUF, HF dir, synthetic). Q/K/V and gate/up are fused
+at construction so each layer runs 4 GEMMs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ppd_kernels.attention import paged_attention
+from ppd_kernels.attention_reference import reference_attention
+from ppd_kernels.batch import ForwardBatch
+from ppd_kernels.config import ModelConfig
+from ppd_kernels.kv_pool import KVPool
+from ppd_kernels.layers import Rotary, rms_norm
+
+# Canonical weight names; "{i}" is the layer index. Biases and lm_head are optional.
+WEIGHT_NAMES = ("embed", "norm", "lm_head",
+                "layers.{i}.attn_norm", "layers.{i}.wq", "layers.{i}.wk", "layers.{i}.wv",
+                "layers.{i}.bq", "layers.{i}.bk", "layers.{i}.bv", "layers.{i}.wo",
+                "layers.{i}.ffn_norm", "layers.{i}.w_gate", "layers.{i}.w_up", "layers.{i}.w_down")
+
+ATTENTION_BACKENDS = {"fast": paged_attention, "reference": reference_attention}
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor
+    w_qkv: torch.Tensor          # [q_size + 2 * kv_size, hidden]
+    b_qkv: torch.Tensor | None
+    w_o: torch.Tensor
+    ffn_norm: torch.Tensor
+    w_gate_up: torch.Tensor      # [2 * intermediate, hidden]
+    w_down: torch.Tensor
+
+
+class LlamaModel(torch.nn.Module):
+    """``forward(batch, kv) -> float32 [num_seqs, vocab]``: logits of each sequence's last new
+    token. Writes the batch's new K/V into ``kv`` at their slots. ``attention_backend`` is
+    "fast" (default) or "reference" and may be switched at any time."""
+
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor],
+                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        self.attention_backend = "fast"
+
+        def get(name: str) -> torch.Tensor:
+            return weights[name].to(device=device, dtype=dtype)
+
+        def optional(name: str) -> torch.Tensor | None:
+            return get(name) if name in weights else None
+
+        self.embed = get("embed")
+        self.norm = get("norm")
+        self.lm_head = self.embed if config.tie_word_embeddings else get("lm_head")
+        self.layers: list[LayerWeights] = []
+        for i in range(config.num_layers):
+            prefix = f"layers.{i}."
+            biases = [optional(prefix + b) for b in ("bq", "bk", "bv")]
+            if any(b is not None for b in biases) and not all(b is not None for b in biases):
+                raise ValueError(f"layer {i}: q/k/v biases must be all present or all absent")
+            self.layers.append(LayerWeights(
+                attn_norm=get(prefix + "attn_norm"),
+                w_qkv=torch.cat([get(prefix + w) for w in ("wq", "wk", "wv")]),
+                b_qkv=torch.cat(biases) if biases[0] is not None else None,
+                w_o=get(prefix + "wo"),
+                ffn_norm=get(prefix + "ffn_norm"),
+                w_gate_up=torch.cat([get(prefix + "w_gate"), get(prefix + "w_up")]),
+                w_down=get(prefix + "w_down")))
+        self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_interleaved, device)
+        self.scale = config.head_dim ** -0.5
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, kv: KVPool) -> torch.Tensor:
+        cfg = self.config
+        if kv.dtype != self.dtype:
+            raise ValueError(f"KVPool dtype {kv.dtype} differs from the model dtype {self.dtype}")
+        attention = ATTENTION_BACKENDS[self.attention_backend]
+        plan = batch.plan()
+        num_tokens = batch.input_ids.shape[0]
+        heads_qk = cfg.num_heads + cfg.num_kv_heads
+        cos, sin = self.rotary.tables(batch.positions, self.dtype)
+        x = self.embed[batch.input_ids]
+        for index, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
+            qkv = F.linear(h, layer.w_qkv, layer.b_qkv)
+            # Q and K are rotated together in one pass over the fused projection.
+            qk = self.rotary.apply(qkv[:, :heads_qk * cfg.head_dim].view(num_tokens, heads_qk, cfg.head_dim),
+                                   cos, sin)
+            q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
+            v = qkv[:, heads_qk * cfg.head_dim:].view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
+            kv.store(index, plan.new_slots, k, v)
+            attended = attention(q, kv.k[index], kv.v[index], plan, self.scale)
+            x = x + F.linear(attended.reshape(num_tokens, cfg.q_size), layer.w_o)
+            h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
+            gate, up = F.linear(h, layer.w_gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.w_down)
+        last = rms_norm(x[plan.last_rows], self.norm, cfg.rms_eps)
+        return F.linear(last, self.lm_head).float()
