@@ -32,6 +32,36 @@ class CostCoefficients:
     decode_per_seq_ms: float = 3.0
     decode_per_kctx_ms: float = 1.0
 
+    def to_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in COEFFICIENT_NAMES}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> "CostCoefficients":
+        """Build from a profile's ``coefficients`` object; unknown or negative values are a ValueError."""
+        unknown = sorted(set(data) - set(COEFFICIENT_NAMES))
+        if unknown:
+            raise ValueError(f"unknown cost coefficient(s) {unknown}; known: {list(COEFFICIENT_NAMES)}")
+        values: dict[str, float] = {}
+        for name, raw in data.items():
+            try:
+                v = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"cost coefficient {name} must be a number, got {raw!r}") from None
+            if not (v >= 0.0 and v < float("inf")):
+                raise ValueError(f"cost coefficient {name} must be a finite number >= 0, got {raw!r}")
+            values[name] = v
+        return cls(**values)
+
+
+COEFFICIENT_NAMES: tuple[str, ...] = (
+    "prefill_base_ms",
+    "prefill_per_token_ms",
+    "prefill_attn_ms_per_ktok2",
+    "decode_base_ms",
+    "decode_per_seq_ms",
+    "decode_per_kctx_ms",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerView:
@@ -53,6 +83,7 @@ class WorkerView:
     used_tokens: int = 0  # KV tokens in use
     running_context_tokens: int = 0  # sum of context lengths of running decode streams
     inflight: int = 0  # requests the router has sent and not yet seen finish
+    chunked_prefill_size: int = 0  # tokens per mixed prefill+decode iteration; 0 = unknown (one chunk)
     coefficients: CostCoefficients = field(default_factory=CostCoefficients)
 
 
@@ -97,6 +128,7 @@ class SessionView:
     cached_tokens_decode: int = 0  # prompt+output tokens the decode worker holds
     cached_tokens_prefill: int = 0  # prompt tokens the prefill worker holds
     turns: int = 0  # completed turns
+    forked_from: str | None = None  # parent conversation id when this one started as a fork
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +141,7 @@ class Candidate:
     ttft_ms: float
     tpot_ms: float
     score: float | None = None
+    kv_bytes: int = 0  # predicted KV bytes this route moves over the P->D link
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +153,7 @@ class Decision:
     policy: str
     candidates: tuple[Candidate, ...] = ()
     score: float | None = None
+    cached_tokens: int = 0  # prompt tokens the chosen serving worker is predicted to hold already
 
     def predicted(self, route: RouteName) -> Candidate | None:
         for c in self.candidates:

@@ -1,0 +1,216 @@
+"""The cost model: per-worker :class:`CostCoefficients`, started from a profile and refitted online
+from observed timings, plus predicted-vs-observed error statistics.
+
+Contract with the router app::
+
+    cm = CostModel(profile)                        # profile: the JSON `ppd-server profile` saves, or None
+    WorkerView(..., coefficients=cm.coefficients(url, role))   # every snapshot the policy sees
+    cm.observe(Observation(...))                   # after each turn (timings the router measured)
+    cm.error_summary()                             # for /metrics and the admin API
+
+Online fit (one fit per worker and timing component, :class:`RecursiveLeastSquares` with the
+profile as prior and slow forgetting):
+
+* prefill coefficients of the worker that ran the prefill - the P worker for ``pd``, the decode
+  worker for ``local``, the unified worker for ``replica`` - from the observed TTFT minus the
+  parts of the prediction that are not that prefill (queue wait, KV transfer, first decode
+  step, chunk mixing: ``predicted_ttft_ms - predicted prefill``);
+* decode-step coefficients of the decode (or unified) worker from the observed TPOT, with
+  features (1, running streams + 1, context tokens / 1000).
+
+The latency formulas themselves live in ``routing/latency.py``; ``predict_*`` here are thin
+conveniences over them. Nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ppd_server.routing.latency import estimate_local, estimate_pd, estimate_replica, prefill_ms
+from ppd_server.routing.rls import RecursiveLeastSquares
+from ppd_server.routing.types import (
+    COEFFICIENT_NAMES,
+    ClusterView,
+    CostCoefficients,
+    RequestView,
+    Role,
+    RouteName,
+    SessionView,
+    WorkerView,
+)
+
+# Prior uncertainty floors (ms units of each coefficient): the profile value x3, at least these.
+_PREFILL_FLOORS = (5.0, 0.05, 0.01)
+_DECODE_FLOORS = (5.0, 0.5, 0.1)
+_PREFILL_NOISE_MS = 5.0
+_DECODE_NOISE_MS = 1.0
+_ERROR_WINDOW = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One completed turn as the router saw it.
+
+    ``new_tokens`` / ``cached_tokens``: the prompt tokens the serving path prefilled / found
+    cached (worker-reported). ``decode_running``: streams running on the decode (or unified)
+    worker when the request was routed; ``decode_context_tokens`` their total context (0 =
+    unknown). ``predicted_*``: the chosen candidate's prediction from the Decision.
+    ``tpot_ms`` is None for a one-token answer.
+    """
+
+    route: RouteName
+    decode_url: str | None
+    prefill_url: str | None
+    new_tokens: int
+    cached_tokens: int
+    ttft_ms: float
+    tpot_ms: float | None
+    decode_running: int
+    predicted_ttft_ms: float | None = None
+    predicted_tpot_ms: float | None = None
+    kv_bytes: int = 0
+    decode_context_tokens: int = 0
+
+
+class _WorkerFit:
+    def __init__(self, start: CostCoefficients) -> None:
+        p0 = (start.prefill_base_ms, start.prefill_per_token_ms, start.prefill_attn_ms_per_ktok2)
+        d0 = (start.decode_base_ms, start.decode_per_seq_ms, start.decode_per_kctx_ms)
+        self.prefill = RecursiveLeastSquares(p0, [max(3 * v, f) for v, f in zip(p0, _PREFILL_FLOORS)], _PREFILL_NOISE_MS)
+        self.decode = RecursiveLeastSquares(d0, [max(3 * v, f) for v, f in zip(d0, _DECODE_FLOORS)], _DECODE_NOISE_MS)
+        self.coefficients = start
+
+    def refresh(self) -> None:
+        values = [max(0.0, v) for v in (*self.prefill.theta, *self.decode.theta)]
+        self.coefficients = CostCoefficients(**dict(zip(COEFFICIENT_NAMES, values)))
+
+
+def _prefill_features(new: int, cached: int) -> tuple[float, float, float]:
+    return 1.0, float(new), new * (new + cached) / 1e6
+
+
+def _abs_pct(pred: float, obs: float) -> float:
+    return abs(pred - obs) / max(obs, 1e-9) * 100.0
+
+
+class CostModel:
+    """Per-worker coefficients (profile prior + online fit) and prediction-error statistics."""
+
+    def __init__(self, profile: dict[str, Any] | None = None) -> None:
+        self.model_name: str | None = None
+        self._default = CostCoefficients()
+        self._by_role: dict[str, CostCoefficients] = {}
+        if profile is not None:
+            self._load_profile(profile)
+        self._fits: dict[str, _WorkerFit] = {}
+        self._errors: dict[str, deque[tuple[float, float, float | None, float | None]]] = {}
+
+    def _load_profile(self, profile: dict[str, Any]) -> None:
+        if not isinstance(profile, dict) or not isinstance(profile.get("coefficients"), dict):
+            raise ValueError("a cost profile must be a JSON object with a 'coefficients' object")
+        self.model_name = profile.get("model")
+        self._default = CostCoefficients.from_dict(profile["coefficients"])
+        by_role = profile.get("by_role") or {}
+        if not isinstance(by_role, dict):
+            raise ValueError("profile 'by_role' must map a role to a coefficients object")
+        for role, coefs in by_role.items():
+            if role not in ("prefill", "decode", "unified"):
+                raise ValueError(f"profile 'by_role' has unknown role {role!r}")
+            self._by_role[role] = CostCoefficients.from_dict({**self._default.to_dict(), **coefs})
+
+    def start_coefficients(self, role: Role) -> CostCoefficients:
+        """The profile's coefficients for a role (before any online fit)."""
+        return self._by_role.get(role, self._default)
+
+    def coefficients(self, url: str, role: Role) -> CostCoefficients:
+        """The current fitted coefficients of worker ``url`` (cheap: cached between observations)."""
+        fit = self._fits.get(url)
+        if fit is None:
+            fit = self._fits[url] = _WorkerFit(self.start_coefficients(role))
+        return fit.coefficients
+
+    def forget(self, url: str) -> None:
+        """Drop a worker's fit (it was removed from the cluster)."""
+        self._fits.pop(url, None)
+
+    # -- predictions (conveniences over routing/latency.py) -------------------------------------
+
+    def predict_ttft_pd(self, request: RequestView, cluster: ClusterView, session: SessionView | None, prefill: WorkerView, decode: WorkerView) -> float:
+        return estimate_pd(request, cluster, session, prefill, decode).ttft_ms
+
+    def predict_ttft_local(self, request: RequestView, session: SessionView | None, decode: WorkerView) -> float:
+        return estimate_local(request, session, decode).ttft_ms
+
+    def predict_tpot(self, request: RequestView, session: SessionView | None, decode: WorkerView, route: RouteName = "pd") -> float:
+        if route == "local":
+            return estimate_local(request, session, decode).tpot_ms
+        return estimate_replica(request, session, decode).tpot_ms
+
+    # -- online fit ------------------------------------------------------------------------------
+
+    def observe(self, obs: Observation) -> None:
+        """Refit from one completed turn and record its prediction error. Bad values are ignored
+        (a timing the router could not measure must not poison the fit)."""
+        if not (obs.ttft_ms >= 0) or obs.new_tokens < 0 or obs.cached_tokens < 0:
+            return
+        self._record_error(obs)
+        prefill_url = obs.prefill_url if obs.route == "pd" else obs.decode_url
+        prefill_role: Role = "prefill" if obs.route == "pd" else ("decode" if obs.route == "local" else "unified")
+        if prefill_url is not None and obs.new_tokens > 0:
+            fit = self._fit(prefill_url, prefill_role)
+            x = _prefill_features(obs.new_tokens, obs.cached_tokens)
+            predicted_compute = prefill_ms(fit.coefficients, obs.new_tokens, obs.cached_tokens)
+            overhead = 0.0
+            if obs.predicted_ttft_ms is not None:
+                overhead = max(0.0, obs.predicted_ttft_ms - predicted_compute)
+            target = obs.ttft_ms - overhead
+            if target > 0:
+                fit.prefill.update(x, target)
+                fit.refresh()
+        if obs.decode_url is not None and obs.tpot_ms is not None and obs.tpot_ms > 0:
+            role: Role = "unified" if obs.route == "replica" else "decode"
+            fit = self._fit(obs.decode_url, role)
+            batch = max(obs.decode_running, 0) + 1
+            context = obs.decode_context_tokens or batch * (obs.new_tokens + obs.cached_tokens)
+            fit.decode.update((1.0, float(batch), context / 1000.0), obs.tpot_ms)
+            fit.refresh()
+
+    def _fit(self, url: str, role: Role) -> _WorkerFit:
+        self.coefficients(url, role)
+        return self._fits[url]
+
+    def _record_error(self, obs: Observation) -> None:
+        if obs.predicted_ttft_ms is None and obs.predicted_tpot_ms is None:
+            return
+        window = self._errors.setdefault(obs.route, deque(maxlen=_ERROR_WINDOW))
+        window.append((obs.ttft_ms, obs.predicted_ttft_ms or 0.0, obs.tpot_ms, obs.predicted_tpot_ms))
+
+    def error_summary(self) -> dict[str, dict[str, float]]:
+        """Per route over the last observations: count, mean absolute % error of TTFT and TPOT,
+        and the mean observed/predicted ratio (>1: the model is optimistic)."""
+        out: dict[str, dict[str, float]] = {}
+        for route, window in sorted(self._errors.items()):
+            ttft = [(o, p) for o, p, _, _ in window if p > 0 and o > 0]
+            tpot = [(o, p) for _, _, o, p in window if o is not None and p is not None and p > 0 and o > 0]
+            row: dict[str, float] = {"count": float(len(window))}
+            if ttft:
+                row["ttft_abs_pct_err"] = sum(_abs_pct(p, o) for o, p in ttft) / len(ttft)
+                row["ttft_obs_over_pred"] = sum(o / p for o, p in ttft) / len(ttft)
+            if tpot:
+                row["tpot_abs_pct_err"] = sum(_abs_pct(p, o) for o, p in tpot) / len(tpot)
+                row["tpot_obs_over_pred"] = sum(o / p for o, p in tpot) / len(tpot)
+            out[route] = row
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Fitted coefficients per worker, for the admin API (same shape as a profile's)."""
+        return {
+            "model": self.model_name,
+            "coefficients": self._default.to_dict(),
+            "workers": {
+                url: {"coefficients": fit.coefficients.to_dict(), "prefill_samples": fit.prefill.samples, "decode_samples": fit.decode.samples}
+                for url, fit in sorted(self._fits.items())
+            },
+        }

@@ -1,0 +1,162 @@
+"""The PPD latency model: pure formulas that turn a worker's :class:`CostCoefficients`, its live
+load and a session's cache placement into predicted TTFT / TPOT for each route.
+
+Every policy (and the simulator) predicts through these functions, so a Decision's candidates
+are comparable whichever policy chose. All times are milliseconds; nothing here reads a clock.
+
+The model (DESIGN.md "The decision"; DistServe-style quadratic prefill, BLIS/vllm-router-style
+linear decode step):
+
+* ``prefill(n new over c cached) = base + per_token*n + attn*n*(n+c)/1e6``
+* ``decode_step(batch b, context K) = base + per_seq*b + per_kctx*K/1000``
+* TTFT(pd)    = P queue + prefill on P (minus what P caches) + KV transfer of what D lacks
+                (plus the link backlog) + D's first decode step (it emits the first token).
+* TTFT(local) = D queue + append-prefill over D's cached prefix + the decode rows that ride in
+                every chunked-prefill iteration.
+* TPOT(pd)    = D's decode step with this stream joined.
+* TPOT(local) = TPOT(pd) + the append-prefill time the D's other ``b`` streams absorb,
+                amortised over the output length: ``b/(b+1) * append / max_new_tokens``
+                (the mean over the b+1 streams D then serves; 0 on an idle decode worker).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ppd_server.routing.types import Candidate, ClusterView, CostCoefficients, RequestView, SessionView, WorkerView
+
+
+def prefill_ms(c: CostCoefficients, new_tokens: int, cached_tokens: int = 0) -> float:
+    """Compute time of a prefill of ``new_tokens`` on top of ``cached_tokens`` already in KV."""
+    if new_tokens <= 0:
+        return 0.0
+    return (
+        c.prefill_base_ms
+        + c.prefill_per_token_ms * new_tokens
+        + c.prefill_attn_ms_per_ktok2 * new_tokens * (new_tokens + cached_tokens) / 1e6
+    )
+
+
+def decode_step_ms(c: CostCoefficients, batch: int, context_tokens: int) -> float:
+    """One decode iteration over ``batch`` streams holding ``context_tokens`` tokens in total."""
+    return c.decode_base_ms + c.decode_per_seq_ms * batch + c.decode_per_kctx_ms * context_tokens / 1000.0
+
+
+def decode_rows_ms(c: CostCoefficients, batch: int, context_tokens: int) -> float:
+    """What ``batch`` decode rows add to an iteration that runs anyway (no base cost)."""
+    return c.decode_per_seq_ms * batch + c.decode_per_kctx_ms * context_tokens / 1000.0
+
+
+def queue_wait_ms(w: WorkerView) -> float:
+    """Prefill work queued ahead of a new request on ``w`` (its own prefill queue).
+
+    Requests the router sent but the last load poll did not see yet (``inflight`` beyond
+    running+waiting) count as queued requests of unknown length (base cost only).
+    """
+    c = w.coefficients
+    reqs = max(w.waiting_reqs, 0)
+    if w.role == "prefill":
+        reqs += max(w.running_reqs, 0)  # a prefill worker's running requests are prefills too
+    unseen = max(0, w.inflight - max(w.running_reqs, 0) - max(w.waiting_reqs, 0))
+    reqs += unseen
+    if reqs == 0 and w.waiting_tokens <= 0:
+        return 0.0
+    return c.prefill_base_ms * reqs + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
+
+
+def transfer_ms(kv_bytes: int, link_gbps: float, backlog_bytes: int = 0) -> float:
+    """Time to move ``kv_bytes`` behind ``backlog_bytes`` already queued on the link."""
+    if kv_bytes <= 0 or link_gbps <= 0:
+        return 0.0
+    return (kv_bytes + max(backlog_bytes, 0)) * 8.0 / (link_gbps * 1e9) * 1e3
+
+
+def decode_batch(w: WorkerView) -> int:
+    """Streams the decode worker is running (the router's in-flight count when polls lag)."""
+    return max(w.running_reqs, w.inflight, 0)
+
+
+def cached_on_decode(session: SessionView | None, w: WorkerView, prompt_tokens: int) -> int:
+    """Prompt tokens ``w`` holds for this conversation (0 unless it is the session's decode worker
+    and keeps KV after a turn: a unified worker, or a decode worker with a radix cache)."""
+    if session is None or session.decode_url != w.url:
+        return 0
+    if w.role == "decode" and not (w.decode_radix_cache or w.can_local_prefill):
+        return 0
+    return max(0, min(session.cached_tokens_decode, prompt_tokens))
+
+
+def cached_on_prefill(session: SessionView | None, w: WorkerView, prompt_tokens: int) -> int:
+    if session is None or session.prefill_url != w.url:
+        return 0
+    return max(0, min(session.cached_tokens_prefill, prompt_tokens))
+
+
+def kv_bytes_per_token(*workers: WorkerView) -> int:
+    for w in workers:
+        if w.kv_bytes_per_token > 0:
+            return w.kv_bytes_per_token
+    return 0
+
+
+def _output_tokens(request: RequestView) -> int:
+    return max(1, request.max_new_tokens)
+
+
+def estimate_pd(
+    request: RequestView, cluster: ClusterView, session: SessionView | None, prefill: WorkerView, decode: WorkerView
+) -> Candidate:
+    """Predicted TTFT/TPOT of the P->D path through ``prefill`` then ``decode``."""
+    prompt = max(request.prompt_tokens, 0)
+    cached_p = cached_on_prefill(session, prefill, prompt)
+    p_ms = queue_wait_ms(prefill) + prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
+    # SGLang's incremental transfer: a decode worker with a radix cache receives only what it lacks.
+    cached_d = cached_on_decode(session, decode, prompt) if decode.decode_radix_cache else 0
+    kv_bytes = (prompt - cached_d) * kv_bytes_per_token(decode, prefill)
+    x_ms = transfer_ms(kv_bytes, cluster.link_gbps, cluster.link_backlog_bytes)
+    b = decode_batch(decode)
+    context = max(decode.running_context_tokens, 0) + prompt
+    first_step = decode_step_ms(decode.coefficients, b + 1, context)
+    tpot = decode_step_ms(decode.coefficients, b + 1, context + _output_tokens(request) // 2)
+    return Candidate("pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes)
+
+
+def estimate_local(
+    request: RequestView, session: SessionView | None, decode: WorkerView, pd_tpot_ms: float | None = None
+) -> Candidate:
+    """Predicted TTFT/TPOT of an append-prefill on ``decode`` over the prefix it caches.
+
+    ``pd_tpot_ms`` is the same decode worker's TPOT without the local prefill (computed here
+    when not given); the local route's TPOT adds the interference its append-prefill causes.
+    """
+    prompt = max(request.prompt_tokens, 0)
+    cached = cached_on_decode(session, decode, prompt)
+    new = prompt - cached
+    c = decode.coefficients
+    b = decode_batch(decode)
+    running_ctx = max(decode.running_context_tokens, 0)
+    append = prefill_ms(c, new, cached)
+    chunk = decode.chunked_prefill_size if decode.chunked_prefill_size > 0 else max(new, 1)
+    chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
+    mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
+    ttft = queue_wait_ms(decode) + append + mixing
+    if pd_tpot_ms is None:
+        pd_tpot_ms = decode_step_ms(c, b + 1, running_ctx + prompt + _output_tokens(request) // 2)
+    interference = (b / (b + 1)) * append / _output_tokens(request)
+    return Candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0)
+
+
+def estimate_replica(request: RequestView, session: SessionView | None, worker: WorkerView) -> Candidate:
+    """Predicted TTFT/TPOT on a unified worker (prefix cache hit when it served this session)."""
+    prompt = max(request.prompt_tokens, 0)
+    cached = cached_on_decode(session, worker, prompt)
+    c = worker.coefficients
+    b = decode_batch(worker)
+    running_ctx = max(worker.running_context_tokens, 0)
+    new = prompt - cached
+    chunk = worker.chunked_prefill_size if worker.chunked_prefill_size > 0 else max(new, 1)
+    chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
+    mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
+    ttft = queue_wait_ms(worker) + prefill_ms(c, new, cached) + mixing
+    tpot = decode_step_ms(c, b + 1, running_ctx + prompt + _output_tokens(request) // 2)
+    return Candidate("replica", worker.url, None, ttft, tpot, None, 0)

@@ -1,0 +1,83 @@
+"""Worker selection shared by every policy: which prefill worker, which decode worker, which
+unified worker. Pure and deterministic: ties are broken by a hash of (conversation id, turn),
+never by a clock, a counter or a random generator, so the router and the simulator agree.
+
+* P worker: least predicted prefill time (its queue + the prefill, less what it caches for the
+  session).
+* D worker for P->D: the best weighted sum of normalised TTFT and TPOT (the same weights the
+  PPD score uses), so the session's decode worker (it receives only the suffix) and idle
+  workers win; ties go to the session's worker, then to the hash.
+* Unified worker: same, over unified workers (the session's worker keeps its prefix cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from ppd_server.routing.latency import estimate_pd, estimate_replica
+from ppd_server.routing.types import Candidate, ClusterView, RequestView, SessionView, WorkerView
+
+_TIE_REL = 1e-9
+
+
+def stable_fraction(conversation_id: str | None, turn: int, salt: str = "") -> float:
+    """A number in [0, 1) derived only from (conversation_id, turn): the policies' one source of
+    'randomness' (ratio shares, tie-breaks)."""
+    key = f"{salt}\x00{conversation_id or ''}\x00{turn}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0**64
+
+
+def _tie_order(request: RequestView, session: SessionView | None, url: str) -> tuple[int, float]:
+    affinity = 0 if session is not None and session.decode_url == url else 1
+    return affinity, stable_fraction(request.conversation_id, request.turn, url)
+
+
+def _weighted(ttft: float, tpot: float, best_ttft: float, best_tpot: float, request: RequestView) -> float:
+    return request.w_ttft * ttft / max(best_ttft, 1e-9) + request.w_tpot * tpot / max(best_tpot, 1e-9)
+
+
+def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Candidate | None:
+    """The best P->D pair, or None when the cluster has no healthy prefill or decode worker.
+
+    TTFT(pd) is additive in a P part and a D part, so P and D are chosen separately (O(P+D)).
+    """
+    prefills = cluster.by_role("prefill")
+    decodes = cluster.by_role("decode")
+    if not prefills or not decodes:
+        return None
+    probe_d = decodes[0]
+    by_p = [(estimate_pd(request, cluster, session, p, probe_d).ttft_ms, _tie_order(request, session, p.url), p) for p in prefills]
+    by_p.sort(key=lambda t: (t[0], t[1]))
+    # keep the P whose prefill is fastest, treating near-equal costs as ties
+    best_p_cost = by_p[0][0]
+    ties = [t for t in by_p if t[0] <= best_p_cost * (1 + _TIE_REL) + 1e-9]
+    prefill = min(ties, key=lambda t: (stable_fraction(request.conversation_id, request.turn, t[2].url)))[2]
+    cands = [estimate_pd(request, cluster, session, prefill, d) for d in decodes]
+    return _pick(request, session, cands)
+
+
+def best_replica(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Candidate | None:
+    unified = cluster.by_role("unified")
+    if not unified:
+        return None
+    return _pick(request, session, [estimate_replica(request, session, w) for w in unified])
+
+
+def _pick(request: RequestView, session: SessionView | None, cands: list[Candidate]) -> Candidate:
+    best_ttft = min(c.ttft_ms for c in cands)
+    best_tpot = min(c.tpot_ms for c in cands)
+    scored = [(_weighted(c.ttft_ms, c.tpot_ms, best_ttft, best_tpot, request), c) for c in cands]
+    floor = min(s for s, _ in scored)
+    ties = [c for s, c in scored if s <= floor * (1 + _TIE_REL) + 1e-9]
+    assert ties
+    return min(ties, key=lambda c: _tie_order(request, session, c.decode or ""))
+
+
+def session_worker(cluster: ClusterView, session: SessionView | None) -> WorkerView | None:
+    """The healthy worker that holds the session's KV, if any."""
+    if session is None or session.decode_url is None:
+        return None
+    w = cluster.get(session.decode_url)
+    if w is None or not w.healthy:
+        return None
+    return w

@@ -1,0 +1,176 @@
+"""The policy interface and the decision flow every policy shares.
+
+A policy is a pure function ``decide(request, cluster, session) -> Decision``: no I/O, no clock,
+no hidden state (the only 'randomness' is derived from (conversation_id, turn)). The shared flow:
+
+1. Predict the candidates (:func:`build_options`): the best P->D pair, the best unified worker,
+   and - for a continuation - the D-local append-prefill on the worker holding the session's KV.
+2. A *continuation* is a request whose session (or fork parent) is placed on a healthy worker
+   and which is not a fresh turn 1 of its own conversation (forks continue their parent).
+   Everything else (turn 1, no session, the decode worker gone or unhealthy) goes P->D, or
+   replica when only unified workers exist, or a full local prefill on a decode worker that can
+   prefill when no prefill worker is up; nothing at all raises :class:`NoWorkerAvailable`.
+3. When both D-local and P->D are possible, the concrete policy's :meth:`Policy.choose` decides.
+   A decode worker without ``can_local_prefill`` never gets "local".
+
+Subclasses set ``name``, declare their parameters in ``defaults`` (name -> default; the type of
+the default is the parameter's type) and implement ``choose``; ``validate_params`` checks ranges.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ppd_server.routing.latency import estimate_local
+from ppd_server.routing.placement import best_pd, best_replica, session_worker
+from ppd_server.routing.types import (
+    Candidate,
+    ClusterView,
+    Decision,
+    NoWorkerAvailable,
+    RequestView,
+    RouteName,
+    SessionView,
+    WorkerView,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Everything a policy may choose between for one request, with predictions."""
+
+    request: RequestView
+    session: SessionView | None
+    continuation: bool
+    holder: WorkerView | None  # the healthy worker holding the session's KV (continuations)
+    pd: Candidate | None
+    local: Candidate | None
+    replica: Candidate | None
+    why_not_local: str  # human reason when ``local`` is None
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        return tuple(c for c in (self.local, self.pd, self.replica) if c is not None)
+
+    @property
+    def uncached_tokens(self) -> int:
+        """Prompt tokens the holder does not cache (the Dynamo / llm-d threshold's input)."""
+        cached = 0
+        if self.holder is not None and self.session is not None:
+            cached = min(self.session.cached_tokens_decode, self.request.prompt_tokens)
+        return max(0, self.request.prompt_tokens - cached)
+
+
+def _is_continuation(request: RequestView, session: SessionView | None) -> bool:
+    if session is None or session.decode_url is None or session.cached_tokens_decode <= 0:
+        return False
+    return request.turn > 1 or session.forked_from is not None or request.parent_conversation_id is not None
+
+
+def build_options(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Options:
+    continuation = _is_continuation(request, session)
+    holder = session_worker(cluster, session) if continuation else None
+    pd = best_pd(request, cluster, session)
+    replica = best_replica(request, cluster, session)
+    local: Candidate | None = None
+    why = ""
+    if not continuation:
+        why = "turn 1" if session is None or request.turn <= 1 else "no cached prefix"
+    elif holder is None:
+        why = f"decode worker {session.decode_url if session else None} gone or unhealthy"
+    elif holder.role == "unified":
+        why = "session lives on a unified worker"
+    elif not holder.can_local_prefill:
+        why = f"decode worker {holder.url} cannot prefill locally"
+    else:
+        pd_tpot = pd.tpot_ms if pd is not None and pd.decode == holder.url else None
+        local = estimate_local(request, session, holder, pd_tpot)
+    return Options(request, session, continuation, holder, pd, local, replica, why)
+
+
+def _ms(x: float) -> str:
+    return f"{x:.0f}ms" if x >= 10 else f"{x:.1f}ms"
+
+
+class Policy(ABC):
+    """Base of every routing policy; see the module docstring for the shared flow."""
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"policy {self.name!r} has no parameter(s) {', '.join(unknown)} (known: {known})")
+        merged: dict[str, Any] = {}
+        for key, default in self.defaults.items():
+            value = params.get(key, default)
+            try:
+                value = type(default)(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"policy {self.name!r} parameter {key} must be {type(default).__name__}, got {value!r}") from None
+            merged[key] = value
+        self._params = merged
+        self.validate_params(merged)
+
+    def validate_params(self, params: dict[str, Any]) -> None:
+        """Raise ValueError naming a parameter that is out of range."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    @property
+    def spec(self) -> str:
+        """The string ``make_policy`` accepts to rebuild this policy (without extra params)."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(spec={self.spec!r}, params={self._params!r})"
+
+    def decide(self, request: RequestView, cluster: ClusterView, session: SessionView | None) -> Decision:
+        opts = build_options(request, cluster, session)
+        if opts.local is not None and opts.pd is not None:
+            route, score, reason = self.choose(opts)
+            chosen = opts.local if route == "local" else opts.pd
+            return self._decision(opts, chosen, reason, score)
+        return self.fallback(opts)
+
+    @abstractmethod
+    def choose(self, opts: Options) -> tuple[RouteName, float | None, str]:
+        """Pick "local" or "pd" when both are possible; return (route, score, reason)."""
+
+    def fallback(self, opts: Options) -> Decision:
+        """Only one kind of route (or none) is possible: take the best that exists."""
+        if opts.local is not None:  # continuation, but no prefill worker is up
+            return self._decision(opts, opts.local, "local: no healthy prefill worker")
+        if opts.pd is not None:
+            return self._decision(opts, opts.pd, f"pd: {opts.why_not_local}")
+        if opts.replica is not None:
+            why = "session affinity" if opts.session and opts.replica.decode == opts.session.decode_url else "least loaded"
+            return self._decision(opts, opts.replica, f"replica: {why}")
+        raise NoWorkerAvailable("no healthy worker can serve this request (no P/D pair, no unified worker)")
+
+    def _decision(self, opts: Options, chosen: Candidate, reason: str, score: float | None = None) -> Decision:
+        cached = 0
+        if chosen.route != "pd" and opts.session is not None and chosen.decode == opts.session.decode_url:
+            cached = min(opts.session.cached_tokens_decode, opts.request.prompt_tokens)
+        elif chosen.route == "pd" and opts.session is not None:
+            if chosen.prefill == opts.session.prefill_url:
+                cached = min(opts.session.cached_tokens_prefill, opts.request.prompt_tokens)
+        # a scored choice rates D-local against P->D: local carries S, pd is the reference 0
+        scores: dict[str, float] = {"local": score, "pd": 0.0} if score is not None else {}
+        cands = tuple(
+            Candidate(c.route, c.decode, c.prefill, c.ttft_ms, c.tpot_ms, scores.get(c.route), c.kv_bytes)
+            for c in opts.candidates
+        )
+        return Decision(chosen.route, chosen.decode, chosen.prefill, reason, self.spec, cands, score, max(cached, 0))
+
+    @staticmethod
+    def describe(local: Candidate, pd: Candidate) -> str:
+        """'ttft 38ms vs 212ms, tpot +6%' - local first, then pd."""
+        dtpot = (local.tpot_ms - pd.tpot_ms) / max(pd.tpot_ms, 1e-9) * 100
+        return f"ttft {_ms(local.ttft_ms)} vs {_ms(pd.ttft_ms)}, tpot {dtpot:+.0f}%"

@@ -1,0 +1,166 @@
+"""The session table: conversation id -> where its KV lives (decode worker, prefill worker), how
+many tokens each holds, its turn count and last use.
+
+Bounded so memory does not grow with traffic: at most ``max_sessions`` entries (least recently
+used evicted first) and entries idle for more than ``idle_ttl_s`` are dropped (lazily, from the
+LRU end, on every write - amortised O(1)). Every method takes ``now`` (seconds, any monotonic
+clock): no hidden clock, so tests and the simulator drive time.
+
+Contract with the router app::
+
+    st.turn_for(cid, explicit_turn, now)      # the turn number of a new request
+    st.start_fork(child, parent, now)         # before routing a fork's first turn
+    st.view(cid, now)  -> SessionView | None  # what the policy sees
+    st.record(cid, decision, prompt_tokens, cached_tokens, completion_tokens, now)  # turn done
+    st.forget_worker(url)                     # a worker died: its sessions lose their placement
+    len(st), st.snapshot(limit)               # admin API
+
+What a worker holds after a turn: the decode (or unified) worker caches prompt + completion
+(SGLang's decode radix cache inserts both when a request finishes); a prefill worker caches the
+prompt it prefilled. A D-local turn leaves the prefill worker's (older) prefix untouched.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ppd_server.routing.types import Decision, SessionView
+
+
+@dataclass(slots=True)
+class _Entry:
+    decode_url: str | None
+    prefill_url: str | None
+    cached_tokens_decode: int
+    cached_tokens_prefill: int
+    turns: int
+    last_used: float
+    forked_from: str | None = None
+    last_route: str | None = None
+    last_reported_cached: int = 0  # what the worker said it found cached on the last turn
+
+
+class SessionTable:
+    def __init__(self, max_sessions: int = 100_000, idle_ttl_s: float = 3600.0) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+        if not idle_ttl_s > 0:
+            raise ValueError(f"idle_ttl_s must be > 0, got {idle_ttl_s}")
+        self.max_sessions = max_sessions
+        self.idle_ttl_s = idle_ttl_s
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # oldest use first
+        self.evicted_lru = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _live(self, conversation_id: str | None, now: float) -> _Entry | None:
+        if conversation_id is None:
+            return None
+        e = self._entries.get(conversation_id)
+        if e is None:
+            return None
+        if now - e.last_used > self.idle_ttl_s:
+            del self._entries[conversation_id]
+            self.expired += 1
+            return None
+        return e
+
+    def _put(self, conversation_id: str, entry: _Entry, now: float) -> None:
+        self._entries[conversation_id] = entry
+        self._entries.move_to_end(conversation_id)
+        while self._entries:
+            oldest_id, oldest = next(iter(self._entries.items()))
+            if now - oldest.last_used > self.idle_ttl_s:
+                del self._entries[oldest_id]
+                self.expired += 1
+            elif len(self._entries) > self.max_sessions:
+                del self._entries[oldest_id]
+                self.evicted_lru += 1
+            else:
+                break
+
+    def view(self, conversation_id: str | None, now: float) -> SessionView | None:
+        """The session as the policy sees it, or None (unknown, expired or no id). Read-only:
+        it does not refresh the session's last use (only a completed turn does)."""
+        e = self._live(conversation_id, now)
+        if e is None or conversation_id is None:
+            return None
+        return SessionView(
+            conversation_id, e.decode_url, e.prefill_url, e.cached_tokens_decode, e.cached_tokens_prefill, e.turns, e.forked_from
+        )
+
+    def turn_for(self, conversation_id: str | None, explicit_turn: int | None, now: float) -> int:
+        """The client's turn number when it sent one, else completed turns + 1 (1 when unknown)."""
+        if explicit_turn is not None:
+            if explicit_turn < 1:
+                raise ValueError(f"turn must be >= 1, got {explicit_turn}")
+            return explicit_turn
+        e = self._live(conversation_id, now)
+        return 1 if e is None else e.turns + 1
+
+    def start_fork(self, child_id: str, parent_id: str, now: float) -> SessionView | None:
+        """Place a new conversation that extends ``parent_id``'s prefix on the parent's workers,
+        with the parent's cached tokens. No-op (returns the child's view) when the child already
+        has turns of its own; returns None when the parent is unknown."""
+        if child_id == parent_id:
+            raise ValueError("a conversation cannot fork itself")
+        child = self._live(child_id, now)
+        if child is not None and child.turns > 0:
+            return self.view(child_id, now)
+        parent = self._live(parent_id, now)
+        if parent is None:
+            return None
+        entry = _Entry(
+            parent.decode_url, parent.prefill_url, parent.cached_tokens_decode, parent.cached_tokens_prefill, 0, now, parent_id
+        )
+        self._put(child_id, entry, now)
+        return self.view(child_id, now)
+
+    def record(
+        self, conversation_id: str | None, decision: Decision, prompt_tokens: int, cached_tokens: int, completion_tokens: int, now: float
+    ) -> None:
+        """A turn of ``conversation_id`` completed on ``decision``'s workers (no-op without an id)."""
+        if conversation_id is None:
+            return
+        prompt_tokens, completion_tokens = max(prompt_tokens, 0), max(completion_tokens, 0)
+        e = self._live(conversation_id, now)
+        if e is None:
+            e = _Entry(None, None, 0, 0, 0, now)
+        e.decode_url = decision.decode
+        e.cached_tokens_decode = prompt_tokens + completion_tokens
+        if decision.route == "pd":
+            e.prefill_url = decision.prefill
+            e.cached_tokens_prefill = prompt_tokens
+        elif decision.route == "replica":
+            e.prefill_url, e.cached_tokens_prefill = None, 0
+        e.turns += 1
+        e.last_used = now
+        e.last_route = decision.route
+        e.last_reported_cached = max(cached_tokens, 0)
+        self._put(conversation_id, e, now)
+
+    def forget_worker(self, url: str) -> int:
+        """A worker died or was removed: sessions placed on it lose that placement (their next
+        turn goes P->D and re-binds). Returns how many sessions were touched. O(sessions)."""
+        touched = 0
+        for e in self._entries.values():
+            hit = False
+            if e.decode_url == url:
+                e.decode_url, e.cached_tokens_decode, hit = None, 0, True
+            if e.prefill_url == url:
+                e.prefill_url, e.cached_tokens_prefill, hit = None, 0, True
+            touched += hit
+        return touched
+
+    def snapshot(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The ``limit`` most recently used sessions, newest first (for the admin API)."""
+        out: list[dict[str, Any]] = []
+        for cid in reversed(self._entries):
+            if len(out) >= max(limit, 0):
+                break
+            out.append({"conversation_id": cid, **asdict(self._entries[cid])})
+        return out

@@ -1,0 +1,130 @@
+"""Prompt token counts for routing: exact from the model's tokenizer and chat template when the
+router can load them, otherwise estimated from a bytes-per-token ratio learned online.
+
+Contract with the router app::
+
+    tc = TokenCounter.from_source(path_or_none)   # .gguf / HF dir / "synthetic[:SEED]" or None
+    tc.count_chat(messages, tools) ; tc.count_text(text) ; tc.exact
+    tc.observe(prompt_bytes, reported_prompt_tokens)   # after each turn, from the worker's usage
+
+``prompt_bytes`` must be measured the way the estimate is: :meth:`TokenCounter.chat_bytes` for
+chat requests, ``len(text.encode())`` for text prompts. The learned ratio is an EWMA of
+bytes/token (clamped to a sane range) so one odd request cannot swing it.
+
+The tokenizer comes from ``ppd_kernels.tokenizer.load_tokenizer`` (imported lazily; that module
+chain does not import torch).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+DEFAULT_BYTES_PER_TOKEN = 4.0  # English BPE text; refined online
+_RATIO_BOUNDS = (1.0, 16.0)
+_EWMA_ALPHA = 0.1
+_MESSAGE_OVERHEAD_BYTES = 12  # role markers and separators a chat template adds per message
+
+
+class _Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True) -> str: ...
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: a string, or OpenAI content parts (text parts joined; others skipped)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        parts = []
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+        return "".join(parts)
+    return str(content)
+
+
+def _plain_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
+    out = []
+    for m in messages:
+        d = dict(m)
+        d["content"] = _text_of(m.get("content"))
+        out.append(d)
+    return out
+
+
+class TokenCounter:
+    def __init__(self, tokenizer: _Tokenizer | None = None, bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN) -> None:
+        lo, hi = _RATIO_BOUNDS
+        if not lo <= bytes_per_token <= hi:
+            raise ValueError(f"bytes_per_token must be in [{lo}, {hi}], got {bytes_per_token}")
+        self._tokenizer = tokenizer
+        self.bytes_per_token = float(bytes_per_token)
+        self.observations = 0
+
+    @classmethod
+    def from_source(cls, source: str | None) -> "TokenCounter":
+        """A counter with the tokenizer at ``source`` (exact), or the learned ratio when None.
+        A source that cannot be loaded raises ValueError naming it."""
+        if source is None:
+            return cls()
+        try:
+            from ppd_kernels.tokenizer import load_tokenizer
+        except ImportError as e:  # pragma: no cover - depends on the installed extras
+            raise ValueError(f"cannot load tokenizer {source!r}: ppd_kernels.tokenizer unavailable ({e})") from None
+        try:
+            tok = load_tokenizer(source)
+        except Exception as e:  # the loader's own errors vary (file, format, template)
+            raise ValueError(f"cannot load tokenizer from {source!r}: {e}") from None
+        return cls(tok)
+
+    @property
+    def exact(self) -> bool:
+        return self._tokenizer is not None
+
+    @staticmethod
+    def chat_bytes(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> int:
+        """The byte measure the learned ratio applies to: message texts, roles, tool calls and
+        tool definitions, plus a fixed per-message overhead for the template's markers."""
+        total = 0
+        for m in messages:
+            total += len(_text_of(m.get("content")).encode()) + len(str(m.get("role", ""))) + _MESSAGE_OVERHEAD_BYTES
+            if m.get("tool_calls"):
+                total += len(json.dumps(m["tool_calls"], separators=(",", ":")).encode())
+        if tools:
+            total += len(json.dumps(list(tools), separators=(",", ":")).encode())
+        return total
+
+    def count_text(self, text: str) -> int:
+        if self._tokenizer is not None:
+            return len(self._tokenizer.encode(text))
+        return self._estimate(len(text.encode()))
+
+    def count_chat(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> int:
+        """Prompt tokens of a chat request as the worker will see them (with the generation prompt)."""
+        if self._tokenizer is not None:
+            rendered = self._tokenizer.apply_chat_template(_plain_messages(messages), tools=list(tools) if tools else None, add_generation_prompt=True)
+            return len(self._tokenizer.encode(rendered))
+        return self._estimate(self.chat_bytes(messages, tools))
+
+    def _estimate(self, n_bytes: int) -> int:
+        if n_bytes <= 0:
+            return 0
+        return max(1, round(n_bytes / self.bytes_per_token))
+
+    def observe(self, prompt_bytes: int, reported_prompt_tokens: int) -> None:
+        """Learn bytes/token from a worker's reported prompt_tokens (ignored when exact or absurd)."""
+        if self._tokenizer is not None or prompt_bytes <= 0 or reported_prompt_tokens <= 0:
+            return
+        lo, hi = _RATIO_BOUNDS
+        ratio = min(hi, max(lo, prompt_bytes / reported_prompt_tokens))
+        # the first observations move the estimate fast, later ones settle into the EWMA
+        alpha = max(_EWMA_ALPHA, 1.0 / (self.observations + 2))
+        self.bytes_per_token += alpha * (ratio - self.bytes_per_token)
+        self.observations += 1
