@@ -44,7 +44,9 @@ class FakeOpenAI:
                 raise failure
             err = {"error": {"message": f"fake failure {failure}", "type": "invalid_request_error", "param": "ppd.slo", "code": None}}
             return httpx2.Response(failure, json=err)
-        turn = int(request.headers.get("x-ppd-turn", "1"))
+        # Like the router: the explicit turn, else inferred from the history.
+        inferred = 1 + sum(m.get("role") == "assistant" for m in body["messages"]) + sum(m.get("role") == "tool" for m in body["messages"])
+        turn = int(request.headers.get("x-ppd-turn", inferred))
         prompt = sum(len(str(m.get("content") or "").split()) + 4 for m in body["messages"])
         cached = 0 if turn == 1 else prompt - 6
         text = f"answer {turn}"
