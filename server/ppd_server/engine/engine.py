@@ -1,0 +1,212 @@
+"""Engine: the one thread that owns the scheduler and the model, and its bridge to asyncio.
+
+The HTTP side never touches scheduler state: it posts commands (``submit``, ``abort``,
+``kv_received``, ``release_sent``, ``flush_cache``) to the engine's inbox; the engine thread
+runs them between steps and reports progress back on the event loop through each request's
+``RequestHandle`` (an asyncio queue of ``Update`` snapshots).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .request import Req, State
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Update:
+    """A snapshot of a request's output after a step (cumulative, SGLang style)."""
+
+    output_ids: list[int]
+    text: str
+    finish_reason: dict[str, Any] | None
+    kind: str = "token"   # "token" | "need_kv" (decode: pages ready) | "prefilled" (prefill: KV ready)
+
+
+@dataclass(eq=False)
+class RequestHandle:
+    req: Req
+    loop: asyncio.AbstractEventLoop
+    updates: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def push_threadsafe(self, update: Update) -> None:
+        self.loop.call_soon_threadsafe(self.updates.put_nowait, update)
+
+
+class Engine:
+    def __init__(self, scheduler: Scheduler, runner: Any, observer: Any = None) -> None:
+        """``runner`` has ``run(step) -> tokens`` and ``release(req)``; ``observer`` (metrics)
+        gets ``on_step``, ``on_token`` and ``on_finish`` calls from the engine thread."""
+        self.scheduler = scheduler
+        self.runner = runner
+        self.observer = observer
+        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._handles: dict[str, RequestHandle] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.last_step_time = 0.0
+        self.error: BaseException | None = None
+
+    # ---- called from the event loop ---------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="ppd-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._inbox.put(lambda: None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, handle: RequestHandle) -> None:
+        self._inbox.put(lambda: self._add(handle))
+
+    def abort(self, req: Req, reason: str = "client disconnected") -> None:
+        self._inbox.put(lambda: self._abort(req, reason))
+
+    def kv_received(self, req: Req, first_token: int) -> None:
+        """Decode: the prompt KV was written into the request's slots."""
+        self._inbox.put(lambda: self._kv_received(req, first_token))
+
+    def release_sent(self, req: Req) -> None:
+        """Prefill: the KV was shipped (or the transfer failed); free the request."""
+        self._inbox.put(lambda: self._finish(req))
+
+    def call(self, fn: Callable[[], Any]) -> "asyncio.Future[Any]":
+        """Run ``fn`` on the engine thread (between steps) and await its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def run() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:  # reported to the awaiting coroutine
+                loop.call_soon_threadsafe(_set_exception, future, exc)
+            else:
+                loop.call_soon_threadsafe(_set_result, future, result)
+
+        self._inbox.put(run)
+        return future
+
+    # ---- engine thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._drain_inbox(block=not self.scheduler.has_work())
+                if self._stopping.is_set():
+                    break
+                self._step()
+        except BaseException as exc:  # the worker reports itself unhealthy
+            log.exception("engine thread died")
+            self.error = exc
+            for handle in list(self._handles.values()):
+                handle.req.error = f"engine failure: {exc}"
+                self._push(handle.req, kind="token", final=True)
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            command = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        command()
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            command()
+
+    def _step(self) -> None:
+        step = self.scheduler.schedule()
+        for req in step.admitted_awaiting_kv:
+            self._push(req, kind="need_kv")
+        if not step.rows:
+            return
+        started = time.perf_counter()
+        tokens = self.runner.run(step)
+        produced = self.scheduler.on_forward_done(step, tokens)
+        self.last_step_time = time.perf_counter() - started
+        if self.observer is not None:
+            self.observer.on_step(step, self.last_step_time)
+        for req in produced:
+            self._on_produced(req)
+
+    def _on_produced(self, req: Req) -> None:
+        now = time.monotonic()
+        if req.first_token_time is None:
+            req.first_token_time = now
+        elif self.observer is not None and req.last_token_time is not None:
+            self.observer.on_token(req, now - req.last_token_time)
+        req.last_token_time = now
+        if req.state is State.SENDING:
+            self._push(req, kind="prefilled")
+        elif req.finished:
+            self._released(req)
+        else:
+            self._push(req, kind="token")
+
+    def _add(self, handle: RequestHandle) -> None:
+        req = handle.req
+        self._handles[req.rid] = handle
+        try:
+            self.scheduler.add(req)
+        except ValueError as exc:
+            req.error = str(exc)
+            req.tracker.finish_now({"type": "abort", "message": str(exc)})
+            req.state = State.FINISHED
+            self._released(req)
+
+    def _abort(self, req: Req, reason: str) -> None:
+        if req.finished or req.rid not in self._handles:
+            return
+        self.scheduler.abort(req, {"type": "abort", "message": reason})
+        self._released(req)
+
+    def _kv_received(self, req: Req, first_token: int) -> None:
+        if self.scheduler.on_kv_received(req, first_token):
+            self._on_produced(req)
+
+    def _finish(self, req: Req) -> None:
+        if req.rid in self._handles:
+            self.scheduler.finish(req)
+            self._released(req)
+
+    def _released(self, req: Req) -> None:
+        self.runner.release(req)
+        if self.observer is not None:
+            self.observer.on_finish(req)
+        self._push(req, kind="token", final=True)
+        self._handles.pop(req.rid, None)
+
+    def _push(self, req: Req, kind: str, final: bool = False) -> None:
+        handle = self._handles.get(req.rid)
+        if handle is None:
+            return
+        tracker = req.tracker
+        reason = tracker.finish_reason if final or kind == "token" else None
+        if final and reason is None:
+            reason = {"type": "abort", "message": req.error or "aborted"}
+        handle.push_threadsafe(Update(list(tracker.output_ids), tracker.text, reason, kind))
+
+
+def _set_result(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
