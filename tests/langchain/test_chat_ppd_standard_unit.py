@@ -10,6 +10,10 @@ from langchain_ppd import ChatPPD
 
 
 class TestChatPPDStandardUnit(ChatModelUnitTests):
+    """``test_serdes`` skips itself: ChatPPD keeps BaseChatOpenAI's ``is_lc_serializable() ->
+    False`` (a serialized model would carry a router URL and hints that belong to the
+    deployment, not to the chain), so there is nothing to round-trip."""
+
     @property
     def chat_model_class(self) -> type[ChatPPD]:
         return ChatPPD
