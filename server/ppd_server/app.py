@@ -1,0 +1,165 @@
+"""``create_app(config)``: the router as an aiohttp application, with no module globals.
+
+Everything one app owns lives in its :class:`AppState` (``app[STATE]``): the worker registry and
+its poller, the brain (policy, sessions, cost model, token counter, via :class:`TurnRouter`),
+ONE shared ``aiohttp.ClientSession``, the tracer and a per-app Prometheus registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+import aiohttp
+from aiohttp import web
+from opentelemetry.trace import Tracer, TracerProvider
+
+from ppd_server.admin import add_admin_routes
+from ppd_server.auth import make_auth_middleware
+from ppd_server.config import RouterConfig
+from ppd_server.dispatch import Dispatcher
+from ppd_server.front_door import FrontDoor
+from ppd_server.metrics import RouterMetrics
+from ppd_server.routing.cost_model import CostModel
+from ppd_server.routing.policies import make_policy
+from ppd_server.sessions import SessionTable
+from ppd_server.telemetry import make_tracer
+from ppd_server.token_count import TokenCounter
+from ppd_server.turns import TurnRouter
+from ppd_server.workers import Worker, WorkerRegistry
+
+log = logging.getLogger("ppd_server")
+
+
+@dataclass
+class AppState:
+    config: RouterConfig
+    registry: WorkerRegistry
+    turns: TurnRouter
+    tracer: Tracer
+    metrics: RouterMetrics
+    dispatcher: Dispatcher = None  # type: ignore[assignment]  # set on startup (needs the loop)
+    session: aiohttp.ClientSession | None = None
+    background: set[asyncio.Task] = field(default_factory=set)
+    poller: asyncio.Task | None = None
+
+
+STATE = web.AppKey("ppd_state", AppState)
+
+
+def workers_from_config(config: RouterConfig) -> list[Worker]:
+    out = [Worker(p.url.rstrip("/"), "prefill", bootstrap_port=p.bootstrap_port) for p in config.prefill]
+    out += [Worker(u.rstrip("/"), "decode") for u in config.decode]
+    out += [Worker(u.rstrip("/"), "unified") for u in config.worker]
+    return out
+
+
+def _load_profile(path: str | None) -> dict | None:
+    if not path:
+        return None
+    from ppd_server.profile import load_profile
+
+    return load_profile(path)
+
+
+def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None = None,
+               tokens: TokenCounter | None = None) -> web.Application:
+    """Build the app. ``tracer_provider`` (tests: an SDK provider with an in-memory exporter)
+    overrides the OTEL_* environment; ``tokens`` overrides the token counter."""
+    config.validate()
+    registry = WorkerRegistry(workers_from_config(config))
+    cost_model = CostModel(_load_profile(config.profile))
+    sessions = SessionTable(max_sessions=config.max_sessions, idle_ttl_s=config.session_ttl_s)
+    counter = tokens or TokenCounter.from_source(config.tokenizer)
+    turns = TurnRouter(registry, sessions, cost_model, counter, make_policy(config.policy), config.link_gbps)
+    state = AppState(config=config, registry=registry, turns=turns, tracer=make_tracer(tracer_provider),
+                     metrics=RouterMetrics(registry, cost_model.error_summary))
+    app = web.Application(middlewares=[make_auth_middleware(config.api_key, config.admin_key)],
+                          client_max_size=64 * 1024 * 1024)
+    app[STATE] = state
+    front = FrontDoor(state)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await front.handle(request, "chat")
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        return await front.handle(request, "completion")
+
+    async def generate(request: web.Request) -> web.StreamResponse:
+        return await front.handle(request, "generate")
+
+    async def models(request: web.Request) -> web.Response:
+        names = sorted({w.served_model_name for w in registry if w.served_model_name})
+        return web.json_response({"object": "list", "data": [
+            {"id": n, "object": "model", "created": 0, "owned_by": "ppd"} for n in names]})
+
+    async def health(request: web.Request) -> web.Response:
+        up = {role: sum(1 for w in registry if w.healthy and w.role == role) for role in ("prefill", "decode", "unified")}
+        ok = (up["prefill"] and up["decode"]) or up["unified"]
+        return web.json_response({"status": "ok" if ok else "unavailable", "healthy_workers": up},
+                                 status=200 if ok else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=state.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/generate", generate)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    add_admin_routes(app, state)
+    app.on_startup.append(_startup)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+async def _startup(app: web.Application) -> None:
+    st = app[STATE]
+    cfg = st.config
+    st.session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
+        auto_decompress=False)
+    timeout = aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s, sock_read=cfg.request_timeout_s)
+    st.dispatcher = Dispatcher(st.session, st.registry, st.tracer, timeout, st.background)
+    await st.registry.poll_once(st.session, timeout_s=max(2.0, cfg.connect_timeout_s))
+    if cfg.tokenizer is None and not st.turns.tokens.exact:
+        _adopt_worker_tokenizer(st)
+    st.poller = asyncio.create_task(st.registry.poll_forever(st.session, cfg.load_interval_s))
+
+
+def _adopt_worker_tokenizer(st: AppState) -> None:
+    """Count tokens exactly with the workers' own tokenizer when their model is a local file/dir."""
+    import os
+
+    for w in st.registry:
+        if w.model_path and os.path.exists(w.model_path):
+            try:
+                st.turns.tokens = TokenCounter.from_source(w.model_path)
+                log.info("token counts from the tokenizer of %s", w.model_path)
+            except Exception as e:  # noqa: BLE001 - a tokenizer that fails to load leaves the learned ratio
+                log.warning("could not load the tokenizer of %s (%s); using a learned bytes/token ratio",
+                            w.model_path, e)
+            return
+
+
+async def _cleanup(app: web.Application) -> None:
+    st = app[STATE]
+    if st.poller is not None:
+        st.poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await st.poller
+    if st.background:
+        await asyncio.wait(list(st.background), timeout=5.0)
+        for t in st.background:
+            t.cancel()
+    if st.session is not None:
+        await st.session.close()
+
+
+def state_of(app: web.Application) -> AppState:
+    return app[STATE]
+
+
+__all__ = ["create_app", "AppState", "STATE", "state_of", "workers_from_config"]

@@ -1,0 +1,195 @@
+"""``ppd-server``: serve (default) or ``ppd-server profile``.
+
+Every serve flag maps to a :class:`~ppd_server.config.RouterConfig` field; defaults come from
+the dataclass; ``PPD_<FIELD>`` environment variables and ``--config file.yaml`` fill what the
+flags leave unset. With no ``--prefill/--decode/--worker`` an embedded cluster is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from dataclasses import fields
+from typing import Any, Sequence
+
+from ppd_server.config import BACKENDS, ConfigError, RouterConfig, load_config
+
+_DEFAULTS = {f.name: f.default for f in fields(RouterConfig)}
+
+
+def _d(name: str) -> str:
+    return f" (default: {_DEFAULTS[name]})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ppd_server.routing.policies import POLICY_SPECS
+
+    p = argparse.ArgumentParser(
+        prog="ppd-server",
+        description="PPD router: an OpenAI-compatible front door over SGLang prefill/decode workers that "
+                    "decides per turn between D-local append-prefill and P->D. With no workers given it "
+                    "starts an embedded cluster of ppd-worker processes. Subcommand: `ppd-server profile`.",
+        epilog="Every flag can also be set as PPD_<NAME> in the environment (e.g. PPD_POLICY=pd) or in a "
+               "YAML file given with --config (keys = flag names with underscores). Flags win over env over YAML.")
+    g = p.add_argument_group("front door")
+    g.add_argument("--host", help="address to bind" + _d("host"))
+    g.add_argument("--port", type=int, help="port to bind" + _d("port"))
+    g.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* and /generate")
+    g.add_argument("--admin-key", help="require 'Authorization: Bearer KEY' on /admin/*")
+    g.add_argument("--config", help="YAML file with settings")
+    g = p.add_argument_group("workers (none given: embedded cluster)")
+    g.add_argument("--prefill", nargs="+", action="append", metavar=("URL", "BOOTSTRAP_PORT"),
+                   help="a prefill worker, optionally with its bootstrap port (else read from /server_info); repeatable")
+    g.add_argument("--decode", action="append", metavar="URL", help="a decode worker; repeatable")
+    g.add_argument("--worker", action="append", metavar="URL", help="a unified (non-disaggregated) worker; repeatable")
+    g = p.add_argument_group("routing")
+    g.add_argument("--policy", help=f"routing policy: {', '.join(POLICY_NAMES)}; parameterised as "
+                                    + _d("policy"))
+    g.add_argument("--profile", help="cost-model profile JSON saved by `ppd-server profile`")
+    g.add_argument("--tokenizer", help="tokenizer source (.gguf or HF dir) for exact token counts; default: "
+                                       "the workers' model when it is a local path, else a learned bytes/token ratio")
+    g.add_argument("--link-gbps", type=float, help="P->D KV link bandwidth the cost model assumes" + _d("link_gbps"))
+    g.add_argument("--max-sessions", type=int, help="session table bound (LRU)" + _d("max_sessions"))
+    g.add_argument("--session-ttl-s", type=float, help="idle conversation expiry" + _d("session_ttl_s"))
+    g = p.add_argument_group("worker management")
+    g.add_argument("--load-interval", dest="load_interval_s", type=float,
+                   help="seconds between load polls (/v1/loads, else /metrics)" + _d("load_interval_s"))
+    g.add_argument("--request-timeout", dest="request_timeout_s", type=float,
+                   help="max seconds waiting for a worker's next bytes" + _d("request_timeout_s"))
+    g.add_argument("--connect-timeout", dest="connect_timeout_s", type=float, help="worker connect timeout" + _d("connect_timeout_s"))
+    g.add_argument("--max-retries", type=int, help="re-dispatches on a new pair before any byte was sent" + _d("max_retries"))
+    g = p.add_argument_group("embedded cluster")
+    g.add_argument("--embedded", help="layout: 1P1D, 1P2D, 2P2D, 1R (unified)..." + _d("embedded"))
+    g.add_argument("--model", help="ppd-worker model: smollm2, a .gguf/HF path, or synthetic[:SEED]" + _d("model"))
+    g.add_argument("--backend", choices=BACKENDS, help="ppd = ppd-worker processes; sglang = real SGLang (GPU)" + _d("backend"))
+    g.add_argument("--model-path", help="model for --backend sglang")
+    g.add_argument("--tp", type=int, help="tensor parallel size per SGLang worker" + _d("tp"))
+    g.add_argument("--worker-threads", type=int, help="torch threads per ppd-worker" + _d("worker_threads"))
+    g.add_argument("--kv-link-gbps", type=float, help="cap the embedded P->D KV transfer rate (emulate a DC link)")
+    g.add_argument("--startup-timeout", dest="startup_timeout_s", type=float, help="seconds to wait for workers" + _d("startup_timeout_s"))
+    g.add_argument("--dry-run", action="store_true", default=None, help="print the worker commands and exit")
+    g.add_argument("--log-level", help="debug|info|warning|error" + _d("log_level"))
+    return p
+
+
+def build_profile_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ppd-server profile",
+                                description="Measure the embedded engine's cost model on a unified ppd-worker and save it as JSON.")
+    p.add_argument("--model", default=_DEFAULTS["model"], help="ppd-worker model" + _d("model"))
+    p.add_argument("--worker", help="profile this running unified worker instead of starting one")
+    p.add_argument("--output", "-o", default="ppd-profile.json", help="where to save the profile (default: ppd-profile.json)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the embedded worker (default: 1)")
+    return p
+
+
+def _flags(ns: argparse.Namespace) -> dict[str, Any]:
+    flags = {k: v for k, v in vars(ns).items() if k != "config"}
+    if flags.get("prefill"):
+        for item in flags["prefill"]:
+            if len(item) > 2:
+                raise ConfigError("prefill", f"expected URL [BOOTSTRAP_PORT], got {' '.join(item)!r}")
+            if len(item) == 2 and not (item[1].isdigit() or item[1] == "none"):
+                raise ConfigError("prefill", f"bootstrap port must be a number or 'none', got {item[1]!r}")
+    return flags
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "profile":
+        return profile_main(args[1:])
+    if args and args[0] == "serve":
+        args = args[1:]
+    ns = build_parser().parse_args(args)
+    try:
+        config = load_config(_flags(ns), yaml_path=ns.config)
+    except ConfigError as e:
+        print(f"ppd-server: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(config)
+
+
+def serve(config: RouterConfig) -> int:
+    from ppd_server.launcher import Cluster, ClusterError, plan_cluster, with_workers
+
+    cluster = None
+    if not config.has_external_workers:
+        plans = plan_cluster(config)
+        if config.dry_run:
+            for plan in plans:
+                print(" ".join(plan.argv))
+            return 0
+        cluster = Cluster(plans)
+        try:
+            cluster.start(timeout_s=config.startup_timeout_s)
+        except ClusterError as e:
+            cluster.stop()
+            print(f"ppd-server: error: {e}", file=sys.stderr)
+            return 1
+        except BaseException:
+            cluster.stop()
+            raise
+        config = with_workers(config, plans)
+    elif config.dry_run:
+        print("ppd-server: external workers given; nothing to launch")
+        return 0
+    try:
+        _run_app(config)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    return 0
+
+
+def _run_app(config: RouterConfig) -> None:
+    from aiohttp import web
+
+    from ppd_server.app import create_app
+
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    app = create_app(config)
+    print(f"[ppd-server] serving on http://{config.host}:{config.port} (policy {config.policy})",
+          file=sys.stderr, flush=True)
+    web.run_app(app, host=config.host, port=config.port, loop=loop, access_log=None, print=None,
+                handle_signals=True)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def profile_main(argv: Sequence[str]) -> int:
+    from ppd_server.config import RouterConfig
+    from ppd_server.launcher import Cluster, ClusterError, plan_cluster
+    from ppd_server.profile import measure_profile, save_profile
+
+    ns = build_profile_parser().parse_args(list(argv))
+    cluster = None
+    url = ns.worker
+    try:
+        if url is None:
+            cfg = RouterConfig(embedded="1R", model=ns.model, worker_threads=ns.threads).validate()
+            plans = plan_cluster(cfg)
+            cluster = Cluster(plans)
+            cluster.start()
+            url = plans[0].url
+        profile = measure_profile(url)
+        save_profile(profile, ns.output)
+    except (ClusterError, ConfigError) as e:
+        print(f"ppd-server profile: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    print(json.dumps(profile.get("coefficients", {}), indent=2))
+    print(f"[ppd-server] profile saved to {ns.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,253 @@
+"""Router configuration: frozen dataclasses with ONE source of defaults (the field defaults).
+
+Precedence, lowest first: field defaults < YAML file (``--config``) < ``PPD_*`` environment
+variables < command-line flags. :meth:`RouterConfig.validate` runs at startup and raises
+:class:`ConfigError` naming the offending field, so a bad value never reaches the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "PPD_"
+BACKENDS = ("ppd", "sglang")
+_EMBEDDED_RE = re.compile(r"^(?:(\d+)P(\d+)D|(\d+)R)$", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; ``field`` names it."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillSpec:
+    url: str
+    bootstrap_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedLayout:
+    """How many embedded workers of each role to start (``1P1D``, ``2P2D``, ``1R``...)."""
+
+    prefill: int = 1
+    decode: int = 1
+    unified: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> EmbeddedLayout:
+        m = _EMBEDDED_RE.match(text.strip())
+        if not m:
+            raise ConfigError("embedded", f"expected a layout like 1P1D, 1P2D, 2P2D or 1R, got {text!r}")
+        if m.group(3):
+            layout = cls(prefill=0, decode=0, unified=int(m.group(3)))
+        else:
+            layout = cls(prefill=int(m.group(1)), decode=int(m.group(2)), unified=0)
+        if layout.prefill + layout.decode + layout.unified == 0 or (layout.prefill == 0) != (layout.decode == 0):
+            raise ConfigError("embedded", f"layout {text!r} needs at least one prefill AND one decode, or unified workers")
+        return layout
+
+    def __str__(self) -> str:
+        return f"{self.unified}R" if self.unified else f"{self.prefill}P{self.decode}D"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    # front door
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = field(default=None, repr=False)
+    admin_key: str | None = field(default=None, repr=False)
+    # workers (none given -> embedded cluster)
+    prefill: tuple[PrefillSpec, ...] = ()
+    decode: tuple[str, ...] = ()
+    worker: tuple[str, ...] = ()
+    # routing
+    policy: str = "ppd"
+    profile: str | None = None  # JSON saved by `ppd-server profile`
+    tokenizer: str | None = None  # .gguf / HF dir; default: the workers' model_path when local
+    link_gbps: float = 10.0  # P->D link bandwidth the cost model assumes
+    max_sessions: int = 100_000
+    session_ttl_s: float = 3600.0
+    # worker management
+    load_interval_s: float = 0.5
+    request_timeout_s: float = 600.0  # whole-request cap, also the idle-read cap on a stream
+    connect_timeout_s: float = 3.0
+    max_retries: int = 2
+    startup_timeout_s: float = 180.0
+    # embedded cluster
+    embedded: str = "1P1D"
+    model: str = "smollm2"
+    backend: str = "ppd"
+    model_path: str | None = None  # --backend sglang
+    worker_threads: int = 1
+    kv_link_gbps: float | None = None
+    tp: int = 1
+    dry_run: bool = False
+    log_level: str = "info"
+
+    @property
+    def embedded_layout(self) -> EmbeddedLayout:
+        return EmbeddedLayout.parse(self.embedded)
+
+    @property
+    def has_external_workers(self) -> bool:
+        return bool(self.prefill or self.decode or self.worker)
+
+    def replace(self, **changes: Any) -> RouterConfig:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> RouterConfig:
+        """Raise :class:`ConfigError` naming the first invalid field; return self."""
+        if not 0 < self.port < 65536:
+            raise ConfigError("port", f"must be in 1..65535, got {self.port}")
+        for name in ("load_interval_s", "request_timeout_s", "connect_timeout_s", "startup_timeout_s",
+                     "session_ttl_s", "link_gbps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
+        if self.max_retries < 0 or self.max_retries > 10:
+            raise ConfigError("max_retries", f"must be in 0..10, got {self.max_retries}")
+        if self.max_sessions < 1:
+            raise ConfigError("max_sessions", f"must be >= 1, got {self.max_sessions}")
+        if self.worker_threads < 1 or self.tp < 1:
+            raise ConfigError("worker_threads" if self.worker_threads < 1 else "tp", "must be >= 1")
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "sglang" and not self.model_path and not self.has_external_workers:
+            raise ConfigError("model_path", "--backend sglang needs --model-path")
+        for p in self.prefill:
+            _check_url("prefill", p.url)
+            if p.bootstrap_port is not None and not 0 < p.bootstrap_port < 65536:
+                raise ConfigError("prefill", f"bootstrap port of {p.url} must be in 1..65535")
+        for u in self.decode:
+            _check_url("decode", u)
+        for u in self.worker:
+            _check_url("worker", u)
+        if bool(self.prefill) != bool(self.decode):
+            raise ConfigError("prefill" if not self.prefill else "decode",
+                              "P/D needs at least one --prefill AND one --decode worker")
+        if not self.has_external_workers:
+            self.embedded_layout  # noqa: B018 - raises ConfigError on a bad layout
+        _check_policy(self.policy)
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level", f"must be debug|info|warning|error, got {self.log_level!r}")
+        return self
+
+
+def _check_url(name: str, url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(name, f"expected a URL like http://127.0.0.1:30001, got {url!r}")
+
+
+def _check_policy(spec: str) -> None:
+    from ppd_server.routing.policies import make_policy
+
+    try:
+        make_policy(spec)
+    except ValueError as e:
+        raise ConfigError("policy", str(e)) from None
+
+
+# --- loading -----------------------------------------------------------------------------
+
+_FIELD_TYPES = {f.name: f.type for f in fields(RouterConfig)}
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a YAML/env/flag value to the field's type, or raise ConfigError naming it."""
+    if name not in _FIELD_TYPES:
+        raise ConfigError(name, f"unknown setting; known: {', '.join(sorted(_FIELD_TYPES))}")
+    kind = str(_FIELD_TYPES[name])
+    try:
+        if value is None:
+            return None
+        if name == "prefill":
+            return tuple(_prefill_spec(v) for v in _as_list(value))
+        if name in ("decode", "worker"):
+            return tuple(str(v) for v in _as_list(value))
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            low = str(value).strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"invalid value {value!r} (expected {kind})") from None
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [v for v in (s.strip() for s in value.split(",")) if v]
+    return list(value)
+
+
+def _prefill_spec(value: Any) -> PrefillSpec:
+    if isinstance(value, PrefillSpec):
+        return value
+    if isinstance(value, Mapping):
+        port = value.get("bootstrap_port")
+        return PrefillSpec(str(value["url"]), None if port in (None, "none") else int(port))
+    if isinstance(value, (list, tuple)):
+        url, *rest = value
+        port = rest[0] if rest else None
+        return PrefillSpec(str(url), None if port in (None, "none") else int(port))
+    parts = str(value).split()
+    return _prefill_spec(parts)
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``PPD_POLICY=pd`` -> {"policy": "pd"}; unknown PPD_ names are ignored (other tools use the prefix)."""
+    out: dict[str, Any] = {}
+    for name in _FIELD_TYPES:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            out[name] = coerce(name, raw)
+    return out
+
+
+def from_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError("config", f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError("config", f"{path} must hold a mapping of settings")
+    return {k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in data.items()}
+
+
+def load_config(flags: Mapping[str, Any], *, yaml_path: str | None = None,
+                environ: Mapping[str, str] | None = None) -> RouterConfig:
+    """Merge defaults < YAML < env < flags (flags given as None are 'not set') and validate."""
+    merged: dict[str, Any] = {}
+    if yaml_path:
+        merged.update(from_yaml(yaml_path))
+    merged.update(from_env(os.environ if environ is None else environ))
+    merged.update({k: coerce(k, v) for k, v in flags.items() if v is not None})
+    return RouterConfig(**merged).validate()

@@ -1,0 +1,279 @@
+"""Sending one routed turn to the workers and relaying the answer (the DESIGN wire contract).
+
+* ``pd``: the SAME body to the prefill and the decode worker, concurrently, with SGLang's
+  ``bootstrap_host`` / ``bootstrap_port`` / ``bootstrap_room`` (a fresh random room < 2^63 per
+  attempt). The decode answer is relayed; the prefill answer is drained. A prefill failure aborts
+  the paired decode request (its connection is closed, so the worker aborts it) and the client
+  gets an OpenAI-style error (or an SSE error event + ``[DONE]`` once a stream has started).
+* ``local``: the body + ``do_local_prefill: true`` to the decode worker.
+* ``replica``: the body to a unified worker.
+
+:class:`RetryableFailure` is raised only before any byte reached the client (connect error,
+502/503); the caller takes the worker out, re-decides and retries on a new pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import aiohttp
+from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from ppd_server.errors import RouterError, error_response, sse_error_event
+from ppd_server.relay import Kind, RouteInfoFn, SSEShaper, TurnUsage, shape_json
+from ppd_server.routing.types import Decision
+from ppd_server.workers import WorkerRegistry
+
+_CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+_UPSTREAM_BROKE = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class RetryableFailure(Exception):
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Plan:
+    """One attempt: where to send what, and how to answer."""
+
+    kind: Kind
+    path: str
+    body: dict[str, Any]  # already without the ``ppd`` field
+    decision: Decision
+    stream: bool
+    client_wants_usage: bool
+    client_headers: dict[str, str]  # X-PPD-*, x-request-id
+    worker_headers: dict[str, str]  # forwarded to the workers
+    route_info: RouteInfoFn
+    finish: Callable[[TurnUsage, float, bool], None]  # (usage, started_at, ok)
+    parent_context: Any = None
+    started_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class _Call:
+    resp: aiohttp.ClientResponse
+    span: trace.Span
+
+    def close(self, ok: bool = True) -> None:
+        self.resp.close()
+        if not ok:
+            self.span.set_status(Status(StatusCode.ERROR))
+        self.span.end()
+
+
+class Dispatcher:
+    def __init__(self, session: aiohttp.ClientSession, registry: WorkerRegistry, tracer: Tracer,
+                 timeout: aiohttp.ClientTimeout, background: set[asyncio.Task]) -> None:
+        self.session = session
+        self.registry = registry
+        self.tracer = tracer
+        self.timeout = timeout
+        self.background = background
+
+    async def run(self, request: web.Request, plan: Plan) -> web.StreamResponse:
+        d = plan.decision
+        decode = self.registry.get(d.decode)
+        if decode is None:
+            raise RetryableFailure(str(d.decode), "unknown decode worker")
+        decode.inflight += 1
+        try:
+            if d.route == "pd":
+                return await self._pd(request, plan)
+            body = dict(plan.body, do_local_prefill=True) if d.route == "local" else plan.body
+            call = await self._open(d.decode, plan, json.dumps(body).encode(), "decode" if d.route == "local" else "unified")
+            return await self._answer(request, plan, call, prefill=None)
+        finally:
+            decode.inflight -= 1
+
+    # --- P->D ------------------------------------------------------------------------------
+
+    async def _pd(self, request: web.Request, plan: Plan) -> web.StreamResponse:
+        d = plan.decision
+        prefill = self.registry.get(d.prefill)
+        if prefill is None:
+            raise RetryableFailure(str(d.prefill), "unknown prefill worker")
+        body = dict(plan.body, bootstrap_host=prefill.host, bootstrap_port=prefill.bootstrap_port,
+                    bootstrap_room=secrets.randbits(63))
+        data = json.dumps(body).encode()
+        prefill_task = asyncio.create_task(self._prefill(prefill.url, plan, data))
+        decode_task = asyncio.create_task(self._open(d.decode, plan, data, "decode"))
+        await asyncio.wait((prefill_task, decode_task), return_when=asyncio.FIRST_COMPLETED)
+        if prefill_task.done() and prefill_task.exception() is not None:
+            await _discard(decode_task)
+            raise prefill_task.exception()  # type: ignore[misc]
+        try:
+            call = await decode_task
+        except BaseException:
+            await _discard(prefill_task)
+            raise
+        if call.resp.status != 200:
+            await _discard(prefill_task)
+        return await self._answer(request, plan, call, prefill=prefill_task)
+
+    async def _prefill(self, url: str, plan: Plan, data: bytes) -> None:
+        """Send to the prefill worker and drain its answer; raise on failure."""
+        worker = self.registry.get(url)
+        if worker:
+            worker.inflight += 1
+        try:
+            call = await self._open(url, plan, data, "prefill")
+            try:
+                raw = await call.resp.read()
+            except _UPSTREAM_BROKE as e:
+                call.close(ok=False)
+                raise RetryableFailure(url, f"prefill answer broke off: {type(e).__name__}") from None
+            call.close(ok=call.resp.status == 200)
+            if call.resp.status != 200:
+                raise _worker_error(call.resp.status, raw, "prefill")
+        finally:
+            if worker:
+                worker.inflight -= 1
+
+    # --- common ----------------------------------------------------------------------------
+
+    async def _open(self, url: str, plan: Plan, data: bytes, role: str) -> _Call:
+        span = self.tracer.start_span(
+            f"POST {plan.path}", context=plan.parent_context, kind=SpanKind.CLIENT,
+            attributes={"http.request.method": "POST", "server.address": url.split("//", 1)[-1].rsplit(":", 1)[0],
+                        "url.full": url + plan.path, "ppd.worker.role": role})
+        headers = dict(plan.worker_headers)
+        propagate.inject(headers, context=trace.set_span_in_context(span, plan.parent_context))
+        try:
+            resp = await self.session.post(url + plan.path, data=data, headers=headers, timeout=self.timeout)
+        except _UPSTREAM_BROKE as e:
+            span.set_status(Status(StatusCode.ERROR, type(e).__name__))
+            span.end()
+            raise RetryableFailure(url, f"{type(e).__name__}: {e}") from None
+        span.set_attribute("http.response.status_code", resp.status)
+        call = _Call(resp, span)
+        if resp.status in (502, 503):
+            with suppress(*_UPSTREAM_BROKE):
+                await resp.read()
+            call.close(ok=False)
+            raise RetryableFailure(url, f"answered HTTP {resp.status}")
+        return call
+
+    async def _answer(self, request: web.Request, plan: Plan, call: _Call,
+                      prefill: asyncio.Task | None) -> web.StreamResponse:
+        if call.resp.status != 200:
+            raw = await _read_quietly(call.resp)
+            call.close(ok=False)
+            plan.finish(TurnUsage(), plan.started_at, False)
+            return error_response(_worker_error(call.resp.status, raw, "decode"), plan.client_headers)
+        prefill_error: list[BaseException] = []
+        if prefill is not None:
+            def on_prefill_done(t: asyncio.Task) -> None:
+                if not t.cancelled() and t.exception() is not None:
+                    prefill_error.append(t.exception())  # type: ignore[arg-type]
+                    call.resp.close()  # abort the paired decode request
+            prefill.add_done_callback(on_prefill_done)
+            self.background.add(prefill)
+            prefill.add_done_callback(self.background.discard)
+        if plan.stream:
+            return await self._relay_stream(request, plan, call, prefill_error)
+        try:
+            raw = await call.resp.read()
+        except _UPSTREAM_BROKE as e:
+            call.close(ok=False)
+            if prefill_error and isinstance(prefill_error[0], RetryableFailure):
+                raise prefill_error[0] from None
+            err = _as_router_error(prefill_error[0]) if prefill_error else RouterError(
+                502, f"worker {plan.decision.decode} failed mid-request: {type(e).__name__}", code="worker_failed")
+            plan.finish(TurnUsage(), plan.started_at, False)
+            return error_response(err, plan.client_headers)
+        call.close()
+        body, usage = shape_json(plan.kind, raw, plan.route_info)
+        plan.finish(usage, plan.started_at, True)
+        return web.Response(body=body, status=200, content_type="application/json", headers=plan.client_headers)
+
+    async def _relay_stream(self, request: web.Request, plan: Plan, call: _Call,
+                            prefill_error: list[BaseException]) -> web.StreamResponse:
+        out = web.StreamResponse(status=200, headers={**plan.client_headers, "Content-Type": "text/event-stream",
+                                                      "Cache-Control": "no-cache"})
+        await out.prepare(request)
+        shaper = SSEShaper(plan.kind, plan.client_wants_usage, plan.route_info)
+        ok = False
+        try:
+            try:
+                async for chunk in call.resp.content.iter_any():
+                    data = shaper.feed(chunk)
+                    if data:
+                        await out.write(data)
+                tail = shaper.flush()
+                if tail:
+                    await out.write(tail)
+                broke: RouterError | None = None if shaper.saw_done else RouterError(
+                    502, f"worker {plan.decision.decode} ended the stream early", code="worker_failed", retryable=True)
+            except _CLIENT_GONE:
+                raise
+            except _UPSTREAM_BROKE as e:
+                broke = RouterError(502, f"worker {plan.decision.decode} failed mid-stream: {type(e).__name__}",
+                                    code="worker_failed", retryable=True)
+            if prefill_error:
+                broke = _as_router_error(prefill_error[0])
+            if broke is not None and not shaper.saw_error:
+                await out.write(sse_error_event(broke))
+            ok = broke is None and not shaper.saw_error
+            await out.write_eof()
+        except _CLIENT_GONE:
+            pass  # client went away: closing the worker call below aborts its request
+        finally:
+            call.close(ok=ok)
+            plan.finish(shaper.usage, plan.started_at, ok)
+        return out
+
+
+async def _discard(task: asyncio.Task) -> None:
+    """Cancel a leg that is no longer needed; close its connection if it already answered."""
+    if not task.done():
+        task.cancel()
+    with suppress(BaseException):
+        result = await task
+        if isinstance(result, _Call):
+            result.close(ok=False)
+
+
+async def _read_quietly(resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await resp.read()
+    except _UPSTREAM_BROKE:
+        return b""
+
+
+def _worker_error(status: int, raw: bytes, role: str) -> RouterError:
+    """A worker's non-200 answer as the client sees it (its own message kept when OpenAI-style)."""
+    message = raw.decode("utf-8", "replace")[:2000]
+    param = code = None
+    try:
+        obj = json.loads(raw)
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message", message))
+            param, code = err.get("param"), err.get("code")
+        elif isinstance(obj, dict) and isinstance(obj.get("message"), str):
+            message = obj["message"]
+    except ValueError:
+        pass
+    if 400 <= status < 500:
+        return RouterError(status, message, param=param, code=code)
+    return RouterError(502, f"{role} worker error (HTTP {status}): {message}", code=f"{role}_error")
+
+
+def _as_router_error(exc: BaseException) -> RouterError:
+    if isinstance(exc, RouterError):
+        return exc
+    if isinstance(exc, RetryableFailure):
+        return RouterError(502, f"prefill worker failed: {exc.reason}", code="prefill_error", retryable=True)
+    return RouterError(502, f"prefill worker failed: {type(exc).__name__}", code="prefill_error")

@@ -1,0 +1,55 @@
+"""OpenAI-style error bodies: ``{"error": {"message", "type", "param", "code"}}``.
+
+Every 4xx/5xx the router produces goes through :func:`error_response` (plain JSON) or
+:func:`sse_error_event` (inside an already-started stream), so clients always get the same
+shape, including the real ``openai`` client, which maps the status to its exception class.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class RouterError(Exception):
+    """An error the router answers with a given status and OpenAI-style body."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type_: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type_ or _TYPES.get(status, "server_error")
+        self.retryable = retryable
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def error_response(err: RouterError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=err.status, body=json.dumps(err.body()).encode(),
+                        content_type="application/json", headers=headers)
+
+
+def sse_error_event(err: RouterError) -> bytes:
+    """The error event plus ``[DONE]``, as SGLang itself ends a stream that failed mid-way."""
+    body = err.body()
+    body["error"]["retryable"] = err.retryable
+    return b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> RouterError:
+    return RouterError(400, message, param=param, code=code)

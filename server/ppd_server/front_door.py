@@ -1,0 +1,243 @@
+"""The OpenAI / SGLang front door: ``/v1/chat/completions``, ``/v1/completions``, ``/generate``.
+
+Parses only what routing needs (model, messages/prompt for the token count, max tokens,
+stream flags, PPD hints), validates it (OpenAI-style 4xx), asks the TurnRouter for a decision,
+and hands the body - untouched apart from removing ``ppd``, forcing ``include_usage`` on streams
+and the dispatcher's bootstrap / ``do_local_prefill`` fields - to the Dispatcher, retrying on a
+new pair when a worker fails before any byte reached the client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from ppd_sdk import wire
+from ppd_server.dispatch import Plan, RetryableFailure
+from ppd_server.errors import RouterError, bad_request, error_response
+from ppd_server.metrics import turn_bucket
+from ppd_server.relay import Kind, TurnUsage
+from ppd_server.routing.types import NoWorkerAvailable
+from ppd_server.telemetry import decision_attributes, extract_context
+from ppd_server.turns import Turn
+
+if TYPE_CHECKING:
+    from ppd_server.app import AppState
+
+_FORWARDED_HEADERS = ("x-request-id", "x-correlation-id")
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise bad_request(f"could not parse the JSON body: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("the JSON body must be an object", code="invalid_json")
+    return body
+
+
+def _positive_int(value: Any, param: str, default: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise bad_request(f"{param} must be a positive integer, got {value!r}", param=param)
+    return value
+
+
+def _text_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "replace"))
+    if isinstance(value, list):
+        return sum(_text_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_text_bytes(v) for k, v in value.items() if k in ("content", "text", "name", "arguments"))
+    return 0
+
+
+class FrontDoor:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    # --- parsing -------------------------------------------------------------------------
+
+    def _check_model(self, body: dict[str, Any]) -> None:
+        model = body.get("model")
+        if model is None:
+            return
+        names = self.state.registry.model_names()
+        if names and model not in names:
+            raise RouterError(404, f"The model `{model}` does not exist. Available: {', '.join(sorted(names))}",
+                              param="model", code="model_not_found")
+
+    def _measure(self, kind: Kind, body: dict[str, Any]) -> tuple[int, int, int]:
+        """(prompt tokens, prompt bytes, max new tokens); raises 400 on a malformed prompt."""
+        tc = self.state.turns.tokens
+        if kind == "chat":
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+                raise bad_request("'messages' must be a non-empty array of message objects", param="messages")
+            tools = body.get("tools")
+            tokens = tc.count_chat(messages, tools if isinstance(tools, list) else None)
+            nbytes = tc.chat_bytes(messages, tools if isinstance(tools, list) else None)
+            max_new = _positive_int(body.get("max_completion_tokens", body.get("max_tokens")),
+                                    "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens", 128)
+            return tokens, nbytes, max_new
+        if kind == "completion":
+            prompt = body.get("prompt")
+            if isinstance(prompt, str):
+                tokens = tc.count_text(prompt)
+            elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+                tokens = len(prompt)
+            elif isinstance(prompt, list) and prompt and all(isinstance(t, str) for t in prompt):
+                tokens = sum(tc.count_text(p) for p in prompt)
+            else:
+                raise bad_request("'prompt' must be a non-empty string, array of strings or array of token ids",
+                                  param="prompt")
+            return tokens, _text_bytes(prompt), _positive_int(body.get("max_tokens"), "max_tokens", 16)
+        text, ids = body.get("text"), body.get("input_ids")
+        if isinstance(text, str) and text:
+            tokens = tc.count_text(text)
+        elif isinstance(text, list) and text and all(isinstance(t, str) for t in text):
+            tokens = sum(tc.count_text(t) for t in text)
+        elif isinstance(ids, list) and ids and all(isinstance(t, int) for t in ids):
+            tokens = len(ids)
+        elif isinstance(ids, list) and ids and all(isinstance(t, list) for t in ids):
+            tokens = sum(len(t) for t in ids)
+        else:
+            raise bad_request("/generate needs 'text' or 'input_ids'", param="text")
+        sp = body.get("sampling_params")
+        if sp is not None and not isinstance(sp, dict):
+            raise bad_request("'sampling_params' must be an object", param="sampling_params")
+        max_new = _positive_int((sp or {}).get("max_new_tokens"), "sampling_params.max_new_tokens", 128)
+        return tokens, _text_bytes(text), max_new
+
+    def _check_capacity(self, prompt_tokens: int, max_new: int) -> None:
+        cap = self.state.registry.capacity_tokens()
+        if cap and self.state.turns.tokens.exact and prompt_tokens >= cap:
+            raise bad_request(
+                f"This prompt has {prompt_tokens} tokens; the workers hold at most {cap} tokens of context.",
+                param="messages", code="context_length_exceeded")
+
+    # --- the handler ---------------------------------------------------------------------
+
+    async def handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        st = self.state
+        request_id = request.headers.get("x-request-id") or f"ppd-{uuid.uuid4().hex}"
+        span = st.tracer.start_span("ppd.route", context=extract_context(request.headers), kind=SpanKind.SERVER,
+                                    attributes={"http.route": request.path, "http.request.method": "POST"})
+        try:
+            return await self._handle(request, kind, request_id, span)
+        except RouterError as e:
+            span.set_status(Status(StatusCode.ERROR, e.message))
+            span.set_attribute("error.type", e.code or str(e.status))
+            st.metrics.errors.labels(str(e.status)).inc()
+            return error_response(e, {"x-request-id": request_id})
+        finally:
+            span.end()
+
+    async def _handle(self, request: web.Request, kind: Kind, request_id: str, span: Any) -> web.StreamResponse:
+        st = self.state
+        body = _parse_body(await request.read())
+        if kind != "generate":
+            self._check_model(body)
+        prompt_tokens, prompt_bytes, max_new = self._measure(kind, body)
+        try:
+            hints = wire.parse_hints(request.headers, body)
+        except wire.WireError as e:
+            raise bad_request(e.message, param=e.param, code="invalid_ppd_hints") from None
+        self._check_capacity(prompt_tokens, max_new)
+
+        body.pop(wire.BODY_FIELD, None)
+        stream = body.get("stream") is True
+        so = body.get("stream_options")
+        client_wants_usage = isinstance(so, dict) and bool(so.get("include_usage"))
+        if stream and kind != "generate":
+            body["stream_options"] = {**(so if isinstance(so, dict) else {}), "include_usage": True}
+
+        turn = st.turns.begin(hints, prompt_tokens, prompt_bytes, max_new)
+        if turn.conversation_id:
+            span.set_attribute("gen_ai.conversation.id", turn.conversation_id)
+        span.set_attribute("ppd.turn", turn.request.turn)
+        for name, value in (("ttft_ms", hints.slo.ttft_ms), ("tpot_ms", hints.slo.tpot_ms)):
+            if value is not None:
+                span.set_attribute(f"ppd.slo.{name}", value)
+        span.set_attribute("ppd.weights.ttft", hints.weights.ttft)
+        span.set_attribute("ppd.weights.tpot", hints.weights.tpot)
+        worker_headers = {"Content-Type": "application/json", "x-request-id": request_id}
+        for h in _FORWARDED_HEADERS[1:]:
+            if h in request.headers:
+                worker_headers[h] = request.headers[h]
+
+        last_failure: RetryableFailure | None = None
+        for attempt in range(st.config.max_retries + 1):
+            try:
+                decision = st.turns.decide(turn)
+            except NoWorkerAvailable as e:
+                msg = str(e) + (f" (last failure: {last_failure})" if last_failure else "")
+                raise RouterError(503, msg or "no worker available", code="no_worker_available") from None
+            span.set_attributes(decision_attributes(decision))
+            span.set_attribute("ppd.attempt", attempt)
+            st.metrics.decisions.labels(decision.policy, decision.route).inc()
+            plan = self._plan(kind, request.path, body, turn, stream, client_wants_usage, request_id,
+                              worker_headers, span)
+            kv_predicted = st.turns.predicted_kv_bytes(turn) if decision.route == "pd" else 0
+            st.turns.link_backlog_bytes += kv_predicted
+            try:
+                return await st.dispatcher.run(request, plan)
+            except RetryableFailure as f:
+                last_failure = f
+                st.registry.mark_down(f.url, f.reason)
+                st.metrics.retries.inc()
+            finally:
+                st.turns.link_backlog_bytes -= kv_predicted
+        raise RouterError(503, f"no worker could serve the request after {st.config.max_retries + 1} attempts: "
+                               f"{last_failure}", code="workers_unavailable")
+
+    def _plan(self, kind: Kind, path: str, body: dict[str, Any], turn: Turn, stream: bool,
+              client_wants_usage: bool, request_id: str, worker_headers: dict[str, str], span: Any) -> Plan:
+        st = self.state
+        d = turn.decision
+        assert d is not None
+        client_headers = {wire.HEADER_ROUTE: d.route, wire.HEADER_DECODE: d.decode or "",
+                          wire.HEADER_TURN: str(turn.request.turn), "x-request-id": request_id}
+        if d.prefill:
+            client_headers[wire.HEADER_PREFILL] = d.prefill
+        if turn.conversation_id:
+            client_headers[wire.HEADER_CONVERSATION_ID] = turn.conversation_id
+
+        def finish(usage: TurnUsage, started_at: float, ok: bool) -> None:
+            figures = st.turns.finish(turn, usage, started_at, ok)
+            st.metrics.requests.labels(d.route, turn_bucket(turn.request.turn)).inc()
+            st.metrics.kv_bytes.inc(figures["kv_bytes"])
+            st.metrics.sessions.set(len(st.turns.sessions))
+            if figures["ttft_ms"] is not None:
+                st.metrics.ttft.labels(d.route).observe(figures["ttft_ms"] / 1000.0)
+                span.set_attribute("ppd.observed.ttft_ms", figures["ttft_ms"])
+            if figures["tpot_ms"] is not None:
+                st.metrics.tpot.labels(d.route).observe(figures["tpot_ms"] / 1000.0)
+                span.set_attribute("ppd.observed.tpot_ms", figures["tpot_ms"])
+            span.set_attribute("ppd.cached_tokens", figures["cached_tokens"])
+            span.set_attribute("ppd.kv_bytes", figures["kv_bytes"])
+            span.set_attribute("gen_ai.usage.input_tokens", figures["prompt_tokens"])
+            if usage.completion_tokens is not None:
+                span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+            if not ok:
+                span.set_status(Status(StatusCode.ERROR))
+                st.metrics.errors.labels("502").inc()
+
+        return Plan(kind=kind, path=path, body=body, decision=d, stream=stream,
+                    client_wants_usage=client_wants_usage, client_headers=client_headers,
+                    worker_headers=worker_headers, route_info=lambda usage: st.turns.route_info(turn, usage),
+                    finish=finish, parent_context=_span_context(span), started_at=time.perf_counter())
+
+
+def _span_context(span: Any) -> Any:
+    from opentelemetry import trace
+
+    return trace.set_span_in_context(span)

@@ -1,0 +1,93 @@
+"""OpenTelemetry wiring for the router.
+
+Tracer provider: an explicit one (tests pass one with an InMemorySpanExporter), else one built
+from the standard ``OTEL_*`` environment: an OTLP/HTTP exporter when ``OTEL_TRACES_EXPORTER``
+names ``otlp`` or ``OTEL_EXPORTER_OTLP(_TRACES)_ENDPOINT`` is set, and no tracing otherwise
+(a no-op tracer costs nothing on the hot path). Never the process-global provider: several apps
+(tests) can live in one process.
+
+Spans: ``ppd.route`` (SERVER, the parent taken from the request's W3C ``traceparent``) per request,
+carrying the decision; a CLIENT span per worker call (``POST /v1/chat/completions``) whose context
+is injected into that call's headers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, Tracer, TracerProvider
+
+from ppd_server.routing.types import Decision
+
+TRACER_NAME = "ppd_server"
+
+
+def tracer_provider_from_env(environ: Mapping[str, str] | None = None) -> TracerProvider:
+    env = os.environ if environ is None else environ
+    exporters = {e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()}
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if "none" in exporters or not (exporters & {"otlp", "otlp_proto_http", "console"} or endpoint):
+        return NoOpTracerProvider()
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "ppd-server")})
+    provider = SdkTracerProvider(resource=resource)
+    if "console" in exporters:
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    if endpoint or exporters & {"otlp", "otlp_proto_http"}:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def make_tracer(provider: TracerProvider | None) -> Tracer:
+    return (provider or tracer_provider_from_env()).get_tracer(TRACER_NAME)
+
+
+def extract_context(headers: Mapping[str, str]) -> Any:
+    return propagate.extract(headers)
+
+
+def inject_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Add ``traceparent``/``tracestate`` of the current span to ``headers`` (in place)."""
+    propagate.inject(headers)
+    return headers
+
+
+def decision_attributes(decision: Decision) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "ppd.route": decision.route,
+        "ppd.policy": decision.policy,
+        "ppd.reason": decision.reason,
+        "ppd.decode": decision.decode or "",
+        "ppd.prefill": decision.prefill or "",
+    }
+    if decision.score is not None:
+        attrs["ppd.score"] = float(decision.score)
+    for c in decision.candidates:
+        attrs[f"ppd.candidate.{c.route}.ttft_ms"] = float(c.ttft_ms)
+        attrs[f"ppd.candidate.{c.route}.tpot_ms"] = float(c.tpot_ms)
+        if c.score is not None:
+            attrs[f"ppd.candidate.{c.route}.score"] = float(c.score)
+    return attrs
+
+
+def client_span(tracer: Tracer, path: str, url: str, role: str):
+    """A CLIENT span for one worker call; use as a context manager, then inject its context."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return tracer.start_as_current_span(
+        f"POST {path}", kind=SpanKind.CLIENT,
+        attributes={"http.request.method": "POST", "server.address": parts.hostname or "",
+                    "server.port": parts.port or 80, "url.full": url + path, "ppd.worker.role": role},
+    )
+
+
+__all__ = ["SpanKind", "trace", "make_tracer", "extract_context", "inject_headers", "decision_attributes",
+           "client_span", "tracer_provider_from_env"]

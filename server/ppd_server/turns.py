@@ -1,0 +1,125 @@
+"""One turn's routing: from a parsed request to a Decision, and from the observed answer back
+into the session table, the cost model and the token counter.
+
+This is the only place that talks to the brain (policy, SessionTable, CostModel, TokenCounter);
+the HTTP layer (``front_door``) and the network layer (``dispatch``) stay ignorant of it.
+Time is ``time.monotonic()`` read here and passed in, so the brain stays clock-free.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ppd_sdk.wire import Hints
+from ppd_server.relay import TurnUsage
+from ppd_server.routing.cost_model import CostModel, Observation
+from ppd_server.routing.policies import Policy
+from ppd_server.routing.types import ClusterView, Decision, RequestView, SessionView
+from ppd_server.sessions import SessionTable
+from ppd_server.token_count import TokenCounter
+from ppd_server.workers import WorkerRegistry
+
+
+@dataclass(slots=True)
+class Turn:
+    """A request as the router understood it, plus the decision taken for it."""
+
+    request: RequestView
+    session: SessionView | None
+    cluster: ClusterView
+    prompt_bytes: int
+    decision: Decision | None = None
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self.request.conversation_id
+
+
+class TurnRouter:
+    def __init__(self, registry: WorkerRegistry, sessions: SessionTable, cost_model: CostModel,
+                 tokens: TokenCounter, policy: Policy, link_gbps: float) -> None:
+        self.registry = registry
+        self.sessions = sessions
+        self.cost_model = cost_model
+        self.tokens = tokens
+        self.policy = policy  # swapped whole by the admin API (policies are immutable)
+        self.link_gbps = link_gbps
+        self.link_backlog_bytes = 0  # predicted KV bytes of P->D transfers still in flight
+        registry.on_down.append(sessions.forget_worker)
+
+    def cluster_view(self) -> ClusterView:
+        cm = self.cost_model
+        return ClusterView(
+            workers=tuple(w.view(cm.coefficients(w.url, w.role)) for w in self.registry),
+            link_gbps=self.link_gbps, link_backlog_bytes=self.link_backlog_bytes)
+
+    def begin(self, hints: Hints, prompt_tokens: int, prompt_bytes: int, max_new_tokens: int) -> Turn:
+        now = time.monotonic()
+        conv = hints.conversation_id
+        session = None
+        turn = hints.turn or 1
+        if conv is not None:
+            if hints.parent_conversation_id and self.sessions.view(conv, now) is None:
+                self.sessions.start_fork(conv, hints.parent_conversation_id, now)
+            turn = self.sessions.turn_for(conv, hints.turn, now)
+            session = self.sessions.view(conv, now)
+        request = RequestView(
+            conversation_id=conv, turn=turn, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
+            w_ttft=hints.weights.ttft, w_tpot=hints.weights.tpot,
+            slo_ttft_ms=hints.slo.ttft_ms, slo_tpot_ms=hints.slo.tpot_ms,
+            parent_conversation_id=hints.parent_conversation_id)
+        return Turn(request=request, session=session, cluster=self.cluster_view(), prompt_bytes=prompt_bytes)
+
+    def decide(self, turn: Turn) -> Decision:
+        """Raises NoWorkerAvailable. Called again (fresh cluster view) on a retry."""
+        turn.cluster = self.cluster_view()
+        turn.decision = self.policy.decide(turn.request, turn.cluster, turn.session)
+        return turn.decision
+
+    def predicted_kv_bytes(self, turn: Turn) -> int:
+        d = turn.decision
+        chosen = d.predicted(d.route) if d else None
+        return chosen.kv_bytes if chosen is not None else 0
+
+    def route_info(self, turn: Turn, usage: TurnUsage) -> dict[str, Any]:
+        """The ``ppd`` body field (ppd_sdk.wire.RouteInfo), as a plain dict on the hot path."""
+        d = turn.decision
+        assert d is not None
+        return {
+            "route": d.route, "turn": turn.request.turn, "conversation_id": turn.conversation_id,
+            "policy": d.policy, "decode": d.decode, "prefill": d.prefill,
+            "cached_tokens": usage.cached_tokens, "reason": d.reason,
+            "predicted": {c.route: {"ttft_ms": round(c.ttft_ms, 3), "tpot_ms": round(c.tpot_ms, 3),
+                                    "score": None if c.score is None else round(c.score, 4)}
+                          for c in d.candidates},
+        }
+
+    def finish(self, turn: Turn, usage: TurnUsage, started_at: float, ok: bool) -> dict[str, Any]:
+        """Feed what was observed back into the brain; returns the figures for traces/metrics."""
+        d = turn.decision
+        assert d is not None
+        now = time.monotonic()
+        prompt = usage.prompt_tokens if usage.prompt_tokens is not None else turn.request.prompt_tokens
+        cached = usage.cached_tokens or 0
+        ttft = usage.ttft_ms(started_at)
+        tpot = usage.tpot_ms()
+        kv_bytes = usage.kv_transfer_bytes
+        if kv_bytes is None:
+            kv_bytes = self.predicted_kv_bytes(turn) if d.route == "pd" else 0
+        if ok:
+            if turn.conversation_id is not None:
+                self.sessions.record(turn.conversation_id, d, prompt, cached, usage.completion_tokens or 0, now)
+            if usage.prompt_tokens:
+                self.tokens.observe(turn.prompt_bytes, usage.prompt_tokens)
+            chosen = d.predicted(d.route)
+            if ttft is not None and chosen is not None:
+                decode = turn.cluster.get(d.decode)
+                self.cost_model.observe(Observation(
+                    route=d.route, decode_url=d.decode, prefill_url=d.prefill,
+                    new_tokens=max(0, prompt - cached), cached_tokens=cached, ttft_ms=ttft, tpot_ms=tpot,
+                    decode_running=decode.running_reqs if decode else 0,
+                    decode_context_tokens=decode.running_context_tokens if decode else 0,
+                    predicted_ttft_ms=chosen.ttft_ms, predicted_tpot_ms=chosen.tpot_ms, kv_bytes=kv_bytes))
+        return {"prompt_tokens": prompt, "cached_tokens": cached, "ttft_ms": ttft, "tpot_ms": tpot, "kv_bytes": kv_bytes}

@@ -1,0 +1,192 @@
+"""The worker registry: every prefill/decode/unified worker, its capabilities, health and load.
+
+Capabilities come from ``/server_info`` (role, bootstrap port, decode radix cache, conditional
+aggregation = can prefill locally, KV capacity, KV bytes/token, served model name). Load is polled
+from ``/v1/loads`` (fallback ``/metrics``) every ``load_interval_s``; the router adds its own
+in-flight counts, which move on every request, between polls.
+
+Health: a worker is taken out after a failed dispatch (connect error / 502 / 503) or
+``_POLL_FAILURES_TO_DOWN`` failed polls in a row, and probed back in by the next successful
+``/server_info``. ``on_down`` callbacks fire once per transition (the session table forgets the
+worker's placements, so the next turn of its conversations goes P->D).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import aiohttp
+
+from ppd_server.loads import LoadReport, parse_prometheus, parse_v1_loads
+from ppd_server.routing.types import CostCoefficients, Role, WorkerView
+
+log = logging.getLogger("ppd_server.workers")
+
+_POLL_FAILURES_TO_DOWN = 2
+_MODES = {"prefill": "prefill", "decode": "decode", "null": "unified", None: "unified"}
+
+
+@dataclass(slots=True)
+class Worker:
+    url: str
+    role: Role
+    bootstrap_port: int | None = None  # from the CLI; else /server_info
+    healthy: bool = False
+    info_loaded: bool = False
+    can_local_prefill: bool = False
+    decode_radix_cache: bool = False
+    max_total_tokens: int = 0
+    kv_bytes_per_token: int = 0
+    chunked_prefill_size: int = 0
+    served_model_name: str | None = None
+    model_path: str | None = None
+    load: LoadReport = field(default_factory=LoadReport)
+    inflight: int = 0
+    poll_failures: int = 0
+    last_error: str | None = None
+    load_source: str | None = None
+
+    @property
+    def host(self) -> str:
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    def view(self, coefficients: CostCoefficients) -> WorkerView:
+        return WorkerView(
+            url=self.url, role=self.role, healthy=self.healthy,
+            can_local_prefill=self.can_local_prefill, decode_radix_cache=self.decode_radix_cache,
+            bootstrap_port=self.bootstrap_port, max_total_tokens=self.max_total_tokens,
+            kv_bytes_per_token=self.kv_bytes_per_token, chunked_prefill_size=self.chunked_prefill_size,
+            running_reqs=self.load.running_reqs, waiting_reqs=self.load.waiting_reqs,
+            waiting_tokens=self.load.waiting_tokens, used_tokens=self.load.used_tokens,
+            running_context_tokens=self.load.running_context_tokens, inflight=self.inflight,
+            coefficients=coefficients,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "role": self.role, "healthy": self.healthy, "bootstrap_port": self.bootstrap_port,
+            "can_local_prefill": self.can_local_prefill, "decode_radix_cache": self.decode_radix_cache,
+            "max_total_tokens": self.max_total_tokens, "kv_bytes_per_token": self.kv_bytes_per_token,
+            "served_model_name": self.served_model_name, "inflight": self.inflight,
+            "load": {"running_reqs": self.load.running_reqs, "waiting_reqs": self.load.waiting_reqs,
+                     "waiting_tokens": self.load.waiting_tokens, "used_tokens": self.load.used_tokens,
+                     "running_context_tokens": self.load.running_context_tokens, "source": self.load_source},
+            "last_error": self.last_error,
+        }
+
+    def apply_server_info(self, info: dict[str, Any]) -> None:
+        mode = info.get("disaggregation_mode")
+        actual = _MODES.get(mode, "unified")
+        if actual != self.role:
+            raise ValueError(f"{self.url} was given as {self.role} but reports disaggregation_mode={mode!r}")
+        if self.role == "prefill" and self.bootstrap_port is None:
+            port = info.get("disaggregation_bootstrap_port")
+            self.bootstrap_port = int(port) if isinstance(port, int) else None
+        self.decode_radix_cache = bool(info.get("disaggregation_decode_enable_radix_cache"))
+        self.can_local_prefill = self.role == "decode" and bool(info.get("disaggregation_decode_enable_conditional_agg"))
+        self.max_total_tokens = int(info.get("max_total_num_tokens") or 0)
+        self.kv_bytes_per_token = int(info.get("kv_bytes_per_token") or 0)
+        self.chunked_prefill_size = max(0, int(info.get("chunked_prefill_size") or 0))
+        self.served_model_name = info.get("served_model_name") or info.get("model_path")
+        self.model_path = info.get("model_path")
+        self.info_loaded = True
+
+
+class WorkerRegistry:
+    def __init__(self, workers: Iterable[Worker]) -> None:
+        self.workers: dict[str, Worker] = {w.url: w for w in workers}
+        self.on_down: list[Callable[[str], None]] = []
+
+    def __iter__(self):
+        return iter(self.workers.values())
+
+    def get(self, url: str | None) -> Worker | None:
+        return self.workers.get(url) if url else None
+
+    def model_names(self) -> set[str]:
+        names: set[str] = set()
+        for w in self.workers.values():
+            for n in (w.served_model_name, w.model_path):
+                if n:
+                    names.add(n)
+        return names
+
+    def capacity_tokens(self) -> int:
+        """The smallest KV capacity among healthy workers (0 = unknown)."""
+        caps = [w.max_total_tokens for w in self.workers.values() if w.healthy and w.max_total_tokens > 0]
+        return min(caps) if caps else 0
+
+    def mark_down(self, url: str, reason: str) -> None:
+        w = self.workers.get(url)
+        if w is None:
+            return
+        w.last_error = reason
+        if w.healthy:
+            w.healthy = False
+            log.warning("worker %s taken out: %s", url, reason)
+            for cb in self.on_down:
+                cb(url)
+
+    def _mark_up(self, w: Worker) -> None:
+        if not w.healthy:
+            log.info("worker %s (%s) is healthy", w.url, w.role)
+        w.healthy = True
+        w.poll_failures = 0
+        w.last_error = None
+
+    # --- polling ---------------------------------------------------------------------------
+
+    async def poll_once(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
+        await asyncio.gather(*(self._poll(session, w, timeout_s) for w in self.workers.values()))
+
+    async def _poll(self, session: aiohttp.ClientSession, w: Worker, timeout_s: float) -> None:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            if not w.healthy or not w.info_loaded:
+                async with session.get(w.url + "/server_info", timeout=timeout) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"/server_info answered {r.status}")
+                    w.apply_server_info(await r.json(content_type=None))
+            w.load, w.load_source = await self._fetch_load(session, w, timeout)
+            self._mark_up(w)
+        except ValueError as e:  # a misconfigured role: keep it out, loudly
+            self.mark_down(w.url, str(e))
+            w.last_error = str(e)
+        except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError, OSError) as e:
+            w.poll_failures += 1
+            if w.poll_failures >= _POLL_FAILURES_TO_DOWN or not w.healthy:
+                self.mark_down(w.url, f"poll failed: {type(e).__name__}: {e}")
+
+    async def _fetch_load(self, session: aiohttp.ClientSession, w: Worker,
+                          timeout: aiohttp.ClientTimeout) -> tuple[LoadReport, str]:
+        if w.load_source != "metrics":
+            async with session.get(w.url + "/v1/loads", params={"include": "core,disagg,queues,memory"},
+                                   timeout=timeout) as r:
+                if r.status == 200:
+                    try:
+                        return parse_v1_loads(await r.json(content_type=None)), "v1/loads"
+                    except ValueError:
+                        pass
+                elif r.status >= 500:
+                    raise RuntimeError(f"/v1/loads answered {r.status}")
+        async with session.get(w.url + "/metrics", timeout=timeout) as r:
+            if r.status == 200:
+                try:
+                    return parse_prometheus(await r.text()), "metrics"
+                except ValueError:
+                    pass
+            elif r.status >= 500:
+                raise RuntimeError(f"/metrics answered {r.status}")
+        # Reachable but no load report: keep it in service with the router's own counts only.
+        return LoadReport(max_total_tokens=w.max_total_tokens), "inflight-only"
+
+    async def poll_forever(self, session: aiohttp.ClientSession, interval_s: float) -> None:
+        timeout_s = max(2.0, 4 * interval_s)
+        while True:
+            await self.poll_once(session, timeout_s)
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,99 @@
+"""Dispatch over fake SGLang workers: bootstrap fields, D-local, replica, the ppd field, headers."""
+
+from __future__ import annotations
+
+import json
+
+from ppd_sdk import wire
+
+from fake_sglang import FakeWorker
+from router_harness import chat_body, router_over
+
+
+async def test_turn1_goes_pd_with_identical_body_and_bootstrap_fields(pd_pair):
+    client, state, p, d = pd_pair
+    body = chat_body(ppd={"weights": {"ttft": 2, "tpot": 1}}, custom_field_xyz=5)
+    r = await client.post("/v1/chat/completions", json=body, headers={"X-PPD-Conversation-Id": "c1"})
+    assert r.status == 200, await r.text()
+    assert r.headers[wire.HEADER_ROUTE] == "pd"
+    assert r.headers[wire.HEADER_PREFILL] == p.url and r.headers[wire.HEADER_DECODE] == d.url
+    assert r.headers[wire.HEADER_TURN] == "1"
+    (ps,), (ds,) = p.seen, d.seen
+    assert ps.body == ds.body, "prefill and decode must get the same body"
+    assert ps.body["bootstrap_host"] == "127.0.0.1" and ps.body["bootstrap_port"] == 31998
+    assert 0 <= ps.body["bootstrap_room"] < 2**63
+    assert "ppd" not in ps.body and ps.body["custom_field_xyz"] == 5 and "do_local_prefill" not in ps.body
+    info = wire.RouteInfo.model_validate((await r.json())["ppd"])
+    assert (info.route, info.turn, info.conversation_id, info.decode, info.prefill) == ("pd", 1, "c1", d.url, p.url)
+    assert info.predicted["pd"].ttft_ms > 0
+
+
+async def test_turn2_goes_local_with_do_local_prefill_when_decode_idle(pd_pair):
+    client, state, p, d = pd_pair
+    d.cached_tokens = 7
+    for turn in (1, 2):
+        r = await client.post("/v1/chat/completions", json=chat_body(f"turn {turn}"),
+                              headers={"X-PPD-Conversation-Id": "c2"})
+        assert r.status == 200
+    assert r.headers[wire.HEADER_ROUTE] == "local" and r.headers[wire.HEADER_TURN] == "2"
+    assert wire.HEADER_PREFILL not in r.headers
+    last = d.seen[-1].body
+    assert last["do_local_prefill"] is True and "bootstrap_room" not in last
+    assert len(p.seen) == 1, "a D-local turn must not touch the prefill worker"
+    body = await r.json()
+    assert body["ppd"]["route"] == "local" and body["ppd"]["cached_tokens"] == 7
+    assert "local" in body["ppd"]["predicted"] and body["ppd"]["reason"].startswith("local")
+
+
+async def test_policy_pd_keeps_every_turn_on_pd():
+    p, d = FakeWorker(role="prefill"), FakeWorker(role="decode")
+    async with router_over([p, d], policy="pd") as (client, state):
+        for turn in (1, 2, 3):
+            r = await client.post("/v1/chat/completions", json=chat_body(), headers={"X-PPD-Conversation-Id": "c"})
+            assert r.headers[wire.HEADER_ROUTE] == "pd" and r.headers[wire.HEADER_TURN] == str(turn)
+        rooms = {s.body["bootstrap_room"] for s in d.seen}
+        assert len(rooms) == 3, "a fresh bootstrap room per request"
+
+
+async def test_replica_route_forwards_body_untouched_except_ppd():
+    u = FakeWorker(role="unified")
+    async with router_over([u]) as (client, state):
+        body = chat_body(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}], n=1,
+                         prompt_cache_key="conv-x", ppd={"turn": 1})
+        r = await client.post("/v1/chat/completions", json=body)
+        assert r.status == 200 and r.headers[wire.HEADER_ROUTE] == "replica"
+        sent = u.seen[0].body
+        expected = {k: v for k, v in body.items() if k != "ppd"}
+        assert sent == expected
+        assert (await r.json())["ppd"]["conversation_id"] == "conv-x"
+
+
+async def test_completions_and_generate_paths():
+    p, d = FakeWorker(role="prefill"), FakeWorker(role="decode")
+    async with router_over([p, d]) as (client, state):
+        r = await client.post("/v1/completions", json={"model": "fake-model", "prompt": "Once", "max_tokens": 2})
+        assert r.status == 200 and (await r.json())["ppd"]["route"] == "pd"
+        r = await client.post("/generate", json={"text": "Hello", "sampling_params": {"max_new_tokens": 2}, "rid": "r1"})
+        out = await r.json()
+        assert r.status == 200 and out["ppd"]["route"] == "pd" and out["meta_info"]["prompt_tokens"] > 0
+        assert d.seen[-1].body["rid"] == "r1" and d.seen[-1].path == "/generate"
+
+
+async def test_request_id_forwarded_and_returned(pd_pair):
+    client, state, p, d = pd_pair
+    r = await client.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Id": "my-req-1"})
+    assert r.headers["x-request-id"] == "my-req-1"
+    assert p.seen[0].headers["x-request-id"] == "my-req-1" == d.seen[0].headers["x-request-id"]
+    r = await client.post("/v1/chat/completions", json=chat_body())
+    assert r.headers["x-request-id"].startswith("ppd-")
+
+
+async def test_models_health_and_admin_workers(pd_pair):
+    client, state, p, d = pd_pair
+    models = await (await client.get("/v1/models")).json()
+    assert [m["id"] for m in models["data"]] == ["fake-model"]
+    assert (await client.get("/health")).status == 200
+    workers = (await (await client.get("/admin/workers")).json())["workers"]
+    roles = {w["url"]: (w["role"], w["healthy"], w["can_local_prefill"]) for w in workers}
+    assert roles == {p.url: ("prefill", True, False), d.url: ("decode", True, True)}
+    json.dumps(workers)

@@ -1,0 +1,76 @@
+"""Worker failures: prefill failure aborts the paired decode, retries pick a new pair with a new
+bootstrap room, and nothing hangs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fake_sglang import FakeWorker
+from router_harness import chat_body, router_over
+
+
+async def test_prefill_failure_aborts_the_decode_and_returns_an_openai_error():
+    p = FakeWorker(role="prefill", fail_status=500)
+    d = FakeWorker(role="decode", hold=asyncio.Event())  # the decode would wait for KV forever
+    async with router_over([p, d]) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 502
+        err = (await r.json())["error"]
+        assert err["code"] == "prefill_error" and "fake prefill failure" in err["message"]
+        assert set(err) == {"message", "type", "param", "code"}
+        await asyncio.wait_for(d.aborted.wait(), timeout=10)  # the decode request was aborted
+        assert state.registry.get(d.url).inflight == 0 and state.registry.get(p.url).inflight == 0
+
+
+async def test_prefill_failure_on_a_stream_request_aborts_the_decode_too():
+    p = FakeWorker(role="prefill", fail_status=500)
+    d = FakeWorker(role="decode", hold=asyncio.Event())
+    async with router_over([p, d]) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(stream=True))
+        assert r.status == 502 and (await r.json())["error"]["code"] == "prefill_error"
+        await asyncio.wait_for(d.aborted.wait(), timeout=10)
+
+
+async def test_decode_503_is_retried_on_another_decode_with_a_fresh_room():
+    p = FakeWorker(role="prefill")
+    bad, good = FakeWorker(role="decode", fail_status=503), FakeWorker(role="decode")
+    async with router_over([p, bad, good]) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 200 and r.headers["X-PPD-Decode"] == good.url
+        assert len(bad.seen) == 1 and len(good.seen) == 1
+        rooms = [s.body["bootstrap_room"] for s in p.seen]
+        assert len(rooms) == 2 and rooms[0] != rooms[1]
+        assert state.registry.get(bad.url).healthy is False
+        # probed back in by the next poll once it answers again
+        bad.fail_status = None
+        await state.registry.poll_once(state.session, 2.0)
+        assert state.registry.get(bad.url).healthy is True
+
+
+async def test_connect_error_is_retried_on_another_worker():
+    dead, alive = FakeWorker(role="unified"), FakeWorker(role="unified")
+    async with router_over([dead, alive]) as (client, state):
+        await dead.close()  # now nothing listens there
+        for _ in range(2):
+            r = await client.post("/v1/chat/completions", json=chat_body())
+            assert r.status == 200 and r.headers["X-PPD-Decode"] == alive.url
+
+
+async def test_all_workers_failing_ends_in_503_not_a_hang():
+    p, d = FakeWorker(role="prefill"), FakeWorker(role="decode", fail_status=503)
+    async with router_over([p, d]) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 503
+        err = (await r.json())["error"]
+        assert err["type"] == "server_error" and err["code"] in ("no_worker_available", "workers_unavailable")
+
+
+async def test_decode_4xx_is_relayed_with_its_message():
+    p = FakeWorker(role="prefill")
+    d = FakeWorker(role="decode", fail_status=400, fail_body={"error": {
+        "message": "The input (9999 tokens) is longer than the model's context length", "type": "BadRequestError",
+        "param": None, "code": 400}})
+    async with router_over([p, d]) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 400 and "context length" in (await r.json())["error"]["message"]
+        assert state.registry.get(d.url).healthy, "a 400 is the request's fault, not the worker's"

@@ -1,0 +1,72 @@
+"""Streaming relay: SSE passes through, usage observed, ``ppd`` on the final usage chunk, and a
+worker dying mid-stream ends the client's stream with a valid error event and [DONE]."""
+
+from __future__ import annotations
+
+import json
+
+from fake_sglang import FakeWorker
+from router_harness import chat_body, router_over
+
+
+def events(raw: bytes) -> list[str]:
+    return [e[len("data: "):] for e in raw.decode().split("\n\n") if e.startswith("data: ")]
+
+
+async def test_chat_stream_with_usage_carries_ppd_on_the_usage_chunk(pd_pair):
+    client, state, p, d = pd_pair
+    d.n_tokens, d.cached_tokens = 4, 2
+    r = await client.post("/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True}),
+                          headers={"X-PPD-Conversation-Id": "s1"})
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    assert r.headers["X-PPD-Route"] == "pd"
+    evs = events(await r.read())
+    assert evs[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in evs[:-1]]
+    assert [c["choices"][0]["delta"]["content"] for c in chunks[:-1]] == ["tok "] * 4
+    final = chunks[-1]
+    assert final["choices"] == [] and final["usage"]["prompt_tokens_details"]["cached_tokens"] == 2
+    assert final["ppd"]["route"] == "pd" and final["ppd"]["cached_tokens"] == 2 and final["ppd"]["turn"] == 1
+
+
+async def test_stream_without_include_usage_drops_the_extra_usage_chunk(pd_pair):
+    client, state, p, d = pd_pair
+    r = await client.post("/v1/chat/completions", json=chat_body(stream=True), headers={"X-PPD-Conversation-Id": "s2"})
+    evs = events(await r.read())
+    assert evs[-1] == "[DONE]" and len(evs) == d.n_tokens + 1
+    assert all(json.loads(e)["choices"] for e in evs[:-1]), "no usage-only chunk the client did not ask for"
+    assert d.seen[0].body["stream_options"] == {"include_usage": True}, "the router always asks the worker for usage"
+    # the router still observed the usage: the session knows the turn completed
+    view = state.turns.sessions.view("s2", now=1e12 * 0 + __import__("time").monotonic())
+    assert view is not None and view.turns == 1
+
+
+async def test_generate_stream_final_chunk_carries_ppd():
+    u = FakeWorker(role="unified", n_tokens=3)
+    async with router_over([u]) as (client, state):
+        r = await client.post("/generate", json={"input_ids": [1, 2, 3, 4], "stream": True,
+                                                  "sampling_params": {"max_new_tokens": 3}})
+        evs = events(await r.read())
+        chunks = [json.loads(e) for e in evs[:-1]]
+        assert evs[-1] == "[DONE]" and "ppd" not in chunks[0] and chunks[-1]["ppd"]["route"] == "replica"
+        assert chunks[-1]["text"] == "xxx", "cumulative text passes through untouched"
+
+
+async def test_worker_dying_mid_stream_gives_a_valid_error_event_then_done(pd_pair):
+    client, state, p, d = pd_pair
+    d.n_tokens, d.die_after_chunks = 5, 2
+    r = await client.post("/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True}))
+    assert r.status == 200
+    evs = events(await r.read())
+    assert evs[-1] == "[DONE]"
+    error = json.loads(evs[-2])["error"]
+    assert error["code"] == "worker_failed" and d.url in error["message"] and error["type"] == "server_error"
+    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in evs[:2]] == ["tok ", "tok "]
+
+
+async def test_worker_dying_before_answering_non_streaming_is_a_clean_error():
+    u = FakeWorker(role="unified", n_tokens=5, die_after_chunks=0)
+    async with router_over([u], max_retries=0) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(stream=True))
+        evs = events(await r.read())
+        assert evs[-1] == "[DONE]" and "error" in json.loads(evs[-2])
