@@ -1,0 +1,68 @@
+"""Start and stop real PPD processes for the SDK's end-to-end tests: loopback only, free
+ports, and only the processes started here are ended, by PID (terminate, then kill)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, deadline_s: float) -> None:
+    """Poll ``url`` until it answers 200; fail with the process log if it exits or stalls."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} not healthy after {deadline_s:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def running(argv: Sequence[str], health_path: str, port: int, log: Path, env: dict[str, str] | None = None,
+            deadline_s: float = 240.0) -> Iterator[str]:
+    """Run ``argv`` (listening on ``port``), yield its base URL once healthy, always stop it."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base + health_path, proc, log, deadline_s)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def worker_argv(port: int, model: str = "smollm2") -> list[str]:
+    """A unified (plain OpenAI-compatible) embedded worker."""
+    return [str(BIN / "ppd-worker"), "--model", model, "--port", str(port), "--threads", "1"]
+
+
+def router_argv(port: int, *extra: str) -> list[str]:
+    """``ppd-server`` with its embedded 1P1D cluster (real SmolLM2)."""
+    return [str(BIN / "ppd-server"), "--port", str(port), *extra]
