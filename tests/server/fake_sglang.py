@@ -46,10 +46,7 @@ class FakeWorker:
     aborted: asyncio.Event = field(default_factory=asyncio.Event)  # set when a held request's client left
     server: TestServer | None = None
 
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return str(self.server.make_url("")).rstrip("/")
+    url: str = ""  # set by start()
 
     @property
     def mode(self) -> str:
@@ -67,6 +64,7 @@ class FakeWorker:
     async def start(self) -> FakeWorker:
         self.server = TestServer(self.app(), host="127.0.0.1")
         await self.server.start_server()
+        self.url = str(self.server.make_url("")).rstrip("/")
         return self
 
     async def close(self) -> None:

@@ -1,0 +1,64 @@
+"""The embedded-cluster launcher: exact worker command lines (ppd-worker and real SGLang)."""
+
+from __future__ import annotations
+
+import itertools
+
+from ppd_server.cli import main
+from ppd_server.config import RouterConfig
+from ppd_server.launcher import plan_cluster, sglang_argv, with_workers
+
+
+def ports():
+    return itertools.count(41000)
+
+
+def test_sglang_backend_builds_the_real_sglang_commands():
+    cfg = RouterConfig(backend="sglang", model_path="meta-llama/Llama-3.1-8B-Instruct", embedded="1P2D", tp=2)
+    plans = plan_cluster(cfg, ports(), cpus=[0, 1])
+    assert [p.role for p in plans] == ["prefill", "decode", "decode"]
+    py = plans[0].argv[0]
+    assert list(plans[0].argv) == [
+        py, "-m", "sglang.launch_server", "--model-path", "meta-llama/Llama-3.1-8B-Instruct",
+        "--host", "127.0.0.1", "--port", "41000", "--base-gpu-id", "0", "--tp", "2",
+        "--enable-cache-report", "--enable-metrics",
+        "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", "41001"]
+    assert list(plans[1].argv[3:]) == [
+        "--model-path", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1", "--port", "41002",
+        "--base-gpu-id", "2", "--tp", "2", "--enable-cache-report", "--enable-metrics",
+        "--disaggregation-mode", "decode", "--disaggregation-decode-enable-radix-cache",
+        "--disaggregation-decode-enable-conditional-agg"]
+    assert plans[2].argv[plans[2].argv.index("--base-gpu-id") + 1] == "4"
+    assert all(p.cpu is None for p in plans), "GPU workers are not pinned to a CPU core"
+
+
+def test_unified_sglang_worker_has_no_disaggregation_flags():
+    argv = sglang_argv("unified", "m", 5, None, base_gpu_id=0, tp=1, python="python")
+    assert "--disaggregation-mode" not in argv and argv[:3] == ["python", "-m", "sglang.launch_server"]
+
+
+def test_embedded_ppd_workers_one_core_each_and_roles():
+    cfg = RouterConfig(embedded="1P1D", model="synthetic", kv_link_gbps=5.0)
+    plans = plan_cluster(cfg, ports(), cpus=[0, 1])
+    prefill, decode = plans
+    assert prefill.cpu == 0 and decode.cpu == 1
+    pa, da = list(prefill.argv), list(decode.argv)
+    assert pa[pa.index("--disaggregation-mode") + 1] == "prefill"
+    assert pa[pa.index("--disaggregation-bootstrap-port") + 1] == str(prefill.bootstrap_port)
+    assert pa[pa.index("--model") + 1] == "synthetic" and pa[pa.index("--threads") + 1] == "1"
+    assert pa[pa.index("--kv-link-gbps") + 1] == "5.0"
+    assert "--disaggregation-decode-enable-radix-cache" in da and "--disaggregation-decode-enable-conditional-agg" in da
+    cfg2 = with_workers(cfg, plans)
+    assert cfg2.prefill[0].url == prefill.url and cfg2.prefill[0].bootstrap_port == prefill.bootstrap_port
+    assert cfg2.decode == (decode.url,) and cfg2.has_external_workers
+
+
+def test_unified_layout():
+    plans = plan_cluster(RouterConfig(embedded="2R"), ports(), cpus=[0])
+    assert [p.role for p in plans] == ["unified", "unified"] and "--disaggregation-mode" not in plans[0].argv
+
+
+def test_dry_run_prints_the_commands(capsys):
+    assert main(["--backend", "sglang", "--model-path", "org/model", "--embedded", "1P1D", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "sglang.launch_server" in lines[0] and "--disaggregation-mode prefill" in lines[0]
