@@ -1,0 +1,92 @@
+"""Process-launch helpers for e2e tests: real ppd-worker / sglang-router subprocesses on free
+loopback ports, ended by PID (terminate, then kill) whatever happens."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+NO_NETWORK_ENV = {
+    # sglang-router fetches a tokenizer for non-local model paths: make that fail fast.
+    "HF_ENDPOINT": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], url: str, log_path: Path, env: dict | None = None) -> None:
+        self.name, self.url, self.log_path = name, url, log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, **(env or {})})
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def wait_ready(self, path: str = "/health", timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + path, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.name} not ready after {timeout:g} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+
+
+@contextmanager
+def worker_process(tmp_dir: Path, name: str, *args: str) -> Iterator[Proc]:
+    """A ppd-worker subprocess (1 thread) with its /health up; ``args`` are extra CLI flags."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "ppd_server.engine", "--host", "127.0.0.1", "--port", str(port),
+           "--threads", "1", *args]
+    proc = Proc(name, cmd, f"http://127.0.0.1:{port}", tmp_dir / f"{name}.log")
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextmanager
+def pd_router_process(tmp_dir: Path, prefill_url: str, bootstrap_port: int, decode_url: str) -> Iterator[Proc]:
+    """The real sglang-router (PyPI) in PD mode in front of one prefill and one decode worker."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "sglang_router.launch_router", "--pd-disaggregation",
+           "--prefill", prefill_url, str(bootstrap_port), "--decode", decode_url,
+           "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
+           "--prometheus-port", str(free_port()), "--health-check-interval-secs", "5"]
+    proc = Proc("sglang-router", cmd, f"http://127.0.0.1:{port}", tmp_dir / "router.log", env=NO_NETWORK_ENV)
+    try:
+        proc.wait_ready(path="/health", timeout=180.0)
+        yield proc
+    finally:
+        proc.stop()
