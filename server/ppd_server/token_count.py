@@ -8,8 +8,9 @@ Contract with the router app::
     tc.observe(prompt_bytes, reported_prompt_tokens)   # after each turn, from the worker's usage
 
 ``prompt_bytes`` must be measured the way the estimate is: :meth:`TokenCounter.chat_bytes` for
-chat requests, ``len(text.encode())`` for text prompts. The learned ratio is an EWMA of
-bytes/token (clamped to a sane range) so one odd request cannot swing it.
+chat requests, ``len(text.encode())`` for text prompts. The learned ratio is total bytes over
+total tokens with exponentially decaying weights (so it follows a change of language or
+template), starting from a weak prior of 4 byt/token and clamped to a sane range.
 
 The tokenizer comes from ``ppd_kernels.tokenizer.load_tokenizer`` (imported lazily; that module
 chain does not import torch).
@@ -23,7 +24,8 @@ from typing import Any, Protocol
 
 DEFAULT_BYTES_PER_TOKEN = 4.0  # English BPE text; refined online
 _RATIO_BOUNDS = (1.0, 16.0)
-_EWMA_ALPHA = 0.1
+_DECAY = 0.99  # per observation: the ratio reflects roughly the last hundred requests
+_PRIOR_TOKENS = 16.0  # weight of the default ratio: one real prompt outweighs it
 _MESSAGE_OVERHEAD_BYTES = 12  # role markers and separators a chat template adds per message
 
 
@@ -67,6 +69,8 @@ class TokenCounter:
         self._tokenizer = tokenizer
         self.bytes_per_token = float(bytes_per_token)
         self.observations = 0
+        self._bytes = bytes_per_token * _PRIOR_TOKENS
+        self._tokens = _PRIOR_TOKENS
 
     @classmethod
     def from_source(cls, source: str | None) -> "TokenCounter":
@@ -123,8 +127,9 @@ class TokenCounter:
         if self._tokenizer is not None or prompt_bytes <= 0 or reported_prompt_tokens <= 0:
             return
         lo, hi = _RATIO_BOUNDS
-        ratio = min(hi, max(lo, prompt_bytes / reported_prompt_tokens))
-        # the first observations move the estimate fast, later ones settle into the EWMA
-        alpha = max(_EWMA_ALPHA, 1.0 / (self.observations + 2))
-        self.bytes_per_token += alpha * (ratio - self.bytes_per_token)
+        # one absurd report (e.g. a worker counting something else) moves the ratio only so far
+        clamped_bytes = min(max(prompt_bytes, lo * reported_prompt_tokens), hi * reported_prompt_tokens)
+        self._bytes = _DECAY * self._bytes + clamped_bytes
+        self._tokens = _DECAY * self._tokens + reported_prompt_tokens
+        self.bytes_per_token = min(hi, max(lo, self._bytes / self._tokens))
         self.observations += 1

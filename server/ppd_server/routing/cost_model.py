@@ -16,7 +16,8 @@ profile as prior and slow forgetting):
   parts of the prediction that are not that prefill (queue wait, KV transfer, first decode
   step, chunk mixing: ``predicted_ttft_ms - predicted prefill``);
 * decode-step coefficients of the decode (or unified) worker from the observed TPOT, with
-  features (1, running streams + 1, context tokens / 1000).
+  features (1, running streams + 1, context tokens / 1000); for ``local`` the predicted
+  interference term is taken off first (it is spread over the worker's streams, not a step cost).
 
 The latency formulas themselves live in ``routing/latency.py``; ``predict_*`` here are thin
 conveniences over them. Nothing here reads a clock or does I/O.
@@ -41,9 +42,10 @@ from ppd_server.routing.types import (
     WorkerView,
 )
 
-# Prior uncertainty floors (ms units of each coefficient): the profile value x3, at least these.
-_PREFILL_FLOORS = (5.0, 0.05, 0.01)
-_DECODE_FLOORS = (5.0, 0.5, 0.1)
+# Prior uncertainty (std) per coefficient: 3x the profile value, at least these floors, which span
+# CPU-to-GPU speeds so that a profile from other hardware is corrected within tens of samples.
+_PREFILL_FLOORS = (20.0, 1.0, 100.0)
+_DECODE_FLOORS = (20.0, 5.0, 10.0)
 _PREFILL_NOISE_MS = 5.0
 _DECODE_NOISE_MS = 1.0
 _ERROR_WINDOW = 1000
@@ -98,7 +100,10 @@ def _abs_pct(pred: float, obs: float) -> float:
 class CostModel:
     """Per-worker coefficients (profile prior + online fit) and prediction-error statistics."""
 
-    def __init__(self, profile: dict[str, Any] | None = None) -> None:
+    def __init__(self, profile: dict[str, Any] | None = None, error_window: int = _ERROR_WINDOW) -> None:
+        if error_window < 1:
+            raise ValueError(f"error_window must be >= 1, got {error_window}")
+        self._error_window = error_window
         self.model_name: str | None = None
         self._default = CostCoefficients()
         self._by_role: dict[str, CostCoefficients] = {}
@@ -174,8 +179,17 @@ class CostModel:
             fit = self._fit(obs.decode_url, role)
             batch = max(obs.decode_running, 0) + 1
             context = obs.decode_context_tokens or batch * (obs.new_tokens + obs.cached_tokens)
-            fit.decode.update((1.0, float(batch), context / 1000.0), obs.tpot_ms)
-            fit.refresh()
+            x_dec = (1.0, float(batch), context / 1000.0)
+            # the local route's predicted TPOT is the decode step plus the interference its
+            # append-prefill spreads over the worker's streams; in steady state each stream absorbs
+            # about that much from the other streams' local prefills, so fit the step alone
+            interference = 0.0
+            if obs.route == "local" and obs.predicted_tpot_ms is not None:
+                interference = max(0.0, obs.predicted_tpot_ms - fit.decode.predict(x_dec))
+            target = obs.tpot_ms - interference
+            if target > 0:
+                fit.decode.update(x_dec, target)
+                fit.refresh()
 
     def _fit(self, url: str, role: Role) -> _WorkerFit:
         self.coefficients(url, role)
@@ -184,11 +198,11 @@ class CostModel:
     def _record_error(self, obs: Observation) -> None:
         if obs.predicted_ttft_ms is None and obs.predicted_tpot_ms is None:
             return
-        window = self._errors.setdefault(obs.route, deque(maxlen=_ERROR_WINDOW))
+        window = self._errors.setdefault(obs.route, deque(maxlen=self._error_window))
         window.append((obs.ttft_ms, obs.predicted_ttft_ms or 0.0, obs.tpot_ms, obs.predicted_tpot_ms))
 
     def error_summary(self) -> dict[str, dict[str, float]]:
-        """Per route over the last observations: count, mean absolute % error of TTFT and TPOT,
+        """Per route over the last ``error_window`` observations: count, mean absolute % error of TTFT and TPOT,
         and the mean observed/predicted ratio (>1: the model is optimistic)."""
         out: dict[str, dict[str, float]] = {}
         for route, window in sorted(self._errors.items()):

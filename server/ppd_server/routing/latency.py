@@ -83,13 +83,18 @@ def cached_on_decode(session: SessionView | None, w: WorkerView, prompt_tokens: 
         return 0
     if w.role == "decode" and not (w.decode_radix_cache or w.can_local_prefill):
         return 0
-    return max(0, min(session.cached_tokens_decode, prompt_tokens))
+    return _hit(session.cached_tokens_decode, prompt_tokens)
 
 
 def cached_on_prefill(session: SessionView | None, w: WorkerView, prompt_tokens: int) -> int:
     if session is None or session.prefill_url != w.url:
         return 0
-    return max(0, min(session.cached_tokens_prefill, prompt_tokens))
+    return _hit(session.cached_tokens_prefill, prompt_tokens)
+
+
+def _hit(cached: int, prompt_tokens: int) -> int:
+    # a prefix cache always leaves the last prompt token to compute (its logits start the answer)
+    return max(0, min(cached, prompt_tokens - 1))
 
 
 def kv_bytes_per_token(*workers: WorkerView) -> int:
@@ -118,7 +123,7 @@ def estimate_pd(
     context = max(decode.running_context_tokens, 0) + prompt
     first_step = decode_step_ms(decode.coefficients, b + 1, context)
     tpot = decode_step_ms(decode.coefficients, b + 1, context + _output_tokens(request) // 2)
-    return Candidate("pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes)
+    return Candidate("pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes, cached_p)
 
 
 def estimate_local(
@@ -143,7 +148,7 @@ def estimate_local(
     if pd_tpot_ms is None:
         pd_tpot_ms = decode_step_ms(c, b + 1, running_ctx + prompt + _output_tokens(request) // 2)
     interference = (b / (b + 1)) * append / _output_tokens(request)
-    return Candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0)
+    return Candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0, cached)
 
 
 def estimate_replica(request: RequestView, session: SessionView | None, worker: WorkerView) -> Candidate:
@@ -159,4 +164,4 @@ def estimate_replica(request: RequestView, session: SessionView | None, worker: 
     mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
     ttft = queue_wait_ms(worker) + prefill_ms(c, new, cached) + mixing
     tpot = decode_step_ms(c, b + 1, running_ctx + prompt + _output_tokens(request) // 2)
-    return Candidate("replica", worker.url, None, ttft, tpot, None, 0)
+    return Candidate("replica", worker.url, None, ttft, tpot, None, 0, cached)

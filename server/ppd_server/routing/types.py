@@ -142,6 +142,7 @@ class Candidate:
     tpot_ms: float
     score: float | None = None
     kv_bytes: int = 0  # predicted KV bytes this route moves over the P->D link
+    cached_tokens: int = 0  # prompt tokens the prefilling worker already holds (not recomputed)
 
 
 @dataclass(frozen=True, slots=True)

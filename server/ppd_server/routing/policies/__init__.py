@@ -38,7 +38,8 @@ DEFAULT_POLICY = "ppd"
 def make_policy(spec: str, **params: Any) -> Policy:
     """Build a policy from ``name`` or ``name:arg`` plus keyword parameters.
 
-    ``make_policy("ratio:0.3")`` == ``make_policy("ratio", ratio=0.3)``. A bad name, argument or
+    ``make_policy("ratio:0.3")`` == ``make_policy("ratio", ratio=0.3)``; a keyword parameter
+    overrides the spec's argument (so ``make_policy(p.spec, **p.params)`` rebuilds ``p``). A bad name, argument or
     parameter raises ValueError naming it and listing the choices.
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -51,12 +52,11 @@ def make_policy(spec: str, **params: Any) -> Policy:
         key = getattr(cls, "spec_param", None)
         if key is None:
             raise ValueError(f"policy {name!r} takes no argument, got {spec!r}; choose one of {', '.join(POLICY_SPECS)}")
-        if key in params:
-            raise ValueError(f"policy {spec!r}: {key} given both in the spec and as a parameter")
         try:
-            params[key] = type(cls.defaults[key])(float(arg)) if isinstance(cls.defaults[key], float) else int(arg)
+            arg_value = float(arg) if isinstance(cls.defaults[key], float) else int(arg)
         except ValueError:
             raise ValueError(f"policy {spec!r}: {arg!r} is not a valid {key}; e.g. {name}:{cls.defaults[key]}") from None
+        params = {key: arg_value, **params}  # an explicit keyword parameter wins over the spec's
     return cls(**params)
 
 

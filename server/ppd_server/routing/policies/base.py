@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ppd_server.routing.latency import estimate_local
+from ppd_server.routing.latency import cached_on_decode, estimate_local
 from ppd_server.routing.placement import best_pd, best_replica, session_worker
 from ppd_server.routing.types import (
     Candidate,
@@ -57,9 +57,7 @@ class Options:
     @property
     def uncached_tokens(self) -> int:
         """Prompt tokens the holder does not cache (the Dynamo / llm-d threshold's input)."""
-        cached = 0
-        if self.holder is not None and self.session is not None:
-            cached = min(self.session.cached_tokens_decode, self.request.prompt_tokens)
+        cached = cached_on_decode(self.session, self.holder, self.request.prompt_tokens) if self.holder else 0
         return max(0, self.request.prompt_tokens - cached)
 
 
@@ -155,19 +153,13 @@ class Policy(ABC):
         raise NoWorkerAvailable("no healthy worker can serve this request (no P/D pair, no unified worker)")
 
     def _decision(self, opts: Options, chosen: Candidate, reason: str, score: float | None = None) -> Decision:
-        cached = 0
-        if chosen.route != "pd" and opts.session is not None and chosen.decode == opts.session.decode_url:
-            cached = min(opts.session.cached_tokens_decode, opts.request.prompt_tokens)
-        elif chosen.route == "pd" and opts.session is not None:
-            if chosen.prefill == opts.session.prefill_url:
-                cached = min(opts.session.cached_tokens_prefill, opts.request.prompt_tokens)
         # a scored choice rates D-local against P->D: local carries S, pd is the reference 0
         scores: dict[str, float] = {"local": score, "pd": 0.0} if score is not None else {}
         cands = tuple(
-            Candidate(c.route, c.decode, c.prefill, c.ttft_ms, c.tpot_ms, scores.get(c.route), c.kv_bytes)
+            Candidate(c.route, c.decode, c.prefill, c.ttft_ms, c.tpot_ms, scores.get(c.route), c.kv_bytes, c.cached_tokens)
             for c in opts.candidates
         )
-        return Decision(chosen.route, chosen.decode, chosen.prefill, reason, self.spec, cands, score, max(cached, 0))
+        return Decision(chosen.route, chosen.decode, chosen.prefill, reason, self.spec, cands, score, chosen.cached_tokens)
 
     @staticmethod
     def describe(local: Candidate, pd: Candidate) -> str:

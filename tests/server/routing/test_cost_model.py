@@ -1,0 +1,174 @@
+"""The cost model: profile start, online refit converging on synthetic timings, error stats."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from ppd_server.routing.cost_model import CostModel, Observation
+from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, estimate_local, estimate_pd, prefill_ms, transfer_ms
+from ppd_server.routing.rls import RecursiveLeastSquares
+from ppd_server.routing.types import ClusterView, CostCoefficients, RequestView, SessionView, WorkerView
+
+PROFILE = {"model": "test", "coefficients": CostCoefficients().to_dict()}
+TRUE = CostCoefficients(
+    prefill_base_ms=8.0,
+    prefill_per_token_ms=0.5,
+    prefill_attn_ms_per_ktok2=50.0,
+    decode_base_ms=15.0,
+    decode_per_seq_ms=1.0,
+    decode_per_kctx_ms=4.0,
+)
+KV = 20_000
+LINK_GBPS = 10.0
+
+
+def test_coefficients_start_from_the_profile_per_role():
+    prof = {"model": "m", "coefficients": {"prefill_per_token_ms": 0.3}, "by_role": {"decode": {"decode_base_ms": 9.0}}}
+    cm = CostModel(prof)
+    assert cm.model_name == "m"
+    assert cm.coefficients("http://p", "prefill").prefill_per_token_ms == 0.3
+    d = cm.coefficients("http://d", "decode")
+    assert (d.prefill_per_token_ms, d.decode_base_ms) == (0.3, 9.0)
+    assert CostModel(None).coefficients("http://x", "unified") == CostCoefficients()
+
+
+@pytest.mark.parametrize(
+    "profile,needle",
+    [
+        ({}, "coefficients"),
+        ({"coefficients": {"warp_ms": 1}}, "warp_ms"),
+        ({"coefficients": {"decode_base_ms": -1}}, "decode_base_ms"),
+        ({"coefficients": {"decode_base_ms": "fast"}}, "decode_base_ms"),
+        ({"coefficients": {}, "by_role": {"gpu": {}}}, "gpu"),
+    ],
+)
+def test_bad_profiles_are_rejected_by_name(profile, needle):
+    with pytest.raises(ValueError, match=needle):
+        CostModel(profile)
+
+
+def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
+    """The router loop on synthetic workers whose true speed is TRUE (3% noise): predict with
+    the current coefficients, then observe what the 'hardware' did."""
+    for _ in range(n):
+        route = rng.choice(["local", "pd"])
+        cached = rng.randrange(0, 3000)
+        new = rng.randrange(16, 800)
+        running = rng.randrange(0, 16)
+        ctx = running * rng.randrange(200, 2000)
+        prompt = cached + new
+        p = WorkerView("http://p", "prefill", kv_bytes_per_token=KV, coefficients=cm.coefficients("http://p", "prefill"))
+        d = WorkerView(
+            "http://d", "decode", can_local_prefill=True, decode_radix_cache=True, kv_bytes_per_token=KV,
+            running_reqs=running, running_context_tokens=ctx, coefficients=cm.coefficients("http://d", "decode"),
+        )
+        req = RequestView("c", 2, prompt, 64)
+        noise = lambda: 1.0 + rng.uniform(-0.03, 0.03)  # noqa: E731
+        true_tpot = decode_step_ms(TRUE, running + 1, ctx + prompt + 32) * noise()
+        if route == "local":
+            sess = SessionView("c", "http://d", "http://p", cached, 0, 1)
+            pred = estimate_local(req, sess, d)
+            append = prefill_ms(TRUE, new, cached)
+            true_ttft = (append + decode_rows_ms(TRUE, running, ctx)) * noise()  # one chunk carries the decode rows
+            # steady state: a stream absorbs about the interference one local prefill causes
+            true_tpot += running / (running + 1) * append / 64
+            obs_cached, kv_bytes = cached, 0
+        else:
+            sess = SessionView("c", "http://d9", "http://p", 0, cached, 1)
+            pred = estimate_pd(req, ClusterView((p, d), link_gbps=LINK_GBPS), sess, p, d)
+            kv_bytes = prompt * KV
+            true_ttft = (
+                prefill_ms(TRUE, new, cached) + transfer_ms(kv_bytes, LINK_GBPS) + decode_step_ms(TRUE, running + 1, ctx + prompt)
+            ) * noise()
+            obs_cached = cached
+        cm.observe(
+            Observation(
+                route, "http://d", "http://p" if route == "pd" else None, new, obs_cached, true_ttft, true_tpot, running,
+                pred.ttft_ms, pred.tpot_ms, kv_bytes, ctx + prompt + 32,
+            )
+        )
+
+
+def test_online_fit_converges_to_the_true_speeds_and_the_error_shows_it():
+    cm = CostModel(PROFILE, error_window=100)
+    rng = random.Random(7)
+    _traffic(cm, rng, 10)
+    early = cm.error_summary()
+    _traffic(cm, rng, 600)
+    late = cm.error_summary()
+    for name in ("prefill_per_token_ms", "prefill_attn_ms_per_ktok2"):
+        for url, role in (("http://p", "prefill"), ("http://d", "decode")):
+            got = getattr(cm.coefficients(url, role), name)
+            assert got == pytest.approx(getattr(TRUE, name), rel=0.15), (url, name)
+    dec = cm.coefficients("http://d", "decode")
+    for name in ("decode_per_seq_ms", "decode_per_kctx_ms", "decode_base_ms"):
+        assert getattr(dec, name) == pytest.approx(getattr(TRUE, name), rel=0.15), name
+    for route in ("local", "pd"):
+        assert early[route]["ttft_abs_pct_err"] > 15
+        assert late[route]["ttft_abs_pct_err"] < 3
+        assert late[route]["tpot_abs_pct_err"] < 3
+        assert late[route]["ttft_obs_over_pred"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_error_summary_reports_bias_per_route():
+    cm = CostModel()
+    for _ in range(10):
+        cm.observe(Observation("local", "http://d", None, 100, 0, 100.0, 20.0, 0, 125.0, 20.0))
+        cm.observe(Observation("pd", "http://d", "http://p", 100, 0, 100.0, 20.0, 0, 50.0, 40.0))
+    s = cm.error_summary()
+    assert s["local"]["count"] == 10
+    assert s["local"]["ttft_abs_pct_err"] == pytest.approx(25.0)
+    assert s["local"]["ttft_obs_over_pred"] == pytest.approx(0.8)
+    assert s["local"]["tpot_abs_pct_err"] == pytest.approx(0.0)
+    assert s["pd"]["ttft_abs_pct_err"] == pytest.approx(50.0)
+    assert s["pd"]["tpot_obs_over_pred"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "obs",
+    [
+        Observation("local", "http://d", None, 100, 0, math.nan, 20.0, 0, 10.0, 20.0),
+        Observation("local", "http://d", None, -5, 0, 100.0, 20.0, 0, 10.0, 20.0),
+        Observation("local", "http://d", None, 100, 0, -1.0, None, 0, 10.0, None),
+    ],
+    ids=["nan-ttft", "negative-tokens", "negative-ttft"],
+)
+def test_unusable_observations_change_nothing(obs):
+    cm = CostModel()
+    before = cm.coefficients("http://d", "decode")
+    cm.observe(obs)
+    assert cm.coefficients("http://d", "decode") == before
+    assert cm.error_summary() == {}
+
+
+def test_one_token_answers_fit_prefill_only_and_forget_drops_a_worker():
+    cm = CostModel()
+    start = cm.coefficients("http://d", "decode")
+    cm.observe(Observation("local", "http://d", None, 500, 0, 900.0, None, 0, None, None))
+    fitted = cm.coefficients("http://d", "decode")
+    assert fitted.prefill_per_token_ms > start.prefill_per_token_ms
+    assert fitted.decode_base_ms == start.decode_base_ms
+    assert cm.snapshot()["workers"]["http://d"]["prefill_samples"] == 1
+    cm.forget("http://d")
+    assert cm.coefficients("http://d", "decode") == start
+
+
+def test_rls_recovers_an_exact_linear_model():
+    rls = RecursiveLeastSquares([0.0, 0.0, 0.0], [100.0, 100.0, 100.0], noise_std=1.0, lam=1.0)
+    rng = random.Random(1)
+    for _ in range(50):
+        x = [1.0, rng.uniform(0, 10), rng.uniform(0, 5)]
+        rls.update(x, 3.0 + 2.0 * x[1] - 0.5 * x[2])
+    assert rls.theta == pytest.approx([3.0, 2.0, -0.5], abs=1e-3)
+
+
+def test_rls_covariance_stays_bounded_without_excitation():
+    rls = RecursiveLeastSquares([1.0, 1.0], [1.0, 1.0], noise_std=1.0, lam=0.9)
+    for _ in range(2000):
+        rls.update([1.0, 0.0], 1.0)  # never excites the second parameter
+    rls.update([0.0, 1.0], 1000.0)
+    assert abs(rls.theta[1]) < 1000.0 and math.isfinite(rls.theta[1])
+    assert rls.samples == 2001

@@ -1,0 +1,88 @@
+"""The latency formulas, checked against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from ppd_server.routing.latency import (
+    decode_step_ms,
+    estimate_local,
+    estimate_pd,
+    estimate_replica,
+    prefill_ms,
+    queue_wait_ms,
+    transfer_ms,
+)
+
+from routing_views import COEFS, cluster, decode, loaded, prefill, request, session, unified
+
+
+def test_prefill_is_linear_plus_attention_over_the_cached_prefix():
+    assert prefill_ms(COEFS, 0, 5000) == 0.0
+    assert prefill_ms(COEFS, 1000, 0) == pytest.approx(5 + 1000 + 0.2 * 1.0)
+    assert prefill_ms(COEFS, 100, 900) == pytest.approx(5 + 100 + 0.2 * 0.1)
+
+
+def test_decode_step():
+    assert decode_step_ms(COEFS, 4, 8000) == pytest.approx(20 + 12 + 8)
+
+
+def test_transfer_includes_the_link_backlog():
+    assert transfer_ms(125_000_000, 1.0) == pytest.approx(1000.0)
+    assert transfer_ms(125_000_000, 1.0, 125_000_000) == pytest.approx(2000.0)
+    assert transfer_ms(0, 1.0, 10**9) == 0.0
+
+
+def test_queue_wait_counts_queued_tokens_requests_and_unseen_inflight():
+    assert queue_wait_ms(prefill()) == 0.0
+    assert queue_wait_ms(prefill(waiting_reqs=2, waiting_tokens=300)) == pytest.approx(2 * 5 + 300)
+    assert queue_wait_ms(prefill(running_reqs=1)) == pytest.approx(5)  # a prefill in progress
+    assert queue_wait_ms(decode(inflight=3, running_reqs=1)) == pytest.approx(2 * 5)
+
+
+def test_pd_prefills_what_p_lacks_and_ships_what_d_lacks():
+    cl = cluster(prefill(), decode(**loaded(2)), link_gbps=8.0)
+    c = estimate_pd(request(prompt=1100, out=32), cl, session(cached_d=1000, cached_p=800), cl.workers[0], cl.workers[1])
+    p_part = prefill_ms(COEFS, 300, 800)
+    x_part = 100 * 100_000 * 8 / 8e9 * 1e3
+    first = decode_step_ms(COEFS, 3, 2000 + 1100)
+    assert c.ttft_ms == pytest.approx(p_part + x_part + first)
+    assert c.kv_bytes == 100 * 100_000
+    assert c.tpot_ms == pytest.approx(decode_step_ms(COEFS, 3, 2000 + 1100 + 16))
+
+
+def test_pd_ships_everything_to_a_decode_worker_without_radix_cache():
+    cl = cluster(prefill(), decode(decode_radix_cache=False))
+    c = estimate_pd(request(prompt=1100), cl, session(), cl.workers[0], cl.workers[1])
+    assert c.kv_bytes == 1100 * 100_000
+
+
+def test_local_pays_queue_append_and_chunk_mixing_and_taxes_running_streams():
+    d = decode(**loaded(3), waiting_reqs=1, waiting_tokens=50)
+    c = estimate_local(request(prompt=1600, out=50), session(cached_d=1000), d)
+    append = prefill_ms(COEFS, 600, 1000)
+    mixing = 3 * (3 * 3 + 3000 / 1000)  # ceil(600/256) = 3 chunks carry 3 decode rows each
+    assert c.ttft_ms == pytest.approx(5 + 50 + append + mixing)
+    pd_tpot = decode_step_ms(COEFS, 4, 3000 + 1600 + 25)
+    assert c.tpot_ms == pytest.approx(pd_tpot + 3 / 4 * append / 50)
+
+
+def test_local_on_an_idle_decode_worker_has_no_interference():
+    c = estimate_local(request(prompt=1600), session(cached_d=1000), decode())
+    assert c.tpot_ms == pytest.approx(decode_step_ms(COEFS, 1, 1600 + 16))
+
+
+def test_cached_prefix_only_counts_on_the_sessions_own_worker():
+    other = decode("http://d9")
+    assert estimate_local(request(prompt=1100), session(), other).ttft_ms == pytest.approx(prefill_ms(COEFS, 1100, 0))
+    u = unified("http://u0")
+    warm = estimate_replica(request(prompt=1100), session(decode_url="http://u0"), u)
+    cold = estimate_replica(request(prompt=1100), None, u)
+    assert warm.ttft_ms == pytest.approx(prefill_ms(COEFS, 100, 1000))
+    assert cold.ttft_ms == pytest.approx(prefill_ms(COEFS, 1100, 0))
+
+
+@pytest.mark.parametrize("prompt", [500, 1000])
+def test_a_cache_hit_always_leaves_the_last_token_to_compute(prompt):
+    c = estimate_local(request(prompt=prompt), session(cached_d=1000), decode())
+    assert c.ttft_ms == pytest.approx(prefill_ms(COEFS, 1, prompt - 1))
