@@ -4,6 +4,7 @@ save/restore keep hitting the cache. Run with ``-s`` to see the per-turn figures
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -65,22 +66,28 @@ async def test_sync_and_async_sessions_give_the_same_results(ppd_router: str) ->
     assert sync_chat.messages == async_chat.messages
 
 
+def _unique_system() -> str:
+    """A system prompt no other conversation shares, so cache hits can only come from this one."""
+    return f"{SYSTEM} Session tag {uuid.uuid4().hex[:8]}."
+
+
 def test_fork_shares_the_prefix(ppd_router: str) -> None:
-    with ChatSession(base_url=ppd_router, system=SYSTEM) as chat:
+    with ChatSession(base_url=ppd_router, system=_unique_system()) as chat:
         parent = [chat.send(p, **GREEDY) for p in PROMPTS[:2]]
         child = chat.fork()
         branch = child.send("What language do people speak there?", **GREEDY)
     _report("parent", parent)
     _report("fork", [branch])
     assert branch.route is not None and branch.route.decode == parent[-1].route.decode  # type: ignore[union-attr]
-    # A fresh conversation could hit at most the system prompt; the fork hits the parent's turns.
+    # A fresh conversation could hit at most the common start of the system prompt; the fork
+    # hits the parent's turns.
     assert branch.usage.cached_tokens is not None and branch.usage.cached_tokens > parent[0].usage.prompt_tokens
     assert child.conversation_id != chat.conversation_id and child.parent_conversation_id is None
 
 
 def test_save_and_restore_continue_with_cache_hits(ppd_router: str, tmp_path: Path) -> None:
     path = tmp_path / "session.json"
-    with ChatSession(base_url=ppd_router, system=SYSTEM) as chat:
+    with ChatSession(base_url=ppd_router, system=_unique_system()) as chat:
         before = [chat.send(p, **GREEDY) for p in PROMPTS[:2]]
         chat.save(path)
         conversation_id = chat.conversation_id
