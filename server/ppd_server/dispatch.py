@@ -204,11 +204,23 @@ class Dispatcher:
                                                       "Cache-Control": "no-cache"})
         await out.prepare(request)
         shaper = SSEShaper(plan.kind, plan.client_wants_usage, plan.route_info)
+        finished = False
+
+        def finish(ok: bool) -> None:
+            # Record the turn BEFORE the client can see the stream's end: a client that sends
+            # its next turn right after [DONE] must find this one in the session table.
+            nonlocal finished
+            if not finished:
+                finished = True
+                plan.finish(shaper.usage, plan.started_at, ok)
+
         ok = False
         try:
             try:
                 async for chunk in call.resp.content.iter_any():
                     data = shaper.feed(chunk)
+                    if shaper.saw_done:
+                        finish(not shaper.saw_error and not prefill_error)
                     if data:
                         await out.write(data)
                 tail = shaper.flush()
@@ -223,15 +235,16 @@ class Dispatcher:
                                     code="worker_failed", retryable=True)
             if prefill_error:
                 broke = _as_router_error(prefill_error[0])
-            if broke is not None and not shaper.saw_error:
-                await out.write(sse_error_event(broke))
             ok = broke is None and not shaper.saw_error
+            if broke is not None and not shaper.saw_error:
+                finish(False)
+                await out.write(sse_error_event(broke))
             await out.write_eof()
         except _CLIENT_GONE:
             pass  # client went away: closing the worker call below aborts its request
         finally:
             call.close(ok=ok)
-            plan.finish(shaper.usage, plan.started_at, ok)
+            finish(ok)
         return out
 
 

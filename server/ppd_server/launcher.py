@@ -4,7 +4,8 @@
 SGLang command lines are unit-tested without a GPU; :class:`Cluster` runs a plan: starts each
 process (its own session, output to a log file, pinned to one core where the OS allows), waits
 until every ``/health`` answers 200 with a progress message, and stops exactly the processes it
-started, by PID (SIGTERM, then SIGKILL after a grace period).
+started, by PID (SIGTERM, then SIGKILL after a grace period). Workers stay in the router's
+process group, so whoever ends that group (Ctrl-C, a test fixture's last resort) ends them too.
 """
 
 from __future__ import annotations
@@ -171,8 +172,9 @@ class Cluster:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         for plan in self.plans:
             log = open(self.log_path(plan), "wb")  # noqa: SIM115 - owned by the child's lifetime
-            proc = subprocess.Popen(plan.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
+            # Same process group as the router: a terminal's Ctrl-C, or a supervisor ending the
+            # router's group, reaches the workers too; stop() still ends each one by PID.
+            proc = subprocess.Popen(plan.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             log.close()
             self.procs[plan.name] = proc
             if plan.cpu is not None:
