@@ -50,7 +50,7 @@ class SeqPlan:
     num_new: int
     slots: torch.Tensor                 # [num_cached + num_new]
     runs: list[tuple[int, int]]         # (first slot, length) of each contiguous slot run, in order
-    mask: torch.Tensor | None           # bool [num_new, context] (True = attend); None if not needed
+    query_blocks: list[tuple[int, int]]  # [start, end) row blocks that bound the score tile size
 
     @property
     def is_decode(self) -> bool:
@@ -118,14 +118,24 @@ def causal_mask(num_cached: int, num_new: int, device: torch.device) -> torch.Te
     return keys[None, :] <= queries[:, None]
 
 
+# Query rows per attention block: keeps a block's scores (heads x rows x context) near
+# 2**18 x heads elements, which measured as fast as any larger tile on CPU.
+SCORE_TILE = 2 ** 18
+MIN_QUERY_BLOCK = 32
+
+
+def query_blocks(num_new: int, context: int) -> list[tuple[int, int]]:
+    rows = max(MIN_QUERY_BLOCK, SCORE_TILE // context)
+    return [(start, min(num_new, start + rows)) for start in range(0, num_new, rows)]
+
+
 def _make_plan(seqs: list[SeqChunk]) -> BatchPlan:
     plans, new_slots, last_rows = [], [], []
     row = 0
     for seq in seqs:
-        needs_mask = seq.num_new > 1 and seq.num_cached > 0
-        mask = causal_mask(seq.num_cached, seq.num_new, seq.slots.device) if needs_mask else None
         plans.append(SeqPlan(row_start=row, num_cached=seq.num_cached, num_new=seq.num_new,
-                             slots=seq.slots, runs=contiguous_runs(seq.slots), mask=mask))
+                             slots=seq.slots, runs=contiguous_runs(seq.slots),
+                             query_blocks=query_blocks(seq.num_new, seq.context_len)))
         new_slots.append(seq.slots[seq.num_cached:])
         row += seq.num_new
         last_rows.append(row - 1)

