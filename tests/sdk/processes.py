@@ -3,7 +3,9 @@ ports, and only the processes started here are ended, by PID (terminate, then ki
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,9 +54,13 @@ def running(argv: Sequence[str], health_path: str, port: int, log: Path, env: di
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        # The session we created holds this process and any it spawned (a router's workers).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
 
 
