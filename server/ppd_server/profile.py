@@ -124,6 +124,10 @@ def fit_coefficients(samples: Sequence[dict[str, Any]], fallback: CostCoefficien
 # -- measuring a live worker -------------------------------------------------------------------
 
 
+class ProfileError(RuntimeError):
+    """The worker could not be profiled (unreachable, error answers, no tokens); names the URL."""
+
+
 class _Probe:
     def __init__(self, url: str, timeout_s: float, seed: int) -> None:
         import httpx  # light, but only needed here
@@ -148,7 +152,7 @@ class _Probe:
         with self.client.stream("POST", f"{self.url}/generate", json=body) as resp:
             if resp.status_code != 200:
                 resp.read()
-                raise RuntimeError(f"worker {self.url} answered {resp.status_code}: {resp.text[:200]}")
+                raise ProfileError(f"worker {self.url} answered {resp.status_code}: {resp.text[:200]}")
             for line in resp.iter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -158,7 +162,7 @@ class _Probe:
                 arrivals.append((time.perf_counter() - t0) * 1e3)
                 meta = json.loads(data).get("meta_info", meta)
         if not arrivals:
-            raise RuntimeError(f"worker {self.url} streamed no tokens")
+            raise ProfileError(f"worker {self.url} streamed no tokens")
         return arrivals[0], arrivals, meta
 
     def server_info(self) -> dict[str, Any]:
@@ -191,38 +195,59 @@ def measure_profile(
     ``batch`` concurrent streams once all are decoding. Bounded: every request has a timeout and
     the sample count is fixed by the arguments.
     """
+    import httpx
+
     probe = _Probe(worker_url, timeout_s, seed)
     try:
-        info = probe.server_info()
-        probe.stream(probe.tokens(8), 2)  # warm-up (lazy init, first-call overheads)
-        samples: list[dict[str, Any]] = []
-        for n in prefill_lengths:
-            for _ in range(repeats):
-                ttft, _, meta = probe.stream(probe.tokens(n), 1)
-                samples.append({"kind": "prefill", "new": n, "cached": int(meta.get("cached_tokens", 0) or 0), "ms": ttft})
-        for c in append_prefixes:
-            for m in append_lengths:
-                for _ in range(repeats):
-                    prefix = probe.tokens(c)
-                    probe.stream(prefix, 1)
-                    ttft, _, meta = probe.stream(prefix + probe.tokens(m), 1)
-                    cached = int(meta.get("cached_tokens", c) or 0)
-                    prompt = int(meta.get("prompt_tokens", c + m) or c + m)
-                    samples.append({"kind": "prefill", "new": prompt - cached, "cached": cached, "ms": ttft})
-        for ctx in decode_contexts:
-            for b in decode_batches:
-                samples.append(_decode_sample(probe, b, ctx, decode_steps))
-        coefs, fit = fit_coefficients(samples)
-        return {
-            "model": info.get("served_model_name") or info.get("model_path") or "unknown",
-            "source": f"measure_profile({worker_url})",
-            "coefficients": coefs.to_dict(),
-            "kv_bytes_per_token": int(info.get("kv_bytes_per_token", 0) or 0),
-            "fit": fit,
-            "samples": samples,
-        }
+        return _measure(probe, worker_url, prefill_lengths, append_prefixes, append_lengths, decode_batches, decode_contexts, decode_steps, repeats)
+    except httpx.HTTPError as e:
+        raise ProfileError(f"cannot profile worker {worker_url}: {type(e).__name__}: {e}") from None
+    except (ValueError, KeyError) as e:  # a non-SGLang answer (bad JSON / fields)
+        raise ProfileError(f"cannot profile worker {worker_url}: unexpected answer ({e})") from None
     finally:
         probe.client.close()
+
+
+def _measure(
+    probe: _Probe,
+    worker_url: str,
+    prefill_lengths: Sequence[int],
+    append_prefixes: Sequence[int],
+    append_lengths: Sequence[int],
+    decode_batches: Sequence[int],
+    decode_contexts: Sequence[int],
+    decode_steps: int,
+    repeats: int,
+) -> dict[str, Any]:
+    info = probe.server_info()
+    probe.stream(probe.tokens(8), 2)  # warm-up (lazy init, first-call overheads)
+    samples: list[dict[str, Any]] = []
+    for n in prefill_lengths:
+        for _ in range(repeats):
+            ttft, _, meta = probe.stream(probe.tokens(n), 1)
+            cached = int(meta.get("cached_tokens", 0) or 0)
+            samples.append({"kind": "prefill", "new": n - cached, "cached": cached, "ms": ttft})
+    for c in append_prefixes:
+        for m in append_lengths:
+            for _ in range(repeats):
+                prefix = probe.tokens(c)
+                probe.stream(prefix, 1)
+                ttft, _, meta = probe.stream(prefix + probe.tokens(m), 1)
+                cached = int(meta.get("cached_tokens", c) or 0)
+                prompt = int(meta.get("prompt_tokens", c + m) or c + m)
+                samples.append({"kind": "prefill", "new": prompt - cached, "cached": cached, "ms": ttft})
+    for ctx in decode_contexts:
+        for b in decode_batches:
+            samples.append(_decode_sample(probe, b, ctx, decode_steps))
+    coefs, fit = fit_coefficients(samples)
+    return {
+        "model": info.get("served_model_name") or info.get("model_path") or "unknown",
+        "source": f"measure_profile({worker_url})",
+        "coefficients": coefs.to_dict(),
+        "kv_bytes_per_token": int(info.get("kv_bytes_per_token", 0) or 0),
+        "fit": fit,
+        "samples": samples,
+    }
 
 
 def _decode_sample(probe: _Probe, batch: int, context: int, steps: int) -> dict[str, Any]:

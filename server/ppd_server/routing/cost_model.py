@@ -55,8 +55,11 @@ _ERROR_WINDOW = 1000
 class Observation:
     """One completed turn as the router saw it.
 
-    ``new_tokens`` / ``cached_tokens``: the prompt tokens the serving path prefilled / found
-    cached (worker-reported). ``decode_running``: streams running on the decode (or unified)
+    ``new_tokens + cached_tokens`` is the prompt; ``cached_tokens`` is the worker-reported hit
+    (``usage.prompt_tokens_details.cached_tokens``). For ``pd`` that figure is the decode
+    worker's hit plus the prefill worker's, so pass ``prefill_cached_tokens`` (``meta_info``
+    ``cached_tokens_details.prefill``) when known: the prefill fit then uses what P really
+    computed. ``decode_running``: streams running on the decode (or unified)
     worker when the request was routed; ``decode_context_tokens`` their total context (0 =
     unknown). ``predicted_*``: the chosen candidate's prediction from the Decision.
     ``tpot_ms`` is None for a one-token answer.
@@ -74,6 +77,7 @@ class Observation:
     predicted_tpot_ms: float | None = None
     kv_bytes: int = 0
     decode_context_tokens: int = 0
+    prefill_cached_tokens: int | None = None
 
 
 class _WorkerFit:
@@ -163,10 +167,15 @@ class CostModel:
         self._record_error(obs)
         prefill_url = obs.prefill_url if obs.route == "pd" else obs.decode_url
         prefill_role: Role = "prefill" if obs.route == "pd" else ("decode" if obs.route == "local" else "unified")
-        if prefill_url is not None and obs.new_tokens > 0:
+        new, cached = obs.new_tokens, obs.cached_tokens
+        if obs.route == "pd" and obs.prefill_cached_tokens is not None:
+            prompt = obs.new_tokens + obs.cached_tokens
+            cached = max(0, min(obs.prefill_cached_tokens, prompt))
+            new = prompt - cached
+        if prefill_url is not None and new > 0:
             fit = self._fit(prefill_url, prefill_role)
-            x = _prefill_features(obs.new_tokens, obs.cached_tokens)
-            predicted_compute = prefill_ms(fit.coefficients, obs.new_tokens, obs.cached_tokens)
+            x = _prefill_features(new, cached)
+            predicted_compute = prefill_ms(fit.coefficients, new, cached)
             overhead = 0.0
             if obs.predicted_ttft_ms is not None:
                 overhead = max(0.0, obs.predicted_ttft_ms - predicted_compute)

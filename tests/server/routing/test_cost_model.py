@@ -172,3 +172,18 @@ def test_rls_covariance_stays_bounded_without_excitation():
     rls.update([0.0, 1.0], 1000.0)
     assert abs(rls.theta[1]) < 1000.0 and math.isfinite(rls.theta[1])
     assert rls.samples == 2001
+
+
+def test_pd_fit_uses_the_prefill_workers_own_cache_hit():
+    """For P->D the worker-reported cached_tokens adds the decode worker's hit; the prefill
+    worker computed prompt - its own hit, and only that fits its coefficients."""
+    rng = random.Random(5)
+    told, untold = CostModel(PROFILE), CostModel(PROFILE)
+    for _ in range(300):
+        prompt = rng.randrange(200, 3000)
+        d_hit = rng.randrange(0, prompt)
+        ttft = prefill_ms(TRUE, prompt, 0)  # P had nothing cached
+        told.observe(Observation("pd", "http://d", "http://p", prompt - d_hit, d_hit, ttft, None, 0, prefill_cached_tokens=0))
+        untold.observe(Observation("pd", "http://d", "http://p", prompt - d_hit, d_hit, ttft, None, 0))
+    assert told.coefficients("http://p", "prefill").prefill_per_token_ms == pytest.approx(TRUE.prefill_per_token_ms, rel=0.05)
+    assert untold.coefficients("http://p", "prefill").prefill_per_token_ms != pytest.approx(TRUE.prefill_per_token_ms, rel=0.05)
