@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ppd_server.routing.latency import estimate_pd, estimate_replica
+from ppd_server.routing.latency import cached_on_prefill, estimate_pd, estimate_replica, prefill_ms, queue_wait_ms
 from ppd_server.routing.types import Candidate, ClusterView, RequestView, SessionView, WorkerView
 
 _TIE_REL = 1e-9
@@ -45,15 +45,16 @@ def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | N
     decodes = cluster.by_role("decode")
     if not prefills or not decodes:
         return None
-    probe_d = decodes[0]
-    by_p = [(estimate_pd(request, cluster, session, p, probe_d).ttft_ms, _tie_order(request, session, p.url), p) for p in prefills]
-    by_p.sort(key=lambda t: (t[0], t[1]))
-    # keep the P whose prefill is fastest, treating near-equal costs as ties
-    best_p_cost = by_p[0][0]
-    ties = [t for t in by_p if t[0] <= best_p_cost * (1 + _TIE_REL) + 1e-9]
-    prefill = min(ties, key=lambda t: (stable_fraction(request.conversation_id, request.turn, t[2].url)))[2]
+    prefill = min(prefills, key=lambda p: (_prefill_side_ms(request, session, p), stable_fraction(request.conversation_id, request.turn, p.url)))
     cands = [estimate_pd(request, cluster, session, prefill, d) for d in decodes]
     return _pick(request, session, cands)
+
+
+def _prefill_side_ms(request: RequestView, session: SessionView | None, p: WorkerView) -> float:
+    """The P part of TTFT(pd), rounded so that near-equal workers tie (then the hash decides)."""
+    prompt = max(request.prompt_tokens, 0)
+    cached = cached_on_prefill(session, p, prompt)
+    return round(queue_wait_ms(p) + prefill_ms(p.coefficients, prompt - cached, cached), 6)
 
 
 def best_replica(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Candidate | None:

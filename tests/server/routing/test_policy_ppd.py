@@ -134,3 +134,13 @@ def test_link_backlog_and_slow_links_favour_local():
     slow = cluster(prefill(), decode(**loaded(64)), link_gbps=400.0, backlog=40_000_000_000)  # 0.8 s of queued KV
     assert PPD.decide(request(prompt=1600), fast, session()).route == "pd"
     assert PPD.decide(request(prompt=1600), slow, session()).route == "local"
+
+
+def test_prefill_congestion_keeps_continuations_local_even_on_a_busy_decode_worker():
+    """Dynamo's prefill_load signal, priced: a long P queue makes P->D slower than a local
+    append-prefill on a decode worker busy enough to go P->D when P is idle."""
+    decode_busy = decode(**loaded(64))
+    assert PPD.decide(request(prompt=1600), cluster(prefill(), decode_busy), session()).route == "pd"
+    p_queued = prefill(waiting_reqs=4, waiting_tokens=6000)
+    d = PPD.decide(request(prompt=1600), cluster(p_queued, decode_busy), session())
+    assert d.route == "local" and d.predicted("pd").ttft_ms > 6000
