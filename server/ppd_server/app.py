@@ -38,6 +38,7 @@ class AppState:
     registry: WorkerRegistry
     turns: TurnRouter
     tracer: Tracer
+    tracing: bool  # False: no-op tracer, skip context propagation work on the hot path
     metrics: RouterMetrics
     dispatcher: Dispatcher = None  # type: ignore[assignment]  # set on startup (needs the loop)
     session: aiohttp.ClientSession | None = None
@@ -73,7 +74,8 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
     sessions = SessionTable(max_sessions=config.max_sessions, idle_ttl_s=config.session_ttl_s)
     counter = tokens or TokenCounter.from_source(config.tokenizer)
     turns = TurnRouter(registry, sessions, cost_model, counter, make_policy(config.policy), config.link_gbps)
-    state = AppState(config=config, registry=registry, turns=turns, tracer=make_tracer(tracer_provider),
+    tracer, tracing = make_tracer(tracer_provider)
+    state = AppState(config=config, registry=registry, turns=turns, tracer=tracer, tracing=tracing,
                      metrics=RouterMetrics(registry, cost_model.error_summary))
     app = web.Application(middlewares=[make_auth_middleware(config.api_key, config.admin_key)],
                           client_max_size=64 * 1024 * 1024)
@@ -120,9 +122,9 @@ async def _startup(app: web.Application) -> None:
     cfg = st.config
     st.session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
-        auto_decompress=False)
+        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
     timeout = aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s, sock_read=cfg.request_timeout_s)
-    st.dispatcher = Dispatcher(st.session, st.registry, st.tracer, timeout, st.background)
+    st.dispatcher = Dispatcher(st.session, st.registry, st.tracer if st.tracing else None, timeout, st.background)
     await st.registry.poll_once(st.session, timeout_s=max(2.0, cfg.connect_timeout_s))
     if cfg.tokenizer is None and not st.turns.tokens.exact:
         _adopt_worker_tokenizer(st)

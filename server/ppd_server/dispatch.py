@@ -74,8 +74,9 @@ class _Call:
 
 
 class Dispatcher:
-    def __init__(self, session: aiohttp.ClientSession, registry: WorkerRegistry, tracer: Tracer,
+    def __init__(self, session: aiohttp.ClientSession, registry: WorkerRegistry, tracer: Tracer | None,
                  timeout: aiohttp.ClientTimeout, background: set[asyncio.Task]) -> None:
+        """``tracer`` None = tracing off: no CLIENT spans, the caller's trace headers pass through."""
         self.session = session
         self.registry = registry
         self.tracer = tracer
@@ -144,12 +145,18 @@ class Dispatcher:
     # --- common ----------------------------------------------------------------------------
 
     async def _open(self, url: str, plan: Plan, data: bytes, role: str) -> _Call:
-        span = self.tracer.start_span(
-            f"POST {plan.path}", context=plan.parent_context, kind=SpanKind.CLIENT,
-            attributes={"http.request.method": "POST", "server.address": url.split("//", 1)[-1].rsplit(":", 1)[0],
-                        "url.full": url + plan.path, "ppd.worker.role": role})
-        headers = dict(plan.worker_headers)
-        propagate.inject(headers, context=trace.set_span_in_context(span, plan.parent_context))
+        if self.tracer is None:
+            span: trace.Span = trace.INVALID_SPAN
+            headers = plan.worker_headers
+        else:
+            host, _, port = url.split("//", 1)[-1].rpartition(":")
+            span = self.tracer.start_span(
+                f"POST {plan.path}", context=plan.parent_context, kind=SpanKind.CLIENT,
+                attributes={"http.request.method": "POST", "server.address": host,
+                            "server.port": int(port) if port.isdigit() else 80,
+                            "url.full": url + plan.path, "ppd.worker.role": role})
+            headers = dict(plan.worker_headers)
+            propagate.inject(headers, context=trace.set_span_in_context(span, plan.parent_context))
         try:
             resp = await self.session.post(url + plan.path, data=data, headers=headers, timeout=self.timeout)
         except _UPSTREAM_BROKE as e:

@@ -29,7 +29,8 @@ from ppd_server.turns import Turn
 if TYPE_CHECKING:
     from ppd_server.app import AppState
 
-_FORWARDED_HEADERS = ("x-request-id", "x-correlation-id")
+_FORWARDED_HEADERS = ("x-correlation-id",)  # x-request-id is always set (the client's or ours)
+_TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:
@@ -129,7 +130,8 @@ class FrontDoor:
     async def handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         st = self.state
         request_id = request.headers.get("x-request-id") or f"ppd-{uuid.uuid4().hex}"
-        span = st.tracer.start_span("ppd.route", context=extract_context(request.headers), kind=SpanKind.SERVER,
+        parent = extract_context(request.headers) if st.tracing else None
+        span = st.tracer.start_span("ppd.route", context=parent, kind=SpanKind.SERVER,
                                     attributes={"http.route": request.path, "http.request.method": "POST"})
         try:
             return await self._handle(request, kind, request_id, span)
@@ -170,7 +172,8 @@ class FrontDoor:
         span.set_attribute("ppd.weights.ttft", hints.weights.ttft)
         span.set_attribute("ppd.weights.tpot", hints.weights.tpot)
         worker_headers = {"Content-Type": "application/json", "x-request-id": request_id}
-        for h in _FORWARDED_HEADERS[1:]:
+        # with tracing on, the dispatcher injects its own CLIENT span's context instead
+        for h in _FORWARDED_HEADERS if st.tracing else _FORWARDED_HEADERS + _TRACE_HEADERS:
             if h in request.headers:
                 worker_headers[h] = request.headers[h]
 

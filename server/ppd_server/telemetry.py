@@ -45,8 +45,11 @@ def tracer_provider_from_env(environ: Mapping[str, str] | None = None) -> Tracer
     return provider
 
 
-def make_tracer(provider: TracerProvider | None) -> Tracer:
-    return (provider or tracer_provider_from_env()).get_tracer(TRACER_NAME)
+def make_tracer(provider: TracerProvider | None) -> tuple[Tracer, bool]:
+    """The app's tracer and whether it records (a no-op one lets the hot path skip propagation:
+    the caller's ``traceparent`` is then forwarded to the workers verbatim)."""
+    provider = provider or tracer_provider_from_env()
+    return provider.get_tracer(TRACER_NAME), not isinstance(provider, NoOpTracerProvider)
 
 
 def extract_context(headers: Mapping[str, str]) -> Any:
@@ -77,17 +80,5 @@ def decision_attributes(decision: Decision) -> dict[str, Any]:
     return attrs
 
 
-def client_span(tracer: Tracer, path: str, url: str, role: str):
-    """A CLIENT span for one worker call; use as a context manager, then inject its context."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return tracer.start_as_current_span(
-        f"POST {path}", kind=SpanKind.CLIENT,
-        attributes={"http.request.method": "POST", "server.address": parts.hostname or "",
-                    "server.port": parts.port or 80, "url.full": url + path, "ppd.worker.role": role},
-    )
-
-
 __all__ = ["SpanKind", "trace", "make_tracer", "extract_context", "inject_headers", "decision_attributes",
-           "client_span", "tracer_provider_from_env"]
+           "tracer_provider_from_env"]
