@@ -122,6 +122,20 @@ def test_no_prefill_worker_turn_one_falls_back_to_replica_before_raising():
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS)
+def test_decode_workers_alone_serve_turn_one_with_a_full_local_prefill(spec):
+    cl = cluster(decode("http://d0", **loaded(8)), decode("http://d1"), decode("http://d2", can_local_prefill=False))
+    d = make_policy(spec).decide(request(turn=1, prompt=300), cl, None)
+    assert (d.route, d.decode, d.cached_tokens) == ("local", "http://d1", 0)
+    assert "full prefill on decode" in d.reason and [c.route for c in d.candidates] == ["local"]
+
+
+def test_mixed_cluster_keeps_a_unified_session_on_its_worker():
+    cl = cluster(prefill(), decode(), unified("http://u0"))
+    d = make_policy("ppd").decide(request(turn=2), cl, session(decode_url="http://u0", prefill_url=None))
+    assert (d.route, d.decode) == ("replica", "http://u0")
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
 def test_turn_one_picks_the_idle_decode_and_the_short_prefill_queue(spec):
     cl = cluster(
         prefill("http://p0", waiting_reqs=3, waiting_tokens=3000),

@@ -49,6 +49,7 @@ class Options:
     local: Candidate | None
     replica: Candidate | None
     why_not_local: str  # human reason when ``local`` is None
+    cold_local: Candidate | None = None  # full prefill on a decode worker: only when nothing else exists
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
@@ -85,10 +86,16 @@ def build_options(request: RequestView, cluster: ClusterView, session: SessionVi
     else:
         pd_tpot = pd.tpot_ms if pd is not None and pd.decode == holder.url else None
         local = estimate_local(request, session, holder, pd_tpot)
-    return Options(request, session, continuation, holder, pd, local, replica, why)
+    cold_local = None
+    if local is None and pd is None and replica is None:
+        capable = [w for w in cluster.by_role("decode") if w.can_local_prefill]
+        if capable:
+            cold_local = min((estimate_local(request, None, w) for w in capable), key=lambda c: (c.ttft_ms, c.tpot_ms, c.decode or ""))
+    return Options(request, session, continuation, holder, pd, local, replica, why, cold_local)
 
 
-def _ms(x: float) -> str:
+def fmt_ms(x: float) -> str:
+    """Milliseconds for a reason string: '212ms', '3.4ms'."""
     return f"{x:.0f}ms" if x >= 10 else f"{x:.1f}ms"
 
 
@@ -145,11 +152,15 @@ class Policy(ABC):
         """Only one kind of route (or none) is possible: take the best that exists."""
         if opts.local is not None:  # continuation, but no prefill worker is up
             return self._decision(opts, opts.local, "local: no healthy prefill worker")
+        if opts.holder is not None and opts.holder.role == "unified" and opts.replica is not None:
+            return self._decision(opts, opts.replica, f"replica: {opts.why_not_local}")
         if opts.pd is not None:
             return self._decision(opts, opts.pd, f"pd: {opts.why_not_local}")
         if opts.replica is not None:
             why = "session affinity" if opts.session and opts.replica.decode == opts.session.decode_url else "least loaded"
             return self._decision(opts, opts.replica, f"replica: {why}")
+        if opts.cold_local is not None:
+            return self._decision(opts, opts.cold_local, "local: no prefill or unified worker; full prefill on decode")
         raise NoWorkerAvailable("no healthy worker can serve this request (no P/D pair, no unified worker)")
 
     def _decision(self, opts: Options, chosen: Candidate, reason: str, score: float | None = None) -> Decision:
@@ -157,7 +168,7 @@ class Policy(ABC):
         scores: dict[str, float] = {"local": score, "pd": 0.0} if score is not None else {}
         cands = tuple(
             Candidate(c.route, c.decode, c.prefill, c.ttft_ms, c.tpot_ms, scores.get(c.route), c.kv_bytes, c.cached_tokens)
-            for c in opts.candidates
+            for c in (*opts.candidates, *((opts.cold_local,) if chosen is opts.cold_local else ()))
         )
         return Decision(chosen.route, chosen.decode, chosen.prefill, reason, self.spec, cands, score, chosen.cached_tokens)
 
@@ -165,4 +176,4 @@ class Policy(ABC):
     def describe(local: Candidate, pd: Candidate) -> str:
         """'ttft 38ms vs 212ms, tpot +6%' - local first, then pd."""
         dtpot = (local.tpot_ms - pd.tpot_ms) / max(pd.tpot_ms, 1e-9) * 100
-        return f"ttft {_ms(local.ttft_ms)} vs {_ms(pd.ttft_ms)}, tpot {dtpot:+.0f}%"
+        return f"ttft {fmt_ms(local.ttft_ms)} vs {fmt_ms(pd.ttft_ms)}, tpot {dtpot:+.0f}%"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ppd_server.routing.policies.base import Options, Policy, _ms
+from ppd_server.routing.policies.base import Options, Policy, fmt_ms
 from ppd_server.routing.types import Candidate, RequestView, RouteName
 
 
@@ -35,9 +35,9 @@ def slo_breaches(c: Candidate, request: RequestView) -> list[str]:
     """Human descriptions of the absolute targets ``c`` is predicted to miss."""
     out = []
     if request.slo_ttft_ms is not None and c.ttft_ms > request.slo_ttft_ms:
-        out.append(f"ttft {_ms(c.ttft_ms)} > SLO {_ms(request.slo_ttft_ms)}")
+        out.append(f"ttft {fmt_ms(c.ttft_ms)} > SLO {fmt_ms(request.slo_ttft_ms)}")
     if request.slo_tpot_ms is not None and c.tpot_ms > request.slo_tpot_ms:
-        out.append(f"tpot {_ms(c.tpot_ms)} > SLO {_ms(request.slo_tpot_ms)}")
+        out.append(f"tpot {fmt_ms(c.tpot_ms)} > SLO {fmt_ms(request.slo_tpot_ms)}")
     return out
 
 

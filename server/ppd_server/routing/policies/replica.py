@@ -17,7 +17,7 @@ class ReplicaPolicy(Policy):
     def decide(self, request: RequestView, cluster: ClusterView, session: SessionView | None) -> Decision:
         opts = build_options(request, cluster, session)
         if opts.replica is not None:
-            return self.fallback(Options(request, session, opts.continuation, opts.holder, None, None, opts.replica, opts.why_not_local))
+            return self.fallback(Options(request, session, opts.continuation, None, None, None, opts.replica, opts.why_not_local))
         return super().decide(request, cluster, session)
 
     def choose(self, opts: Options) -> tuple[RouteName, float | None, str]:
