@@ -102,3 +102,17 @@ async def test_fake_bootstrap_host_never_connects(prefill):
             "bootstrap_room": 0}
     r = await client.post("/generate", json=body)
     assert r.status == 200 and (await r.json())["meta_info"]["kv_transfer_bytes"] == 0
+
+
+async def test_decode_arriving_first_and_a_rate_capped_link(decode, unified):
+    async with serve_worker(disaggregation_mode="prefill", kv_link_gbps=0.2) as (p_client, p_worker):
+        text = "Decode comes first, prefill later, over a slow link"
+        body = pd_body(p_worker, text)
+        d_task = asyncio.ensure_future(decode[0].post("/generate", json=body))
+        await asyncio.sleep(0.2)
+        p_resp = await p_client.post("/generate", json=body)
+        d_resp = await d_task
+        assert p_resp.status == 200 and d_resp.status == 200
+        u = await (await unified[0].post("/generate", json={"text": text, "sampling_params": GREEDY})).json()
+        assert (await d_resp.json())["output_ids"] == u["output_ids"]
+        assert not p_worker.bootstrap._rooms

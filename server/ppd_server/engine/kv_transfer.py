@@ -122,6 +122,7 @@ class BootstrapServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         room: _Room | None = None
+        room_id = None
         try:
             request = await asyncio.wait_for(read_frame(reader), self.timeout)
             room_id, start = request.get("room"), request.get("decode_prefix_len", 0)
@@ -158,6 +159,8 @@ class BootstrapServer:
             if room is not None and not room.done.done():
                 room.done.set_exception(TransferError(f"KV transfer failed: {message}"))
                 room.done.exception()
+            if room is not None and not room.ready.done():   # the prefill never came: forget the room
+                self._rooms.pop(room_id, None)
         finally:
             writer.close()
 

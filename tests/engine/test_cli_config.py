@@ -1,0 +1,77 @@
+"""CLI flags (SGLang names), config validation messages, model-source resolution, dtype auto."""
+
+from __future__ import annotations
+
+import pytest
+
+from ppd_server.engine.cli import build_parser, parse_config
+from ppd_server.engine.config import ConfigError, EngineConfig
+from ppd_server.engine.model_source import ModelSourceError, resolve_dtype, resolve_model
+
+
+def test_sglang_flag_names_map_to_config():
+    cfg = parse_config(["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port", "9000",
+                        "--disaggregation-decode-enable-radix-cache",
+                        "--disaggregation-decode-enable-conditional-agg", "--model-path", "synthetic:3",
+                        "--dtype", "float32", "--threads", "1", "--max-total-tokens", "4096", "--page-size", "8",
+                        "--kv-link-gbps", "25", "--chunked-prefill-size", "128", "--served-model-name", "m",
+                        "--enable-cache-report", "--port", "1234"])
+    assert (cfg.disaggregation_mode, cfg.disaggregation_bootstrap_port, cfg.model) == ("decode", 9000, "synthetic:3")
+    assert cfg.disaggregation_decode_enable_radix_cache and cfg.disaggregation_decode_enable_conditional_agg
+    assert (cfg.page_size, cfg.kv_link_gbps, cfg.chunked_prefill_size, cfg.num_pages) == (8, 25.0, 128, 512)
+    assert cfg.is_decode and not cfg.is_prefill
+
+
+def test_defaults_match_sglang():
+    cfg = parse_config([])
+    assert (cfg.host, cfg.disaggregation_mode, cfg.disaggregation_bootstrap_port, cfg.model) == \
+        ("127.0.0.1", "null", 8998, "smollm2")
+
+
+def test_help_explains_every_flag():
+    text = build_parser().format_help()
+    for flag in ("--disaggregation-mode", "--kv-link-gbps", "--chunked-prefill-size", "--model-path", "--dtype"):
+        assert flag in text
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--disaggregation-mode", "both"], "invalid choice"),
+    (["--page-size", "0"], "--page-size=0"),
+    (["--kv-link-gbps", "-1"], "--kv-link-gbps"),
+    (["--max-total-tokens", "3", "--page-size", "16"], "--max-total-tokens"),
+    (["--port", "70000"], "--port"),
+])
+def test_bad_flags_exit_with_a_message_naming_the_value(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(argv)
+    assert info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_config_replace_validates():
+    with pytest.raises(ConfigError):
+        EngineConfig().replace(chunked_prefill_size=0)
+
+
+def test_model_sources(tmp_path):
+    assert resolve_model("synthetic") == "synthetic" and resolve_model("synthetic:5") == "synthetic:5"
+    with pytest.raises(ModelSourceError):
+        resolve_model("synthetic:x")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert resolve_model(str(gguf)) == str(gguf)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path / "hf")) == str(tmp_path / "hf")
+    with pytest.raises(ModelSourceError):
+        resolve_model(str(tmp_path / "missing"))
+
+
+def test_smollm2_alias_finds_the_installed_wheel_files():
+    path = resolve_model("smollm2", log=lambda *a, **k: pytest.fail("should not download"))
+    assert path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_dtype_auto():
+    assert resolve_dtype("float32", "cpu") == "float32"
+    assert resolve_dtype("auto", "cuda:0") == "bfloat16"
+    assert resolve_dtype("auto", "cpu") in ("bfloat16", "float32")
