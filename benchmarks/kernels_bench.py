@@ -32,19 +32,22 @@ def default_model_path() -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def timed(fn, repeats: int, warmup: int = 1) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
+    """Median (wall, process CPU) seconds of ``fn()`` over ``repeats`` runs after ``warmup``.
+    With one torch thread, CPU time is the cost of the work itself: on a shared machine it
+    stays stable while wall time also counts the time other processes held the core."""
     for _ in range(warmup):
         fn()
-    samples = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
-def bench_prefill(model: LlamaModel, length: int, repeats: int) -> float:
+def bench_prefill(model: LlamaModel, length: int, repeats: int) -> tuple[float, float]:
     kv = KVPool(model.config, length, model.dtype)
     ids = [random.randrange(model.config.vocab_size) for _ in range(length)]
     batch = ForwardBatch.build([ids], [0], [list(range(length))])
@@ -66,7 +69,7 @@ def decode_slots(batch: int, context: int, layout: str) -> list[list[int]]:
 
 
 def bench_decode(model: LlamaModel, batch: int, context: int, layout: str, backend: str,
-                 steps: int) -> float:
+                 steps: int) -> tuple[float, float]:
     slots = decode_slots(batch, context, layout)
     kv = KVPool(model.config, max(max(s) for s in slots) + 1, model.dtype)
     kv.data.normal_()
@@ -99,10 +102,12 @@ def main() -> None:
     lm = load_model(args.model or default_model_path(), dtype=dtype)
     print(f"model {lm.name}  dtype {args.dtype}  threads {args.threads}  "
           f"load {time.perf_counter() - started:.1f} s")
-    print(f"{'measurement':<44}{'time':>12}{'tok/s':>10}")
+    print(f"{'measurement':<52}{'wall ms':>9}{'tok/s':>9}{'cpu ms':>9}{'tok/s':>9}")
 
-    def row(label: str, seconds: float, tokens: int) -> None:
-        print(f"{label:<44}{seconds * 1e3:>9.1f} ms{tokens / seconds:>10.1f}", flush=True)
+    def row(label: str, seconds: tuple[float, float], tokens: int) -> None:
+        wall, cpu = seconds
+        print(f"{label:<52}{wall * 1e3:>9.1f}{tokens / wall:>9.1f}{cpu * 1e3:>9.1f}{tokens / cpu:>9.1f}",
+              flush=True)
 
     for length in (int(x) for x in args.prefill.split(",") if x):
         row(f"prefill {length}", bench_prefill(lm.model, length, args.repeats), length)
