@@ -213,7 +213,7 @@ class ChatPPD(BaseChatOpenAI):
             yield chunk
 
     # -- the routing decision into response_metadata ------------------------------------------
-    def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> ChatResult:
+    def _create_chat_result(self, response: Any, generation_info: dict[str, Any] | None = None) -> ChatResult:
         result = super()._create_chat_result(response, generation_info)
         ppd = _ppd_field(response)
         if ppd is not None:
@@ -225,7 +225,7 @@ class ChatPPD(BaseChatOpenAI):
         return result
 
     def _convert_chunk_to_generation_chunk(
-        self, chunk: dict, default_chunk_class: type, base_generation_info: dict | None
+        self, chunk: dict[str, Any], default_chunk_class: type, base_generation_info: dict[str, Any] | None
     ) -> ChatGenerationChunk | None:
         generation_chunk = super()._convert_chunk_to_generation_chunk(chunk, default_chunk_class, base_generation_info)
         ppd = chunk.get(BODY_FIELD)
