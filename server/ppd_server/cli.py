@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from dataclasses import fields
 from typing import Any, Sequence
@@ -112,45 +113,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(config: RouterConfig) -> int:
+    from ppd_server.app import create_app
     from ppd_server.launcher import Cluster, ClusterError, plan_cluster, with_workers
 
-    cluster = None
-    if not config.has_external_workers:
-        plans = plan_cluster(config)
-        if config.dry_run:
-            for plan in plans:
-                print(" ".join(plan.argv))
-            return 0
-        cluster = Cluster(plans)
-        try:
-            cluster.start(timeout_s=config.startup_timeout_s)
-        except ClusterError as e:
-            cluster.stop()
-            print(f"ppd-server: error: {e}", file=sys.stderr)
-            return 1
-        except BaseException:
-            cluster.stop()
-            raise
-        config = with_workers(config, plans)
-    elif config.dry_run:
-        print("ppd-server: external workers given; nothing to launch")
+    plans = [] if config.has_external_workers else plan_cluster(config)
+    if config.dry_run:
+        for plan in plans:
+            print(" ".join(plan.argv))
+        if not plans:
+            print("ppd-server: external workers given; nothing to launch")
         return 0
+    if plans:
+        config = with_workers(config, plans)
+    try:  # before any process starts: a bad profile or tokenizer fails fast and cleanly
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        app = create_app(config)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"ppd-server: error: {e}", file=sys.stderr)
+        return 2
+    cluster = Cluster(plans) if plans else None
+    # SIGTERM while the workers load must still run the finally below (stop them by PID);
+    # web.run_app installs its own graceful handler once serving.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        _run_app(config)
+        if cluster is not None:
+            cluster.start(timeout_s=config.startup_timeout_s)
+        _run_app(app, config, loop)
+    except ClusterError as e:
+        print(f"ppd-server: error: {e}", file=sys.stderr)
+        return 1
     finally:
         if cluster is not None:
             cluster.stop()
     return 0
 
 
-def _run_app(config: RouterConfig) -> None:
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_app(app, config: RouterConfig, loop: asyncio.AbstractEventLoop) -> None:
     from aiohttp import web
 
-    from ppd_server.app import create_app
-
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    app = create_app(config)
     print(f"[ppd-server] serving on http://{config.host}:{config.port} (policy {config.policy})",
           file=sys.stderr, flush=True)
     web.run_app(app, host=config.host, port=config.port, loop=loop, access_log=None, print=None,
@@ -169,7 +174,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def profile_main(argv: Sequence[str]) -> int:
     from ppd_server.config import RouterConfig
     from ppd_server.launcher import Cluster, ClusterError, plan_cluster
-    from ppd_server.profile import measure_profile, save_profile
+    from ppd_server.profile import ProfileError, measure_profile, save_profile
 
     ns = build_profile_parser().parse_args(list(argv))
     cluster = None
@@ -183,7 +188,7 @@ def profile_main(argv: Sequence[str]) -> int:
             url = plans[0].url
         profile = measure_profile(url)
         save_profile(profile, ns.output)
-    except (ClusterError, ConfigError) as e:
+    except (ClusterError, ConfigError, ProfileError, OSError) as e:
         print(f"ppd-server profile: error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -62,7 +62,7 @@ def router_policy(base_url: str, spec: str) -> Iterator[None]:
         http_json("PUT", f"{base_url}/admin/policy", {"spec": before["spec"], "params": before["params"]})
 
 
-class _RouterProcess:
+class RouterProcess:
     def __init__(self, argv: list[str], port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.NamedTemporaryFile(prefix="ppd-server-e2e-", suffix=".log", delete=False)
@@ -105,13 +105,13 @@ class _RouterProcess:
 
 @pytest.fixture(scope="session")
 def ppd_router_factory() -> Iterator[Callable[..., str]]:
-    started: list[_RouterProcess] = []
+    started: list[RouterProcess] = []
 
     def start(policy: str = "ppd", embedded: str = "1P1D", model: str = "smollm2", args: tuple[str, ...] = ()) -> str:
         port = free_port()
         argv = [sys.executable, "-m", "ppd_server", "--port", str(port), "--policy", policy, "--embedded", embedded,
                 "--model", model, "--load-interval", "0.5", "--startup-timeout", str(STARTUP_TIMEOUT_S), *args]
-        router = _RouterProcess(argv, port)
+        router = RouterProcess(argv, port)
         started.append(router)
         router.wait_healthy()
         return router.url

@@ -97,3 +97,24 @@ async def test_models_health_and_admin_workers(pd_pair):
     roles = {w["url"]: (w["role"], w["healthy"], w["can_local_prefill"]) for w in workers}
     assert roles == {p.url: ("prefill", True, False), d.url: ("decode", True, True)}
     json.dumps(workers)
+
+
+async def test_fork_starts_on_the_parents_decode_worker_as_a_continuation(pd_pair):
+    client, state, p, d = pd_pair
+    d.cached_tokens = 5
+    await client.post("/v1/chat/completions", json=chat_body("parent turn"), headers={"X-PPD-Conversation-Id": "parent"})
+    r = await client.post("/v1/chat/completions", json=chat_body("parent turn, then a branch"),
+                          headers={"X-PPD-Conversation-Id": "child", "X-PPD-Parent-Conversation-Id": "parent"})
+    info = (await r.json())["ppd"]
+    assert info["conversation_id"] == "child" and info["decode"] == d.url
+    assert info["route"] == "local", info["reason"]
+    assert d.seen[-1].body["do_local_prefill"] is True
+
+
+async def test_without_tracing_the_callers_traceparent_is_forwarded_verbatim(pd_pair):
+    client, state, p, d = pd_pair
+    assert state.tracing is False
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await client.post("/v1/chat/completions", json=chat_body(), headers={"traceparent": tp, "tracestate": "k=v"})
+    assert p.seen[0].headers["traceparent"] == tp == d.seen[0].headers["traceparent"]
+    assert d.seen[0].headers["tracestate"] == "k=v"
