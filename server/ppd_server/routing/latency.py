@@ -97,6 +97,20 @@ def _hit(cached: int, prompt_tokens: int) -> int:
     return max(0, min(cached, prompt_tokens - 1))
 
 
+def kv_tokens_needed(request: RequestView, session: SessionView | None, w: WorkerView) -> int:
+    """New KV slots ``w`` must allocate to serve this request (its cached prefix is resident)."""
+    prompt = max(request.prompt_tokens, 0)
+    return prompt - cached_on_decode(session, w, prompt) + max(request.max_new_tokens, 0)
+
+
+def kv_fits(request: RequestView, session: SessionView | None, w: WorkerView) -> bool:
+    """Whether ``w``'s KV pool has room now (unknown capacity counts as room). Used tokens
+    exclude the evictable prefix cache, so a full pool would make the request wait."""
+    if w.max_total_tokens <= 0:
+        return True
+    return w.used_tokens + kv_tokens_needed(request, session, w) <= w.max_total_tokens
+
+
 def kv_bytes_per_token(*workers: WorkerView) -> int:
     for w in workers:
         if w.kv_bytes_per_token > 0:

@@ -4,6 +4,7 @@ never by a clock, a counter or a random generator, so the router and the simulat
 
 * P worker: least predicted prefill time (its queue + the prefill, less what it caches for the
   session).
+* Workers whose KV pool has no room for the request are skipped when another has room.
 * D worker for P->D: the best weighted sum of normalised TTFT and TPOT (the same weights the
   PPD score uses), so the session's decode worker (it receives only the suffix) and idle
   workers win; ties go to the session's worker, then to the hash.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ppd_server.routing.latency import cached_on_prefill, estimate_pd, estimate_replica, prefill_ms, queue_wait_ms
+from ppd_server.routing.latency import cached_on_prefill, estimate_pd, estimate_replica, kv_fits, prefill_ms, queue_wait_ms
 from ppd_server.routing.types import Candidate, ClusterView, RequestView, SessionView, WorkerView
 
 _TIE_REL = 1e-9
@@ -46,7 +47,9 @@ def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | N
     if not prefills or not decodes:
         return None
     prefill = min(prefills, key=lambda p: (_prefill_side_ms(request, session, p), stable_fraction(request.conversation_id, request.turn, p.url)))
-    cands = [estimate_pd(request, cluster, session, prefill, d) for d in decodes]
+    # a decode worker whose KV pool cannot take the request would make it wait: avoid it if we can
+    roomy = [d for d in decodes if kv_fits(request, session, d)] or list(decodes)
+    cands = [estimate_pd(request, cluster, session, prefill, d) for d in roomy]
     return _pick(request, session, cands)
 
 
@@ -61,7 +64,8 @@ def best_replica(request: RequestView, cluster: ClusterView, session: SessionVie
     unified = cluster.by_role("unified")
     if not unified:
         return None
-    return _pick(request, session, [estimate_replica(request, session, w) for w in unified])
+    roomy = [w for w in unified if kv_fits(request, session, w)] or list(unified)
+    return _pick(request, session, [estimate_replica(request, session, w) for w in roomy])
 
 
 def _pick(request: RequestView, session: SessionView | None, cands: list[Candidate]) -> Candidate:

@@ -204,3 +204,23 @@ def test_threshold_ignores_load_but_ppd_does_not():
     swamped = cluster(prefill(), decode(**loaded(64), waiting_reqs=10, waiting_tokens=20_000))
     assert make_policy("threshold:256").decide(request(), swamped, session()).route == "local"
     assert make_policy("ppd").decide(request(), swamped, session()).route == "pd"
+
+
+@pytest.mark.parametrize("spec", ["ppd", "local", "ratio:1", "threshold:256"])
+def test_full_kv_pool_on_the_holder_moves_the_turn_to_a_roomy_decode_worker(spec):
+    full = decode("http://d0", max_total_tokens=10_000, used_tokens=9_950)
+    cl = cluster(prefill(), full, decode("http://d1", max_total_tokens=10_000))
+    d = make_policy(spec).decide(request(prompt=1100, out=32), cl, session())
+    assert (d.route, d.decode) == ("pd", "http://d1")
+    assert "KV pool full (9950/10000" in d.reason
+
+
+def test_full_kv_pools_everywhere_still_route():
+    cl = cluster(prefill(), decode("http://d0", max_total_tokens=1000, used_tokens=990))
+    d = make_policy("ppd").decide(request(prompt=1100), cl, session())
+    assert d.route == "local"  # nowhere has room: the holder keeps it (it needs the fewest new slots)
+
+
+def test_turn_one_avoids_a_full_decode_worker():
+    cl = cluster(prefill(), decode("http://d0", max_total_tokens=4096, used_tokens=4000), decode("http://d1", **loaded(20), max_total_tokens=4096))
+    assert make_policy("pd").decide(request(turn=1, prompt=500), cl, None).decode == "http://d1"

@@ -11,7 +11,8 @@ no hidden state (the only 'randomness' is derived from (conversation_id, turn)).
    replica when only unified workers exist, or a full local prefill on a decode worker that can
    prefill when no prefill worker is up; nothing at all raises :class:`NoWorkerAvailable`.
 3. When both D-local and P->D are possible, the concrete policy's :meth:`Policy.choose` decides.
-   A decode worker without ``can_local_prefill`` never gets "local".
+   A decode worker without ``can_local_prefill`` never gets "local"; neither does one whose KV
+   pool has no room for the request while another decode worker has (Dynamo's decode-busy veto).
 
 Subclasses set ``name``, declare their parameters in ``defaults`` (name -> default; the type of
 the default is the parameter's type) and implement ``choose``; ``validate_params`` checks ranges.
@@ -23,7 +24,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ppd_server.routing.latency import cached_on_decode, estimate_local
+from ppd_server.routing.latency import cached_on_decode, estimate_local, kv_fits
 from ppd_server.routing.placement import best_pd, best_replica, session_worker
 from ppd_server.routing.types import (
     Candidate,
@@ -83,6 +84,9 @@ def build_options(request: RequestView, cluster: ClusterView, session: SessionVi
         why = "session lives on a unified worker"
     elif not holder.can_local_prefill:
         why = f"decode worker {holder.url} cannot prefill locally"
+    elif not kv_fits(request, session, holder) and pd is not None and pd.decode != holder.url:
+        # Dynamo's decode-busy veto: the holder's KV pool is full, another decode worker has room
+        why = f"decode worker {holder.url} KV pool full ({holder.used_tokens}/{holder.max_total_tokens} tokens used)"
     else:
         pd_tpot = pd.tpot_ms if pd is not None and pd.decode == holder.url else None
         local = estimate_local(request, session, holder, pd_tpot)
