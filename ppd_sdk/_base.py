@@ -179,6 +179,8 @@ class SessionBase(Generic[ClientT]):
 
     # -- helpers for the IO shells ----------------------------------------------------------
     def _plan(self, content: Any, stream: bool, kwargs: dict[str, Any]) -> TurnPlan:
+        if "stream" in kwargs or "messages" in kwargs:
+            raise TypeError("pass neither 'stream' nor 'messages': use stream() for streaming; the session owns the history")
         timeout = kwargs.pop("timeout", None)
         return self._state.plan(
             content,

@@ -1,51 +1,17 @@
-"""SDK unit-test helpers: every session test runs once per twin (sync and async) through
-:class:`Driver`, against the in-process :class:`FakeOpenAI`."""
+"""SDK unit-test fixtures: every session test runs once per twin (sync and async) through
+:class:`session_driver.Driver`, against the in-process :class:`fake_openai.FakeOpenAI`."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_openai import FakeOpenAI  # noqa: E402
-
-from ppd_sdk import AsyncChatSession, ChatSession, Reply  # noqa: E402
-
-
-class Driver:
-    """Drives a ChatSession or an AsyncChatSession with one awaitable API."""
-
-    def __init__(self, kind: str, fake: FakeOpenAI) -> None:
-        self.kind = kind
-        self.fake = fake
-
-    def session(self, **kwargs: Any) -> Any:
-        if self.kind == "sync":
-            return ChatSession(client=kwargs.pop("client", None) or self.fake.client(), **kwargs)
-        return AsyncChatSession(client=kwargs.pop("client", None) or self.fake.async_client(), **kwargs)
-
-    async def send(self, session: Any, *args: Any, **kwargs: Any) -> Reply:
-        result = session.send(*args, **kwargs)
-        return await result if self.kind == "async" else result
-
-    async def stream(self, session: Any, *args: Any, **kwargs: Any) -> tuple[list[str], Reply]:
-        s = session.stream(*args, **kwargs)
-        if self.kind == "sync":
-            with s:
-                deltas = list(s)
-            return deltas, s.reply
-        async with s:
-            deltas = [d async for d in s]
-        return deltas, s.reply
-
-    def restore(self, data: str, **kwargs: Any) -> Any:
-        if self.kind == "sync":
-            return ChatSession.from_json(data, client=self.fake.client(), **kwargs)
-        return AsyncChatSession.from_json(data, client=self.fake.async_client(), **kwargs)
+from session_driver import Driver  # noqa: E402
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 
 import httpx2
 import pytest
-from conftest import Driver
+from session_driver import Driver
 from fake_openai import FakeOpenAI
 
 import ppd_sdk
@@ -212,3 +212,19 @@ async def test_send_ppd_body_off_keeps_only_standard_fields(driver: Driver, fake
     body = fake.bodies[-1]
     assert "ppd" not in body and body["prompt_cache_key"] == "c"
     assert (body["temperature"], body["max_tokens"], body["top_k"]) == (0, 5, 1)
+
+
+async def test_timeouts_are_configurable_per_session_and_per_turn(driver: Driver, fake: FakeOpenAI) -> None:
+    s = driver.session(model="m", timeout=7.5)
+    await driver.send(s, "hi")
+    assert fake.requests[-1].headers["x-stainless-read-timeout"] == "7.5"
+    await driver.send(s, "hi", timeout=2)
+    assert fake.requests[-1].headers["x-stainless-read-timeout"] == "2"
+
+
+async def test_session_owns_stream_and_messages(driver: Driver) -> None:
+    s = driver.session(model="m")
+    with pytest.raises(TypeError):
+        await driver.send(s, "hi", stream=True)
+    with pytest.raises(TypeError):
+        await driver.send(s, "hi", messages=[])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Driver
+from session_driver import Driver
 from fake_openai import FakeOpenAI
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -103,3 +103,14 @@ def test_abandoned_stream_ends_its_span_and_keeps_history(fake: FakeOpenAI, otel
     assert s.turn == 0 and s.messages == []
     with pytest.raises(RuntimeError):
         _ = stream.reply
+
+
+async def test_a_retried_turn_is_still_one_span_and_one_trace(driver: Driver, fake: FakeOpenAI, otel: Any) -> None:
+    tracer_provider, exporter, _, _ = otel
+    s = driver.session(model="m", tracer_provider=tracer_provider)
+    fake.failures = [503]
+    await driver.send(s, "hi")
+    (span,) = exporter.get_finished_spans()
+    parents = {r.headers["traceparent"] for r in fake.requests if r.url.path.endswith("/chat/completions")}
+    assert len(parents) == 1 and f"{span.context.trace_id:032x}" in parents.pop()
+    assert span.status.status_code != StatusCode.ERROR
