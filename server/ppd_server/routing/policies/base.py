@@ -103,6 +103,11 @@ def fmt_ms(x: float) -> str:
     return f"{x:.0f}ms" if x >= 10 else f"{x:.1f}ms"
 
 
+def predicted(c: Candidate) -> str:
+    """'ttft 230ms, tpot 25ms' for a reason string."""
+    return f"ttft {fmt_ms(c.ttft_ms)}, tpot {fmt_ms(c.tpot_ms)}"
+
+
 class Policy(ABC):
     """Base of every routing policy; see the module docstring for the shared flow."""
 
@@ -159,10 +164,10 @@ class Policy(ABC):
         if opts.holder is not None and opts.holder.role == "unified" and opts.replica is not None:
             return self._decision(opts, opts.replica, f"replica: {opts.why_not_local}")
         if opts.pd is not None:
-            return self._decision(opts, opts.pd, f"pd: {opts.why_not_local}")
+            return self._decision(opts, opts.pd, f"pd: {opts.why_not_local} ({predicted(opts.pd)})")
         if opts.replica is not None:
             why = "session affinity" if opts.session and opts.replica.decode == opts.session.decode_url else "least loaded"
-            return self._decision(opts, opts.replica, f"replica: {why}")
+            return self._decision(opts, opts.replica, f"replica: {why} ({predicted(opts.replica)})")
         if opts.cold_local is not None:
             return self._decision(opts, opts.cold_local, "local: no prefill or unified worker; full prefill on decode")
         raise NoWorkerAvailable("no healthy worker can serve this request (no P/D pair, no unified worker)")
