@@ -33,7 +33,8 @@ async def test_prefill_failure_on_a_stream_request_aborts_the_decode_too():
 
 async def test_decode_503_is_retried_on_another_decode_with_a_fresh_room():
     p = FakeWorker(role="prefill")
-    bad, good = FakeWorker(role="decode", fail_status=503), FakeWorker(role="decode")
+    bad = FakeWorker(role="decode", fail_status=503)
+    good = FakeWorker(role="decode", load={"num_running_reqs": 3})  # busier: the policy tries `bad` first
     async with router_over([p, bad, good]) as (client, state):
         r = await client.post("/v1/chat/completions", json=chat_body())
         assert r.status == 200 and r.headers["X-PPD-Decode"] == good.url
@@ -48,12 +49,14 @@ async def test_decode_503_is_retried_on_another_decode_with_a_fresh_room():
 
 
 async def test_connect_error_is_retried_on_another_worker():
-    dead, alive = FakeWorker(role="unified"), FakeWorker(role="unified")
+    dead = FakeWorker(role="unified")
+    alive = FakeWorker(role="unified", load={"num_running_reqs": 3})  # busier: the policy tries `dead` first
     async with router_over([dead, alive]) as (client, state):
         await dead.close()  # now nothing listens there
         for _ in range(2):
             r = await client.post("/v1/chat/completions", json=chat_body())
             assert r.status == 200 and r.headers["X-PPD-Decode"] == alive.url
+        assert state.registry.get(dead.url).healthy is False and state.metrics.retries._value.get() == 1
 
 
 async def test_all_workers_failing_ends_in_503_not_a_hang():
