@@ -105,8 +105,13 @@ class Dispatcher:
         prefill = self.registry.get(d.prefill)
         if prefill is None:
             raise RetryableFailure(str(d.prefill), "unknown prefill worker")
-        body = dict(plan.body, bootstrap_host=prefill.host, bootstrap_port=prefill.bootstrap_port,
-                    bootstrap_room=secrets.randbits(63))
+        n = batch_size(plan.kind, plan.body)
+        if n == 1:
+            body = dict(plan.body, bootstrap_host=prefill.host, bootstrap_port=prefill.bootstrap_port,
+                        bootstrap_room=secrets.randbits(63))
+        else:  # SGLang pairs each item of a batch through its own room
+            body = dict(plan.body, bootstrap_host=[prefill.host] * n, bootstrap_port=[prefill.bootstrap_port] * n,
+                        bootstrap_room=[secrets.randbits(63) for _ in range(n)])
         data = json.dumps(body).encode()
         prefill_task = asyncio.create_task(self._prefill(prefill.url, plan, data))
         decode_task = asyncio.create_task(self._open(d.decode, plan, data, "decode"))
@@ -253,6 +258,20 @@ class Dispatcher:
             call.close(ok=ok)
             finish(ok)
         return out
+
+
+def batch_size(kind: Kind, body: dict[str, Any]) -> int:
+    """How many sequences one request carries (SGLang wants one bootstrap room per sequence):
+    ``/generate`` text lists and ``input_ids`` lists of lists, completion prompt lists, chat ``n``."""
+    if kind == "chat":
+        n = body.get("n")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    items = body.get("prompt") if kind == "completion" else body.get("text", body.get("input_ids"))
+    if kind == "generate" and items is None:
+        items = body.get("input_ids")
+    if isinstance(items, list) and items and isinstance(items[0], (str, list)):
+        return len(items)
+    return 1
 
 
 async def _discard(task: asyncio.Task) -> None:

@@ -118,3 +118,13 @@ async def test_without_tracing_the_callers_traceparent_is_forwarded_verbatim(pd_
     await client.post("/v1/chat/completions", json=chat_body(), headers={"traceparent": tp, "tracestate": "k=v"})
     assert p.seen[0].headers["traceparent"] == tp == d.seen[0].headers["traceparent"]
     assert d.seen[0].headers["tracestate"] == "k=v"
+
+
+async def test_batches_get_one_bootstrap_room_per_sequence(pd_pair):
+    client, state, p, d = pd_pair
+    r = await client.post("/generate", json={"input_ids": [[1, 2, 3], [4, 5]], "sampling_params": {"max_new_tokens": 1}})
+    assert r.status == 200
+    body = d.seen[0].body
+    assert body == p.seen[0].body
+    assert body["bootstrap_host"] == ["127.0.0.1"] * 2 and body["bootstrap_port"] == [31998] * 2
+    assert len(set(body["bootstrap_room"])) == 2 and all(0 <= x < 2**63 for x in body["bootstrap_room"])
