@@ -1,5 +1,6 @@
 """Prompt token counts for routing: exact from the model's tokenizer and chat template when the
-router can load them, otherwise estimated from a bytes-per-token ratio learned online.
+router can load them, otherwise estimated from a bytes-per-token ratio (plus a per-chat
+overhead: templates add system prompts and markers) learned online.
 
 Contract with the router app::
 
@@ -8,9 +9,11 @@ Contract with the router app::
     tc.observe(prompt_bytes, reported_prompt_tokens)   # after each turn, from the worker's usage
 
 ``prompt_bytes`` must be measured the way the estimate is: :meth:`TokenCounter.chat_bytes` for
-chat requests, ``len(text.encode())`` for text prompts. The learned ratio is total bytes over
-total tokens with exponentially decaying weights (so it follows a change of language or
-template), starting from a weak prior of 4 byt/token and clamped to a sane range.
+chat requests, ``len(text.encode())`` for text prompts. The estimate is
+``tokens = overhead + bytes / bytes_per_token``, fitted by recursive least squares with slow
+forgetting (it follows a change of language or template) from a weak prior (no overhead, 4
+bytes/token); plain text prompts use the ratio alone. Reports implying fewer than 0.5 or more
+than 32 bytes per token are ignored as nonsense.
 
 The tokenizer comes from ``ppd_kernels.tokenizer.load_tokenizer`` (imported lazily; that module
 chain does not import torch).
@@ -22,10 +25,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from ppd_server.routing.rls import RecursiveLeastSquares
+
 DEFAULT_BYTES_PER_TOKEN = 4.0  # English BPE text; refined online
-_RATIO_BOUNDS = (1.0, 16.0)
-_DECAY = 0.99  # per observation: the ratio reflects roughly the last hundred requests
-_PRIOR_TOKENS = 16.0  # weight of the default ratio: one real prompt outweighs it
+_RATIO_BOUNDS = (1.0, 16.0)  # what the estimate may use
+_SANE_REPORT = (0.5, 32.0)  # bytes/token of a report worth learning from
+_FORGET = 0.995
 _MESSAGE_OVERHEAD_BYTES = 12  # role markers and separators a chat template adds per message
 
 
@@ -67,10 +72,9 @@ class TokenCounter:
         if not lo <= bytes_per_token <= hi:
             raise ValueError(f"bytes_per_token must be in [{lo}, {hi}], got {bytes_per_token}")
         self._tokenizer = tokenizer
-        self.bytes_per_token = float(bytes_per_token)
         self.observations = 0
-        self._bytes = bytes_per_token * _PRIOR_TOKENS
-        self._tokens = _PRIOR_TOKENS
+        # tokens = overhead + (bytes / 1000) * tokens_per_kbyte
+        self._fit = RecursiveLeastSquares([0.0, 1000.0 / bytes_per_token], [64.0, 1000.0 / bytes_per_token], noise_std=4.0, lam=_FORGET)
 
     @classmethod
     def from_source(cls, source: str | None) -> "TokenCounter":
@@ -105,6 +109,17 @@ class TokenCounter:
             total += len(json.dumps(list(tools), separators=(",", ":")).encode())
         return total
 
+    @property
+    def bytes_per_token(self) -> float:
+        lo, hi = _RATIO_BOUNDS
+        per_kbyte = self._fit.theta[1]
+        return hi if per_kbyte <= 1000.0 / hi else min(hi, max(lo, 1000.0 / per_kbyte))
+
+    @property
+    def chat_overhead_tokens(self) -> float:
+        """Learned tokens a chat template adds beyond the message bytes (>= 0)."""
+        return max(0.0, self._fit.theta[0])
+
     def count_text(self, text: str) -> int:
         if self._tokenizer is not None:
             return len(self._tokenizer.encode(text))
@@ -115,21 +130,19 @@ class TokenCounter:
         if self._tokenizer is not None:
             rendered = self._tokenizer.apply_chat_template(_plain_messages(messages), tools=list(tools) if tools else None, add_generation_prompt=True)
             return len(self._tokenizer.encode(rendered))
-        return self._estimate(self.chat_bytes(messages, tools))
+        return self._estimate(self.chat_bytes(messages, tools), self.chat_overhead_tokens)
 
-    def _estimate(self, n_bytes: int) -> int:
+    def _estimate(self, n_bytes: int, overhead: float = 0.0) -> int:
         if n_bytes <= 0:
             return 0
-        return max(1, round(n_bytes / self.bytes_per_token))
+        return max(1, round(overhead + n_bytes / self.bytes_per_token))
 
     def observe(self, prompt_bytes: int, reported_prompt_tokens: int) -> None:
-        """Learn bytes/token from a worker's reported prompt_tokens (ignored when exact or absurd)."""
+        """Learn from a worker's reported prompt_tokens (ignored when exact or absurd)."""
         if self._tokenizer is not None or prompt_bytes <= 0 or reported_prompt_tokens <= 0:
             return
-        lo, hi = _RATIO_BOUNDS
-        # one absurd report (e.g. a worker counting something else) moves the ratio only so far
-        clamped_bytes = min(max(prompt_bytes, lo * reported_prompt_tokens), hi * reported_prompt_tokens)
-        self._bytes = _DECAY * self._bytes + clamped_bytes
-        self._tokens = _DECAY * self._tokens + reported_prompt_tokens
-        self.bytes_per_token = min(hi, max(lo, self._bytes / self._tokens))
+        lo, hi = _SANE_REPORT
+        if not lo <= prompt_bytes / reported_prompt_tokens <= hi:
+            return
+        self._fit.update((1.0, prompt_bytes / 1000.0), float(reported_prompt_tokens))
         self.observations += 1

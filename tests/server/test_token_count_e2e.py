@@ -1,0 +1,95 @@
+"""The router's exact token count equals what a real SmolLM2 ppd-worker reports as
+prompt_tokens for the same chat (same tokenizer, same chat template), tools included."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from ppd_server.token_count import TokenCounter
+
+pytestmark = pytest.mark.e2e
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of Germany?"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a prime number."},
+        {"role": "assistant", "content": "Seven."},
+        {"role": "user", "content": "And one above 100? Ünïcödé too: 東京"},
+    ],
+]
+TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "Weather of a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def smollm2_worker():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ppd_server.engine", "--model", "smollm2", "--port", str(port), "--threads", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ppd-worker exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("ppd-worker did not become healthy in 240 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@pytest.mark.parametrize("tools", [None, [TOOL]], ids=["plain", "tools"])
+@pytest.mark.parametrize("chat", CHATS, ids=["one-turn", "multi-turn"])
+def test_exact_count_matches_the_workers_prompt_tokens(smollm2_worker, chat, tools):
+    model_path = httpx.get(smollm2_worker + "/server_info", timeout=10).json()["model_path"]
+    counter = TokenCounter.from_source(model_path)
+    assert counter.exact
+    body = {"model": "default", "messages": chat, "max_tokens": 1, "temperature": 0}
+    if tools:
+        body["tools"] = tools
+    r = httpx.post(smollm2_worker + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert counter.count_chat(chat, tools=tools) == r.json()["usage"]["prompt_tokens"]
+
+
+def test_learned_ratio_gets_close_to_the_worker(smollm2_worker):
+    learned = TokenCounter()
+    reported = []
+    for chat in CHATS:
+        r = httpx.post(smollm2_worker + "/v1/chat/completions", json={"model": "default", "messages": chat, "max_tokens": 1}, timeout=120)
+        reported.append(r.json()["usage"]["prompt_tokens"])
+        learned.observe(TokenCounter.chat_bytes(chat), reported[-1])
+    # after two observations the estimate is within a third of the truth for either chat
+    for chat, want in zip(CHATS, reported):
+        assert learned.count_chat(chat) == pytest.approx(want, rel=0.35)
