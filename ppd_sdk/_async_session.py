@@ -113,6 +113,7 @@ class AsyncChatSession(SessionBase[openai.AsyncOpenAI]):
     def from_json(cls, data: str | Mapping[str, Any], **kwargs: Any) -> AsyncChatSession:
         """Restore a session saved with :meth:`to_json`."""
         state = SessionState.from_dict(json.loads(data) if isinstance(data, str) else data)
+        state.model = kwargs.pop("model", None) or state.model
         session = cls(model=state.model, **kwargs)
         session._state = state
         return session

@@ -130,9 +130,12 @@ class ChatSession(SessionBase[openai.OpenAI]):
 
     @classmethod
     def from_json(cls, data: str | Mapping[str, Any], **kwargs: Any) -> ChatSession:
-        """Restore a session saved with :meth:`to_json` (same conversation id and turn).
-        ``kwargs`` are constructor options (``client``, ``base_url``, ``tracer_provider``...)."""
+        """Restore a session saved with :meth:`to_json` (same conversation id, turn, history
+        and hints). ``kwargs`` are connection and telemetry options of the constructor
+        (``client``, ``base_url``, ``api_key``, ``timeout``, ``tracer_provider``...) and
+        optionally ``model``; the saved state wins over any history or hint argument."""
         state = SessionState.from_dict(json.loads(data) if isinstance(data, str) else data)
+        state.model = kwargs.pop("model", None) or state.model
         session = cls(model=state.model, **kwargs)
         session._state = state
         return session

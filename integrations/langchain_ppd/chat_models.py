@@ -147,7 +147,20 @@ class ChatPPD(BaseChatOpenAI):
 
     # -- calls -------------------------------------------------------------------------------
     # langchain-core passes the run manager (and so the run's metadata) to _generate but not
-    # to _stream/_astream: stream() and astream() read the thread id from the config instead.
+    # to _stream/_astream (also used by invoke() when streaming): the public entry points read
+    # the thread id from the config instead; _generate still reads the run manager (generate()).
+    def invoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> AIMessage:
+        self._conversation_from_config(config, kwargs)
+        return super().invoke(input, config, stop=stop, **kwargs)
+
+    async def ainvoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> AIMessage:
+        self._conversation_from_config(config, kwargs)
+        return await super().ainvoke(input, config, stop=stop, **kwargs)
+
     def stream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
     ) -> Iterator[AIMessageChunk]:

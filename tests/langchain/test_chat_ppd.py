@@ -145,3 +145,10 @@ def test_traceparent_of_the_current_span_is_sent(fake: FakeOpenAI) -> None:
         make(fake, model="m").invoke("hi")
     trace_id = fake.requests[-1].headers["traceparent"].split("-")[1]
     assert int(trace_id, 16) == span.get_span_context().trace_id
+
+
+def test_streaming_invoke_reads_the_thread_id_from_the_run(fake: FakeOpenAI) -> None:
+    llm = make(fake, model="m", streaming=True)
+    msg = llm.invoke("hi", config={"metadata": {"session_id": "s-9"}})
+    assert fake.bodies[-1]["stream"] is True and fake.requests[-1].headers["x-ppd-conversation-id"] == "s-9"
+    assert msg.response_metadata["ppd"]["route"] == "pd" and msg.usage_metadata is not None

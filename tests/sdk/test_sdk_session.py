@@ -189,6 +189,8 @@ async def test_save_and_restore_continue_the_conversation(driver: Driver, fake: 
     reply = await driver.send(restored, "three")
     assert reply.turn == 3 and fake.requests[-1].headers["x-ppd-conversation-id"] == s.conversation_id
     assert json.loads(restored.to_json())["turn"] == 3
+    other_model = driver.restore(restored.to_json(), model="m2")
+    assert other_model.model == "m2" and other_model.turn == 3
 
 
 def test_restore_rejects_unknown_state_version(fake: FakeOpenAI) -> None:
