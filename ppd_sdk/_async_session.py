@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -13,7 +14,7 @@ import openai
 
 from ._base import SessionBase, resolve_api_key, resolve_base_url
 from ._core import SessionState, StreamAccumulator, TurnPlan, reply_from_completion
-from ._exceptions import PPDError, from_openai, is_transient
+from ._exceptions import PPDError, from_openai
 from ._types import Message, Reply
 from .wire import SLO, Weights
 
@@ -45,6 +46,7 @@ class AsyncChatSession(SessionBase[openai.AsyncOpenAI]):
         tools: list[dict[str, Any]] | None = None,
         timeout: float | Any = None,
         max_retries: int = 1,
+        retry_backoff_s: float = 0.25,
         send_ppd_body: bool = True,
         provider_name: str = "ppd",
         tracer_provider: Any = None,
@@ -55,7 +57,7 @@ class AsyncChatSession(SessionBase[openai.AsyncOpenAI]):
             client = openai.AsyncOpenAI(base_url=resolve_base_url(base_url), api_key=resolve_api_key(api_key))
         state = self._initial_state(model, conversation_id, system, history, slo, weights, preset, tools, send_ppd_body)
         self._setup(
-            client, owns, state, timeout=timeout, max_retries=max_retries, provider_name=provider_name,
+            client, owns, state, timeout=timeout, max_retries=max_retries, retry_backoff_s=retry_backoff_s, provider_name=provider_name,
             tracer_provider=tracer_provider, meter_provider=meter_provider,
         )
 
@@ -72,8 +74,10 @@ class AsyncChatSession(SessionBase[openai.AsyncOpenAI]):
                 break
             except Exception as exc:
                 err = from_openai(exc)
-                if attempt < self._max_retries and is_transient(err):
+                wait = self._retry_wait(err, attempt)
+                if wait is not None:
                     attempt += 1
+                    await asyncio.sleep(wait)
                     continue
                 span.fail(err, time.perf_counter() - started)
                 if err is exc:
@@ -196,12 +200,12 @@ class AsyncReplyStream:
                                 yield delta
                     reply = acc.reply(raw.headers, time.perf_counter(), raw.request_id)
                     break
-                except GeneratorExit:
-                    raise
                 except Exception as exc:
                     err = from_openai(exc)
-                    if not acc.started_output and attempt < session._max_retries and is_transient(err):
+                    wait = session._retry_wait(err, attempt, acc.started_output)
+                    if wait is not None:
                         attempt += 1
+                        await asyncio.sleep(wait)
                         continue
                     span.fail(err, time.perf_counter() - started)
                     finished = True

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Generic, Mapping, Sequence, TypeVar
 
 from ._core import SessionState, TurnPlan, resolve_slo, resolve_weights
+from ._exceptions import PPDError, is_transient, retry_delay
 from ._ids import new_conversation_id
 from ._telemetry import Telemetry, TurnSpan
 from ._types import Message
@@ -43,6 +44,7 @@ class SessionBase(Generic[ClientT]):
     _owns_client: bool
     _timeout: Any
     _max_retries: int
+    _retry_backoff_s: float
 
     def _setup(
         self,
@@ -52,18 +54,22 @@ class SessionBase(Generic[ClientT]):
         *,
         timeout: Any,
         max_retries: int,
+        retry_backoff_s: float,
         provider_name: str,
         tracer_provider: Any,
         meter_provider: Any,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if retry_backoff_s < 0:
+            raise ValueError(f"retry_backoff_s must be >= 0, got {retry_backoff_s}")
         # Retries are this session's policy (once, and only before any token), not openai's.
         self._client = client.with_options(max_retries=0)  # type: ignore[attr-defined]
         self._owns_client = owns_client
         self._state = state
         self._timeout = timeout
         self._max_retries = max_retries
+        self._retry_backoff_s = retry_backoff_s
         base = getattr(client, "base_url", None)
         self._telemetry = Telemetry(
             provider_name,
@@ -194,6 +200,13 @@ class SessionBase(Generic[ClientT]):
             preset=kwargs.pop("preset", None),
             params=kwargs,
         )
+
+    def _retry_wait(self, err: PPDError, attempt: int, started_output: bool = False) -> float | None:
+        """Seconds to wait before retrying a failed attempt, or None to give up: only
+        transient errors, only before any token arrived, at most ``max_retries`` times."""
+        if started_output or attempt >= self._max_retries or not is_transient(err):
+            return None
+        return retry_delay(err, self._retry_backoff_s)
 
     def _start_span(self, plan: TurnPlan) -> TurnSpan:
         span = self._telemetry.start_turn(plan.model, plan.conversation_id, plan.stream, plan.request)

@@ -62,6 +62,7 @@ class APIError(PPDError):
         err = body.get("error", body) if isinstance(body, dict) else None
         self.param: str | None = err.get("param") if isinstance(err, dict) else None
         self.code: str | None = err.get("code") if isinstance(err, dict) else None
+        self.retry_after_s: float | None = None  # from a Retry-After header, when the server sent one
 
 
 class BadRequestError(APIError):
@@ -134,10 +135,26 @@ def from_openai(exc: BaseException) -> PPDError:
         return APIConnectionError(str(exc) or "connection error")
     if isinstance(exc, openai.APIStatusError):
         cls = error_for_status(exc.status_code)
-        return cls(exc.message, status_code=exc.status_code, body=exc.body, request_id=exc.request_id)
+        err = cls(exc.message, status_code=exc.status_code, body=exc.body, request_id=exc.request_id)
+        err.retry_after_s = _retry_after(exc.response.headers.get("retry-after"))
+        return err
     if isinstance(exc, openai.APIError):
         return APIError(exc.message, body=exc.body)
     return PPDError(f"{type(exc).__name__}: {exc}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:  # an HTTP date: not worth parsing for a single retry
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+def retry_delay(exc: PPDError, backoff_s: float, cap_s: float = 5.0) -> float:
+    """Seconds to wait before the one retry: the server's Retry-After (capped), else ``backoff_s``."""
+    after = getattr(exc, "retry_after_s", None)
+    return min(after, cap_s) if after is not None else backoff_s
 
 
 def is_transient(exc: PPDError) -> bool:

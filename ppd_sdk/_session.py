@@ -12,7 +12,7 @@ import openai
 
 from ._base import SessionBase, resolve_api_key, resolve_base_url
 from ._core import SessionState, StreamAccumulator, TurnPlan, reply_from_completion
-from ._exceptions import PPDError, from_openai, is_transient
+from ._exceptions import PPDError, from_openai
 from ._telemetry import TurnSpan
 from ._types import Message, Reply
 from .wire import SLO, Weights
@@ -37,8 +37,9 @@ class ChatSession(SessionBase[openai.OpenAI]):
     ``model`` defaults to the first model the server lists. ``client`` may be your own
     ``openai.OpenAI``; otherwise one is made from ``base_url`` (default ``$PPD_BASE_URL`` or
     http://127.0.0.1:30000) and ``api_key``. A turn that fails before any token on a
-    transient error (connection, timeout, 429, 502/503/504) is retried ``max_retries``
-    times (default once); a failed turn leaves the history unchanged.
+    transient error (connection, timeout, 429, 502/503/504) is retried ``max_retries`` times
+    (default once) after ``retry_backoff_s`` (or the server's Retry-After, capped at 5 s);
+    a failed turn leaves the history unchanged.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class ChatSession(SessionBase[openai.OpenAI]):
         tools: list[dict[str, Any]] | None = None,
         timeout: float | Any = None,
         max_retries: int = 1,
+        retry_backoff_s: float = 0.25,
         send_ppd_body: bool = True,
         provider_name: str = "ppd",
         tracer_provider: Any = None,
@@ -67,7 +69,7 @@ class ChatSession(SessionBase[openai.OpenAI]):
             client = openai.OpenAI(base_url=resolve_base_url(base_url), api_key=resolve_api_key(api_key))
         state = self._initial_state(model, conversation_id, system, history, slo, weights, preset, tools, send_ppd_body)
         self._setup(
-            client, owns, state, timeout=timeout, max_retries=max_retries, provider_name=provider_name,
+            client, owns, state, timeout=timeout, max_retries=max_retries, retry_backoff_s=retry_backoff_s, provider_name=provider_name,
             tracer_provider=tracer_provider, meter_provider=meter_provider,
         )
 
@@ -88,8 +90,10 @@ class ChatSession(SessionBase[openai.OpenAI]):
                 break
             except Exception as exc:  # mapped below; the span records every failure
                 err = from_openai(exc)
-                if attempt < self._max_retries and is_transient(err):
+                wait = self._retry_wait(err, attempt)
+                if wait is not None:
                     attempt += 1
+                    time.sleep(wait)
                     continue
                 span.fail(err, time.perf_counter() - started)
                 if err is exc:
@@ -225,12 +229,12 @@ class ReplyStream:
                                 yield delta
                     reply = acc.reply(raw.headers, time.perf_counter(), raw.request_id)
                     break
-                except GeneratorExit:
-                    raise
                 except Exception as exc:
                     err = from_openai(exc)
-                    if not acc.started_output and attempt < session._max_retries and is_transient(err):
+                    wait = session._retry_wait(err, attempt, acc.started_output)
+                    if wait is not None:
                         attempt += 1
+                        time.sleep(wait)
                         continue
                     span.fail(err, time.perf_counter() - started)
                     finished = True

@@ -16,7 +16,7 @@ import openai
 class FakeOpenAI:
     routing: bool = True
     body_routing: bool = True  # False: only the X-PPD-* headers carry the decision
-    failures: list[Any] = field(default_factory=list)  # per request: an int status or an exception
+    failures: list[Any] = field(default_factory=list)  # per request: a status, a Response or an exception
     tool_call: dict[str, Any] | None = None  # answer the next request with this tool call
     error_after_first_chunk: bool = False
     requests: list[httpx2.Request] = field(default_factory=list)
@@ -42,6 +42,8 @@ class FakeOpenAI:
             failure = self.failures.pop(0)
             if isinstance(failure, Exception):
                 raise failure
+            if isinstance(failure, httpx2.Response):
+                return failure
             err = {"error": {"message": f"fake failure {failure}", "type": "invalid_request_error", "param": "ppd.slo", "code": None}}
             return httpx2.Response(failure, json=err)
         # Like the router: the explicit turn, else inferred from the history.

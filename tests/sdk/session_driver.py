@@ -18,6 +18,7 @@ class Driver:
         self.fake = fake
 
     def session(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("retry_backoff_s", 0.0)  # retries are tested for count, not for timing
         if self.kind == "sync":
             return ChatSession(client=kwargs.pop("client", None) or self.fake.client(), **kwargs)
         return AsyncChatSession(client=kwargs.pop("client", None) or self.fake.async_client(), **kwargs)

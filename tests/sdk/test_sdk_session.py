@@ -230,3 +230,30 @@ async def test_session_owns_stream_and_messages(driver: Driver) -> None:
         await driver.send(s, "hi", stream=True)
     with pytest.raises(TypeError):
         await driver.send(s, "hi", messages=[])
+
+
+def test_retry_waits_for_backoff_or_retry_after() -> None:
+    from ppd_sdk._exceptions import retry_delay
+
+    err = ppd_sdk.RateLimitError("slow down", status_code=429)
+    assert retry_delay(err, 0.25) == 0.25
+    err.retry_after_s = 2.0
+    assert retry_delay(err, 0.25) == 2.0
+    err.retry_after_s = 60.0
+    assert retry_delay(err, 0.25) == 5.0
+
+
+async def test_retry_after_header_is_read(driver: Driver, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+
+    async def fake_async_sleep(s: float) -> None:
+        waits.append(s)
+
+    monkeypatch.setattr("time.sleep", waits.append)
+    monkeypatch.setattr("asyncio.sleep", fake_async_sleep)
+    s = driver.session(model="m", retry_backoff_s=0.5)
+    fake.failures = [httpx2.Response(429, headers={"retry-after": "1.5"}, json={"error": {"message": "busy"}})]
+    await driver.send(s, "hi")
+    fake.failures = [503]
+    await driver.send(s, "again")
+    assert waits == [1.5, 0.5]
