@@ -208,10 +208,12 @@ def route_from(body_ppd: Any, headers: Mapping[str, str], turn: int) -> RouteInf
     """The server's routing decision: the body's ``ppd`` field, else the X-PPD-* headers,
     else None (a plain OpenAI-compatible server)."""
     if isinstance(body_ppd, Mapping):
-        try:
-            return RouteInfo.model_validate(dict(body_ppd))
-        except ValidationError:
-            pass
+        # A newer router may add fields; the predictions are the first thing to give up.
+        for data in (dict(body_ppd), {k: v for k, v in body_ppd.items() if k != "predicted"}):
+            try:
+                return RouteInfo.model_validate(data)
+            except ValidationError:
+                continue
     route = headers.get(HEADER_ROUTE) or headers.get(HEADER_ROUTE.lower())
     if route not in ROUTES:
         return None

@@ -257,3 +257,12 @@ async def test_retry_after_header_is_read(driver: Driver, fake: FakeOpenAI, monk
     fake.failures = [503]
     await driver.send(s, "again")
     assert waits == [1.5, 0.5]
+
+
+def test_route_survives_unexpected_prediction_fields() -> None:
+    from ppd_sdk._core import route_from
+
+    ppd = {"route": "local", "turn": 2, "predicted": {"local": {"ttft_ms": 1.0, "tpot_ms": 2.0, "new_field": 3}}}
+    info = route_from(ppd, {}, 2)
+    assert info is not None and info.route == "local" and info.predicted == {}
+    assert route_from({"route": "teleport", "turn": 1}, {}, 1) is None
