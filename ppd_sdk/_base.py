@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Generic, Mapping, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 from ._core import SessionState, TurnPlan, resolve_slo, resolve_weights
 from ._exceptions import PPDError, is_transient, retry_delay
@@ -25,9 +26,7 @@ DEFAULT_BASE_URL = "http://127.0.0.1:30000"
 def resolve_base_url(base_url: str | None) -> str:
     """The OpenAI base URL (with ``/v1``) for a server root or an explicit API base."""
     url = (base_url or os.environ.get("PPD_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-    scheme_sep = url.find("://")
-    path = url[url.find("/", scheme_sep + 3) :] if url.find("/", scheme_sep + 3) != -1 else ""
-    return url if path else url + "/v1"
+    return url if urlsplit(url).path else url + "/v1"
 
 
 def resolve_api_key(api_key: str | None) -> str:
