@@ -2,7 +2,8 @@
 
 Everything one app owns lives in its :class:`AppState` (``app[STATE]``): the worker registry and
 its poller, the brain (policy, sessions, cost model, token counter, via :class:`TurnRouter`),
-ONE shared ``aiohttp.ClientSession``, the tracer and a per-app Prometheus registry.
+ONE shared ``aiohttp.ClientSession`` (polling) and ONE upstream connection pool (worker
+calls on the request path, see ``upstream.py``), the tracer and a per-app Prometheus registry.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ppd_server.sessions import SessionTable
 from ppd_server.telemetry import make_tracer
 from ppd_server.token_count import TokenCounter
 from ppd_server.turns import TurnRouter
+from ppd_server.upstream import UpstreamPool
 from ppd_server.workers import Worker, WorkerRegistry
 
 log = logging.getLogger("ppd_server")
@@ -41,7 +43,8 @@ class AppState:
     tracing: bool  # False: no-op tracer, skip context propagation work on the hot path
     metrics: RouterMetrics
     dispatcher: Dispatcher = None  # type: ignore[assignment]  # set on startup (needs the loop)
-    session: aiohttp.ClientSession | None = None
+    session: aiohttp.ClientSession | None = None  # polling and probes
+    pool: UpstreamPool | None = None  # worker calls on the request path
     background: set[asyncio.Task] = field(default_factory=set)
     poller: asyncio.Task | None = None
 
@@ -123,8 +126,8 @@ async def _startup(app: web.Application) -> None:
     st.session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
-    timeout = aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s, sock_read=cfg.request_timeout_s)
-    st.dispatcher = Dispatcher(st.session, st.registry, st.tracer if st.tracing else None, timeout, st.background)
+    st.pool = UpstreamPool(connect_timeout=cfg.connect_timeout_s, read_timeout=cfg.request_timeout_s)
+    st.dispatcher = Dispatcher(st.pool, st.registry, st.tracer if st.tracing else None, st.background)
     await st.registry.poll_once(st.session, timeout_s=max(2.0, cfg.connect_timeout_s))
     if cfg.tokenizer is None and not st.turns.tokens.exact:
         _adopt_worker_tokenizer(st)
@@ -156,6 +159,8 @@ async def _cleanup(app: web.Application) -> None:
         await asyncio.wait(list(st.background), timeout=5.0)
         for t in st.background:
             t.cancel()
+    if st.pool is not None:
+        await st.pool.close()
     if st.session is not None:
         await st.session.close()
 

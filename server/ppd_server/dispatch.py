@@ -22,7 +22,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import aiohttp
 from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
@@ -30,10 +29,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from ppd_server.errors import RouterError, error_response, sse_error_event
 from ppd_server.relay import Kind, RouteInfoFn, SSEShaper, TurnUsage, shape_json
 from ppd_server.routing.types import Decision
+from ppd_server.upstream import UpstreamPool, UpstreamResponse
 from ppd_server.workers import WorkerRegistry
 
 _CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
-_UPSTREAM_BROKE = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+_UPSTREAM_BROKE = (asyncio.TimeoutError, OSError)  # UpstreamError is an OSError
 
 
 class RetryableFailure(Exception):
@@ -63,24 +63,24 @@ class Plan:
 
 @dataclass(slots=True)
 class _Call:
-    resp: aiohttp.ClientResponse
+    resp: UpstreamResponse
     span: trace.Span
 
     def close(self, ok: bool = True) -> None:
-        self.resp.close()
+        """End the call: the connection goes back to the pool if its answer was read whole."""
+        self.resp.release()
         if not ok:
             self.span.set_status(Status(StatusCode.ERROR))
         self.span.end()
 
 
 class Dispatcher:
-    def __init__(self, session: aiohttp.ClientSession, registry: WorkerRegistry, tracer: Tracer | None,
-                 timeout: aiohttp.ClientTimeout, background: set[asyncio.Task]) -> None:
+    def __init__(self, pool: UpstreamPool, registry: WorkerRegistry, tracer: Tracer | None,
+                 background: set[asyncio.Task]) -> None:
         """``tracer`` None = tracing off: no CLIENT spans, the caller's trace headers pass through."""
-        self.session = session
+        self.pool = pool
         self.registry = registry
         self.tracer = tracer
-        self.timeout = timeout
         self.background = background
 
     async def run(self, request: web.Request, plan: Plan) -> web.StreamResponse:
@@ -163,7 +163,7 @@ class Dispatcher:
             headers = dict(plan.worker_headers)
             propagate.inject(headers, context=trace.set_span_in_context(span, plan.parent_context))
         try:
-            resp = await self.session.post(url + plan.path, data=data, headers=headers, timeout=self.timeout)
+            resp = await self.pool.post(url, plan.path, data, headers)
         except _UPSTREAM_BROKE as e:
             span.set_status(Status(StatusCode.ERROR, type(e).__name__))
             span.end()
@@ -229,7 +229,7 @@ class Dispatcher:
         ok = False
         try:
             try:
-                async for chunk in call.resp.content.iter_any():
+                async for chunk in call.resp.iter_chunks():
                     data = shaper.feed(chunk)
                     if shaper.saw_done:
                         finish(not shaper.saw_error and not prefill_error)
@@ -284,7 +284,7 @@ async def _discard(task: asyncio.Task) -> None:
             result.close(ok=False)
 
 
-async def _read_quietly(resp: aiohttp.ClientResponse) -> bytes:
+async def _read_quietly(resp: UpstreamResponse) -> bytes:
     try:
         return await resp.read()
     except _UPSTREAM_BROKE:

@@ -1,0 +1,232 @@
+"""A small HTTP/1.1 keep-alive client for the router -> worker hot path.
+
+Why not aiohttp's client: a P->D turn makes two worker calls, and aiohttp's general-purpose
+client costs ~300 us of CPU per call (cookies, URL objects, signals, timeouts machinery); this
+one costs a fraction, which is most of the router's overhead budget. It does exactly what the
+router needs and nothing else: POST a JSON body over a pooled connection, read the status and
+headers, then the body (Content-Length, chunked, or until close) either whole (:meth:`read`)
+or piece by piece as it arrives (:meth:`iter_chunks`, for SSE relay). :meth:`close` drops the
+connection, which is how the router aborts a worker request (the worker sees the disconnect).
+
+Errors are :class:`UpstreamError` (an OSError): connect failures, timeouts, a connection that
+breaks mid-answer. A pooled connection the worker closed while idle is retried once on a fresh
+connection when nothing of the answer was received yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import defaultdict
+from typing import AsyncIterator
+from urllib.parse import urlsplit
+
+_MAX_IDLE_PER_HOST = 256
+
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def _timeout(delay: float | None):
+        task = asyncio.current_task()
+        handle = asyncio.get_running_loop().call_later(delay, task.cancel) if delay and task else None
+        try:
+            yield
+        except asyncio.CancelledError:
+            if handle is not None and handle.when() <= asyncio.get_running_loop().time():
+                raise asyncio.TimeoutError() from None
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+
+class UpstreamError(OSError):
+    """The worker could not be reached, timed out, or broke the connection."""
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "key")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: tuple) -> None:
+        self.reader, self.writer, self.key = reader, writer, key
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+
+class UpstreamResponse:
+    def __init__(self, pool: UpstreamPool, conn: _Conn, status: int, headers: dict[str, str]) -> None:
+        self._pool = pool
+        self._conn: _Conn | None = conn
+        self.status = status
+        self.headers = headers
+        self._done = False
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as the worker sends them; raises UpstreamError if the answer breaks off."""
+        conn = self._conn
+        if conn is None or self._done:
+            return
+        reader, timeout = conn.reader, self._pool.read_timeout
+        te = self.headers.get("transfer-encoding", "").lower()
+        length = self.headers.get("content-length")
+        try:
+            if "chunked" in te:
+                while True:
+                    async with _timeout(timeout):
+                        line = await reader.readuntil(b"\r\n")
+                        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                        if size == 0:
+                            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                                pass
+                            break
+                        data = await reader.readexactly(size + 2)
+                    yield data[:-2]
+            elif length is not None:
+                remaining = int(length)
+                while remaining > 0:
+                    async with _timeout(timeout):
+                        data = await reader.read(min(remaining, 1 << 16))
+                    if not data:
+                        raise UpstreamError("connection closed before the end of the answer")
+                    remaining -= len(data)
+                    yield data
+            else:  # no framing: until the worker closes
+                while True:
+                    async with _timeout(timeout):
+                        data = await reader.read(1 << 16)
+                    if not data:
+                        break
+                    yield data
+                self.headers["connection"] = "close"
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            self.close()
+            raise UpstreamError(f"malformed or truncated answer: {type(e).__name__}") from None
+        except (OSError, asyncio.TimeoutError) as e:
+            self.close()
+            raise UpstreamError(f"{type(e).__name__}: {e}") from None
+        except BaseException:
+            self.close()
+            raise
+        self._done = True
+        self.release()
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.iter_chunks()]
+        return b"".join(parts)
+
+    def release(self) -> None:
+        """Give the connection back to the pool if the answer was read to its end, else drop it."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._done and self.headers.get("connection", "").lower() != "close":
+            self._pool._put(conn)
+        else:
+            conn.writer.close()
+
+    def close(self) -> None:
+        """Drop the connection now (aborts the worker's request if it is still running)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.writer.close()
+
+
+class UpstreamPool:
+    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._idle: dict[tuple, list[_Conn]] = defaultdict(list)
+        self._targets: dict[str, tuple] = {}
+
+    def _target(self, base_url: str) -> tuple:
+        t = self._targets.get(base_url)
+        if t is None:
+            parts = urlsplit(base_url)
+            tls = parts.scheme == "https"
+            host = parts.hostname or "127.0.0.1"
+            port = parts.port or (443 if tls else 80)
+            t = (host, port, tls, f"{host}:{port}")
+            self._targets[base_url] = t
+        return t
+
+    async def _connect(self, key: tuple) -> _Conn:
+        host, port, tls, _ = key
+        try:
+            async with _timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(host, port, ssl=tls or None)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise UpstreamError(f"cannot connect to {host}:{port}: {type(e).__name__}: {e}") from None
+        return _Conn(reader, writer, key)
+
+    def _put(self, conn: _Conn) -> None:
+        idle = self._idle[conn.key]
+        if len(idle) < _MAX_IDLE_PER_HOST and conn.usable():
+            idle.append(conn)
+        else:
+            conn.writer.close()
+
+    async def post(self, base_url: str, path: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+        key = self._target(base_url)
+        head = [f"POST {path} HTTP/1.1\r\nHost: {key[3]}\r\nContent-Length: {len(body)}\r\n"]
+        head += [f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
+        request = "".join(head).encode("latin-1") + b"\r\n" + body
+        idle = self._idle[key]
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                try:
+                    return await self._exchange(conn, request)
+                except _StaleConnection:
+                    continue  # the worker closed it while idle: try another / a fresh one
+            else:
+                conn.writer.close()
+        try:
+            return await self._exchange(await self._connect(key), request, fresh=True)
+        except _StaleConnection as e:
+            raise UpstreamError(str(e)) from None
+
+    async def _exchange(self, conn: _Conn, request: bytes, fresh: bool = False) -> UpstreamResponse:
+        try:
+            conn.writer.write(request)
+            if conn.writer.transport.get_write_buffer_size() > 1 << 16:
+                await conn.writer.drain()
+            async with _timeout(self.read_timeout):
+                raw = await conn.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as e:
+            conn.writer.close()
+            if not e.partial and not fresh:
+                raise _StaleConnection("connection closed before answering") from None
+            raise UpstreamError("connection closed before answering") from None
+        except (OSError, asyncio.TimeoutError, asyncio.LimitOverrunError) as e:
+            conn.writer.close()
+            if isinstance(e, ConnectionError) and not fresh:
+                raise _StaleConnection(str(e)) from None
+            raise UpstreamError(f"{type(e).__name__}: {e}") from None
+        except BaseException:
+            conn.writer.close()  # cancelled (e.g. the paired prefill failed): abort the request
+            raise
+        lines = raw[:-4].decode("latin-1").split("\r\n")
+        try:
+            status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            conn.writer.close()
+            raise UpstreamError(f"not an HTTP answer: {lines[0][:80]!r}") from None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        return UpstreamResponse(self, conn, status, headers)
+
+    async def close(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.writer.close()
+        self._idle.clear()
+
+
+class _StaleConnection(Exception):
+    pass

@@ -1,0 +1,124 @@
+"""The router's HTTP/1.1 worker client: body framings, keep-alive reuse, stale connections,
+timeouts, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ppd_server.upstream import UpstreamError, UpstreamPool
+
+
+class RawServer:
+    """A loopback server whose answers are given as raw bytes per request (in order)."""
+
+    def __init__(self, answers: list[bytes], close_after_each: bool = False) -> None:
+        self.answers = answers
+        self.close_after_each = close_after_each
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.disconnected = asyncio.Event()
+        self.got_request = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+                self.requests.append(head + await reader.readexactly(length))
+                self.got_request.set()
+                answer = self.answers.pop(0)
+                if answer == b"HANG":
+                    await reader.read()  # wait until the client goes away
+                    self.disconnected.set()
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after_each:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.disconnected.set()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ndata:\r\n3\r\n 1\n\r\n0\r\n\r\n"
+UNTIL_CLOSE = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello"
+
+
+async def test_framings_and_keep_alive_reuse():
+    server = RawServer([OK, CHUNKED, OK])
+    pool = UpstreamPool(connect_timeout=2, read_timeout=5)
+    async with server as url:
+        r = await pool.post(url, "/v1/chat/completions", b'{"a":1}', {"Content-Type": "application/json"})
+        assert (r.status, await r.read()) == (200, b"{}")
+        r = await pool.post(url, "/generate", b"{}", {})
+        assert [c async for c in r.iter_chunks()] == [b"data:", b" 1\n"]
+        r = await pool.post(url, "/generate", b"{}", {"x-request-id": "r1"})
+        assert await r.read() == b"{}"
+        assert server.connections == 1, "one keep-alive connection served all three"
+        assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        assert b"x-request-id: r1\r\n" in server.requests[2] and server.requests[0].endswith(b'{"a":1}')
+    await pool.close()
+
+
+async def test_until_close_body_and_connection_not_reused():
+    server = RawServer([UNTIL_CLOSE, OK], close_after_each=True)
+    pool = UpstreamPool(connect_timeout=2, read_timeout=5)
+    async with server as url:
+        r = await pool.post(url, "/x", b"{}", {})
+        assert await r.read() == b"hello"
+        r = await pool.post(url, "/x", b"{}", {})  # a stale pooled connection is never used
+        assert await r.read() == b"{}" and server.connections == 2
+    await pool.close()
+
+
+async def test_idle_connection_closed_by_the_worker_is_retried_on_a_fresh_one():
+    server = RawServer([OK, OK], close_after_each=True)  # answers with Content-Length, then closes
+    pool = UpstreamPool(connect_timeout=2, read_timeout=5)
+    async with server as url:
+        assert await (await pool.post(url, "/x", b"{}", {})).read() == b"{}"
+        await asyncio.sleep(0.05)  # let the server's close arrive while the connection is idle
+        assert await (await pool.post(url, "/x", b"{}", {})).read() == b"{}"
+        assert server.connections == 2
+    await pool.close()
+
+
+async def test_connect_error_timeout_and_truncation_are_upstream_errors():
+    pool = UpstreamPool(connect_timeout=2, read_timeout=0.3)
+    server = RawServer([])
+    async with server as url:
+        pass  # closed: nothing listens there now
+    with pytest.raises(UpstreamError, match="cannot connect"):
+        await pool.post(url, "/x", b"{}", {})
+    async with RawServer([b"HANG"]) as url:
+        with pytest.raises(UpstreamError, match="Timeout"):
+            await pool.post(url, "/x", b"{}", {})
+    truncated = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc"
+    async with RawServer([truncated], close_after_each=True) as url:
+        r = await pool.post(url, "/x", b"{}", {})
+        with pytest.raises(UpstreamError):
+            await r.read()
+    await pool.close()
+
+
+async def test_close_aborts_the_request_at_the_worker():
+    server = RawServer([b"HANG"])
+    pool = UpstreamPool(connect_timeout=2, read_timeout=30)
+    async with server as url:
+        task = asyncio.create_task(pool.post(url, "/x", b"{}", {}))
+        await asyncio.wait_for(server.got_request.wait(), timeout=10)
+        task.cancel()  # e.g. the paired prefill failed
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(server.disconnected.wait(), timeout=10)
+    await pool.close()
