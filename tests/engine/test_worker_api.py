@@ -207,6 +207,7 @@ async def test_loads_get_load_and_metrics(unified):
     for key in ("num_running_reqs", "num_waiting_reqs", "token_usage", "cache_hit_rate", "running_context_tokens",
                 "disaggregation", "queues", "memory"):
         assert key in load, key
+    assert load["memory"]["weight_gb"] > 0 and load["memory"]["token_capacity"] == 4096
     core_only = (await (await client.get("/v1/loads?include=core")).json())["loads"][0]
     assert "memory" not in core_only and "num_running_reqs" in core_only
     legacy = await (await client.get("/get_load")).json()

@@ -13,9 +13,11 @@ Map of the package (one concept per file):
 * ``stopping``     stop ids / stop strings / max tokens, incremental detokenisation.
 * ``scheduler``    continuous batching, chunked prefill, admission, P/D request states.
 * ``runner``       turns a scheduled step into a ForwardBatch and calls the model.
-* ``engine``       the thread that owns the model and runs the scheduler loop.
+* ``engine``       the thread that owns the scheduler and model; its bridge to asyncio.
+* ``worker``       one worker's runtime and the request flow of every role (``Worker.generate``).
 * ``kv_transfer``  bootstrap server (prefill) and client (decode): framed TCP KV transfer.
 * ``http_api``     aiohttp routes: SGLang native API; ``openai_api``: OpenAI shapes.
+* ``errors``       InvalidRequest and OpenAI-style error bodies.
 * ``tool_calls``   Hermes-style ``<tool_call>`` parsing; ``metrics``: prometheus metrics.
 
 Bookkeeping (pages, radix tree, scheduler) never imports torch: it is tested without a model.

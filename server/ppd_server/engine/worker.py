@@ -73,7 +73,18 @@ class Worker:
         return min(self.scheduler.max_total_tokens, self.lm.config.max_position_embeddings)
 
     def lm_weight_gb(self) -> float:
-        return sum(p.numel() * p.element_size() for p in self.lm.model.parameters()) / 1e9
+        """Bytes of the model's weight tensors (plain tensor attributes or nn parameters)."""
+        import dataclasses
+
+        import torch
+
+        model = self.lm.model
+        tensors = list(model.parameters()) + [v for v in vars(model).values() if isinstance(v, torch.Tensor)]
+        for layer in getattr(model, "layers", []):
+            if dataclasses.is_dataclass(layer):
+                tensors += [getattr(layer, f.name) for f in dataclasses.fields(layer)]
+        unique = {id(t): t for t in tensors if isinstance(t, torch.Tensor)}
+        return sum(t.numel() * t.element_size() for t in unique.values()) / 1e9
 
     async def start(self) -> None:
         self.engine.start()
