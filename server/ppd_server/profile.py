@@ -183,7 +183,7 @@ def measure_profile(
     append_lengths: Sequence[int] = (16, 64, 128),
     decode_batches: Sequence[int] = (1, 2, 4, 8),
     decode_contexts: Sequence[int] = (32, 256),
-    decode_steps: int = 12,
+    decode_steps: int = 24,
     repeats: int = 2,
     timeout_s: float = 120.0,
     seed: int = 0,
@@ -255,14 +255,19 @@ def _decode_sample(probe: _Probe, batch: int, context: int, steps: int) -> dict[
     with ThreadPoolExecutor(max_workers=batch) as pool:
         results = list(pool.map(lambda p: probe.stream(p, steps), prompts))
     # Streams start together (arrival times are relative to each stream's own send, which are
-    # within a thread start of each other): keep the gaps where every stream was decoding.
+    # within a thread start of each other). Per stream, the mean token interval over the window
+    # where every stream was decoding (robust to SSE events arriving coalesced); then the median.
     all_started = max(r[0] for r in results)
     first_done = min(r[1][-1] for r in results)
-    gaps = [b - a for _, arr, _ in results for a, b in zip(arr, arr[1:]) if a >= all_started and b <= first_done]
-    if not gaps:  # the streams did not overlap long enough: use every gap
-        gaps = [b - a for _, arr, _ in results for a, b in zip(arr, arr[1:])]
+    rates = []
+    for _, arr, _ in results:
+        window = [t for t in arr if all_started <= t <= first_done]
+        if len(window) >= 3:
+            rates.append((window[-1] - window[0]) / (len(window) - 1))
+    if not rates:  # the streams did not overlap long enough: use whole streams
+        rates = [(arr[-1] - arr[0]) / (len(arr) - 1) for _, arr, _ in results if len(arr) > 1]
     mid_context = batch * (context + steps // 2)
-    return {"kind": "decode", "batch": batch, "context": mid_context, "ms": _median(gaps) if gaps else 0.0}
+    return {"kind": "decode", "batch": batch, "context": mid_context, "ms": _median(rates) if rates else 0.0}
 
 
 # -- roofline and files ------------------------------------------------------------------------
