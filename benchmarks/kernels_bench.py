@@ -55,6 +55,21 @@ def bench_prefill(model: LlamaModel, length: int, repeats: int) -> tuple[float, 
                  repeats, warmup=1 if length <= 512 else 0)
 
 
+def bench_extend(model: LlamaModel, new: int, cached: int, backend: str, repeats: int
+                 ) -> tuple[float, float]:
+    """An append-prefill: ``new`` tokens on a cached prefix of random K/V (contiguous slots)."""
+    kv = KVPool(model.config, cached + new, model.dtype)
+    kv.data.normal_()
+    ids = [random.randrange(model.config.vocab_size) for _ in range(new)]
+    batch = ForwardBatch.build([ids], [cached], [list(range(cached + new))])
+    model.attention_backend = backend
+    try:
+        return timed(lambda: model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
+                     repeats)
+    finally:
+        model.attention_backend = "fast"
+
+
 def decode_slots(batch: int, context: int, layout: str) -> list[list[int]]:
     """Slots of ``context + 1`` tokens per sequence: one contiguous run each, or 16-slot pages
     shuffled over the pool ("pages")."""
@@ -92,6 +107,7 @@ def main() -> None:
     parser.add_argument("--prefill", default="512,2048", help="comma-separated prompt lengths")
     parser.add_argument("--batches", default="1,8,32", help="comma-separated decode batch sizes")
     parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--extend", default="64:2048", help="comma-separated NEW:CACHED append-prefills")
     parser.add_argument("--steps", type=int, default=10, help="timed decode steps per figure")
     parser.add_argument("--repeats", type=int, default=3, help="timed prefill runs per figure")
     args = parser.parse_args()
@@ -111,6 +127,11 @@ def main() -> None:
 
     for length in (int(x) for x in args.prefill.split(",") if x):
         row(f"prefill {length}", bench_prefill(lm.model, length, args.repeats), length)
+    for spec in (x for x in args.extend.split(",") if x):
+        new, cached = (int(v) for v in spec.split(":"))
+        for backend in ("fast", "reference"):
+            row(f"extend {new} on cached {cached} {backend}",
+                bench_extend(lm.model, new, cached, backend, args.repeats), new)
     for batch in (int(x) for x in args.batches.split(",") if x):
         for layout, backend in (("contiguous", "fast"), ("pages", "fast"), ("contiguous", "reference")):
             seconds = bench_decode(lm.model, batch, args.context, layout, backend, args.steps)

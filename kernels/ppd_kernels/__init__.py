@@ -27,7 +27,9 @@ Contract of a forward:
 - ``SeqChunk.slots`` lists the slot of EVERY token of the sequence (cached prefix, then the
   ``num_new`` tokens of this forward); the forward writes the new tokens' K/V to the last
   ``num_new`` slots. Decode rows (num_new == 1) and extend chunks (num_new > 1, with or
-  without a cached prefix) mix freely, in any order. Slots must be distinct within a batch.
+  without a cached prefix) mix freely, in any order. The slots a forward writes (each
+  sequence's last ``num_new``) must be distinct across the batch; cached slots may be shared
+  by several sequences (prefix sharing) and are only read.
 - ``positions`` are the rotary positions of the new tokens (normally num_cached + i).
 - ``KVPool`` dtype must equal the model dtype. ``model.attention_backend`` is "fast"
   (default) or "reference" (readable oracle).
@@ -39,8 +41,8 @@ possible. Any slot order is correct; each extra run only costs a little more per
 
 Tokenizer: ``encode(text)`` (no specials added; special-token texts map to their ids),
 ``decode(ids, skip_special_tokens=True)``, ``apply_chat_template(messages, tools=None,
-add_generation_prompt=True)`` (tool format: ``ppd_kernels.chat_template``, which also has
-``parse_tool_calls``), ``eos_token_ids``, ``bos_token_id``, ``vocab_size``, ``special_tokens``.
+add_generation_prompt=True)`` (Hermes-style tool format: see ``ppd_kernels.chat_template``),
+``eos_token_ids``, ``bos_token_id``, ``vocab_size``, ``special_tokens``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Templates are rendered like Hugging Face does: a sandboxed jinja2 environment wi
 Tool format (Hermes-style), used whenever the model's template does not handle tools itself:
 - tool definitions go into the system prompt inside ``<tools></tools>``, one JSON object per line;
 - the model calls a tool by emitting ``<tool_call>{"name": "...", "arguments": {...}}</tool_call>``
-  (``parse_tool_calls`` reads these back out of generated text);
+  (the engine's ``ppd_server.engine.tool_calls`` parses these out of generated text);
 - earlier assistant ``tool_calls`` are rendered in that same form, and ``tool`` role messages
   carry their result inside ``<tool_response></tool_response>``.
 """
@@ -14,7 +14,6 @@ Tool format (Hermes-style), used whenever the model's template does not handle t
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +28,6 @@ _TOOLS_PREAMBLE = (
     "To call one, answer with a JSON object holding the function name and its arguments "
     "inside <tool_call></tool_call> tags, for example:\n"
     '<tool_call>{"name": "function_name", "arguments": {"arg": "value"}}</tool_call>\n')
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
 class ChatTemplate:
@@ -81,25 +79,6 @@ def format_tool_call(call: dict[str, Any]) -> str:
             pass  # keep the model-produced string verbatim
     payload = json.dumps({"name": function.get("name"), "arguments": arguments}, ensure_ascii=False)
     return f"<tool_call>{payload}</tool_call>"
-
-
-def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
-    """Split generated text into (remaining content, [{"name", "arguments": dict}]).
-    Tags whose body is not a JSON object with a "name" are left in the content."""
-    calls = []
-
-    def take(match: re.Match[str]) -> str:
-        try:
-            body = json.loads(match.group(1))
-        except json.JSONDecodeError:
-            return match.group(0)
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            return match.group(0)
-        calls.append({"name": body["name"], "arguments": body.get("arguments") or {}})
-        return ""
-
-    content = _TOOL_CALL.sub(take, text).strip()
-    return content, calls
 
 
 def _with_tools_in_system_prompt(messages: list[dict[str, Any]],

@@ -38,14 +38,14 @@ class KVPool:
     def read(self, slots: torch.Tensor) -> torch.Tensor:
         """K and V of ``slots`` for every layer, as a new contiguous tensor
         [num_layers, 2, num_kv_heads, len(slots), head_dim] (for KV transfer)."""
-        return self.data[:, :, :, slots.to(self.device)].contiguous()
+        return self.data.index_select(3, slots.to(self.device))
 
     def write(self, slots: torch.Tensor, data: torch.Tensor) -> None:
         """Inverse of ``read``: store ``data`` (shape as ``read`` returns) at ``slots``."""
         expected = (*self.data.shape[:3], slots.numel(), self.data.shape[4])
         if tuple(data.shape) != expected:
             raise ValueError(f"KVPool.write expects data of shape {expected}, got {tuple(data.shape)}")
-        self.data[:, :, :, slots.to(self.device)] = data.to(device=self.device, dtype=self.dtype)
+        self.data.index_copy_(3, slots.to(self.device), data.to(device=self.device, dtype=self.dtype))
 
     def store(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write one layer's new K/V ([T, num_kv_heads, head_dim]) at ``slots`` [T]."""

@@ -138,3 +138,21 @@ def test_batch_validation_names_the_problem():
         ForwardBatch.build([[1, 2]], [3], [[0, 1]])
     with pytest.raises(ValueError, match="num_new >= 1"):
         ForwardBatch.build([[]], [0], [[]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sequences_sharing_a_cached_prefix(synthetic_fp32, backend):
+    """Radix-cache case: two sequences read the same prefix slots in one batch."""
+    model = synthetic_fp32.model
+    model.attention_backend = backend
+    try:
+        prefix, a, b = list(range(40, 50)), [7, 8, 9], [11]
+        kv = KVPool(model.config, 64, dtype=torch.float32)
+        model.forward(ForwardBatch.build([prefix], [0], [list(range(10))]), kv)
+        logits = model.forward(ForwardBatch.build(
+            [a, b], [10, 10], [list(range(13)), [*range(10), 30]]), kv)
+    finally:
+        model.attention_backend = "fast"
+    for got, tokens in zip(logits, (prefix + a, prefix + b)):
+        expected = dense_logits(model, tokens)[-1]
+        assert (got - expected).abs().max().item() < tolerance(expected)

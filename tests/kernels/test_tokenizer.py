@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ppd_kernels.chat_template import ChatTemplate, parse_tool_calls
+from ppd_kernels.chat_template import ChatTemplate
 from ppd_kernels.tokenizer import load_tokenizer
 
 WEATHER_TOOL = {"type": "function", "function": {
@@ -81,13 +81,6 @@ def test_template_that_handles_tools_gets_them_raw():
     rendered = template.render([{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f"}}]}],
                                tools=[WEATHER_TOOL])
     assert rendered == "get_weather;assistant+calls"
-
-
-def test_parse_tool_calls():
-    text = 'Sure.<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>\n<tool_call>oops</tool_call>'
-    content, calls = parse_tool_calls(text)
-    assert calls == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
-    assert content == "Sure.\n<tool_call>oops</tool_call>"
 
 
 @pytest.mark.parametrize("messages,match", [
