@@ -93,7 +93,7 @@ class Dispatcher:
             if d.route == "pd":
                 return await self._pd(request, plan)
             body = dict(plan.body, do_local_prefill=True) if d.route == "local" else plan.body
-            call = await self._open(d.decode, plan, json.dumps(body).encode(), "decode" if d.route == "local" else "unified")
+            call = await self._open(decode.url, plan, json.dumps(body).encode(), "decode" if d.route == "local" else "unified")
             return await self._answer(request, plan, call, prefill=None)
         finally:
             decode.inflight -= 1
@@ -114,7 +114,7 @@ class Dispatcher:
                         bootstrap_room=[secrets.randbits(63) for _ in range(n)])
         data = json.dumps(body).encode()
         prefill_task = asyncio.create_task(self._prefill(prefill.url, plan, data))
-        decode_task = asyncio.create_task(self._open(d.decode, plan, data, "decode"))
+        decode_task = asyncio.create_task(self._open(str(d.decode), plan, data, "decode"))
         await asyncio.wait((prefill_task, decode_task), return_when=asyncio.FIRST_COMPLETED)
         if prefill_task.done() and prefill_task.exception() is not None:
             await _discard(decode_task)

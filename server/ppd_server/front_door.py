@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 _FORWARDED_HEADERS = ("x-correlation-id",)  # x-request-id is always set (the client's or ours)
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+_PROMPT_PARAM = {"chat": "messages", "completion": "prompt", "generate": "text"}
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:
@@ -118,12 +119,13 @@ class FrontDoor:
         max_new = _positive_int((sp or {}).get("max_new_tokens"), "sampling_params.max_new_tokens", 128)
         return tokens, _text_bytes(text), max_new
 
-    def _check_capacity(self, prompt_tokens: int, max_new: int) -> None:
+    def _check_capacity(self, kind: Kind, prompt_tokens: int) -> None:
+        """Only with an exact token count; an estimate leaves it to the worker (its 400 is relayed)."""
         cap = self.state.registry.capacity_tokens()
         if cap and self.state.turns.tokens.exact and prompt_tokens >= cap:
             raise bad_request(
                 f"This prompt has {prompt_tokens} tokens; the workers hold at most {cap} tokens of context.",
-                param="messages", code="context_length_exceeded")
+                param=_PROMPT_PARAM[kind], code="context_length_exceeded")
 
     # --- the handler ---------------------------------------------------------------------
 
@@ -153,7 +155,7 @@ class FrontDoor:
             hints = wire.parse_hints(request.headers, body)
         except wire.WireError as e:
             raise bad_request(e.message, param=e.param, code="invalid_ppd_hints") from None
-        self._check_capacity(prompt_tokens, max_new)
+        self._check_capacity(kind, prompt_tokens)
 
         body.pop(wire.BODY_FIELD, None)
         stream = body.get("stream") is True
@@ -232,7 +234,7 @@ class FrontDoor:
                 span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
             if not ok:
                 span.set_status(Status(StatusCode.ERROR))
-                st.metrics.errors.labels("502").inc()
+                st.metrics.errors.labels("worker").inc()
 
         return Plan(kind=kind, path=path, body=body, decision=d, stream=stream,
                     client_wants_usage=client_wants_usage, client_headers=client_headers,

@@ -22,7 +22,7 @@ class RouterMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("ppd_requests", "Requests routed", ["route", "turn_bucket"], registry=r)
-        self.errors = Counter("ppd_request_errors", "Requests answered with an error", ["status"], registry=r)
+        self.errors = Counter("ppd_request_errors", "Requests answered with an error (HTTP status, or \"worker\" for a worker-side failure)", ["status"], registry=r)
         self.ttft = Histogram("ppd_ttft_seconds", "Observed time to first token (streams)", ["route"],
                               buckets=_TTFT_BUCKETS, registry=r)
         self.tpot = Histogram("ppd_tpot_seconds", "Observed time per output token (streams)", ["route"],

@@ -100,7 +100,7 @@ class Worker:
 class WorkerRegistry:
     def __init__(self, workers: Iterable[Worker]) -> None:
         self.workers: dict[str, Worker] = {w.url: w for w in workers}
-        self.on_down: list[Callable[[str], None]] = []
+        self.on_down: list[Callable[[str], object]] = []  # called with the url of a worker taken out
 
     def __iter__(self):
         return iter(self.workers.values())
