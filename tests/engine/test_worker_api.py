@@ -80,8 +80,9 @@ async def test_router_injected_and_unknown_top_level_keys_are_ignored(unified):
     ({"input_ids": [1, 10 ** 9]}, "input_ids"),
     ({"input_ids": list(range(1, 200)) * 30}, "input_ids"),
     ({"text": "x", "bootstrap_host": "h", "bootstrap_room": "r"}, "bootstrap_room"),
+    ({"text": "x", "return_logprob": True}, "return_logprob"),
 ], ids=["unknown-sampling-key", "bad-temperature", "no-prompt", "text-batch", "ids-batch",
-        "id-out-of-vocab", "over-capacity", "bad-room"])
+        "id-out-of-vocab", "over-capacity", "bad-room", "logprob"])
 async def test_bad_generate_requests_are_400_with_openai_error_body(unified, body, param):
     client, _ = unified
     r = await client.post("/generate", json=body)

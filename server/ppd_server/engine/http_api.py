@@ -117,6 +117,8 @@ def parse_generate(body: dict[str, Any], worker: Worker) -> GenerateInput:
             raise InvalidRequest("input_ids must be a list of integers (batches are not supported)",
                                  param="input_ids")
         prompt_ids = input_ids
+    if body.get("return_logprob"):
+        raise InvalidRequest("return_logprob is not supported by this engine", param="return_logprob")
     sampling = SamplingParams.from_dict(body.get("sampling_params"))
     return parse_common(body, prompt_ids, sampling)
 

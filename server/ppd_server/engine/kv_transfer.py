@@ -148,7 +148,7 @@ class BootstrapServer:
                 self.on_sent(len(raw), time.monotonic() - began)
             if not room.done.done():
                 room.done.set_result(len(raw))
-        except (TransferError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+        except (RuntimeError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
                 ValueError) as exc:
             message = str(exc) or type(exc).__name__
             log.warning("KV send failed: %s", message)
@@ -213,9 +213,9 @@ async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, time
                               nbytes, data)
         try:
             await store(received)
-        except Exception as exc:
+        except (RuntimeError, ValueError) as exc:
             await write_frame(writer, {"ok": False, "error": str(exc)})
-            raise
+            raise TransferError(f"could not store the received KV: {exc}") from None
         await write_frame(writer, {"ok": True})
         return received
     except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError, KeyError, ValueError) as exc:

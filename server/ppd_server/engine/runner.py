@@ -1,13 +1,16 @@
 """ModelRunner: owns the model and the KV pool; turns a scheduled Step into a ForwardBatch,
 runs the forward and samples one token per row that needs one.
 
-Only the engine thread calls ``run``. ``read_kv``/``write_kv`` touch slots owned by a request
-that no forward uses at that moment (SENDING / AWAITING_KV), so the transfer code may call
-them from another thread.
+Only the engine thread calls ``run``. ``read_kv``/``write_kv`` touch slots of a request that no
+forward uses at that moment (SENDING / AWAITING_KV), so the transfer code calls them from
+another thread. They hold ``_transfer_lock``, which ``release`` also takes: the engine frees a
+request's pages before calling ``release`` and reallocates them only after, so a copy in
+flight never touches pages that belong to someone else.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,6 +36,7 @@ class ModelRunner:
         self.kv = KVPool(lm.config, num_slots, dtype=dtype, device=device)
         self._slots: dict[str, torch.Tensor] = {}
         self._generators: dict[str, torch.Generator | None] = {}
+        self._transfer_lock = threading.Lock()
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -47,7 +51,8 @@ class ModelRunner:
         return slots
 
     def release(self, req: Req) -> None:
-        self._slots.pop(req.rid, None)
+        with self._transfer_lock:
+            self._slots.pop(req.rid, None)
         self._generators.pop(req.rid, None)
 
     @torch.inference_mode()
@@ -85,9 +90,15 @@ class ModelRunner:
 
     def read_kv(self, req: Req, start: int, end: int) -> torch.Tensor:
         """KV of positions [start, end) of ``req`` (KVPool.read layout)."""
-        return self.kv.read(self.slots_of(req)[start:end])
+        with self._transfer_lock:
+            if req.finished:
+                raise RuntimeError("the request was aborted before its KV was read")
+            return self.kv.read(self.slots_of(req)[start:end])
 
     def write_kv(self, req: Req, start: int, data: torch.Tensor) -> None:
         """Store received KV for positions [start, start + n) of ``req``."""
         n = data.shape[3]
-        self.kv.write(self.slots_of(req)[start:start + n], data)
+        with self._transfer_lock:
+            if req.finished:
+                raise RuntimeError("the request was aborted before its KV arrived")
+            self.kv.write(self.slots_of(req)[start:start + n], data)
