@@ -26,7 +26,7 @@ conveniences over them. Nothing here reads a clock or does I/O.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ppd_server.routing.latency import estimate_local, estimate_pd, estimate_replica, prefill_ms
@@ -63,6 +63,11 @@ class Observation:
     worker when the request was routed; ``decode_context_tokens`` their total context (0 =
     unknown). ``predicted_*``: the chosen candidate's prediction from the Decision.
     ``tpot_ms`` is None for a one-token answer.
+
+    Non-streamed answers have no first-token time: pass ``ttft_ms=None`` with ``e2e_ms`` and
+    ``completion_tokens``; the model then scales the chosen candidate's prediction by
+    observed/predicted end-to-end time (a correction factor, as Dynamo's planner does) and
+    learns from that.
     """
 
     route: RouteName
@@ -70,7 +75,7 @@ class Observation:
     prefill_url: str | None
     new_tokens: int
     cached_tokens: int
-    ttft_ms: float
+    ttft_ms: float | None
     tpot_ms: float | None
     decode_running: int
     predicted_ttft_ms: float | None = None
@@ -78,6 +83,20 @@ class Observation:
     kv_bytes: int = 0
     decode_context_tokens: int = 0
     prefill_cached_tokens: int | None = None
+    e2e_ms: float | None = None
+    completion_tokens: int = 0
+
+
+def _from_end_to_end(obs: Observation) -> Observation | None:
+    """An observation with TTFT/TPOT derived from the end-to-end time (see Observation)."""
+    pt, pp = obs.predicted_ttft_ms, obs.predicted_tpot_ms
+    if obs.e2e_ms is None or not obs.e2e_ms > 0 or pt is None or not pt > 0:
+        return None
+    steps = max(obs.completion_tokens - 1, 0)
+    predicted_e2e = pt + steps * (pp if pp is not None and pp > 0 else 0.0)
+    scale = obs.e2e_ms / predicted_e2e
+    tpot = pp * scale if pp is not None and steps > 0 else None
+    return replace(obs, ttft_ms=pt * scale, tpot_ms=tpot)
 
 
 class _WorkerFit:
@@ -162,6 +181,10 @@ class CostModel:
     def observe(self, obs: Observation) -> None:
         """Refit from one completed turn and record its prediction error. Bad values are ignored
         (a timing the router could not measure must not poison the fit)."""
+        if obs.ttft_ms is None:
+            obs = _from_end_to_end(obs)
+            if obs is None:
+                return
         if not (obs.ttft_ms >= 0) or obs.new_tokens < 0 or obs.cached_tokens < 0:
             return
         self._record_error(obs)

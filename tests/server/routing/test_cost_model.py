@@ -187,3 +187,21 @@ def test_pd_fit_uses_the_prefill_workers_own_cache_hit():
         untold.observe(Observation("pd", "http://d", "http://p", prompt - d_hit, d_hit, ttft, None, 0))
     assert told.coefficients("http://p", "prefill").prefill_per_token_ms == pytest.approx(TRUE.prefill_per_token_ms, rel=0.05)
     assert untold.coefficients("http://p", "prefill").prefill_per_token_ms != pytest.approx(TRUE.prefill_per_token_ms, rel=0.05)
+
+
+def test_non_streamed_turns_learn_from_end_to_end_time():
+    cm = CostModel()
+    before = cm.coefficients("http://d", "decode")
+    pred_ttft = prefill_ms(before, 300, 1000)  # what the model predicted for this append
+    # predicted ttft + 9 x 20 ms; the worker took twice as long end to end
+    e2e = 2 * (pred_ttft + 9 * 20.0)
+    cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, pred_ttft, 20.0, e2e_ms=e2e, completion_tokens=10))
+    s = cm.error_summary()["local"]
+    assert s["ttft_obs_over_pred"] == pytest.approx(2.0) and s["tpot_obs_over_pred"] == pytest.approx(2.0)
+    after = cm.coefficients("http://d", "decode")
+    assert after.prefill_per_token_ms > before.prefill_per_token_ms and after.decode_base_ms > before.decode_base_ms
+    # nothing to scale without a prediction or an end-to-end time
+    cm2 = CostModel()
+    cm2.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, None, None, e2e_ms=560.0, completion_tokens=10))
+    cm2.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, 100.0, 20.0))
+    assert cm2.error_summary() == {} and cm2.coefficients("http://d", "decode") == before
