@@ -25,6 +25,7 @@ from ppd_server.metrics import RouterMetrics
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import make_policy
 from ppd_server.sessions import SessionTable
+from ppd_server.sglang_compat import add_sglang_routes
 from ppd_server.telemetry import make_tracer
 from ppd_server.token_count import TokenCounter
 from ppd_server.turns import TurnRouter
@@ -115,6 +116,7 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     add_admin_routes(app, state)
+    add_sglang_routes(app, state)
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)
     return app
@@ -130,20 +132,23 @@ async def _startup(app: web.Application) -> None:
     st.dispatcher = Dispatcher(st.pool, st.registry, st.tracer if st.tracing else None, st.background)
     await st.registry.poll_once(st.session, timeout_s=max(2.0, cfg.connect_timeout_s))
     if cfg.tokenizer is None and not st.turns.tokens.exact:
-        _adopt_worker_tokenizer(st)
+        task = asyncio.create_task(_adopt_worker_tokenizer(st))
+        st.background.add(task)
+        task.add_done_callback(st.background.discard)
     st.poller = asyncio.create_task(st.registry.poll_forever(st.session, cfg.load_interval_s))
 
 
-def _adopt_worker_tokenizer(st: AppState) -> None:
-    """Count tokens exactly with the workers' own tokenizer when their model is a local file/dir."""
+async def _adopt_worker_tokenizer(st: AppState) -> None:
+    """Count tokens exactly with the workers' own tokenizer when their model is a local file/dir.
+    Loaded off the event loop while the router already serves (with the learned ratio meanwhile)."""
     import os
 
     for w in st.registry:
         if w.model_path and os.path.exists(w.model_path):
             try:
-                st.turns.tokens = TokenCounter.from_source(w.model_path)
+                st.turns.tokens = await asyncio.to_thread(TokenCounter.from_source, w.model_path)
                 log.info("token counts from the tokenizer of %s", w.model_path)
-            except Exception as e:  # noqa: BLE001 - a tokenizer that fails to load leaves the learned ratio
+            except ValueError as e:  # a tokenizer that fails to load leaves the learned ratio
                 log.warning("could not load the tokenizer of %s (%s); using a learned bytes/token ratio",
                             w.model_path, e)
             return

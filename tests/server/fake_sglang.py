@@ -43,6 +43,7 @@ class FakeWorker:
     load: dict[str, Any] = field(default_factory=dict)
     loads_status: int = 200
     seen: list[Seen] = field(default_factory=list)
+    flushes: int = 0
     aborted: asyncio.Event = field(default_factory=asyncio.Event)  # set when a held request's client left
     server: TestServer | None = None
 
@@ -57,6 +58,8 @@ class FakeWorker:
         app.router.add_get("/health", self._health)
         app.router.add_get("/server_info", self._server_info)
         app.router.add_get("/v1/loads", self._loads)
+        app.router.add_post("/flush_cache", self._flush)
+        app.router.add_get("/model_info", self._model_info)
         for path in ("/v1/chat/completions", "/v1/completions", "/generate"):
             app.router.add_post(path, self._serve)
         return app
@@ -73,6 +76,14 @@ class FakeWorker:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def _flush(self, request: web.Request) -> web.Response:
+        self.flushes += 1
+        return web.Response(text="Cache flushed.\n", status=200 if self.fail_status is None else 400)
+
+    async def _model_info(self, request: web.Request) -> web.Response:
+        return web.json_response({"model_path": "/models/" + self.model, "is_generation": True,
+                                  "model_type": "llama", "architectures": ["LlamaForCausalLM"]})
 
     async def _server_info(self, request: web.Request) -> web.Response:
         return web.json_response({

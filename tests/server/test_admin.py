@@ -38,3 +38,15 @@ async def test_sessions_and_workers_listing():
         assert {x["role"] for x in w["workers"]} == {"prefill", "decode"}
         cm = await (await client.get("/admin/cost_model")).json()
         assert set(cm["coefficients"]) == {p.url, d.url}
+
+
+async def test_sglang_router_endpoints_for_benchmark_tools():
+    p, d = FakeWorker(role="prefill"), FakeWorker(role="decode")
+    async with router_over([p, d]) as (client, state):
+        r = await client.post("/flush_cache")
+        assert r.status == 200 and (await r.json())["flushed"] and (p.flushes, d.flushes) == (1, 1)
+        d.fail_status = 400
+        assert (await client.post("/flush_cache")).status == 400
+        assert (await (await client.get("/model_info")).json())["architectures"] == ["LlamaForCausalLM"]
+        info = await (await client.get("/get_server_info")).json()
+        assert info["policy"] == "ppd" and len(info["workers"]) == 2
