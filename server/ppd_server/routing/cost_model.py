@@ -108,7 +108,8 @@ class _WorkerFit:
         self.coefficients = start
 
     def refresh(self) -> None:
-        values = [max(0.0, v) for v in (*self.prefill.theta, *self.decode.theta)]
+        zero = (0.0, 0.0, 0.0)
+        values = [*self.prefill.bounded_theta(zero), *self.decode.bounded_theta(zero)]
         self.coefficients = CostCoefficients(**dict(zip(COEFFICIENT_NAMES, values)))
 
 

@@ -7,11 +7,18 @@ prior uncertainty allows - Bayesian linear regression, updated in O(k^2) per sam
 prior so that directions the traffic never excites (e.g. always the same batch size) cannot blow
 up and make one odd sample swing the fit.
 
+:meth:`bounded_theta` is the estimate projected onto ``theta >= lower`` in the metric of the
+covariance (the most likely feasible parameters): a timing coefficient is never negative, and
+noisy, collinear traffic can otherwise push one coefficient below zero while another
+overshoots. The projection is applied on read only; clipping the running estimate itself
+would make the recursion unstable.
+
 Pure Python on purpose: k = 3, and numpy's per-call overhead is larger than the arithmetic.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 
@@ -56,3 +63,44 @@ class RecursiveLeastSquares:
         self._p = new_p
         self.samples += 1
         return residual
+
+    def bounded_theta(self, lower: Sequence[float]) -> list[float]:
+        """argmin (t - theta)' P^-1 (t - theta) subject to t >= lower (exact: every active set)."""
+        theta = self.theta
+        if all(t >= b for t, b in zip(theta, lower)):
+            return list(theta)
+        k = len(theta)
+        best: list[float] | None = None
+        best_cost = float("inf")
+        for size in range(1, k + 1):
+            for active in itertools.combinations(range(k), size):
+                diff = [lower[i] - theta[i] for i in active]
+                p_aa = [[self._p[i][j] for j in active] for i in active]
+                w = _solve(p_aa, diff)  # P_AA^-1 (lower_A - theta_A)
+                if w is None:
+                    continue
+                cand = [theta[i] + sum(self._p[i][a] * w[n] for n, a in enumerate(active)) for i in range(k)]
+                for i in active:
+                    cand[i] = lower[i]
+                if any(c < b - 1e-9 for c, b in zip(cand, lower)):
+                    continue
+                cost = sum(d * x for d, x in zip(diff, w))
+                if cost < best_cost:
+                    best, best_cost = cand, cost
+        return best if best is not None else [max(t, b) for t, b in zip(theta, lower)]
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """Gauss-Jordan solve of a small dense system; None when singular."""
+    n = len(b)
+    m = [row[:] + [v] for row, v in zip(a, b)]
+    for c in range(n):
+        pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[pivot][c]) < 1e-15:
+            return None
+        m[c], m[pivot] = m[pivot], m[c]
+        for r in range(n):
+            if r != c:
+                f = m[r][c] / m[c][c]
+                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
+    return [m[i][n] / m[i][i] for i in range(n)]

@@ -107,7 +107,7 @@ def test_online_fit_converges_to_the_true_speeds_and_the_error_shows_it():
     for name in ("decode_per_seq_ms", "decode_per_kctx_ms", "decode_base_ms"):
         assert getattr(dec, name) == pytest.approx(getattr(TRUE, name), rel=0.15), name
     for route in ("local", "pd"):
-        assert early[route]["ttft_abs_pct_err"] > 15
+        assert early[route]["ttft_abs_pct_err"] > 10
         assert late[route]["ttft_abs_pct_err"] < 3
         assert late[route]["tpot_abs_pct_err"] < 3
         assert late[route]["ttft_obs_over_pred"] == pytest.approx(1.0, abs=0.05)
@@ -205,3 +205,20 @@ def test_non_streamed_turns_learn_from_end_to_end_time():
     cm2.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, None, None, e2e_ms=560.0, completion_tokens=10))
     cm2.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, 100.0, 20.0))
     assert cm2.error_summary() == {} and cm2.coefficients("http://d", "decode") == before
+
+
+def test_rls_bounded_estimate_stays_feasible_and_predicts_like_the_free_one():
+    rls = RecursiveLeastSquares([20.0, 3.0, 1.0], [60.0, 9.0, 10.0], noise_std=1.0)
+    rng = random.Random(2)
+    for _ in range(50):  # one stream, tiny context, timings that jitter by a factor of two
+        rls.update([1.0, 1.0, rng.uniform(0.05, 0.25)], rng.uniform(40.0, 90.0))
+    assert min(rls.theta) < 0  # the free estimate went negative somewhere
+    bounded = rls.bounded_theta([0.0, 0.0, 0.0])
+    assert min(bounded) >= 0.0
+    x = [1.0, 1.0, 0.15]
+    assert sum(b * v for b, v in zip(bounded, x)) == pytest.approx(rls.predict(x), rel=0.1)
+
+
+def test_rls_bounded_estimate_is_the_free_one_when_feasible():
+    rls = RecursiveLeastSquares([1.0, 2.0], [1.0, 1.0])
+    assert rls.bounded_theta([0.0, 0.0]) == [1.0, 2.0]
