@@ -47,12 +47,16 @@ def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def fresh(batch: ForwardBatch) -> ForwardBatch:
+    """A new ForwardBatch per step, as the engine builds one (its plan is part of the timing)."""
+    return ForwardBatch(batch.input_ids, batch.positions, batch.seqs)
+
+
 def bench_prefill(model: LlamaModel, length: int, repeats: int) -> tuple[float, float]:
     kv = KVPool(model.config, length, model.dtype)
     ids = [random.randrange(model.config.vocab_size) for _ in range(length)]
     batch = ForwardBatch.build([ids], [0], [list(range(length))])
-    return timed(lambda: model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
-                 repeats, warmup=1 if length <= 512 else 0)
+    return timed(lambda: model.forward(fresh(batch), kv), repeats, warmup=1 if length <= 512 else 0)
 
 
 def bench_extend(model: LlamaModel, new: int, cached: int, backend: str, repeats: int
@@ -64,8 +68,7 @@ def bench_extend(model: LlamaModel, new: int, cached: int, backend: str, repeats
     batch = ForwardBatch.build([ids], [cached], [list(range(cached + new))])
     model.attention_backend = backend
     try:
-        return timed(lambda: model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
-                     repeats)
+        return timed(lambda: model.forward(fresh(batch), kv), repeats)
     finally:
         model.attention_backend = "fast"
 
@@ -79,8 +82,8 @@ def decode_slots(batch: int, context: int, layout: str) -> list[list[int]]:
     pages_per_seq = (length + 15) // 16
     pages = list(range(batch * pages_per_seq))
     random.shuffle(pages)
-    return [[p * 16 + j for p in pages[i * pages_per_seq:(i + 1) * pages_per_seq] for j in range(16)][:length]
-            for i in range(batch)]
+    owned = [pages[i * pages_per_seq:(i + 1) * pages_per_seq] for i in range(batch)]
+    return [[page * 16 + j for page in own for j in range(16)][:length] for own in owned]
 
 
 def bench_decode(model: LlamaModel, batch: int, context: int, layout: str, backend: str,
@@ -92,9 +95,7 @@ def bench_decode(model: LlamaModel, batch: int, context: int, layout: str, backe
     fb = ForwardBatch.build([[random.randrange(model.config.vocab_size)] for _ in range(batch)],
                             [context] * batch, slots)
     try:
-        # a fresh ForwardBatch per step, as the engine builds one (plan included in the timing)
-        return timed(lambda: model.forward(ForwardBatch(fb.input_ids, fb.positions, fb.seqs), kv),
-                     steps, warmup=2)
+        return timed(lambda: model.forward(fresh(fb), kv), steps, warmup=2)
     finally:
         model.attention_backend = "fast"
 
@@ -107,7 +108,8 @@ def main() -> None:
     parser.add_argument("--prefill", default="512,2048", help="comma-separated prompt lengths")
     parser.add_argument("--batches", default="1,8,32", help="comma-separated decode batch sizes")
     parser.add_argument("--context", type=int, default=1024)
-    parser.add_argument("--extend", default="64:2048", help="comma-separated NEW:CACHED append-prefills")
+    parser.add_argument("--extend", default="64:2048",
+                        help="comma-separated NEW:CACHED append-prefills")
     parser.add_argument("--steps", type=int, default=10, help="timed decode steps per figure")
     parser.add_argument("--repeats", type=int, default=3, help="timed prefill runs per figure")
     args = parser.parse_args()
@@ -122,8 +124,8 @@ def main() -> None:
 
     def row(label: str, seconds: tuple[float, float], tokens: int) -> None:
         wall, cpu = seconds
-        print(f"{label:<52}{wall * 1e3:>9.1f}{tokens / wall:>9.1f}{cpu * 1e3:>9.1f}{tokens / cpu:>9.1f}",
-              flush=True)
+        print(f"{label:<52}{wall * 1e3:>9.1f}{tokens / wall:>9.1f}"
+              f"{cpu * 1e3:>9.1f}{tokens / cpu:>9.1f}", flush=True)
 
     for length in (int(x) for x in args.prefill.split(",") if x):
         row(f"prefill {length}", bench_prefill(lm.model, length, args.repeats), length)
@@ -133,7 +135,8 @@ def main() -> None:
             row(f"extend {new} on cached {cached} {backend}",
                 bench_extend(lm.model, new, cached, backend, args.repeats), new)
     for batch in (int(x) for x in args.batches.split(",") if x):
-        for layout, backend in (("contiguous", "fast"), ("pages", "fast"), ("contiguous", "reference")):
+        for layout, backend in (("contiguous", "fast"), ("pages", "fast"),
+                                ("contiguous", "reference")):
             seconds = bench_decode(lm.model, batch, args.context, layout, backend, args.steps)
             row(f"decode b={batch} ctx={args.context} {backend} ({layout})", seconds, batch)
 

@@ -21,7 +21,7 @@ API (stable; the engine codes against it)::
 
     batch = ForwardBatch(input_ids, positions, [SeqChunk(num_cached, num_new, slots), ...])
     batch = ForwardBatch.build(new_token_ids=[[...], ...], num_cached=[...], slots=[[...], ...])
-    logits = lm.model.forward(batch, kv)   # float32 [len(seqs), vocab]: each sequence's LAST new token
+    logits = lm.model.forward(batch, kv)   # float32 [len(seqs), vocab]: last new token of each
 
 Contract of a forward:
 - ``SeqChunk.slots`` lists the slot of EVERY token of the sequence (cached prefix, then the

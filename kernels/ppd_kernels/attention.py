@@ -63,7 +63,8 @@ def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         diagonal = scores.view(num_kv_heads, group, rows, visible)[..., visible - rows:]
         diagonal.masked_fill_(_upper_triangle(rows, q.device), float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        out[:, :, start:end] = torch.bmm(probs, v[:, :visible]).view(num_kv_heads, group, rows, head_dim)
+        attended = torch.bmm(probs, v[:, :visible])
+        out[:, :, start:end] = attended.view(num_kv_heads, group, rows, head_dim)
     return out.permute(2, 0, 1, 3).reshape(num_new, num_heads, head_dim)
 
 

@@ -34,7 +34,8 @@ class SeqChunk:
                              f"got num_new={self.num_new}, num_cached={self.num_cached}")
         if self.slots.dim() != 1 or self.slots.numel() != self.num_cached + self.num_new:
             raise ValueError(f"SeqChunk.slots must be 1-D of length num_cached + num_new = "
-                             f"{self.num_cached + self.num_new}, got shape {tuple(self.slots.shape)}")
+                             f"{self.num_cached + self.num_new}, "
+                             f"got shape {tuple(self.slots.shape)}")
 
     @property
     def context_len(self) -> int:
@@ -85,7 +86,9 @@ class ForwardBatch:
               slots: Sequence[Sequence[int] | torch.Tensor], device: str | torch.device = "cpu",
               ) -> ForwardBatch:
         """Batch from plain lists; positions are ``num_cached + i`` for the i-th new token."""
-        seqs, ids, positions = [], [], []
+        seqs: list[SeqChunk] = []
+        ids: list[int] = []
+        positions: list[int] = []
         for tokens, cached, seq_slots in zip(new_token_ids, num_cached, slots, strict=True):
             slot_tensor = torch.as_tensor(seq_slots, dtype=torch.long, device=device)
             seqs.append(SeqChunk(num_cached=cached, num_new=len(tokens), slots=slot_tensor))

@@ -44,8 +44,10 @@ class KVPool:
         """Inverse of ``read``: store ``data`` (shape as ``read`` returns) at ``slots``."""
         expected = (*self.data.shape[:3], slots.numel(), self.data.shape[4])
         if tuple(data.shape) != expected:
-            raise ValueError(f"KVPool.write expects data of shape {expected}, got {tuple(data.shape)}")
-        self.data.index_copy_(3, slots.to(self.device), data.to(device=self.device, dtype=self.dtype))
+            raise ValueError(f"KVPool.write expects data of shape {expected}, "
+                             f"got {tuple(data.shape)}")
+        data = data.to(device=self.device, dtype=self.dtype)
+        self.data.index_copy_(3, slots.to(self.device), data)
 
     def store(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write one layer's new K/V ([T, num_kv_heads, head_dim]) at ``slots`` [T]."""

@@ -25,7 +25,8 @@ class Rotary:
         exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim
         self.inv_freq = (1.0 / theta ** exponents).to(torch.float32)
 
-    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, positions: torch.Tensor,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, signed_sin), each [T, 1, head_dim], for ``apply``; build once per forward."""
         angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]   # [T, hd/2]
         cos, sin = angles.cos(), angles.sin()

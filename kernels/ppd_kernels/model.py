@@ -54,22 +54,19 @@ class LlamaModel(torch.nn.Module):
         def get(name: str) -> torch.Tensor:
             return weights[name].to(device=device, dtype=dtype)
 
-        def optional(name: str) -> torch.Tensor | None:
-            return get(name) if name in weights else None
-
         self.embed = get("embed")
         self.norm = get("norm")
         self.lm_head = self.embed if config.tie_word_embeddings else get("lm_head")
         self.layers: list[LayerWeights] = []
         for i in range(config.num_layers):
             prefix = f"layers.{i}."
-            biases = [optional(prefix + b) for b in ("bq", "bk", "bv")]
-            if any(b is not None for b in biases) and not all(b is not None for b in biases):
+            biases = [weights[prefix + b] for b in ("bq", "bk", "bv") if prefix + b in weights]
+            if len(biases) not in (0, 3):
                 raise ValueError(f"layer {i}: q/k/v biases must be all present or all absent")
             self.layers.append(LayerWeights(
                 attn_norm=get(prefix + "attn_norm"),
                 w_qkv=torch.cat([get(prefix + w) for w in ("wq", "wk", "wv")]),
-                b_qkv=torch.cat(biases) if biases[0] is not None else None,
+                b_qkv=torch.cat(biases).to(device=device, dtype=dtype) if biases else None,
                 w_o=get(prefix + "wo"),
                 ffn_norm=get(prefix + "ffn_norm"),
                 w_gate_up=torch.cat([get(prefix + "w_gate"), get(prefix + "w_up")]),
@@ -92,8 +89,8 @@ class LlamaModel(torch.nn.Module):
             h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
             qkv = F.linear(h, layer.w_qkv, layer.b_qkv)
             # Q and K are rotated together in one pass over the fused projection.
-            qk = self.rotary.apply(qkv[:, :heads_qk * cfg.head_dim].view(num_tokens, heads_qk, cfg.head_dim),
-                                   cos, sin)
+            qk = qkv[:, :heads_qk * cfg.head_dim].view(num_tokens, heads_qk, cfg.head_dim)
+            qk = self.rotary.apply(qk, cos, sin)
             q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
             v = qkv[:, heads_qk * cfg.head_dim:].view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
             kv.store(index, plan.new_slots, k, v)

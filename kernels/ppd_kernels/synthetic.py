@@ -7,6 +7,7 @@ directory exercises the rotate-half path too.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ SYNTHETIC_CONFIG = ModelConfig(
     tie_word_embeddings=True, max_position_embeddings=4096)
 
 
-def synthetic_config(**overrides: object) -> ModelConfig:
+def synthetic_config(**overrides: Any) -> ModelConfig:
     return dataclasses.replace(SYNTHETIC_CONFIG, **overrides)
 
 
@@ -45,7 +46,8 @@ def synthetic_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]
         weights.update({
             p + "attn_norm": norm_weight(), p + "ffn_norm": norm_weight(),
             # q/k get 2x scale so attention is far from uniform
-            p + "wq": 2 * linear(config.q_size, hidden), p + "wk": 2 * linear(config.kv_size, hidden),
+            p + "wq": 2 * linear(config.q_size, hidden),
+            p + "wk": 2 * linear(config.kv_size, hidden),
             p + "wv": linear(config.kv_size, hidden), p + "wo": linear(hidden, config.q_size),
             p + "w_gate": linear(config.intermediate_size, hidden),
             p + "w_up": linear(config.intermediate_size, hidden),

@@ -84,7 +84,8 @@ def tokenizer_from_gguf(reader: GGUFReader) -> Tokenizer:
 
 
 def tokenizer_from_hf_dir(directory: Path) -> Tokenizer:
-    """tokenizer.json + tokenizer_config.json (chat_template, bos/eos) [+ generation_config.json]."""
+    """tokenizer.json + tokenizer_config.json (chat_template, bos/eos), plus eos ids from
+    generation_config.json / config.json when present."""
     from tokenizers import Tokenizer as Backend
 
     backend = Backend.from_file(str(directory / "tokenizer.json"))
@@ -95,15 +96,17 @@ def tokenizer_from_hf_dir(directory: Path) -> Tokenizer:
         text = entry.get("content") if isinstance(entry, dict) else entry
         return backend.token_to_id(text) if text else None
 
-    eos = {token_id(config.get("eos_token"))}
-    for extra in (_read_json(directory / "generation_config.json"), _read_json(directory / "config.json")):
+    eos: set[int | None] = {token_id(config.get("eos_token"))}
+    for extra in (_read_json(directory / "generation_config.json"),
+                  _read_json(directory / "config.json")):
         ids = extra.get("eos_token_id")
         eos.update(ids if isinstance(ids, list) else [ids])
     template = config.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     return Tokenizer(backend, bos_token_id=token_id(config.get("bos_token")),
-                     eos_token_ids=eos - {None}, chat_template=template, special_tokens=specials)
+                     eos_token_ids={i for i in eos if i is not None}, chat_template=template,
+                     special_tokens=specials)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -84,4 +84,5 @@ def _canonical_name(gguf_name: str) -> str:
     match = _LAYER_TENSOR.fullmatch(gguf_name)
     if match and match.group(2) in _LAYER_NAMES:
         return f"layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
-    raise ValueError(f"unsupported GGUF tensor {gguf_name!r} (not part of a plain Llama/Qwen2 decoder)")
+    raise ValueError(f"unsupported GGUF tensor {gguf_name!r} "
+                     f"(not part of a plain Llama/Qwen2 decoder)")

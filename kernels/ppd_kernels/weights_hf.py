@@ -37,7 +37,8 @@ def config_from_hf(directory: Path, has_lm_head: bool) -> ModelConfig:
         vocab_size=raw["vocab_size"], hidden_size=hidden, num_layers=raw["num_hidden_layers"],
         num_heads=heads, num_kv_heads=raw.get("num_key_value_heads") or heads,
         head_dim=raw.get("head_dim") or hidden // heads,
-        intermediate_size=raw["intermediate_size"], rope_theta=float(raw.get("rope_theta", 10000.0)),
+        intermediate_size=raw["intermediate_size"],
+        rope_theta=float(raw.get("rope_theta", 10000.0)),
         rms_eps=float(raw.get("rms_norm_eps", 1e-6)), rope_interleaved=False,
         # A checkpoint without lm_head.weight can only mean tied embeddings.
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)) or not has_lm_head,
