@@ -26,26 +26,25 @@ class TurnUsage:
     cached_tokens: int | None = None
     completion_tokens: int | None = None
     kv_transfer_bytes: int | None = None
+    prefill_cached_tokens: int | None = None  # P->D: the prefill worker's own hit (engine meta_info)
     first_token_at: float | None = None  # perf_counter() of the first token event (streams)
     last_token_at: float | None = None
 
     def absorb(self, kind: Kind, obj: dict[str, Any]) -> None:
-        if kind == "generate":
-            meta = obj.get("meta_info")
-            if isinstance(meta, dict):
-                self._set(meta.get("prompt_tokens"), meta.get("cached_tokens"), meta.get("completion_tokens"))
-                kv = meta.get("kv_transfer_bytes")
-                if isinstance(kv, int):
-                    self.kv_transfer_bytes = kv
-            return
+        meta = obj.get("meta_info")  # /generate; the embedded engine adds it to OpenAI answers too
+        if kind == "generate" and isinstance(meta, dict):
+            self._set(meta.get("prompt_tokens"), meta.get("cached_tokens"), meta.get("completion_tokens"))
         usage = obj.get("usage")
-        if isinstance(usage, dict):
+        if kind != "generate" and isinstance(usage, dict):
             details = usage.get("prompt_tokens_details")
             cached = details.get("cached_tokens") if isinstance(details, dict) else None
             self._set(usage.get("prompt_tokens"), cached, usage.get("completion_tokens"))
-        meta = obj.get("meta_info")  # some SGLang builds add it to OpenAI responses too
-        if isinstance(meta, dict) and isinstance(meta.get("kv_transfer_bytes"), int):
-            self.kv_transfer_bytes = meta["kv_transfer_bytes"]
+        if isinstance(meta, dict):
+            if isinstance(meta.get("kv_transfer_bytes"), int):
+                self.kv_transfer_bytes = meta["kv_transfer_bytes"]
+            details = meta.get("cached_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("prefill"), int):
+                self.prefill_cached_tokens = details["prefill"]
 
     def _set(self, prompt: Any, cached: Any, completion: Any) -> None:
         if isinstance(prompt, int):

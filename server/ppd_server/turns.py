@@ -114,12 +114,15 @@ class TurnRouter:
             if usage.prompt_tokens:
                 self.tokens.observe(turn.prompt_bytes, usage.prompt_tokens)
             chosen = d.predicted(d.route)
-            if ttft is not None and chosen is not None:
+            if chosen is not None:  # streams give TTFT; non-streamed answers only end-to-end time
                 decode = turn.cluster.get(d.decode)
                 self.cost_model.observe(Observation(
                     route=d.route, decode_url=d.decode, prefill_url=d.prefill,
                     new_tokens=max(0, prompt - cached), cached_tokens=cached, ttft_ms=ttft, tpot_ms=tpot,
                     decode_running=decode.running_reqs if decode else 0,
                     decode_context_tokens=decode.running_context_tokens if decode else 0,
-                    predicted_ttft_ms=chosen.ttft_ms, predicted_tpot_ms=chosen.tpot_ms, kv_bytes=kv_bytes))
+                    predicted_ttft_ms=chosen.ttft_ms, predicted_tpot_ms=chosen.tpot_ms, kv_bytes=kv_bytes,
+                    prefill_cached_tokens=usage.prefill_cached_tokens if d.route == "pd" else None,
+                    e2e_ms=(time.perf_counter() - started_at) * 1000.0,
+                    completion_tokens=usage.completion_tokens or 0))
         return {"prompt_tokens": prompt, "cached_tokens": cached, "ttft_ms": ttft, "tpot_ms": tpot, "kv_bytes": kv_bytes}

@@ -128,3 +128,15 @@ async def test_batches_get_one_bootstrap_room_per_sequence(pd_pair):
     assert body == p.seen[0].body
     assert body["bootstrap_host"] == ["127.0.0.1"] * 2 and body["bootstrap_port"] == [31998] * 2
     assert len(set(body["bootstrap_room"])) == 2 and all(0 <= x < 2**63 for x in body["bootstrap_room"])
+
+
+async def test_every_completed_turn_feeds_the_cost_model_streamed_or_not(pd_pair, monkeypatch):
+    client, state, p, d = pd_pair
+    seen = []
+    monkeypatch.setattr(state.turns.cost_model, "observe", seen.append)
+    await client.post("/v1/chat/completions", json=chat_body(), headers={"X-PPD-Conversation-Id": "cm"})
+    r = await client.post("/v1/chat/completions", json=chat_body(stream=True), headers={"X-PPD-Conversation-Id": "cm"})
+    await r.read()
+    plain, streamed = seen
+    assert plain.route == "pd" and plain.ttft_ms is None and plain.e2e_ms > 0 and plain.completion_tokens == 3
+    assert streamed.route == "local" and streamed.ttft_ms is not None and streamed.predicted_ttft_ms > 0

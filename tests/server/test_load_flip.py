@@ -22,10 +22,17 @@ async def _turn(client, history: list[dict], text: str, headers: dict | None = N
     return r.headers["X-PPD-Route"], body["ppd"]
 
 
-async def test_ppd_flips_to_pd_under_decode_load_and_back():
+def freeze_cost_model(state, monkeypatch) -> None:
+    """These fakes answer instantly; online calibration would (rightly) learn that. The tests are
+    about load and SLOs, so keep the default coefficients fixed."""
+    monkeypatch.setattr(state.turns.cost_model, "observe", lambda obs: None)
+
+
+async def test_ppd_flips_to_pd_under_decode_load_and_back(monkeypatch):
     p = FakeWorker(role="prefill", max_total_num_tokens=131_072)
     d = FakeWorker(role="decode", max_total_num_tokens=131_072, cached_tokens=50)
     async with router_over([p, d]) as (client, state):
+        freeze_cost_model(state, monkeypatch)
         question = "Tell me more about that, in detail, please. " * 40
         history: list[dict] = []
         assert (await _turn(client, history, "Start a long conversation. " * 40))[0] == "pd"
@@ -45,10 +52,11 @@ async def test_ppd_flips_to_pd_under_decode_load_and_back():
         assert route == "local", info["reason"]
 
 
-async def test_tpot_slo_alone_flips_a_moderately_loaded_decode_to_pd():
+async def test_tpot_slo_alone_flips_a_moderately_loaded_decode_to_pd(monkeypatch):
     p = FakeWorker(role="prefill")
     d = FakeWorker(role="decode", cached_tokens=50, load={"num_running_reqs": 8, "running_context_tokens": 8000})
     async with router_over([p, d]) as (client, state):
+        freeze_cost_model(state, monkeypatch)
         history: list[dict] = []
         await _turn(client, history, "Hello there. " * 40)
         _, info = await _turn(client, history, "More please. " * 40)
