@@ -1,0 +1,168 @@
+"""Engine benchmark: drives the ppd-worker scheduler + model runner in-process (no HTTP).
+
+Prints a table of
+* prefill tok/s at 512 and 2048 prompt tokens (one full-prompt step);
+* decode tok/s at batch 1, 8, 32 with context 1024;
+* the PPD asymmetry (the paper's Figure 2): TPOT of 8 running decode streams alone, while a
+  1024-token full prefill is served on the same worker (chunked by --chunked-prefill-size),
+  and while a 64-token append-prefill over a cached 1024-token prefix is served. "Stall" is
+  the extra time the decode streams lose over the whole prefill (sum of step time minus the
+  alone step time, over the steps that carry prefill tokens).
+
+Usage: python benchmarks/engine_bench.py [--model smollm2] [--dtype bfloat16] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+from ppd_server.engine.model_source import resolve_model
+from ppd_server.engine.request import Req, State
+from ppd_server.engine.runner import ModelRunner
+from ppd_server.engine.sampling import SamplingParams
+from ppd_server.engine.scheduler import Scheduler
+from ppd_server.engine.stopping import OutputTracker
+
+
+class Bench:
+    def __init__(self, lm, dtype, page_size: int, chunk: int, max_tokens: int) -> None:
+        self.lm, self.dtype, self.page_size, self.chunk = lm, dtype, page_size, chunk
+        self.max_tokens = max_tokens
+        self.rng = random.Random(0)
+        self.ids = 0
+        self.reset(chunk)
+
+    def reset(self, chunk: int) -> None:
+        num_pages = self.max_tokens // self.page_size
+        self.sched = Scheduler(num_pages, self.page_size, chunk, 64, enable_radix_cache=True)
+        self.runner = ModelRunner(self.lm, num_pages * self.page_size, self.page_size, self.dtype)
+
+    def prompt(self, n: int) -> list[int]:
+        return [self.rng.randrange(100, self.lm.config.vocab_size - 100) for _ in range(n)]
+
+    def req(self, prompt: list[int], max_new: int) -> Req:
+        params = SamplingParams(max_new_tokens=max_new, temperature=0.0, ignore_eos=True)
+        self.ids += 1
+        tracker = OutputTracker(params, self.lm.tokenizer.eos_token_ids,
+                                lambda ids, skip: self.lm.tokenizer.decode(ids, skip_special_tokens=skip))
+        return Req(rid=f"b{self.ids}", prompt_ids=prompt, sampling=params, tracker=tracker)
+
+    def step(self) -> tuple[float, int]:
+        """One engine step; returns (seconds, prefill tokens in it)."""
+        step = self.sched.schedule()
+        prefill_tokens = sum(r.num_new for r in step.rows if r.req.state is State.PREFILLING)
+        began = time.perf_counter()
+        tokens = self.runner.run(step)
+        self.sched.on_forward_done(step, tokens)
+        elapsed = time.perf_counter() - began
+        for req in [r.req for r in step.rows if r.req.finished]:
+            self.runner.release(req)
+        return elapsed, prefill_tokens
+
+    def run_to_decoding(self, reqs: list[Req]) -> None:
+        for req in reqs:
+            self.sched.add(req)
+        while any(r.state in (State.WAITING, State.PREFILLING) for r in reqs):
+            self.step()
+
+    def abort_all(self) -> None:
+        for req in list(self.sched.active) + list(self.sched.waiting):
+            self.sched.abort(req, {"type": "abort"})
+            self.runner.release(req)
+
+
+def bench_prefill(b: Bench, n: int, repeats: int = 3) -> float:
+    b.reset(chunk=n)
+    times = []
+    for _ in range(repeats):
+        req = b.req(b.prompt(n), max_new=1)
+        b.sched.add(req)
+        elapsed, _ = b.step()
+        times.append(elapsed)
+    return n / statistics.median(times)
+
+
+def bench_decode(b: Bench, batch: int, ctx: int, steps: int = 12) -> float:
+    b.reset(chunk=2048)
+    reqs = [b.req(b.prompt(ctx), max_new=steps + 8) for _ in range(batch)]
+    b.run_to_decoding(reqs)
+    b.step()  # warm-up
+    times = [b.step()[0] for _ in range(steps)]
+    b.abort_all()
+    return batch / statistics.median(times)
+
+
+def bench_asymmetry(b: Bench, chunk: int, streams: int = 8, ctx: int = 1024) -> dict[str, float]:
+    b.reset(chunk=chunk)
+    prefix = b.prompt(ctx)
+    # Cache a 1024-token prefix for the append case (a finished earlier turn).
+    warm = b.req(prefix, max_new=1)
+    b.run_to_decoding([warm])
+    while not warm.finished:
+        b.step()
+    reqs = [b.req(b.prompt(ctx), max_new=400) for _ in range(streams)]
+    b.run_to_decoding(reqs)
+    alone = statistics.median(b.step()[0] for _ in range(10))
+
+    def serve(prompt: list[int]) -> tuple[float, float, int]:
+        extra = b.req(prompt, max_new=1)
+        b.sched.add(extra)
+        stall, steps, times = 0.0, 0, []
+        while not extra.finished and extra.state is not State.DECODING:
+            elapsed, prefill_tokens = b.step()
+            if prefill_tokens:
+                times.append(elapsed)
+                stall += elapsed - alone
+                steps += 1
+        return statistics.mean(times), stall, steps
+
+    full_tpot, full_stall, full_steps = serve(b.prompt(ctx))
+    append_tpot, append_stall, append_steps = serve(prefix + b.prompt(64))
+    b.abort_all()
+    return {"alone": alone, "full_tpot": full_tpot, "full_stall": full_stall, "full_steps": full_steps,
+            "append_tpot": append_tpot, "append_stall": append_stall, "append_steps": append_steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--chunked-prefill-size", type=int, default=512)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from ppd_kernels import load_model
+
+    dtype = getattr(torch, args.dtype)
+    lm = load_model(resolve_model(args.model), dtype=dtype)
+    b = Bench(lm, dtype, args.page_size, args.chunked_prefill_size, max_tokens=48 * 1024)
+    print(f"# engine_bench: {lm.name}, {args.dtype}, {args.threads} thread(s), page {args.page_size}, "
+          f"chunked prefill {args.chunked_prefill_size}")
+    rows = []
+    for n in (512, 2048):
+        rows.append((f"prefill {n} tok", f"{bench_prefill(b, n):8.0f} tok/s", "target >= 700 at 512" if n == 512 else ""))
+    for batch in (1, 8, 32):
+        rows.append((f"decode batch {batch}, ctx 1024", f"{bench_decode(b, batch, 1024):8.1f} tok/s",
+                     "target >= 100" if batch == 8 else ""))
+    a = bench_asymmetry(b, args.chunked_prefill_size)
+    rows += [
+        ("TPOT, 8 streams ctx 1024, alone", f"{a['alone'] * 1000:8.1f} ms", ""),
+        ("TPOT while a 1024 full prefill is served", f"{a['full_tpot'] * 1000:8.1f} ms",
+         f"{a['full_steps']} step(s), added stall {a['full_stall'] * 1000:.0f} ms"),
+        ("TPOT while a 64 append on cached 1024", f"{a['append_tpot'] * 1000:8.1f} ms",
+         f"{a['append_steps']} step(s), added stall {a['append_stall'] * 1000:.0f} ms"),
+        ("append stall / full-prefill stall", f"{a['append_stall'] / a['full_stall']:8.3f}", "target <= 0.25"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value}  {note}")
+
+
+if __name__ == "__main__":
+    main()
