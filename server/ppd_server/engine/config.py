@@ -57,7 +57,6 @@ class EngineConfig:
         "Seconds to wait for the other side of a KV transfer before failing the request."))
     enable_cache_report: bool = field(default=True, metadata=_opt(
         "Accepted for SGLang compatibility; cached_tokens is always reported."))
-    seed: int = field(default=0, metadata=_opt("Seed of the synthetic model and default sampling RNG."))
 
     def validate(self) -> "EngineConfig":
         def bad(name: str, why: str) -> ConfigError:

@@ -31,9 +31,6 @@ class PageAllocator:
     def num_free(self) -> int:
         return self._num_free
 
-    def is_free(self, page: int) -> bool:
-        return self._state[page] == _FREE
-
     def alloc(self, n: int, after: int | None = None) -> list[int]:
         """Allocate ``n`` pages, as contiguous as possible; ``after`` is the page the new ones
         should follow (the sequence's current last page). Raises OutOfPages if fewer are free."""

@@ -40,10 +40,6 @@ class RadixCache:
         self._num_locked = 0
 
     @property
-    def root(self) -> _Node:
-        return self._root
-
-    @property
     def num_pages(self) -> int:
         return self._num_nodes
 

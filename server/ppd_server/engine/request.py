@@ -1,8 +1,9 @@
 """Req: one generation request as the scheduler sees it (tokens, pages, progress, state).
 
 Invariants: ``0 <= num_computed <= len(all_ids)``; the KV of token ``i < num_computed`` is in
-slot ``slot_of(i)``; ``pages[:len(prefix_pages)]`` are shared radix-cache pages locked via
-``prefix_node``, the rest are owned by this request.
+slot ``pages[i // page_size] * page_size + i % page_size``; the first
+``num_prefix_tokens // page_size`` pages are shared radix-cache pages locked via ``prefix_node``,
+the rest are owned by this request.
 """
 
 from __future__ import annotations
@@ -98,9 +99,6 @@ class Req:
         if index < self.prompt_len:
             return self.prompt_ids[index]
         return self.tracker.output_ids[index - self.prompt_len]
-
-    def slot_of(self, index: int, page_size: int) -> int:
-        return self.pages[index // page_size] * page_size + index % page_size
 
     def slot_ids(self, page_size: int) -> list[int]:
         """Slots of every token position this request may use, in order."""

@@ -42,10 +42,6 @@ class Step:
     rows: list[Row] = field(default_factory=list)
     admitted_awaiting_kv: list[Req] = field(default_factory=list)
 
-    @property
-    def num_prefill_tokens(self) -> int:
-        return sum(r.num_new for r in self.rows if r.req.state is State.PREFILLING)
-
 
 class Scheduler:
     def __init__(self, num_pages: int, page_size: int, chunked_prefill_size: int,
