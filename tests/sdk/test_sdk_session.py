@@ -266,3 +266,23 @@ def test_route_survives_unexpected_prediction_fields() -> None:
     info = route_from(ppd, {}, 2)
     assert info is not None and info.route == "local" and info.predicted == {}
     assert route_from({"route": "teleport", "turn": 1}, {}, 1) is None
+
+
+def test_a_callers_client_is_never_closed(fake: FakeOpenAI) -> None:
+    client = fake.client()
+    with ppd_sdk.ChatSession(model="m", client=client) as chat:
+        chat.send("hi")
+    assert not client.is_closed()
+    owned = ppd_sdk.ChatSession(model="m", base_url="http://127.0.0.1:9")
+    owned.close()
+    assert owned._client.is_closed()
+
+
+async def test_add_message_extends_the_history(driver: Driver, fake: FakeOpenAI) -> None:
+    s = driver.session(model="m")
+    s.add_message({"role": "user", "content": "context"})
+    with pytest.raises(ValueError):
+        s.add_message({"content": "no role"})
+    await driver.send(s)
+    assert fake.bodies[-1]["messages"] == [{"role": "user", "content": "context"}]
+    assert s.turn == 1 and s.messages[-1]["role"] == "assistant"
