@@ -230,6 +230,7 @@ class FrontDoor:
             span.set_attribute("ppd.cached_tokens", figures["cached_tokens"])
             span.set_attribute("ppd.kv_bytes", figures["kv_bytes"])
             span.set_attribute("gen_ai.usage.input_tokens", figures["prompt_tokens"])
+            span.set_attribute("gen_ai.usage.cache_read.input_tokens", figures["cached_tokens"])
             if usage.completion_tokens is not None:
                 span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
             if not ok:
