@@ -39,3 +39,35 @@ def test_safe_prefix_holds_back_possible_markup():
     assert safe_prefix_len("hello <tool") == 6
     assert safe_prefix_len("hi <tool_call>{") == 3
     assert safe_prefix_len("a<") == 1 and safe_prefix_len("a<b") == 3
+
+
+def test_chat_message_with_and_without_tools():
+    from ppd_server.engine.openai_api import chat_message
+
+    text = 'Sure.<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'
+    message, calls = chat_message(text, tools=True)
+    assert message["content"] == "Sure." and message["tool_calls"] == calls and len(calls) == 1
+    message, calls = chat_message(text, tools=False)
+    assert message == {"role": "assistant", "content": text} and calls == []
+
+
+def test_stream_deltas_hold_back_tool_markup_then_emit_tool_calls():
+    from ppd_server.engine.openai_api import ChatDeltas
+
+    deltas = ChatDeltas(tools=True)
+    steps = ["Ok", "Ok <tool", 'Ok <tool_call>{"name": "f",', 'Ok <tool_call>{"name": "f", "arguments": {}}</tool_call>']
+    out = [deltas.next(text, finished=(i == len(steps) - 1)) for i, text in enumerate(steps)]
+    assert out[0] == ({"role": "assistant", "content": "Ok"}, False)
+    assert out[1] == ({"content": " "}, False)
+    assert out[2] == ({}, False)
+    last, has_calls = out[3]
+    assert has_calls and last["tool_calls"][0]["function"]["name"] == "f" and last["tool_calls"][0]["index"] == 0
+    assert "content" not in last
+
+
+def test_stream_deltas_flush_held_back_text_when_no_call_comes():
+    from ppd_server.engine.openai_api import ChatDeltas
+
+    deltas = ChatDeltas(tools=True)
+    assert deltas.next("a <tool", finished=False)[0] == {"role": "assistant", "content": "a "}
+    assert deltas.next("a <tools are fun", finished=True) == ({"content": "<tools are fun"}, False)

@@ -118,6 +118,40 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     return tools or None
 
 
+def chat_message(text: str, tools: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The assistant message of a finished output (tool calls parsed out when tools were given)."""
+    content, calls = parse_tool_calls(text) if tools else (text, [])
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    return message, calls
+
+
+class ChatDeltas:
+    """Turns cumulative output texts into OpenAI stream deltas. With tools, text that may be
+    part of a ``<tool_call>`` is held back; at the end, parsed calls go out as ``tool_calls``."""
+
+    def __init__(self, tools: bool) -> None:
+        self.tools = tools
+        self.sent_chars = 0
+        self.sent_role = False
+
+    def next(self, text: str, finished: bool) -> tuple[dict[str, Any], bool]:
+        calls = parse_tool_calls(text)[1] if self.tools and finished else []
+        upto = safe_prefix_len(text) if self.tools and (calls or not finished) else len(text)
+        delta: dict[str, Any] = {}
+        if not self.sent_role:
+            delta["role"] = "assistant"
+            delta["content"] = ""
+            self.sent_role = True
+        if upto > self.sent_chars:
+            delta["content"] = text[self.sent_chars:upto]
+            self.sent_chars = upto
+        if calls:
+            delta["tool_calls"] = [dict(call, index=i) for i, call in enumerate(calls)]
+        return delta, bool(calls)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     worker = request.app[WORKER]
     body = await read_json(request)
@@ -137,10 +171,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             last = result
         assert last is not None
         raise_if_failed(last)
-        content, calls = parse_tool_calls(last.text) if tools else (last.text, [])
-        message: dict[str, Any] = {"role": "assistant", "content": content}
-        if calls:
-            message["tool_calls"] = calls
+        message, calls = chat_message(last.text, bool(tools))
         reason = last.finish_reason or {}
         return web.json_response({
             "id": cid, "object": "chat.completion", "created": created, "model": model,
@@ -148,36 +179,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                          "finish_reason": _finish(last, bool(calls)), "matched_stop": reason.get("matched")}],
             "usage": _usage(last), "meta_info": _meta(last)})
 
-    sent = {"chars": 0, "role": False}
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    deltas = ChatDeltas(bool(tools))
 
     def shape(result: Result) -> dict[str, Any] | None:
-        text = result.text
-        upto = safe_prefix_len(text) if tools and not result.finished else len(text)
-        if tools and result.finished:
-            content, calls = parse_tool_calls(text)
-            if calls:
-                upto = min(len(text), safe_prefix_len(text))
-        else:
-            calls = []
-        delta: dict[str, Any] = {}
-        if not sent["role"]:
-            delta["role"] = "assistant"
-            sent["role"] = True
-        if upto > sent["chars"]:
-            delta["content"] = text[sent["chars"]:upto]
-            sent["chars"] = upto
-        elif "role" in delta:
-            delta["content"] = ""
-        if calls:
-            delta["tool_calls"] = [dict(call, index=i) for i, call in enumerate(calls)]
-        finish = _finish(result, bool(calls))
+        delta, has_calls = deltas.next(result.text, result.finished)
+        finish = _finish(result, has_calls)
         if not delta and finish is None:
             return None
-        return chunk(delta, finish)
+        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
     def final(result: Result) -> list[dict[str, Any]]:
         if not _include_usage(body):
