@@ -77,6 +77,7 @@ class AsyncChatSession(SessionBase[openai.AsyncOpenAI]):
                 wait = self._retry_wait(err, attempt)
                 if wait is not None:
                     attempt += 1
+                    span.retried(err, wait)
                     await asyncio.sleep(wait)
                     continue
                 span.fail(err, time.perf_counter() - started)
@@ -205,6 +206,7 @@ class AsyncReplyStream:
                     wait = session._retry_wait(err, attempt, acc.started_output)
                     if wait is not None:
                         attempt += 1
+                        span.retried(err, wait)
                         await asyncio.sleep(wait)
                         continue
                     span.fail(err, time.perf_counter() - started)

@@ -93,6 +93,7 @@ class ChatSession(SessionBase[openai.OpenAI]):
                 wait = self._retry_wait(err, attempt)
                 if wait is not None:
                     attempt += 1
+                    span.retried(err, wait)
                     time.sleep(wait)
                     continue
                 span.fail(err, time.perf_counter() - started)
@@ -234,6 +235,7 @@ class ReplyStream:
                     wait = session._retry_wait(err, attempt, acc.started_output)
                     if wait is not None:
                         attempt += 1
+                        span.retried(err, wait)
                         time.sleep(wait)
                         continue
                     span.fail(err, time.perf_counter() - started)

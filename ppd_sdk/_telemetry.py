@@ -116,6 +116,11 @@ class TurnSpan:
             if value is not None:
                 self.span.set_attribute(f"ppd.slo.{key}", value)
 
+    def retried(self, error: PPDError, wait_s: float) -> None:
+        """Record that an attempt failed before any token and is being retried."""
+        status = getattr(error, "status_code", None)
+        self.span.add_event("ppd.retry", {ERROR_TYPE: str(status) if status else type(error).__name__, "ppd.retry.wait_s": wait_s})
+
     def finish(self, reply: Reply, duration_s: float) -> None:
         span = self.span
         span.set_attribute(RESPONSE_MODEL, reply.model)

@@ -114,3 +114,5 @@ async def test_a_retried_turn_is_still_one_span_and_one_trace(driver: Driver, fa
     parents = {r.headers["traceparent"] for r in fake.requests if r.url.path.endswith("/chat/completions")}
     assert len(parents) == 1 and f"{span.context.trace_id:032x}" in parents.pop()
     assert span.status.status_code != StatusCode.ERROR
+    (event,) = span.events
+    assert event.name == "ppd.retry" and event.attributes["error.type"] == "503"
