@@ -15,6 +15,8 @@ profile as prior and slow forgetting):
   worker for ``local``, the unified worker for ``replica`` - from the observed TTFT minus the
   parts of the prediction that are not that prefill (queue wait, KV transfer, first decode
   step, chunk mixing: ``predicted_ttft_ms - predicted prefill``);
+* samples are weighted by how far they fall from the current prediction (Cauchy weights), so a
+  burst that queued behind requests the load poll had not yet seen cannot rewrite the fit;
 * decode-step coefficients of the decode (or unified) worker from the observed TPOT, with
   features (1, running streams + 1, context tokens / 1000); for ``local`` the predicted
   interference term is taken off first (it is spread over the worker's streams, not a step cost).
@@ -85,6 +87,15 @@ class Observation:
     prefill_cached_tokens: int | None = None
     e2e_ms: float | None = None
     completion_tokens: int = 0
+
+
+def _robust_weight(target: float, predicted: float) -> float:
+    """Cauchy weight of a sample by its relative residual: within +-100% of the prediction it
+    counts at least half; one 10x off (a burst queued behind requests the load poll had not seen
+    yet) counts ~1/80, so it nudges rather than rewrites the fit. A profile that is wrong
+    everywhere still converges: as the fit approaches the truth the weights grow back to 1."""
+    rel = (target - predicted) / max(abs(predicted), 1.0)
+    return 1.0 / (1.0 + rel * rel)
 
 
 def _from_end_to_end(obs: Observation) -> Observation | None:
@@ -205,7 +216,7 @@ class CostModel:
                 overhead = max(0.0, obs.predicted_ttft_ms - predicted_compute)
             target = obs.ttft_ms - overhead
             if target > 0:
-                fit.prefill.update(x, target)
+                fit.prefill.update(x, target, _robust_weight(target, fit.prefill.predict(x)))
                 fit.refresh()
         if obs.decode_url is not None and obs.tpot_ms is not None and obs.tpot_ms > 0:
             role: Role = "unified" if obs.route == "replica" else "decode"
@@ -221,7 +232,7 @@ class CostModel:
                 interference = max(0.0, obs.predicted_tpot_ms - fit.decode.predict(x_dec))
             target = obs.tpot_ms - interference
             if target > 0:
-                fit.decode.update(x_dec, target)
+                fit.decode.update(x_dec, target, _robust_weight(target, fit.decode.predict(x_dec)))
                 fit.refresh()
 
     def _fit(self, url: str, role: Role) -> _WorkerFit:

@@ -47,21 +47,23 @@ def decode_rows_ms(c: CostCoefficients, batch: int, context_tokens: int) -> floa
     return c.decode_per_seq_ms * batch + c.decode_per_kctx_ms * context_tokens / 1000.0
 
 
-def queue_wait_ms(w: WorkerView) -> float:
+def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
     """Prefill work queued ahead of a new request on ``w`` (its own prefill queue).
 
     Requests the router sent but the last load poll did not see yet (``inflight`` beyond
-    running+waiting) count as queued requests of unknown length (base cost only).
+    running+waiting) are queued too: on a prefill or unified worker each is priced like this
+    request (``typical_new_tokens``; bursts of similar requests are the common case), on a
+    decode worker at the base cost only (most of them are P->D streams waiting for KV).
     """
     c = w.coefficients
     reqs = max(w.waiting_reqs, 0)
     if w.role == "prefill":
         reqs += max(w.running_reqs, 0)  # a prefill worker's running requests are prefills too
     unseen = max(0, w.inflight - max(w.running_reqs, 0) - max(w.waiting_reqs, 0))
-    reqs += unseen
-    if reqs == 0 and w.waiting_tokens <= 0:
-        return 0.0
-    return c.prefill_base_ms * reqs + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
+    wait = c.prefill_base_ms * reqs + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
+    if unseen:
+        wait += unseen * (prefill_ms(c, typical_new_tokens) if w.role != "decode" and typical_new_tokens > 0 else c.prefill_base_ms)
+    return wait
 
 
 def transfer_ms(kv_bytes: int, link_gbps: float, backlog_bytes: int = 0) -> float:
@@ -128,7 +130,7 @@ def estimate_pd(
     """Predicted TTFT/TPOT of the P->D path through ``prefill`` then ``decode``."""
     prompt = max(request.prompt_tokens, 0)
     cached_p = cached_on_prefill(session, prefill, prompt)
-    p_ms = queue_wait_ms(prefill) + prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
+    p_ms = queue_wait_ms(prefill, prompt - cached_p) + prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
     # SGLang's incremental transfer: a decode worker with a radix cache receives only what it lacks.
     cached_d = cached_on_decode(session, decode, prompt) if decode.decode_radix_cache else 0
     kv_bytes = (prompt - cached_d) * kv_bytes_per_token(decode, prefill)
@@ -176,6 +178,6 @@ def estimate_replica(request: RequestView, session: SessionView | None, worker: 
     chunk = worker.chunked_prefill_size if worker.chunked_prefill_size > 0 else max(new, 1)
     chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
     mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
-    ttft = queue_wait_ms(worker) + prefill_ms(c, new, cached) + mixing
+    ttft = queue_wait_ms(worker, new) + prefill_ms(c, new, cached) + mixing
     tpot = decode_step_ms(c, b + 1, running_ctx + prompt + _output_tokens(request) // 2)
     return Candidate("replica", worker.url, None, ttft, tpot, None, 0, cached)

@@ -57,7 +57,7 @@ def _prefill_side_ms(request: RequestView, session: SessionView | None, p: Worke
     """The P part of TTFT(pd), rounded so that near-equal workers tie (then the hash decides)."""
     prompt = max(request.prompt_tokens, 0)
     cached = cached_on_prefill(session, p, prompt)
-    return round(queue_wait_ms(p) + prefill_ms(p.coefficients, prompt - cached, cached), 6)
+    return round(queue_wait_ms(p, prompt - cached) + prefill_ms(p.coefficients, prompt - cached, cached), 6)
 
 
 def best_replica(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Candidate | None:

@@ -41,13 +41,16 @@ class RecursiveLeastSquares:
     def predict(self, x: Sequence[float]) -> float:
         return sum(t * xi for t, xi in zip(self.theta, x))
 
-    def update(self, x: Sequence[float], y: float) -> float:
-        """Fold in one sample ``y ~ theta . x``; returns the prior residual ``y - prediction``."""
+    def update(self, x: Sequence[float], y: float, weight: float = 1.0) -> float:
+        """Fold in one sample ``y ~ theta . x`` counted ``weight`` times (0 < weight; a weight
+        below 1 means a noisier sample); returns the prior residual ``y - prediction``."""
         k = len(self.theta)
         p = self._p
         px = [sum(p[i][j] * x[j] for j in range(k)) for i in range(k)]
-        denom = self._lam + sum(x[i] * px[i] for i in range(k))
         residual = y - self.predict(x)
+        if not weight > 0:
+            return residual
+        denom = self._lam / weight + sum(x[i] * px[i] for i in range(k))
         if denom <= 0:
             return residual
         gain = [v / denom for v in px]

@@ -222,3 +222,28 @@ def test_rls_bounded_estimate_stays_feasible_and_predicts_like_the_free_one():
 def test_rls_bounded_estimate_is_the_free_one_when_feasible():
     rls = RecursiveLeastSquares([1.0, 2.0], [1.0, 1.0])
     assert rls.bounded_theta([0.0, 0.0]) == [1.0, 2.0]
+
+
+def _local_obs(cm: CostModel, coefs: CostCoefficients, new: int, cached: int, slowdown: float = 1.0) -> Observation:
+    d = WorkerView("http://d", "decode", can_local_prefill=True, decode_radix_cache=True, coefficients=cm.coefficients("http://d", "decode"))
+    pred = estimate_local(RequestView("c", 2, new + cached, 16), SessionView("c", "http://d", None, cached), d)
+    true_ttft = prefill_ms(coefs, new, cached) * slowdown
+    return Observation("local", "http://d", None, new, cached, true_ttft, None, 0, pred.ttft_ms, pred.tpot_ms)
+
+
+def test_a_queued_burst_nudges_but_does_not_rewrite_the_fit():
+    cm, rng = CostModel(PROFILE), random.Random(11)
+    for _ in range(200):
+        cm.observe(_local_obs(cm, TRUE, rng.randrange(16, 800), rng.randrange(0, 3000)))
+    settled = cm.coefficients("http://d", "decode").prefill_per_token_ms
+    for _ in range(12):  # requests that sat behind a burst: 15x the compute time
+        cm.observe(_local_obs(cm, TRUE, rng.randrange(16, 64), 0, slowdown=15.0))
+    assert cm.coefficients("http://d", "decode").prefill_per_token_ms == pytest.approx(settled, rel=0.25)
+
+
+def test_a_profile_wrong_everywhere_still_converges():
+    slow = CostCoefficients(**{k: v * 10 for k, v in TRUE.to_dict().items()})  # hardware 10x slower
+    cm, rng = CostModel({"coefficients": TRUE.to_dict()}), random.Random(12)
+    for _ in range(300):
+        cm.observe(_local_obs(cm, slow, rng.randrange(16, 800), rng.randrange(0, 3000)))
+    assert cm.coefficients("http://d", "decode").prefill_per_token_ms == pytest.approx(slow.prefill_per_token_ms, rel=0.1)

@@ -37,7 +37,10 @@ def test_queue_wait_counts_queued_tokens_requests_and_unseen_inflight():
     assert queue_wait_ms(prefill()) == 0.0
     assert queue_wait_ms(prefill(waiting_reqs=2, waiting_tokens=300)) == pytest.approx(2 * 5 + 300)
     assert queue_wait_ms(prefill(running_reqs=1)) == pytest.approx(5)  # a prefill in progress
-    assert queue_wait_ms(decode(inflight=3, running_reqs=1)) == pytest.approx(2 * 5)
+    assert queue_wait_ms(decode(inflight=3, running_reqs=1), 100) == pytest.approx(2 * 5)
+    # requests sent but not yet seen by the poll are priced like the new one on a prefill worker
+    assert queue_wait_ms(prefill(inflight=2), 100) == pytest.approx(2 * prefill_ms(COEFS, 100))
+    assert queue_wait_ms(unified("http://u0", inflight=1), 0) == pytest.approx(5)
 
 
 def test_pd_prefills_what_p_lacks_and_ships_what_d_lacks():
