@@ -3,6 +3,7 @@
 Prints a table of
 * prefill tok/s at 512 and 2048 prompt tokens (one full-prompt step);
 * decode tok/s at batch 1, 8, 32 with context 1024;
+* the KV transfer rate prefill -> decode over loopback TCP (2048 tokens);
 * the PPD asymmetry (the paper's Figure 2): TPOT of 8 running decode streams alone, while a
   1024-token full prefill is served on the same worker (chunked by --chunked-prefill-size),
   and while a 64-token append-prefill over a cached 1024-token prefix is served. "Stall" is
@@ -22,7 +23,7 @@ import time
 import torch
 
 from ppd_server.engine.model_source import resolve_model
-from ppd_server.engine.request import Req, State
+from ppd_server.engine.request import Mode, Req, State
 from ppd_server.engine.runner import ModelRunner
 from ppd_server.engine.sampling import SamplingParams
 from ppd_server.engine.scheduler import Scheduler
@@ -128,6 +129,39 @@ def bench_asymmetry(b: Bench, chunk: int, streams: int = 8, ctx: int = 1024) -> 
             "append_tpot": append_tpot, "append_stall": append_stall, "append_steps": append_steps}
 
 
+def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3) -> float:
+    """GB/s of a prefill->decode KV transfer of ``n`` tokens over loopback TCP (pool read,
+    framing, socket, pool write), as the workers do it."""
+    import asyncio
+
+    from ppd_server.engine.kv_transfer import BootstrapServer, PrefillResult, fetch_kv
+
+    b.reset(chunk=2048)
+    src, dst = b.req(b.prompt(n), max_new=1), b.req(b.prompt(n), max_new=1)
+    dst.mode = Mode.DECODE_RECV   # admitted without compute: pages only
+    for req in (src, dst):
+        b.sched.add(req)
+    b.sched.schedule()   # admits both: pages allocated
+
+    async def once(room: int) -> float:
+        server = BootstrapServer("127.0.0.1", 0, timeout=30)
+        await server.start()
+        result = PrefillResult(1, n, 0, lambda start, end: b.runner.read_kv(src, start, end))
+
+        async def store(received) -> None:
+            b.runner.write_kv(dst, received.start, received.data)
+
+        began = time.perf_counter()
+        await asyncio.gather(server.send(room, result), fetch_kv("127.0.0.1", server.port, room, 0, 30, store))
+        elapsed = time.perf_counter() - began
+        await server.close()
+        return elapsed
+
+    times = [asyncio.run(once(room)) for room in range(repeats)]
+    b.abort_all()
+    return n * b.runner.kv_bytes_per_token / statistics.median(times) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2")
@@ -150,6 +184,9 @@ def main() -> None:
     for batch in (1, 8, 32):
         rows.append((f"decode batch {batch}, ctx 1024", f"{bench_decode(b, batch, 1024):8.1f} tok/s",
                      "target >= 100" if batch == 8 else ""))
+    gbps = bench_transfer(b)
+    rows.append(("KV transfer 2048 tok, loopback TCP", f"{gbps:8.2f} GB/s",
+                 f"{2048 * b.runner.kv_bytes_per_token / 1e6:.0f} MB"))
     a = bench_asymmetry(b, args.chunked_prefill_size)
     rows += [
         ("TPOT, 8 streams ctx 1024, alone", f"{a['alone'] * 1000:8.1f} ms", ""),

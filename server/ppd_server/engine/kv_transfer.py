@@ -194,7 +194,7 @@ async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, time
     import torch
 
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=_CHUNK * 4), timeout)
     except (OSError, asyncio.TimeoutError) as exc:
         raise TransferError(f"cannot reach the prefill bootstrap server {host}:{port}: "
                             f"{exc or type(exc).__name__}") from None
@@ -204,10 +204,8 @@ async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, time
         if not header.get("ok"):
             raise TransferError(f"prefill worker failed: {header.get('error')}")
         nbytes = int(header["nbytes"])
-        raw = bytearray(await asyncio.wait_for(reader.readexactly(nbytes), timeout)) if nbytes else bytearray()
-        dtype = getattr(torch, header["dtype"])
-        data = (torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(header["shape"])
-                if nbytes else torch.empty(header["shape"], dtype=dtype))
+        raw = await asyncio.wait_for(_read_into_tensor(reader, nbytes), timeout)
+        data = raw.view(getattr(torch, header["dtype"])).reshape(header["shape"])
         received = ReceivedKV(int(header["first_token"]), int(header["start"]),
                               int(header["num_tokens"]), int(header["prefill_cached_tokens"]),
                               nbytes, data)
@@ -223,6 +221,23 @@ async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, time
                             f"{exc or type(exc).__name__}") from None
     finally:
         writer.close()
+
+
+async def _read_into_tensor(reader: asyncio.StreamReader, nbytes: int):
+    """Read exactly ``nbytes`` straight into a new uint8 tensor (one copy out of the stream
+    buffer, instead of readexactly's join plus a copy to make it writable)."""
+    import torch
+
+    buffer = torch.empty(nbytes, dtype=torch.uint8)
+    view = memoryview(buffer.numpy()) if nbytes else memoryview(b"")
+    got = 0
+    while got < nbytes:
+        piece = await reader.read(min(_CHUNK * 4, nbytes - got))
+        if not piece:
+            raise asyncio.IncompleteReadError(bytes(), nbytes)
+        view[got:got + len(piece)] = piece
+        got += len(piece)
+    return buffer
 
 
 def _uint8():
