@@ -9,7 +9,7 @@ import sys
 import urllib.request
 
 import pytest
-from conftest import RouterProcess, free_port, http_json
+from router_process import RouterProcess, free_port, http_json
 
 from ppd_server.app import create_app
 from ppd_server.config import RouterConfig
