@@ -4,6 +4,7 @@ Unknown top-level request keys are ignored (forward compatible, like SGLang)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -62,6 +63,11 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return web.json_response(error_body(exc.reason, exc.status), status=exc.status)
+    except (ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # a bug: log it, answer JSON without a traceback
+        log.exception("internal error on %s", request.path)
+        return web.json_response(error_body(f"internal error: {type(exc).__name__}", 500), status=500)
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

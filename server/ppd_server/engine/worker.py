@@ -13,7 +13,6 @@ Request roles (decided by ``plan_mode``):
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from .request import Bootstrap, Mode, Req
 from .sampling import SamplingParams
 from .stopping import OutputTracker
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
