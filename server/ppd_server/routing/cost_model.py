@@ -67,9 +67,9 @@ class Observation:
     ``tpot_ms`` is None for a one-token answer.
 
     Non-streamed answers have no first-token time: pass ``ttft_ms=None`` with ``e2e_ms`` and
-    ``completion_tokens``; the model then scales the chosen candidate's prediction by
-    observed/predicted end-to-end time (a correction factor, as Dynamo's planner does) and
-    learns from that.
+    ``completion_tokens``. A one-token answer's end-to-end time is its TTFT; for longer answers
+    the time past the predicted TTFT, per extra token, is taken as the TPOT (decode steps
+    dominate), and the prefill fit is left alone.
     """
 
     route: RouteName
@@ -99,15 +99,17 @@ def _robust_weight(target: float, predicted: float) -> float:
 
 
 def _from_end_to_end(obs: Observation) -> Observation | None:
-    """An observation with TTFT/TPOT derived from the end-to-end time (see Observation)."""
-    pt, pp = obs.predicted_ttft_ms, obs.predicted_tpot_ms
-    if obs.e2e_ms is None or not obs.e2e_ms > 0 or pt is None or not pt > 0:
+    """TTFT/TPOT recovered from a non-streamed turn's end-to-end time (see Observation)."""
+    if obs.e2e_ms is None or not obs.e2e_ms > 0:
         return None
-    steps = max(obs.completion_tokens - 1, 0)
-    predicted_e2e = pt + steps * (pp if pp is not None and pp > 0 else 0.0)
-    scale = obs.e2e_ms / predicted_e2e
-    tpot = pp * scale if pp is not None and steps > 0 else None
-    return replace(obs, ttft_ms=pt * scale, tpot_ms=tpot)
+    steps = obs.completion_tokens - 1
+    if steps <= 0:  # a one-token answer: end to end is the first token
+        return replace(obs, ttft_ms=obs.e2e_ms, tpot_ms=None)
+    if obs.predicted_ttft_ms is None:
+        return None
+    # with several tokens the decode steps dominate: attribute the time past the predicted first
+    # token to them (a prefill miss spreads thinly over the steps) and leave the prefill fit alone
+    return replace(obs, tpot_ms=max(obs.e2e_ms - obs.predicted_ttft_ms, 0.0) / steps)
 
 
 class _WorkerFit:
@@ -194,10 +196,11 @@ class CostModel:
         """Refit from one completed turn and record its prediction error. Bad values are ignored
         (a timing the router could not measure must not poison the fit)."""
         if obs.ttft_ms is None:
-            obs = _from_end_to_end(obs)
-            if obs is None:
+            derived = _from_end_to_end(obs)
+            if derived is None:
                 return
-        if not (obs.ttft_ms >= 0) or obs.new_tokens < 0 or obs.cached_tokens < 0:
+            obs = derived
+        if obs.new_tokens < 0 or obs.cached_tokens < 0 or (obs.ttft_ms is not None and not obs.ttft_ms >= 0):
             return
         self._record_error(obs)
         prefill_url = obs.prefill_url if obs.route == "pd" else obs.decode_url
@@ -207,7 +210,7 @@ class CostModel:
             prompt = obs.new_tokens + obs.cached_tokens
             cached = max(0, min(obs.prefill_cached_tokens, prompt))
             new = prompt - cached
-        if prefill_url is not None and new > 0:
+        if prefill_url is not None and new > 0 and obs.ttft_ms is not None:
             fit = self._fit(prefill_url, prefill_role)
             x = _prefill_features(new, cached)
             predicted_compute = prefill_ms(fit.coefficients, new, cached)
@@ -243,14 +246,14 @@ class CostModel:
         if obs.predicted_ttft_ms is None and obs.predicted_tpot_ms is None:
             return
         window = self._errors.setdefault(obs.route, deque(maxlen=self._error_window))
-        window.append((obs.ttft_ms, obs.predicted_ttft_ms or 0.0, obs.tpot_ms, obs.predicted_tpot_ms))
+        window.append((obs.ttft_ms, obs.predicted_ttft_ms or 0.0, obs.tpot_ms, obs.predicted_tpot_ms))  # ttft None: unknown
 
     def error_summary(self) -> dict[str, dict[str, float]]:
         """Per route over the last ``error_window`` observations: count, mean absolute % error of TTFT and TPOT,
         and the mean observed/predicted ratio (>1: the model is optimistic)."""
         out: dict[str, dict[str, float]] = {}
         for route, window in sorted(self._errors.items()):
-            ttft = [(o, p) for o, p, _, _ in window if p > 0 and o > 0]
+            ttft = [(o, p) for o, p, _, _ in window if o is not None and p > 0 and o > 0]
             tpot = [(o, p) for _, _, o, p in window if o is not None and p is not None and p > 0 and o > 0]
             row: dict[str, float] = {"count": float(len(window))}
             if ttft:

@@ -189,22 +189,32 @@ def test_pd_fit_uses_the_prefill_workers_own_cache_hit():
     assert untold.coefficients("http://p", "prefill").prefill_per_token_ms != pytest.approx(TRUE.prefill_per_token_ms, rel=0.05)
 
 
-def test_non_streamed_turns_learn_from_end_to_end_time():
+def test_non_streamed_turns_learn_tpot_from_end_to_end_time():
     cm = CostModel()
     before = cm.coefficients("http://d", "decode")
-    pred_ttft = prefill_ms(before, 300, 1000)  # what the model predicted for this append
-    # predicted ttft + 9 x 20 ms; the worker took twice as long end to end
-    e2e = 2 * (pred_ttft + 9 * 20.0)
-    cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, pred_ttft, 20.0, e2e_ms=e2e, completion_tokens=10))
+    # predicted ttft 100 ms, then 9 steps at a predicted 20 ms; the steps took 40 ms each
+    cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, 100.0, 20.0, e2e_ms=100.0 + 9 * 40.0, completion_tokens=10))
     s = cm.error_summary()["local"]
-    assert s["ttft_obs_over_pred"] == pytest.approx(2.0) and s["tpot_obs_over_pred"] == pytest.approx(2.0)
+    assert s["tpot_obs_over_pred"] == pytest.approx(2.0) and "ttft_abs_pct_err" not in s
     after = cm.coefficients("http://d", "decode")
-    assert after.prefill_per_token_ms > before.prefill_per_token_ms and after.decode_base_ms > before.decode_base_ms
-    # nothing to scale without a prediction or an end-to-end time
-    cm2 = CostModel()
-    cm2.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, None, None, e2e_ms=560.0, completion_tokens=10))
-    cm2.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, 100.0, 20.0))
-    assert cm2.error_summary() == {} and cm2.coefficients("http://d", "decode") == before
+    assert after.decode_base_ms > before.decode_base_ms
+    assert (after.prefill_base_ms, after.prefill_per_token_ms) == (before.prefill_base_ms, before.prefill_per_token_ms)
+
+
+def test_a_one_token_non_streamed_answer_is_its_ttft():
+    cm = CostModel()
+    pred = prefill_ms(cm.coefficients("http://d", "decode"), 300, 1000)
+    cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 0, pred, 20.0, e2e_ms=2 * pred, completion_tokens=1))
+    assert cm.error_summary()["local"]["ttft_obs_over_pred"] == pytest.approx(2.0)
+    assert cm.coefficients("http://d", "decode").prefill_per_token_ms > 1.0
+
+
+def test_end_to_end_needs_a_time_and_a_prediction():
+    cm = CostModel()
+    before = cm.coefficients("http://d", "decode")
+    cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, None, None, e2e_ms=560.0, completion_tokens=10))
+    cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, 100.0, 20.0))
+    assert cm.error_summary() == {} and cm.coefficients("http://d", "decode") == before
 
 
 def test_rls_bounded_estimate_stays_feasible_and_predicts_like_the_free_one():
