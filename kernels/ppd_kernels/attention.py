@@ -1,7 +1,8 @@
 """Fast attention for a ragged batch over the head-major KVPool; same contract as
 ``attention_reference.reference_attention``.
 
-Design (each point measured with benchmarks/kernels_bench.py, 1 thread, bf16):
+Design (measured on the 2-vCPU AVX-512 box, 1 thread, bf16, with micro-benchmarks and
+benchmarks/kernels_bench.py):
 - No gather when a sequence's slots form one contiguous run: V is a strided view of the pool
   and K one memcpy of the run. A sequence split over several runs is gathered with
   ``index_select`` (several times cheaper than the advanced indexing ``k[:, slots]`` the
@@ -13,7 +14,9 @@ Design (each point measured with benchmarks/kernels_bench.py, 1 thread, bf16):
   flash kernel 2-3x for causal prefill, and ~3x for chunks on a cached prefix, where SDPA
   needs an explicit mask and falls off its fast path.
 - A decode row is a single 1-row block: two small GEMMs and a softmax, no mask at all.
-Scores are in the compute dtype (like eager attention); softmax accumulates in fp32.
+Scores are in the compute dtype (like eager attention); softmax accumulates in fp32. On
+SmolLM2 in bf16 this path and the SDPA reference sit equally far from the fp32 logits
+(max |diff| 0.3-0.6 on three chat prompts, same argmax).
 """
 
 from __future__ import annotations
