@@ -60,7 +60,8 @@ class _LiveCollector:
             inflight.add_metric(labels, w.inflight)
         yield from (healthy, running, waiting, inflight)
         err = GaugeMetricFamily("ppd_prediction_error_ratio",
-                                "Cost model mean absolute relative error, predicted vs observed",
+                                "Cost model, recent turns: mean |predicted-observed|/observed (*_abs_err) and "
+                                "mean observed/predicted (*_obs_over_pred)",
                                 labels=["route", "quantity"])
         for key, value in _flatten_errors(self._error_summary()):
             err.add_metric(list(key), value)
@@ -68,13 +69,18 @@ class _LiveCollector:
 
 
 def _flatten_errors(summary: dict) -> list[tuple[tuple[str, str], float]]:
-    """Accept ``{route: {quantity: value}}`` or ``{route: value}``; keep finite numbers only."""
+    """``{route: {"ttft_abs_pct_err": 12.0, "ttft_obs_over_pred": 1.1, "count": n}}`` ->
+    ``(route, "ttft_abs_err") 0.12`` and ``(route, "ttft_obs_over_pred") 1.1`` (ratios; counts
+    are not errors and are left out)."""
     out: list[tuple[tuple[str, str], float]] = []
-    for route, val in (summary or {}).items():
-        if isinstance(val, dict):
-            for q, v in val.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
-                    out.append(((str(route), str(q)), float(v)))
-        elif isinstance(val, (int, float)) and not isinstance(val, bool) and val == val:
-            out.append(((str(route), "all"), float(val)))
+    for route, row in (summary or {}).items():
+        if not isinstance(row, dict):
+            continue
+        for q, v in row.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+                continue
+            if q.endswith("_abs_pct_err"):
+                out.append(((str(route), q.replace("_abs_pct_err", "_abs_err")), float(v) / 100.0))
+            elif q.endswith("_obs_over_pred"):
+                out.append(((str(route), q), float(v)))
     return out

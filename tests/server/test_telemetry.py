@@ -59,3 +59,13 @@ async def test_prometheus_metrics_count_routes_decisions_and_worker_health(pd_pa
     assert 'ppd_ttft_seconds_count{route="pd"} 1.0' in text
     assert f'ppd_worker_healthy{{role="decode",worker="{d.url}"}} 1.0' in text
     assert "ppd_kv_bytes_total" in text and "ppd_prediction_error_ratio" in text
+
+
+async def test_prediction_error_metric_reflects_the_cost_models_summary(pd_pair, monkeypatch):
+    client, state, p, d = pd_pair
+    monkeypatch.setattr(state.turns.cost_model, "error_summary", lambda: {
+        "local": {"count": 4.0, "ttft_abs_pct_err": 25.0, "ttft_obs_over_pred": 1.2}})
+    text = await (await client.get("/metrics")).text()
+    assert 'ppd_prediction_error_ratio{quantity="ttft_abs_err",route="local"} 0.25' in text
+    assert 'ppd_prediction_error_ratio{quantity="ttft_obs_over_pred",route="local"} 1.2' in text
+    assert 'quantity="count"' not in text
