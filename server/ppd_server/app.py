@@ -80,7 +80,7 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
     turns = TurnRouter(registry, sessions, cost_model, counter, make_policy(config.policy), config.link_gbps)
     tracer, tracing = make_tracer(tracer_provider)
     state = AppState(config=config, registry=registry, turns=turns, tracer=tracer, tracing=tracing,
-                     metrics=RouterMetrics(registry, cost_model.error_summary))
+                     metrics=RouterMetrics(registry, lambda: turns.cost_model.error_summary()))
     app = web.Application(middlewares=[make_auth_middleware(config.api_key, config.admin_key)],
                           client_max_size=64 * 1024 * 1024)
     app[STATE] = state
