@@ -7,74 +7,14 @@ import random
 
 import pytest
 import torch
-from kernel_oracle import dense_logits
+from kernels_harness import (LAYOUTS, POOL_SLOTS, SHAPES, allocate_slots, dense_logits,
+                             run_mixed_batch, tolerance)
 
 from ppd_kernels import ForwardBatch, KVPool, load_model
 from ppd_kernels.model import LlamaModel
 from ppd_kernels.synthetic import synthetic_config, synthetic_weights
 
-POOL_SLOTS = 512
 BACKENDS = ["fast", "reference"]
-LAYOUTS = ["contiguous", "pages", "shuffled"]
-
-# (num_cached, num_new) per sequence of the final mixed batch
-SHAPES = {
-    "prefill-only": [(0, 7)],
-    "single-decode": [(9, 1)],
-    "extend-on-prefix": [(12, 5)],
-    "one-token-prefill": [(0, 1)],
-    "ragged-mixed": [(0, 6), (13, 1), (5, 4), (20, 1), (1, 1), (0, 1), (3, 2)],
-    "long-context": [(70, 1), (40, 9), (33, 1)],
-}
-
-
-def allocate_slots(lengths: list[int], layout: str, rng: random.Random) -> list[list[int]]:
-    """Slots for sequences of the given total lengths, laid out contiguously, as shuffled
-    4-slot pages, or as individually shuffled slots."""
-    if layout == "contiguous":
-        slots, start = [], 3
-        for n in lengths:
-            slots.append(list(range(start, start + n)))
-            start += n + 5
-        return slots
-    if layout == "pages":
-        pages = rng.sample(range(POOL_SLOTS // 4), sum((n + 3) // 4 for n in lengths))
-        slots = []
-        for n in lengths:
-            own, pages = pages[:(n + 3) // 4], pages[(n + 3) // 4:]
-            slots.append([page * 4 + i for page in own for i in range(4)][:n])
-        return slots
-    free = rng.sample(range(POOL_SLOTS), sum(lengths))
-    slots = []
-    for n in lengths:
-        slots.append(free[:n])
-        free = free[n:]
-    return slots
-
-
-def tolerance(reference: torch.Tensor) -> float:
-    return 1e-4 * max(1.0, reference.abs().max().item())
-
-
-def run_mixed_batch(model: LlamaModel, shape: list[tuple[int, int]], layout: str, seed: int):
-    """Fill every prefix (all prefixes in one batch), then run the mixed batch in shuffled
-    order. Returns [(logits, dense oracle logits)] per sequence."""
-    rng = random.Random(seed)
-    vocab = model.config.vocab_size
-    tokens = [[rng.randrange(vocab) for _ in range(c + n)] for c, n in shape]
-    slots = allocate_slots([c + n for c, n in shape], layout, rng)
-    kv = KVPool(model.config, POOL_SLOTS, dtype=model.dtype)
-    with_prefix = [i for i, (c, _) in enumerate(shape) if c > 0]
-    if with_prefix:
-        model.forward(ForwardBatch.build([tokens[i][:shape[i][0]] for i in with_prefix],
-                                         [0] * len(with_prefix),
-                                         [slots[i][:shape[i][0]] for i in with_prefix]), kv)
-    order = list(range(len(shape)))
-    rng.shuffle(order)
-    logits = model.forward(ForwardBatch.build([tokens[i][shape[i][0]:] for i in order],
-                                              [shape[i][0] for i in order],
-                                              [slots[i] for i in order]), kv)
-    return [(logits[order.index(i)], dense_logits(model, tokens[i])[-1]) for i in range(len(shape))]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -9,8 +9,8 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from model_files import GGUF_VOCAB, write_gguf, write_hf_dir
-from test_forward_paths import SHAPES, run_mixed_batch
+from kernels_harness import SHAPES, run_mixed_batch
+from kernels_model_files import GGUF_VOCAB, gguf_tensor_name, write_gguf, write_hf_dir
 
 from ppd_kernels import load_model
 from ppd_kernels.model import LlamaModel
@@ -74,7 +74,6 @@ def expected_weights(original, reader, qtype):
         return {n: w.half().float() if w.dim() == 2 else w for n, w in original.items()}
     decoded = {t.name: torch.from_numpy(decode_blocks(t.data, qtype)) for t in reader.tensors
                if t.tensor_type == qtype}
-    from model_files import gguf_tensor_name
     return {n: decoded.get(gguf_tensor_name(n), w) for n, w in original.items()}
 
 
