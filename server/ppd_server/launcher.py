@@ -133,11 +133,13 @@ def sglang_argv(role: str, model_path: str, port: int, bootstrap_port: int | Non
 
 
 def with_workers(config: RouterConfig, plans: list[WorkerLaunch]) -> RouterConfig:
-    """The config pointing at the launched workers (so the app is the same as for external ones)."""
+    """The config pointing at the launched workers (so the app is the same as for external ones).
+    A capped embedded KV link (``--kv-link-gbps``) is also what the cost model should assume."""
+    link = min(config.link_gbps, config.kv_link_gbps) if config.kv_link_gbps else config.link_gbps
     return config.replace(
         prefill=tuple(PrefillSpec(p.url, p.bootstrap_port) for p in plans if p.role == "prefill"),
         decode=tuple(p.url for p in plans if p.role == "decode"),
-        worker=tuple(p.url for p in plans if p.role == "unified"))
+        worker=tuple(p.url for p in plans if p.role == "unified"), link_gbps=link)
 
 
 class ClusterError(RuntimeError):

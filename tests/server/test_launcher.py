@@ -51,6 +51,7 @@ def test_embedded_ppd_workers_one_core_each_and_roles():
     cfg2 = with_workers(cfg, plans)
     assert cfg2.prefill[0].url == prefill.url and cfg2.prefill[0].bootstrap_port == prefill.bootstrap_port
     assert cfg2.decode == (decode.url,) and cfg2.has_external_workers
+    assert cfg2.link_gbps == 5.0, "the cost model assumes the capped embedded link"
 
 
 def test_unified_layout():
