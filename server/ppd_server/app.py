@@ -20,6 +20,7 @@ from ppd_server.admin import add_admin_routes
 from ppd_server.auth import make_auth_middleware
 from ppd_server.config import RouterConfig
 from ppd_server.dispatch import Dispatcher
+from ppd_server.errors import make_error_middleware
 from ppd_server.front_door import FrontDoor
 from ppd_server.metrics import RouterMetrics
 from ppd_server.routing.cost_model import CostModel
@@ -81,8 +82,9 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
     tracer, tracing = make_tracer(tracer_provider)
     state = AppState(config=config, registry=registry, turns=turns, tracer=tracer, tracing=tracing,
                      metrics=RouterMetrics(registry, lambda: turns.cost_model.error_summary()))
-    app = web.Application(middlewares=[make_auth_middleware(config.api_key, config.admin_key)],
-                          client_max_size=64 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[make_error_middleware(log), make_auth_middleware(config.api_key, config.admin_key)],
+        client_max_size=64 * 1024 * 1024)
     app[STATE] = state
     front = FrontDoor(state)
 

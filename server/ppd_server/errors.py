@@ -51,5 +51,25 @@ def sse_error_event(err: RouterError) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
 
 
+def make_error_middleware(log):
+    """Every answer the router itself produces is OpenAI-style: unknown paths and methods become
+    JSON 404/405, and an unexpected exception is logged and answered 500 JSON (no traceback)."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return error_response(RouterError(e.status, f"{e.reason}: {request.method} {request.path}",
+                                              code="not_found" if e.status == 404 else None))
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return error_response(RouterError(500, "internal router error (see the router log)", code="internal_error"))
+
+    return errors
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> RouterError:
     return RouterError(400, message, param=param, code=code)

@@ -80,3 +80,11 @@ async def test_api_key_guards_openai_endpoints_but_not_health():
         assert "authorization" not in {k.lower() for k in u.seen[0].headers}, "the router's key is not forwarded"
         assert (await client.get("/health")).status == 200
         assert (await client.get("/v1/models")).status == 401
+
+
+async def test_unknown_paths_and_methods_are_openai_style(small_cluster):
+    client, p, d = small_cluster
+    r = await client.post("/v1/embeddings", json={})
+    assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+    r = await client.get("/v1/chat/completions")
+    assert r.status == 405 and set((await r.json())["error"]) == {"message", "type", "param", "code"}
