@@ -268,3 +268,18 @@ async def test_concurrent_requests_match_their_solo_outputs(unified):
     assert (await client.post("/flush_cache")).status == 200
     together = await asyncio.gather(*(run(p) for p in prompts))
     assert together == solo
+
+
+async def test_abort_request_by_rid_ends_the_request_with_abort(unified):
+    client, worker = unified
+    body = {"text": "abort me", "rid": "to-abort", "sampling_params": {"max_new_tokens": 3000, "ignore_eos": True}}
+    task = asyncio.ensure_future(client.post("/generate", json=body))
+    for _ in range(200):   # bounded wait until the request is running
+        if worker.scheduler.num_running:
+            break
+        await asyncio.sleep(0.02)
+    r = await client.post("/abort_request", json={"rid": "to-abort"})
+    assert (await r.json())["aborted"] == 1
+    result = await (await task).json()
+    assert result["meta_info"]["finish_reason"]["type"] == "abort"
+    assert (await client.post("/abort_request", json={})).status == 400

@@ -37,6 +37,7 @@ def create_app(worker: Worker) -> web.Application:
         app.router.add_get(path, model_info)
     app.router.add_get("/v1/models", models)
     app.router.add_route("*", "/flush_cache", flush_cache)
+    app.router.add_post("/abort_request", abort_request)
     app.router.add_get("/v1/loads", loads)
     app.router.add_get("/get_load", get_load)
     app.router.add_get("/metrics", metrics)
@@ -272,6 +273,15 @@ async def flush_cache(request: web.Request) -> web.Response:
     if not ok:
         return web.Response(status=400, text="Cache not flushed: requests are running.\n")
     return web.Response(text="Cache flushed.\n")
+
+
+async def abort_request(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    rid, abort_all = body.get("rid"), body.get("abort_all", False)
+    if not abort_all and not isinstance(rid, str):
+        raise InvalidRequest("give rid (a string) or abort_all: true", param="rid")
+    aborted = request.app[WORKER].abort(None if abort_all else rid)
+    return web.json_response({"aborted": aborted})
 
 
 def load_snapshot(worker: Worker) -> dict[str, Any]:

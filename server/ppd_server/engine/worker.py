@@ -65,6 +65,7 @@ class Worker:
         self.served_model_name = config.served_model_name or lm.name
         self.bootstrap: BootstrapServer | None = None
         self.started_at = time.time()
+        self._live: dict[str, list[Req]] = {}   # client rid -> its unfinished requests
 
     @property
     def context_limit(self) -> int:
@@ -151,6 +152,7 @@ class Worker:
         handle = RequestHandle(req, asyncio.get_running_loop())
         transfer: asyncio.Task | None = None
         finished = False
+        self._live.setdefault(req.client_rid, []).append(req)
         self.engine.submit(handle)
         try:
             while True:
@@ -165,12 +167,25 @@ class Worker:
                     if finished:
                         return
         finally:
+            same_rid = self._live.get(req.client_rid, [])
+            if req in same_rid:
+                same_rid.remove(req)
+            if not same_rid:
+                self._live.pop(req.client_rid, None)
             if not finished:
                 self.engine.abort(req)
                 if self.bootstrap is not None and req.bootstrap is not None:
                     self.bootstrap.cancel(req.bootstrap.room, "request aborted")
             if transfer is not None and not transfer.done():
                 transfer.cancel()
+
+    def abort(self, rid: str | None = None) -> int:
+        """SGLang's /abort_request: abort the requests with client id ``rid`` (all if None).
+        Their responses end with finish_reason {"type": "abort"}. Returns how many."""
+        targets = [r for reqs in self._live.values() for r in reqs] if rid is None else self._live.get(rid, [])
+        for req in list(targets):
+            self.engine.abort(req, "aborted by /abort_request")
+        return len(targets)
 
     async def _receive_kv(self, req: Req) -> None:
         assert req.bootstrap is not None
