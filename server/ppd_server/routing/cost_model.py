@@ -16,7 +16,9 @@ profile as prior and slow forgetting):
   parts of the prediction that are not that prefill (queue wait, KV transfer, first decode
   step, chunk mixing: ``predicted_ttft_ms - predicted prefill``);
 * samples are weighted by how far they fall from the current prediction (Cauchy weights), so a
-  burst that queued behind requests the load poll had not yet seen cannot rewrite the fit;
+  burst that queued behind requests the load poll had not yet seen cannot rewrite the fit; and
+  TTFT samples predicted to be half or less compute (queue, transfer) are not fitted at all:
+  their error is mostly a queueing error, not a speed error;
 * decode-step coefficients of the decode (or unified) worker from the observed TPOT, with
   features (1, running streams + 1, context tokens / 1000); for ``local`` the predicted
   interference term is taken off first (it is spread over the worker's streams, not a step cost).
@@ -51,6 +53,7 @@ _DECODE_FLOORS = (20.0, 5.0, 10.0)
 _PREFILL_NOISE_MS = 5.0
 _DECODE_NOISE_MS = 1.0
 _ERROR_WINDOW = 1000
+_MIN_COMPUTE_SHARE = 0.5  # prefill fits learn from TTFTs predicted to be mostly compute
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +221,10 @@ class CostModel:
             if obs.predicted_ttft_ms is not None:
                 overhead = max(0.0, obs.predicted_ttft_ms - predicted_compute)
             target = obs.ttft_ms - overhead
-            if target > 0:
+            # a TTFT predicted to be mostly queueing/transfer says little about compute, and its
+            # error is mostly a queueing error (a burst the load poll had not seen): skip it
+            compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
+            if target > 0 and compute_share > _MIN_COMPUTE_SHARE:
                 fit.prefill.update(x, target, _robust_weight(target, fit.prefill.predict(x)))
                 fit.refresh()
         if obs.decode_url is not None and obs.tpot_ms is not None and obs.tpot_ms > 0:

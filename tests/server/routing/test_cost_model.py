@@ -257,3 +257,12 @@ def test_a_profile_wrong_everywhere_still_converges():
     for _ in range(300):
         cm.observe(_local_obs(cm, slow, rng.randrange(16, 800), rng.randrange(0, 3000)))
     assert cm.coefficients("http://d", "decode").prefill_per_token_ms == pytest.approx(slow.prefill_per_token_ms, rel=0.1)
+
+
+def test_queue_dominated_ttfts_do_not_teach_prefill_speed():
+    cm = CostModel({"coefficients": TRUE.to_dict()})
+    for k in range(12):  # a burst: request k queued behind k others, and the queue took 2x longer
+        compute = prefill_ms(cm.coefficients("http://p", "prefill"), 40, 0)
+        cm.observe(Observation("pd", "http://d", "http://p", 40, 0, compute + 2 * k * compute, None, 0, (k + 1) * compute))
+    assert cm.coefficients("http://p", "prefill").prefill_per_token_ms == pytest.approx(TRUE.prefill_per_token_ms, rel=0.01)
+    assert cm.error_summary()["pd"]["count"] == 12  # still visible as prediction error
