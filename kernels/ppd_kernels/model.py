@@ -42,7 +42,11 @@ class LayerWeights:
 class LlamaModel(torch.nn.Module):
     """``forward(batch, kv) -> float32 [num_seqs, vocab]``: logits of each sequence's last new
     token. Writes the batch's new K/V into ``kv`` at their slots. ``attention_backend`` is
-    "fast" (default) or "reference" and may be switched at any time."""
+    "fast" (default) or "reference" and may be switched at any time.
+
+    Weights live on the device and dtype given at construction (they are plain tensors, not
+    registered parameters: ``.to()`` does not move them). Token ids are not range-checked
+    here (that would sync a GPU every step): callers pass ids < ``config.vocab_size``."""
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor],
                  dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu") -> None:
