@@ -69,3 +69,19 @@ async def test_prediction_error_metric_reflects_the_cost_models_summary(pd_pair,
     assert 'ppd_prediction_error_ratio{quantity="ttft_abs_err",route="local"} 0.25' in text
     assert 'ppd_prediction_error_ratio{quantity="ttft_obs_over_pred",route="local"} 1.2' in text
     assert 'quantity="count"' not in text
+
+
+def test_tracer_provider_follows_the_standard_otel_env():
+    from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from ppd_server.telemetry import make_tracer, tracer_provider_from_env
+
+    assert isinstance(tracer_provider_from_env({}), NoOpTracerProvider)
+    assert isinstance(tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "none",
+                                                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}), NoOpTracerProvider)
+    otlp = tracer_provider_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert isinstance(otlp, SdkProvider)
+    otlp.shutdown()
+    assert make_tracer(NoOpTracerProvider())[1] is False
+    assert make_tracer(SdkProvider())[1] is True
