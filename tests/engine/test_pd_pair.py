@@ -116,3 +116,12 @@ async def test_decode_arriving_first_and_a_rate_capped_link(decode, unified):
         u = await (await unified[0].post("/generate", json={"text": text, "sampling_params": GREEDY})).json()
         assert (await d_resp.json())["output_ids"] == u["output_ids"]
         assert not p_worker.bootstrap._rooms
+
+
+async def test_seeded_sampling_is_the_same_through_pd_and_unified(prefill, decode, unified):
+    params = {"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 10, "sampling_seed": 42}
+    text = "Seeded sampling must not depend on where tokens are sampled"
+    body = {**pd_body(prefill[1], text), "sampling_params": params}
+    _, d_body = await via_pd(prefill, decode, text, body=body)
+    u_body = await (await unified[0].post("/generate", json={"text": text, "sampling_params": params})).json()
+    assert d_body["output_ids"] == u_body["output_ids"]

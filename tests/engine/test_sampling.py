@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ppd_server.engine.errors import InvalidRequest
-from ppd_server.engine.sampling import SamplingParams, make_generator, sample
+from ppd_server.engine.sampling import SamplingParams, sample, token_seed
 from ppd_server.engine.stopping import OutputTracker
 
 from .bookkeeping import decode_bytes
@@ -57,24 +57,24 @@ def test_greedy_rows_take_argmax():
 def test_top_k_one_is_greedy_and_top_k_limits_choices():
     logits = torch.tensor([[0.0, 1.0, 0.9, -5.0]])
     assert sample(logits, [SamplingParams(top_k=1)], [None]) == [1]
-    p = SamplingParams(temperature=1.0, top_k=2, seed=3)
-    gen = make_generator(p)
-    seen = {sample(logits, [p], [gen])[0] for _ in range(50)}
-    assert seen <= {1, 2} and len(seen) == 2
+    p = SamplingParams(temperature=1.0, top_k=2)
+    seen = {sample(logits, [p], [seed])[0] for seed in range(50)}
+    assert seen == {1, 2}
 
 
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
-    p = SamplingParams(temperature=1.0, top_p=0.5, seed=1)
-    gen = make_generator(p)
-    assert {sample(logits, [p], [gen])[0] for _ in range(30)} == {0}
+    p = SamplingParams(temperature=1.0, top_p=0.5)
+    assert {sample(logits, [p], [seed])[0] for seed in range(30)} == {0}
 
 
-def test_seeded_sampling_is_reproducible():
+def test_seeded_sampling_depends_only_on_seed_and_token_index():
     logits = torch.randn(1, 100)
     p = SamplingParams(temperature=1.0, seed=1234)
-    runs = [[sample(logits, [p], [gen])[0] for _ in range(10)] for gen in (make_generator(p), make_generator(p))]
-    assert runs[0] == runs[1]
+    runs = [[sample(logits, [p], [token_seed(p, i)])[0] for i in range(10)] for _ in range(2)]
+    assert runs[0] == runs[1] and len(set(runs[0])) > 1
+    assert token_seed(SamplingParams(temperature=0.0, seed=1), 0) is None
+    assert token_seed(SamplingParams(temperature=1.0), 0) is None
 
 
 def tracker(**kw) -> OutputTracker:

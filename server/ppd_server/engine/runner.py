@@ -18,7 +18,7 @@ import torch
 from ppd_kernels import ForwardBatch, KVPool, SeqChunk
 
 from .request import Req, State
-from .sampling import make_generator, sample
+from .sampling import sample, token_seed
 
 if TYPE_CHECKING:
     from ppd_kernels import LoadedModel
@@ -35,7 +35,6 @@ class ModelRunner:
         self.dtype = dtype
         self.kv = KVPool(lm.config, num_slots, dtype=dtype, device=device)
         self._slots: dict[str, torch.Tensor] = {}
-        self._generators: dict[str, torch.Generator | None] = {}
         self._transfer_lock = threading.Lock()
 
     @property
@@ -53,7 +52,6 @@ class ModelRunner:
     def release(self, req: Req) -> None:
         with self._transfer_lock:
             self._slots.pop(req.rid, None)
-        self._generators.pop(req.rid, None)
 
     @torch.inference_mode()
     def run(self, step: "Step") -> list[int]:
@@ -78,15 +76,10 @@ class ModelRunner:
         if wanted:
             reqs = [step.rows[i].req for i in wanted]
             sampled = sample(logits[wanted].float(), [r.sampling for r in reqs],
-                             [self._generator(r) for r in reqs])
+                             [token_seed(r.sampling, len(r.output_ids)) for r in reqs])
             for i, token in zip(wanted, sampled):
                 tokens[i] = token
         return tokens
-
-    def _generator(self, req: Req) -> torch.Generator | None:
-        if req.rid not in self._generators:
-            self._generators[req.rid] = make_generator(req.sampling, self.device)
-        return self._generators[req.rid]
 
     def read_kv(self, req: Req, start: int, end: int) -> torch.Tensor:
         """KV of positions [start, end) of ``req`` (KVPool.read layout)."""

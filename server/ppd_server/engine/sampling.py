@@ -132,25 +132,28 @@ def _stop_ids(value: Any) -> frozenset[int]:
     return frozenset(value)
 
 
-def make_generator(params: SamplingParams, device: str = "cpu") -> "torch.Generator | None":
-    """A per-request RNG when the request is seeded (reproducible regardless of batching)."""
+def token_seed(params: SamplingParams, index: int) -> int | None:
+    """Seed for output token ``index`` of a seeded request. Deriving it per token (rather than
+    keeping one RNG per request) makes seeded output independent of where each token is
+    sampled: unified, or the first token on a prefill worker and the rest on a decode worker."""
     if params.seed is None or params.greedy:
         return None
-    import torch
-
-    generator = torch.Generator(device=device)
-    generator.manual_seed(params.seed)
-    return generator
+    return (params.seed * 1_000_003 + index) % (1 << 63)
 
 
-def sample(logits: "torch.Tensor", params: list[SamplingParams], generators: list) -> list[int]:
-    """One token per row of ``logits`` [B, V] (float32). Greedy rows take the argmax."""
+def sample(logits: "torch.Tensor", params: list[SamplingParams], seeds: list[int | None]) -> list[int]:
+    """One token per row of ``logits`` [B, V] (float32). Greedy rows take the argmax; a row
+    with a seed draws from its own generator, others from torch's default one."""
     import torch
 
     tokens = logits.argmax(dim=-1).tolist()
-    for row, (p, generator) in enumerate(zip(params, generators)):
+    for row, (p, seed) in enumerate(zip(params, seeds)):
         if p.greedy:
             continue
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=logits.device)
+            generator.manual_seed(seed)
         scores = logits[row] / p.temperature
         if p.top_k > 0 and p.top_k < scores.numel():
             kth = torch.topk(scores, p.top_k).values[-1]
