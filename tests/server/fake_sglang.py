@@ -58,6 +58,7 @@ class FakeWorker:
         app.router.add_get("/health", self._health)
         app.router.add_get("/server_info", self._server_info)
         app.router.add_get("/v1/loads", self._loads)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/flush_cache", self._flush)
         app.router.add_get("/model_info", self._model_info)
         for path in ("/v1/chat/completions", "/v1/completions", "/generate"):
@@ -76,6 +77,11 @@ class FakeWorker:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        running = self.load.get("num_running_reqs", 0)
+        return web.Response(text=f'# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{{model_name="m"}} {running}\n'
+                                 f'# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs{{model_name="m"}} 0\n')
 
     async def _flush(self, request: web.Request) -> web.Response:
         self.flushes += 1

@@ -77,3 +77,25 @@ async def test_decode_4xx_is_relayed_with_its_message():
         r = await client.post("/v1/chat/completions", json=chat_body())
         assert r.status == 400 and "context length" in (await r.json())["error"]["message"]
         assert state.registry.get(d.url).healthy, "a 400 is the request's fault, not the worker's"
+
+
+async def test_load_falls_back_to_metrics_when_v1_loads_is_missing():
+    u = FakeWorker(role="unified", loads_status=404, load={"num_running_reqs": 5})
+    async with router_over([u]) as (client, state):
+        w = state.registry.get(u.url)
+        assert w.healthy and w.load_source == "metrics" and w.load.running_reqs == 5
+
+
+async def test_a_worker_that_stops_answering_polls_is_taken_out_and_its_sessions_forgotten():
+    p, d = FakeWorker(role="prefill"), FakeWorker(role="decode")
+    async with router_over([p, d]) as (client, state):
+        await client.post("/v1/chat/completions", json=chat_body(), headers={"X-PPD-Conversation-Id": "gone"})
+        d.loads_status = 500
+        for _ in range(2):  # two failed polls in a row take it out
+            await state.registry.poll_once(state.session, 2.0)
+        assert state.registry.get(d.url).healthy is False
+        view = state.turns.sessions.view("gone", now=__import__("time").monotonic())
+        assert view is not None and view.decode_url is None, "its conversations re-place on their next turn"
+        assert (await client.get("/health")).status == 503
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 503 and (await r.json())["error"]["code"] == "no_worker_available"
