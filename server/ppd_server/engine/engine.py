@@ -104,11 +104,14 @@ class Engine:
     # ---- engine thread ----------------------------------------------------------------
     def _loop(self) -> None:
         try:
+            idle = True
             while not self._stopping.is_set():
-                self._drain_inbox(block=not self.scheduler.has_work())
+                # Block for commands when the last step computed nothing: every state change
+                # that could make work runnable (new request, KV arrival, release) is a command.
+                self._drain_inbox(block=idle)
                 if self._stopping.is_set():
                     break
-                self._step()
+                idle = not self._step()
         except BaseException as exc:  # the worker reports itself unhealthy
             log.exception("engine thread died")
             self.error = exc
@@ -129,12 +132,13 @@ class Engine:
                 return
             command()
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """Schedule and run one step; False if there was nothing to compute."""
         step = self.scheduler.schedule()
         for req in step.admitted_awaiting_kv:
             self._push(req, kind="need_kv")
         if not step.rows:
-            return
+            return bool(step.admitted_awaiting_kv)
         started = time.perf_counter()
         tokens = self.runner.run(step)
         produced = self.scheduler.on_forward_done(step, tokens)
@@ -143,6 +147,7 @@ class Engine:
             self.observer.on_step(step, self.last_step_time)
         for req in produced:
             self._on_produced(req)
+        return True
 
     def _on_produced(self, req: Req) -> None:
         now = time.monotonic()

@@ -75,10 +75,6 @@ class Scheduler:
     def max_total_tokens(self) -> int:
         return self.allocator.num_pages * self.page_size
 
-    def has_work(self) -> bool:
-        return bool(self.waiting) or any(
-            r.state in (State.PREFILLING, State.DECODING) for r in self.active)
-
     # ---- lifecycle -------------------------------------------------------------------
     def add(self, req: Req) -> None:
         if self.pages_needed(req.max_len) > self.allocator.num_pages:
