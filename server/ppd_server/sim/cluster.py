@@ -1,0 +1,90 @@
+"""The simulated fleet: its shape (``1P3D``, ``2P2D``, ``4R``, ``1P2D1R``...), its hardware
+(cost coefficients, KV capacity, chunk size, link), and the ClusterView the policy sees.
+
+The view is built the way ``ppd_server.turns.TurnRouter.cluster_view`` builds it: one
+WorkerView per worker from its reported load plus in-flight count, and the link. Two differences
+from the live router, both in the router's favour: loads are read instantly (no poll lag) and the
+link backlog is the true bytes still queued on the link (the live router counts the predicted
+bytes of every P->D turn still open).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ppd_server.routing.types import ClusterView, CostCoefficients, Role
+from ppd_server.sim.events import EventLoop
+from ppd_server.sim.link import KVLink
+from ppd_server.sim.worker import SimWorker, WorkerHost
+
+MAX_WORKERS = 64
+_PART = re.compile(r"(\d+)([PDR])")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    prefill: int = 1
+    decode: int = 3
+    unified: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "ClusterSpec":
+        """'1P3D' -> 1 prefill + 3 decode; 'R' = unified (replica) workers; case-insensitive."""
+        s = text.strip().upper()
+        parts = _PART.findall(s)
+        if not s or "".join(n + k for n, k in parts) != s:
+            raise ValueError(f"bad --cluster {text!r}; write counts of P (prefill), D (decode), R (unified), e.g. 1P3D, 2P2D, 4R, 1P2D1R")
+        counts = {"P": 0, "D": 0, "R": 0}
+        for n, kind in parts:
+            counts[kind] += int(n)
+        spec = cls(counts["P"], counts["D"], counts["R"])
+        total = spec.prefill + spec.decode + spec.unified
+        if total == 0 or total > MAX_WORKERS:
+            raise ValueError(f"bad --cluster {text!r}: {total} workers; use 1..{MAX_WORKERS}")
+        if (spec.prefill > 0) != (spec.decode > 0):
+            raise ValueError(f"bad --cluster {text!r}: prefill (P) and decode (D) workers come in pairs of kinds; give both or neither")
+        return spec
+
+    def __str__(self) -> str:
+        return "".join(f"{n}{k}" for n, k in ((self.prefill, "P"), (self.decode, "D"), (self.unified, "R")) if n)
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    """One worker's hardware, shared by all workers of the fleet."""
+
+    coefficients: CostCoefficients
+    kv_bytes_per_token: int
+    kv_capacity_tokens: int  # 0 = unbounded
+    chunk_tokens: int = 8192  # chunked_prefill_size
+    link_gb_per_s: float = 25.0
+    decode_local_prefill: bool = True  # decode workers can append-prefill (SGLang conditional agg)
+    decode_radix_cache: bool = True  # decode workers keep prefixes and receive only what they lack
+
+
+class SimCluster:
+    def __init__(self, spec: ClusterSpec, hw: Hardware, loop: EventLoop, host: WorkerHost) -> None:
+        self.spec = spec
+        self.link = KVLink(hw.link_gb_per_s, loop)
+        roles: list[tuple[str, Role, int]] = [("p", "prefill", spec.prefill), ("d", "decode", spec.decode), ("r", "unified", spec.unified)]
+        self.workers: dict[str, SimWorker] = {}
+        for prefix, role, count in roles:
+            for k in range(count):
+                url = f"sim://{prefix}{k}"
+                self.workers[url] = SimWorker(
+                    url, role, hw.coefficients, loop, host, hw.kv_capacity_tokens, hw.kv_bytes_per_token,
+                    hw.chunk_tokens, hw.decode_local_prefill, hw.decode_radix_cache,
+                )
+
+    def view(self) -> ClusterView:
+        return ClusterView(
+            workers=tuple(w.view() for w in self.workers.values()),
+            link_gbps=self.link.link_gbps,
+            link_backlog_bytes=self.link.backlog_bytes(),
+        )
+
+    def worker(self, url: str | None) -> SimWorker:
+        if url is None or url not in self.workers:
+            raise KeyError(f"the policy chose unknown worker {url!r}")
+        return self.workers[url]

@@ -1,0 +1,143 @@
+"""One simulated run of one policy over one workload on one fleet.
+
+Per turn, exactly what the live router does (``ppd_server.turns``): the session table gives the
+turn number and the SessionView, the fleet gives the ClusterView, and the policy object the
+router would use decides; the Decision is then executed on the simulated workers:
+
+* ``pd``: prefill on the chosen P worker (its prefix cache spares what it already holds), slots
+  pinned on the D worker, the KV the D worker lacks crosses the link (FIFO), the stream joins the
+  D worker's batch and emits its first token after one decode iteration;
+* ``local``: append-prefill on the D worker over the prefix it caches, chunked into its decode
+  iterations (slowing its running streams), then decode there;
+* ``replica``: prefill and decode on a unified worker.
+
+When an answer ends, the turn is recorded in the session table like the router records it, and
+the conversation's next turn is sent after its think time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ppd_server.routing.policies import Policy
+from ppd_server.routing.types import Decision, RequestView
+from ppd_server.sessions import SessionTable
+from ppd_server.sim.cluster import ClusterSpec, Hardware, SimCluster
+from ppd_server.sim.events import EventLoop
+from ppd_server.sim.request import SimRequest
+from ppd_server.sim.worker import SimWorker
+from ppd_server.sim.workload import Conversation
+
+MAX_EVENTS = 50_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHints:
+    """What every simulated client sends (the SDK's weights and SLO hints)."""
+
+    w_ttft: float = 1.0
+    w_tpot: float = 1.0
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+
+
+@dataclass(slots=True)
+class SimResult:
+    policy: str
+    requests: list[SimRequest]
+    kv_bytes_moved: int
+    sim_ms: float
+    events: int
+    stop_reason: str | None  # None when every request finished
+    busy_share: dict[str, float]  # worker url -> share of the run it was computing
+    evicted_tokens: int
+
+
+class Simulation:
+    def __init__(self, policy: Policy, spec: ClusterSpec, hw: Hardware, conversations: tuple[Conversation, ...], hints: RequestHints = RequestHints()) -> None:
+        self.policy = policy
+        self.hints = hints
+        self.conversations = conversations
+        self.loop = EventLoop()
+        self.cluster = SimCluster(spec, hw, self.loop, self)
+        self.sessions = SessionTable(max_sessions=max(100_000, len(conversations) + 1), idle_ttl_s=24 * 3600.0)
+        self.requests: list[SimRequest] = []
+        self.finished = 0
+        self._decisions: dict[int, Decision] = {}
+        self._origin: dict[int, tuple[Conversation, int]] = {}
+        self._kv_bytes_per_token = hw.kv_bytes_per_token
+
+    def run(self, progress: Callable[[float, int], None] | None = None) -> SimResult:
+        """Simulate until every turn of every conversation finished (or a budget ran out)."""
+        for conv in self.conversations:
+            self.loop.at(conv.arrival_ms, self._send, conv, 0)
+        last_arrival = max((c.arrival_ms for c in self.conversations), default=0.0)
+        tick = (lambda: progress(self.loop.now, self.finished)) if progress else None
+        stop = self.loop.run(max_time_ms=last_arrival * 10 + 600_000.0, max_events=MAX_EVENTS, tick=tick)
+        sim_ms = max(self.loop.now, 1e-9)
+        workers = self.cluster.workers.values()
+        return SimResult(
+            policy=self.policy.spec,
+            requests=self.requests,
+            kv_bytes_moved=self.cluster.link.bytes_moved,
+            sim_ms=sim_ms,
+            events=self.loop.events_run,
+            stop_reason=stop,
+            busy_share={w.url: w.busy_ms / sim_ms for w in workers},
+            evicted_tokens=sum(w.kv.evicted_tokens for w in workers),
+        )
+
+    # -- a turn arrives: the router's part ------------------------------------------------------
+
+    def _send(self, conv: Conversation, index: int) -> None:
+        now_s = self.loop.now / 1000.0
+        new_in, out = conv.turns[index]
+        prompt = conv.prompt_tokens(index)
+        cid = conv.conversation_id
+        turn = self.sessions.turn_for(cid, index + 1, now_s)
+        session = self.sessions.view(cid, now_s)
+        h = self.hints
+        view = RequestView(
+            conversation_id=cid, turn=turn, prompt_tokens=prompt, max_new_tokens=out,
+            w_ttft=h.w_ttft, w_tpot=h.w_tpot, slo_ttft_ms=h.slo_ttft_ms, slo_tpot_ms=h.slo_tpot_ms,
+        )
+        decision = self.policy.decide(view, self.cluster.view(), session)
+        req = SimRequest(len(self.requests), cid, turn, self.loop.now, prompt, new_in, out)
+        req.route, req.decode, req.prefill, req.reason = decision.route, decision.decode, decision.prefill, decision.reason
+        chosen = decision.predicted(decision.route)
+        if chosen is not None:
+            req.predicted_ttft_ms, req.predicted_tpot_ms = chosen.ttft_ms, chosen.tpot_ms
+        self.requests.append(req)
+        self._decisions[req.rid] = decision
+        self._origin[req.rid] = (conv, index)
+        if decision.route == "pd":
+            self.cluster.worker(decision.decode).expect_kv(req)
+            self.cluster.worker(decision.prefill).submit_prefill(req)
+        else:
+            self.cluster.worker(decision.decode).submit_prefill(req)
+
+    # -- worker callbacks (WorkerHost) ----------------------------------------------------------
+
+    def on_prefilled(self, worker: SimWorker, req: SimRequest) -> None:
+        self.cluster.worker(req.decode).reserve_for_kv(req)
+
+    def on_kv_slots(self, worker: SimWorker, req: SimRequest) -> None:
+        req.kv_bytes = (req.prompt_tokens - req.cached_tokens) * self._kv_bytes_per_token
+        self.cluster.link.send(req.kv_bytes, self._kv_delivered, req)
+
+    def _kv_delivered(self, req: SimRequest) -> None:
+        self.cluster.worker(req.prefill).kv_sent(req)
+        self.cluster.worker(req.decode).kv_arrived(req)
+
+    def on_first_token(self, req: SimRequest) -> None:
+        """Nothing to do: the worker stamped ``first_token_ms``."""
+
+    def on_finished(self, worker: SimWorker, req: SimRequest) -> None:
+        self.finished += 1
+        decision = self._decisions.pop(req.rid)
+        conv, index = self._origin.pop(req.rid)
+        now_s = self.loop.now / 1000.0
+        self.sessions.record(req.conversation_id, decision, req.prompt_tokens, req.cached_tokens, req.output_tokens, now_s)
+        if index + 1 < len(conv.turns):
+            self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1)

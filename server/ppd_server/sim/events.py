@@ -1,0 +1,37 @@
+"""The event loop: a heap of (time, sequence) ordered callbacks. Simulated milliseconds; ties run
+in scheduling order, so a run is a deterministic function of its inputs."""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Callable
+
+
+class EventLoop:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.events_run = 0
+        self._heap: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
+        self._seq = 0
+
+    def at(self, t_ms: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` at simulated time ``t_ms`` (never before now)."""
+        self._seq += 1
+        heapq.heappush(self._heap, (max(t_ms, self.now), self._seq, fn, args))
+
+    def run(self, max_time_ms: float, max_events: int, tick: Callable[[], None] | None = None) -> str | None:
+        """Run until no event is left (returns None) or a budget is spent (returns why: the
+        cluster could not drain its queues in time). ``tick`` is called every 20000 events."""
+        while self._heap:
+            t, _, fn, args = self._heap[0]
+            if t > max_time_ms:
+                return f"stopped at {max_time_ms / 1000:.0f}s simulated before the queues drained (overloaded)"
+            heapq.heappop(self._heap)
+            self.now = t
+            fn(*args)
+            self.events_run += 1
+            if self.events_run >= max_events:
+                return f"stopped after {max_events} events before the queues drained"
+            if tick is not None and self.events_run % 20000 == 0:
+                tick()
+        return None

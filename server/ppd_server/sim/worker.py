@@ -1,0 +1,247 @@
+"""A simulated SGLang-style worker: continuous batching with chunked prefill, over a KV pool.
+
+Every iteration is one forward pass. Its duration comes from ``routing.latency`` with the
+worker's :class:`CostCoefficients` (the same step-time model the router predicts with):
+
+* decode only: ``decode_step_ms(b, K)`` for ``b`` running streams holding ``K`` context tokens;
+* with prefill pieces (up to ``chunk_tokens`` prompt tokens, FIFO over admitted prefills):
+  ``prefill_ms`` of the first piece, the marginal prefill cost of the others (no second base),
+  plus ``decode_rows_ms(b, K)`` for the streams that ride along. On a decode worker this is the
+  PPD asymmetry: a local append-prefill lengthens the iteration every running stream waits for.
+
+Roles: ``prefill`` (prefill only; the KV then leaves over the link), ``decode`` (streams from
+transferred KV; with ``can_local_prefill`` also append-prefills locally), ``unified`` (prefill
+and decode in one place). A prefill/local/replica request ends its prefill with its first token;
+a transferred request emits its first token at the end of its first decode iteration.
+
+The load a worker reports (:meth:`view`) mirrors SGLang's ``/v1/loads`` as ``ppd_server.loads``
+parses it: running = decoding + prefilling requests, waiting = unadmitted prefills plus P->D
+requests still waiting for their KV (SGLang's prealloc/transfer queue), waiting_tokens =
+uncached prompt tokens not yet prefilled, used_tokens = pinned KV slots (not the evictable
+cache), plus the router's own in-flight count.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Protocol
+
+from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
+from ppd_server.routing.types import CostCoefficients, Role, WorkerView
+from ppd_server.sim.events import EventLoop
+from ppd_server.sim.kv import KVPool
+from ppd_server.sim.request import SimRequest
+
+
+class WorkerHost(Protocol):
+    """What a worker tells the simulation."""
+
+    def on_prefilled(self, worker: "SimWorker", req: SimRequest) -> None: ...  # prefill role: KV ready to send
+    def on_kv_slots(self, worker: "SimWorker", req: SimRequest) -> None: ...  # decode: slots pinned, send the KV
+    def on_first_token(self, req: SimRequest) -> None: ...
+    def on_finished(self, worker: "SimWorker", req: SimRequest) -> None: ...
+
+
+def batch_prefill_ms(c: CostCoefficients, pieces: list[tuple[SimRequest, int, int]]) -> float:
+    """One forward pass over several requests' prompt pieces (request, new tokens, tokens before)."""
+    total = 0.0
+    for k, (_, n, before) in enumerate(pieces):
+        total += prefill_ms(c, n, before) - (c.prefill_base_ms if k else 0.0)
+    return total
+
+
+class SimWorker:
+    def __init__(
+        self,
+        url: str,
+        role: Role,
+        coefficients: CostCoefficients,
+        loop: EventLoop,
+        host: WorkerHost,
+        kv_capacity_tokens: int,
+        kv_bytes_per_token: int,
+        chunk_tokens: int,
+        can_local_prefill: bool = False,
+        decode_radix_cache: bool = False,
+    ) -> None:
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk size must be >= 1 token, got {chunk_tokens}")
+        self.url = url
+        self.role: Role = role
+        self.coefficients = coefficients
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.chunk_tokens = chunk_tokens
+        self.can_local_prefill = role == "decode" and can_local_prefill
+        self.decode_radix_cache = role == "decode" and decode_radix_cache
+        keeps = role != "decode" or self.decode_radix_cache or self.can_local_prefill
+        self.kv = KVPool(kv_capacity_tokens, keeps_prefixes=keeps)
+        self._loop = loop
+        self._host = host
+        self.inflight = 0
+        self.busy_ms = 0.0
+        self.iterations = 0
+        self._busy = False
+        self._waiting: deque[SimRequest] = deque()  # prefills not yet admitted (no KV slots yet)
+        self._waiting_estimate: dict[int, int] = {}  # rid -> uncached tokens guessed at submit
+        self._waiting_tokens = 0
+        self._prefilling: list[SimRequest] = []  # admitted, prompt not fully computed
+        self._prefill_left = 0
+        self._expecting = 0  # P->D requests routed here whose KV has not joined yet
+        self._prealloc: deque[SimRequest] = deque()  # P->D requests whose prefill is done, waiting for slots
+        self._joins: list[tuple[SimRequest, int, int]] = []  # (request, tokens to emit, context) for the next iteration
+        self._finish_heap: list[tuple[int, int, SimRequest]] = []  # (iteration it finishes at, rid, request)
+        self._running = 0
+        self._context = 0  # total context tokens of running streams
+        self._p_pinned: dict[int, int] = {}  # prefill role: rid -> slots held until the KV is sent
+
+    # -- what the router sees --------------------------------------------------------------
+
+    def view(self) -> WorkerView:
+        return WorkerView(
+            url=self.url, role=self.role, healthy=True,
+            can_local_prefill=self.can_local_prefill, decode_radix_cache=self.decode_radix_cache,
+            max_total_tokens=self.kv.capacity, kv_bytes_per_token=self.kv_bytes_per_token,
+            running_reqs=self._running + len(self._prefilling) + len(self._joins),
+            waiting_reqs=len(self._waiting) + self._expecting,
+            waiting_tokens=self._waiting_tokens + self._prefill_left,
+            used_tokens=self.kv.pinned,
+            running_context_tokens=self._context + sum(ctx for _, _, ctx in self._joins),
+            inflight=self.inflight, chunked_prefill_size=self.chunk_tokens, coefficients=self.coefficients,
+        )
+
+    # -- entry points ------------------------------------------------------------------------
+
+    def submit_prefill(self, req: SimRequest) -> None:
+        """A prefill here: P->D's first half (prefill role), D-local (decode) or replica (unified)."""
+        self.inflight += 1
+        estimate = req.prompt_tokens - self.kv.hit(req.conversation_id, req.prompt_tokens)
+        self._waiting_estimate[req.rid] = estimate
+        self._waiting_tokens += estimate
+        self._waiting.append(req)
+        self._kick()
+
+    def expect_kv(self, req: SimRequest) -> None:
+        """Decode side of a P->D request, from the moment it is routed (SGLang's prealloc queue)."""
+        self.inflight += 1
+        self._expecting += 1
+
+    def reserve_for_kv(self, req: SimRequest) -> None:
+        """The prefill is done: pin slots (waiting if the pool is full), then ask for the KV."""
+        self._prealloc.append(req)
+        self._admit_prealloc()
+
+    def kv_arrived(self, req: SimRequest) -> None:
+        self._expecting -= 1
+        self._joins.append((req, req.output_tokens, req.prompt_tokens))
+        self._kick()
+
+    def kv_sent(self, req: SimRequest) -> None:
+        """Prefill role: the KV left; free its slots and keep the prompt as a cached prefix."""
+        self.kv.release(req.conversation_id, self._p_pinned.pop(req.rid), req.prompt_tokens)
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def _admit_prealloc(self) -> None:
+        while self._prealloc:
+            req = self._prealloc[0]
+            need = req.prompt_tokens + req.output_tokens
+            hit = self.kv.admit(req.conversation_id, req.prompt_tokens, need)
+            if hit is None:
+                return
+            self._prealloc.popleft()
+            req.pinned_tokens = need
+            req.cached_tokens = hit if self.decode_radix_cache else 0
+            self._host.on_kv_slots(self, req)
+
+    def _admit_waiting(self) -> None:
+        while self._waiting:
+            req = self._waiting[0]
+            need = req.prompt_tokens + (0 if self.role == "prefill" else req.output_tokens)
+            hit = self.kv.admit(req.conversation_id, req.prompt_tokens, need)
+            if hit is None:
+                return
+            self._waiting.popleft()
+            self._waiting_tokens -= self._waiting_estimate.pop(req.rid)
+            if self.role == "prefill":
+                self._p_pinned[req.rid] = need
+                req.prefill_cached_tokens = hit
+            else:
+                req.pinned_tokens = need
+                req.cached_tokens = hit
+            req.remaining_prefill = req.prompt_tokens - hit
+            req.computed_tokens = req.remaining_prefill
+            self._prefill_left += req.remaining_prefill
+            self._prefilling.append(req)
+
+    def _kick(self) -> None:
+        if not self._busy:
+            self._start_iteration()
+
+    def _start_iteration(self) -> None:
+        self._admit_waiting()
+        pieces: list[tuple[SimRequest, int, int]] = []
+        budget = self.chunk_tokens
+        for req in self._prefilling:
+            if budget <= 0:
+                break
+            n = min(req.remaining_prefill, budget)
+            pieces.append((req, n, req.prompt_tokens - req.remaining_prefill))
+            budget -= n
+        fresh = []
+        for req, emit, ctx in self._joins:
+            self._running += 1
+            self._context += ctx
+            heapq.heappush(self._finish_heap, (self.iterations + emit, req.rid, req))
+            if req.first_token_ms is None:
+                fresh.append(req)
+        self._joins.clear()
+        if not pieces and self._running == 0:
+            return
+        c = self.coefficients
+        if pieces:
+            dt = batch_prefill_ms(c, pieces) + (decode_rows_ms(c, self._running, self._context) if self._running else 0.0)
+        else:
+            dt = decode_step_ms(c, self._running, self._context)
+        self._busy = True
+        self.busy_ms += dt
+        self._loop.at(self._loop.now + dt, self._end_iteration, pieces, fresh)
+
+    def _end_iteration(self, pieces: list[tuple[SimRequest, int, int]], fresh: list[SimRequest]) -> None:
+        now = self._loop.now
+        self.iterations += 1
+        self._context += self._running  # every running stream emitted one token
+        for req in fresh:
+            req.first_token_ms = now
+            self._host.on_first_token(req)
+        while self._finish_heap and self._finish_heap[0][0] <= self.iterations:
+            _, _, req = heapq.heappop(self._finish_heap)
+            self._running -= 1
+            self._context -= req.prompt_tokens + req.output_tokens
+            self._finish(req)
+        for req, n, _ in pieces:
+            req.remaining_prefill -= n
+            self._prefill_left -= n
+        done = [req for req, _, _ in pieces if req.remaining_prefill == 0]
+        if done:
+            self._prefilling = [r for r in self._prefilling if r.remaining_prefill > 0]
+        for req in done:
+            if self.role == "prefill":
+                self.inflight -= 1
+                self._host.on_prefilled(self, req)
+                continue
+            req.first_token_ms = now  # the prefill's logits give the first token
+            self._host.on_first_token(req)
+            if req.output_tokens > 1:
+                self._joins.append((req, req.output_tokens - 1, req.prompt_tokens + 1))
+            else:
+                self._finish(req)
+        self._busy = False
+        self._admit_prealloc()
+        self._start_iteration()
+
+    def _finish(self, req: SimRequest) -> None:
+        req.finish_ms = self._loop.now
+        self.inflight -= 1
+        self.kv.release(req.conversation_id, req.pinned_tokens, req.prompt_tokens + req.output_tokens)
+        self._host.on_finished(self, req)
