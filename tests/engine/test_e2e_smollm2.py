@@ -120,3 +120,17 @@ def test_real_sglang_router_serves_multi_turn_chat_streaming_and_not(tmp_dir, pr
         messages += [{"role": "assistant", "content": "".join(pieces)}, {"role": "user", "content": "Thanks."}]
         third = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=20, temperature=0)
         assert third.usage.prompt_tokens_details.cached_tokens > usage.prompt_tokens_details.cached_tokens
+
+        def conversation(topic: str) -> list[int]:
+            history, cached = [{"role": "user", "content": f"Tell me one fact about {topic}."}], []
+            for follow_up in ("Another one?", "Thanks."):
+                reply = client.chat.completions.create(model="smollm2", messages=history, max_tokens=24,
+                                                       temperature=0)
+                cached.append(reply.usage.prompt_tokens_details.cached_tokens)
+                history += [{"role": "assistant", "content": reply.choices[0].message.content},
+                            {"role": "user", "content": follow_up}]
+            return cached
+
+        with ThreadPoolExecutor(4) as pool:   # concurrent conversations: rooms and transfers interleave
+            cached_per_turn = list(pool.map(conversation, ["cats", "rivers", "stars", "bread"]))
+        assert all(turns[1] > 0 for turns in cached_per_turn)
