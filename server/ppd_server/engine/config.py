@@ -25,7 +25,7 @@ class EngineConfig:
         'Model: "smollm2" (SmolLM2-135M-Instruct GGUF, fetched on first use), a .gguf file, '
         'a HF Llama/Qwen2 directory, or "synthetic[:SEED]" (tiny random model for tests).'))
     served_model_name: str | None = field(default=None, metadata=_opt(
-        "Model name reported by the API (default: the model's own name)."))
+        "Model name reported by the API; unset = the model's own name."))
     host: str = field(default="127.0.0.1", metadata=_opt("HTTP bind address."))
     port: int = field(default=30000, metadata=_opt("HTTP port."))
     disaggregation_mode: str = field(default="null", metadata=_opt(
