@@ -120,11 +120,15 @@ class FrontDoor:
         return tokens, _text_bytes(text), max_new
 
     def _check_capacity(self, kind: Kind, prompt_tokens: int) -> None:
-        """Only with an exact token count; an estimate leaves it to the worker (its 400 is relayed)."""
+        """Exact counts are checked against the smallest worker KV capacity; an estimate (learned
+        bytes/token) only when it is over twice the capacity, since it can be off by tens of
+        percent - in between, the worker's own 400 is relayed."""
         cap = self.state.registry.capacity_tokens()
-        if cap and self.state.turns.tokens.exact and prompt_tokens >= cap:
+        exact = self.state.turns.tokens.exact
+        if cap and (prompt_tokens >= cap if exact else prompt_tokens > 2 * cap):
+            about = "" if exact else "about "
             raise bad_request(
-                f"This prompt has {prompt_tokens} tokens; the workers hold at most {cap} tokens of context.",
+                f"This prompt has {about}{prompt_tokens} tokens; the workers hold at most {cap} tokens of context.",
                 param=_PROMPT_PARAM[kind], code="context_length_exceeded")
 
     # --- the handler ---------------------------------------------------------------------

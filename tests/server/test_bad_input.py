@@ -88,3 +88,15 @@ async def test_unknown_paths_and_methods_are_openai_style(small_cluster):
     assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
     r = await client.get("/v1/chat/completions")
     assert r.status == 405 and set((await r.json())["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_an_estimated_prompt_far_beyond_capacity_is_refused_without_touching_workers():
+    p = FakeWorker(role="prefill", max_total_num_tokens=100)
+    d = FakeWorker(role="decode", max_total_num_tokens=100)
+    async with router_over([p, d]) as (client, state):  # no tokenizer: learned bytes/token
+        assert not state.turns.tokens.exact
+        r = await client.post("/v1/chat/completions", json=chat_body("word " * 2000))
+        assert r.status == 400 and (await r.json())["error"]["code"] == "context_length_exceeded"
+        r = await client.post("/v1/completions", json={"model": "fake-model", "prompt": "x " * 20})
+        assert r.status == 200, "a borderline estimate is left to the worker"
+        assert not any(s.path == "/v1/chat/completions" for s in p.seen + d.seen)
