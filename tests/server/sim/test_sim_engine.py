@@ -1,0 +1,159 @@
+"""The simulation run end to end: hand-checkable timings, conservation, determinism, the PPD
+paper's direction. Each run is small (well under a second)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
+from ppd_server.routing.policies import make_policy
+from ppd_server.routing.types import CostCoefficients
+from ppd_server.sim import ClusterSpec, Conversation, Hardware, RequestHints, Simulation, WorkloadSpec, synthetic
+from ppd_server.sim.presets import kv_capacity_tokens, preset_profile
+
+# Round numbers so the expected times can be worked out by hand.
+COEFS = CostCoefficients(5.0, 1.0, 0.2, 20.0, 3.0, 1.0)
+KV_BYTES = 100_000
+HAND = Hardware(COEFS, KV_BYTES, kv_capacity_tokens=100_000, chunk_tokens=4096, link_gb_per_s=1.0)  # 1e6 bytes/ms
+
+
+def llama_h100() -> Hardware:
+    c = CostCoefficients.from_dict(preset_profile("llama-3.1-8b", "h100")["coefficients"])
+    return Hardware(c, 131072, kv_capacity_tokens("llama-3.1-8b", "h100"), 8192, 25.0)
+
+
+def run(policy: str, convs, cluster: str = "1P1D", hw: Hardware = HAND, hints: RequestHints = RequestHints()):
+    return Simulation(make_policy(policy), ClusterSpec.parse(cluster), hw, tuple(convs), hints).run()
+
+
+def one_conversation() -> Conversation:
+    return Conversation("c0", 0.0, ((100, 4), (20, 3)), (50.0,))
+
+
+def test_turn1_ttft_on_an_idle_cluster_is_prefill_plus_transfer_plus_first_step():
+    t1 = run("ppd", [one_conversation()]).requests[0]
+    expected = prefill_ms(COEFS, 100) + transfer_ms(100 * KV_BYTES, 8.0) + decode_step_ms(COEFS, 1, 100)
+    assert t1.route == "pd" and t1.ttft_ms == pytest.approx(expected) == pytest.approx(138.102)
+    assert t1.predicted_ttft_ms == pytest.approx(expected)  # the router's model, unloaded, is exact
+    steps = [decode_step_ms(COEFS, 1, 100 + j) for j in (1, 2, 3)]  # the context grows a token per step
+    assert t1.tpot_ms == pytest.approx(sum(steps) / 3)
+    assert t1.kv_bytes == 100 * KV_BYTES
+
+
+def test_turn2_local_ttft_is_the_append_prefill_over_the_cached_history():
+    result = run("local", [one_conversation()])
+    t1, t2 = result.requests
+    assert t2.route == "local" and t2.turn == 2
+    assert t2.arrival_ms == pytest.approx(t1.finish_ms + 50.0)
+    assert t2.cached_tokens == 104 and t2.computed_tokens == 20 and t2.kv_bytes == 0
+    assert t2.ttft_ms == pytest.approx(prefill_ms(COEFS, 20, 104)) == pytest.approx(t2.predicted_ttft_ms)
+    assert result.kv_bytes_moved == t1.kv_bytes
+
+
+def test_turn2_pd_recomputes_what_p_lacks_and_ships_what_d_lacks():
+    _, t2 = run("pd", [one_conversation()]).requests
+    assert t2.route == "pd" and t2.prefill_cached_tokens == 100 and t2.computed_tokens == 24
+    assert t2.cached_tokens == 104 and t2.kv_bytes == 20 * KV_BYTES  # D's radix cache: only the suffix moves
+    expected = prefill_ms(COEFS, 24, 100) + transfer_ms(20 * KV_BYTES, 8.0) + decode_step_ms(COEFS, 1, 124)
+    assert t2.ttft_ms == pytest.approx(expected) == pytest.approx(t2.predicted_ttft_ms)
+
+
+def test_without_decode_radix_cache_pd_ships_the_whole_prompt_and_local_is_never_chosen():
+    hw = Hardware(COEFS, KV_BYTES, 100_000, 4096, 1.0, decode_local_prefill=False, decode_radix_cache=False)
+    _, t2 = run("local", [one_conversation()], hw=hw).requests
+    assert t2.route == "pd" and t2.kv_bytes == 124 * KV_BYTES
+
+
+def test_a_local_append_prefill_slows_the_streams_running_on_that_decode_worker():
+    streamer = Conversation("a", 1000.0, ((100, 400),), ())
+    appender = Conversation("b", 0.0, ((100, 4), (2000, 4)), (1100.0,))
+    by_policy = {p: {r.conversation_id + str(r.turn): r for r in run(p, [streamer, appender]).requests} for p in ("pd", "local")}
+    assert by_policy["local"]["b2"].route == "local" and by_policy["pd"]["b2"].route == "pd"
+    assert by_policy["local"]["b2"].first_token_ms < by_policy["local"]["a1"].finish_ms  # they overlapped
+    # a 2000-token prefill stalls one iteration by ~2 s: ~5 ms more per token over 399 tokens
+    assert by_policy["local"]["a1"].tpot_ms > by_policy["pd"]["a1"].tpot_ms + 3.0
+
+
+def mixed_load(seed: int = 1):
+    return synthetic(WorkloadSpec(qps=8, duration_s=8, workload="mixed", turns_min=2, turns_max=5, think_s=0.5, seed=seed))
+
+
+def test_a_run_is_a_function_of_its_inputs():
+    def trace(result):
+        return [(r.rid, r.conversation_id, r.turn, r.route, r.decode, r.first_token_ms, r.finish_ms) for r in result.requests]
+
+    convs = mixed_load()
+    assert trace(run("ppd", convs, "1P2D", llama_h100())) == trace(run("ppd", convs, "1P2D", llama_h100()))
+
+
+@pytest.mark.parametrize("policy", ["pd", "local", "ppd", "threshold:256", "ratio:0.5"])
+def test_every_turn_finishes_once_and_tokens_add_up(policy):
+    convs = mixed_load()
+    result = run(policy, convs, "1P2D", llama_h100())
+    assert result.stop_reason is None
+    reqs = result.requests
+    assert len(reqs) == sum(len(c.turns) for c in convs)
+    assert len({(r.conversation_id, r.turn) for r in reqs}) == len(reqs)
+    for conv in convs:
+        turns = sorted((r for r in reqs if r.conversation_id == conv.conversation_id), key=lambda r: r.turn)
+        assert [r.turn for r in turns] == list(range(1, len(conv.turns) + 1))
+        for k, r in enumerate(turns):
+            assert (r.input_tokens, r.output_tokens, r.prompt_tokens) == (*conv.turns[k], conv.prompt_tokens(k))
+            assert r.arrival_ms <= r.first_token_ms <= r.finish_ms
+            if k:
+                assert r.arrival_ms == pytest.approx(turns[k - 1].finish_ms + conv.think_ms[k - 1])
+    for r in reqs:
+        if r.route == "pd":
+            assert r.prefill_cached_tokens + r.computed_tokens == r.prompt_tokens
+            assert r.kv_bytes == (r.prompt_tokens - r.cached_tokens) * 131072
+        else:
+            assert r.cached_tokens + r.computed_tokens == r.prompt_tokens and r.kv_bytes == 0
+    assert result.kv_bytes_moved == sum(r.kv_bytes for r in reqs)
+
+
+def test_pd_moves_kv_for_every_turn_and_local_for_turn_one_only():
+    convs = mixed_load()
+    pd, local = run("pd", convs, "1P2D", llama_h100()), run("local", convs, "1P2D", llama_h100())
+    assert all(r.kv_bytes > 0 for r in pd.requests)
+    assert all(r.kv_bytes == 0 and r.route == "local" for r in local.requests if r.turn > 1)
+    assert pd.kv_bytes_moved > 2 * local.kv_bytes_moved
+
+
+def later_ttft_p50(result) -> float:
+    return statistics.median(r.ttft_ms for r in result.requests if r.turn > 1)
+
+
+def test_prefill_starved_fleet_ppd_beats_pd_on_turn2_ttft():
+    """1P3D at a load the single prefill worker cannot carry (the PPD paper's -68% direction)."""
+    convs = synthetic(WorkloadSpec(qps=20, duration_s=15, workload="big_paste", seed=0))
+    pd, ppd = run("pd", convs, "1P3D", llama_h100()), run("ppd", convs, "1P3D", llama_h100())
+    assert later_ttft_p50(ppd) < 0.5 * later_ttft_p50(pd)
+    assert 0 < sum(r.route == "local" for r in ppd.requests if r.turn > 1)
+
+
+def test_idle_fleet_ppd_and_local_agree():
+    convs = synthetic(WorkloadSpec(qps=0.2, duration_s=30, workload="mid_bal", think_s=5.0, seed=2))
+    ppd, local = run("ppd", convs, "1P3D", llama_h100()), run("local", convs, "1P3D", llama_h100())
+    assert [r.route for r in ppd.requests] == [r.route for r in local.requests]
+    assert [r.ttft_ms for r in ppd.requests] == pytest.approx([r.ttft_ms for r in local.requests])
+
+
+def test_client_weights_reach_the_policy():
+    convs = synthetic(WorkloadSpec(qps=20, duration_s=10, workload="big_paste", seed=0))
+    share = {}
+    for w_tpot in (1.0, 1000.0):
+        reqs = run("ppd", convs, "1P3D", llama_h100(), RequestHints(w_tpot=w_tpot)).requests
+        share[w_tpot] = sum(r.route == "local" for r in reqs if r.turn > 1)
+    assert share[1000.0] < share[1.0]
+
+
+def test_kv_pressure_evicts_prefixes_and_the_run_still_drains():
+    hw = Hardware(COEFS, KV_BYTES, kv_capacity_tokens=700, chunk_tokens=4096, link_gb_per_s=1.0)
+    convs = [Conversation(f"c{k}", 10.0 * k, ((100, 50), (50, 20), (30, 10)), (5.0, 5.0)) for k in range(6)]
+    result = run("local", convs, "1P1D", hw)
+    assert result.stop_reason is None and all(r.finish_ms is not None for r in result.requests)
+    assert result.evicted_tokens > 0
+    # an evicted prefix is recomputed locally: the session table still believed it cached
+    assert any(r.turn > 1 and r.route == "local" and r.cached_tokens == 0 for r in result.requests)
