@@ -27,19 +27,23 @@ from typing import Any
 
 from ppd_server.routing.types import COEFFICIENT_NAMES, CostCoefficients
 
-#: The built-in profile: SmolLM2-135M-Instruct on the embedded engine (bf16, 1 thread) on the
-#: development machine. Replace it with `ppd-server profile` output for other hardware.
+#: The built-in profile: SmolLM2-135M-Instruct (Q4_1 GGUF, bf16 compute, 1 thread) on the embedded
+#: engine, measured with ``measure_profile`` on the 2-core development machine while other jobs
+#: ran (load average ~3): absolute times are pessimistic, the ratios are what routing uses.
+#: Replace it with `ppd-server profile` output for other hardware (or a roofline for GPUs).
 DEFAULT_PROFILE: dict[str, Any] = {
-    "model": "smollm2",
-    "source": "fit to the bf16 speeds in embedded-engine-notes.md section 7 (prototype engine, 1 core)",
+    "model": "SmolLM2-135M-Instruct",
+    "source": "measure_profile on the embedded ppd-worker (smollm2, bf16, --threads 1, pinned core), 2-core dev box, load avg ~3",
     "coefficients": {
-        "prefill_base_ms": 5.3,
-        "prefill_per_token_ms": 0.557,
-        "prefill_attn_ms_per_ktok2": 203.0,
-        "decode_base_ms": 15.8,
-        "decode_per_seq_ms": 0.49,
-        "decode_per_kctx_ms": 5.55,
+        "prefill_base_ms": 57.1,
+        "prefill_per_token_ms": 1.398,
+        "prefill_attn_ms_per_ktok2": 292.5,
+        "decode_base_ms": 18.98,
+        "decode_per_seq_ms": 3.54,
+        "decode_per_kctx_ms": 1.60,
     },
+    "kv_bytes_per_token": 23040,
+    "fit": {"prefill_abs_pct_err": 28.2, "decode_abs_pct_err": 15.5},
     "samples": [],
 }
 
