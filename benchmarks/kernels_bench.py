@@ -119,7 +119,8 @@ def main() -> None:
     started = time.perf_counter()
     lm = load_model(args.model or default_model_path(), dtype=dtype)
     print(f"model {lm.name}  dtype {args.dtype}  threads {args.threads}  "
-          f"load {time.perf_counter() - started:.1f} s")
+          f"load {time.perf_counter() - started:.1f} s  packed Q4_1 weights for forwards of "
+          f"<= {lm.model.packed_max_rows if lm.model.layers[0].qkv_packed is not None else 0} rows")
     print(f"{'measurement':<52}{'wall ms':>9}{'tok/s':>9}{'cpu ms':>9}{'tok/s':>9}")
 
     def row(label: str, seconds: tuple[float, float], tokens: int) -> None:
@@ -134,11 +135,18 @@ def main() -> None:
         for backend in ("fast", "reference"):
             row(f"extend {new} on cached {cached} {backend}",
                 bench_extend(lm.model, new, cached, backend, args.repeats), new)
+    has_packed = lm.model.layers[0].qkv_packed is not None
+    packed_rows = lm.model.packed_max_rows
     for batch in (int(x) for x in args.batches.split(",") if x):
         for layout, backend in (("contiguous", "fast"), ("pages", "fast"),
                                 ("contiguous", "reference")):
             seconds = bench_decode(lm.model, batch, args.context, layout, backend, args.steps)
             row(f"decode b={batch} ctx={args.context} {backend} ({layout})", seconds, batch)
+        if has_packed and batch <= packed_rows:  # the rows above used the packed Q4_1 weights
+            lm.model.packed_max_rows = 0
+            seconds = bench_decode(lm.model, batch, args.context, "contiguous", "fast", args.steps)
+            lm.model.packed_max_rows = packed_rows
+            row(f"decode b={batch} ctx={args.context} fast, dequantized weights", seconds, batch)
 
     # Same layer count and op sequence as the real model, negligible FLOPs: its step time is
     # the per-step Python + dispatch overhead.

@@ -4,9 +4,10 @@
 Design (measured on the 2-vCPU AVX-512 box, 1 thread, bf16, with micro-benchmarks and
 benchmarks/kernels_bench.py):
 - No gather when a sequence's slots form one contiguous run: K and V are strided views of
-  the pool (in bf16, K is then copied once: see ``paged_attention``). A sequence split over several runs is gathered with
-  ``index_select`` (several times cheaper than the advanced indexing ``k[:, slots]`` the
-  reference uses; this is what made the gather cost 1/3 of a decode step in early profiles).
+  the pool (in bf16, K is then copied once: see ``paged_attention``). A sequence split over
+  several runs is gathered with ``index_select`` (several times cheaper than the advanced
+  indexing ``k[:, slots]`` the reference uses; that indexing is what made the gather cost
+  1/3 of a decode step in early profiles).
 - Plain batched GEMMs instead of SDPA: the GQA group is folded into the query rows
   ([kv_heads, group * rows, hd] against [kv_heads, context, hd]), so no K/V repeat and no
   mask tensor. Queries are processed in row blocks (``SeqPlan.query_blocks``); a block sees

@@ -24,9 +24,12 @@ class LoadedModel:
 def load_model(source: str, dtype: torch.dtype = torch.bfloat16,
                device: str | torch.device = "cpu") -> LoadedModel:
     """Load weights (dequantized to ``dtype``), tokenizer and config from ``source``:
-    a .gguf file, an HF Llama/Qwen2 directory, or "synthetic" / "synthetic:SEED"."""
+    a .gguf file, an HF Llama/Qwen2 directory, or "synthetic" / "synthetic:SEED".
+    GGUF Q4_1 matrices are also kept packed for small forwards on CPU in bf16
+    (``LlamaModel.packed_max_rows``; set it to 0 to always use the dequantized weights)."""
     from ppd_kernels import tokenizer_sources
 
+    q4_blocks = None
     seed = parse_synthetic_source(source)
     if seed is not None:
         from ppd_kernels.synthetic import SYNTHETIC_CONFIG, synthetic_weights
@@ -41,17 +44,21 @@ def load_model(source: str, dtype: torch.dtype = torch.bfloat16,
     elif path.is_file() and path.suffix == ".gguf":
         from gguf import GGUFReader
 
-        from ppd_kernels.weights_gguf import config_from_gguf, field_value, weights_from_gguf
+        from ppd_kernels.packed_q4 import packing_supported
+        from ppd_kernels.weights_gguf import (config_from_gguf, field_value, q4_blocks_from_gguf,
+                                              weights_from_gguf)
 
         reader = GGUFReader(str(path))
         config, weights = config_from_gguf(reader), weights_from_gguf(reader)
+        if packing_supported(device, dtype):
+            q4_blocks = q4_blocks_from_gguf(reader)
         tokenizer = tokenizer_sources.tokenizer_from_gguf(reader)
         name = gguf_model_name(path, field_value(reader, "general.name"))
     else:
         raise FileNotFoundError(f"model source {source!r} is not a .gguf file, a model directory "
                                 f"or 'synthetic[:SEED]'")
-    return LoadedModel(model=LlamaModel(config, weights, dtype=dtype, device=device),
-                       tokenizer=tokenizer, config=config, name=name)
+    model = LlamaModel(config, weights, dtype=dtype, device=device, q4_blocks=q4_blocks)
+    return LoadedModel(model=model, tokenizer=tokenizer, config=config, name=name)
 
 
 def gguf_model_name(path: Path, general_name: str | None) -> str:

@@ -18,6 +18,7 @@ from ppd_kernels.batch import ForwardBatch
 from ppd_kernels.config import ModelConfig
 from ppd_kernels.kv_pool import KVPool
 from ppd_kernels.layers import Rotary, rms_norm
+from ppd_kernels.packed_q4 import PackedQ4, Q4Blocks, packing_supported
 
 # Canonical weight names; "{i}" is the layer index. Biases and lm_head are optional.
 WEIGHT_NAMES = ("embed", "norm", "lm_head",
@@ -37,6 +38,11 @@ class LayerWeights:
     ffn_norm: torch.Tensor
     w_gate_up: torch.Tensor      # [2 * intermediate, hidden]
     w_down: torch.Tensor
+    # Packed 4-bit forms of the same matrices (GGUF Q4_1 on CPU/bf16), else None.
+    qkv_packed: PackedQ4 | None = None
+    o_packed: PackedQ4 | None = None
+    gate_up_packed: PackedQ4 | None = None
+    down_packed: PackedQ4 | None = None
 
 
 class LlamaModel(torch.nn.Module):
@@ -44,16 +50,29 @@ class LlamaModel(torch.nn.Module):
     token. Writes the batch's new K/V into ``kv`` at their slots. ``attention_backend`` is
     "fast" (default) or "reference" and may be switched at any time.
 
+    ``q4_blocks`` (GGUF Q4_1 matrices by canonical name) adds packed 4-bit copies of the
+    matrices, used by forwards of at most ``packed_max_rows`` tokens (0 disables; see
+    ``packed_q4``): CPU and bf16 only, ignored elsewhere.
+
     Weights live on the device and dtype given at construction (they are plain tensors, not
     registered parameters: ``.to()`` does not move them). Token ids are not range-checked
     here (that would sync a GPU every step): callers pass ids < ``config.vocab_size``."""
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor],
-                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu") -> None:
+                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
+                 q4_blocks: dict[str, Q4Blocks] | None = None) -> None:
         super().__init__()
         self.config = config
         self.dtype = dtype
         self.attention_backend = "fast"
+        self.packed_max_rows = 16
+        if not packing_supported(device, dtype):
+            q4_blocks = None
+
+        def packed(*names: str) -> PackedQ4 | None:
+            if q4_blocks is None or not all(n in q4_blocks for n in names):
+                return None
+            return PackedQ4.pack(Q4Blocks.concat([q4_blocks[n] for n in names]), dtype)
 
         def get(name: str) -> torch.Tensor:
             return weights[name].to(device=device, dtype=dtype)
@@ -74,7 +93,11 @@ class LlamaModel(torch.nn.Module):
                 w_o=get(prefix + "wo"),
                 ffn_norm=get(prefix + "ffn_norm"),
                 w_gate_up=torch.cat([get(prefix + "w_gate"), get(prefix + "w_up")]),
-                w_down=get(prefix + "w_down")))
+                w_down=get(prefix + "w_down"),
+                qkv_packed=packed(*(prefix + w for w in ("wq", "wk", "wv"))),
+                o_packed=packed(prefix + "wo"),
+                gate_up_packed=packed(prefix + "w_gate", prefix + "w_up"),
+                down_packed=packed(prefix + "w_down")))
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_interleaved, device)
         self.scale = config.head_dim ** -0.5
 
@@ -88,10 +111,19 @@ class LlamaModel(torch.nn.Module):
         num_tokens = batch.input_ids.shape[0]
         heads_qk = cfg.num_heads + cfg.num_kv_heads
         cos, sin = self.rotary.tables(batch.positions, self.dtype)
+        use_packed = num_tokens <= self.packed_max_rows
+
+        def linear(x: torch.Tensor, weight: torch.Tensor, packed: PackedQ4 | None,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+            if packed is None or not use_packed:
+                return F.linear(x, weight, bias)
+            out = packed.linear(x)
+            return out if bias is None else out + bias
+
         x = self.embed[batch.input_ids]
         for index, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
-            qkv = F.linear(h, layer.w_qkv, layer.b_qkv)
+            qkv = linear(h, layer.w_qkv, layer.qkv_packed, layer.b_qkv)
             # Q and K are rotated together in one pass over the fused projection.
             qk = qkv[:, :heads_qk * cfg.head_dim].view(num_tokens, heads_qk, cfg.head_dim)
             qk = self.rotary.apply(qk, cos, sin)
@@ -99,9 +131,9 @@ class LlamaModel(torch.nn.Module):
             v = qkv[:, heads_qk * cfg.head_dim:].view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
             kv.store(index, plan.new_slots, k, v)
             attended = attention(q, kv.k[index], kv.v[index], plan, self.scale)
-            x = x + F.linear(attended.reshape(num_tokens, cfg.q_size), layer.w_o)
+            x = x + linear(attended.reshape(num_tokens, cfg.q_size), layer.w_o, layer.o_packed)
             h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
-            gate, up = F.linear(h, layer.w_gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.w_down)
+            gate, up = linear(h, layer.w_gate_up, layer.gate_up_packed).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate) * up, layer.w_down, layer.down_packed)
         last = rms_norm(x[plan.last_rows], self.norm, cfg.rms_eps)
         return F.linear(last, self.lm_head).float()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ppd_kernels.config import ModelConfig
+from ppd_kernels.packed_q4 import Q4Blocks
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
@@ -76,6 +77,14 @@ def weights_from_gguf(reader: GGUFReader) -> dict[str, torch.Tensor]:
             array = array.copy()
         weights[_canonical_name(tensor.name)] = torch.from_numpy(array)
     return weights
+
+
+def q4_blocks_from_gguf(reader: GGUFReader) -> dict[str, Q4Blocks]:
+    """The Q4_1 matrices of the file, unpacked (canonical names), for ``PackedQ4``."""
+    from gguf import GGMLQuantizationType
+
+    return {_canonical_name(t.name): Q4Blocks.from_gguf_bytes(t.data) for t in reader.tensors
+            if t.tensor_type == GGMLQuantizationType.Q4_1}
 
 
 def _canonical_name(gguf_name: str) -> str:

@@ -14,6 +14,7 @@ from kernels_model_files import GGUF_VOCAB, gguf_tensor_name, write_gguf, write_
 
 from ppd_kernels import load_model
 from ppd_kernels.model import LlamaModel
+from ppd_kernels.packed_q4 import PackedQ4, Q4Blocks, packing_supported
 from ppd_kernels.synthetic import synthetic_config, synthetic_weights
 from ppd_kernels.weights_gguf import weights_from_gguf
 
@@ -138,3 +139,37 @@ def test_synthetic_models_are_seeded():
 def test_bad_sources_name_the_problem(source, error, match):
     with pytest.raises(error, match=match):
         load_model(source)
+
+
+def test_q4_blocks_unpack_matches_block_layout(gguf_files):
+    reader = gguf.GGUFReader(str(gguf_files[1][Q.Q4_1]))
+    for tensor in [t for t in reader.tensors if t.tensor_type == Q.Q4_1][:4]:
+        blocks = Q4Blocks.from_gguf_bytes(tensor.data)
+        rows, groups = blocks.scales.shape
+        values = blocks.quants.view(rows, groups, 32) * blocks.scales[..., None] + blocks.mins[..., None]
+        assert torch.equal(values.view(rows, -1), torch.from_numpy(decode_blocks(tensor.data, Q.Q4_1)))
+
+
+@pytest.mark.skipif(not packing_supported("cpu", torch.bfloat16),
+                    reason="this torch has no CPU int4 GEMM")
+def test_packed_q4_weights_serve_small_forwards(gguf_files, monkeypatch):
+    original, paths = gguf_files
+    lm = load_model(str(paths[Q.Q4_1]), dtype=torch.bfloat16)
+    assert lm.model.layers[0].qkv_packed is not None and lm.model.packed_max_rows == 16
+    assert load_model(str(paths[Q.Q4_1]), dtype=torch.float32).model.layers[0].qkv_packed is None
+    calls = []
+    real_linear = PackedQ4.linear
+    monkeypatch.setattr(PackedQ4, "linear",
+                        lambda self, x: calls.append(x.shape[0]) or real_linear(self, x))
+    reader = gguf.GGUFReader(str(paths[Q.Q4_1]))
+    reference = LlamaModel(GGUF_CONFIG, expected_weights(original, reader, Q.Q4_1),
+                           dtype=torch.float32)
+    shape = SHAPES["ragged-mixed"]   # prefixes: one 42-token forward; mixed batch: 16 tokens
+    for packed_rows in (16, 0):
+        lm.model.packed_max_rows = packed_rows
+        calls.clear()
+        for (got, _), (want, _) in zip(run_mixed_batch(lm.model, shape, "pages", 4),
+                                       run_mixed_batch(reference, shape, "pages", 4)):
+            assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.999
+            assert (got - want).abs().max().item() < 0.05 * want.abs().max().item()
+        assert calls == ([16] * 4 * GGUF_CONFIG.num_layers if packed_rows else [])
