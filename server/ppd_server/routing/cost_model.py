@@ -66,7 +66,9 @@ class Observation:
     ``cached_tokens_details.prefill``) when known: the prefill fit then uses what P really
     computed. ``decode_running``: streams running on the decode (or unified)
     worker when the request was routed; ``decode_context_tokens`` their total context (0 =
-    unknown). ``predicted_*``: the chosen candidate's prediction from the Decision.
+    unknown); ``decode_running_end``, when known, the same count when the turn finished (the
+    TPOT fit then uses the mean of the two: streams that joined or left during the answer
+    shaped its decode steps). ``predicted_*``: the chosen candidate's prediction from the Decision.
     ``tpot_ms`` is None for a one-token answer.
 
     Non-streamed answers have no first-token time: pass ``ttft_ms=None`` with ``e2e_ms`` and
@@ -90,6 +92,7 @@ class Observation:
     prefill_cached_tokens: int | None = None
     e2e_ms: float | None = None
     completion_tokens: int = 0
+    decode_running_end: int | None = None
 
 
 def _robust_weight(target: float, predicted: float) -> float:
@@ -230,7 +233,10 @@ class CostModel:
         if obs.decode_url is not None and obs.tpot_ms is not None and obs.tpot_ms > 0:
             role: Role = "unified" if obs.route == "replica" else "decode"
             fit = self._fit(obs.decode_url, role)
-            batch = max(obs.decode_running, 0) + 1
+            running = max(obs.decode_running, 0)
+            if obs.decode_running_end is not None:  # the batch the stream actually decoded in
+                running = (running + max(obs.decode_running_end, 0)) / 2
+            batch = running + 1
             context = obs.decode_context_tokens or batch * (obs.new_tokens + obs.cached_tokens)
             x_dec = (1.0, float(batch), context / 1000.0)
             # the local route's predicted TPOT is the decode step plus the interference its

@@ -266,3 +266,20 @@ def test_queue_dominated_ttfts_do_not_teach_prefill_speed():
         cm.observe(Observation("pd", "http://d", "http://p", 40, 0, compute + 2 * k * compute, None, 0, (k + 1) * compute))
     assert cm.coefficients("http://p", "prefill").prefill_per_token_ms == pytest.approx(TRUE.prefill_per_token_ms, rel=0.01)
     assert cm.error_summary()["pd"]["count"] == 12  # still visible as prediction error
+
+
+def test_tpot_fit_uses_the_batch_the_answer_decoded_in():
+    """Streams that joined after routing shaped the steps: with the end count the per-stream
+    cost is learned instead of being blamed on the base cost."""
+    rng = random.Random(4)
+    told, untold = CostModel(PROFILE), CostModel(PROFILE)
+    for _ in range(300):
+        start, end = rng.randrange(0, 4), rng.randrange(0, 40)
+        batch = (start + end) / 2 + 1
+        context = int(batch * rng.randrange(200, 2000))
+        tpot = decode_step_ms(TRUE, batch, context)
+        for cm, end_count in ((told, end), (untold, None)):
+            cm.observe(Observation("pd", "http://d", "http://p", 0, 500, 50.0, tpot, start, None, None,
+                                   decode_context_tokens=context, decode_running_end=end_count))
+    assert told.coefficients("http://d", "decode").decode_per_seq_ms == pytest.approx(TRUE.decode_per_seq_ms, rel=0.1)
+    assert untold.coefficients("http://d", "decode").decode_per_seq_ms != pytest.approx(TRUE.decode_per_seq_ms, rel=0.1)
