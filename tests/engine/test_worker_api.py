@@ -283,3 +283,14 @@ async def test_abort_request_by_rid_ends_the_request_with_abort(unified):
     result = await (await task).json()
     assert result["meta_info"]["finish_reason"]["type"] == "abort"
     assert (await client.post("/abort_request", json={})).status == 400
+
+
+async def test_survives_an_http2_preface(unified):
+    """sglang-router first probes gRPC (HTTP/2) on the HTTP port; the worker must keep serving."""
+    client, _ = unified
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    await writer.drain()
+    await asyncio.wait_for(reader.read(1024), 5)
+    writer.close()
+    assert (await client.get("/health")).status == 200
