@@ -130,9 +130,6 @@ class Simulation:
         self.cluster.worker(req.prefill).kv_sent(req)
         self.cluster.worker(req.decode).kv_arrived(req)
 
-    def on_first_token(self, req: SimRequest) -> None:
-        """Nothing to do: the worker stamped ``first_token_ms``."""
-
     def on_finished(self, worker: SimWorker, req: SimRequest) -> None:
         self.finished += 1
         decision = self._decisions.pop(req.rid)

@@ -39,7 +39,6 @@ class WorkerHost(Protocol):
 
     def on_prefilled(self, worker: "SimWorker", req: SimRequest) -> None: ...  # prefill role: KV ready to send
     def on_kv_slots(self, worker: "SimWorker", req: SimRequest) -> None: ...  # decode: slots pinned, send the KV
-    def on_first_token(self, req: SimRequest) -> None: ...
     def on_finished(self, worker: "SimWorker", req: SimRequest) -> None: ...
 
 
@@ -213,7 +212,6 @@ class SimWorker:
         self._context += self._running  # every running stream emitted one token
         for req in fresh:
             req.first_token_ms = now
-            self._host.on_first_token(req)
         while self._finish_heap and self._finish_heap[0][0] <= self.iterations:
             _, _, req = heapq.heappop(self._finish_heap)
             self._running -= 1
@@ -231,7 +229,6 @@ class SimWorker:
                 self._host.on_prefilled(self, req)
                 continue
             req.first_token_ms = now  # the prefill's logits give the first token
-            self._host.on_first_token(req)
             if req.output_tokens > 1:
                 self._joins.append((req, req.output_tokens - 1, req.prompt_tokens + 1))
             else:
