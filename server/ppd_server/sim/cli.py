@@ -30,8 +30,12 @@ DEFAULT_POLICIES = "pd,local,threshold:512,ppd"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ppd-sim", description="Simulate PPD routing policies on a GPU-scale P/D fleet (the router's own policy code).")
-    p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated policy specs ({', '.join(POLICY_SPECS)}); default {DEFAULT_POLICIES}")
+    p = argparse.ArgumentParser(
+        prog="ppd-sim", description="Simulate PPD routing policies on a GPU-scale P/D fleet (the router's own policy code)."
+    )
+    p.add_argument(
+        "--policies", default=DEFAULT_POLICIES, help=f"comma-separated policy specs ({', '.join(POLICY_SPECS)}); default {DEFAULT_POLICIES}"
+    )
     p.add_argument("--cluster", default="1P3D", help="fleet shape: counts of P, D, R (unified), e.g. 1P3D, 2P2D, 4R; default 1P3D")
     g = p.add_argument_group("hardware")
     g.add_argument("--model", default="llama-3.1-8b", help=f"model preset ({', '.join(MODELS)}); default llama-3.1-8b")
@@ -40,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--link-gbs", type=float, default=25.0, help="P->D KV link bandwidth in GB/s (bytes), shared FIFO; default 25")
     g.add_argument("--chunk-tokens", type=int, default=8192, help="chunked-prefill budget per iteration; default 8192")
     g.add_argument("--kv-capacity-tokens", type=int, help="KV slots per worker (default: GPU memory x 0.85 minus weights; 0 = unbounded)")
-    g.add_argument("--no-decode-radix", action="store_true", help="decode workers keep no prefix between turns (P->D always ships the whole prompt; no D-local)")
+    g.add_argument(
+        "--no-decode-radix", action="store_true",
+        help="decode workers keep no prefix between turns (P->D always ships the whole prompt; no D-local)",
+    )
     w = p.add_argument_group("workload")
     w.add_argument("--qps", type=float, default=4.0, help="new conversations per second (Poisson); default 4")
     w.add_argument("--duration", type=float, default=60.0, help="seconds during which conversations start; default 60")
@@ -122,7 +129,10 @@ def prepare(args: argparse.Namespace) -> tuple[list[Any], ClusterSpec, Hardware,
         raise ValueError(f"no conversation starts within --duration {args.duration}s at --qps {args.qps}; raise either")
     biggest = max(convs, key=lambda c: c.peak_tokens)
     if hw.kv_capacity_tokens and biggest.peak_tokens > hw.kv_capacity_tokens:
-        raise ValueError(f"conversation {biggest.conversation_id} needs {biggest.peak_tokens} KV tokens, more than --kv-capacity-tokens {hw.kv_capacity_tokens}")
+        raise ValueError(
+            f"conversation {biggest.conversation_id} needs {biggest.peak_tokens} KV tokens, "
+            f"more than --kv-capacity-tokens {hw.kv_capacity_tokens}"
+        )
     hints = RequestHints(args.w_ttft, args.w_tpot, args.slo_ttft_ms, args.slo_tpot_ms)
     return policies, spec, hw, profile, convs, hints
 

@@ -55,7 +55,9 @@ class SimResult:
 
 
 class Simulation:
-    def __init__(self, policy: Policy, spec: ClusterSpec, hw: Hardware, conversations: tuple[Conversation, ...], hints: RequestHints = RequestHints()) -> None:
+    def __init__(
+        self, policy: Policy, spec: ClusterSpec, hw: Hardware, conversations: tuple[Conversation, ...], hints: RequestHints = RequestHints()
+    ) -> None:
         self.policy = policy
         self.hints = hints
         self.conversations = conversations

@@ -157,3 +157,22 @@ def test_kv_pressure_evicts_prefixes_and_the_run_still_drains():
     assert result.evicted_tokens > 0
     # an evicted prefix is recomputed locally: the session table still believed it cached
     assert any(r.turn > 1 and r.route == "local" and r.cached_tokens == 0 for r in result.requests)
+
+
+def test_the_policy_sees_load_the_way_sglang_reports_it():
+    """Mid-prefill of a P->D turn: P has it running with its uncached tokens, D has it waiting
+    (prealloc queue) and in flight; once it streams, D reports it running with its context."""
+    sim = Simulation(make_policy("pd"), ClusterSpec.parse("1P1D"), HAND, (Conversation("c0", 0.0, ((100, 40),), ()),))
+    seen = {}
+    sim.loop.at(50.0, lambda: seen.setdefault("prefill", sim.cluster.view()))  # prefill takes ~105 ms
+    sim.loop.at(300.0, lambda: seen.setdefault("decode", sim.cluster.view()))  # TTFT ~138 ms, 40 tokens ~0.9 s
+    sim.run()
+    p, d = seen["prefill"].workers
+    assert (p.role, p.running_reqs, p.waiting_tokens, p.inflight, p.used_tokens) == ("prefill", 1, 100, 1, 100)
+    assert (d.role, d.running_reqs, d.waiting_reqs, d.inflight, d.used_tokens) == ("decode", 0, 1, 1, 0)
+    assert d.can_local_prefill and d.decode_radix_cache and d.max_total_tokens == 100_000 and d.coefficients == COEFS
+    p, d = seen["decode"].workers
+    assert (p.running_reqs, p.inflight, p.used_tokens) == (0, 0, 0)
+    assert (d.running_reqs, d.waiting_reqs, d.inflight, d.used_tokens) == (1, 0, 1, 140)
+    assert 100 < d.running_context_tokens < 140
+    assert seen["decode"].link_gbps == 8.0 and seen["decode"].link_backlog_bytes == 0
