@@ -126,10 +126,12 @@ class _WorkerFit:
         self.decode = RecursiveLeastSquares(d0, [max(3 * v, f) for v, f in zip(d0, _DECODE_FLOORS)], _DECODE_NOISE_MS)
         self.coefficients = start
 
-    def refresh(self) -> None:
-        zero = (0.0, 0.0, 0.0)
-        values = [*self.prefill.bounded_theta(zero), *self.decode.bounded_theta(zero)]
-        self.coefficients = CostCoefficients(**dict(zip(COEFFICIENT_NAMES, values)))
+    def refresh(self, component: str) -> None:
+        """Republish the coefficients of ``component`` ("prefill" or "decode") after a refit."""
+        fit = self.prefill if component == "prefill" else self.decode
+        names = COEFFICIENT_NAMES[:3] if component == "prefill" else COEFFICIENT_NAMES[3:]
+        values = fit.bounded_theta((0.0, 0.0, 0.0))
+        self.coefficients = replace(self.coefficients, **dict(zip(names, values)))
 
 
 def _prefill_features(new: int, cached: int) -> tuple[float, float, float]:
@@ -229,7 +231,7 @@ class CostModel:
             compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
             if target > 0 and compute_share > _MIN_COMPUTE_SHARE:
                 fit.prefill.update(x, target, _robust_weight(target, fit.prefill.predict(x)))
-                fit.refresh()
+                fit.refresh("prefill")
         if obs.decode_url is not None and obs.tpot_ms is not None and obs.tpot_ms > 0:
             role: Role = "unified" if obs.route == "replica" else "decode"
             fit = self._fit(obs.decode_url, role)
@@ -248,7 +250,7 @@ class CostModel:
             target = obs.tpot_ms - interference
             if target > 0:
                 fit.decode.update(x_dec, target, _robust_weight(target, fit.decode.predict(x_dec)))
-                fit.refresh()
+                fit.refresh("decode")
 
     def _fit(self, url: str, role: Role) -> _WorkerFit:
         self.coefficients(url, role)

@@ -68,29 +68,42 @@ class RecursiveLeastSquares:
         return residual
 
     def bounded_theta(self, lower: Sequence[float]) -> list[float]:
-        """argmin (t - theta)' P^-1 (t - theta) subject to t >= lower (exact: every active set)."""
+        """argmin (t - theta)' P^-1 (t - theta) subject to t >= lower.
+
+        A convex QP: the active set A whose solution is feasible and whose multipliers
+        P_AA^-1 (lower_A - theta_A) are >= 0 is the optimum (KKT). The set of violated
+        coordinates is tried first (usually right), then every other set.
+        """
         theta = self.theta
-        if all(t >= b for t, b in zip(theta, lower)):
-            return list(theta)
         k = len(theta)
-        best: list[float] | None = None
-        best_cost = float("inf")
-        for size in range(1, k + 1):
-            for active in itertools.combinations(range(k), size):
-                diff = [lower[i] - theta[i] for i in active]
-                p_aa = [[self._p[i][j] for j in active] for i in active]
-                w = _solve(p_aa, diff)  # P_AA^-1 (lower_A - theta_A)
-                if w is None:
-                    continue
-                cand = [theta[i] + sum(self._p[i][a] * w[n] for n, a in enumerate(active)) for i in range(k)]
-                for i in active:
-                    cand[i] = lower[i]
-                if any(c < b - 1e-9 for c, b in zip(cand, lower)):
-                    continue
-                cost = sum(d * x for d, x in zip(diff, w))
-                if cost < best_cost:
-                    best, best_cost = cand, cost
-        return best if best is not None else [max(t, b) for t, b in zip(theta, lower)]
+        violated = tuple(i for i in range(k) if theta[i] < lower[i])
+        if not violated:
+            return list(theta)
+        others = (a for size in range(1, k + 1) for a in itertools.combinations(range(k), size) if a != violated)
+        for active in itertools.chain((violated,), others):
+            diff = [lower[i] - theta[i] for i in active]
+            w = self._solve_active(active, diff)  # the multipliers
+            if w is None or min(w) < -1e-12:
+                continue
+            cand = [theta[i] + sum(self._p[i][a] * w[n] for n, a in enumerate(active)) for i in range(k)]
+            for i in active:
+                cand[i] = lower[i]
+            if all(c >= b - 1e-9 for c, b in zip(cand, lower)):
+                return cand
+        return [max(t, b) for t, b in zip(theta, lower)]  # numerically degenerate P
+
+    def _solve_active(self, active: tuple[int, ...], rhs: list[float]) -> list[float] | None:
+        p = self._p
+        if len(active) == 1:  # closed forms for the common small cases (hot path of every refit)
+            a = p[active[0]][active[0]]
+            return [rhs[0] / a] if abs(a) > 1e-15 else None
+        if len(active) == 2:
+            i, j = active
+            det = p[i][i] * p[j][j] - p[i][j] * p[j][i]
+            if abs(det) < 1e-15:
+                return None
+            return [(p[j][j] * rhs[0] - p[i][j] * rhs[1]) / det, (p[i][i] * rhs[1] - p[j][i] * rhs[0]) / det]
+        return _solve([[p[i][j] for j in active] for i in active], rhs)
 
 
 def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:

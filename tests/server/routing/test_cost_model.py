@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -283,3 +284,30 @@ def test_tpot_fit_uses_the_batch_the_answer_decoded_in():
                                    decode_context_tokens=context, decode_running_end=end_count))
     assert told.coefficients("http://d", "decode").decode_per_seq_ms == pytest.approx(TRUE.decode_per_seq_ms, rel=0.1)
     assert untold.coefficients("http://d", "decode").decode_per_seq_ms != pytest.approx(TRUE.decode_per_seq_ms, rel=0.1)
+
+
+def _brute_force_projection(rls: RecursiveLeastSquares) -> list[float]:
+    best, best_cost = list(rls.theta), math.inf
+    for size in range(1, 4):
+        for active in itertools.combinations(range(3), size):
+            diff = [-rls.theta[i] for i in active]
+            w = rls._solve_active(active, diff)
+            if w is None:
+                continue
+            cand = [rls.theta[i] + sum(rls._p[i][a] * w[n] for n, a in enumerate(active)) for i in range(3)]
+            for i in active:
+                cand[i] = 0.0
+            cost = sum(d * x for d, x in zip(diff, w))
+            if min(cand) >= -1e-9 and cost < best_cost:
+                best, best_cost = cand, cost
+    return best
+
+
+def test_rls_projection_is_the_exact_constrained_optimum():
+    rng = random.Random(9)
+    for _ in range(200):
+        rls = RecursiveLeastSquares([rng.uniform(-5, 5) for _ in range(3)], [1.0, 1.0, 1.0])
+        for _ in range(3):
+            rls.update([rng.uniform(-1, 2) for _ in range(3)], rng.uniform(-5, 5))
+        if min(rls.theta) < 0:
+            assert rls.bounded_theta([0.0, 0.0, 0.0]) == pytest.approx(_brute_force_projection(rls), abs=1e-6)
