@@ -70,12 +70,14 @@ def _load_profile(path: str | None) -> dict | None:
 
 
 def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None = None,
-               tokens: TokenCounter | None = None) -> web.Application:
+               tokens: TokenCounter | None = None, default_profile: dict | None = None) -> web.Application:
     """Build the app. ``tracer_provider`` (tests: an SDK provider with an in-memory exporter)
-    overrides the OTEL_* environment; ``tokens`` overrides the token counter."""
+    overrides the OTEL_* environment; ``tokens`` overrides the token counter;
+    ``default_profile`` is the cost profile to start from when ``config.profile`` names none
+    (the embedded launcher passes the built-in SmolLM2 profile)."""
     config.validate()
     registry = WorkerRegistry(workers_from_config(config))
-    cost_model = CostModel(_load_profile(config.profile))
+    cost_model = CostModel(_load_profile(config.profile) or default_profile)
     sessions = SessionTable(max_sessions=config.max_sessions, idle_ttl_s=config.session_ttl_s)
     counter = tokens or TokenCounter.from_source(config.tokenizer)
     turns = TurnRouter(registry, sessions, cost_model, counter, make_policy(config.policy), config.link_gbps)

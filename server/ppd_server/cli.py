@@ -123,12 +123,17 @@ def serve(config: RouterConfig) -> int:
         if not plans:
             print("ppd-server: external workers given; nothing to launch")
         return 0
+    default_profile = None
     if plans:
         config = with_workers(config, plans)
+        if config.model == "smollm2":  # the engine's own measured profile beats generic defaults
+            from ppd_server.profile import DEFAULT_PROFILE
+
+            default_profile = DEFAULT_PROFILE
     try:  # before any process starts: a bad profile or tokenizer fails fast and cleanly
         loop = _new_loop()
         asyncio.set_event_loop(loop)
-        app = create_app(config)
+        app = create_app(config, default_profile=default_profile)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"ppd-server: error: {e}", file=sys.stderr)
         return 2

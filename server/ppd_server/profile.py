@@ -11,7 +11,8 @@ A profile is the JSON object the cost model starts from::
   streams), then fits the coefficients by non-negative least squares (:func:`fit_coefficients`).
 * :func:`roofline_profile` derives coefficients from a model size and a GPU's peak FLOP/s and
   memory bandwidth, for GPU-scale simulation.
-* :data:`DEFAULT_PROFILE` is what the router uses when given no profile.
+* :data:`DEFAULT_PROFILE` is what the router starts from for an embedded SmolLM2 cluster given
+  no ``--profile`` (other clusters start from generic coefficients and refit online).
 """
 
 from __future__ import annotations
