@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ppd_server.sim.cli import build_parser, prepare
+from ppd_server.routing.cost_model import CostModel
+from ppd_server.sim.cli import build_parser, prepare, router_profile
 from ppd_server.sim.engine import Simulation
 from ppd_server.sim.report import summarize
 
@@ -33,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     for qps in rates:
         args = parser.parse_args([*rest, "--qps", str(qps), "--quiet"])
         try:
-            policies, spec, hw, _, convs, hints = prepare(args)
+            policies, spec, hw, profile, convs, hints = prepare(args)
         except ValueError as e:
             parser.error(str(e))
         for policy in policies:
-            s = summarize(Simulation(policy, spec, hw, convs, hints).run(), args.slo_ttft_ms, args.slo_tpot_ms)
+            start = router_profile(args, profile)
+            sim = Simulation(policy, spec, hw, convs, hints, CostModel(start) if start else None, args.online_fit)
+            s = summarize(sim.run(), args.slo_ttft_ms, args.slo_tpot_ms)
             print(f"{qps:>5g}  {s['policy']:<14} {_fmt(s['turn2plus_ttft_ms']['p50']):>8} {_fmt(s['turn2plus_ttft_ms']['p99']):>8} "
                   f"{_fmt(s['turn1_ttft_ms']['p99']):>8} {_fmt(s['tpot_ms']['p99']):>9} {_fmt(s['turn2plus_local_share'], 100, '%'):>6} "
                   f"{s['kv_gb_moved']:>7.1f} {_fmt(s['slo_attainment'], 100, '%'):>6}")

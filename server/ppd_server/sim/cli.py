@@ -17,7 +17,8 @@ import sys
 import time
 from typing import Any
 
-from ppd_server.profile import load_profile
+from ppd_server.profile import DEFAULT_PROFILE, load_profile
+from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import POLICY_SPECS, make_policy
 from ppd_server.routing.types import CostCoefficients
 from ppd_server.sim.cluster import ClusterSpec, Hardware
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-decode-radix", action="store_true",
         help="decode workers keep no prefix between turns (P->D always ships the whole prompt; no D-local)",
     )
+    r = p.add_argument_group("router calibration (default: the router knows the true coefficients)")
+    r.add_argument("--router-profile", help="profile JSON the router's cost model starts from, or 'builtin' (ppd-server's default, a CPU profile)")
+    r.add_argument("--online-fit", action="store_true", help="feed the router's cost model every finished turn, as the live router does")
     w = p.add_argument_group("workload")
     w.add_argument("--qps", type=float, default=4.0, help="new conversations per second (Poisson); default 4")
     w.add_argument("--duration", type=float, default=60.0, help="seconds during which conversations start; default 60")
@@ -113,6 +117,15 @@ def _workload(args: argparse.Namespace) -> tuple[Conversation, ...]:
     return load_trace(args.trace, spec) if args.trace else synthetic(spec)
 
 
+def router_profile(args: argparse.Namespace, hardware_profile: dict[str, Any]) -> dict[str, Any] | None:
+    """The profile the simulated router's cost model starts from; None = it knows the truth."""
+    if args.router_profile == "builtin":
+        return DEFAULT_PROFILE
+    if args.router_profile:
+        return load_profile(args.router_profile)
+    return hardware_profile if args.online_fit else None
+
+
 def prepare(args: argparse.Namespace) -> tuple[list[Any], ClusterSpec, Hardware, dict[str, Any], tuple[Conversation, ...], RequestHints]:
     """Validate everything before simulating anything; ValueError names the bad value."""
     policies = [make_policy(spec) for spec in args.policies.split(",") if spec.strip()]
@@ -134,6 +147,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Any], ClusterSpec, Hardware,
             f"more than --kv-capacity-tokens {hw.kv_capacity_tokens}"
         )
     hints = RequestHints(args.w_ttft, args.w_tpot, args.slo_ttft_ms, args.slo_tpot_ms)
+    router_profile(args, profile)  # a bad --router-profile fails here, before any run
     return policies, spec, hw, profile, convs, hints
 
 
@@ -147,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     total_turns = sum(len(c.turns) for c in convs)
     summaries = []
     for policy in policies:
-        sim = Simulation(policy, spec, hw, convs, hints)
+        start = router_profile(args, profile)
+        cost_model = CostModel(start) if start is not None else None  # a fresh fit per policy
+        sim = Simulation(policy, spec, hw, convs, hints, cost_model, args.online_fit)
         started = time.monotonic()
         last = [started]
 
@@ -167,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": "trace:" + args.trace if args.trace else args.workload, "first_turn": args.first_turn, "turns": args.turns,
         "think_s": args.think_s, "jitter": args.jitter, "seed": args.seed, "conversations": len(convs), "turns_total": total_turns,
         "slo_ttft_ms": args.slo_ttft_ms, "slo_tpot_ms": args.slo_tpot_ms, "w_ttft": args.w_ttft, "w_tpot": args.w_tpot,
+        "router_profile": args.router_profile, "online_fit": args.online_fit,
     }
     if args.json:
         text = json.dumps({"config": config, "profile_source": profile.get("source"), "results": summaries}, indent=2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role
 from ppd_server.sim.events import EventLoop
@@ -77,9 +78,10 @@ class SimCluster:
                     hw.chunk_tokens, hw.decode_local_prefill, hw.decode_radix_cache,
                 )
 
-    def view(self) -> ClusterView:
+    def view(self, believed: Callable[[str, Role], CostCoefficients] | None = None) -> ClusterView:
+        """``believed(url, role)``: the router's cost model's coefficients (default: the true ones)."""
         return ClusterView(
-            workers=tuple(w.view() for w in self.workers.values()),
+            workers=tuple(w.view(believed(w.url, w.role) if believed else None) for w in self.workers.values()),
             link_gbps=self.link.link_gbps,
             link_backlog_bytes=self.link.backlog_bytes(),
         )

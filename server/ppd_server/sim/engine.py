@@ -13,13 +13,19 @@ router would use decides; the Decision is then executed on the simulated workers
 
 When an answer ends, the turn is recorded in the session table like the router records it, and
 the conversation's next turn is sent after its think time.
+
+The coefficients in the WorkerViews are the true ones by default (a perfectly calibrated router).
+Given a :class:`CostModel`, they are that model's beliefs instead; with ``online_fit`` the model
+is fed an Observation per finished turn, as ``TurnRouter.finish`` feeds it, so a run shows how
+the online fit converges from a wrong profile and what miscalibration costs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.policies import Policy
 from ppd_server.routing.types import Decision, RequestView
 from ppd_server.sessions import SessionTable
@@ -52,13 +58,26 @@ class SimResult:
     stop_reason: str | None  # None when every request finished
     busy_share: dict[str, float]  # worker url -> share of the run it was computing
     evicted_tokens: int
+    cost_model: dict[str, Any] | None = None  # error summary and fitted coefficients, when a CostModel was used
 
 
 class Simulation:
     def __init__(
-        self, policy: Policy, spec: ClusterSpec, hw: Hardware, conversations: tuple[Conversation, ...], hints: RequestHints = RequestHints()
+        self,
+        policy: Policy,
+        spec: ClusterSpec,
+        hw: Hardware,
+        conversations: tuple[Conversation, ...],
+        hints: RequestHints = RequestHints(),
+        cost_model: CostModel | None = None,
+        online_fit: bool = False,
     ) -> None:
+        if online_fit and cost_model is None:
+            raise ValueError("online_fit needs a cost_model")
         self.policy = policy
+        self.cost_model = cost_model
+        self.online_fit = online_fit
+        self._decode_at_decision: dict[int, tuple[int, int]] = {}  # rid -> (running, context) the policy saw
         self.hints = hints
         self.conversations = conversations
         self.loop = EventLoop()
@@ -88,7 +107,15 @@ class Simulation:
             stop_reason=stop,
             busy_share={w.url: w.busy_ms / sim_ms for w in workers},
             evicted_tokens=sum(w.kv.evicted_tokens for w in workers),
+            cost_model=self._cost_model_report(),
         )
+
+    def _cost_model_report(self) -> dict[str, Any] | None:
+        cm = self.cost_model
+        if cm is None:
+            return None
+        fitted = {url: fit["coefficients"] for url, fit in cm.snapshot()["workers"].items()}
+        return {"online_fit": self.online_fit, "errors": cm.error_summary(), "coefficients": fitted}
 
     # -- a turn arrives: the router's part ------------------------------------------------------
 
@@ -104,7 +131,9 @@ class Simulation:
             conversation_id=cid, turn=turn, prompt_tokens=prompt, max_new_tokens=out,
             w_ttft=h.w_ttft, w_tpot=h.w_tpot, slo_ttft_ms=h.slo_ttft_ms, slo_tpot_ms=h.slo_tpot_ms,
         )
-        decision = self.policy.decide(view, self.cluster.view(), session)
+        believed = self.cost_model.coefficients if self.cost_model is not None else None
+        cluster = self.cluster.view(believed)
+        decision = self.policy.decide(view, cluster, session)
         req = SimRequest(len(self.requests), cid, turn, self.loop.now, prompt, new_in, out)
         req.route, req.decode, req.prefill, req.reason = decision.route, decision.decode, decision.prefill, decision.reason
         chosen = decision.predicted(decision.route)
@@ -113,6 +142,9 @@ class Simulation:
         self.requests.append(req)
         self._decisions[req.rid] = decision
         self._origin[req.rid] = (conv, index)
+        serving = cluster.get(decision.decode)
+        if serving is not None:
+            self._decode_at_decision[req.rid] = (serving.running_reqs, serving.running_context_tokens)
         if decision.route == "pd":
             self.cluster.worker(decision.decode).expect_kv(req)
             self.cluster.worker(decision.prefill).submit_prefill(req)
@@ -138,5 +170,15 @@ class Simulation:
         conv, index = self._origin.pop(req.rid)
         now_s = self.loop.now / 1000.0
         self.sessions.record(req.conversation_id, decision, req.prompt_tokens, req.cached_tokens, req.output_tokens, now_s)
+        running, context = self._decode_at_decision.pop(req.rid, (0, 0))
+        if self.online_fit and self.cost_model is not None and req.ttft_ms is not None:
+            self.cost_model.observe(Observation(
+                route=decision.route, decode_url=decision.decode, prefill_url=decision.prefill,
+                new_tokens=req.prompt_tokens - req.cached_tokens, cached_tokens=req.cached_tokens,
+                ttft_ms=req.ttft_ms, tpot_ms=req.tpot_ms, decode_running=running, decode_context_tokens=context,
+                predicted_ttft_ms=req.predicted_ttft_ms, predicted_tpot_ms=req.predicted_tpot_ms, kv_bytes=req.kv_bytes,
+                prefill_cached_tokens=req.prefill_cached_tokens if decision.route == "pd" else None,
+                e2e_ms=req.e2e_ms, completion_tokens=req.output_tokens, decode_running_end=worker.view().running_reqs,
+            ))
         if index + 1 < len(conv.turns):
             self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1)

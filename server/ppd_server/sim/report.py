@@ -58,6 +58,7 @@ def summarize(result: SimResult, slo_ttft_ms: float | None = None, slo_tpot_ms: 
         "turn2plus_ttft_prediction_error_p50": percentile(pred_err, 50),
         "busy_share": {url: round(v, 4) for url, v in result.busy_share.items()},
         "evicted_kv_tokens": result.evicted_tokens,
+        "cost_model": result.cost_model,
     }
 
 

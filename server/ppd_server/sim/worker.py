@@ -96,7 +96,8 @@ class SimWorker:
 
     # -- what the router sees --------------------------------------------------------------
 
-    def view(self) -> WorkerView:
+    def view(self, coefficients: CostCoefficients | None = None) -> WorkerView:
+        """The load report; ``coefficients`` = what the router's cost model believes (default: the truth)."""
         return WorkerView(
             url=self.url, role=self.role, healthy=True,
             can_local_prefill=self.can_local_prefill, decode_radix_cache=self.decode_radix_cache,
@@ -106,7 +107,8 @@ class SimWorker:
             waiting_tokens=self._waiting_tokens + self._prefill_left,
             used_tokens=self.kv.pinned,
             running_context_tokens=self._context + sum(ctx for _, _, ctx in self._joins),
-            inflight=self.inflight, chunked_prefill_size=self.chunk_tokens, coefficients=self.coefficients,
+            inflight=self.inflight, chunked_prefill_size=self.chunk_tokens,
+            coefficients=self.coefficients if coefficients is None else coefficients,
         )
 
     # -- entry points ------------------------------------------------------------------------

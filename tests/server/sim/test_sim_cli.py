@@ -92,3 +92,13 @@ def test_progress_goes_to_stderr(capsys):
     assert main(["--policies", "pd", "--qps", "1", "--duration", "3"]) == 0
     captured = capsys.readouterr()
     assert "ppd-sim: pd:" in captured.err and "ppd-sim: pd:" not in captured.out
+
+
+def test_router_calibration_options(capsys):
+    assert main(["--policies", "ppd", "--router-profile", "builtin", "--online-fit", "--json", "-", *SMALL]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["router_profile"] == "builtin" and data["config"]["online_fit"] is True
+    assert data["results"][0]["cost_model"]["online_fit"] is True
+    with pytest.raises(SystemExit):
+        main(["--router-profile", "/nonexistent.json", *SMALL])
+    assert "cannot read profile" in capsys.readouterr().err

@@ -176,3 +176,31 @@ def test_the_policy_sees_load_the_way_sglang_reports_it():
     assert (d.running_reqs, d.waiting_reqs, d.inflight, d.used_tokens) == (1, 0, 1, 140)
     assert 100 < d.running_context_tokens < 140
     assert seen["decode"].link_gbps == 8.0 and seen["decode"].link_backlog_bytes == 0
+
+
+def test_the_policy_predicts_with_the_router_cost_model_beliefs():
+    from ppd_server.routing.cost_model import CostModel
+
+    slow = {"coefficients": {**COEFS.to_dict(), "prefill_per_token_ms": 10.0}}  # believes prefill 10x slower
+    sim = Simulation(make_policy("ppd"), ClusterSpec.parse("1P1D"), HAND, (one_conversation(),), cost_model=CostModel(slow))
+    t1, _ = sim.run().requests
+    assert t1.ttft_ms == pytest.approx(138.102)  # the hardware did not change
+    assert t1.predicted_ttft_ms == pytest.approx(138.102 + 9.0 * 100)
+
+
+def test_online_fit_feeds_the_cost_model_like_the_router():
+    from ppd_server.routing.cost_model import CostModel
+
+    convs = mixed_load()
+    hw = llama_h100()
+    profile = {"coefficients": hw.coefficients.to_dict()}
+    result = Simulation(make_policy("ppd"), ClusterSpec.parse("1P2D"), hw, convs, cost_model=CostModel(profile), online_fit=True).run()
+    report = result.cost_model
+    assert report is not None and report["online_fit"]
+    assert sum(row["count"] for row in report["errors"].values()) == len(result.requests)
+    assert all(0.5 < row["ttft_obs_over_pred"] < 2.0 for row in report["errors"].values())
+    # refitted from what the simulated P worker did (the fit also absorbs waits the formulas omit,
+    # so it need not stay at the truth it started from)
+    assert report["coefficients"]["sim://p0"] != hw.coefficients.to_dict()
+    with pytest.raises(ValueError, match="cost_model"):
+        Simulation(make_policy("ppd"), ClusterSpec.parse("1P1D"), hw, convs, online_fit=True)
