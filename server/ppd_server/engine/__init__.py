@@ -21,4 +21,19 @@ Map of the package (one concept per file):
 * ``tool_calls``   Hermes-style ``<tool_call>`` parsing; ``metrics``: prometheus metrics.
 
 Bookkeeping (pages, radix tree, scheduler) never imports torch: it is tested without a model.
+
+Extras beyond SGLang's wire format (all additive):
+
+* ``meta_info.kv_transfer_bytes``: KV bytes this request moved (sent on a prefill worker,
+  received on a decode worker); ``meta_info.cached_tokens_details = {"device": local radix
+  hit, "prefill": the prefill worker's own hit}``; ``cached_tokens`` = their sum, capped at
+  the prompt. OpenAI answers carry the same ``meta_info`` (non-streamed: top level; streamed:
+  in the final usage chunk when ``stream_options.include_usage``).
+* ``/v1/loads`` rank fields ``running_context_tokens`` (sum of the decoding streams' contexts),
+  ``num_decoding_reqs``, ``num_prefilling_reqs``, ``last_step_ms``, and
+  ``disaggregation.kv_transfer_total_bytes``.
+* ``/server_info`` has ``kv_bytes_per_token``, ``dtype``, ``max_total_num_tokens`` and every
+  EngineConfig field.
+* Seeded sampling draws token ``i`` with seed ``f(sampling_seed, i)``, so P->D and unified
+  give the same seeded output.
 """
