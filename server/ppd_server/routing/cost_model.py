@@ -21,7 +21,15 @@ profile as prior and slow forgetting):
   their error is mostly a queueing error, not a speed error;
 * decode-step coefficients of the decode (or unified) worker from the observed TPOT, with
   features (1, running streams + 1, context tokens / 1000); for ``local`` the predicted
-  interference term is taken off first (it is spread over the worker's streams, not a step cost).
+  interference term is taken off first (it is spread over the worker's streams, not a step cost);
+* evidence is pooled across workers for prefill speed: a worker whose prefill fit has no sample
+  of its own yet (a decode worker that never ran a local prefill) publishes the mean of the
+  prefill fits of the workers that have :data:`_DONOR_MIN_SAMPLES` or more, each rescaled by the
+  profile's ratio between the two roles (1 when the profile has no ``by_role``: same model,
+  usually the same hardware). Its first own sample restarts its fit from that pooled estimate.
+  Without this, a decode worker's prefill coefficients move only when the policy goes local, and
+  a prior that makes local look too slow (a CPU profile on GPUs) is never corrected: the policy
+  never goes local, so the fit never learns - a cold-start lock-in.
 
 The latency formulas themselves live in ``routing/latency.py``; ``predict_*`` here are thin
 conveniences over them. Nothing here reads a clock or does I/O.
@@ -54,6 +62,7 @@ _PREFILL_NOISE_MS = 5.0
 _DECODE_NOISE_MS = 1.0
 _ERROR_WINDOW = 1000
 _MIN_COMPUTE_SHARE = 0.5  # prefill fits learn from TTFTs predicted to be mostly compute
+_DONOR_MIN_SAMPLES = 8  # a prefill fit is evidence for workers without one once it has this many samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +127,21 @@ def _from_end_to_end(obs: Observation) -> Observation | None:
     return replace(obs, tpot_ms=max(obs.e2e_ms - obs.predicted_ttft_ms, 0.0) / steps)
 
 
+def _prefill_rls(start: tuple[float, float, float]) -> RecursiveLeastSquares:
+    return RecursiveLeastSquares(start, [max(3 * v, f) for v, f in zip(start, _PREFILL_FLOORS)], _PREFILL_NOISE_MS)
+
+
 class _WorkerFit:
-    def __init__(self, start: CostCoefficients) -> None:
+    def __init__(self, role: Role, start: CostCoefficients) -> None:
+        self.role = role
+        self.start = start
         p0 = (start.prefill_base_ms, start.prefill_per_token_ms, start.prefill_attn_ms_per_ktok2)
         d0 = (start.decode_base_ms, start.decode_per_seq_ms, start.decode_per_kctx_ms)
-        self.prefill = RecursiveLeastSquares(p0, [max(3 * v, f) for v, f in zip(p0, _PREFILL_FLOORS)], _PREFILL_NOISE_MS)
+        self.prefill = _prefill_rls(p0)
         self.decode = RecursiveLeastSquares(d0, [max(3 * v, f) for v, f in zip(d0, _DECODE_FLOORS)], _DECODE_NOISE_MS)
         self.coefficients = start
+        # prefill coefficients taken from other workers' fits (no own prefill sample yet)
+        self.prefill_pooled = False
 
     def refresh(self, component: str) -> None:
         """Republish the coefficients of ``component`` ("prefill" or "decode") after a refit."""
@@ -132,6 +149,18 @@ class _WorkerFit:
         names = COEFFICIENT_NAMES[:3] if component == "prefill" else COEFFICIENT_NAMES[3:]
         values = fit.bounded_theta((0.0, 0.0, 0.0))
         self.coefficients = replace(self.coefficients, **dict(zip(names, values)))
+        if component == "prefill":
+            self.prefill_pooled = False
+
+    def publish_pooled_prefill(self, values: tuple[float, float, float]) -> None:
+        """Publish prefill coefficients pooled from other workers (only while there is no own sample)."""
+        self.coefficients = replace(self.coefficients, **dict(zip(COEFFICIENT_NAMES[:3], values)))
+        self.prefill_pooled = True
+
+    def restart_prefill_from_published(self) -> None:
+        """Before the first own sample of a pooled worker: the pooled estimate becomes its prior."""
+        c = self.coefficients
+        self.prefill = _prefill_rls((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2))
 
 
 def _prefill_features(new: int, cached: int) -> tuple[float, float, float]:
@@ -155,7 +184,7 @@ class CostModel:
         if profile is not None:
             self._load_profile(profile)
         self._fits: dict[str, _WorkerFit] = {}
-        self._errors: dict[str, deque[tuple[float, float, float | None, float | None]]] = {}
+        self._errors: dict[str, deque[tuple[float | None, float, float | None, float | None]]] = {}
 
     def _load_profile(self, profile: dict[str, Any]) -> None:
         if not isinstance(profile, dict) or not isinstance(profile.get("coefficients"), dict):
@@ -178,12 +207,45 @@ class CostModel:
         """The current fitted coefficients of worker ``url`` (cheap: cached between observations)."""
         fit = self._fits.get(url)
         if fit is None:
-            fit = self._fits[url] = _WorkerFit(self.start_coefficients(role))
+            fit = self._fits[url] = _WorkerFit(role, self.start_coefficients(role))
+            self._pool_prefill_into(fit)
         return fit.coefficients
 
     def forget(self, url: str) -> None:
         """Drop a worker's fit (it was removed from the cluster)."""
-        self._fits.pop(url, None)
+        gone = self._fits.pop(url, None)
+        if gone is not None and gone.prefill.samples >= _DONOR_MIN_SAMPLES:
+            self._republish_pooled_prefill()
+
+    # -- pooled prefill evidence -------------------------------------------------------------------
+
+    def _pool_prefill_into(self, fit: _WorkerFit) -> None:
+        """Give a worker without own prefill samples the donors' mean prefill coefficients, each
+        scaled by the profile's ratio between the recipient's role and the donor's (per
+        coefficient). No donor yet: it keeps its own prior."""
+        if fit.prefill.samples > 0:
+            return
+        donors = [d for d in self._fits.values() if d is not fit and d.prefill.samples >= _DONOR_MIN_SAMPLES]
+        if not donors:
+            if fit.prefill_pooled:  # the donors left: back to its own prior
+                fit.refresh("prefill")
+            return
+        names = COEFFICIENT_NAMES[:3]
+        pooled = []
+        for name in names:
+            mine = getattr(fit.start, name)
+            total = 0.0
+            for d in donors:
+                theirs = getattr(d.start, name)
+                scale = mine / theirs if theirs > 0 else 1.0
+                total += getattr(d.coefficients, name) * scale
+            pooled.append(total / len(donors))
+        fit.publish_pooled_prefill((pooled[0], pooled[1], pooled[2]))
+
+    def _republish_pooled_prefill(self) -> None:
+        for fit in self._fits.values():
+            if fit.prefill.samples == 0:
+                self._pool_prefill_into(fit)
 
     # -- predictions (conveniences over routing/latency.py) -------------------------------------
 
@@ -230,12 +292,16 @@ class CostModel:
             # error is mostly a queueing error (a burst the load poll had not seen): skip it
             compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
             if target > 0 and compute_share > _MIN_COMPUTE_SHARE:
+                if fit.prefill_pooled:  # its own first sample: start from what it was predicted with
+                    fit.restart_prefill_from_published()
                 fit.prefill.update(x, target, _robust_weight(target, fit.prefill.predict(x)))
                 fit.refresh("prefill")
+                if fit.prefill.samples >= _DONOR_MIN_SAMPLES:  # evidence for the workers without any
+                    self._republish_pooled_prefill()
         if obs.decode_url is not None and obs.tpot_ms is not None and obs.tpot_ms > 0:
             role: Role = "unified" if obs.route == "replica" else "decode"
             fit = self._fit(obs.decode_url, role)
-            running = max(obs.decode_running, 0)
+            running: float = max(obs.decode_running, 0)
             if obs.decode_running_end is not None:  # the batch the stream actually decoded in
                 running = (running + max(obs.decode_running_end, 0)) / 2
             batch = running + 1
@@ -285,7 +351,12 @@ class CostModel:
             "model": self.model_name,
             "coefficients": self._default.to_dict(),
             "workers": {
-                url: {"coefficients": fit.coefficients.to_dict(), "prefill_samples": fit.prefill.samples, "decode_samples": fit.decode.samples}
+                url: {
+                    "coefficients": fit.coefficients.to_dict(),
+                    "prefill_samples": fit.prefill.samples,
+                    "decode_samples": fit.decode.samples,
+                    "prefill_pooled": fit.prefill_pooled,
+                }
                 for url, fit in sorted(self._fits.items())
             },
         }
