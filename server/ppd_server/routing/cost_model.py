@@ -63,6 +63,9 @@ _DECODE_NOISE_MS = 1.0
 _ERROR_WINDOW = 1000
 _MIN_COMPUTE_SHARE = 0.5  # prefill fits learn from TTFTs predicted to be mostly compute
 _DONOR_MIN_SAMPLES = 8  # a prefill fit is evidence for workers without one once it has this many samples
+# the pool is a prior: republished on a new donor and every this many donor refits (not every
+# one: that would cost O(workers) per observation, ~0.1 ms at 32P32D)
+_POOL_REFRESH_EVERY = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,20 @@ def _prefill_features(new: int, cached: int) -> tuple[float, float, float]:
     return 1.0, float(new), new * (new + cached) / 1e6
 
 
+def _pooled_prefill(start: CostCoefficients, donors: list[_WorkerFit]) -> tuple[float, float, float]:
+    """The donors' mean published prefill coefficients, each rescaled to a worker that starts
+    from ``start`` (the profile's ratio between the two roles; 1 when they start alike)."""
+    out = []
+    for name in COEFFICIENT_NAMES[:3]:
+        mine = getattr(start, name)
+        total = 0.0
+        for d in donors:
+            theirs = getattr(d.start, name)
+            total += getattr(d.coefficients, name) * (mine / theirs if theirs > 0 else 1.0)
+        out.append(total / len(donors))
+    return out[0], out[1], out[2]
+
+
 def _abs_pct(pred: float, obs: float) -> float:
     return abs(pred - obs) / max(obs, 1e-9) * 100.0
 
@@ -184,6 +201,7 @@ class CostModel:
         if profile is not None:
             self._load_profile(profile)
         self._fits: dict[str, _WorkerFit] = {}
+        self._donor_refits = 0
         self._errors: dict[str, deque[tuple[float | None, float, float | None, float | None]]] = {}
 
     def _load_profile(self, profile: dict[str, Any]) -> None:
@@ -219,33 +237,35 @@ class CostModel:
 
     # -- pooled prefill evidence -------------------------------------------------------------------
 
-    def _pool_prefill_into(self, fit: _WorkerFit) -> None:
+    def _pool_prefill_into(self, fit: _WorkerFit, donors: list[_WorkerFit] | None = None,
+                           pooled_by_start: dict[CostCoefficients, tuple[float, float, float]] | None = None) -> None:
         """Give a worker without own prefill samples the donors' mean prefill coefficients, each
         scaled by the profile's ratio between the recipient's role and the donor's (per
-        coefficient). No donor yet: it keeps its own prior."""
+        coefficient). No donor yet: it keeps its own prior. ``donors`` and ``pooled_by_start``
+        let a republish over all workers compute the pool once per distinct start."""
         if fit.prefill.samples > 0:
             return
-        donors = [d for d in self._fits.values() if d is not fit and d.prefill.samples >= _DONOR_MIN_SAMPLES]
+        if donors is None:
+            donors = self._prefill_donors()
         if not donors:
             if fit.prefill_pooled:  # the donors left: back to its own prior
                 fit.refresh("prefill")
             return
-        names = COEFFICIENT_NAMES[:3]
-        pooled = []
-        for name in names:
-            mine = getattr(fit.start, name)
-            total = 0.0
-            for d in donors:
-                theirs = getattr(d.start, name)
-                scale = mine / theirs if theirs > 0 else 1.0
-                total += getattr(d.coefficients, name) * scale
-            pooled.append(total / len(donors))
-        fit.publish_pooled_prefill((pooled[0], pooled[1], pooled[2]))
+        cache = pooled_by_start if pooled_by_start is not None else {}
+        values = cache.get(fit.start)
+        if values is None:
+            values = cache[fit.start] = _pooled_prefill(fit.start, donors)
+        fit.publish_pooled_prefill(values)
+
+    def _prefill_donors(self) -> list[_WorkerFit]:
+        return [d for d in self._fits.values() if d.prefill.samples >= _DONOR_MIN_SAMPLES]
 
     def _republish_pooled_prefill(self) -> None:
+        donors = self._prefill_donors()
+        cache: dict[CostCoefficients, tuple[float, float, float]] = {}
         for fit in self._fits.values():
             if fit.prefill.samples == 0:
-                self._pool_prefill_into(fit)
+                self._pool_prefill_into(fit, donors, cache)
 
     # -- predictions (conveniences over routing/latency.py) -------------------------------------
 
@@ -297,7 +317,9 @@ class CostModel:
                 fit.prefill.update(x, target, _robust_weight(target, fit.prefill.predict(x)))
                 fit.refresh("prefill")
                 if fit.prefill.samples >= _DONOR_MIN_SAMPLES:  # evidence for the workers without any
-                    self._republish_pooled_prefill()
+                    self._donor_refits += 1
+                    if fit.prefill.samples == _DONOR_MIN_SAMPLES or self._donor_refits % _POOL_REFRESH_EVERY == 0:
+                        self._republish_pooled_prefill()
         if obs.decode_url is not None and obs.tpot_ms is not None and obs.tpot_ms > 0:
             role: Role = "unified" if obs.route == "replica" else "decode"
             fit = self._fit(obs.decode_url, role)

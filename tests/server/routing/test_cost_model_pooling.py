@@ -91,11 +91,12 @@ def test_a_decode_worker_without_local_samples_publishes_the_prefill_workers_fit
     p, d = cm.coefficients(P, "prefill"), cm.coefficients(D, "decode")
     assert p.prefill_per_token_ms == pytest.approx(GPU.prefill_per_token_ms, rel=0.2)
     for name in ("prefill_base_ms", "prefill_per_token_ms", "prefill_attn_ms_per_ktok2"):
-        assert getattr(d, name) == pytest.approx(getattr(p, name)), name
+        # the pool is republished every few donor refits: at most a few samples stale
+        assert getattr(d, name) == pytest.approx(getattr(p, name), rel=0.05), name
     assert d.decode_base_ms == CPU.decode_base_ms  # the decode step is the worker's own
     assert cm.snapshot()["workers"][D]["prefill_pooled"] is True
     # a worker that joins later starts from the pool too
-    assert cm.coefficients("http://d9", "decode").prefill_per_token_ms == pytest.approx(p.prefill_per_token_ms)
+    assert cm.coefficients("http://d9", "decode").prefill_per_token_ms == pytest.approx(p.prefill_per_token_ms, rel=0.05)
 
 
 def test_pooled_coefficients_keep_the_profiles_ratio_between_roles():
@@ -103,8 +104,8 @@ def test_pooled_coefficients_keep_the_profiles_ratio_between_roles():
     cm = CostModel(profile)
     _fit_prefill_worker(cm, 60)
     p, d = cm.coefficients(P, "prefill"), cm.coefficients(D, "decode")
-    assert d.prefill_per_token_ms == pytest.approx(2 * p.prefill_per_token_ms)
-    assert d.prefill_base_ms == pytest.approx(p.prefill_base_ms)
+    assert d.prefill_per_token_ms == pytest.approx(2 * p.prefill_per_token_ms, rel=0.05)
+    assert d.prefill_base_ms == pytest.approx(p.prefill_base_ms, rel=0.05)
 
 
 def test_pooled_coefficients_are_the_mean_over_fitted_prefill_workers():
@@ -113,7 +114,7 @@ def test_pooled_coefficients_are_the_mean_over_fitted_prefill_workers():
     _fit_prefill_worker(cm, 60, GPU, "http://p0")
     _fit_prefill_worker(cm, 60, slower, "http://p1")
     p0, p1 = cm.coefficients("http://p0", "prefill"), cm.coefficients("http://p1", "prefill")
-    assert cm.coefficients(D, "decode").prefill_per_token_ms == pytest.approx((p0.prefill_per_token_ms + p1.prefill_per_token_ms) / 2)
+    assert cm.coefficients(D, "decode").prefill_per_token_ms == pytest.approx((p0.prefill_per_token_ms + p1.prefill_per_token_ms) / 2, rel=0.05)
 
 
 def test_the_first_own_sample_starts_from_the_pooled_estimate_not_the_prior():
@@ -149,3 +150,13 @@ def test_forgetting_the_only_donor_returns_the_recipient_to_its_prior():
     assert (d.prefill_base_ms, d.prefill_per_token_ms, d.prefill_attn_ms_per_ktok2) == pytest.approx(
         (CPU.prefill_base_ms, CPU.prefill_per_token_ms, CPU.prefill_attn_ms_per_ktok2))
     assert cm.snapshot()["workers"][D]["prefill_pooled"] is False
+
+
+def test_the_pool_follows_its_donors_as_they_refit():
+    cm = CostModel({"coefficients": CPU.to_dict()})
+    _fit_prefill_worker(cm, 60)
+    before = cm.coefficients(D, "decode").prefill_per_token_ms
+    _fit_prefill_worker(cm, 200, CostCoefficients(**{k: 3 * v for k, v in GPU.to_dict().items()}))  # P slowed down
+    p, d = cm.coefficients(P, "prefill"), cm.coefficients(D, "decode")
+    assert p.prefill_per_token_ms > 2 * before
+    assert d.prefill_per_token_ms == pytest.approx(p.prefill_per_token_ms, rel=0.05)
