@@ -135,9 +135,8 @@ def _prefill_rls(start: tuple[float, float, float]) -> RecursiveLeastSquares:
 
 
 class _WorkerFit:
-    def __init__(self, role: Role, start: CostCoefficients) -> None:
-        self.role = role
-        self.start = start
+    def __init__(self, start: CostCoefficients) -> None:
+        self.start = start  # the profile's coefficients for its role (the pool rescales by them)
         p0 = (start.prefill_base_ms, start.prefill_per_token_ms, start.prefill_attn_ms_per_ktok2)
         d0 = (start.decode_base_ms, start.decode_per_seq_ms, start.decode_per_kctx_ms)
         self.prefill = _prefill_rls(p0)
@@ -225,7 +224,7 @@ class CostModel:
         """The current fitted coefficients of worker ``url`` (cheap: cached between observations)."""
         fit = self._fits.get(url)
         if fit is None:
-            fit = self._fits[url] = _WorkerFit(role, self.start_coefficients(role))
+            fit = self._fits[url] = _WorkerFit(self.start_coefficients(role))
             self._pool_prefill_into(fit)
         return fit.coefficients
 
