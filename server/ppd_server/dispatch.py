@@ -96,7 +96,7 @@ class Dispatcher:
             call = await self._open(decode.url, plan, json.dumps(body).encode(), "decode" if d.route == "local" else "unified")
             return await self._answer(request, plan, call, prefill=None)
         finally:
-            decode.inflight -= 1
+            decode.release(time.monotonic())
 
     # --- P->D ------------------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ class Dispatcher:
                 raise _worker_error(call.resp.status, raw, "prefill")
         finally:
             if worker:
-                worker.inflight -= 1
+                worker.release(time.monotonic())
 
     # --- common ----------------------------------------------------------------------------
 

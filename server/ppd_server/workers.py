@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -45,6 +47,11 @@ class Worker:
     model_path: str | None = None
     load: LoadReport = field(default_factory=LoadReport)
     inflight: int = 0
+    # When the router's own requests to this worker ended (monotonic s) since the last load poll
+    # was sent: a poll cannot see them yet, so they are taken off its running count. Agents send
+    # turn N+1 right after turn N ends; without this the policy would charge turn N+1 for
+    # interference with a stream that has already finished.
+    recent_finishes: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     poll_failures: int = 0
     last_error: str | None = None
     load_source: str | None = None
@@ -55,15 +62,29 @@ class Worker:
 
         return urlsplit(self.url).hostname or "127.0.0.1"
 
+    def release(self, now: float) -> None:
+        """One of the router's requests to this worker ended."""
+        self.inflight -= 1
+        self.recent_finishes.append(now)
+
+    def set_load(self, report: LoadReport, source: str, polled_at: float) -> None:
+        """A load report from a poll sent at ``polled_at`` (it already reflects earlier finishes)."""
+        self.load, self.load_source = report, source
+        while self.recent_finishes and self.recent_finishes[0] <= polled_at:
+            self.recent_finishes.popleft()
+
     def view(self, coefficients: CostCoefficients) -> WorkerView:
+        polled = self.load.running_reqs
+        running = max(0, polled - len(self.recent_finishes))
+        context = self.load.running_context_tokens * running // polled if polled else 0
         return WorkerView(
             url=self.url, role=self.role, healthy=self.healthy,
             can_local_prefill=self.can_local_prefill, decode_radix_cache=self.decode_radix_cache,
             bootstrap_port=self.bootstrap_port, max_total_tokens=self.max_total_tokens,
             kv_bytes_per_token=self.kv_bytes_per_token, chunked_prefill_size=self.chunked_prefill_size,
-            running_reqs=self.load.running_reqs, waiting_reqs=self.load.waiting_reqs,
+            running_reqs=running, waiting_reqs=self.load.waiting_reqs,
             waiting_tokens=self.load.waiting_tokens, used_tokens=self.load.used_tokens,
-            running_context_tokens=self.load.running_context_tokens, inflight=self.inflight,
+            running_context_tokens=context, inflight=self.inflight,
             coefficients=coefficients,
         )
 
@@ -152,7 +173,8 @@ class WorkerRegistry:
                     if r.status != 200:
                         raise RuntimeError(f"/server_info answered {r.status}")
                     w.apply_server_info(await r.json(content_type=None))
-            w.load, w.load_source = await self._fetch_load(session, w, timeout)
+            polled_at = time.monotonic()
+            w.set_load(*await self._fetch_load(session, w, timeout), polled_at)
             self._mark_up(w)
         except ValueError as e:  # a misconfigured role: keep it out, loudly
             self.mark_down(w.url, str(e))
