@@ -23,7 +23,11 @@ def _model(base_url: str) -> str:
 
 def _turn(client: openai.OpenAI, model: str, conv: str, messages: list[dict], stream: bool) -> tuple[dict, dict, str]:
     """One turn; returns (response headers, the ppd field, the answer text)."""
-    kw = dict(model=model, messages=messages, max_tokens=12, temperature=0, extra_headers={"X-PPD-Conversation-Id": conv})
+    # 48-token answers (ignore_eos): like real agent turns, each answer is KV the decode worker
+    # generated and holds while a prefill worker would have to recompute it. With 5-token answers
+    # the two routes cost nearly the same on this tiny model and timing noise decides.
+    kw = dict(model=model, messages=messages, max_tokens=48, temperature=0, extra_body={"ignore_eos": True},
+              extra_headers={"X-PPD-Conversation-Id": conv})
     if stream:
         with client.chat.completions.with_streaming_response.create(
                 stream=True, stream_options={"include_usage": True}, **kw) as raw:
