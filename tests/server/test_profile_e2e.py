@@ -4,58 +4,23 @@ cache-hit accounting and fitting work end to end. Timing values are not asserted
 from __future__ import annotations
 
 import math
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
 from ppd_server.profile import ProfileError, measure_profile
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.types import COEFFICIENT_NAMES
 
+# tests/ is on sys.path (rootdir conftest): the engine tests' launcher ends its process by PID.
+from engine.launch import free_port, worker_process
+
 pytestmark = pytest.mark.e2e
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def synthetic_worker():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ppd_server.engine", "--model", "synthetic", "--port", str(port), "--threads", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ppd-worker exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("ppd-worker did not become healthy in 120 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+def synthetic_worker(tmp_path_factory):
+    with worker_process(tmp_path_factory.mktemp("synthetic_worker"), "synthetic", "--model", "synthetic") as proc:
+        yield proc.url
 
 
 def test_measure_profile_drives_a_real_worker(synthetic_worker):
@@ -76,6 +41,6 @@ def test_measure_profile_drives_a_real_worker(synthetic_worker):
 
 
 def test_measure_profile_names_an_unreachable_worker():
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ProfileError, match=url):
         measure_profile(url, timeout_s=2.0)

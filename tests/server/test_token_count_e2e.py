@@ -3,15 +3,13 @@ prompt_tokens for the same chat (same tokenizer, same chat template), tools incl
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 
 from ppd_server.token_count import TokenCounter
+
+# tests/ is on sys.path (rootdir conftest): the engine tests' launcher ends its process by PID.
+from engine.launch import worker_process
 
 pytestmark = pytest.mark.e2e
 
@@ -30,43 +28,10 @@ TOOL = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def smollm2_worker():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ppd_server.engine", "--model", "smollm2", "--port", str(port), "--threads", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ppd-worker exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("ppd-worker did not become healthy in 240 s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+def smollm2_worker(tmp_path_factory):
+    with worker_process(tmp_path_factory.mktemp("smollm2_worker"), "smollm2", "--model", "smollm2") as proc:
+        yield proc.url
 
 
 @pytest.mark.parametrize("tools", [None, [TOOL]], ids=["plain", "tools"])
