@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, AsyncIterator
 
 from aiohttp import web
 
@@ -71,6 +71,24 @@ def _meta(result: Result) -> dict[str, Any]:
 def _include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def _usage_chunks(body: dict[str, Any], head: dict[str, Any], result: Result) -> list[dict[str, Any]]:
+    """The closing usage chunk of a stream (``head``: its id/object/created/model), sent only
+    when the client asked for it with ``stream_options.include_usage``."""
+    if not _include_usage(body):
+        return []
+    return [{**head, "choices": [], "usage": _usage(result), "meta_info": _meta(result)}]
+
+
+async def _final_result(results: AsyncIterator[Result]) -> Result:
+    """The last (finished) result of a non-streamed request; a failed request raises."""
+    last = None
+    async for result in results:
+        last = result
+    assert last is not None
+    raise_if_failed(last)
+    return last
 
 
 # ---- chat --------------------------------------------------------------------------------
@@ -166,11 +184,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), worker.served_model_name
 
     if not body.get("stream"):
-        last = None
-        async for result in results:
-            last = result
-        assert last is not None
-        raise_if_failed(last)
+        last = await _final_result(results)
         message, calls = chat_message(last.text, bool(tools))
         reason = last.finish_reason or {}
         return web.json_response({
@@ -180,22 +194,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "usage": _usage(last), "meta_info": _meta(last)})
 
     deltas = ChatDeltas(bool(tools))
+    head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
 
     def shape(result: Result) -> dict[str, Any] | None:
         delta, has_calls = deltas.next(result.text, result.finished)
         finish = _finish(result, has_calls)
         if not delta and finish is None:
             return None
-        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-    def final(result: Result) -> list[dict[str, Any]]:
-        if not _include_usage(body):
-            return []
-        return [{"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [], "usage": _usage(result), "meta_info": _meta(result)}]
-
-    return await stream_sse(request, results, shape, final)
+    return await stream_sse(request, results, shape, lambda result: _usage_chunks(body, head, result))
 
 
 # ---- completions -------------------------------------------------------------------------
@@ -225,14 +233,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish(result),
                 "matched_stop": reason.get("matched")}
 
+    head = {"id": cid, "object": "text_completion", "created": created, "model": model}
     if not body.get("stream"):
-        last = None
-        async for result in results:
-            last = result
-        assert last is not None
-        raise_if_failed(last)
-        return web.json_response({"id": cid, "object": "text_completion", "created": created,
-                                  "model": model, "choices": [choice(echo + last.text, last)],
+        last = await _final_result(results)
+        return web.json_response({**head, "choices": [choice(echo + last.text, last)],
                                   "usage": _usage(last), "meta_info": _meta(last)})
 
     sent = {"chars": 0, "echoed": False}
@@ -242,13 +246,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
         sent["chars"] = len(result.text)
         if not sent["echoed"]:
             text, sent["echoed"] = echo + text, True
-        return {"id": cid, "object": "text_completion", "created": created, "model": model,
-                "choices": [choice(text, result)]}
+        return {**head, "choices": [choice(text, result)]}
 
-    def final(result: Result) -> list[dict[str, Any]]:
-        if not _include_usage(body):
-            return []
-        return [{"id": cid, "object": "text_completion", "created": created, "model": model,
-                 "choices": [], "usage": _usage(result), "meta_info": _meta(result)}]
-
-    return await stream_sse(request, results, shape, final)
+    return await stream_sse(request, results, shape, lambda result: _usage_chunks(body, head, result))
