@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 ENV_PREFIX = "PPD_"
 BACKENDS = ("ppd", "sglang")
-_EMBEDDED_RE = re.compile(r"^(?:(\d+)P(\d+)D|(\d+)R)$", re.IGNORECASE)
+_LAYOUT_PART = re.compile(r"(\d+)([PDR])")
 
 
 class ConfigError(ValueError):
@@ -33,9 +33,35 @@ class PrefillSpec:
     bootstrap_port: int | None = None
 
 
+def parse_worker_counts(text: str) -> tuple[int, int, int]:
+    """(prefill, decode, unified) counts of a fleet layout: counts of P, D and R (unified)
+    workers such as ``1P1D``, ``2P2D``, ``4R`` or ``1P2D1R``; case-insensitive, a repeated
+    kind adds up. The one grammar of ``--embedded`` here and ``ppd-sim --cluster``. Raises
+    ValueError saying what is wrong (the caller says which option): no worker, or prefill
+    without decode workers (or the reverse)."""
+    s = text.strip().upper()
+    parts = _LAYOUT_PART.findall(s)
+    if not s or "".join(n + k for n, k in parts) != s:
+        raise ValueError("write counts of P (prefill), D (decode), R (unified), e.g. 1P1D, 1P3D, 2P2D, 4R, 1P2D1R")
+    counts = {"P": 0, "D": 0, "R": 0}
+    for n, kind in parts:
+        counts[kind] += int(n)
+    prefill, decode, unified = counts["P"], counts["D"], counts["R"]
+    if prefill + decode + unified == 0:
+        raise ValueError("no worker; give at least one")
+    if (prefill > 0) != (decode > 0):
+        raise ValueError("prefill (P) and decode (D) workers come in pairs of kinds; give both or neither")
+    return prefill, decode, unified
+
+
+def format_worker_counts(prefill: int, decode: int, unified: int) -> str:
+    """The layout text :func:`parse_worker_counts` reads back, e.g. ``1P2D1R``."""
+    return "".join(f"{n}{k}" for n, k in ((prefill, "P"), (decode, "D"), (unified, "R")) if n)
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddedLayout:
-    """How many embedded workers of each role to start (``1P1D``, ``2P2D``, ``1R``...)."""
+    """How many embedded workers of each role to start (``1P1D``, ``2P2D``, ``1R``, ``1P2D1R``...)."""
 
     prefill: int = 1
     decode: int = 1
@@ -43,19 +69,13 @@ class EmbeddedLayout:
 
     @classmethod
     def parse(cls, text: str) -> EmbeddedLayout:
-        m = _EMBEDDED_RE.match(text.strip())
-        if not m:
-            raise ConfigError("embedded", f"expected a layout like 1P1D, 1P2D, 2P2D or 1R, got {text!r}")
-        if m.group(3):
-            layout = cls(prefill=0, decode=0, unified=int(m.group(3)))
-        else:
-            layout = cls(prefill=int(m.group(1)), decode=int(m.group(2)), unified=0)
-        if layout.prefill + layout.decode + layout.unified == 0 or (layout.prefill == 0) != (layout.decode == 0):
-            raise ConfigError("embedded", f"layout {text!r} needs at least one prefill AND one decode, or unified workers")
-        return layout
+        try:
+            return cls(*parse_worker_counts(text))
+        except ValueError as exc:
+            raise ConfigError("embedded", f"bad layout {text!r}: {exc}") from None
 
     def __str__(self) -> str:
-        return f"{self.unified}R" if self.unified else f"{self.prefill}P{self.decode}D"
+        return format_worker_counts(self.prefill, self.decode, self.unified)
 
 
 @dataclass(frozen=True, slots=True)

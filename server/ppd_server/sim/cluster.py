@@ -10,17 +10,16 @@ bytes of every P->D turn still open).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable
 
+from ppd_server.config import format_worker_counts, parse_worker_counts
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role
 from ppd_server.sim.events import EventLoop
 from ppd_server.sim.link import KVLink
 from ppd_server.sim.worker import SimWorker, WorkerHost
 
 MAX_WORKERS = 64
-_PART = re.compile(r"(\d+)([PDR])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,24 +30,20 @@ class ClusterSpec:
 
     @classmethod
     def parse(cls, text: str) -> "ClusterSpec":
-        """'1P3D' -> 1 prefill + 3 decode; 'R' = unified (replica) workers; case-insensitive."""
-        s = text.strip().upper()
-        parts = _PART.findall(s)
-        if not s or "".join(n + k for n, k in parts) != s:
-            raise ValueError(f"bad --cluster {text!r}; write counts of P (prefill), D (decode), R (unified), e.g. 1P3D, 2P2D, 4R, 1P2D1R")
-        counts = {"P": 0, "D": 0, "R": 0}
-        for n, kind in parts:
-            counts[kind] += int(n)
-        spec = cls(counts["P"], counts["D"], counts["R"])
+        """'1P3D' -> 1 prefill + 3 decode; 'R' = unified (replica) workers; case-insensitive.
+        Same grammar as the router's ``--embedded`` (:func:`parse_worker_counts`), capped at
+        ``MAX_WORKERS``."""
+        try:
+            spec = cls(*parse_worker_counts(text))
+        except ValueError as exc:
+            raise ValueError(f"bad --cluster {text!r}: {exc}") from None
         total = spec.prefill + spec.decode + spec.unified
-        if total == 0 or total > MAX_WORKERS:
+        if total > MAX_WORKERS:
             raise ValueError(f"bad --cluster {text!r}: {total} workers; use 1..{MAX_WORKERS}")
-        if (spec.prefill > 0) != (spec.decode > 0):
-            raise ValueError(f"bad --cluster {text!r}: prefill (P) and decode (D) workers come in pairs of kinds; give both or neither")
         return spec
 
     def __str__(self) -> str:
-        return "".join(f"{n}{k}" for n, k in ((self.prefill, "P"), (self.decode, "D"), (self.unified, "R")) if n)
+        return format_worker_counts(self.prefill, self.decode, self.unified)
 
 
 @dataclass(frozen=True, slots=True)
