@@ -55,6 +55,9 @@ class EngineConfig:
         "Prefill: cap the KV send rate (gigabits/s) to emulate a datacenter link on loopback."))
     kv_transfer_timeout: float = field(default=60.0, metadata=_opt(
         "Seconds to wait for the other side of a KV transfer before failing the request."))
+    warmup: bool = field(default=True, metadata=_opt(
+        "Run every request path of this role once at startup (then flush the cache and reset "
+        "metrics) before /health answers 200, so the first real request is not a cold one."))
     enable_cache_report: bool = field(default=True, metadata=_opt(
         "Accepted for SGLang compatibility; cached_tokens is always reported."))
 

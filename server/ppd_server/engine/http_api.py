@@ -212,17 +212,23 @@ async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:
     await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
 
-async def health(request: web.Request) -> web.Response:
-    worker = request.app[WORKER]
+def _unhealthy(worker: Worker) -> web.Response | None:
     if not worker.engine.alive:
         return web.json_response(error_body("engine is not running", 503), status=503)
-    return web.Response(text="")
+    if not worker.ready.is_set():
+        return web.json_response(error_body("warming up", 503), status=503)
+    return None
+
+
+async def health(request: web.Request) -> web.Response:
+    return _unhealthy(request.app[WORKER]) or web.Response(text="")
 
 
 async def health_generate(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
-    if not worker.engine.alive:
-        return web.json_response(error_body("engine is not running", 503), status=503)
+    unhealthy = _unhealthy(worker)
+    if unhealthy is not None:
+        return unhealthy
     inp = GenerateInput([worker.tokenizer.bos_token_id or 0], SamplingParams(max_new_tokens=1, temperature=0.0))
     mode = Mode.PREFILL_SEND if worker.config.is_prefill else Mode.LOCAL
     await worker.complete(inp, mode=mode)

@@ -66,6 +66,10 @@ class EngineMetrics:
         self.h_step = histogram("forward_step_seconds", "Duration of one engine step.")
         self.g_max_tokens.labels(**self._labels)
 
+    def fresh(self) -> "EngineMetrics":
+        """A new, empty EngineMetrics for the same model (counters restart at zero)."""
+        return EngineMetrics(self._labels["model_name"])
+
     # ---- hooks (engine thread / event loop) ---------------------------------------------
     def on_step(self, step: "Step", seconds: float) -> None:
         self.h_step.labels(**self._labels).observe(seconds)

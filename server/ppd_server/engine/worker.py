@@ -13,6 +13,7 @@ Request roles (decided by ``plan_mode``):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .request import Bootstrap, Mode, Req
 from .sampling import SamplingParams
 from .stopping import OutputTracker
 
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class Worker:
         self.bootstrap: BootstrapServer | None = None
         self.started_at = time.time()
         self._live: dict[str, list[Req]] = {}   # client rid -> its unfinished requests
+        # Set once the startup warmup is over (or skipped): /health is 503 before, and
+        # requests wait for it, so none of them shares a step, the cache or metrics with it.
+        self.ready = asyncio.Event()
+        self._warmup: asyncio.Task | None = None
 
     @property
     def context_limit(self) -> int:
@@ -92,8 +98,35 @@ class Worker:
                                              self.config.kv_transfer_timeout, self.config.kv_link_gbps,
                                              on_sent=self.metrics.on_kv_transfer)
             await self.bootstrap.start()
+        if self.config.warmup:
+            self._warmup = asyncio.create_task(self._warm_up())
+        else:
+            self.ready.set()
+
+    async def _warm_up(self) -> None:
+        from .warmup import warm_up
+
+        began = time.monotonic()
+        try:
+            await warm_up(self)
+        except Exception as exc:  # a broken engine also shows in /health; serve and say why
+            log.warning("warmup failed: %s: %s", type(exc).__name__, exc)
+        else:
+            log.info("warmup done in %.0f ms", (time.monotonic() - began) * 1000)
+        finally:
+            self.ready.set()
+
+    def reset_metrics(self) -> None:
+        """Start metrics afresh (after the warmup): engine, bootstrap and endpoints all switch
+        to the new object."""
+        self.metrics = self.metrics.fresh()
+        self.engine.observer = self.metrics
+        if self.bootstrap is not None:
+            self.bootstrap.on_sent = self.metrics.on_kv_transfer
 
     async def close(self) -> None:
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
         if self.bootstrap is not None:
             await self.bootstrap.close()
         await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
@@ -134,11 +167,15 @@ class Worker:
         return sampling
 
     # ---- the request flow -------------------------------------------------------------
-    async def generate(self, inp: GenerateInput, mode: Mode | None = None) -> AsyncIterator[Result]:
+    async def generate(self, inp: GenerateInput, mode: Mode | None = None,
+                       warmup: bool = False) -> AsyncIterator[Result]:
         """Run one request; yields cumulative Results, the last one finished. Raises
-        InvalidRequest before anything is queued. Leaving early aborts the request."""
+        InvalidRequest before anything is queued. Leaving early aborts the request.
+        Waits for the startup warmup first (``warmup=True``: a warmup request itself)."""
         from .engine import RequestHandle
 
+        if not warmup:
+            await self.ready.wait()
         if self.engine.error is not None:
             raise InvalidRequest(f"the engine failed: {self.engine.error}", status=503)
         mode = mode or self.plan_mode(inp)
@@ -225,9 +262,9 @@ class Worker:
         finally:
             self.engine.release_sent(req)
 
-    async def complete(self, inp: GenerateInput, mode: Mode | None = None) -> Result:
+    async def complete(self, inp: GenerateInput, mode: Mode | None = None, warmup: bool = False) -> Result:
         last = None
-        async for result in self.generate(inp, mode):
+        async for result in self.generate(inp, mode, warmup):
             last = result
         assert last is not None
         return last
