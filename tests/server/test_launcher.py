@@ -63,3 +63,13 @@ def test_dry_run_prints_the_commands(capsys):
     assert main(["--backend", "sglang", "--model-path", "org/model", "--embedded", "1P1D", "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "sglang.launch_server" in lines[0] and "--disaggregation-mode prefill" in lines[0]
+
+
+def test_mixed_embedded_layout_starts_every_role_in_order():
+    cfg = RouterConfig(embedded="1P2D1R", model="synthetic")
+    assert (cfg.embedded_layout.prefill, cfg.embedded_layout.decode, cfg.embedded_layout.unified) == (1, 2, 1)
+    assert str(cfg.embedded_layout) == "1P2D1R"
+    plans = plan_cluster(cfg, ports(), cpus=[0, 1])
+    assert [p.role for p in plans] == ["prefill", "decode", "decode", "unified"]
+    assert "--disaggregation-mode" not in plans[3].argv  # ppd-worker's default mode is null (unified)
+    assert len({p.argv[p.argv.index("--port") + 1] for p in plans}) == 4
