@@ -5,20 +5,23 @@
 Starts a unified worker, then a fresh prefill + decode pair (conditional agg on), and times
 three requests of the same shape (different words, so no prefix hits) per path, in the order
 a fresh cluster sees them: unified chat, unified /generate; P->D chat, P->D /generate,
-D-local chat. Prints TTFT (first streamed chunk) and end-to-end ms per request.
+D-local chat. Prints TTFT (first streamed chunk) and end-to-end ms per request: the median
+over ``--rounds`` fresh starts (a shared machine is noisy).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from .launch import worker_process
+from .launch import free_port, worker_process
 
 TOPICS = ["oceans", "volcanoes", "glaciers", "deserts", "forests", "rivers", "islands", "canyons"]
 
@@ -52,8 +55,6 @@ def timed_pd(client: httpx.Client, prefill: str, bootstrap_port: int, decode: st
     body = {**body, "bootstrap_host": "127.0.0.1", "bootstrap_port": bootstrap_port,
             "bootstrap_room": random.randrange(2 ** 63)}
     with httpx.Client(timeout=60) as side:
-        import threading
-
         errors: list[BaseException] = []
 
         def run_prefill() -> None:
@@ -72,44 +73,54 @@ def timed_pd(client: httpx.Client, prefill: str, bootstrap_port: int, decode: st
                 raise errors[0]
 
 
-def report(label: str, figures: list[tuple[float, float]]) -> None:
-    cells = "  ".join(f"#{i + 1} ttft {t:6.1f} e2e {e:6.1f}" for i, (t, e) in enumerate(figures))
-    print(f"{label:28s} {cells}", flush=True)
+def report(label: str, rounds: list[list[tuple[float, float]]]) -> None:
+    cells = []
+    for i in range(len(rounds[0])):
+        ttft = statistics.median(r[i][0] for r in rounds)
+        e2e = statistics.median(r[i][1] for r in rounds)
+        cells.append(f"#{i + 1} ttft {ttft:6.1f} e2e {e2e:6.1f}")
+    print(f"{label:20s} {'  '.join(cells)}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-warmup", action="store_true", help="start the workers with --no-warmup")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="requests per path")
+    parser.add_argument("--rounds", type=int, default=1, help="fresh starts; medians are printed")
     args = parser.parse_args()
     extra = ["--no-warmup"] if args.no_warmup else []
-    n = args.repeats
+    figures: dict[str, list[list[tuple[float, float]]]] = {}
+    for _ in range(args.rounds):
+        for label, row in one_round(extra, args.repeats).items():
+            figures.setdefault(label, []).append(row)
+    print(f"medians over {args.rounds} fresh start(s), warmup {'off' if args.no_warmup else 'on'}, ms:")
+    for label, rounds in figures.items():
+        report(label, rounds)
+
+
+def one_round(extra: list[str], n: int) -> dict[str, list[tuple[float, float]]]:
+    out: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, httpx.Client(timeout=60) as client:
         tmp_dir = Path(tmp)
         with worker_process(tmp_dir, "unified", *extra) as unified:
-            report("unified chat", [timed_stream(client, unified.url + "/v1/chat/completions", chat_body(i))
-                                    for i in range(n)])
-            report("unified /generate", [timed_stream(client, unified.url + "/generate", generate_body(i))
-                                         for i in range(n)])
-        bootstrap = str(_free_port())
+            out["unified chat"] = [timed_stream(client, unified.url + "/v1/chat/completions", chat_body(i))
+                                   for i in range(n)]
+            out["unified /generate"] = [timed_stream(client, unified.url + "/generate", generate_body(i))
+                                        for i in range(n)]
+        bootstrap = free_port()
         with worker_process(tmp_dir, "prefill", "--disaggregation-mode", "prefill",
-                            "--disaggregation-bootstrap-port", bootstrap, *extra) as prefill, \
+                            "--disaggregation-bootstrap-port", str(bootstrap), *extra) as prefill, \
                 worker_process(tmp_dir, "decode", "--disaggregation-mode", "decode",
                                "--disaggregation-decode-enable-radix-cache",
                                "--disaggregation-decode-enable-conditional-agg", *extra) as decode:
-            report("P->D chat", [timed_pd(client, prefill.url, int(bootstrap), decode.url,
-                                          "/v1/chat/completions", chat_body(i + 3)) for i in range(n)])
-            report("P->D /generate", [timed_pd(client, prefill.url, int(bootstrap), decode.url, "/generate",
-                                               generate_body(i + 3)) for i in range(n)])
-            report("D-local chat", [timed_stream(client, decode.url + "/v1/chat/completions",
-                                                 {**chat_body(i + 6), "do_local_prefill": True})
-                                    for i in range(n)])
-
-
-def _free_port() -> int:
-    from .launch import free_port
-
-    return free_port()
+            out["P->D chat"] = [timed_pd(client, prefill.url, bootstrap, decode.url, "/v1/chat/completions",
+                                         chat_body(i + 3)) for i in range(n)]
+            out["P->D /generate"] = [timed_pd(client, prefill.url, bootstrap, decode.url, "/generate",
+                                              generate_body(i + 3)) for i in range(n)]
+            out["D-local chat"] = [timed_stream(client, decode.url + "/v1/chat/completions",
+                                                {**chat_body(i + 6), "do_local_prefill": True})
+                                   for i in range(n)]
+    return out
 
 
 if __name__ == "__main__":
