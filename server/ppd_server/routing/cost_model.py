@@ -8,20 +8,28 @@ Contract with the router app::
     cm.observe(Observation(...))                   # after each turn (timings the router measured)
     cm.error_summary()                             # for /metrics and the admin API
 
-Online fit (one fit per worker and timing component, :class:`RecursiveLeastSquares` with the
-profile as prior and slow forgetting):
+Online fit (one :class:`~ppd_server.routing.robust_fit.RobustFit` per worker and timing
+component: a robust MAP fit over the recent samples, relative timing noise, the profile as a
+Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
 
+* how far the prior reaches is the profile's to say: ``"prior_rel_std": r`` (optional) marks a
+  profile measured on this engine and hardware (``profile.DEFAULT_PROFILE`` for the embedded
+  SmolLM2 cluster): each coefficient is trusted within ``r`` of its value. Without it the
+  profile is generic or foreign (defaults, a roofline, another machine's) and the prior is
+  loose, 3x its values with CPU-to-GPU floors;
 * prefill coefficients of the worker that ran the prefill - the P worker for ``pd``, the decode
   worker for ``local``, the unified worker for ``replica`` - from the observed TTFT minus the
   parts of the prediction that are not that prefill (queue wait, KV transfer, first decode
   step, chunk mixing: ``predicted_ttft_ms - predicted prefill``);
-* samples are weighted by how far they fall from the current prediction (Cauchy weights), so a
-  burst that queued behind requests the load poll had not yet seen cannot rewrite the fit; and
-  TTFT samples predicted to be half or less compute (queue, transfer) are not fitted at all:
-  their error is mostly a queueing error, not a speed error;
-* decode-step coefficients of the decode (or unified) worker from the observed TPOT, with
-  features (1, running streams + 1, context tokens / 1000); for ``local`` the predicted
-  interference term is taken off first (it is spread over the worker's streams, not a step cost);
+* a sample far outside the fit's own scatter (a cold first request, a burst queued behind
+  requests the load poll had not seen) gets no weight, and is re-judged at every refit, so
+  consistent later evidence wins back from an early outlier; TTFT samples predicted to be half
+  or less compute (queue, transfer) are not fitted at all: their error is a queueing error;
+* decode-step coefficients of the decode (or unified) worker from the observed TPOT, with the
+  features the prediction uses (``latency.estimate_*``): (1, streams incl. this one, context /
+  1000), the context being the other streams' (``decode_context_tokens``) plus this stream's
+  prompt and half its answer; for ``local`` the predicted interference term is taken off first
+  (it is spread over the worker's streams, not a step cost);
 * evidence is pooled across workers for prefill speed: a worker whose prefill fit has no sample
   of its own yet (a decode worker that never ran a local prefill) publishes the mean of the
   prefill fits of the workers that have :data:`_DONOR_MIN_SAMPLES` or more, each rescaled by the
@@ -42,7 +50,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ppd_server.routing.latency import estimate_local, estimate_pd, estimate_replica, prefill_ms
-from ppd_server.routing.rls import RecursiveLeastSquares
+from ppd_server.routing.robust_fit import RobustFit
 from ppd_server.routing.types import (
     COEFFICIENT_NAMES,
     ClusterView,
@@ -54,12 +62,19 @@ from ppd_server.routing.types import (
     WorkerView,
 )
 
-# Prior uncertainty (std) per coefficient: 3x the profile value, at least these floors, which span
-# CPU-to-GPU speeds so that a profile from other hardware is corrected within tens of samples.
+# A profile without "prior_rel_std" (generic defaults, another machine's, a roofline) is a loose
+# prior: std 3x its value, at least these floors, which span CPU-to-GPU speeds, so a profile from
+# other hardware is corrected within tens of samples.
 _PREFILL_FLOORS = (20.0, 1.0, 100.0)
 _DECODE_FLOORS = (20.0, 5.0, 10.0)
-_PREFILL_NOISE_MS = 5.0
-_DECODE_NOISE_MS = 1.0
+# A trusted profile ("prior_rel_std": r, e.g. one measured on this engine and hardware): std r x
+# each coefficient, and at least r x a tenth of a typical request's time over that term's feature
+# at these typical features (512 new tokens on an empty cache; 8 streams holding 8k tokens), so
+# a coefficient the profile fitted at 0 can still move.
+_TYPICAL_PREFILL_X = (1.0, 512.0, 512.0 * 512.0 / 1e6)
+_TYPICAL_DECODE_X = (1.0, 8.0, 8.0)
+_PREFILL_SCALE0 = 0.2  # prior guess of the relative timing noise (TTFT: scheduling, cache, co-tenants)
+_DECODE_SCALE0 = 0.1  # a TPOT is a mean over many steps: steadier
 _ERROR_WINDOW = 1000
 _MIN_COMPUTE_SHARE = 0.5  # prefill fits learn from TTFTs predicted to be mostly compute
 _DONOR_MIN_SAMPLES = 8  # a prefill fit is evidence for workers without one once it has this many samples
@@ -77,8 +92,9 @@ class Observation:
     worker's hit plus the prefill worker's, so pass ``prefill_cached_tokens`` (``meta_info``
     ``cached_tokens_details.prefill``) when known: the prefill fit then uses what P really
     computed. ``decode_running``: streams running on the decode (or unified)
-    worker when the request was routed; ``decode_context_tokens`` their total context (0 =
-    unknown); ``decode_running_end``, when known, the same count when the turn finished (the
+    worker when the request was routed; ``decode_context_tokens`` their total context, not
+    counting this request (``WorkerView.running_context_tokens``; 0 with streams running =
+    unknown); ``completion_tokens`` the answer's length; ``decode_running_end``, when known, the same count when the turn finished (the
     TPOT fit then uses the mean of the two: streams that joined or left during the answer
     shaped its decode steps). ``predicted_*``: the chosen candidate's prediction from the Decision.
     ``tpot_ms`` is None for a one-token answer.
@@ -107,15 +123,6 @@ class Observation:
     decode_running_end: int | None = None
 
 
-def _robust_weight(target: float, predicted: float) -> float:
-    """Cauchy weight of a sample by its relative residual: within +-100% of the prediction it
-    counts at least half; one 10x off (a burst queued behind requests the load poll had not seen
-    yet) counts ~1/80, so it nudges rather than rewrites the fit. A profile that is wrong
-    everywhere still converges: as the fit approaches the truth the weights grow back to 1."""
-    rel = (target - predicted) / max(abs(predicted), 1.0)
-    return 1.0 / (1.0 + rel * rel)
-
-
 def _from_end_to_end(obs: Observation) -> Observation | None:
     """TTFT/TPOT recovered from a non-streamed turn's end-to-end time (see Observation)."""
     if obs.e2e_ms is None or not obs.e2e_ms > 0:
@@ -130,17 +137,27 @@ def _from_end_to_end(obs: Observation) -> Observation | None:
     return replace(obs, tpot_ms=max(obs.e2e_ms - obs.predicted_ttft_ms, 0.0) / steps)
 
 
-def _prefill_rls(start: tuple[float, float, float]) -> RecursiveLeastSquares:
-    return RecursiveLeastSquares(start, [max(3 * v, f) for v, f in zip(start, _PREFILL_FLOORS)], _PREFILL_NOISE_MS)
+def _prior_std(start: tuple[float, float, float], rel: float | None, floors: tuple[float, float, float],
+               typical_x: tuple[float, float, float]) -> list[float]:
+    """Prior std per coefficient: loose (no ``rel``: 3x, with floors) or ``rel`` of a trusted profile."""
+    if rel is None:
+        return [max(3 * v, f) for v, f in zip(start, floors)]
+    typical_ms = sum(v * x for v, x in zip(start, typical_x))
+    return [rel * max(v, typical_ms / (10 * x), 1e-6) for v, x in zip(start, typical_x)]
+
+
+def _prefill_fit(start: tuple[float, float, float], rel: float | None) -> RobustFit:
+    return RobustFit(start, _prior_std(start, rel, _PREFILL_FLOORS, _TYPICAL_PREFILL_X), _PREFILL_SCALE0)
 
 
 class _WorkerFit:
-    def __init__(self, start: CostCoefficients) -> None:
+    def __init__(self, start: CostCoefficients, prior_rel_std: float | None) -> None:
         self.start = start  # the profile's coefficients for its role (the pool rescales by them)
+        self.prior_rel_std = prior_rel_std
         p0 = (start.prefill_base_ms, start.prefill_per_token_ms, start.prefill_attn_ms_per_ktok2)
         d0 = (start.decode_base_ms, start.decode_per_seq_ms, start.decode_per_kctx_ms)
-        self.prefill = _prefill_rls(p0)
-        self.decode = RecursiveLeastSquares(d0, [max(3 * v, f) for v, f in zip(d0, _DECODE_FLOORS)], _DECODE_NOISE_MS)
+        self.prefill = _prefill_fit(p0, prior_rel_std)
+        self.decode = RobustFit(d0, _prior_std(d0, prior_rel_std, _DECODE_FLOORS, _TYPICAL_DECODE_X), _DECODE_SCALE0)
         self.coefficients = start
         # prefill coefficients taken from other workers' fits (no own prefill sample yet)
         self.prefill_pooled = False
@@ -149,8 +166,7 @@ class _WorkerFit:
         """Republish the coefficients of ``component`` ("prefill" or "decode") after a refit."""
         fit = self.prefill if component == "prefill" else self.decode
         names = COEFFICIENT_NAMES[:3] if component == "prefill" else COEFFICIENT_NAMES[3:]
-        values = fit.bounded_theta((0.0, 0.0, 0.0))
-        self.coefficients = replace(self.coefficients, **dict(zip(names, values)))
+        self.coefficients = replace(self.coefficients, **dict(zip(names, fit.theta)))
         if component == "prefill":
             self.prefill_pooled = False
 
@@ -162,11 +178,28 @@ class _WorkerFit:
     def restart_prefill_from_published(self) -> None:
         """Before the first own sample of a pooled worker: the pooled estimate becomes its prior."""
         c = self.coefficients
-        self.prefill = _prefill_rls((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2))
+        self.prefill = _prefill_fit((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2), self.prior_rel_std)
 
 
 def _prefill_features(new: int, cached: int) -> tuple[float, float, float]:
     return 1.0, float(new), new * (new + cached) / 1e6
+
+
+def _decode_features(obs: Observation) -> tuple[float, float, float]:
+    """The decode-step features of the answer's steps, as ``latency.estimate_*`` predicts them:
+    (1, streams incl. this one, context / 1000) where the context is the other streams' plus
+    this stream's prompt and half its answer (the mean over its steps)."""
+    at_start = max(obs.decode_running, 0)
+    running: float = at_start
+    if obs.decode_running_end is not None:  # the batch the stream actually decoded in
+        running = (at_start + max(obs.decode_running_end, 0)) / 2
+    prompt = obs.new_tokens + obs.cached_tokens
+    if at_start > 0 and obs.decode_context_tokens > 0:  # the others' context, rescaled to the mean batch
+        others = obs.decode_context_tokens * running / at_start
+    else:  # unknown, or streams that joined an idle worker later: contexts like this one
+        others = running * prompt
+    context = others + prompt + max(obs.completion_tokens, 0) // 2
+    return 1.0, running + 1.0, context / 1000.0
 
 
 def _pooled_prefill(start: CostCoefficients, donors: list[_WorkerFit]) -> tuple[float, float, float]:
@@ -197,6 +230,7 @@ class CostModel:
         self.model_name: str | None = None
         self._default = CostCoefficients()
         self._by_role: dict[str, CostCoefficients] = {}
+        self.prior_rel_std: float | None = None  # None: a loose prior (the profile is not trusted)
         if profile is not None:
             self._load_profile(profile)
         self._fits: dict[str, _WorkerFit] = {}
@@ -207,6 +241,11 @@ class CostModel:
         if not isinstance(profile, dict) or not isinstance(profile.get("coefficients"), dict):
             raise ValueError("a cost profile must be a JSON object with a 'coefficients' object")
         self.model_name = profile.get("model")
+        rel = profile.get("prior_rel_std")
+        if rel is not None:
+            if isinstance(rel, bool) or not isinstance(rel, (int, float)) or not 0.0 < rel <= 10.0:
+                raise ValueError(f"profile 'prior_rel_std' must be a number in (0, 10], got {rel!r}")
+            self.prior_rel_std = float(rel)
         self._default = CostCoefficients.from_dict(profile["coefficients"])
         by_role = profile.get("by_role") or {}
         if not isinstance(by_role, dict):
@@ -224,7 +263,7 @@ class CostModel:
         """The current fitted coefficients of worker ``url`` (cheap: cached between observations)."""
         fit = self._fits.get(url)
         if fit is None:
-            fit = self._fits[url] = _WorkerFit(self.start_coefficients(role))
+            fit = self._fits[url] = _WorkerFit(self.start_coefficients(role), self.prior_rel_std)
             self._pool_prefill_into(fit)
         return fit.coefficients
 
@@ -313,7 +352,7 @@ class CostModel:
             if target > 0 and compute_share > _MIN_COMPUTE_SHARE:
                 if fit.prefill_pooled:  # its own first sample: start from what it was predicted with
                     fit.restart_prefill_from_published()
-                fit.prefill.update(x, target, _robust_weight(target, fit.prefill.predict(x)))
+                fit.prefill.update(x, target)
                 fit.refresh("prefill")
                 if fit.prefill.samples >= _DONOR_MIN_SAMPLES:  # evidence for the workers without any
                     self._donor_refits += 1
@@ -322,12 +361,7 @@ class CostModel:
         if obs.decode_url is not None and obs.tpot_ms is not None and obs.tpot_ms > 0:
             role: Role = "unified" if obs.route == "replica" else "decode"
             fit = self._fit(obs.decode_url, role)
-            running: float = max(obs.decode_running, 0)
-            if obs.decode_running_end is not None:  # the batch the stream actually decoded in
-                running = (running + max(obs.decode_running_end, 0)) / 2
-            batch = running + 1
-            context = obs.decode_context_tokens or batch * (obs.new_tokens + obs.cached_tokens)
-            x_dec = (1.0, float(batch), context / 1000.0)
+            x_dec = _decode_features(obs)
             # the local route's predicted TPOT is the decode step plus the interference its
             # append-prefill spreads over the worker's streams; in steady state each stream absorbs
             # about that much from the other streams' local prefills, so fit the step alone
@@ -336,7 +370,7 @@ class CostModel:
                 interference = max(0.0, obs.predicted_tpot_ms - fit.decode.predict(x_dec))
             target = obs.tpot_ms - interference
             if target > 0:
-                fit.decode.update(x_dec, target, _robust_weight(target, fit.decode.predict(x_dec)))
+                fit.decode.update(x_dec, target)
                 fit.refresh("decode")
 
     def _fit(self, url: str, role: Role) -> _WorkerFit:

@@ -88,7 +88,7 @@ def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
         cm.observe(
             Observation(
                 route, "http://d", "http://p" if route == "pd" else None, new, obs_cached, true_ttft, true_tpot, running,
-                pred.ttft_ms, pred.tpot_ms, kv_bytes, ctx + prompt + 32,
+                pred.ttft_ms, pred.tpot_ms, kv_bytes, ctx, completion_tokens=64,
             )
         )
 
@@ -275,13 +275,13 @@ def test_tpot_fit_uses_the_batch_the_answer_decoded_in():
     rng = random.Random(4)
     told, untold = CostModel(PROFILE), CostModel(PROFILE)
     for _ in range(300):
-        start, end = rng.randrange(0, 4), rng.randrange(0, 40)
-        batch = (start + end) / 2 + 1
-        context = int(batch * rng.randrange(200, 2000))
-        tpot = decode_step_ms(TRUE, batch, context)
+        start, end = rng.randrange(1, 4), rng.randrange(0, 40)
+        running = (start + end) / 2
+        per_stream = rng.randrange(200, 2000)  # the others' contexts; this stream holds its 500-token prompt
+        tpot = decode_step_ms(TRUE, running + 1, int(running * per_stream) + 500)
         for cm, end_count in ((told, end), (untold, None)):
             cm.observe(Observation("pd", "http://d", "http://p", 0, 500, 50.0, tpot, start, None, None,
-                                   decode_context_tokens=context, decode_running_end=end_count))
+                                   decode_context_tokens=start * per_stream, decode_running_end=end_count))
     assert told.coefficients("http://d", "decode").decode_per_seq_ms == pytest.approx(TRUE.decode_per_seq_ms, rel=0.1)
     assert untold.coefficients("http://d", "decode").decode_per_seq_ms != pytest.approx(TRUE.decode_per_seq_ms, rel=0.1)
 
