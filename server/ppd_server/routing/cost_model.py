@@ -31,7 +31,7 @@ Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
   prompt and half its answer; for ``local`` the predicted interference term is taken off first
   (it is spread over the worker's streams, not a step cost);
 * evidence is pooled across workers for prefill speed: a worker whose prefill fit has no sample
-  of its own yet (a decode worker that never ran a local prefill) publishes the mean of the
+  of its own yet (a decode worker that never ran a local prefill) publishes the median of the
   prefill fits of the workers that have :data:`_DONOR_MIN_SAMPLES` or more, each rescaled by the
   profile's ratio between the two roles (1 when the profile has no ``by_role``: same model,
   usually the same hardware). Its first own sample restarts its fit from that pooled estimate.
@@ -203,16 +203,17 @@ def _decode_features(obs: Observation) -> tuple[float, float, float]:
 
 
 def _pooled_prefill(start: CostCoefficients, donors: list[_WorkerFit]) -> tuple[float, float, float]:
-    """The donors' mean published prefill coefficients, each rescaled to a worker that starts
-    from ``start`` (the profile's ratio between the two roles; 1 when they start alike)."""
+    """The donors' median published prefill coefficients, each rescaled to a worker that starts
+    from ``start`` (the profile's ratio between the two roles; 1 when they start alike). The
+    median, not the mean: one donor still far from its truth (few samples, a tight wrong prior)
+    must not drag the pool."""
     out = []
     for name in COEFFICIENT_NAMES[:3]:
         mine = getattr(start, name)
-        total = 0.0
-        for d in donors:
-            theirs = getattr(d.start, name)
-            total += getattr(d.coefficients, name) * (mine / theirs if theirs > 0 else 1.0)
-        out.append(total / len(donors))
+        values = sorted(getattr(d.coefficients, name) * (mine / theirs if (theirs := getattr(d.start, name)) > 0 else 1.0)
+                        for d in donors)
+        n = len(values)
+        out.append(values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2]))
     return out[0], out[1], out[2]
 
 

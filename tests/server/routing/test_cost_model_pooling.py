@@ -108,13 +108,18 @@ def test_pooled_coefficients_keep_the_profiles_ratio_between_roles():
     assert d.prefill_base_ms == pytest.approx(p.prefill_base_ms, rel=0.05)
 
 
-def test_pooled_coefficients_are_the_mean_over_fitted_prefill_workers():
+def test_pooled_coefficients_are_the_median_over_fitted_prefill_workers():
+    """Two donors: their mean. Three, one of them still far off: the median ignores it."""
     cm = CostModel({"coefficients": CPU.to_dict()})
     slower = CostCoefficients(**{k: 2 * v for k, v in GPU.to_dict().items()})
     _fit_prefill_worker(cm, 60, GPU, "http://p0")
     _fit_prefill_worker(cm, 60, slower, "http://p1")
     p0, p1 = cm.coefficients("http://p0", "prefill"), cm.coefficients("http://p1", "prefill")
-    assert cm.coefficients(D, "decode").prefill_per_token_ms == pytest.approx((p0.prefill_per_token_ms + p1.prefill_per_token_ms) / 2, rel=0.05)
+    two = (p0.prefill_per_token_ms + p1.prefill_per_token_ms) / 2
+    assert cm.coefficients(D, "decode").prefill_per_token_ms == pytest.approx(two, rel=0.05)
+    _fit_prefill_worker(cm, 60, CostCoefficients(**{k: 40 * v for k, v in GPU.to_dict().items()}), "http://p2")
+    cm.forget(D)  # re-pooled from all three
+    assert cm.coefficients(D, "decode").prefill_per_token_ms == pytest.approx(p1.prefill_per_token_ms, rel=0.05)
 
 
 def test_the_first_own_sample_starts_from_the_pooled_estimate_not_the_prior():
