@@ -3,7 +3,7 @@
     python -m tests.engine.cold_start_probe [--no-warmup]
 
 Starts a unified worker, then a fresh prefill + decode pair (conditional agg on), and times
-three requests of the same shape (different words, so no prefix hits) per path, in the order
+three requests of the same shape (different words, so no cached prefix) per path, in the order
 a fresh cluster sees them: unified chat, unified /generate; P->D chat, P->D /generate,
 D-local chat. Prints TTFT (first streamed chunk) and end-to-end ms per request: the median
 over ``--rounds`` fresh starts (a shared machine is noisy).
@@ -28,7 +28,10 @@ TOPICS = ["oceans", "volcanoes", "glaciers", "deserts", "forests", "rivers", "is
 
 def chat_body(i: int) -> dict:
     topic = TOPICS[i % len(TOPICS)]
-    return {"messages": [{"role": "user", "content": f"Write two sentences about {topic} for a child."}],
+    # Own system prompt: the template's default one would be a shared cached prefix, making
+    # request 2+ cheaper than request 1 for a reason that has nothing to do with a cold start.
+    return {"messages": [{"role": "system", "content": f"{topic.capitalize()} are your only subject."},
+                         {"role": "user", "content": f"Write two sentences about {topic} for a child."}],
             "max_tokens": 8, "temperature": 0, "stream": True}
 
 

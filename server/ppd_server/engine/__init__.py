@@ -15,6 +15,7 @@ Map of the package (one concept per file):
 * ``runner``       turns a scheduled step into a ForwardBatch and calls the model.
 * ``engine``       the thread that owns the scheduler and model; its bridge to asyncio.
 * ``worker``       one worker's runtime and the request flow of every role (``Worker.generate``).
+* ``warmup``       startup self-warmup of the role's paths; /health is 503 until it is done.
 * ``kv_transfer``  bootstrap server (prefill) and client (decode): framed TCP KV transfer.
 * ``http_api``     aiohttp routes: SGLang native API; ``openai_api``: OpenAI shapes.
 * ``errors``       InvalidRequest and OpenAI-style error bodies.
