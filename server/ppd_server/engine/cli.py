@@ -84,8 +84,16 @@ async def serve(config: EngineConfig) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    announce = asyncio.ensure_future(_announce_ready(worker))
     try:
         await stop.wait()
     finally:
+        announce.cancel()
         print("ppd-worker: shutting down", file=sys.stderr, flush=True)
         await runner.cleanup()
+
+
+async def _announce_ready(worker) -> None:
+    await worker.ready.wait()
+    if worker.warmup_ms is not None:
+        print(f"ppd-worker: warmed up in {worker.warmup_ms:.0f} ms; /health is 200", file=sys.stderr, flush=True)

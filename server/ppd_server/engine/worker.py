@@ -72,6 +72,7 @@ class Worker:
         # requests wait for it, so none of them shares a step, the cache or metrics with it.
         self.ready = asyncio.Event()
         self._warmup: asyncio.Task | None = None
+        self.warmup_ms: float | None = None
 
     @property
     def context_limit(self) -> int:
@@ -112,7 +113,7 @@ class Worker:
         except Exception as exc:  # a broken engine also shows in /health; serve and say why
             log.warning("warmup failed: %s: %s", type(exc).__name__, exc)
         else:
-            log.info("warmup done in %.0f ms", (time.monotonic() - began) * 1000)
+            self.warmup_ms = (time.monotonic() - began) * 1000
         finally:
             self.ready.set()
 
