@@ -5,15 +5,18 @@
 Starts a unified worker, then a fresh prefill + decode pair (conditional agg on), and times
 three requests of the same shape (different words, so no cached prefix) per path, in the order
 a fresh cluster sees them: unified chat, unified /generate; P->D chat, P->D /generate,
-D-local chat. Prints TTFT (first streamed chunk) and end-to-end ms per request: the median
+D-local chat; with ``--router``, the same fresh pair behind a real ``ppd-server`` (explicit
+--prefill/--decode) serving three two-turn conversations. Prints TTFT (first streamed chunk) and end-to-end ms per request: the median
 over ``--rounds`` fresh starts (a shared machine is noisy).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from .launch import free_port, worker_process
+from .launch import Proc, free_port, worker_process
 
 TOPICS = ["oceans", "volcanoes", "glaciers", "deserts", "forests", "rivers", "islands", "canyons"]
 
@@ -78,11 +81,11 @@ def timed_pd(client: httpx.Client, prefill: str, bootstrap_port: int, decode: st
 
 def report(label: str, rounds: list[list[tuple[float, float]]]) -> None:
     cells = []
-    for i in range(len(rounds[0])):
+    for i in range(min(len(r) for r in rounds)):
         ttft = statistics.median(r[i][0] for r in rounds)
         e2e = statistics.median(r[i][1] for r in rounds)
         cells.append(f"#{i + 1} ttft {ttft:6.1f} e2e {e2e:6.1f}")
-    print(f"{label:20s} {'  '.join(cells)}", flush=True)
+    print(f"{label:22s} {'  '.join(cells)}", flush=True)
 
 
 def main() -> None:
@@ -90,15 +93,67 @@ def main() -> None:
     parser.add_argument("--no-warmup", action="store_true", help="start the workers with --no-warmup")
     parser.add_argument("--repeats", type=int, default=3, help="requests per path")
     parser.add_argument("--rounds", type=int, default=1, help="fresh starts; medians are printed")
+    parser.add_argument("--router", action="store_true", help="conversations through ppd-server")
     args = parser.parse_args()
     extra = ["--no-warmup"] if args.no_warmup else []
     figures: dict[str, list[list[tuple[float, float]]]] = {}
     for _ in range(args.rounds):
-        for label, row in one_round(extra, args.repeats).items():
+        measured = router_round(extra, args.repeats) if args.router else one_round(extra, args.repeats)
+        for label, row in measured.items():
             figures.setdefault(label, []).append(row)
     print(f"medians over {args.rounds} fresh start(s), warmup {'off' if args.no_warmup else 'on'}, ms:")
     for label, rounds in figures.items():
         report(label, rounds)
+
+
+def router_round(extra: list[str], n: int) -> dict[str, list[tuple[float, float]]]:
+    """``n`` two-turn conversations through ppd-server over a fresh 1P1D pair; rows are
+    labelled by turn and the route the router took."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp, httpx.Client(timeout=60) as client:
+        tmp_dir = Path(tmp)
+        bootstrap = free_port()
+        with worker_process(tmp_dir, "prefill", "--disaggregation-mode", "prefill",
+                            "--disaggregation-bootstrap-port", str(bootstrap), *extra) as prefill, \
+                worker_process(tmp_dir, "decode", "--disaggregation-mode", "decode",
+                               "--disaggregation-decode-enable-radix-cache",
+                               "--disaggregation-decode-enable-conditional-agg", *extra) as decode:
+            port = free_port()
+            router = Proc("ppd-server", [sys.executable, "-m", "ppd_server", "--port", str(port), "--prefill",
+                                         prefill.url, str(bootstrap), "--decode", decode.url],
+                          f"http://127.0.0.1:{port}", tmp_dir / "router.log")
+            try:
+                router.wait_ready()
+                turns: dict[str, list[tuple[float, float]]] = {}
+                for i in range(n):
+                    messages = chat_body(i)["messages"]
+                    for turn in (1, 2):
+                        ttft, e2e, route, answer = timed_turn(client, router.url, f"conv-{i}", messages)
+                        turns.setdefault(f"router turn {turn} {route}", []).append((ttft, e2e))
+                        messages = messages + [{"role": "assistant", "content": answer},
+                                               {"role": "user", "content": "Now one more sentence, please."}]
+                out.update(turns)
+            finally:
+                router.stop()
+    return out
+
+
+def timed_turn(client: httpx.Client, url: str, conversation: str,
+               messages: list[dict]) -> tuple[float, float, str, str]:
+    body = {"messages": messages, "max_tokens": 8, "temperature": 0, "stream": True}
+    began = time.perf_counter()
+    ttft, answer = None, []
+    with client.stream("POST", url + "/v1/chat/completions", json=body,
+                       headers={"X-PPD-Conversation-Id": conversation}) as response:
+        response.raise_for_status()
+        route = response.headers.get("X-PPD-Route", "?")
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            ttft = ttft if ttft is not None else time.perf_counter() - began
+            for choice in json.loads(line[6:]).get("choices", []):
+                answer.append(choice.get("delta", {}).get("content") or "")
+    return (ttft or 0.0) * 1000, (time.perf_counter() - began) * 1000, route, "".join(answer)
 
 
 def one_round(extra: list[str], n: int) -> dict[str, list[tuple[float, float]]]:
