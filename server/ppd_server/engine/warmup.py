@@ -47,24 +47,17 @@ _SEEDED = SamplingParams(max_new_tokens=_NEW_TOKENS, temperature=0.7, top_p=0.9,
 
 
 async def warm_up(worker: "Worker") -> None:
-    first_ids, follow_up_ids = _prompts(worker)
-    first = await _run(worker, first_ids, _GREEDY, first_turn=True)
-    second_ids = first_ids + first + follow_up_ids
-    await _run(worker, second_ids, _SEEDED, first_turn=False)
-    await _forget(worker)
-
-
-def _prompts(worker: "Worker") -> tuple[list[int], list[int]]:
-    """The warmup conversation's token ids, cut to fit small KV pools (both turns plus
-    outputs stay within half the context)."""
     tokenizer = worker.tokenizer
-    first = tokenizer.encode(tokenizer.apply_chat_template(_MESSAGES, add_generation_prompt=True))
-    turn_two = tokenizer.apply_chat_template(_MESSAGES + [{"role": "assistant", "content": "x"}] + _FOLLOW_UP,
-                                             add_generation_prompt=True)
-    follow_up = tokenizer.encode(turn_two.split("x", 1)[-1]) if "x" in turn_two else tokenizer.encode("more")
-    budget = max(2, worker.context_limit // 2 - 2 * _NEW_TOKENS)
-    follow_up = follow_up[: max(1, budget // 4)]
-    return first[: budget - len(follow_up)], follow_up
+    # Both turns plus outputs stay within half the context (small KV pools in tests).
+    limit = max(2, worker.context_limit // 2 - 2 * _NEW_TOKENS)
+    first_ids = tokenizer.encode(tokenizer.apply_chat_template(_MESSAGES, add_generation_prompt=True))
+    answer = tokenizer.decode(await _run(worker, first_ids[: limit // 2], _GREEDY, first_turn=True))
+    # Turn 2 the way real clients send it: the whole conversation re-rendered; the radix cache
+    # holds turn 1, so this is an append over a cached prefix.
+    conversation = _MESSAGES + [{"role": "assistant", "content": answer}] + _FOLLOW_UP
+    second_ids = tokenizer.encode(tokenizer.apply_chat_template(conversation, add_generation_prompt=True))
+    await _run(worker, second_ids[:limit], _SEEDED, first_turn=False)
+    await _forget(worker)
 
 
 async def _run(worker: "Worker", ids: list[int], sampling: SamplingParams, first_turn: bool) -> list[int]:
