@@ -6,6 +6,9 @@ append over a cached prefix, with their first-touch page faults and kernel setup
 template render; first sampler and KV-transfer use). The router's online cost model fits its
 first observations, so a cold first request skews its predictions. Like SGLang, the worker
 warms itself up before /health answers 200; requests that arrive earlier wait for it.
+Measured on SmolLM2 (``python -m tests.engine.cold_start_probe``): the one-time cost is
+mostly the first forward (+10-13 ms CPU: ~1,600 first-touch page faults) and the first
+template render (~4 ms); HTTP, tokenizer, sampler and socket firsts are under 1 ms each.
 
 Paths per role (all in-process, no peer needed):
 * every role: chat template render + encode, a greedy request (prefill, decode steps,
@@ -29,7 +32,7 @@ import random
 from typing import TYPE_CHECKING
 
 from .kv_transfer import BootstrapServer, PrefillResult, ReceivedKV, fetch_kv
-from .request import Bootstrap, Mode
+from .request import Bootstrap
 from .sampling import SamplingParams
 from .worker import GenerateInput
 
