@@ -103,16 +103,16 @@ class RecursiveLeastSquares:
             if abs(det) < 1e-15:
                 return None
             return [(p[j][j] * rhs[0] - p[i][j] * rhs[1]) / det, (p[i][i] * rhs[1] - p[j][i] * rhs[0]) / det]
-        return _solve([[p[i][j] for j in active] for i in active], rhs)
+        return solve_linear([[p[i][j] for j in active] for i in active], rhs)
 
 
-def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
-    """Gauss-Jordan solve of a small dense system; None when singular."""
+def solve_linear(a: list[list[float]], b: list[float], singular_below: float = 1e-15) -> list[float] | None:
+    """Gauss-Jordan solve of a small dense system; None when a pivot is below ``singular_below``."""
     n = len(b)
     m = [row[:] + [v] for row, v in zip(a, b)]
     for c in range(n):
         pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[pivot][c]) < 1e-15:
+        if abs(m[pivot][c]) < singular_below:
             return None
         m[c], m[pivot] = m[pivot], m[c]
         for r in range(n):

@@ -39,6 +39,8 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
+from ppd_server.routing.rls import solve_linear
+
 _TUKEY_C = 4.685  # Tukey's biweight at 95% efficiency under Gaussian noise
 _SCALE_PRIOR_SAMPLES = 8.0  # the prior guess of the scale counts like this many samples
 _SCALE_BOUNDS = (0.05, 2.0)  # timings repeat within 5% at best; 2.0 still accepts samples 10^4x off
@@ -128,7 +130,8 @@ def nonnegative_solve(a: list[list[float]], b: list[float]) -> list[float]:
         for free in itertools.combinations(range(k), size):
             t = [0.0] * k
             if free:
-                sol = _solve([[a[i][j] for j in free] for i in free], [b[i] for i in free])
+                sol = solve_linear([[a[i][j] for j in free] for i in free], [b[i] for i in free],
+                                   singular_below=1e-300)
                 if sol is None or min(sol) < -1e-12:
                     continue
                 for i, v in zip(free, sol):
@@ -159,18 +162,3 @@ def _median(values: list[float]) -> float:
     n = len(s)
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
-
-def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
-    """Gauss-Jordan solve of a small dense system; None when singular."""
-    n = len(b)
-    m = [row[:] + [v] for row, v in zip(a, b)]
-    for c in range(n):
-        pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[pivot][c]) < 1e-300:
-            return None
-        m[c], m[pivot] = m[pivot], m[c]
-        for r in range(n):
-            if r != c:
-                f = m[r][c] / m[c][c]
-                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
-    return [m[i][n] / m[i][i] for i in range(n)]

@@ -13,7 +13,8 @@ import pytest
 
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.latency import decode_step_ms, prefill_ms
-from ppd_server.routing.robust_fit import RobustFit, _solve, nonnegative_solve
+from ppd_server.routing.rls import solve_linear
+from ppd_server.routing.robust_fit import RobustFit, nonnegative_solve
 from ppd_server.routing.types import CostCoefficients
 
 # ppd-server's built-in SmolLM2 profile, and the embedded cluster it was measured on running ~2x faster
@@ -148,7 +149,7 @@ def _brute_force_nonnegative(a: list[list[float]], b: list[float]) -> list[float
     best, best_cost = [0.0, 0.0, 0.0], 0.0
     for size in (1, 2, 3):
         for free in itertools.combinations(range(3), size):
-            sol = _solve([[a[i][j] for j in free] for i in free], [b[i] for i in free])
+            sol = solve_linear([[a[i][j] for j in free] for i in free], [b[i] for i in free])
             if sol is None or min(sol) < 0:
                 continue
             cand = [0.0] * 3
