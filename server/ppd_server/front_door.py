@@ -72,6 +72,8 @@ class FrontDoor:
         model = body.get("model")
         if model is None:
             return
+        if not isinstance(model, str):  # a list/object is unhashable: the set lookup would raise
+            raise bad_request(f"'model' must be a string, got {model!r}", param="model")
         names = self.state.registry.model_names()
         if names and model not in names:
             raise RouterError(404, f"The model `{model}` does not exist. Available: {', '.join(sorted(names))}",
