@@ -98,12 +98,14 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         raise InvalidRequest("messages must be a non-empty list", param="messages")
     out = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                or message["role"] not in _ROLES:
             raise InvalidRequest(f"messages[{i}] needs a role in {sorted(_ROLES)}", param=f"messages[{i}]")
         message = dict(message)
         content = message.get("content")
         if isinstance(content, list):
-            parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+                     and isinstance(p.get("text", ""), str)]
             if len(parts) != len(content):
                 raise InvalidRequest(f"messages[{i}].content: only text parts are supported",
                                      param=f"messages[{i}].content")
@@ -115,6 +117,8 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
                                  param=f"messages[{i}].content")
         if message["role"] == "developer":
             message["role"] = "system"
+        if not isinstance(message.get("tool_calls") or [], list):
+            raise InvalidRequest(f"messages[{i}].tool_calls must be a list", param=f"messages[{i}].tool_calls")
         for call in message.get("tool_calls") or []:
             function = call.get("function", {}) if isinstance(call, dict) else {}
             if isinstance(function.get("arguments"), str):
