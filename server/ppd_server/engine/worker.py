@@ -237,10 +237,12 @@ class Worker:
         try:
             received = await fetch_kv(req.bootstrap.host, port, req.bootstrap.room,
                                       req.num_prefix_tokens, self.config.kv_transfer_timeout, store)
-        except TransferError as exc:
-            req.error, req.error_status = str(exc), 503
+        except Exception as exc:  # any failure (also a malformed peer frame) must end the request
+            message = str(exc) if isinstance(exc, TransferError) else \
+                f"KV transfer failed: {type(exc).__name__}: {exc}"
+            req.error, req.error_status = message, 503
             self.metrics.on_transfer_failed()
-            self.engine.abort(req, str(exc))
+            self.engine.abort(req, message)
             return
         req.prefill_cached_tokens = received.prefill_cached_tokens
         req.kv_transfer_bytes = received.nbytes
