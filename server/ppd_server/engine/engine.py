@@ -51,6 +51,7 @@ class Engine:
         self.observer = observer
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._handles: dict[str, RequestHandle] = {}
+        self._calls: set[asyncio.Future] = set()   # ``call`` futures not answered yet
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.last_step_time = 0.0
@@ -72,7 +73,12 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     def submit(self, handle: RequestHandle) -> None:
+        # Registered before the engine thread sees it, and checked after, so a request that
+        # races with the engine's death is still failed (the thread fails every handle).
+        self._handles[handle.req.rid] = handle
         self._inbox.put(lambda: self._add(handle))
+        if self.error is not None:
+            self._fail(handle)
 
     def abort(self, req: Req, reason: str = "client disconnected") -> None:
         self._inbox.put(lambda: self._abort(req, reason))
@@ -89,6 +95,11 @@ class Engine:
         """Run ``fn`` on the engine thread (between steps) and await its result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        self._calls.add(future)
+        future.add_done_callback(self._calls.discard)
+        if self.error is not None:
+            future.set_exception(RuntimeError(f"the engine failed: {self.error}"))
+            return future
 
         def run() -> None:
             try:
@@ -116,8 +127,15 @@ class Engine:
             log.exception("engine thread died")
             self.error = exc
             for handle in list(self._handles.values()):
-                handle.req.error = f"engine failure: {exc}"
-                self._push(handle.req, kind="token", final=True)
+                self._fail(handle)
+            for future in list(self._calls):
+                future.get_loop().call_soon_threadsafe(
+                    _set_exception, future, RuntimeError(f"the engine failed: {exc}"))
+
+    def _fail(self, handle: RequestHandle) -> None:
+        """End a request because the engine thread died (its commands will never run)."""
+        handle.req.error = f"engine failure: {self.error}"
+        self._push(handle.req, kind="token", final=True)
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -165,7 +183,6 @@ class Engine:
 
     def _add(self, handle: RequestHandle) -> None:
         req = handle.req
-        self._handles[req.rid] = handle
         try:
             self.scheduler.add(req)
         except ValueError as exc:
