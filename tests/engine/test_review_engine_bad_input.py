@@ -16,3 +16,11 @@ async def test_malformed_chat_message_is_400_not_500(unified, message):
     body = await r.json()
     assert r.status == 400, body
     assert body["error"]["param"].startswith("messages[0]")
+
+
+async def test_tool_call_with_a_non_object_function_is_not_a_500(unified):
+    client, _ = unified
+    messages = [{"role": "user", "content": "x"},
+                {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": "x"}]}]
+    r = await client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
+    assert r.status in (200, 400), await r.text()

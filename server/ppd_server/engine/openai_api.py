@@ -121,7 +121,7 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise InvalidRequest(f"messages[{i}].tool_calls must be a list", param=f"messages[{i}].tool_calls")
         for call in message.get("tool_calls") or []:
             function = call.get("function", {}) if isinstance(call, dict) else {}
-            if isinstance(function.get("arguments"), str):
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 try:
                     function["arguments"] = json.loads(function["arguments"])
                 except ValueError:
