@@ -63,3 +63,18 @@ async def test_requests_queued_during_and_after_the_fatal_step_are_failed():
     finally:
         runner.go.set()
         engine.stop()
+
+
+async def test_flush_cache_on_a_dead_engine_is_503_not_500():
+    from .conftest import serve_worker
+
+    async with serve_worker(warmup=False) as (client, worker):
+        def broken(step):
+            raise RuntimeError("boom")
+
+        worker.runner.run = broken
+        r = await client.post("/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 2}})
+        assert r.status == 503
+        r = await asyncio.wait_for(client.post("/flush_cache"), 10)
+        assert r.status == 503, await r.text()
+        assert "engine" in (await r.json())["error"]["message"]

@@ -275,7 +275,12 @@ async def models(request: web.Request) -> web.Response:
 
 async def flush_cache(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
-    ok = await worker.engine.call(worker.scheduler.flush_cache)
+    try:
+        ok = await worker.engine.call(worker.scheduler.flush_cache)
+    except RuntimeError:
+        if worker.engine.error is None:
+            raise
+        return web.json_response(error_body("engine is not running", 503), status=503)
     if not ok:
         return web.Response(status=400, text="Cache not flushed: requests are running.\n")
     return web.Response(text="Cache flushed.\n")
