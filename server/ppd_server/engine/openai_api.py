@@ -149,18 +149,36 @@ def chat_message(text: str, tools: bool) -> tuple[dict[str, Any], list[dict[str,
     return message, calls
 
 
+def _stop_safe_len(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the prefix of an unfinished output that cannot be the start of a stop
+    string: a stream holds the rest back, since a matched stop string is cut from the answer."""
+    longest = max((len(stop) for stop in stops), default=0)
+    for keep in range(min(longest - 1, len(text)), 0, -1):
+        if any(stop.startswith(text[-keep:]) for stop in stops):
+            return len(text) - keep
+    return len(text)
+
+
+def _trimmed_stops(sampling: SamplingParams) -> tuple[str, ...]:
+    return () if sampling.no_stop_trim else sampling.stop
+
+
 class ChatDeltas:
     """Turns cumulative output texts into OpenAI stream deltas. With tools, text that may be
-    part of a ``<tool_call>`` is held back; at the end, parsed calls go out as ``tool_calls``."""
+    part of a ``<tool_call>`` is held back; at the end, parsed calls go out as ``tool_calls``.
+    Text that may be the start of one of ``stops`` is held back until it is not."""
 
-    def __init__(self, tools: bool) -> None:
+    def __init__(self, tools: bool, stops: tuple[str, ...] = ()) -> None:
         self.tools = tools
+        self.stops = stops
         self.sent_chars = 0
         self.sent_role = False
 
     def next(self, text: str, finished: bool) -> tuple[dict[str, Any], bool]:
         calls = parse_tool_calls(text)[1] if self.tools and finished else []
         upto = safe_prefix_len(text) if self.tools and (calls or not finished) else len(text)
+        if not finished:
+            upto = min(upto, _stop_safe_len(text, self.stops))
         delta: dict[str, Any] = {}
         if not self.sent_role:
             delta["role"] = "assistant"
@@ -197,7 +215,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                          "finish_reason": _finish(last, bool(calls)), "matched_stop": reason.get("matched")}],
             "usage": _usage(last), "meta_info": _meta(last)})
 
-    deltas = ChatDeltas(bool(tools))
+    deltas = ChatDeltas(bool(tools), _trimmed_stops(sampling))
     head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
 
     def shape(result: Result) -> dict[str, Any] | None:
@@ -245,9 +263,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
     sent = {"chars": 0, "echoed": False}
 
+    stops = _trimmed_stops(sampling)
+
     def shape(result: Result) -> dict[str, Any]:
-        text = result.text[sent["chars"]:]
-        sent["chars"] = len(result.text)
+        upto = len(result.text) if result.finished else _stop_safe_len(result.text, stops)
+        text = result.text[sent["chars"]:upto]
+        sent["chars"] = max(sent["chars"], upto)
         if not sent["echoed"]:
             text, sent["echoed"] = echo + text, True
         return {**head, "choices": [choice(text, result)]}
