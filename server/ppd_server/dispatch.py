@@ -115,7 +115,12 @@ class Dispatcher:
         data = json.dumps(body).encode()
         prefill_task = asyncio.create_task(self._prefill(prefill.url, plan, data))
         decode_task = asyncio.create_task(self._open(str(d.decode), plan, data, "decode"))
-        await asyncio.wait((prefill_task, decode_task), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait((prefill_task, decode_task), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (the client left): asyncio.wait does not cancel the legs
+            await _discard(decode_task)
+            await _discard(prefill_task)
+            raise
         if prefill_task.done() and prefill_task.exception() is not None:
             await _discard(decode_task)
             raise prefill_task.exception()  # type: ignore[misc]
