@@ -232,6 +232,9 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         async def store(received: ReceivedKV) -> None:
+            if received.num_tokens != req.prompt_len:   # the two sides got different prompts
+                raise ValueError(f"the prefill worker's prompt has {received.num_tokens} tokens, "
+                                 f"this request's prompt has {req.prompt_len}")
             await loop.run_in_executor(None, self.runner.write_kv, req, received.start, received.data)
 
         try:
