@@ -248,9 +248,11 @@ class Dispatcher:
             except _CLIENT_GONE:
                 raise
             except _UPSTREAM_BROKE as e:
-                broke = RouterError(502, f"worker {plan.decision.decode} failed mid-stream: {type(e).__name__}",
-                                    code="worker_failed", retryable=True)
-            if prefill_error:
+                # after [DONE] the client has the whole answer and nothing may follow it
+                broke = None if shaper.saw_done else RouterError(
+                    502, f"worker {plan.decision.decode} failed mid-stream: {type(e).__name__}",
+                    code="worker_failed", retryable=True)
+            if prefill_error and not shaper.saw_done:
                 broke = _as_router_error(prefill_error[0])
             ok = broke is None and not shaper.saw_error
             if broke is not None and not shaper.saw_error:
