@@ -146,7 +146,7 @@ class Scheduler:
             if req.state is State.PREFILLING and not row.completes_prompt:
                 continue
             produced.append(req)
-            reason = req.tracker.append(token)
+            reason = _record(req, token)
             if req.mode is Mode.PREFILL_SEND:
                 req.state = State.SENDING
             elif reason is not None:
@@ -160,7 +160,7 @@ class Scheduler:
         if req.state is not State.AWAITING_KV:
             return False
         req.num_computed = req.prompt_len
-        reason = req.tracker.append(first_token)
+        reason = _record(req, first_token)
         if reason is not None:
             self.finish(req)
         else:
@@ -204,3 +204,11 @@ class Scheduler:
             return self.cache is None
         self.allocator.free(self.cache.reset())
         return True
+
+
+def _record(req: Req, token: int) -> dict | None:
+    """Record a sampled token; with max_new_tokens=0 (SGLang: prefill only) the request ends
+    at its prompt instead, with no output token."""
+    if req.sampling.max_new_tokens == 0:
+        return req.tracker.finish_now({"type": "length", "length": 0})
+    return req.tracker.append(token)
