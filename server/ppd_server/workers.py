@@ -179,7 +179,7 @@ class WorkerRegistry:
         except ValueError as e:  # a misconfigured role: keep it out, loudly
             self.mark_down(w.url, str(e))
             w.last_error = str(e)
-        except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError, OSError) as e:
+        except Exception as e:  # unreachable, or an answer of the wrong shape: never the poller's end
             w.poll_failures += 1
             if w.poll_failures >= _POLL_FAILURES_TO_DOWN or not w.healthy:
                 self.mark_down(w.url, f"poll failed: {type(e).__name__}: {e}")
