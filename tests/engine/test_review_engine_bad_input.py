@@ -24,3 +24,12 @@ async def test_tool_call_with_a_non_object_function_is_not_a_500(unified):
                 {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": "x"}]}]
     r = await client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
     assert r.status in (200, 400), await r.text()
+
+
+async def test_null_max_completion_tokens_falls_back_to_max_tokens(unified):
+    client, _ = unified
+    body = {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": None, "max_tokens": 3,
+            "temperature": 0, "ignore_eos": True}
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status == 200
+    assert (await r.json())["usage"]["completion_tokens"] == 3

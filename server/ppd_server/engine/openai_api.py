@@ -35,7 +35,9 @@ def add_openai_routes(app: web.Application) -> None:
 
 def _sampling(body: dict[str, Any], worker: Worker, default_max: int) -> SamplingParams:
     params = {k: body[k] for k in _SAMPLING_KEYS if body.get(k) is not None}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:   # an explicit null does not hide max_tokens
+        max_tokens = body.get("max_tokens")
     params["max_new_tokens"] = default_max if max_tokens is None else max_tokens
     if body.get("seed") is not None:
         params["sampling_seed"] = body["seed"]
