@@ -219,7 +219,6 @@ class Dispatcher:
                             prefill_error: list[BaseException]) -> web.StreamResponse:
         out = web.StreamResponse(status=200, headers={**plan.client_headers, "Content-Type": "text/event-stream",
                                                       "Cache-Control": "no-cache"})
-        await out.prepare(request)
         shaper = SSEShaper(plan.kind, plan.client_wants_usage, plan.route_info)
         finished = False
 
@@ -233,6 +232,7 @@ class Dispatcher:
 
         ok = False
         try:
+            await out.prepare(request)  # raises when the client already left: closed below like any exit
             try:
                 async for chunk in call.resp.iter_chunks():
                     data = shaper.feed(chunk)
