@@ -173,7 +173,8 @@ class UpstreamPool:
         key = self._target(base_url)
         head = [f"POST {path} HTTP/1.1\r\nHost: {key[3]}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
-        request = "".join(head).encode("latin-1") + b"\r\n" + body
+        # aiohttp decoded the client's header bytes as UTF-8 (surrogateescape): this gives them back as sent
+        request = "".join(head).encode("utf-8", "surrogateescape") + b"\r\n" + body
         idle = self._idle[key]
         while idle:
             conn = idle.pop()
