@@ -161,6 +161,10 @@ class FrontDoor:
             hints = wire.parse_hints(request.headers, body)
         except wire.WireError as e:
             raise bad_request(e.message, param=e.param, code="invalid_ppd_hints") from None
+        if hints.parent_conversation_id is not None and hints.parent_conversation_id == hints.conversation_id:
+            param = (wire.HEADER_PARENT_CONVERSATION_ID if wire.HEADER_PARENT_CONVERSATION_ID in request.headers
+                     else "ppd.parent_conversation_id")
+            raise bad_request("a conversation cannot be its own parent", param=param, code="invalid_ppd_hints")
         self._check_capacity(kind, prompt_tokens)
 
         body.pop(wire.BODY_FIELD, None)
