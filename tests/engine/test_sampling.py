@@ -117,3 +117,12 @@ def test_incomplete_utf8_is_held_back():
     assert t.text == "caf"
     t.append(7)
     assert t.text == "café"
+
+
+@pytest.mark.parametrize("top_p", [1e-300, 1e-45, 1e-9])
+def test_a_tiny_top_p_keeps_the_most_likely_token(top_p):
+    # regression: top_p > 0 that rounds to 0 in float32 masked every token and
+    # torch.multinomial raised inside the engine thread, killing the worker
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    p = SamplingParams.from_dict({"temperature": 1.0, "top_p": top_p})
+    assert sample(logits, [p], [7]) == [1]

@@ -163,6 +163,7 @@ def sample(logits: "torch.Tensor", params: list[SamplingParams], seeds: list[int
             sorted_probs, order = probs.sort(descending=True)
             # Keep the smallest set whose mass reaches top_p (the first token always stays).
             outside = sorted_probs.cumsum(0) - sorted_probs >= p.top_p
+            outside[0] = False  # also when a tiny top_p rounds to 0 in float32 (else nothing is left)
             sorted_probs = sorted_probs.masked_fill(outside, 0.0)
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         tokens[row] = int(torch.multinomial(probs, 1, generator=generator).item())
