@@ -145,6 +145,9 @@ class Dispatcher:
             except _UPSTREAM_BROKE as e:
                 call.close(ok=False)
                 raise RetryableFailure(url, f"prefill answer broke off: {type(e).__name__}") from None
+            except BaseException:  # cancelled
+                call.close(ok=False)
+                raise
             call.close(ok=call.resp.status == 200)
             if call.resp.status != 200:
                 raise _worker_error(call.resp.status, raw, "prefill")
@@ -173,6 +176,10 @@ class Dispatcher:
             span.set_status(Status(StatusCode.ERROR, type(e).__name__))
             span.end()
             raise RetryableFailure(url, f"{type(e).__name__}: {e}") from None
+        except BaseException:  # cancelled (the client left, or the paired leg failed)
+            span.set_status(Status(StatusCode.ERROR, "cancelled"))
+            span.end()
+            raise
         span.set_attribute("http.response.status_code", resp.status)
         call = _Call(resp, span)
         if resp.status in (502, 503):
@@ -210,6 +217,9 @@ class Dispatcher:
                 502, f"worker {plan.decision.decode} failed mid-request: {type(e).__name__}", code="worker_failed")
             plan.finish(TurnUsage(), plan.started_at, False)
             return error_response(err, plan.client_headers)
+        except BaseException:  # cancelled: the client left
+            call.close(ok=False)
+            raise
         call.close()
         body, usage = shape_json(plan.kind, raw, plan.route_info)
         plan.finish(usage, plan.started_at, True)
