@@ -149,12 +149,12 @@ class UpstreamPool:
             tls = parts.scheme == "https"
             host = parts.hostname or "127.0.0.1"
             port = parts.port or (443 if tls else 80)
-            t = (host, port, tls, f"{host}:{port}")
+            t = (host, port, tls, f"{host}:{port}", parts.path.rstrip("/"))  # the URL's path prefix, if any
             self._targets[base_url] = t
         return t
 
     async def _connect(self, key: tuple) -> _Conn:
-        host, port, tls, _ = key
+        host, port, tls, *_ = key
         try:
             async with _timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(host, port, ssl=tls or None)
@@ -171,7 +171,7 @@ class UpstreamPool:
 
     async def post(self, base_url: str, path: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
         key = self._target(base_url)
-        head = [f"POST {path} HTTP/1.1\r\nHost: {key[3]}\r\nContent-Length: {len(body)}\r\n"]
+        head = [f"POST {key[4]}{path} HTTP/1.1\r\nHost: {key[3]}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
         # aiohttp decoded the client's header bytes as UTF-8 (surrogateescape): this gives them back as sent
         request = "".join(head).encode("utf-8", "surrogateescape") + b"\r\n" + body
