@@ -89,8 +89,8 @@ class FrontDoor:
             tools = body.get("tools")
             tokens = tc.count_chat(messages, tools if isinstance(tools, list) else None)
             nbytes = tc.chat_bytes(messages, tools if isinstance(tools, list) else None)
-            max_new = _positive_int(body.get("max_completion_tokens", body.get("max_tokens")),
-                                    "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens", 128)
+            limit_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+            max_new = _positive_int(body.get(limit_param), limit_param, 128)
             return tokens, nbytes, max_new
         if kind == "completion":
             prompt = body.get("prompt")
