@@ -206,7 +206,7 @@ class Dispatcher:
             self.background.add(prefill)
             prefill.add_done_callback(self.background.discard)
         if plan.stream:
-            return await self._relay_stream(request, plan, call, prefill_error)
+            return await self._relay_stream(request, plan, call, prefill_error, prefill)
         try:
             raw = await call.resp.read()
         except _UPSTREAM_BROKE as e:
@@ -219,6 +219,8 @@ class Dispatcher:
             return error_response(err, plan.client_headers)
         except BaseException:  # cancelled: the client left
             call.close(ok=False)
+            if prefill is not None:
+                prefill.cancel()  # its turn is abandoned: abort the prefill request too
             raise
         call.close()
         body, usage = shape_json(plan.kind, raw, plan.route_info)
@@ -226,7 +228,7 @@ class Dispatcher:
         return web.Response(body=body, status=200, content_type="application/json", headers=plan.client_headers)
 
     async def _relay_stream(self, request: web.Request, plan: Plan, call: _Call,
-                            prefill_error: list[BaseException]) -> web.StreamResponse:
+                            prefill_error: list[BaseException], prefill: asyncio.Task | None) -> web.StreamResponse:
         out = web.StreamResponse(status=200, headers={**plan.client_headers, "Content-Type": "text/event-stream",
                                                       "Cache-Control": "no-cache"})
         shaper = SSEShaper(plan.kind, plan.client_wants_usage, plan.route_info)
@@ -273,6 +275,8 @@ class Dispatcher:
             pass  # client went away: closing the worker call below aborts its request
         finally:
             call.close(ok=ok)
+            if not ok and prefill is not None:
+                prefill.cancel()  # the turn failed or its client left: abort the prefill request too
             finish(ok)
         return out
 

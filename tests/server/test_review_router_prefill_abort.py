@@ -1,0 +1,53 @@
+"""A client that leaves after both P->D legs answered their headers (the router is reading the
+decode answer) aborts the prefill request too, not only the decode one: the prefill leg was left
+running in the background for a turn nobody waits for."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+from fake_sglang import FakeWorker
+from router_harness import chat_body, router_over
+
+
+class HeadersThenHold(FakeWorker):
+    """Answers 200 with its headers at once, then holds the body."""
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(None)  # type: ignore[arg-type]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            await self.hold.wait()
+        except asyncio.CancelledError:
+            self.aborted.set()
+            raise
+        return resp
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_client_leaving_mid_answer_aborts_the_prefill_leg(stream):
+    p = HeadersThenHold(role="prefill", hold=asyncio.Event())
+    d = HeadersThenHold(role="decode", hold=asyncio.Event())
+    async with router_over([p, d]) as (client, state):
+        try:
+            post = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body(stream=stream)))
+            for _ in range(300):
+                if p.seen and d.seen:
+                    break
+                await asyncio.sleep(0.01)
+            assert p.seen and d.seen
+            await asyncio.sleep(0.05)  # both headers reached the router
+            if stream:  # the client already has the SSE headers: it drops the connection
+                (await post).close()
+            else:
+                post.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await post
+            await asyncio.wait_for(d.aborted.wait(), timeout=5)
+            await asyncio.wait_for(p.aborted.wait(), timeout=5)
+        finally:
+            p.hold.set()
+            d.hold.set()
