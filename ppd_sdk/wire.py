@@ -217,7 +217,7 @@ def parse_hints(headers: Mapping[str, str], body: Mapping[str, Any]) -> Hints:
             raise WireError(f"{turn_param} must be a positive integer, got {turn_raw!r}", turn_param)
 
     preset = raw.get("preset")
-    if preset is not None and preset not in PRESETS:
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         raise WireError(f"unknown ppd.preset {preset!r}; choose one of {', '.join(PRESETS)}", "ppd.preset")
     try:
         weights = Weights.model_validate(raw["weights"]) if raw.get("weights") is not None else PRESETS.get(preset or "balanced")

@@ -62,6 +62,7 @@ def test_fork_and_turn() -> None:
         ({}, {"ppd": {"weights": {"ttft": -1}}}, "ppd.weights"),
         ({}, {"ppd": {"weights": "heavy"}}, "ppd.weights"),
         ({}, {"ppd": {"preset": "turbo"}}, "ppd.preset"),
+        ({}, {"ppd": {"preset": ["balanced"]}}, "ppd.preset"),
         ({}, {"ppd": {"bogus": 1}}, "ppd.bogus"),
         ({}, {"ppd": "fast"}, "ppd"),
         ({}, {"ppd": {"turn": 0}}, "ppd.turn"),

@@ -163,8 +163,10 @@ def _run_app(app, config: RouterConfig, loop: asyncio.AbstractEventLoop) -> None
 
     print(f"[ppd-server] serving on http://{config.host}:{config.port} (policy {config.policy})",
           file=sys.stderr, flush=True)
+    # handler_cancellation: a client that disconnects cancels its handler, which aborts the worker
+    # calls (aiohttp's default leaves a non-streamed turn generating to the end on the workers).
     web.run_app(app, host=config.host, port=config.port, loop=loop, access_log=None, print=None,
-                handle_signals=True)
+                handle_signals=True, handler_cancellation=True)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
