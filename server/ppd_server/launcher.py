@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ppd_server.config import PrefillSpec, RouterConfig
 
@@ -51,8 +51,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ports_from_os() -> Iterator[int]:
-    seen: set[int] = set()
+def ports_from_os(exclude: Iterable[int] = ()) -> Iterator[int]:
+    """Free loopback ports, never the same one twice and never one in ``exclude``."""
+    seen: set[int] = set(exclude)
     while True:
         p = free_port()
         if p not in seen:
@@ -83,7 +84,7 @@ def _cpus() -> list[int]:
 
 def plan_cluster(config: RouterConfig, ports: Iterator[int] | None = None,
                  cpus: list[int] | None = None) -> list[WorkerLaunch]:
-    ports = ports or ports_from_os()
+    ports = ports or ports_from_os(exclude={config.port})  # the router binds its own port after the workers start
     cpus = _cpus() if cpus is None else cpus
     plans = []
     gpu = 0

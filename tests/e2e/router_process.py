@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,14 +20,12 @@ import urllib.error
 import urllib.request
 from typing import Iterator
 
+from engine.launch import free_port  # one port iterator for the whole test process
+
 STARTUP_TIMEOUT_S = 420.0
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_json(method: str, url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:

@@ -4,7 +4,6 @@ loopback ports, ended by PID (terminate, then kill) whatever happens."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from typing import Iterator
 
 import httpx
 
+from ppd_server.launcher import ports_from_os
+
 NO_NETWORK_ENV = {
     # sglang-router fetches a tokenizer for non-local model paths: make that fail fast.
     "HF_ENDPOINT": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
@@ -22,10 +23,13 @@ NO_NETWORK_ENV = {
 }
 
 
+# One iterator for the whole test process: a port the OS hands out again after it was released
+# (a bootstrap port picked, then a worker's HTTP port) must not go to two listeners.
+_PORTS = ports_from_os()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return next(_PORTS)
 
 
 class Proc:

@@ -73,3 +73,16 @@ def test_mixed_embedded_layout_starts_every_role_in_order():
     assert [p.role for p in plans] == ["prefill", "decode", "decode", "unified"]
     assert "--disaggregation-mode" not in plans[3].argv  # ppd-worker's default mode is null (unified)
     assert len({p.argv[p.argv.index("--port") + 1] for p in plans}) == 4
+
+
+def test_embedded_workers_never_get_the_routers_own_port(monkeypatch):
+    # The OS may hand a just-released port out again; the router binds its port only after its
+    # workers start, so a worker must never be planned on it.
+    import ppd_server.launcher as launcher
+
+    offered = iter([30000, 30000, 41000, 30000, 41001, 41002])
+    monkeypatch.setattr(launcher, "free_port", lambda: next(offered))
+    plans = plan_cluster(RouterConfig(port=30000, embedded="1P1D", model="synthetic"), cpus=[0, 1])
+    used = [int(p.argv[p.argv.index("--port") + 1]) for p in plans]
+    used += [int(p.argv[p.argv.index("--disaggregation-bootstrap-port") + 1]) for p in plans if p.role == "prefill"]
+    assert 30000 not in used and len(set(used)) == len(used)
