@@ -170,3 +170,23 @@ class FakeWorker:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+@dataclass
+class HeadersThenHold(FakeWorker):
+    """Answers 200 with ``answer_headers`` at once, then holds the body until ``hold`` is set, so
+    the router is left reading the answer; ``aborted`` is set when the router drops the request."""
+
+    answer_headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/event-stream"})
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(None)  # type: ignore[arg-type]
+        resp = web.StreamResponse(headers=self.answer_headers)
+        await resp.prepare(request)
+        assert self.hold is not None
+        try:
+            await self.hold.wait()
+        except asyncio.CancelledError:
+            self.aborted.set()
+            raise
+        return resp

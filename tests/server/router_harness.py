@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp.test_utils import TestClient, TestServer
 from fake_sglang import FakeWorker
@@ -36,3 +37,13 @@ async def router_over(workers: list[FakeWorker], *, tracer_provider: Any = None,
 
 def chat_body(content: str = "Hello", **extra: Any) -> dict[str, Any]:
     return {"model": "fake-model", "messages": [{"role": "user", "content": content}], "max_tokens": 3, **extra}
+
+
+async def eventually(condition: Callable[[], Any], timeout_s: float = 3.0) -> bool:
+    """Poll ``condition`` every 10 ms until it holds or ``timeout_s`` passes; returns the last result.
+    Callers assert on the state afterwards, so a timeout fails there with the real values."""
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(condition())

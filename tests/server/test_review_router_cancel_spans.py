@@ -4,37 +4,27 @@ started (an unended span is never exported: the trace would lack the worker call
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
-from fake_sglang import FakeWorker
+from fake_sglang import FakeWorker, HeadersThenHold
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from aiohttp import web
-from router_harness import chat_body, router_over
+from router_harness import chat_body, eventually, router_over
 
 
-class HeadersThenHold(FakeWorker):
-    """Answers 200 with its headers at once, then holds the body (the router waits in read())."""
-
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append(None)  # type: ignore[arg-type]
-        resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "100"})
-        await resp.prepare(request)
-        try:
-            await self.hold.wait()
-        except asyncio.CancelledError:
-            self.aborted.set()
-            raise
-        return resp
+# a non-streamed answer whose body never comes: the router waits in read()
+JsonHeadersThenHold = functools.partial(
+    HeadersThenHold, answer_headers={"Content-Type": "application/json", "Content-Length": "100"})
 
 
 LAYOUTS = {  # which fake answers each role: held before its headers, or held after them (in read())
     "replica": (("unified", FakeWorker),),
-    "replica-body": (("unified", HeadersThenHold),),
+    "replica-body": (("unified", JsonHeadersThenHold),),
     "pd": (("prefill", FakeWorker), ("decode", FakeWorker)),
-    "pd-prefill-body": (("prefill", HeadersThenHold), ("decode", FakeWorker)),
+    "pd-prefill-body": (("prefill", JsonHeadersThenHold), ("decode", FakeWorker)),
 }
 
 
@@ -47,19 +37,12 @@ async def test_client_spans_end_when_the_client_leaves(layout):
     async with router_over(workers, tracer_provider=provider) as (client, state):
         try:
             post = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
-            for _ in range(300):
-                if all(w.seen for w in workers):
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: all(w.seen for w in workers))
             assert all(w.seen for w in workers)
             post.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await post
-            for _ in range(300):
-                if exporter.get_finished_spans() and any(
-                        s.name == "ppd.route" for s in exporter.get_finished_spans()):
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: any(s.name == "ppd.route" for s in exporter.get_finished_spans()))
             await asyncio.sleep(0.05)
             calls = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
             assert len(calls) == len(workers), [s.name for s in exporter.get_finished_spans()]

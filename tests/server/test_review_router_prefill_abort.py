@@ -7,24 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiohttp import web
-from fake_sglang import FakeWorker
-from router_harness import chat_body, router_over
-
-
-class HeadersThenHold(FakeWorker):
-    """Answers 200 with its headers at once, then holds the body."""
-
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append(None)  # type: ignore[arg-type]
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        try:
-            await self.hold.wait()
-        except asyncio.CancelledError:
-            self.aborted.set()
-            raise
-        return resp
+from fake_sglang import HeadersThenHold
+from router_harness import chat_body, eventually, router_over
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -34,10 +18,7 @@ async def test_client_leaving_mid_answer_aborts_the_prefill_leg(stream):
     async with router_over([p, d]) as (client, state):
         try:
             post = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body(stream=stream)))
-            for _ in range(300):
-                if p.seen and d.seen:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: p.seen and d.seen)
             assert p.seen and d.seen
             await asyncio.sleep(0.05)  # both headers reached the router
             if stream:  # the client already has the SSE headers: it drops the connection

@@ -11,6 +11,7 @@ import logging
 
 from aiohttp import web
 from fake_sglang import FakeWorker
+from router_harness import eventually
 
 from ppd_server.app import STATE, create_app
 from ppd_server.config import RouterConfig
@@ -32,20 +33,14 @@ async def test_stream_client_gone_before_the_first_byte_closes_the_worker_call(c
         writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
         await writer.drain()
-        for _ in range(300):
-            if u.seen:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: u.seen)
         assert u.seen
         writer.close()  # the client leaves while the worker has not answered yet
         await asyncio.sleep(0.1)
         with caplog.at_level(logging.ERROR, logger="ppd_server"):
             u.hold.set()  # the worker starts streaming to a router whose client is gone
             st = app[STATE]
-            for _ in range(300):
-                if st.metrics.errors.labels("worker")._value.get() == 1:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: st.metrics.errors.labels("worker")._value.get() == 1)
         assert st.metrics.errors.labels("worker")._value.get() == 1, "the turn was recorded as failed"
         assert st.registry.get(u.url).inflight == 0
         assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
