@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from .launch import Proc, free_port, worker_process
+from .launch import Proc, free_port, pd_pair, worker_process
 
 TOPICS = ["oceans", "volcanoes", "glaciers", "deserts", "forests", "rivers", "islands", "canyons"]
 
@@ -112,12 +112,8 @@ def router_round(extra: list[str], n: int) -> dict[str, list[tuple[float, float]
     out: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, httpx.Client(timeout=60) as client:
         tmp_dir = Path(tmp)
-        bootstrap = free_port()
-        with worker_process(tmp_dir, "prefill", "--disaggregation-mode", "prefill",
-                            "--disaggregation-bootstrap-port", str(bootstrap), *extra) as prefill, \
-                worker_process(tmp_dir, "decode", "--disaggregation-mode", "decode",
-                               "--disaggregation-decode-enable-radix-cache",
-                               "--disaggregation-decode-enable-conditional-agg", *extra) as decode:
+        with pd_pair(tmp_dir, *extra) as (prefill, decode):
+            bootstrap = prefill.bootstrap_port
             port = free_port()
             router = Proc("ppd-server", [sys.executable, "-m", "ppd_server", "--port", str(port), "--prefill",
                                          prefill.url, str(bootstrap), "--decode", decode.url],
@@ -165,12 +161,8 @@ def one_round(extra: list[str], n: int) -> dict[str, list[tuple[float, float]]]:
                                    for i in range(n)]
             out["unified /generate"] = [timed_stream(client, unified.url + "/generate", generate_body(i))
                                         for i in range(n)]
-        bootstrap = free_port()
-        with worker_process(tmp_dir, "prefill", "--disaggregation-mode", "prefill",
-                            "--disaggregation-bootstrap-port", str(bootstrap), *extra) as prefill, \
-                worker_process(tmp_dir, "decode", "--disaggregation-mode", "decode",
-                               "--disaggregation-decode-enable-radix-cache",
-                               "--disaggregation-decode-enable-conditional-agg", *extra) as decode:
+        with pd_pair(tmp_dir, *extra) as (prefill, decode):
+            bootstrap = prefill.bootstrap_port
             out["P->D chat"] = [timed_pd(client, prefill.url, bootstrap, decode.url, "/v1/chat/completions",
                                          chat_body(i + 3)) for i in range(n)]
             out["P->D /generate"] = [timed_pd(client, prefill.url, bootstrap, decode.url, "/generate",

@@ -35,6 +35,7 @@ def free_port() -> int:
 class Proc:
     def __init__(self, name: str, args: list[str], url: str, log_path: Path, env: dict | None = None) -> None:
         self.name, self.url, self.log_path = name, url, log_path
+        self.bootstrap_port: int | None = None  # a prefill worker's, when the launcher knows it
         self._log = open(log_path, "wb")
         self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                       env={**os.environ, **(env or {})})
@@ -78,6 +79,20 @@ def worker_process(tmp_dir: Path, name: str, *args: str) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
+
+
+@contextmanager
+def pd_pair(tmp_dir: Path, *args: str) -> Iterator[tuple[Proc, Proc]]:
+    """A prefill worker (fresh bootstrap port, as ``prefill.bootstrap_port``) and a decode worker
+    with the radix cache and conditional aggregation on, both up; ``args`` go to both."""
+    bootstrap = free_port()
+    with worker_process(tmp_dir, "prefill", *args, "--disaggregation-mode", "prefill",
+                        "--disaggregation-bootstrap-port", str(bootstrap)) as prefill, \
+            worker_process(tmp_dir, "decode", *args, "--disaggregation-mode", "decode",
+                           "--disaggregation-decode-enable-radix-cache",
+                           "--disaggregation-decode-enable-conditional-agg") as decode:
+        prefill.bootstrap_port = bootstrap
+        yield prefill, decode
 
 
 @contextmanager

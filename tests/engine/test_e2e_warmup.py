@@ -12,7 +12,7 @@ import pytest
 
 from ppd_server.engine.warmup import _MESSAGES
 
-from .launch import free_port, worker_process
+from .launch import pd_pair
 
 pytestmark = pytest.mark.e2e
 
@@ -20,12 +20,8 @@ MODEL_FLAGS = ("--model", "smollm2", "--max-total-tokens", "8192")
 
 
 def test_fresh_pd_pair_is_warm_and_clean(tmp_path):
-    bootstrap = free_port()
-    with worker_process(tmp_path, "prefill", *MODEL_FLAGS, "--disaggregation-mode", "prefill",
-                        "--disaggregation-bootstrap-port", str(bootstrap)) as prefill, \
-            worker_process(tmp_path, "decode", *MODEL_FLAGS, "--disaggregation-mode", "decode",
-                           "--disaggregation-decode-enable-radix-cache",
-                           "--disaggregation-decode-enable-conditional-agg") as decode:
+    with pd_pair(tmp_path, *MODEL_FLAGS) as (prefill, decode):
+        bootstrap = prefill.bootstrap_port
         for proc in (prefill, decode):
             assert "warmup failed" not in proc.log_tail(20000)
             loads = httpx.get(proc.url + "/v1/loads").json()["loads"][0]
