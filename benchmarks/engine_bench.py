@@ -26,12 +26,12 @@ import time
 
 import torch
 
-from ppd_server.engine.model_source import resolve_model
-from ppd_server.engine.request import Mode, Req, State
-from ppd_server.engine.runner import ModelRunner
-from ppd_server.engine.sampling import SamplingParams
-from ppd_server.engine.scheduler import Scheduler
-from ppd_server.engine.stopping import OutputTracker
+from ppd_engine.model_source import resolve_model
+from ppd_engine.request import Mode, Req, State
+from ppd_engine.runner import ModelRunner
+from ppd_engine.sampling import SamplingParams
+from ppd_engine.scheduler import Scheduler
+from ppd_engine.stopping import OutputTracker
 
 
 class Bench:
@@ -142,7 +142,7 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3) -> float:
     framing, socket, pool write), as the workers do it."""
     import asyncio
 
-    from ppd_server.engine.kv_transfer import BootstrapServer, PrefillResult, fetch_kv
+    from ppd_engine.kv_transfer import BootstrapServer, PrefillResult, fetch_kv
 
     b.reset(chunk=2048)
     src, dst = b.req(b.prompt(n), max_new=1), b.req(b.prompt(n), max_new=1)

@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from ppd_server.routing.cost_model import CostModel
-from ppd_server.sim.cli import build_parser, prepare, router_profile
-from ppd_server.sim.engine import Simulation
-from ppd_server.sim.report import summarize
+from ppd_sim.cli import build_parser, prepare, router_profile
+from ppd_sim.engine import Simulation
+from ppd_sim.report import summarize
 
 
 def _fmt(v: float | None, scale: float = 1.0, unit: str = "") -> str:

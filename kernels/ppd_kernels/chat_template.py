@@ -6,7 +6,7 @@ Templates are rendered like Hugging Face does: a sandboxed jinja2 environment wi
 Tool format (Hermes-style), used whenever the model's template does not handle tools itself:
 - tool definitions go into the system prompt inside ``<tools></tools>``, one JSON object per line;
 - the model calls a tool by emitting ``<tool_call>{"name": "...", "arguments": {...}}</tool_call>``
-  (the engine's ``ppd_server.engine.tool_calls`` parses these out of generated text);
+  (the engine's ``ppd_engine.tool_calls`` parses these out of generated text);
 - earlier assistant ``tool_calls`` are rendered in that same form, and ``tool`` role messages
   carry their result inside ``<tool_response></tool_response>``.
 """

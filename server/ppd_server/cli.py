@@ -113,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(config: RouterConfig) -> int:
-    from ppd_server.app import create_app
-    from ppd_server.launcher import Cluster, ClusterError, plan_cluster, with_workers
+    from ppd_server.http.app import create_app
+    from ppd_server.fleet.launcher import Cluster, ClusterError, plan_cluster, with_workers
 
     plans = [] if config.has_external_workers else plan_cluster(config)
     if config.dry_run:
@@ -180,7 +180,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def profile_main(argv: Sequence[str]) -> int:
     from ppd_server.config import RouterConfig
-    from ppd_server.launcher import Cluster, ClusterError, plan_cluster
+    from ppd_server.fleet.launcher import Cluster, ClusterError, plan_cluster
     from ppd_server.profile import ProfileError, measure_profile, save_profile
 
     ns = build_profile_parser().parse_args(list(argv))

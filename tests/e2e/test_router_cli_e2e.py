@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from router_process import RouterProcess, free_port, http_json
 
-from ppd_server.app import create_app
+from ppd_server.http.app import create_app
 from ppd_server.config import RouterConfig
 
 pytestmark = pytest.mark.e2e

@@ -8,9 +8,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from router_process import http_json
 
-from ppd_server.app import STATE, create_app
+from ppd_server.http.app import STATE, create_app
 from ppd_server.config import PrefillSpec, RouterConfig
-from ppd_server.loads import LoadReport
+from ppd_server.fleet.loads import LoadReport
 
 pytestmark = pytest.mark.e2e
 

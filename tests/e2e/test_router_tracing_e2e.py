@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from ppd_server.app import create_app
+from ppd_server.http.app import create_app
 from ppd_server.config import PrefillSpec, RouterConfig
 
 pytestmark = pytest.mark.e2e

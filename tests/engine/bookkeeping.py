@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import itertools
 
-from ppd_server.engine.request import Mode, Req
-from ppd_server.engine.sampling import SamplingParams
-from ppd_server.engine.scheduler import Scheduler, Step
-from ppd_server.engine.stopping import OutputTracker
+from ppd_engine.request import Mode, Req
+from ppd_engine.sampling import SamplingParams
+from ppd_engine.scheduler import Scheduler, Step
+from ppd_engine.stopping import OutputTracker
 
 EOS = 0
 _ids = itertools.count()

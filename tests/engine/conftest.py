@@ -9,9 +9,9 @@ import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
 
-from ppd_server.engine.config import EngineConfig
-from ppd_server.engine.http_api import create_app
-from ppd_server.engine.worker import Worker, build_worker
+from ppd_engine.config import EngineConfig
+from ppd_engine.http_api import create_app
+from ppd_engine.worker import Worker, build_worker
 
 torch.set_num_threads(1)
 

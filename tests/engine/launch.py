@@ -13,7 +13,7 @@ from typing import Iterator
 
 import httpx
 
-from ppd_server.launcher import ports_from_os
+from ppd_server.fleet.launcher import ports_from_os
 
 NO_NETWORK_ENV = {
     # sglang-router fetches a tokenizer for non-local model paths: make that fail fast.
@@ -71,7 +71,7 @@ class Proc:
 def worker_process(tmp_dir: Path, name: str, *args: str) -> Iterator[Proc]:
     """A ppd-worker subprocess (1 thread) with its /health up; ``args`` are extra CLI flags."""
     port = free_port()
-    cmd = [sys.executable, "-m", "ppd_server.engine", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "ppd_engine", "--host", "127.0.0.1", "--port", str(port),
            "--threads", "1", *args]
     proc = Proc(name, cmd, f"http://127.0.0.1:{port}", tmp_dir / f"{name}.log")
     try:

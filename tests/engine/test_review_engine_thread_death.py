@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from ppd_server.engine.engine import Engine, RequestHandle
-from ppd_server.engine.scheduler import Scheduler
+from ppd_engine.engine import Engine, RequestHandle
+from ppd_engine.scheduler import Scheduler
 
 from .bookkeeping import make_req
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppd_server.engine.errors import InvalidRequest
-from ppd_server.engine.sampling import SamplingParams, sample, token_seed
-from ppd_server.engine.stopping import OutputTracker
+from ppd_engine.errors import InvalidRequest
+from ppd_engine.sampling import SamplingParams, sample, token_seed
+from ppd_engine.stopping import OutputTracker
 
 from .bookkeeping import decode_bytes
 

@@ -3,8 +3,8 @@ P/D states, aborts, and page conservation."""
 
 from __future__ import annotations
 
-from ppd_server.engine.request import Mode, State
-from ppd_server.engine.scheduler import Scheduler
+from ppd_engine.request import Mode, State
+from ppd_engine.scheduler import Scheduler
 
 from .bookkeeping import make_req, pages_accounted, run_step
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ppd_server.engine.tool_calls import parse_tool_calls, safe_prefix_len
+from ppd_engine.tool_calls import parse_tool_calls, safe_prefix_len
 
 
 def test_single_call_with_dict_arguments():
@@ -42,7 +42,7 @@ def test_safe_prefix_holds_back_possible_markup():
 
 
 def test_chat_message_with_and_without_tools():
-    from ppd_server.engine.openai_api import chat_message
+    from ppd_engine.openai_api import chat_message
 
     text = 'Sure.<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'
     message, calls = chat_message(text, tools=True)
@@ -52,7 +52,7 @@ def test_chat_message_with_and_without_tools():
 
 
 def test_stream_deltas_hold_back_tool_markup_then_emit_tool_calls():
-    from ppd_server.engine.openai_api import ChatDeltas
+    from ppd_engine.openai_api import ChatDeltas
 
     deltas = ChatDeltas(tools=True)
     steps = ["Ok", "Ok <tool", 'Ok <tool_call>{"name": "f",', 'Ok <tool_call>{"name": "f", "arguments": {}}</tool_call>']
@@ -66,7 +66,7 @@ def test_stream_deltas_hold_back_tool_markup_then_emit_tool_calls():
 
 
 def test_stream_deltas_flush_held_back_text_when_no_call_comes():
-    from ppd_server.engine.openai_api import ChatDeltas
+    from ppd_engine.openai_api import ChatDeltas
 
     deltas = ChatDeltas(tools=True)
     assert deltas.next("a <tool", finished=False)[0] == {"role": "assistant", "content": "a "}

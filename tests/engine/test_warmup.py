@@ -11,12 +11,12 @@ from typing import Any, AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from ppd_server.engine import warmup as warmup_module
-from ppd_server.engine.cli import parse_config
-from ppd_server.engine.config import EngineConfig
-from ppd_server.engine.http_api import create_app
-from ppd_server.engine.request import Mode, Req
-from ppd_server.engine.worker import Worker, build_worker
+from ppd_engine import warmup as warmup_module
+from ppd_engine.cli import parse_config
+from ppd_engine.config import EngineConfig
+from ppd_engine.http_api import create_app
+from ppd_engine.request import Mode, Req
+from ppd_engine.worker import Worker, build_worker
 
 from .conftest import SYNTHETIC
 

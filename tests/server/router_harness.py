@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Callable
 from aiohttp.test_utils import TestClient, TestServer
 from fake_sglang import FakeWorker
 
-from ppd_server.app import STATE, AppState, create_app
+from ppd_server.http.app import STATE, AppState, create_app
 from ppd_server.config import PrefillSpec, RouterConfig
 
 

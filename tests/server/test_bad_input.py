@@ -6,7 +6,7 @@ import pytest
 from fake_sglang import FakeWorker
 from router_harness import chat_body, router_over
 
-from ppd_server.token_count import TokenCounter
+from ppd_server.request_path.token_count import TokenCounter
 
 
 class WordTokenizer:

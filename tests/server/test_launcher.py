@@ -6,7 +6,7 @@ import itertools
 
 from ppd_server.cli import main
 from ppd_server.config import RouterConfig
-from ppd_server.launcher import plan_cluster, sglang_argv, with_workers
+from ppd_server.fleet.launcher import plan_cluster, sglang_argv, with_workers
 
 
 def ports():
@@ -78,7 +78,7 @@ def test_mixed_embedded_layout_starts_every_role_in_order():
 def test_embedded_workers_never_get_the_routers_own_port(monkeypatch):
     # The OS may hand a just-released port out again; the router binds its port only after its
     # workers start, so a worker must never be planned on it.
-    import ppd_server.launcher as launcher
+    import ppd_server.fleet.launcher as launcher
 
     offered = iter([30000, 30000, 41000, 30000, 41001, 41002])
     monkeypatch.setattr(launcher, "free_port", lambda: next(offered))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ppd_server.loads import parse_prometheus, parse_v1_loads
-from ppd_server.relay import SSEShaper, shape_json
+from ppd_server.fleet.loads import parse_prometheus, parse_v1_loads
+from ppd_server.request_path.relay import SSEShaper, shape_json
 
 
 def _sse(*objs) -> bytes:

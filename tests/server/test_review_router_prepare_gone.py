@@ -13,7 +13,7 @@ from aiohttp import web
 from fake_sglang import FakeWorker
 from router_harness import eventually
 
-from ppd_server.app import STATE, create_app
+from ppd_server.http.app import STATE, create_app
 from ppd_server.config import RouterConfig
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ppd_server.upstream import UpstreamPool
+from ppd_server.request_path.upstream import UpstreamPool
 
 
 async def test_the_worker_urls_path_prefix_is_kept():

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ppd_kernels.tokenizer import load_tokenizer
-from ppd_server.token_count import DEFAULT_BYTES_PER_TOKEN, TokenCounter
+from ppd_server.request_path.token_count import DEFAULT_BYTES_PER_TOKEN, TokenCounter
 
 CHAT = [
     {"role": "system", "content": "You are terse."},
@@ -43,7 +43,7 @@ def test_exact_counter_ignores_observations():
 
 def test_the_router_brain_does_not_import_torch():
     code = (
-        "import sys; from ppd_server.token_count import TokenCounter; TokenCounter.from_source('synthetic').count_text('x');"
+        "import sys; from ppd_server.request_path.token_count import TokenCounter; TokenCounter.from_source('synthetic').count_text('x');"
         "import ppd_server.sessions, ppd_server.profile, ppd_server.routing.policies, ppd_server.routing.cost_model;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from ppd_server.token_count import TokenCounter
+from ppd_server.request_path.token_count import TokenCounter
 
 # tests/ is on sys.path (rootdir conftest): the engine tests' launcher ends its process by PID.
 from engine.launch import worker_process

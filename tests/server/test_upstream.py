@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from ppd_server.upstream import UpstreamError, UpstreamPool
+from ppd_server.request_path.upstream import UpstreamError, UpstreamPool
 
 
 class RawServer:

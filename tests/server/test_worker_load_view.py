@@ -4,9 +4,9 @@ agent's back-to-back turn was charged interference from the turn that had just e
 
 from __future__ import annotations
 
-from ppd_server.loads import LoadReport
+from ppd_server.fleet.loads import LoadReport
 from ppd_server.routing.types import CostCoefficients
-from ppd_server.workers import Worker
+from ppd_server.fleet.workers import Worker
 
 COEFS = CostCoefficients()
 

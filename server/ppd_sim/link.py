@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable
 
-from ppd_server.sim.events import EventLoop
+from ppd_sim.events import EventLoop
 
 
 class KVLink:

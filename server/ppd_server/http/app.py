@@ -1,6 +1,6 @@
 """``create_app(config)``: the router as an aiohttp application, with no module globals.
 
-Everything one app owns lives in its :class:`AppState` (``app[STATE]``): the worker registry and
+Everything one app owns lives in its :class:`~ppd_server.http.state.AppState` (``app[STATE]``): the worker registry and
 its poller, the brain (policy, sessions, cost model, token counter, via :class:`TurnRouter`),
 ONE shared ``aiohttp.ClientSession`` (polling) and ONE upstream connection pool (worker
 calls on the request path, see ``upstream.py``), the tracer and a per-app Prometheus registry.
@@ -11,47 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 from opentelemetry.trace import Tracer, TracerProvider
 
-from ppd_server.admin import add_admin_routes
-from ppd_server.auth import make_auth_middleware
+from ppd_server.http.admin import add_admin_routes
+from ppd_server.http.auth import make_auth_middleware
 from ppd_server.config import RouterConfig
-from ppd_server.dispatch import Dispatcher
-from ppd_server.errors import make_error_middleware
-from ppd_server.front_door import FrontDoor
+from ppd_server.request_path.dispatch import Dispatcher
+from ppd_server.http.errors import make_error_middleware
+from ppd_server.http.front_door import FrontDoor
 from ppd_server.metrics import RouterMetrics
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import make_policy
 from ppd_server.sessions import SessionTable
-from ppd_server.sglang_compat import add_sglang_routes
+from ppd_server.http.sglang_compat import add_sglang_routes
+from ppd_server.http.state import STATE, AppState
 from ppd_server.telemetry import make_tracer
-from ppd_server.token_count import TokenCounter
-from ppd_server.turns import TurnRouter
-from ppd_server.upstream import UpstreamPool
-from ppd_server.workers import Worker, WorkerRegistry
+from ppd_server.request_path.token_count import TokenCounter
+from ppd_server.request_path.turns import TurnRouter
+from ppd_server.request_path.upstream import UpstreamPool
+from ppd_server.fleet.workers import Worker, WorkerRegistry
 
 log = logging.getLogger("ppd_server")
 
 
-@dataclass
-class AppState:
-    config: RouterConfig
-    registry: WorkerRegistry
-    turns: TurnRouter
-    tracer: Tracer
-    tracing: bool  # False: no-op tracer, skip context propagation work on the hot path
-    metrics: RouterMetrics
-    dispatcher: Dispatcher = None  # type: ignore[assignment]  # set on startup (needs the loop)
-    session: aiohttp.ClientSession | None = None  # polling and probes
-    pool: UpstreamPool | None = None  # worker calls on the request path
-    background: set[asyncio.Task] = field(default_factory=set)
-    poller: asyncio.Task | None = None
-
-
-STATE = web.AppKey("ppd_state", AppState)
 
 
 def workers_from_config(config: RouterConfig) -> list[Worker]:

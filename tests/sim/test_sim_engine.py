@@ -10,8 +10,8 @@ import pytest
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import CostCoefficients
-from ppd_server.sim import ClusterSpec, Conversation, Hardware, RequestHints, Simulation, WorkloadSpec, synthetic
-from ppd_server.sim.presets import kv_capacity_tokens, preset_profile
+from ppd_sim import ClusterSpec, Conversation, Hardware, RequestHints, Simulation, WorkloadSpec, synthetic
+from ppd_sim.presets import kv_capacity_tokens, preset_profile
 
 # Round numbers so the expected times can be worked out by hand.
 COEFS = CostCoefficients(5.0, 1.0, 0.2, 20.0, 3.0, 1.0)

@@ -67,7 +67,7 @@ def ppd_worker_command() -> list[str]:
     if os.path.exists(script):
         return [script]
     found = shutil.which("ppd-worker")
-    return [found] if found else [sys.executable, "-m", "ppd_server.engine"]
+    return [found] if found else [sys.executable, "-m", "ppd_engine"]
 
 
 def _roles(config: RouterConfig) -> list[str]:

@@ -21,11 +21,11 @@ from ppd_server.profile import DEFAULT_PROFILE, load_profile
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import POLICY_SPECS, make_policy
 from ppd_server.routing.types import CostCoefficients
-from ppd_server.sim.cluster import ClusterSpec, Hardware
-from ppd_server.sim.engine import RequestHints, Simulation
-from ppd_server.sim.presets import GPUS, MODELS, kv_capacity_tokens, model_preset, preset_profile
-from ppd_server.sim.report import format_table, summarize
-from ppd_server.sim.workload import FIRST_TURN_CLASSES, WORKLOAD_NAMES, Conversation, WorkloadSpec, load_trace, synthetic
+from ppd_sim.cluster import ClusterSpec, Hardware
+from ppd_sim.engine import RequestHints, Simulation
+from ppd_sim.presets import GPUS, MODELS, kv_capacity_tokens, model_preset, preset_profile
+from ppd_sim.report import format_table, summarize
+from ppd_sim.workload import FIRST_TURN_CLASSES, WORKLOAD_NAMES, Conversation, WorkloadSpec, load_trace, synthetic
 
 DEFAULT_POLICIES = "pd,local,threshold:512,ppd"
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from ppd_server.sim.cluster import ClusterSpec
-from ppd_server.sim.events import EventLoop
-from ppd_server.sim.kv import KVPool
-from ppd_server.sim.link import KVLink
-from ppd_server.sim.presets import kv_capacity_tokens, preset_profile
-from ppd_server.sim.workload import Conversation, WorkloadSpec, load_trace, synthetic
+from ppd_sim.cluster import ClusterSpec
+from ppd_sim.events import EventLoop
+from ppd_sim.kv import KVPool
+from ppd_sim.link import KVLink
+from ppd_sim.presets import kv_capacity_tokens, preset_profile
+from ppd_sim.workload import Conversation, WorkloadSpec, load_trace, synthetic
 
 
 def test_synthetic_is_a_function_of_the_seed():

@@ -9,9 +9,9 @@ Layout: ``workload`` (conversations), ``worker`` (continuous batching + chunked 
 
 from __future__ import annotations
 
-from ppd_server.sim.cluster import ClusterSpec, Hardware
-from ppd_server.sim.engine import RequestHints, SimResult, Simulation
-from ppd_server.sim.workload import Conversation, WorkloadSpec, load_trace, synthetic
+from ppd_sim.cluster import ClusterSpec, Hardware
+from ppd_sim.engine import RequestHints, SimResult, Simulation
+from ppd_sim.workload import Conversation, WorkloadSpec, load_trace, synthetic
 
 __all__ = [
     "ClusterSpec",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ppd_server.sim.engine import SimResult
+from ppd_sim.engine import SimResult
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -1,7 +1,7 @@
 """The simulated fleet: its shape (``1P3D``, ``2P2D``, ``4R``, ``1P2D1R``...), its hardware
 (cost coefficients, KV capacity, chunk size, link), and the ClusterView the policy sees.
 
-The view is built the way ``ppd_server.turns.TurnRouter.cluster_view`` builds it: one
+The view is built the way ``ppd_server.request_path.turns.TurnRouter.cluster_view`` builds it: one
 WorkerView per worker from its reported load plus in-flight count, and the link. Two differences
 from the live router, both in the router's favour: loads are read instantly (no poll lag) and the
 link backlog is the true bytes still queued on the link (the live router counts the predicted
@@ -15,9 +15,9 @@ from typing import Callable
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role
-from ppd_server.sim.events import EventLoop
-from ppd_server.sim.link import KVLink
-from ppd_server.sim.worker import SimWorker, WorkerHost
+from ppd_sim.events import EventLoop
+from ppd_sim.link import KVLink
+from ppd_sim.worker import SimWorker, WorkerHost
 
 MAX_WORKERS = 64
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ppd_sdk.wire import Hints
-from ppd_server.relay import TurnUsage
+from ppd_server.request_path.relay import TurnUsage
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.policies import Policy
 from ppd_server.routing.types import ClusterView, Decision, RequestView, SessionView
 from ppd_server.sessions import SessionTable
-from ppd_server.token_count import TokenCounter
-from ppd_server.workers import WorkerRegistry
+from ppd_server.request_path.token_count import TokenCounter
+from ppd_server.fleet.workers import WorkerRegistry
 
 
 @dataclass(slots=True)

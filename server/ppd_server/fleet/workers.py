@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterable
 
 import aiohttp
 
-from ppd_server.loads import LoadReport, parse_prometheus, parse_v1_loads
+from ppd_server.fleet.loads import LoadReport, parse_prometheus, parse_v1_loads
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 
-log = logging.getLogger("ppd_server.workers")
+log = logging.getLogger("ppd_server.fleet.workers")
 
 _POLL_FAILURES_TO_DOWN = 2
 _MODES = {"prefill": "prefill", "decode": "decode", "null": "unified", None: "unified"}

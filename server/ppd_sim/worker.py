@@ -14,7 +14,7 @@ transferred KV; with ``can_local_prefill`` also append-prefills locally), ``unif
 and decode in one place). A prefill/local/replica request ends its prefill with its first token;
 a transferred request emits its first token at the end of its first decode iteration.
 
-The load a worker reports (:meth:`view`) mirrors SGLang's ``/v1/loads`` as ``ppd_server.loads``
+The load a worker reports (:meth:`view`) mirrors SGLang's ``/v1/loads`` as ``ppd_server.fleet.loads``
 parses it: running = decoding + prefilling requests, waiting = unadmitted prefills plus P->D
 requests still waiting for their KV (SGLang's prealloc/transfer queue), waiting_tokens =
 uncached prompt tokens not yet prefilled, used_tokens = pinned KV slots (not the evictable
@@ -29,9 +29,9 @@ from typing import Protocol
 
 from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
-from ppd_server.sim.events import EventLoop
-from ppd_server.sim.kv import KVPool
-from ppd_server.sim.request import SimRequest
+from ppd_sim.events import EventLoop
+from ppd_sim.kv import KVPool
+from ppd_sim.request import SimRequest
 
 
 class WorkerHost(Protocol):

@@ -1,6 +1,6 @@
 """One simulated run of one policy over one workload on one fleet.
 
-Per turn, exactly what the live router does (``ppd_server.turns``): the session table gives the
+Per turn, exactly what the live router does (``ppd_server.request_path.turns``): the session table gives the
 turn number and the SessionView, the fleet gives the ClusterView, and the policy object the
 router would use decides; the Decision is then executed on the simulated workers:
 
@@ -29,11 +29,11 @@ from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.policies import Policy
 from ppd_server.routing.types import Decision, RequestView
 from ppd_server.sessions import SessionTable
-from ppd_server.sim.cluster import ClusterSpec, Hardware, SimCluster
-from ppd_server.sim.events import EventLoop
-from ppd_server.sim.request import SimRequest
-from ppd_server.sim.worker import SimWorker
-from ppd_server.sim.workload import Conversation
+from ppd_sim.cluster import ClusterSpec, Hardware, SimCluster
+from ppd_sim.events import EventLoop
+from ppd_sim.request import SimRequest
+from ppd_sim.worker import SimWorker
+from ppd_sim.workload import Conversation
 
 MAX_EVENTS = 50_000_000
 

@@ -18,16 +18,16 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ppd_sdk import wire
-from ppd_server.dispatch import Plan, RetryableFailure
-from ppd_server.errors import RouterError, bad_request, error_response
+from ppd_server.request_path.dispatch import Plan, RetryableFailure
+from ppd_server.http.errors import RouterError, bad_request, error_response
 from ppd_server.metrics import turn_bucket
-from ppd_server.relay import Kind, TurnUsage
+from ppd_server.request_path.relay import Kind, TurnUsage
 from ppd_server.routing.types import NoWorkerAvailable
 from ppd_server.telemetry import decision_attributes, extract_context
-from ppd_server.turns import Turn
+from ppd_server.request_path.turns import Turn
 
 if TYPE_CHECKING:
-    from ppd_server.app import AppState
+    from ppd_server.http.state import AppState
 
 _FORWARDED_HEADERS = ("x-correlation-id",)  # x-request-id is always set (the client's or ours)
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
