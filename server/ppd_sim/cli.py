@@ -22,7 +22,9 @@ from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import POLICY_SPECS, make_policy
 from ppd_server.routing.types import CostCoefficients
 from ppd_sim.cluster import ClusterSpec, Hardware
-from ppd_sim.engine import RequestHints, Simulation
+from ppd_sim.engine import (
+    DEFAULT_CLIENT_MAX_TOKENS, LINK_BACKLOG_KINDS, LIVE_POLL_INTERVAL_MS, RequestHints, RouterBehaviour, Simulation,
+)
 from ppd_sim.presets import GPUS, MODELS, kv_capacity_tokens, model_preset, preset_profile
 from ppd_sim.report import format_table, summarize
 from ppd_sim.workload import FIRST_TURN_CLASSES, WORKLOAD_NAMES, Conversation, WorkloadSpec, load_trace, synthetic
@@ -52,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("router calibration (default: the router knows the true coefficients)")
     r.add_argument("--router-profile", help="profile JSON the router's cost model starts from, or 'builtin' (ppd-server's default, a CPU profile)")
     r.add_argument("--online-fit", action="store_true", help="feed the router's cost model every finished turn, as the live router does")
+    k = p.add_argument_group("what the router knows (default: what the live ppd-server knows)")
+    k.add_argument(
+        "--poll-interval-ms", type=float, default=LIVE_POLL_INTERVAL_MS,
+        help="the router sees workers' load (running, waiting, KV used, context) as of its last poll, this often; "
+        f"its own in-flight counts stay current; 0 = it sees every load as it is now; default {LIVE_POLL_INTERVAL_MS:g} "
+        "(ppd-server's --load-interval)",
+    )
+    k.add_argument(
+        "--client-max-tokens", default=str(DEFAULT_CLIENT_MAX_TOKENS),
+        help="the max_tokens every client sends: the router decides knowing this cap, not the answer's length, and a "
+        "longer answer stops at it; 'exact' = clients send each answer's true length (as a benchmark forcing lengths "
+        f"does); default {DEFAULT_CLIENT_MAX_TOKENS} (no preset class's answer is longer)",
+    )
+    k.add_argument(
+        "--link-backlog", choices=LINK_BACKLOG_KINDS, default="router",
+        help="link backlog the router sees: 'router' = predicted KV bytes of every P->D turn still open (the live "
+        "router's count), 'true' = the bytes really queued on the link; default router",
+    )
     w = p.add_argument_group("workload")
     w.add_argument("--qps", type=float, default=4.0, help="new conversations per second (Poisson); default 4")
     w.add_argument("--duration", type=float, default=60.0, help="seconds during which conversations start; default 60")
@@ -117,6 +137,22 @@ def _workload(args: argparse.Namespace) -> tuple[Conversation, ...]:
     return load_trace(args.trace, spec) if args.trace else synthetic(spec)
 
 
+def router_behaviour(args: argparse.Namespace) -> RouterBehaviour:
+    """What the simulated router knows (poll lag, the clients' max_tokens, the link backlog)."""
+    _check("--poll-interval-ms", args.poll_interval_ms, 0, 3.6e6, lo_open=False)
+    text = str(args.client_max_tokens).strip().lower()
+    if text == "exact":
+        cap = None
+    else:
+        try:
+            cap = int(text)
+        except ValueError:
+            raise ValueError(f"bad --client-max-tokens {args.client_max_tokens!r}; give a token count or 'exact'") from None
+        if not 1 <= cap <= 1_048_576:
+            raise ValueError(f"--client-max-tokens must be in [1, 1048576] or 'exact', got {cap}")
+    return RouterBehaviour(args.poll_interval_ms, cap, args.link_backlog)
+
+
 def router_profile(args: argparse.Namespace, hardware_profile: dict[str, Any]) -> dict[str, Any] | None:
     """The profile the simulated router's cost model starts from; None = it knows the truth."""
     if args.router_profile == "builtin":
@@ -148,6 +184,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Any], ClusterSpec, Hardware,
         )
     hints = RequestHints(args.w_ttft, args.w_tpot, args.slo_ttft_ms, args.slo_tpot_ms)
     router_profile(args, profile)  # a bad --router-profile fails here, before any run
+    router_behaviour(args)  # and so does a bad --poll-interval-ms / --client-max-tokens
     return policies, spec, hw, profile, convs, hints
 
 
@@ -156,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         policies, spec, hw, profile, convs, hints = prepare(args)
+        behaviour = router_behaviour(args)
     except ValueError as e:
         parser.error(str(e))
     total_turns = sum(len(c.turns) for c in convs)
@@ -163,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     for policy in policies:
         start = router_profile(args, profile)
         cost_model = CostModel(start) if start is not None else None  # a fresh fit per policy
-        sim = Simulation(policy, spec, hw, convs, hints, cost_model, args.online_fit)
+        sim = Simulation(policy, spec, hw, convs, hints, cost_model, args.online_fit, behaviour)
         started = time.monotonic()
         last = [started]
 
@@ -184,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         "think_s": args.think_s, "jitter": args.jitter, "seed": args.seed, "conversations": len(convs), "turns_total": total_turns,
         "slo_ttft_ms": args.slo_ttft_ms, "slo_tpot_ms": args.slo_tpot_ms, "w_ttft": args.w_ttft, "w_tpot": args.w_tpot,
         "router_profile": args.router_profile, "online_fit": args.online_fit,
+        "poll_interval_ms": behaviour.poll_interval_ms, "client_max_tokens": behaviour.client_max_tokens,
+        "link_backlog": behaviour.link_backlog,
     }
     if args.json:
         text = json.dumps({"config": config, "profile_source": profile.get("source"), "results": summaries}, indent=2)

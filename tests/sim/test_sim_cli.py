@@ -70,6 +70,10 @@ def test_unified_fleet_routes_replica(capsys):
         (["--profile", "/nonexistent/p.json"], "cannot read profile"),
         (["--kv-capacity-tokens", "100", "--workload", "big_paste"], "--kv-capacity-tokens 100"),
         (["--qps", "abc"], "--qps"),
+        (["--poll-interval-ms", "-5"], "--poll-interval-ms"),
+        (["--client-max-tokens", "lots"], "--client-max-tokens 'lots'"),
+        (["--client-max-tokens", "0"], "--client-max-tokens"),
+        (["--link-backlog", "guess"], "--link-backlog"),
     ],
 )
 def test_bad_values_exit_2_with_a_message_naming_them(args, needle, capsys):
@@ -102,3 +106,13 @@ def test_router_calibration_options(capsys):
     with pytest.raises(SystemExit):
         main(["--router-profile", "/nonexistent.json", *SMALL])
     assert "cannot read profile" in capsys.readouterr().err
+
+
+def test_what_the_router_knows_defaults_to_the_live_router_and_is_in_the_json(capsys):
+    assert main(["--policies", "ppd", "--json", "-", *SMALL]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert (config["poll_interval_ms"], config["client_max_tokens"], config["link_backlog"]) == (500.0, 2048, "router")
+    args = ["--poll-interval-ms", "0", "--client-max-tokens", "exact", "--link-backlog", "true"]
+    assert main(["--policies", "ppd", "--json", "-", *args, *SMALL]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert (config["poll_interval_ms"], config["client_max_tokens"], config["link_backlog"]) == (0.0, None, "true")

@@ -10,7 +10,7 @@ import pytest
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import CostCoefficients
-from ppd_sim import ClusterSpec, Conversation, Hardware, RequestHints, Simulation, WorkloadSpec, synthetic
+from ppd_sim import ClusterSpec, Conversation, Hardware, RequestHints, RouterBehaviour, Simulation, WorkloadSpec, synthetic
 from ppd_sim.presets import kv_capacity_tokens, preset_profile
 
 # Round numbers so the expected times can be worked out by hand.
@@ -162,7 +162,8 @@ def test_kv_pressure_evicts_prefixes_and_the_run_still_drains():
 def test_the_policy_sees_load_the_way_sglang_reports_it():
     """Mid-prefill of a P->D turn: P has it running with its uncached tokens, D has it waiting
     (prealloc queue) and in flight; once it streams, D reports it running with its context."""
-    sim = Simulation(make_policy("pd"), ClusterSpec.parse("1P1D"), HAND, (Conversation("c0", 0.0, ((100, 40),), ()),))
+    instant = RouterBehaviour(poll_interval_ms=0)
+    sim = Simulation(make_policy("pd"), ClusterSpec.parse("1P1D"), HAND, (Conversation("c0", 0.0, ((100, 40),), ()),), router=instant)
     seen = {}
     sim.loop.at(50.0, lambda: seen.setdefault("prefill", sim.cluster.view()))  # prefill takes ~105 ms
     sim.loop.at(300.0, lambda: seen.setdefault("decode", sim.cluster.view()))  # TTFT ~138 ms, 40 tokens ~0.9 s
