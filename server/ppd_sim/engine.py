@@ -89,7 +89,9 @@ class SimResult:
     kv_bytes_moved: int
     sim_ms: float
     events: int
-    stop_reason: str | None  # None when every request finished
+    stop_reason: str | None  # None when every turn of every conversation finished
+    turns_planned: int  # every turn of every conversation (turns after one that never ended are never sent)
+    conversations: int
     busy_share: dict[str, float]  # worker url -> share of the run it was computing
     evicted_tokens: int
     cost_model: dict[str, Any] | None = None  # error summary and fitted coefficients, when a CostModel was used
@@ -137,6 +139,9 @@ class Simulation:
         last_arrival = max((c.arrival_ms for c in self.conversations), default=0.0)
         tick = (lambda: progress(self.loop.now, self.finished)) if progress else None
         stop = self.loop.run(max_time_ms=last_arrival * 10 + 600_000.0, max_events=MAX_EVENTS, tick=tick)
+        planned = sum(len(c.turns) for c in self.conversations)
+        if stop is None and self.finished < planned:  # nothing left to run, yet turns are open: a stall
+            stop = f"{planned - self.finished} turns never finished: the queues stalled with nothing left to run"
         # the poll after the last answer is no work: the run ended with that answer
         sim_ms = max(self.loop.now if stop is not None else self._last_finish_ms, 1e-9)
         workers = self.cluster.workers.values()
@@ -147,6 +152,8 @@ class Simulation:
             sim_ms=sim_ms,
             events=self.loop.events_run,
             stop_reason=stop,
+            turns_planned=planned,
+            conversations=len(self.conversations),
             busy_share={w.url: w.busy_ms / sim_ms for w in workers},
             evicted_tokens=sum(w.kv.evicted_tokens for w in workers),
             cost_model=self._cost_model_report(),

@@ -172,8 +172,10 @@ class SimWorker:
         self._kick()
 
     def kv_sent(self, req: SimRequest) -> None:
-        """Prefill role: the KV left; free its slots and keep the prompt as a cached prefix."""
+        """Prefill role: the KV left; free its slots and keep the prompt as a cached prefix. Prefills
+        waiting for slots may fit now, so an idle worker starts (nothing else may ever wake it)."""
         self.kv.release(req.conversation_id, self._p_pinned.pop(req.rid), req.prompt_tokens)
+        self._kick()
 
     # -- scheduling --------------------------------------------------------------------------
 
