@@ -82,5 +82,8 @@ def test_each_turn_is_one_trace_with_client_route_and_worker_spans(traced_router
         names = sorted(s.name for s in spans if s.trace_id == trace_id)
         print(f"trace {trace_id:032x}: client '{client.name}' -> server spans {names}")
         # The client span carries the same decision the server recorded.
-        assert client.attributes["ppd.route.name"] == route_span.attributes["ppd.route"]
+        assert client.attributes["ppd.route"] == route_span.attributes["ppd.route"]
+        for key in ("ppd.turn", "ppd.decode", "ppd.policy", "ppd.weights.ttft", "ppd.weights.tpot", "gen_ai.conversation.id"):
+            assert client.attributes[key] == route_span.attributes[key], key  # one name per attribute, both sides
+        assert route_span.attributes["ppd.policy.weights.ttft"] == 1.0  # what the policy scored with
         assert client.attributes["gen_ai.conversation.id"] == chat.conversation_id
