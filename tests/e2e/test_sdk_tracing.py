@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 sys.path.insert(0, str(Path(__file__).parent.parent / "sdk"))
 
 from otlp_collector import CollectedSpan, OTLPCollector  # noqa: E402
-from processes import free_port, router_argv, running  # noqa: E402
+from processes import free_port, router_argv, started  # noqa: E402
 
 from ppd_sdk import ChatSession  # noqa: E402
 
@@ -36,8 +36,8 @@ def traced_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
             "OTEL_SERVICE_NAME": "ppd-server-under-test",
         }
         log = tmp_path_factory.mktemp("traced") / "router.log"
-        with running(router_argv(port), "/health", port, log, env=env) as base:
-            yield base, collector
+        with started("ppd-server", router_argv(port), port, log, env=env, timeout=420.0) as router:
+            yield router.url, collector
 
 
 def _chain_reaches(span: CollectedSpan, root_id: int, by_id: dict[int, CollectedSpan]) -> bool:
