@@ -102,7 +102,7 @@ async def test_an_estimated_prompt_far_beyond_capacity_is_refused_without_touchi
         assert not any(s.path == "/v1/chat/completions" for s in p.seen + d.seen)
 
 
-# --- folded from test_review_router_bad_model.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # A ``model`` field that is not a string (list, object) is a 400 naming ``model``, not a 500.
 
 @pytest.mark.parametrize("model", [["fake-model"], {"name": "fake-model"}, 5])
@@ -114,7 +114,7 @@ async def test_a_model_that_is_not_a_string_is_a_400(model):
         assert err["param"] == "model" and err["type"] == "invalid_request_error"
 
 
-# --- folded from test_review_router_self_fork.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # A conversation that names itself as its own parent is a 400 naming the parent field, not a
 # 500 (SessionTable.start_fork raised ValueError out of the request handler).
 
@@ -134,7 +134,7 @@ async def test_a_self_fork_is_a_400(via):
         assert err["param"] == param and err["code"] == "invalid_ppd_hints"
 
 
-# --- folded from test_review_router_max_tokens.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # ``max_completion_tokens: null`` beside ``max_tokens`` must not hide ``max_tokens``: the cost
 # model is asked about the answer length the client set, not the 128 default.
 

@@ -147,7 +147,7 @@ async def test_every_completed_turn_feeds_the_cost_model_streamed_or_not(pd_pair
     assert streamed.route == "local" and streamed.ttft_ms is not None and streamed.predicted_ttft_ms > 0
 
 
-# --- folded from test_review_router_disconnect.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # A client that leaves while a P->D turn waits on its workers aborts both worker requests
 # (the handler is cancelled - aiohttp's handler_cancellation - and must not orphan the two legs).
 
@@ -182,7 +182,7 @@ async def _leave_and_check(client, state, p: FakeWorker, d: FakeWorker, stream: 
     assert state.registry.get(d.url).inflight == 0 and state.registry.get(p.url).inflight == 0
 
 
-# --- folded from test_review_router_prefill_abort.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # A client that leaves after both P->D legs answered their headers (the router is reading the
 # decode answer) aborts the prefill request too, not only the decode one: the prefill leg was left
 # running in the background for a turn nobody waits for.
@@ -210,7 +210,7 @@ async def test_client_leaving_mid_answer_aborts_the_prefill_leg(stream):
             d.hold.set()
 
 
-# --- folded from test_review_router_prepare_gone.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Served as ``web.run_app`` serves it (no handler cancellation), a streaming client that left
 # before the worker's first byte makes ``out.prepare`` fail: that is a client gone, not an
 # unexpected router error - the worker call is closed (its request aborted) and the turn is

@@ -72,7 +72,7 @@ async def test_worker_dying_before_answering_non_streaming_is_a_clean_error():
         assert evs[-1] == "[DONE]" and "error" in json.loads(evs[-2])
 
 
-# --- folded from test_review_router_after_done.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # A worker connection that breaks AFTER the stream's ``data: [DONE]`` (before the chunked
 # terminator) must not append an error event and a second [DONE]: the client already has the whole
 # answer, and nothing may follow [DONE] in an OpenAI stream.

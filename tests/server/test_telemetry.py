@@ -91,7 +91,7 @@ def test_tracer_provider_follows_the_standard_otel_env():
     assert make_tracer(SdkProvider())[1] is True
 
 
-# --- folded from test_review_router_cancel_spans.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # A client that leaves while the router waits on a worker still ends every CLIENT span it
 # started (an unended span is never exported: the trace would lack the worker call that hung).
 

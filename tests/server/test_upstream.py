@@ -128,7 +128,7 @@ async def test_close_aborts_the_request_at_the_worker():
     await pool.close()
 
 
-# --- folded from test_review_router_header_bytes.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Forwarded client headers (x-request-id, x-correlation-id, trace headers with tracing off) that
 # carry non-latin-1 UTF-8 bytes reach the worker byte for byte instead of failing the request with
 # a 500 (the upstream client encoded its request head as latin-1).
@@ -149,7 +149,7 @@ async def test_a_utf8_forwarded_header_is_relayed_not_a_500(name):
         assert len(u.seen) == 1 and u.seen[0].headers[name].encode("utf-8", "surrogateescape") == b"id-\xe2\x82\xac"
 
 
-# --- folded from test_review_router_url_prefix.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # A worker URL with a path prefix (a worker behind a path-routing proxy, e.g.
 # http://host:port/w1 - accepted by the config, and kept by the poller's /server_info and load
 # calls) keeps that prefix on the request path too; it was dropped, so requests hit /v1/... and 404'd.

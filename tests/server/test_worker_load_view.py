@@ -58,7 +58,7 @@ def test_more_finishes_than_polled_streams_floor_at_zero() -> None:
     assert (view.running_reqs, view.running_context_tokens) == (0, 0)
 
 
-# --- folded from test_review_router_poll_garbage.py ---------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # A worker whose /server_info or /v1/loads answer is valid JSON of the wrong shape (a list, a list
 # where a string belongs, an infinite number) is a failed poll of THAT worker: the poll round must
 # not raise (the background poller would die, freezing load and health for every worker).
