@@ -61,7 +61,9 @@ class Hardware:
 
 
 class SimCluster:
-    def __init__(self, spec: ClusterSpec, hw: Hardware, loop: EventLoop, host: WorkerHost, poll_lag: bool = False) -> None:
+    def __init__(
+        self, spec: ClusterSpec, hw: Hardware, loop: EventLoop, host: WorkerHost, poll_lag: bool = False, reference: bool = False
+    ) -> None:
         self.spec = spec
         self.link = KVLink(hw.link_gb_per_s, loop)
         roles: list[tuple[str, Role, int]] = [("p", "prefill", spec.prefill), ("d", "decode", spec.decode), ("r", "unified", spec.unified)]
@@ -71,7 +73,7 @@ class SimCluster:
                 url = f"sim://{prefix}{k}"
                 self.workers[url] = SimWorker(
                     url, role, hw.coefficients, loop, host, hw.kv_capacity_tokens, hw.kv_bytes_per_token,
-                    hw.chunk_tokens, hw.decode_local_prefill, hw.decode_radix_cache, poll_lag,
+                    hw.chunk_tokens, hw.decode_local_prefill, hw.decode_radix_cache, poll_lag, reference,
                 )
 
     def view(

@@ -108,7 +108,10 @@ class Simulation:
         cost_model: CostModel | None = None,
         online_fit: bool = False,
         router: RouterBehaviour = RouterBehaviour(),
+        reference: bool = False,
     ) -> None:
+        """``reference``: the plain path (every view rebuilt on every turn, every worker iteration an
+        event); the same results, slower; tests compare the fast path against it."""
         if online_fit and cost_model is None:
             raise ValueError("online_fit needs a cost_model")
         self.policy = policy
@@ -119,7 +122,7 @@ class Simulation:
         self.router = router
         self.conversations = conversations
         self.loop = EventLoop()
-        self.cluster = SimCluster(spec, hw, self.loop, self, poll_lag=router.poll_interval_ms > 0)
+        self.cluster = SimCluster(spec, hw, self.loop, self, poll_lag=router.poll_interval_ms > 0, reference=reference)
         self._router_backlog = 0  # predicted KV bytes of the open P->D turns (the live router's count)
         self._predicted_kv: dict[int, int] = {}
         self._last_finish_ms = 0.0
@@ -251,7 +254,7 @@ class Simulation:
                 ttft_ms=req.ttft_ms, tpot_ms=req.tpot_ms, decode_running=running, decode_context_tokens=context,
                 predicted_ttft_ms=req.predicted_ttft_ms, predicted_tpot_ms=req.predicted_tpot_ms, kv_bytes=req.kv_bytes,
                 prefill_cached_tokens=req.prefill_cached_tokens if decision.route == "pd" else None,
-                e2e_ms=req.e2e_ms, completion_tokens=req.output_tokens, decode_running_end=worker.view().running_reqs,
+                e2e_ms=req.e2e_ms, completion_tokens=req.output_tokens, decode_running_end=worker.view_running(),
             ))
         if index + 1 < len(conv.turns):
             self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1)

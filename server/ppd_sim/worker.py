@@ -70,6 +70,7 @@ class SimWorker:
         can_local_prefill: bool = False,
         decode_radix_cache: bool = False,
         poll_lag: bool = False,
+        reference: bool = False,
     ) -> None:
         if chunk_tokens < 1:
             raise ValueError(f"chunk size must be >= 1 token, got {chunk_tokens}")
@@ -103,6 +104,10 @@ class SimWorker:
         self.poll_lag = poll_lag
         self._polled: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # load at the last poll
         self._ended_since_poll = 0  # the router's requests here that ended after the last poll
+        # With poll lag the view changes only at a poll or when the router's own counts move: it is
+        # built then, not on every turn (``reference`` = rebuild it every time, the plain path).
+        self._cache_views = poll_lag and not reference
+        self._view: WorkerView | None = None
 
     # -- what the router sees --------------------------------------------------------------
 
@@ -119,37 +124,55 @@ class SimWorker:
 
     def poll(self) -> None:
         """The router polls this worker's load now (``WorkerRegistry.poll_once``)."""
-        self._polled = self.load()
-        self._ended_since_poll = 0
+        polled = self.load()
+        if polled != self._polled or self._ended_since_poll:
+            self._polled = polled
+            self._ended_since_poll = 0
+            self._view = None
+
+    def view_running(self) -> int:
+        """``view().running_reqs`` without building the view."""
+        if self.poll_lag:
+            return max(0, self._polled[0] - self._ended_since_poll)
+        return self._running + len(self._prefilling) + len(self._joins)
 
     def view(self, coefficients: CostCoefficients | None = None) -> WorkerView:
         """The load report as the router sees it; ``coefficients`` = what the router's cost model
         believes (default: the truth)."""
+        coefficients = self.coefficients if coefficients is None else coefficients
+        cached = self._view
+        if cached is not None and cached.coefficients is coefficients:
+            return cached
         if self.poll_lag:
             polled, waiting, waiting_tokens, used, polled_context = self._polled
             running = max(0, polled - self._ended_since_poll)
             context = polled_context * running // polled if polled else 0
         else:
             running, waiting, waiting_tokens, used, context = self.load()
-        return WorkerView(
+        view = WorkerView(
             url=self.url, role=self.role, healthy=True,
             can_local_prefill=self.can_local_prefill, decode_radix_cache=self.decode_radix_cache,
             max_total_tokens=self.kv.capacity, kv_bytes_per_token=self.kv_bytes_per_token,
             running_reqs=running, waiting_reqs=waiting, waiting_tokens=waiting_tokens, used_tokens=used,
             running_context_tokens=context, inflight=self.inflight, chunked_prefill_size=self.chunk_tokens,
-            coefficients=self.coefficients if coefficients is None else coefficients,
+            coefficients=coefficients,
         )
+        if self._cache_views:
+            self._view = view
+        return view
 
     def _release(self) -> None:
         """One of the router's requests to this worker ended (``Worker.release``)."""
         self.inflight -= 1
         self._ended_since_poll += 1
+        self._view = None
 
     # -- entry points ------------------------------------------------------------------------
 
     def submit_prefill(self, req: SimRequest) -> None:
         """A prefill here: P->D's first half (prefill role), D-local (decode) or replica (unified)."""
         self.inflight += 1
+        self._view = None
         estimate = req.prompt_tokens - self.kv.hit(req.conversation_id, req.prompt_tokens)
         self._waiting_estimate[req.rid] = estimate
         self._waiting_tokens += estimate
@@ -159,6 +182,7 @@ class SimWorker:
     def expect_kv(self, req: SimRequest) -> None:
         """Decode side of a P->D request, from the moment it is routed (SGLang's prealloc queue)."""
         self.inflight += 1
+        self._view = None
         self._expecting += 1
 
     def reserve_for_kv(self, req: SimRequest) -> None:
