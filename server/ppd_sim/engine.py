@@ -142,6 +142,8 @@ class Simulation:
         last_arrival = max((c.arrival_ms for c in self.conversations), default=0.0)
         tick = (lambda: progress(self.loop.now, self.finished)) if progress else None
         stop = self.loop.run(max_time_ms=last_arrival * 10 + 600_000.0, max_events=MAX_EVENTS, tick=tick)
+        for w in self.cluster.workers.values():
+            w.settle()
         planned = sum(len(c.turns) for c in self.conversations)
         if stop is None and self.finished < planned:  # nothing left to run, yet turns are open: a stall
             stop = f"{planned - self.finished} turns never finished: the queues stalled with nothing left to run"

@@ -25,11 +25,19 @@ and keeps its own in-flight count current. With ``poll_lag`` a worker's view sho
 its last :meth:`poll`, less the router's requests to it that ended since (``Worker.view`` takes
 them off the polled running count and scales the context alike), with the in-flight count of now.
 Without it the view is the instantaneous load (a router polling continuously).
+
+Coasting (speed; ``reference`` turns it off): a run of decode-only iterations (no prefill piece,
+no stream joining) is fully determined until its first stream finishes, so its iteration end
+times are computed in one go and one event stands for them all. Anything that could change the
+next iteration (a prefill submitted, a stream's KV arriving) or that reads the load first
+settles the run at the iteration in flight and turns it back into ordinary events. The
+arithmetic is the same, in the same order, as iterating one event at a time.
 """
 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections import deque
 from typing import Protocol
 
@@ -38,6 +46,9 @@ from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
 from ppd_sim.kv import KVPool
 from ppd_sim.request import SimRequest
+
+
+_COAST_MAX = 16  # iterations one coasting event stands for at most
 
 
 class WorkerHost(Protocol):
@@ -108,12 +119,17 @@ class SimWorker:
         # built then, not on every turn (``reference`` = rebuild it every time, the plain path).
         self._cache_views = poll_lag and not reference
         self._view: WorkerView | None = None
+        self._may_coast = not reference
+        # a coasting run: (first iteration index, end times, step times, context at its start)
+        self._coast: tuple[int, list[float], list[float], int] | None = None
 
     # -- what the router sees --------------------------------------------------------------
 
     def load(self) -> tuple[int, int, int, int, int]:
         """The load fields of ``/v1/loads`` now: (running, waiting, waiting tokens, used tokens,
         running context tokens)."""
+        if self._coast is not None:
+            self._settle()
         return (
             self._running + len(self._prefilling) + len(self._joins),
             len(self._waiting) + self._expecting,
@@ -173,6 +189,8 @@ class SimWorker:
         """A prefill here: P->D's first half (prefill role), D-local (decode) or replica (unified)."""
         self.inflight += 1
         self._view = None
+        if self._coast is not None:
+            self._settle()
         estimate = req.prompt_tokens - self.kv.hit(req.conversation_id, req.prompt_tokens)
         self._waiting_estimate[req.rid] = estimate
         self._waiting_tokens += estimate
@@ -191,6 +209,8 @@ class SimWorker:
         self._admit_prealloc()
 
     def kv_arrived(self, req: SimRequest) -> None:
+        if self._coast is not None:
+            self._settle()
         self._expecting -= 1
         self._joins.append((req, req.output_tokens, req.prompt_tokens))
         self._kick()
@@ -266,7 +286,57 @@ class SimWorker:
             dt = decode_step_ms(c, self._running, self._context)
         self._busy = True
         self.busy_ms += dt
+        if not pieces and not fresh and self._may_coast:
+            n = min(self._finish_heap[0][0] - self.iterations, _COAST_MAX)
+            if n >= 2:
+                self._start_coast(dt, n)
+                return
         self._loop.at(self._loop.now + dt, self._end_iteration, pieces, fresh)
+
+    # -- coasting (see the module docstring) --------------------------------------------------
+
+    def _start_coast(self, dt: float, n: int) -> None:
+        """``n`` decode-only iterations from now, the first taking ``dt``."""
+        c, b, context = self.coefficients, self._running, self._context
+        t = self._loop.now + dt
+        ends, steps = [t], [dt]
+        for k in range(1, n):
+            dt = decode_step_ms(c, b, context + k * b)
+            t = t + dt
+            ends.append(t)
+            steps.append(dt)
+        coast = (self.iterations, ends, steps, context)
+        self._coast = coast
+        self._loop.at(t, self._end_coast, coast)
+
+    def _advance_coast(self, k: int) -> None:
+        """Iterations 0..k-1 of the coasting run ended; iteration k is in flight (its step counted)."""
+        assert self._coast is not None
+        first, _, steps, context = self._coast
+        self._coast = None
+        self.iterations = first + k
+        self._context = context + k * self._running
+        for j in range(1, k + 1):
+            self.busy_ms += steps[j]
+
+    def _end_coast(self, coast: tuple[int, list[float], list[float], int]) -> None:
+        if self._coast is not coast:  # settled earlier: ordinary events took over
+            return
+        self._advance_coast(len(coast[1]) - 1)
+        self._end_iteration([], [])
+
+    def _settle(self) -> None:
+        """Back to one event per iteration, at the iteration in flight now."""
+        assert self._coast is not None
+        ends = self._coast[1]
+        k = bisect_left(ends, self._loop.now)  # iterations that ended before now
+        self._advance_coast(k)
+        self._loop.at(ends[k], self._end_iteration, [], [])
+
+    def settle(self) -> None:
+        """Bring the counters (busy time, iterations) up to now, e.g. when a run stops early."""
+        if self._coast is not None:
+            self._settle()
 
     def _end_iteration(self, pieces: list[tuple[SimRequest, int, int]], fresh: list[SimRequest]) -> None:
         now = self._loop.now
