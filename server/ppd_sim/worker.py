@@ -39,7 +39,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import deque
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
@@ -119,6 +119,7 @@ class SimWorker:
         # built then, not on every turn (``reference`` = rebuild it every time, the plain path).
         self._cache_views = poll_lag and not reference
         self._view: WorkerView | None = None
+        self.changed: Callable[[SimWorker], None] | None = None  # told when the view must be rebuilt
         self._may_coast = not reference
         # a coasting run: (first iteration index, end times, step times, context at its start)
         self._coast: tuple[int, list[float], list[float], int] | None = None
@@ -128,14 +129,15 @@ class SimWorker:
     def load(self) -> tuple[int, int, int, int, int]:
         """The load fields of ``/v1/loads`` now: (running, waiting, waiting tokens, used tokens,
         running context tokens)."""
-        if self._coast is not None:
-            self._settle()
+        context = self._context
+        if self._coast is not None:  # read it without settling: only the context moved
+            context = self._coast[3] + bisect_left(self._coast[1], self._loop.now) * self._running
         return (
             self._running + len(self._prefilling) + len(self._joins),
             len(self._waiting) + self._expecting,
             self._waiting_tokens + self._prefill_left,
             self.kv.pinned,
-            self._context + sum(ctx for _, _, ctx in self._joins),
+            context + sum(ctx for _, _, ctx in self._joins),
         )
 
     def poll(self) -> None:
@@ -144,7 +146,7 @@ class SimWorker:
         if polled != self._polled or self._ended_since_poll:
             self._polled = polled
             self._ended_since_poll = 0
-            self._view = None
+            self._invalidate()
 
     def view_running(self) -> int:
         """``view().running_reqs`` without building the view."""
@@ -177,18 +179,24 @@ class SimWorker:
             self._view = view
         return view
 
+    def _invalidate(self) -> None:
+        if self._view is not None:
+            self._view = None
+            if self.changed is not None:
+                self.changed(self)
+
     def _release(self) -> None:
         """One of the router's requests to this worker ended (``Worker.release``)."""
         self.inflight -= 1
         self._ended_since_poll += 1
-        self._view = None
+        self._invalidate()
 
     # -- entry points ------------------------------------------------------------------------
 
     def submit_prefill(self, req: SimRequest) -> None:
         """A prefill here: P->D's first half (prefill role), D-local (decode) or replica (unified)."""
         self.inflight += 1
-        self._view = None
+        self._invalidate()
         if self._coast is not None:
             self._settle()
         estimate = req.prompt_tokens - self.kv.hit(req.conversation_id, req.prompt_tokens)
@@ -200,7 +208,7 @@ class SimWorker:
     def expect_kv(self, req: SimRequest) -> None:
         """Decode side of a P->D request, from the moment it is routed (SGLang's prealloc queue)."""
         self.inflight += 1
-        self._view = None
+        self._invalidate()
         self._expecting += 1
 
     def reserve_for_kv(self, req: SimRequest) -> None:
@@ -296,12 +304,16 @@ class SimWorker:
     # -- coasting (see the module docstring) --------------------------------------------------
 
     def _start_coast(self, dt: float, n: int) -> None:
-        """``n`` decode-only iterations from now, the first taking ``dt``."""
+        """``n`` decode-only iterations from now, the first taking ``dt``. Each step is
+        ``decode_step_ms(c, b, context)`` written out (the batch part is the same for all), with
+        the same operations in the same order: the fast-path test holds it to the function."""
         c, b, context = self.coefficients, self._running, self._context
+        fixed = c.decode_base_ms + c.decode_per_seq_ms * b
+        per_kctx = c.decode_per_kctx_ms
         t = self._loop.now + dt
         ends, steps = [t], [dt]
         for k in range(1, n):
-            dt = decode_step_ms(c, b, context + k * b)
+            dt = fixed + per_kctx * (context + k * b) / 1000.0
             t = t + dt
             ends.append(t)
             steps.append(dt)
