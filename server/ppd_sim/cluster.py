@@ -77,6 +77,7 @@ class SimCluster:
                 )
         # the workers' true-coefficient views, kept up to date through the workers' ``changed``
         self._order = list(self.workers.values())
+        self._index = {w.url: k for k, w in enumerate(self._order)}
         self._views: list[WorkerView | None] = [None] * len(self._order)
         self._stale: set[int] = set(range(len(self._order)))
         for k, w in enumerate(self._order):
@@ -95,12 +96,17 @@ class SimCluster:
                 self._stale.clear()
             workers = tuple(views)  # type: ignore[arg-type]
         else:
-            workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)
+            workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)  # in _order, as seen() assumes
         return ClusterView(
             workers=workers,
             link_gbps=self.link.link_gbps,
             link_backlog_bytes=self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
         )
+
+    def seen(self, view: ClusterView, url: str | None) -> WorkerView | None:
+        """``view.get(url)`` for a view this cluster built, without the scan."""
+        k = self._index.get(url) if url is not None else None
+        return None if k is None else view.workers[k]
 
     def poll(self) -> None:
         """One load poll of every worker (``WorkerRegistry.poll_once``)."""
