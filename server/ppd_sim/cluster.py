@@ -12,7 +12,7 @@ by default the true bytes still queued on the link.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role, WorkerView
@@ -94,7 +94,7 @@ class SimCluster:
                 views[k] = self._order[k].view()
             if self.workers and self._order[0]._cache_views:
                 self._stale.clear()
-            workers = tuple(views)  # type: ignore[arg-type]
+            workers = cast("tuple[WorkerView, ...]", tuple(views))  # every slot was filled on the first call
         else:
             workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)  # in _order, as seen() assumes
         return ClusterView(

@@ -39,7 +39,8 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import deque
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
