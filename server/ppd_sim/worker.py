@@ -28,6 +28,7 @@ from collections import deque
 from typing import Protocol
 
 from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
+from ppd_server.routing.local_load import LocalLoad
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
 from ppd_sim.kv import KVPool
@@ -78,6 +79,7 @@ class SimWorker:
         self._loop = loop
         self._host = host
         self.inflight = 0
+        self.local_load = LocalLoad()  # the router's D-local requests in flight here
         self.busy_ms = 0.0
         self.iterations = 0
         self._busy = False
@@ -108,6 +110,7 @@ class SimWorker:
             used_tokens=self.kv.pinned,
             running_context_tokens=self._context + sum(ctx for _, _, ctx in self._joins),
             inflight=self.inflight, chunked_prefill_size=self.chunk_tokens,
+            **self.local_load.view_fields(),
             coefficients=self.coefficients if coefficients is None else coefficients,
         )
 
@@ -119,6 +122,8 @@ class SimWorker:
         estimate = req.prompt_tokens - self.kv.hit(req.conversation_id, req.prompt_tokens)
         self._waiting_estimate[req.rid] = estimate
         self._waiting_tokens += estimate
+        if self.role == "decode":  # a prefill on a decode worker is a D-local turn
+            self.local_load.commit(req.rid, estimate, req.output_tokens)
         self._waiting.append(req)
         self._kick()
 
@@ -242,5 +247,6 @@ class SimWorker:
     def _finish(self, req: SimRequest) -> None:
         req.finish_ms = self._loop.now
         self.inflight -= 1
+        self.local_load.release(req.rid)
         self.kv.release(req.conversation_id, req.pinned_tokens, req.prompt_tokens + req.output_tokens)
         self._host.on_finished(self, req)

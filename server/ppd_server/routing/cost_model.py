@@ -30,6 +30,9 @@ Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
   1000), the context being the other streams' (``decode_context_tokens``) plus this stream's
   prompt and half its answer; for ``local`` the predicted interference term is taken off first
   (it is spread over the worker's streams, not a step cost);
+* cold start: a fit publishes nothing of its own until it has :data:`MIN_SAMPLES_TO_PUBLISH`
+  samples (the prior stays, or the pooled estimate below), so the first, noisiest request does
+  not steer the first decisions on its own;
 * evidence is pooled across workers for prefill speed: a worker whose prefill fit has no sample
   of its own yet (a decode worker that never ran a local prefill) publishes the median of the
   prefill fits of the workers that have :data:`_DONOR_MIN_SAMPLES` or more, each rescaled by the
@@ -73,6 +76,7 @@ _PREFILL_SCALE0 = 0.2  # prior guess of the relative timing noise (TTFT: schedul
 _DECODE_SCALE0 = 0.1  # a TPOT is a mean over many steps: steadier
 _ERROR_WINDOW = 1000
 _MIN_COMPUTE_SHARE = 0.5  # prefill fits learn from TTFTs predicted to be mostly compute
+MIN_SAMPLES_TO_PUBLISH = 3  # a fit's own estimate is used from this many samples on; the prior before
 _DONOR_MIN_SAMPLES = 8  # a prefill fit is evidence for workers without one once it has this many samples
 # the pool is a prior: republished on a new donor and every this many donor refits (not every
 # one: that would cost O(workers) per observation, ~0.1 ms at 32P32D)
@@ -159,8 +163,14 @@ class _WorkerFit:
         self.prefill_pooled = False
 
     def refresh(self, component: str) -> None:
-        """Republish the coefficients of ``component`` ("prefill" or "decode") after a refit."""
+        """Republish the coefficients of ``component`` ("prefill" or "decode") after a refit.
+
+        Cold start: until the fit has :data:`MIN_SAMPLES_TO_PUBLISH` samples the published values
+        stay what they were (the profile's prior, or the estimate pooled from other workers): one
+        noisy first request - a cold cache, a warm-up - must not steer the first decisions alone."""
         fit = self.prefill if component == "prefill" else self.decode
+        if fit.samples < MIN_SAMPLES_TO_PUBLISH:
+            return
         names = COEFFICIENT_NAMES[:3] if component == "prefill" else COEFFICIENT_NAMES[3:]
         self.coefficients = replace(self.coefficients, **dict(zip(names, fit.theta)))
         if component == "prefill":
@@ -170,6 +180,11 @@ class _WorkerFit:
         """Publish prefill coefficients pooled from other workers (only while there is no own sample)."""
         self.coefficients = replace(self.coefficients, **dict(zip(COEFFICIENT_NAMES[:3], values)))
         self.prefill_pooled = True
+
+    def publish_prior_prefill(self) -> None:
+        """Back to the fit's own prior for prefill (the pool it took values from is gone)."""
+        self.coefficients = replace(self.coefficients, **dict(zip(COEFFICIENT_NAMES[:3], self.prefill.theta0)))
+        self.prefill_pooled = False
 
     def restart_prefill_from_published(self) -> None:
         """Before the first own sample of a pooled worker: the pooled estimate becomes its prior."""
@@ -276,13 +291,13 @@ class CostModel:
         scaled by the profile's ratio between the recipient's role and the donor's (per
         coefficient). No donor yet: it keeps its own prior. ``donors`` and ``pooled_by_start``
         let a republish over all workers compute the pool once per distinct start."""
-        if fit.prefill.samples > 0:
+        if fit.prefill.samples >= MIN_SAMPLES_TO_PUBLISH:
             return
         if donors is None:
             donors = self._prefill_donors()
         if not donors:
             if fit.prefill_pooled:  # the donors left: back to its own prior
-                fit.refresh("prefill")
+                fit.publish_prior_prefill()
             return
         cache = pooled_by_start if pooled_by_start is not None else {}
         values = cache.get(fit.start)
@@ -297,7 +312,7 @@ class CostModel:
         donors = self._prefill_donors()
         cache: dict[CostCoefficients, tuple[float, float, float]] = {}
         for fit in self._fits.values():
-            if fit.prefill.samples == 0:
+            if fit.prefill.samples < MIN_SAMPLES_TO_PUBLISH:
                 self._pool_prefill_into(fit, donors, cache)
 
     # -- online fit ------------------------------------------------------------------------------
@@ -332,7 +347,7 @@ class CostModel:
             # error is mostly a queueing error (a burst the load poll had not seen): skip it
             compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
             if target > 0 and compute_share > _MIN_COMPUTE_SHARE:
-                if fit.prefill_pooled:  # its own first sample: start from what it was predicted with
+                if fit.prefill_pooled and fit.prefill.samples == 0:  # its own first sample: start from what it was predicted with
                     fit.restart_prefill_from_published()
                 fit.prefill.update(x, target)
                 fit.refresh("prefill")

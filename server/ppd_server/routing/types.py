@@ -83,6 +83,13 @@ class WorkerView:
     used_tokens: int = 0  # KV tokens in use
     running_context_tokens: int = 0  # sum of context lengths of running decode streams
     inflight: int = 0  # requests the router has sent and not yet seen finish
+    # D-local requests the router has in flight on this worker (queued, prefilling or decoding),
+    # their uncached prompt tokens, and the same summed per expected output token (sum n_i/N_i,
+    # sum 1/N_i): the local-prefill work per decode step the worker's streams absorb (routing.local_load)
+    local_prefill_reqs: int = 0
+    local_prefill_tokens: int = 0
+    local_prefill_tokens_per_step: float = 0.0
+    local_prefill_reqs_per_step: float = 0.0
     chunked_prefill_size: int = 0  # tokens per mixed prefill+decode iteration; 0 = unknown (one chunk)
     coefficients: CostCoefficients = field(default_factory=CostCoefficients)
 
@@ -143,6 +150,7 @@ class Candidate:
     score: float | None = None
     kv_bytes: int = 0  # predicted KV bytes this route moves over the P->D link
     cached_tokens: int = 0  # prompt tokens the prefilling worker already holds (not recomputed)
+    prefill_tokens: int = 0  # prompt tokens this route computes (the uncached part)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +163,8 @@ class Decision:
     candidates: tuple[Candidate, ...] = ()
     score: float | None = None
     cached_tokens: int = 0  # prompt tokens the chosen serving worker is predicted to hold already
+    prefill_tokens: int = 0  # prompt tokens the chosen route computes (for "local": the worker's committed load)
+    output_tokens: int = 0  # answer length the decision assumed (the request's max_new_tokens)
 
     def predicted(self, route: RouteName) -> Candidate | None:
         for c in self.candidates:

@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+
+from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH as MIN_SAMPLES
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
 from ppd_server.routing.policies import make_policy
@@ -127,12 +129,13 @@ def test_the_first_own_sample_starts_from_the_pooled_estimate_not_the_prior():
     _fit_prefill_worker(cm, 60)
     pooled = cm.coefficients(D, "decode")
     new, cached = 500, 1000
-    cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
+    for _ in range(MIN_SAMPLES):
+        cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
     d = cm.coefficients(D, "decode")
-    # one sample that agrees with the pool leaves it there (from the CPU prior it would land far off)
+    # samples that agree with the pool leave it there (from the CPU prior they would land far off)
     assert prefill_ms(d, 300, 0) == pytest.approx(prefill_ms(pooled, 300, 0), rel=0.2)
     assert cm.snapshot()["workers"][D] | {"coefficients": None} == {
-        "coefficients": None, "prefill_samples": 1, "decode_samples": 0, "prefill_pooled": False}
+        "coefficients": None, "prefill_samples": MIN_SAMPLES, "decode_samples": 0, "prefill_pooled": False}
     # from now on its own evidence rules: the prefill workers' later fits do not overwrite it
     _fit_prefill_worker(cm, 40, CostCoefficients(**{k: 5 * v for k, v in GPU.to_dict().items()}))
     assert cm.coefficients(D, "decode") == d
@@ -140,7 +143,8 @@ def test_the_first_own_sample_starts_from_the_pooled_estimate_not_the_prior():
 
 def test_a_worker_with_its_own_prefill_samples_is_never_pooled():
     cm = CostModel({"coefficients": CPU.to_dict()})
-    cm.observe(Observation("local", D, None, 200, 0, prefill_ms(CPU, 200), None, 0, prefill_ms(CPU, 200)))
+    for _ in range(MIN_SAMPLES):
+        cm.observe(Observation("local", D, None, 200, 0, prefill_ms(CPU, 200), None, 0, prefill_ms(CPU, 200)))
     own = cm.coefficients(D, "decode")
     _fit_prefill_worker(cm, 60)
     assert cm.coefficients(D, "decode") == own

@@ -17,6 +17,7 @@ from ppd_server.routing.types import RouteName
 class RatioPolicy(Policy):
     name = "ratio"
     defaults = {"ratio": 0.5}
+    spec_metavar = "X"
     spec_param = "ratio"
 
     def validate_params(self, params: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from ppd_server.routing.types import RouteName
 class ThresholdPolicy(Policy):
     name = "threshold"
     defaults = {"tokens": 256}
+    spec_metavar = "N"
     spec_param = "tokens"
 
     def validate_params(self, params: dict[str, Any]) -> None:
