@@ -24,7 +24,10 @@ Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
 * a sample far outside the fit's own scatter (a cold first request, a burst queued behind
   requests the load poll had not seen) gets no weight, and is re-judged at every refit, so
   consistent later evidence wins back from an early outlier; TTFT samples predicted to be half
-  or less compute (queue, transfer) are not fitted at all: their error is a queueing error;
+  or less compute (queue, transfer) are not fitted at all: their error is a queueing error
+  (while a fit is cold, fewer than ``_DONOR_MIN_SAMPLES``, and the TTFT came in under half the
+  prediction, the compute's predicted share of the observed time is fitted instead: a prior too
+  pessimistic everywhere is as wrong about the queue, and would otherwise lock local out);
 * decode-step coefficients of the decode (or unified) worker from the observed TPOT, with the
   features the prediction uses (``latency.estimate_*``): (1, streams incl. this one, context /
   1000), the context being the other streams' (``decode_context_tokens``) plus this stream's
@@ -76,6 +79,7 @@ _PREFILL_SCALE0 = 0.2  # prior guess of the relative timing noise (TTFT: schedul
 _DECODE_SCALE0 = 0.1  # a TPOT is a mean over many steps: steadier
 _ERROR_WINDOW = 1000
 _MIN_COMPUTE_SHARE = 0.5  # prefill fits learn from TTFTs predicted to be mostly compute
+_PESSIMISTIC = 0.5  # a cold fit whose TTFT came in under this share of the prediction learns from queued samples too
 MIN_SAMPLES_TO_PUBLISH = 3  # a fit's own estimate is used from this many samples on; the prior before
 _DONOR_MIN_SAMPLES = 8  # a prefill fit is evidence for workers without one once it has this many samples
 # the pool is a prior: republished on a new donor and every this many donor refits (not every
@@ -344,9 +348,19 @@ class CostModel:
                 overhead = max(0.0, obs.predicted_ttft_ms - predicted_compute)
             target = obs.ttft_ms - overhead
             # a TTFT predicted to be mostly queueing/transfer says little about compute, and its
-            # error is mostly a queueing error (a burst the load poll had not seen): skip it
+            # error is mostly a queueing error (a burst the load poll had not seen): skip it ...
             compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
-            if target > 0 and compute_share > _MIN_COMPUTE_SHARE:
+            rescue = (compute_share <= _MIN_COMPUTE_SHARE and fit.prefill.samples < _DONOR_MIN_SAMPLES
+                      and obs.predicted_ttft_ms is not None and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms)
+            if rescue:
+                # ... except on a cold fit whose prior is far too pessimistic: the queue was priced
+                # with the same coefficients (a CPU profile on GPUs is as wrong about the queue),
+                # so take the compute's share of the observed time. Without this a prefill worker
+                # queued from the start never gets a sample, nor do the decode workers pooling
+                # from it, and local prefill looks hopeless forever (a lock-in). A prior that is
+                # too optimistic needs no rescue: the policy then goes local and learns.
+                target = obs.ttft_ms * compute_share
+            if target > 0 and (compute_share > _MIN_COMPUTE_SHARE or rescue):
                 if fit.prefill_pooled and fit.prefill.samples == 0:  # its own first sample: start from what it was predicted with
                     fit.restart_prefill_from_published()
                 fit.prefill.update(x, target)

@@ -169,3 +169,28 @@ def test_the_pool_follows_its_donors_as_they_refit():
     p, d = cm.coefficients(P, "prefill"), cm.coefficients(D, "decode")
     assert p.prefill_per_token_ms > 2 * before
     assert d.prefill_per_token_ms == pytest.approx(p.prefill_per_token_ms, rel=0.05)
+
+
+def test_a_prefill_worker_queued_from_the_start_still_teaches_the_pool():
+    """Overload from the first request with a CPU prior on GPUs: every TTFT is predicted to be
+    mostly queue (priced with the same wrong coefficients). The cold fit takes the compute's share
+    of what it observed, so P learns and the decode workers pool from it - local is not locked out."""
+    cm, rng = CostModel({"coefficients": CPU.to_dict()}), random.Random(8)
+    for _ in range(12):
+        new, queued = rng.randrange(500, 1500), rng.randrange(20_000, 40_000)
+        p = cm.coefficients(P, "prefill")
+        predicted = prefill_ms(p, queued) + prefill_ms(p, new)
+        observed = prefill_ms(GPU, queued) + prefill_ms(GPU, new)
+        cm.observe(Observation("pd", D, P, new, 0, observed, None, 0, predicted))
+    assert cm.snapshot()["workers"][P]["prefill_samples"] >= 8
+    d = cm.coefficients(D, "decode")
+    assert prefill_ms(d, 1000) < 0.2 * prefill_ms(CPU, 1000)  # pooled from P: GPU-like, not the CPU prior
+
+
+def test_a_too_optimistic_prior_is_not_rescued_by_queued_samples():
+    cm = CostModel({"coefficients": GPU.to_dict()})
+    for _ in range(12):  # observed far slower than predicted: a queueing error, not a compute sample
+        p = cm.coefficients(P, "prefill")
+        predicted = prefill_ms(p, 30_000) + prefill_ms(p, 800)
+        cm.observe(Observation("pd", D, P, 800, 0, 3 * predicted, None, 0, predicted))
+    assert cm.snapshot()["workers"][P]["prefill_samples"] == 0
