@@ -21,7 +21,7 @@ from typing import Any
 
 
 class LocalLoad:
-    __slots__ = ("_items", "tokens", "tokens_per_step", "reqs_per_step")
+    __slots__ = ("_items", "reqs_per_step", "tokens", "tokens_per_step")
 
     def __init__(self) -> None:
         self._items: dict[Hashable, tuple[int, int]] = {}

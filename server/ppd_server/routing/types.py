@@ -36,7 +36,7 @@ class CostCoefficients:
         return {name: float(getattr(self, name)) for name in COEFFICIENT_NAMES}
 
     @classmethod
-    def from_dict(cls, data: dict[str, float]) -> "CostCoefficients":
+    def from_dict(cls, data: dict[str, float]) -> CostCoefficients:
         """Build from a profile's ``coefficients`` object; unknown or negative values are a ValueError."""
         unknown = sorted(set(data) - set(COEFFICIENT_NAMES))
         if unknown:

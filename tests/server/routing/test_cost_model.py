@@ -68,7 +68,7 @@ def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
             running_reqs=running, running_context_tokens=ctx, coefficients=cm.coefficients("http://d", "decode"),
         )
         req = RequestView("c", 2, prompt, 64)
-        noise = lambda: 1.0 + rng.uniform(-0.03, 0.03)  # noqa: E731
+        noise = lambda: 1.0 + rng.uniform(-0.03, 0.03)
         true_tpot = decode_step_ms(TRUE, running + 1, ctx + prompt + 32) * noise()
         if route == "local":
             sess = SessionView("c", "http://d", "http://p", cached, 0, 1)

@@ -60,12 +60,12 @@ def make_policy(spec: str, **params: Any) -> Policy:
 
 
 __all__ = [
-    "LocalPolicy",
-    "Options",
-    "PDPolicy",
     "POLICIES",
     "POLICY_NAMES",
     "POLICY_SPECS",
+    "LocalPolicy",
+    "Options",
+    "PDPolicy",
     "PPDPolicy",
     "Policy",
     "RatioPolicy",

@@ -30,7 +30,7 @@ cached-token counts, the router's local requests in flight per decode worker. Pa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ppd_server.routing.latency import joined_tpot_ms, local_tpot_budget
 from ppd_server.routing.policies.base import Options, Policy, fmt_ms
@@ -61,7 +61,7 @@ DECODE_SATURATED = 0.9
 
 class PPDPolicy(Policy):
     name = "ppd"
-    defaults = {"w_ttft": 1.0, "w_tpot": 1.0, "margin": 0.0, "headroom": 0.85}
+    defaults: ClassVar[dict[str, Any]] = {"w_ttft": 1.0, "w_tpot": 1.0, "margin": 0.0, "headroom": 0.85}
 
     def validate_params(self, params: dict[str, Any]) -> None:
         for key in ("w_ttft", "w_tpot"):
