@@ -16,7 +16,7 @@ linear decode step):
 * TPOT(pd)    = D's decode step with this stream joined, plus the committed local-prefill work
                 per step D's streams absorb (``committed_local_ms_per_step``).
 * TPOT(local) = TPOT(pd) + the append-prefill time the D's other ``b`` streams absorb,
-                amortised over the output length: ``b/(b+1) * append / max_new_tokens``
+                amortised over the output length: ``b/(b+1) * append / N``
                 (the mean over the b+1 streams D then serves; 0 on an idle decode worker).
 
 *Committed* local prefill (:func:`committed_local_ms_per_step`) covers every D-local request the
@@ -30,6 +30,9 @@ priced with the committed ones, the 20th of a burst is seen to break every strea
 :func:`local_tpot_budget` turns a TPOT target into the decode worker's local-prefill budget per
 iteration: an iteration may carry ``target - step`` ms of prefill (Sarathi-Serve's stall-free
 budget); the committed load per step plus this append spread over its answer must fit in it.
+
+``N``, the answer length (:func:`expected_output_tokens`), is the request's ``max_new_tokens``
+lowered to the conversation's last answer: clients often send a cap far above the answer.
 """
 
 from __future__ import annotations
@@ -141,8 +144,14 @@ def kv_bytes_per_token(*workers: WorkerView) -> int:
     return 0
 
 
-def _output_tokens(request: RequestView) -> int:
-    return max(1, request.max_new_tokens)
+def expected_output_tokens(request: RequestView, session: SessionView | None = None) -> int:
+    """The answer length predictions assume: the request's ``max_new_tokens`` (a cap clients often
+    set far above the answer, e.g. 2048), lowered to the conversation's last answer when known
+    (turns of one conversation tend to answer alike; an unknown length is the common case)."""
+    cap = max(1, request.max_new_tokens)
+    if session is not None and session.last_output_tokens > 0:
+        return min(cap, session.last_output_tokens)
+    return cap
 
 
 def estimate_pd(
@@ -159,7 +168,7 @@ def estimate_pd(
     b = decode_batch(decode)
     context = max(decode.running_context_tokens, 0) + prompt
     first_step = decode_step_ms(decode.coefficients, b + 1, context)
-    n_out = _output_tokens(request)
+    n_out = expected_output_tokens(request, session)
     tpot = decode_step_ms(decode.coefficients, b + 1, context + n_out // 2) + committed_local_ms_per_step(decode)
     return Candidate("pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes, cached_p, prompt - cached_p)
 
@@ -183,17 +192,17 @@ def estimate_local(
     chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
     mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
     ttft = queue_wait_ms(decode) + append + mixing
-    n_out = _output_tokens(request)
+    n_out = expected_output_tokens(request, session)
     if pd_tpot_ms is None:
         pd_tpot_ms = decode_step_ms(c, b + 1, running_ctx + prompt + n_out // 2) + committed_local_ms_per_step(decode)
     interference = (b / (b + 1)) * append / n_out
     return Candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0, cached, new)
 
 
-def joined_tpot_ms(request: RequestView, w: WorkerView) -> float:
+def joined_tpot_ms(request: RequestView, session: SessionView | None, w: WorkerView) -> float:
     """TPOT on decode worker ``w`` if one more stream (this request's size) joined it via P->D."""
     prompt = max(request.prompt_tokens, 0)
-    n_out = _output_tokens(request)
+    n_out = expected_output_tokens(request, session)
     context = max(w.running_context_tokens, 0) + prompt + n_out // 2
     return decode_step_ms(w.coefficients, decode_batch(w) + 1, context) + committed_local_ms_per_step(w)
 
@@ -211,7 +220,7 @@ def local_tpot_budget(request: RequestView, session: SessionView | None, decode:
     cached = cached_on_decode(session, decode, prompt)
     c = decode.coefficients
     b = decode_batch(decode)
-    n_out = _output_tokens(request)
+    n_out = expected_output_tokens(request, session)
     step = decode_step_ms(c, b + 1, max(decode.running_context_tokens, 0) + prompt + n_out // 2)
     committed = committed_local_ms_per_step(decode)
     append = prefill_ms(c, prompt - cached, cached) / n_out if b > 0 or committed > 0 else 0.0
@@ -230,5 +239,5 @@ def estimate_replica(request: RequestView, session: SessionView | None, worker: 
     chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
     mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
     ttft = queue_wait_ms(worker, new) + prefill_ms(c, new, cached) + mixing
-    tpot = decode_step_ms(c, b + 1, running_ctx + prompt + _output_tokens(request) // 2)
+    tpot = decode_step_ms(c, b + 1, running_ctx + prompt + expected_output_tokens(request, session) // 2)
     return Candidate("replica", worker.url, None, ttft, tpot, None, 0, cached, new)

@@ -136,6 +136,7 @@ class SessionView:
     cached_tokens_prefill: int = 0  # prompt tokens the prefill worker holds
     turns: int = 0  # completed turns
     forked_from: str | None = None  # parent conversation id when this one started as a fork
+    last_output_tokens: int = 0  # the answer length of its last completed turn (0 = unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +165,7 @@ class Decision:
     score: float | None = None
     cached_tokens: int = 0  # prompt tokens the chosen serving worker is predicted to hold already
     prefill_tokens: int = 0  # prompt tokens the chosen route computes (for "local": the worker's committed load)
-    output_tokens: int = 0  # answer length the decision assumed (the request's max_new_tokens)
+    output_tokens: int = 0  # answer length the decision assumed (latency.expected_output_tokens)
 
     def predicted(self, route: RouteName) -> Candidate | None:
         for c in self.candidates:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH, CostModel, Observation
-from ppd_server.routing.latency import committed_local_ms_per_step, local_tpot_budget
+from ppd_server.routing.latency import committed_local_ms_per_step, expected_output_tokens, local_tpot_budget
 from ppd_server.routing.local_load import LocalLoad
 from ppd_server.routing.placement import AFFINITY_SLACK, best_pd
 from ppd_server.routing.policies import build_options, make_policy
-from ppd_server.routing.types import CostCoefficients
+from ppd_server.routing.types import CostCoefficients, SessionView
 
 from routing_views import COEFS, cluster, decode, loaded, prefill, request, session
 
@@ -172,3 +172,22 @@ def test_cold_start_keeps_the_holder_local_capable_on_an_idle_fleet():
     d = PPD.decide(request(prompt=1100), cluster(*views), session(decode_url="http://d0"))
     assert d.decode == "http://d0"
     assert d.route == "local", d.reason
+
+
+# -- output lengths unknown to the router: the conversation's last answer, not the max_tokens cap ---
+
+@pytest.mark.parametrize(("cap", "last", "want"), [(2048, 0, 2048), (2048, 64, 64), (32, 64, 32), (128, 128, 128)])
+def test_expected_answer_length(cap, last, want):
+    sess = SessionView("c1", "http://d0", "http://p0", 1000, 800, 1, None, last)
+    assert expected_output_tokens(request(out=cap), sess) == want
+    assert expected_output_tokens(request(out=cap), None) == cap
+
+
+def test_a_generous_max_tokens_cap_does_not_hide_the_interference():
+    """Clients send max_tokens=2048 for 64-token answers: with the last answer known, the
+    append is spread over ~64 steps (a real cost), not 2048 (none)."""
+    cl = cluster(prefill(), decode(**loaded(8)))
+    blind = build_options(request(out=2048), cl, session())
+    known = build_options(request(out=2048), cl, SessionView("c1", "http://d0", "http://p0", 1000, 800, 1, None, 64))
+    assert known.local.tpot_ms - known.pd.tpot_ms > 10 * (blind.local.tpot_ms - blind.pd.tpot_ms)
+    assert PPD.decide(request(out=2048), cl, SessionView("c1", "http://d0", "http://p0", 1000, 800, 1, None, 64)).output_tokens == 64

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ppd_server.routing.latency import cached_on_decode, estimate_local, kv_fits
+from ppd_server.routing.latency import cached_on_decode, estimate_local, expected_output_tokens, kv_fits
 from ppd_server.routing.placement import best_pd, best_replica, session_worker
 from ppd_server.routing.types import (
     Candidate,
@@ -198,7 +198,7 @@ class Policy(ABC):
             for c in (*opts.candidates, *((opts.cold_local,) if chosen is opts.cold_local else ()))
         )
         return Decision(chosen.route, chosen.decode, chosen.prefill, reason, self.spec, cands, score, chosen.cached_tokens,
-                        chosen.prefill_tokens, max(opts.request.max_new_tokens, 1))
+                        chosen.prefill_tokens, expected_output_tokens(opts.request, opts.session))
 
     @staticmethod
     def describe(local: Candidate, pd: Candidate) -> str:

@@ -114,7 +114,7 @@ class PPDPolicy(Policy):
         if not decodes:
             return ""
         limit = DECODE_SATURATED * self._params["headroom"] * req.slo_tpot_ms
-        least = min(joined_tpot_ms(req, w) for w in decodes)
+        least = min(joined_tpot_ms(req, opts.session, w) for w in decodes)
         if least < limit:
             return ""
         slack = pd.ttft_ms <= self._params["headroom"] * req.slo_ttft_ms if req.slo_ttft_ms is not None else pd.ttft_ms <= 2 * local.ttft_ms
