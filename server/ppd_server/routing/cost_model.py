@@ -36,11 +36,14 @@ Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
 * cold start: a fit publishes nothing of its own until it has :data:`MIN_SAMPLES_TO_PUBLISH`
   samples (the prior stays, or the pooled estimate below), so the first, noisiest request does
   not steer the first decisions on its own;
-* evidence is pooled across workers for prefill speed: a worker whose prefill fit has no sample
-  of its own yet (a decode worker that never ran a local prefill) publishes the median of the
+* evidence is pooled across workers for prefill speed: a worker whose prefill fit has fewer than
+  :data:`_DONOR_MIN_SAMPLES` samples of its own (a decode worker that rarely runs a local
+  prefill) publishes the median of the
   prefill fits of the workers that have :data:`_DONOR_MIN_SAMPLES` or more, each rescaled by the
   profile's ratio between the two roles (1 when the profile has no ``by_role``: same model,
-  usually the same hardware). Its first own sample restarts its fit from that pooled estimate.
+  usually the same hardware). Its next own sample restarts its fit from that pooled estimate
+  (its few earlier samples refitted against it), so samples taken before a pool existed - judged
+  against a wrong prior - cannot keep it from the pool's evidence.
   Without this, a decode worker's prefill coefficients move only when the policy goes local, and
   a prior that makes local look too slow (a CPU profile on GPUs) is never corrected: the policy
   never goes local, so the fit never learns - a cold-start lock-in.
@@ -191,9 +194,12 @@ class _WorkerFit:
         self.prefill_pooled = False
 
     def restart_prefill_from_published(self) -> None:
-        """Before the first own sample of a pooled worker: the pooled estimate becomes its prior."""
+        """Before an own sample of a pooled worker: the pooled estimate becomes its prior, and the
+        few own samples it already had are refitted against it (they were judged against a prior
+        the pool has since shown wrong)."""
         c = self.coefficients
-        self.prefill = _prefill_fit((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2), self.prior_rel_std)
+        self.prefill = self.prefill.rebased(_prefill_fit((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2),
+                                                         self.prior_rel_std))
 
 
 def _prefill_features(new: int, cached: int) -> tuple[float, float, float]:
@@ -295,7 +301,7 @@ class CostModel:
         scaled by the profile's ratio between the recipient's role and the donor's (per
         coefficient). No donor yet: it keeps its own prior. ``donors`` and ``pooled_by_start``
         let a republish over all workers compute the pool once per distinct start."""
-        if fit.prefill.samples >= MIN_SAMPLES_TO_PUBLISH:
+        if fit.prefill.samples >= _DONOR_MIN_SAMPLES:
             return
         if donors is None:
             donors = self._prefill_donors()
@@ -316,7 +322,7 @@ class CostModel:
         donors = self._prefill_donors()
         cache: dict[CostCoefficients, tuple[float, float, float]] = {}
         for fit in self._fits.values():
-            if fit.prefill.samples < MIN_SAMPLES_TO_PUBLISH:
+            if fit.prefill.samples < _DONOR_MIN_SAMPLES:
                 self._pool_prefill_into(fit, donors, cache)
 
     # -- online fit ------------------------------------------------------------------------------
@@ -350,18 +356,20 @@ class CostModel:
             # a TTFT predicted to be mostly queueing/transfer says little about compute, and its
             # error is mostly a queueing error (a burst the load poll had not seen): skip it ...
             compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
-            rescue = (compute_share <= _MIN_COMPUTE_SHARE and fit.prefill.samples < _DONOR_MIN_SAMPLES
-                      and obs.predicted_ttft_ms is not None and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms)
+            rescue = (fit.prefill.samples < _DONOR_MIN_SAMPLES and obs.predicted_ttft_ms is not None
+                      and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms)
             if rescue:
-                # ... except on a cold fit whose prior is far too pessimistic: the queue was priced
-                # with the same coefficients (a CPU profile on GPUs is as wrong about the queue),
-                # so take the compute's share of the observed time. Without this a prefill worker
-                # queued from the start never gets a sample, nor do the decode workers pooling
-                # from it, and local prefill looks hopeless forever (a lock-in). A prior that is
-                # too optimistic needs no rescue: the policy then goes local and learns.
+                # ... except on a cold fit whose priors are far too pessimistic: the queue and the
+                # first decode step were priced with the same kind of coefficients (a CPU profile
+                # on GPUs is as wrong about them as about the prefill; their predicted share can
+                # even exceed the whole observed TTFT), so take the compute's predicted share of
+                # the observed time. Without this a prefill worker queued from the start never
+                # gets a sample, nor do the decode workers pooling from it, and local prefill
+                # looks hopeless for good (a lock-in). A prior that is too optimistic needs no
+                # rescue: the policy then goes local and learns.
                 target = obs.ttft_ms * compute_share
             if target > 0 and (compute_share > _MIN_COMPUTE_SHARE or rescue):
-                if fit.prefill_pooled and fit.prefill.samples == 0:  # its own first sample: start from what it was predicted with
+                if fit.prefill_pooled:  # an own sample of a pooled worker: start from what it was predicted with
                     fit.restart_prefill_from_published()
                 fit.prefill.update(x, target)
                 fit.refresh("prefill")

@@ -10,6 +10,7 @@ import pytest
 
 
 from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH as MIN_SAMPLES
+from ppd_server.routing.cost_model import _DONOR_MIN_SAMPLES as OWN
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
 from ppd_server.routing.policies import make_policy
@@ -129,21 +130,21 @@ def test_the_first_own_sample_starts_from_the_pooled_estimate_not_the_prior():
     _fit_prefill_worker(cm, 60)
     pooled = cm.coefficients(D, "decode")
     new, cached = 500, 1000
-    for _ in range(MIN_SAMPLES):
+    for _ in range(OWN):
         cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
     d = cm.coefficients(D, "decode")
     # samples that agree with the pool leave it there (from the CPU prior they would land far off)
     assert prefill_ms(d, 300, 0) == pytest.approx(prefill_ms(pooled, 300, 0), rel=0.2)
     assert cm.snapshot()["workers"][D] | {"coefficients": None} == {
-        "coefficients": None, "prefill_samples": MIN_SAMPLES, "decode_samples": 0, "prefill_pooled": False}
+        "coefficients": None, "prefill_samples": OWN, "decode_samples": 0, "prefill_pooled": False}
     # from now on its own evidence rules: the prefill workers' later fits do not overwrite it
     _fit_prefill_worker(cm, 40, CostCoefficients(**{k: 5 * v for k, v in GPU.to_dict().items()}))
     assert cm.coefficients(D, "decode") == d
 
 
-def test_a_worker_with_its_own_prefill_samples_is_never_pooled():
+def test_a_worker_with_enough_prefill_samples_of_its_own_is_never_pooled():
     cm = CostModel({"coefficients": CPU.to_dict()})
-    for _ in range(MIN_SAMPLES):
+    for _ in range(OWN):
         cm.observe(Observation("local", D, None, 200, 0, prefill_ms(CPU, 200), None, 0, prefill_ms(CPU, 200)))
     own = cm.coefficients(D, "decode")
     _fit_prefill_worker(cm, 60)
@@ -194,3 +195,16 @@ def test_a_too_optimistic_prior_is_not_rescued_by_queued_samples():
         predicted = prefill_ms(p, 30_000) + prefill_ms(p, 800)
         cm.observe(Observation("pd", D, P, 800, 0, 3 * predicted, None, 0, predicted))
     assert cm.snapshot()["workers"][P]["prefill_samples"] == 0
+
+
+def test_samples_taken_before_a_pool_existed_do_not_keep_a_worker_from_it():
+    """A decode worker ran two local turns against the CPU prior before any prefill worker was
+    fitted; once the pool exists its next sample starts from the pool (the old two refitted)."""
+    cm = CostModel({"coefficients": CPU.to_dict()})
+    new, cached = 500, 1000
+    for _ in range(2):  # judged against the CPU prior: 50x off
+        cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(CPU, new, cached)))
+    _fit_prefill_worker(cm, 60)
+    pooled = cm.coefficients(D, "decode")
+    cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
+    assert prefill_ms(cm.coefficients(D, "decode"), 800, 1000) < 3 * prefill_ms(GPU, 800, 1000)

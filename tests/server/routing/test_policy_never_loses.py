@@ -108,6 +108,29 @@ BOTTLENECK_TABLE = [
 ]
 
 
+# (prefill queue tokens, TPOT target, expected route, reason). A P queue that breaks the TTFT
+# target while local is at most half as slow: the prefill side is the bottleneck, even past the
+# holder's TPOT budget (the turn fails for sure through P).
+PREFILL_BOUND_TABLE = [
+    (0, 1.0, "pd", "TPOT budget"),
+    (200_000, 1.0, "local", "prefill side is the bottleneck"),
+]
+
+
+@pytest.mark.parametrize(("p_queue", "tpot_slo", "route", "why"), PREFILL_BOUND_TABLE)
+def test_prefill_bottleneck_keeps_turns_local(p_queue, tpot_slo, route, why):
+    p = prefill(waiting_reqs=1 if p_queue else 0, waiting_tokens=p_queue)
+    d = PPD.decide(request(slo_ttft_ms=1000.0, slo_tpot_ms=tpot_slo), cluster(p, decode(**loaded(4))), session())
+    assert d.route == route and why in d.reason, d.reason
+
+
+def test_local_is_charged_for_the_first_tokens_it_delays():
+    quiet = PPD.decide(request(prompt=1400), cluster(prefill(), decode(**loaded(1))), session())
+    crowded = PPD.decide(request(prompt=1400), cluster(prefill(), decode(**loaded(1), waiting_reqs=3)), session())
+    assert quiet.route == "local" and crowded.route == "pd", crowded.reason
+    assert "others +" in crowded.reason and crowded.score < quiet.score
+
+
 @pytest.mark.parametrize(("running", "p_queue", "route"), BOTTLENECK_TABLE)
 def test_decode_bottleneck_sends_turns_to_pd(running, p_queue, route):
     fast = CostCoefficients(5.0, 0.05, 0.2, 5.0, 0.5, 0.1)  # a GPU-like worker: decode step ~ 5 + 0.5 b ms
@@ -119,7 +142,7 @@ def test_decode_bottleneck_sends_turns_to_pd(running, p_queue, route):
     assert need <= budget  # the holder's budget alone would allow local
     d = PPD.decide(req, cluster(p, *ds), session())
     assert d.route == route, d.reason
-    assert ("bottleneck" in d.reason) == (route == "pd")
+    assert ("decode side is the bottleneck" in d.reason) == (route == "pd")
 
 
 # -- 4. P->D placement keeps the conversation on the decode worker holding its prefix --------------

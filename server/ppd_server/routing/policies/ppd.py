@@ -10,7 +10,11 @@ or a preset) multiplied by this policy's ``w_ttft`` / ``w_tpot`` (operator-wide 
 TPOT(local) is priced with every local prefill already committed to the decode worker (see
 ``latency.py``), so a burst of individually cheap local turns is seen for what it costs.
 
-With a TPOT target (``slo_tpot_ms``), before S is looked at:
+S also charges local with the delay its append adds to the first token of every request waiting
+on the holder (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills).
+
+First, with a TTFT target: when P->D breaks it and local's TTFT is at most ``PREFILL_BOUND`` of
+P->D's, the prefill side is the bottleneck: local. Then, with a TPOT target (``slo_tpot_ms``):
 
 1. the holder's local-prefill budget per iteration (``latency.local_tpot_budget``, at ``headroom``
    x the target: the target binds every request, the prediction is a mean) must take the
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ppd_server.routing.latency import joined_tpot_ms, local_tpot_budget
+from ppd_server.routing.latency import joined_tpot_ms, local_tpot_budget, prefill_ms
 from ppd_server.routing.policies.base import Options, Policy, fmt_ms
 from ppd_server.routing.types import Candidate, RequestView, RouteName
 
@@ -57,6 +61,9 @@ def slo_breaches(c: Candidate, request: RequestView) -> list[str]:
 #: the decode pool is saturated when even its least loaded worker runs a joining stream at this
 #: share of the (headroom'd) TPOT target
 DECODE_SATURATED = 0.9
+#: the prefill side is the bottleneck when P->D breaks the TTFT target and local's TTFT is at most
+#: this share of P->D's: then local wins over the TPOT budget (the P queue fails the turn for sure)
+PREFILL_BOUND = 0.5
 
 
 class PPDPolicy(Policy):
@@ -74,22 +81,27 @@ class PPDPolicy(Policy):
 
     def choose(self, opts: Options) -> tuple[RouteName, float | None, str]:
         assert opts.local is not None and opts.pd is not None and opts.holder is not None
-        req = opts.request
+        req, local, pd, holder = opts.request, opts.local, opts.pd, opts.holder
         w_ttft = self._params["w_ttft"] * req.w_ttft
         w_tpot = self._params["w_tpot"] * req.w_tpot
-        s = ppd_score(opts.local, opts.pd, w_ttft, w_tpot)
-        detail = f"S={s:+.2f} ({self.describe(opts.local, opts.pd)})"
+        # the append also delays the first token of every request waiting on the holder (P->D
+        # streams whose KV is on its way, queued local prefills): a cost S for this turn alone misses
+        others_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens) * max(holder.waiting_reqs, 0)
+        s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * others_ms / max(pd.ttft_ms, 1e-9)
+        detail = f"S={s:+.2f} ({self.describe(local, pd)}{f', others +{fmt_ms(others_ms)}' if others_ms else ''})"
+        if req.slo_ttft_ms is not None and pd.ttft_ms > req.slo_ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms:
+            return "local", s, f"local: prefill side is the bottleneck (P->D TTFT {fmt_ms(pd.ttft_ms)} > SLO {fmt_ms(req.slo_ttft_ms)}); {detail}"
         if req.slo_tpot_ms is not None:
             # the holder's local-prefill budget keeps all its streams under the target (with headroom:
             # the target binds every request, the prediction is a mean)
-            need, budget = local_tpot_budget(req, opts.session, opts.holder, self._params["headroom"] * req.slo_tpot_ms)
+            need, budget = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * req.slo_tpot_ms)
             if need > budget:
-                return "pd", s, f"pd: over {opts.holder.url}'s TPOT budget for the SLO (local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}"
+                return "pd", s, f"pd: over {holder.url}'s TPOT budget for the SLO (local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}"
             bottleneck = self._decode_bound(opts)
             if bottleneck:
                 return "pd", s, f"pd: decode side is the bottleneck ({bottleneck}); {detail}"
-        local_breaks = slo_breaches(opts.local, req)
-        pd_breaks = slo_breaches(opts.pd, req)
+        local_breaks = slo_breaches(local, req)
+        pd_breaks = slo_breaches(pd, req)
         if local_breaks and not pd_breaks:
             return "pd", s, f"pd: local breaks SLO ({'; '.join(local_breaks)}); {detail}"
         if pd_breaks and not local_breaks:
