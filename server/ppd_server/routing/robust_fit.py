@@ -65,7 +65,7 @@ class RobustFit:
         self._window: deque[tuple[tuple[float, ...], float]] = deque(maxlen=window)
         self.samples = 0  # all samples ever folded in (the window holds the latest)
 
-    def rebased(self, other: "RobustFit") -> "RobustFit":
+    def rebased(self, other: RobustFit) -> RobustFit:
         """``other`` (a fresh fit with another prior) with this fit's window folded in, oldest first."""
         for x, y in self._window:
             other.update(x, y)

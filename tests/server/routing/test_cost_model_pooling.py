@@ -9,7 +9,6 @@ import random
 import pytest
 
 
-from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH as MIN_SAMPLES
 from ppd_server.routing.cost_model import _DONOR_MIN_SAMPLES as OWN
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
