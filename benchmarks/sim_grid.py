@@ -23,6 +23,7 @@ Function API (the report step calls it)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -175,6 +176,45 @@ def run_grid(spec: GridSpec = GridSpec(), progress: bool = False) -> list[Row]:
     return rows
 
 
+WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(slots=True)
+class SweepRow:
+    w_tpot: float
+    local_share: float | None
+    tpot_p50: float | None
+    ttft2_p50: float | None
+
+
+def weights_sweep(cluster: str = "1P3D", workload: str = "mid_bal", qps: float = 16.0, weights: Sequence[float] = WEIGHTS,
+                  spec: GridSpec = GridSpec(), workers: int = 0) -> tuple[list[SweepRow], list[str]]:
+    """ppd at rising request TPOT weights, no SLO targets (the weights alone decide): the rows and
+    the monotonicity violations (local share and TPOT p50 must not rise with the TPOT weight)."""
+    base = _argv(spec, cluster, workload, qps, ["ppd"])
+    for flag in ("--slo-ttft-ms", "--slo-tpot-ms"):  # no targets: the weights decide
+        i = base.index(flag)
+        del base[i:i + 2]
+    jobs = [([*base, "--w-tpot", f"{w:g}"], "ppd") for w in weights]
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        results = list(pool.map(_one_policy, jobs))
+    rows = [SweepRow(w, r["turn2plus_local_share"], r["tpot_ms"]["p50"], r["turn2plus_ttft_ms"]["p50"]) for w, r in zip(weights, results)]
+    bad = []
+    for a, b in itertools.pairwise(rows):
+        if (b.local_share or 0.0) > (a.local_share or 0.0) + 1e-9:
+            bad.append(f"local share rose from w_tpot {a.w_tpot:g} to {b.w_tpot:g}")
+        if (b.tpot_p50 or 0.0) > (a.tpot_p50 or 0.0) + 1e-9:
+            bad.append(f"TPOT p50 rose from w_tpot {a.w_tpot:g} to {b.w_tpot:g}")
+    return rows, bad
+
+
+def format_sweep(rows: Sequence[SweepRow], bad: Sequence[str]) -> str:
+    lines = [f"{'w_tpot':>7}  {'local %':>8}  {'TPOT p50':>9}  {'ttft2 p50':>9}"]
+    lines += [f"{r.w_tpot:>7g}  {_pct(r.local_share):>8}  {_ms(r.tpot_p50):>9}  {_ms(r.ttft2_p50):>9}" for r in rows]
+    lines.append("monotone" if not bad else "!! " + "; ".join(bad))
+    return "\n".join(lines)
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
@@ -228,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--router-args", default=" ".join(d.router_args), help="how the router is calibrated (ppd-sim options)")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all CPUs)")
     p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--weights-sweep", metavar="CLUSTER:WORKLOAD:QPS", help="instead of the grid: ppd at rising TPOT weights, "
+                   "no SLO targets, e.g. 1P3D:mid_bal:16; checks that local share and TPOT p50 fall monotonically")
     args, rest = p.parse_known_args(argv)
     spec = GridSpec(
         clusters=_csv(args.clusters, "clusters"), workloads=_csv(args.workloads, "workloads"), policies=_csv(args.policies, "policies"),
@@ -235,6 +277,16 @@ def main(argv: list[str] | None = None) -> int:
         slo_tpot_ms=args.slo_tpot_ms, sim_args=(*GridSpec().sim_args, *rest), router_args=tuple(args.router_args.split()),
         fixed_qps=_csv(args.qps, "qps", float) if args.qps else (), workers=args.workers,
     )
+    if args.weights_sweep:
+        try:
+            c, w, q = args.weights_sweep.split(":")
+            qps = float(q)
+        except ValueError:
+            p.error(f"bad --weights-sweep {args.weights_sweep!r}; write CLUSTER:WORKLOAD:QPS, e.g. 1P3D:mid_bal:16")
+        rows_w, bad = weights_sweep(c, w, qps, spec=spec, workers=args.workers)
+        print(f"weights sweep: {c} {w} at {qps:g} new sessions/s, {spec.duration_s:g}s, no SLO targets")
+        print(format_sweep(rows_w, bad))
+        return 1 if bad else 0
     try:  # validate once, before spending minutes
         from ppd_sim.cli import build_parser, prepare
 

@@ -25,9 +25,9 @@ Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
   requests the load poll had not seen) gets no weight, and is re-judged at every refit, so
   consistent later evidence wins back from an early outlier; TTFT samples predicted to be half
   or less compute (queue, transfer) are not fitted at all: their error is a queueing error
-  (while a fit is cold, fewer than ``_DONOR_MIN_SAMPLES``, and the TTFT came in under half the
-  prediction, the compute's predicted share of the observed time is fitted instead: a prior too
-  pessimistic everywhere is as wrong about the queue, and would otherwise lock local out);
+  (when the TTFT came in under half the prediction, the compute's predicted share of the observed
+  time is fitted instead: coefficients too pessimistic everywhere are as wrong about the queue,
+  which they price too, and would otherwise never learn - locking local out);
 * decode-step coefficients of the decode (or unified) worker from the observed TPOT, with the
   features the prediction uses (``latency.estimate_*``): (1, streams incl. this one, context /
   1000), the context being the other streams' (``decode_context_tokens``) plus this stream's
@@ -88,6 +88,7 @@ _DONOR_MIN_SAMPLES = 8  # a prefill fit is evidence for workers without one once
 # the pool is a prior: republished on a new donor and every this many donor refits (not every
 # one: that would cost O(workers) per observation, ~0.1 ms at 32P32D)
 _POOL_REFRESH_EVERY = 8
+_REBASE_GAIN = 0.5  # the pool replaces a worker's own prefill fit when it halves the fit's error on its own samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +325,18 @@ class CostModel:
         for fit in self._fits.values():
             if fit.prefill.samples < _DONOR_MIN_SAMPLES:
                 self._pool_prefill_into(fit, donors, cache)
+            elif len(donors) > 1:
+                self._rebase_if_pool_explains_better(fit, [d for d in donors if d is not fit])
+
+    def _rebase_if_pool_explains_better(self, fit: _WorkerFit, others: list[_WorkerFit]) -> None:
+        """A fitted worker whose own estimate explains its own recent samples worse than the other
+        workers' pool does (a trusted prior from other hardware moves slowly, and a decode worker
+        gets few local samples) restarts from the pool, its window refitted against it."""
+        pooled = _pooled_prefill(fit.start, others)
+        if fit.prefill.window_error(pooled) < _REBASE_GAIN * fit.prefill.window_error(fit.prefill.theta):
+            fit.publish_pooled_prefill(pooled)
+            fit.restart_prefill_from_published()
+            fit.refresh("prefill")
 
     # -- online fit ------------------------------------------------------------------------------
 
@@ -356,10 +369,9 @@ class CostModel:
             # a TTFT predicted to be mostly queueing/transfer says little about compute, and its
             # error is mostly a queueing error (a burst the load poll had not seen): skip it ...
             compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
-            rescue = (fit.prefill.samples < _DONOR_MIN_SAMPLES and obs.predicted_ttft_ms is not None
-                      and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms)
+            rescue = obs.predicted_ttft_ms is not None and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms
             if rescue:
-                # ... except on a cold fit whose priors are far too pessimistic: the queue and the
+                # ... except when the prediction was far too pessimistic: the queue and the
                 # first decode step were priced with the same kind of coefficients (a CPU profile
                 # on GPUs is as wrong about them as about the prefill; their predicted share can
                 # even exceed the whole observed TTFT), so take the compute's predicted share of

@@ -71,6 +71,12 @@ class RobustFit:
             other.update(x, y)
         return other
 
+    def window_error(self, theta: Sequence[float]) -> float:
+        """Median absolute log ratio of the window's samples to ``theta``'s predictions (0 when empty)."""
+        if not self._window:
+            return 0.0
+        return median([abs(math.log(y / max(sum(t * xi for t, xi in zip(theta, x)), _FLOOR_MS))) for x, y in self._window])
+
     def predict(self, x: Sequence[float]) -> float:
         return sum(t * xi for t, xi in zip(self.theta, x))
 
