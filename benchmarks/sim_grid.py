@@ -176,7 +176,8 @@ def run_grid(spec: GridSpec = GridSpec(), progress: bool = False) -> list[Row]:
     return rows
 
 
-WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+SWEEP_TPOT_TOLERANCE = 0.01  # TPOT p50 may wobble by 1% between neighbouring weights (simulation noise)
+WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 @dataclass(slots=True)
@@ -190,7 +191,8 @@ class SweepRow:
 def weights_sweep(cluster: str = "1P3D", workload: str = "mid_bal", qps: float = 16.0, weights: Sequence[float] = WEIGHTS,
                   spec: GridSpec = GridSpec(), workers: int = 0) -> tuple[list[SweepRow], list[str]]:
     """ppd at rising request TPOT weights, no SLO targets (the weights alone decide): the rows and
-    the monotonicity violations (local share and TPOT p50 must not rise with the TPOT weight)."""
+    the monotonicity violations (local share must not rise with the TPOT weight, TPOT p50 not by
+    more than SWEEP_TPOT_TOLERANCE). ``spec.router_args`` says how the router is calibrated."""
     base = _argv(spec, cluster, workload, qps, ["ppd"])
     for flag in ("--slo-ttft-ms", "--slo-tpot-ms"):  # no targets: the weights decide
         i = base.index(flag)
@@ -203,7 +205,7 @@ def weights_sweep(cluster: str = "1P3D", workload: str = "mid_bal", qps: float =
     for a, b in itertools.pairwise(rows):
         if (b.local_share or 0.0) > (a.local_share or 0.0) + 1e-9:
             bad.append(f"local share rose from w_tpot {a.w_tpot:g} to {b.w_tpot:g}")
-        if (b.tpot_p50 or 0.0) > (a.tpot_p50 or 0.0) + 1e-9:
+        if (b.tpot_p50 or 0.0) > (a.tpot_p50 or 0.0) * (1 + SWEEP_TPOT_TOLERANCE):
             bad.append(f"TPOT p50 rose from w_tpot {a.w_tpot:g} to {b.w_tpot:g}")
     return rows, bad
 

@@ -207,3 +207,20 @@ def test_samples_taken_before_a_pool_existed_do_not_keep_a_worker_from_it():
     pooled = cm.coefficients(D, "decode")
     cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
     assert prefill_ms(cm.coefficients(D, "decode"), 800, 1000) < 3 * prefill_ms(GPU, 800, 1000)
+
+
+def test_a_fitted_worker_that_the_pool_explains_better_restarts_from_the_pool():
+    """A trusted CPU profile on GPUs moves slowly: a decode worker with a few local samples still
+    predicts far too slow a prefill. Two fitted prefill workers explain its own samples better:
+    it restarts from their pool, its samples refitted against it."""
+    cm = CostModel({"coefficients": CPU.to_dict(), "prior_rel_std": 0.5})
+    rng = random.Random(3)
+    for _ in range(OWN):
+        new, cached = rng.randrange(400, 650), rng.randrange(200, 3000)
+        pred = prefill_ms(cm.coefficients(D, "decode"), new, cached)
+        cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, pred))
+    stuck = prefill_ms(cm.coefficients(D, "decode"), 500, 1000)
+    assert stuck > 5 * prefill_ms(GPU, 500, 1000)  # its own fit is still near the prior
+    _fit_prefill_worker(cm, 80, GPU, "http://p0")
+    _fit_prefill_worker(cm, 80, GPU, "http://p1")
+    assert prefill_ms(cm.coefficients(D, "decode"), 500, 1000) < 2 * prefill_ms(GPU, 500, 1000)
