@@ -25,9 +25,10 @@ Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
   requests the load poll had not seen) gets no weight, and is re-judged at every refit, so
   consistent later evidence wins back from an early outlier; TTFT samples predicted to be half
   or less compute (queue, transfer) are not fitted at all: their error is a queueing error
-  (when the TTFT came in under half the prediction, the compute's predicted share of the observed
-  time is fitted instead: coefficients too pessimistic everywhere are as wrong about the queue,
-  which they price too, and would otherwise never learn - locking local out);
+  (on a cold fit, fewer than 8 samples, whose TTFT came in under half the prediction, the
+  compute's predicted share of the observed time is fitted instead: coefficients too pessimistic
+  everywhere are as wrong about the queue, which they price too, and would otherwise never
+  learn - locking local out);
 * decode-step coefficients of the decode (or unified) worker from the observed TPOT, with the
   features the prediction uses (``latency.estimate_*``): (1, streams incl. this one, context /
   1000), the context being the other streams' (``decode_context_tokens``) plus this stream's
@@ -83,6 +84,7 @@ _DECODE_SCALE0 = 0.1  # a TPOT is a mean over many steps: steadier
 _ERROR_WINDOW = 1000
 _MIN_COMPUTE_SHARE = 0.5  # prefill fits learn from TTFTs predicted to be mostly compute
 _PESSIMISTIC = 0.5  # a cold fit whose TTFT came in under this share of the prediction learns from queued samples too
+_RESCUE_SAMPLES = 8  # ... while the fit has fewer samples than this (a warm fit: a queueing error, not fitted)
 MIN_SAMPLES_TO_PUBLISH = 3  # a fit's own estimate is used from this many samples on; the prior before
 _DONOR_MIN_SAMPLES = 8  # a prefill fit is evidence for workers without one once it has this many samples
 # the pool is a prior: republished on a new donor and every this many donor refits (not every
@@ -369,9 +371,10 @@ class CostModel:
             # a TTFT predicted to be mostly queueing/transfer says little about compute, and its
             # error is mostly a queueing error (a burst the load poll had not seen): skip it ...
             compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
-            rescue = obs.predicted_ttft_ms is not None and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms
+            rescue = (fit.prefill.samples < _RESCUE_SAMPLES and obs.predicted_ttft_ms is not None
+                      and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms)
             if rescue:
-                # ... except when the prediction was far too pessimistic: the queue and the
+                # ... except on a cold fit whose prediction was far too pessimistic: the queue and the
                 # first decode step were priced with the same kind of coefficients (a CPU profile
                 # on GPUs is as wrong about them as about the prefill; their predicted share can
                 # even exceed the whole observed TTFT), so take the compute's predicted share of

@@ -108,19 +108,21 @@ BOTTLENECK_TABLE = [
 ]
 
 
-# (prefill queue tokens, TPOT target, expected route, reason). A P queue that breaks the TTFT
-# target while local is at most half as slow: the prefill side is the bottleneck, even past the
-# holder's TPOT budget (the turn fails for sure through P).
+# (prefill queue tokens, TPOT target, expected route, reason). Weights that prefer P->D; a P queue
+# that breaks the TTFT target while local is at most half as slow: the prefill side is the
+# bottleneck, so local whatever S says - but never past the holder's TPOT budget.
 PREFILL_BOUND_TABLE = [
-    (0, 1.0, "pd", "TPOT budget"),
-    (200_000, 1.0, "local", "prefill side is the bottleneck"),
+    (0, None, "pd", "S="),
+    (200_000, None, "local", "prefill side is the bottleneck"),
+    (200_000, 1.0, "pd", "TPOT budget"),
 ]
 
 
 @pytest.mark.parametrize(("p_queue", "tpot_slo", "route", "why"), PREFILL_BOUND_TABLE)
-def test_prefill_bottleneck_keeps_turns_local(p_queue, tpot_slo, route, why):
+def test_prefill_bottleneck_keeps_turns_local_within_the_budget(p_queue, tpot_slo, route, why):
     p = prefill(waiting_reqs=1 if p_queue else 0, waiting_tokens=p_queue)
-    d = PPD.decide(request(slo_ttft_ms=1000.0, slo_tpot_ms=tpot_slo), cluster(p, decode(**loaded(4))), session())
+    req = request(slo_ttft_ms=1000.0, slo_tpot_ms=tpot_slo, w_ttft=0.1, w_tpot=10.0)
+    d = PPD.decide(req, cluster(p, decode(**loaded(4))), session())
     assert d.route == route and why in d.reason, d.reason
 
 

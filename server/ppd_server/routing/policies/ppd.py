@@ -13,14 +13,16 @@ TPOT(local) is priced with every local prefill already committed to the decode w
 S also charges local with the delay its append adds to the first token of every request waiting
 on the holder (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills).
 
-First, with a TTFT target: when P->D breaks it and local's TTFT is at most ``PREFILL_BOUND`` of
-P->D's, the prefill side is the bottleneck: local. Then, with a TPOT target (``slo_tpot_ms``):
+With a TPOT target (``slo_tpot_ms``), before S is looked at:
 
 1. the holder's local-prefill budget per iteration (``latency.local_tpot_budget``, at ``headroom``
    x the target: the target binds every request, the prediction is a mean) must take the
    committed local prefill plus this append, or the turn goes P->D;
 2. when the decode side is the bottleneck - every decode worker near the target while the P->D
    route has TTFT to spare - the turn goes P->D: prefill workers have the slack, decode does not.
+
+Then, with a TTFT target: when P->D breaks it and local's TTFT is at most ``PREFILL_BOUND`` of
+P->D's, the prefill side is the bottleneck: local, whatever S says.
 
 Absolute SLO targets are then hard limits: a route predicted to break a target the other route
 meets loses whatever S says. Without targets the weights decide. The reason names S and the
@@ -62,7 +64,7 @@ def slo_breaches(c: Candidate, request: RequestView) -> list[str]:
 #: share of the (headroom'd) TPOT target
 DECODE_SATURATED = 0.9
 #: the prefill side is the bottleneck when P->D breaks the TTFT target and local's TTFT is at most
-#: this share of P->D's: then local wins over the TPOT budget (the P queue fails the turn for sure)
+#: this share of P->D's: then local, whatever S says (within the TPOT budget: decode streams first)
 PREFILL_BOUND = 0.5
 
 
@@ -89,8 +91,6 @@ class PPDPolicy(Policy):
         others_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens) * max(holder.waiting_reqs, 0)
         s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * others_ms / max(pd.ttft_ms, 1e-9)
         detail = f"S={s:+.2f} ({self.describe(local, pd)}{f', others +{fmt_ms(others_ms)}' if others_ms else ''})"
-        if req.slo_ttft_ms is not None and pd.ttft_ms > req.slo_ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms:
-            return "local", s, f"local: prefill side is the bottleneck (P->D TTFT {fmt_ms(pd.ttft_ms)} > SLO {fmt_ms(req.slo_ttft_ms)}); {detail}"
         if req.slo_tpot_ms is not None:
             # the holder's local-prefill budget keeps all its streams under the target (with headroom:
             # the target binds every request, the prediction is a mean)
@@ -100,6 +100,8 @@ class PPDPolicy(Policy):
             bottleneck = self._decode_bound(opts)
             if bottleneck:
                 return "pd", s, f"pd: decode side is the bottleneck ({bottleneck}); {detail}"
+        if req.slo_ttft_ms is not None and pd.ttft_ms > req.slo_ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms:
+            return "local", s, f"local: prefill side is the bottleneck (P->D TTFT {fmt_ms(pd.ttft_ms)} > SLO {fmt_ms(req.slo_ttft_ms)}); {detail}"
         local_breaks = slo_breaches(local, req)
         pd_breaks = slo_breaches(pd, req)
         if local_breaks and not pd_breaks:
