@@ -34,7 +34,8 @@ from typing import Any, Callable
 from ppd_server.config import RouterConfig
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.policies import Policy
-from ppd_server.routing.types import Decision, RequestView
+from ppd_sdk.wire import SLO, Hints, Weights
+from ppd_server.routing.types import Decision
 from ppd_server.sessions import SessionTable
 from ppd_sim.cluster import ClusterSpec, Hardware, SimCluster
 from ppd_sim.events import EventLoop
@@ -120,6 +121,8 @@ class Simulation:
         self._decode_at_decision: dict[int, tuple[int, int]] = {}  # rid -> (running, context) the policy saw
         self.hints = hints
         self.router = router
+        self._wire_hints = Hints(weights=Weights(ttft=hints.w_ttft, tpot=hints.w_tpot),
+                                 slo=SLO(ttft_ms=hints.slo_ttft_ms, tpot_ms=hints.slo_tpot_ms))
         self.conversations = conversations
         self.loop = EventLoop()
         self.cluster = SimCluster(spec, hw, self.loop, self, poll_lag=router.poll_interval_ms > 0, reference=reference)
@@ -195,13 +198,10 @@ class Simulation:
         prompt = self._prompt_tokens(conv, index)
         cap = self.router.client_max_tokens
         cid = conv.conversation_id
-        turn = self.sessions.turn_for(cid, index + 1, now_s)
-        session = self.sessions.view(cid, now_s)
-        h = self.hints
-        view = RequestView(
-            conversation_id=cid, turn=turn, prompt_tokens=prompt, max_new_tokens=out if cap is None else cap,
-            w_ttft=h.w_ttft, w_tpot=h.w_tpot, slo_ttft_ms=h.slo_ttft_ms, slo_tpot_ms=h.slo_tpot_ms,
-        )
+        hints = self._wire_hints.model_copy(update={"conversation_id": cid, "turn": index + 1})
+        # what the router does with them; it sees the client's max_tokens cap, not the answer's length
+        view, session = self.sessions.admit(hints, prompt, out if cap is None else cap, now_s)
+        turn = view.turn
         believed = self.cost_model.coefficients if self.cost_model is not None else None
         backlog = self._router_backlog if self.router.link_backlog == "router" else None
         cluster = self.cluster.view(believed, backlog)

@@ -39,7 +39,8 @@ def _tie_order(request: RequestView, session: SessionView | None, url: str) -> t
 
 
 def _weighted(ttft: float, tpot: float, best_ttft: float, best_tpot: float, request: RequestView) -> float:
-    return request.w_ttft * ttft / max(best_ttft, 1e-9) + request.w_tpot * tpot / max(best_tpot, 1e-9)
+    w = request.weights
+    return w.ttft * ttft / max(best_ttft, 1e-9) + w.tpot * tpot / max(best_tpot, 1e-9)
 
 
 def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Candidate | None:
@@ -90,8 +91,8 @@ def _pick(request: RequestView, session: SessionView | None, cands: list[Candida
 
 
 def _breaks_slo(c: Candidate, request: RequestView) -> bool:
-    return (request.slo_ttft_ms is not None and c.ttft_ms > request.slo_ttft_ms) or (
-        request.slo_tpot_ms is not None and c.tpot_ms > request.slo_tpot_ms)
+    slo = request.slo
+    return (slo.ttft_ms is not None and c.ttft_ms > slo.ttft_ms) or (slo.tpot_ms is not None and c.tpot_ms > slo.tpot_ms)
 
 
 def session_worker(cluster: ClusterView, session: SessionView | None) -> WorkerView | None:
