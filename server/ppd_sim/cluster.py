@@ -12,7 +12,7 @@ by default the true bytes still queued on the link.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role, WorkerView
@@ -77,6 +77,7 @@ class SimCluster:
                 )
         # the workers' true-coefficient views, kept up to date through the workers' ``changed``
         self._order = list(self.workers.values())
+        self._index = {w.url: k for k, w in enumerate(self._order)}
         self._views: list[WorkerView | None] = [None] * len(self._order)
         self._stale: set[int] = set(range(len(self._order)))
         for k, w in enumerate(self._order):
@@ -93,14 +94,19 @@ class SimCluster:
                 views[k] = self._order[k].view()
             if self.workers and self._order[0]._cache_views:
                 self._stale.clear()
-            workers = tuple(views)  # type: ignore[arg-type]
+            workers = cast("tuple[WorkerView, ...]", tuple(views))  # every slot was filled on the first call
         else:
-            workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)
+            workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)  # in _order, as seen() assumes
         return ClusterView(
             workers=workers,
             link_gbps=self.link.link_gbps,
             link_backlog_bytes=self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
         )
+
+    def seen(self, view: ClusterView, url: str | None) -> WorkerView | None:
+        """``view.get(url)`` for a view this cluster built, without the scan."""
+        k = self._index.get(url) if url is not None else None
+        return None if k is None else view.workers[k]
 
     def poll(self) -> None:
         """One load poll of every worker (``WorkerRegistry.poll_once``)."""

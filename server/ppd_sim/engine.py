@@ -219,7 +219,7 @@ class Simulation:
         self.requests.append(req)
         self._decisions[req.rid] = decision
         self._origin[req.rid] = (conv, index)
-        serving = cluster.get(decision.decode)
+        serving = self.cluster.seen(cluster, decision.decode)
         if serving is not None:
             self._decode_at_decision[req.rid] = (serving.running_reqs, serving.running_context_tokens)
         if decision.route == "pd":

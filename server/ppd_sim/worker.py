@@ -39,7 +39,8 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import deque
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
 from ppd_server.routing.local_load import LocalLoad
@@ -273,7 +274,8 @@ class SimWorker:
             self._start_iteration()
 
     def _start_iteration(self) -> None:
-        self._admit_waiting()
+        if self._waiting:
+            self._admit_waiting()
         pieces: list[tuple[SimRequest, int, int]] = []
         budget = self.chunk_tokens
         for req in self._prefilling:
@@ -366,12 +368,14 @@ class SimWorker:
             self._running -= 1
             self._context -= req.prompt_tokens + req.output_tokens
             self._finish(req)
-        for req, n, _ in pieces:
-            req.remaining_prefill -= n
-            self._prefill_left -= n
-        done = [req for req, _, _ in pieces if req.remaining_prefill == 0]
-        if done:
-            self._prefilling = [r for r in self._prefilling if r.remaining_prefill > 0]
+        done: list[SimRequest] = []
+        if pieces:
+            for req, n, _ in pieces:
+                req.remaining_prefill -= n
+                self._prefill_left -= n
+            done = [req for req, _, _ in pieces if req.remaining_prefill == 0]
+            if done:
+                self._prefilling = [r for r in self._prefilling if r.remaining_prefill > 0]
         for req in done:
             if self.role == "prefill":
                 self._release()

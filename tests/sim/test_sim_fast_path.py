@@ -4,11 +4,17 @@ event each) gives exactly the results of the plain path, request by request."""
 from __future__ import annotations
 
 import pytest
-
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import CostCoefficients
-from ppd_sim import ClusterSpec, Hardware, RouterBehaviour, Simulation, WorkloadSpec, synthetic
+from ppd_sim import (
+    ClusterSpec,
+    Hardware,
+    RouterBehaviour,
+    Simulation,
+    WorkloadSpec,
+    synthetic,
+)
 from ppd_sim.presets import kv_capacity_tokens, preset_profile
 from ppd_sim.report import summarize
 
