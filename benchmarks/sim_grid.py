@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CLUSTERS = ("1P3D", "2P2D", "3P1D")
-WORKLOADS = ("big_paste", "huge_paste", "mid_bal", "long_gen", "mixed")
+WORKLOADS = ("big_paste", "huge_paste", "mid_bal", "long_gen", "mixed", "long-context")
 POLICIES = ("pd", "local", "threshold:512", "ratio:0.5", "ppd")
 BASELINES = ("pd", "local", "threshold:512")  # ppd must match the best of these
 LOAD_FACTORS = (0.25, 0.5, 1.0, 2.0)  # x pd's saturation rate
