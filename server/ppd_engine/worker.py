@@ -97,7 +97,8 @@ class Worker:
         if self.config.is_prefill:
             self.bootstrap = BootstrapServer(self.config.host, self.config.disaggregation_bootstrap_port,
                                              self.config.kv_transfer_timeout, self.config.kv_link_gbps,
-                                             on_sent=self.metrics.on_kv_transfer)
+                                             on_sent=self.metrics.on_kv_transfer,
+                                             same_host=self.config.kv_transfer_same_host)
             await self.bootstrap.start()
         if self.config.warmup:
             self._warmup = asyncio.create_task(self._warm_up())
@@ -239,7 +240,8 @@ class Worker:
 
         try:
             received = await fetch_kv(req.bootstrap.host, port, req.bootstrap.room,
-                                      req.num_prefix_tokens, self.config.kv_transfer_timeout, store)
+                                      req.num_prefix_tokens, self.config.kv_transfer_timeout, store,
+                                      same_host=self.config.kv_transfer_same_host)
         except Exception as exc:  # any failure (also a malformed peer frame) must end the request
             message = str(exc) if isinstance(exc, TransferError) else \
                 f"KV transfer failed: {type(exc).__name__}: {exc}"
@@ -299,6 +301,12 @@ def build_worker(config: EngineConfig, log_fn=print) -> Worker:
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {config.device}: this torch build or machine has no CUDA")
+        torch.cuda.set_device(torch.device(config.device))
+        if config.memory_fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(config.memory_fraction, torch.device(config.device))
     source = resolve_model(config.model, log=log_fn)
     dtype_name = resolve_dtype(config.dtype, config.device)
     dtype = getattr(torch, dtype_name)
