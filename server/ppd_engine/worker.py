@@ -16,40 +16,17 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
+from . import warmup
 from .config import EngineConfig
 from .errors import InvalidRequest
 from .kv_transfer import BootstrapServer, PrefillResult, ReceivedKV, TransferError, fetch_kv
-from .request import Bootstrap, Mode, Req
+from .request import GenerateInput, Mode, Req, Result
 from .sampling import SamplingParams
 from .stopping import OutputTracker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenerateInput:
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    rid: str | None = None
-    bootstrap: Bootstrap | None = None
-    do_local_prefill: bool = False
-
-
-@dataclass(frozen=True)
-class Result:
-    """A cumulative view of one request's output (one per streamed chunk, and the last)."""
-
-    req: Req
-    output_ids: list[int]
-    text: str
-    finish_reason: dict[str, Any] | None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
 
 
 class Worker:
@@ -106,11 +83,9 @@ class Worker:
             self.ready.set()
 
     async def _warm_up(self) -> None:
-        from .warmup import warm_up
-
         began = time.monotonic()
         try:
-            await warm_up(self)
+            await warmup.warm_up(self)
         except Exception as exc:  # a broken engine also shows in /health; serve and say why
             log.warning("warmup failed: %s: %s", type(exc).__name__, exc)
         else:

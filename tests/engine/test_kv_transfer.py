@@ -4,12 +4,21 @@ same-host shared-memory handoff, and failures that must end fast (never wait out
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import random
+import struct
 
 import pytest
 import torch
+from ppd_engine.kv_transfer import (
+    BootstrapServer,
+    PrefillResult,
+    TransferError,
+    fetch_kv,
+)
 
-from ppd_engine.kv_transfer import BootstrapServer, PrefillResult, TransferError, fetch_kv
+from .conftest import serve_worker
 
 TIMEOUT = 60.0   # the configured transfer timeout; a failure must surface long before it
 
@@ -117,3 +126,60 @@ async def test_an_unreadable_handoff_fails_the_fetch_fast():
     finally:
         peer.close()
         await peer.wait_closed()
+
+
+# --- a decode worker must refuse KV for a prompt of another length than its
+# own (the two sides got different prompts: a router bug, or a P/D pair with different
+# tokenizers/templates) with a clear 503, instead of decoding from mismatched KV.
+
+GREEDY = {"temperature": 0, "max_new_tokens": 4}
+
+
+async def test_decode_refuses_kv_of_a_different_prompt_length(prefill):
+    p_client, p_worker = prefill
+    async with serve_worker(disaggregation_mode="decode") as (d_client, _):
+        boot = {"bootstrap_host": "127.0.0.1", "bootstrap_port": p_worker.bootstrap.port,
+                "bootstrap_room": random.randrange(2 ** 63), "sampling_params": GREEDY}
+        p_resp, d_resp = await asyncio.gather(
+            p_client.post("/generate", json={"text": "short prompt", **boot}),
+            d_client.post("/generate", json={"text": "a considerably longer prompt on the decode side", **boot}))
+        assert d_resp.status == 503, await d_resp.text()
+        assert "prompt" in (await d_resp.json())["error"]["message"]
+        assert p_resp.status == 503, await p_resp.text()
+
+
+# --- a decode request whose KV fetch fails in an unexpected way (a malformed
+# header from the prefill peer) must end with a 503, not hang in AWAITING_KV forever.
+
+async def _malformed_prefill_peer():
+    async def serve(reader, writer):
+        (size,) = struct.unpack(">I", await reader.readexactly(4))
+        await reader.readexactly(size)
+        header = json.dumps({"ok": True, "first_token": 1, "start": 0, "num_tokens": 4,
+                             "prefill_cached_tokens": 0, "dtype": "no_such_dtype", "shape": [4],
+                             "nbytes": 4}).encode()
+        writer.write(struct.pack(">I", len(header)) + header + b"\0" * 4)
+        await writer.drain()
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_malformed_kv_header_fails_the_request_with_503():
+    server = await _malformed_prefill_peer()
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with serve_worker(disaggregation_mode="decode") as (client, worker):
+            body = {"text": "hello there", "sampling_params": {"temperature": 0, "max_new_tokens": 4},
+                    "bootstrap_host": "127.0.0.1", "bootstrap_port": port, "bootstrap_room": 7}
+            # bounded so a hang fails the test instead of blocking the suite
+            r = await asyncio.wait_for(client.post("/generate", json=body), 30)
+            assert r.status == 503, await r.text()
+            assert "KV" in (await r.json())["error"]["message"]
+            assert worker.scheduler.num_running == 0
+    finally:
+        server.close()
+        await server.wait_closed()
