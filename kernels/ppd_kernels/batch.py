@@ -130,6 +130,9 @@ def causal_mask(num_cached: int, num_new: int, device: torch.device) -> torch.Te
 # 2**18 x heads elements, which measured as fast as any larger tile on CPU.
 SCORE_TILE = 2 ** 18
 MIN_QUERY_BLOCK = 32
+# On CUDA the score tile only bounds memory (no cache to fit): 2**24 elements is 32 MB in
+# bf16 per kv head group, and keeps an 8k prefill at 4 query blocks per layer (untested: no GPU here).
+CUDA_SCORE_TILE = 2 ** 24
 
 
 def query_blocks(num_new: int, context: int) -> list[tuple[int, int]]:
@@ -156,7 +159,9 @@ def _make_plan(seqs: list[SeqChunk]) -> BatchPlan:
         row += seq.num_new
         last_rows.append(row - 1)
     decode, extend = plan_groups([s.num_cached for s in seqs], [s.num_new for s in seqs],
-                                 host_slots, all_runs, device, SCORE_TILE, MIN_QUERY_BLOCK)
+                                 host_slots, all_runs, device,
+                                 CUDA_SCORE_TILE if device.type == "cuda" else SCORE_TILE,
+                                 MIN_QUERY_BLOCK)
     new_slots = torch.cat([seq.slots[seq.num_cached:] for seq in seqs])
     return BatchPlan(new_slots=new_slots,
                      last_rows=torch.tensor(last_rows, dtype=torch.long).to(device), seqs=plans,

@@ -67,6 +67,8 @@ def _publish_shm(data: Any) -> tuple[dict[str, Any], Callable[[], None]]:
     from multiprocessing import shared_memory
 
     nbytes = data.numel() * data.element_size()
+    # Registered with this process's resource tracker: if the producer dies before release(),
+    # the segment is still unlinked at its exit.
     segment = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
     try:
         target = torch.frombuffer(segment.buf, dtype=torch.uint8, count=nbytes) if nbytes else None
@@ -77,10 +79,12 @@ def _publish_shm(data: Any) -> tuple[dict[str, Any], Callable[[], None]]:
         segment.close()
         segment.unlink()
         raise
-    _untrack(segment)
 
     def release() -> None:
-        segment.close()
+        try:
+            segment.close()
+        except BufferError:
+            pass
         try:
             segment.unlink()
         except FileNotFoundError:
@@ -90,38 +94,38 @@ def _publish_shm(data: Any) -> tuple[dict[str, Any], Callable[[], None]]:
 
 
 def _attach_shm(descriptor: dict[str, Any]) -> tuple[Any, Callable[[], None]]:
-    import torch
-    from multiprocessing import shared_memory
+    # A plain read-only-in-effect mapping of /dev/shm/NAME (MAP_PRIVATE: never written back),
+    # not SharedMemory(name=...): on Python < 3.13 that registers the segment with the
+    # consumer's resource tracker too, which then unlinks it twice or warns.
+    import mmap
 
-    segment = shared_memory.SharedMemory(name=str(descriptor["name"]))
-    _untrack(segment)
+    import torch
+
+    name = str(descriptor["name"]).lstrip("/")
+    if not name or "/" in name:
+        raise ValueError(f"bad shared memory segment name {descriptor['name']!r}")
     nbytes = int(descriptor["nbytes"])
-    if segment.size < nbytes:
-        segment.close()
-        raise ValueError(f"shared memory segment {descriptor['name']} holds {segment.size} "
-                         f"bytes, the header announced {nbytes}")
-    holder = {"tensor": torch.frombuffer(segment.buf, dtype=torch.uint8, count=nbytes)
-              if nbytes else torch.empty(0, dtype=torch.uint8)}
+    fd = os.open(f"/dev/shm/{name}", os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size < nbytes:
+            raise ValueError(f"shared memory segment {name} holds {size} bytes, the header "
+                             f"announced {nbytes}")
+        mapping = mmap.mmap(fd, max(1, nbytes), access=mmap.ACCESS_COPY) if nbytes else None
+    finally:
+        os.close(fd)
+    holder = {"tensor": torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes)
+              if mapping is not None else torch.empty(0, dtype=torch.uint8)}
 
     def close() -> None:
         holder.clear()    # drop the exported buffer before closing the mapping
-        try:
-            segment.close()
-        except BufferError:   # a view still lives somewhere: the mapping goes with it
-            pass
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:   # a view still lives somewhere: the mapping goes with it
+                pass
 
     return holder["tensor"], close
-
-
-def _untrack(segment: Any) -> None:
-    """The producer unlinks the segment itself; Python's resource tracker would otherwise
-    unlink it again (or warn) at interpreter exit in both processes."""
-    try:
-        from multiprocessing import resource_tracker
-
-        resource_tracker.unregister(segment._name, "shared_memory")  # noqa: SLF001
-    except (ImportError, AttributeError, KeyError, ValueError):
-        pass
 
 
 def _publish_cuda(data: Any) -> tuple[dict[str, Any], Callable[[], None]]:
