@@ -137,9 +137,10 @@ def bench_asymmetry(b: Bench, chunk: int, streams: int = 8, ctx: int = 1024) -> 
             "append_tpot": append_tpot, "append_stall": append_stall, "append_steps": append_steps}
 
 
-def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3) -> float:
-    """GB/s of a prefill->decode KV transfer of ``n`` tokens over loopback TCP (pool read,
-    framing, socket, pool write), as the workers do it."""
+def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3, same_host: bool = False) -> float:
+    """GB/s of a prefill->decode KV transfer of ``n`` tokens (pool read, framing, payload,
+    pool write), as the workers do it: over loopback TCP, or with ``same_host`` through the
+    shared-memory handoff (both ends in this process here; gpu_check measures two processes)."""
     import asyncio
 
     from ppd_engine.kv_transfer import BootstrapServer, PrefillResult, fetch_kv
@@ -152,7 +153,7 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3) -> float:
     b.sched.schedule()   # admits both: pages allocated
 
     async def once(room: int) -> float:
-        server = BootstrapServer("127.0.0.1", 0, timeout=30)
+        server = BootstrapServer("127.0.0.1", 0, timeout=30, same_host=same_host)
         await server.start()
         result = PrefillResult(1, n, 0, lambda start, end: b.runner.read_kv(src, start, end))
 
@@ -160,7 +161,8 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3) -> float:
             b.runner.write_kv(dst, received.start, received.data)
 
         began = time.perf_counter()
-        await asyncio.gather(server.send(room, result), fetch_kv("127.0.0.1", server.port, room, 0, 30, store))
+        await asyncio.gather(server.send(room, result), fetch_kv("127.0.0.1", server.port, room, 0, 30, store,
+                                                                    same_host=same_host))
         elapsed = time.perf_counter() - began
         await server.close()
         return elapsed
@@ -220,9 +222,10 @@ def measure(b: Bench, backends: list[str], rounds: int) -> dict[str, list[tuple[
         rows[name].append(("decode step batch 32 / batch 1", f"{ratio:8.2f} x", f"median {median_ratio:.2f} x"))
     for name in backends:
         b.lm.model.attention_backend = name
-        gbps = bench_transfer(b)
-        rows[name].append(("KV transfer 2048 tok, loopback TCP", f"{gbps:8.2f} GB/s",
-                           f"{2048 * b.runner.kv_bytes_per_token / 1e6:.0f} MB"))
+        for label, same_host in (("loopback TCP", False), ("same-host shm", True)):
+            gbps = bench_transfer(b, same_host=same_host)
+            rows[name].append((f"KV transfer 2048 tok, {label}", f"{gbps:8.2f} GB/s",
+                               f"{2048 * b.runner.kv_bytes_per_token / 1e6:.0f} MB"))
     for name in backends:
         b.lm.model.attention_backend = name
         a = bench_asymmetry(b, b.chunk)
