@@ -3,9 +3,9 @@
 Protocol (each JSON frame = 4-byte big-endian length + UTF-8 JSON):
 
 1. decode connects to the prefill's bootstrap server (bootstrap_host:bootstrap_port) and
-   sends ``{"room": R, "decode_prefix_len": N, "host": T}`` (N = tokens the decode already
-   caches, so only the suffix is sent: SGLang's incremental transfer; T = its same-host
-   token, see ``kv_handoff``; absent = bytes over TCP only);
+   sends ``{"room": R, "decode_prefix_len": N, "host": T, "pid": P}`` (N = tokens the decode
+   already caches, so only the suffix is sent: SGLang's incremental transfer; T = its
+   same-host token, see ``kv_handoff``, and P its process id; absent = bytes over TCP only);
 2. prefill waits until its prefill of room R is done, then sends
    ``{"ok": true, "first_token": id, "start": N, "num_tokens": n, "prefill_cached_tokens": c,
    "dtype": "bfloat16", "shape": [...], "nbytes": B}`` followed by B raw bytes: the
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -144,7 +145,10 @@ class BootstrapServer:
 
             def prepare():
                 data = result.read_kv(start, result.num_tokens)
-                if handoff and data.numel():
+                # CUDA IPC cannot map a handle in the process that made it (the warmup
+                # fetches from itself): same-process CUDA fetches take TCP.
+                same_process = request.get("pid") == os.getpid()
+                if handoff and data.numel() and not (data.device.type == "cuda" and same_process):
                     from .kv_handoff import publish
 
                     return data, *publish(data)
@@ -228,7 +232,7 @@ async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, time
     try:
         request: dict[str, Any] = {"room": room, "decode_prefix_len": decode_prefix_len}
         if same_host:
-            request["host"] = _host_token()
+            request["host"], request["pid"] = _host_token(), os.getpid()
         await write_frame(writer, request)
         header = await asyncio.wait_for(read_frame(reader), timeout)
         if not header.get("ok"):
