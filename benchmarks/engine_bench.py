@@ -15,6 +15,7 @@ Throughputs print the median and (best) over repeats: on a shared machine the be
 closer estimate of the uncontended speed.
 
 Usage: python benchmarks/engine_bench.py [--model smollm2] [--dtype bfloat16] [--threads 1]
+       [--baseline-attention FILE --rounds 2]   # before/after in one run, interleaved
 """
 
 from __future__ import annotations
