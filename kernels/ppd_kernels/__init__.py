@@ -45,6 +45,10 @@ sequences. A group of one sequence whose slots form one run reads the pool throu
 every sequence sits on aligned pages (the engine's page allocator), else slot by slot. Any
 slot order is correct; page-aligned, consecutive pages are the fast case.
 
+Why the tokenizer lives here and not in the engine: the router counts prompt tokens with it
+(``ppd_server.request_path.token_count``), torch-free, and the router must never import the
+engine; ``ppd_kernels.tokenizer`` is the lowest layer both can use.
+
 Tokenizer: ``encode(text)`` (no specials added; special-token texts map to their ids),
 ``decode(ids, skip_special_tokens=True)``, ``apply_chat_template(messages, tools=None,
 add_generation_prompt=True)`` (Hermes-style tool format: see ``ppd_kernels.chat_template``),
