@@ -225,6 +225,7 @@ def section_serving(model: str, device: str, quick: bool, engine: dict[str, Any]
             if quick else
             {"sessions": 16, "rate": 0.5, "turns": 5, "doc": 3000, "question": 40, "max_new": 64, "think_s": 1.0})
     logs = Path(log_dir or os.environ.get("TMPDIR", "/tmp"))
+    logs.mkdir(parents=True, exist_ok=True)
     p_port, d_port, boot = _free_port(), _free_port(), _free_port()
     procs = [_start_worker("prefill", model, device, p_port, boot, quick, logs / "gpu_check_prefill.log"),
              _start_worker("decode", model, device, d_port, boot, quick, logs / "gpu_check_decode.log")]

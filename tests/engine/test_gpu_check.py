@@ -21,7 +21,8 @@ def test_gpu_check_quick_on_cpu_runs_every_section(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["correctness"]["ok"] is True
     assert results["engine"]["decode"] and results["engine"]["prefill"]
-    assert 0 < results["engine"]["stall"]["stall_ratio"] < 1
+    assert set(results["engine"]["stall"]) >= {"alone_ms", "full_step_ms", "append_step_ms", "stall_ratio"}
+    assert results["kv_transfer"]["same_host_kind"] == "shm"
     assert results["kv_transfer"]["tcp_gbps"] > 0 and results["kv_transfer"]["same_host_gbps"] > 0
     policies = {row["policy"]: row for row in results["serving"]["policies"]}
     assert set(policies) == {"pd", "local", "ppd"}
