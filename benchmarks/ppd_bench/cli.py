@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker (one core each); default 1")
     c.add_argument("--log-dir", help="where worker/router logs go (default: a temp dir)")
     c.add_argument("--out", help="write the comparison JSON here")
+    _add_shape(c)
     return p
 
 
@@ -266,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # BenchError is one too
         print(f"ppd-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a worker or front end that would not start
+        print(f"ppd-bench {args.command}: failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ppd-bench {args.command}: interrupted", file=sys.stderr)
         return 130
