@@ -84,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "one system after another: ppd-server --policy ppd/pd/local/threshold:N, sglang-router (PD mode), smg "
                        "(PD mode); the same workload and arrivals for each; the workers' caches are flushed between systems. "
                        "Writes one JSON and prints a side-by-side table.")
-    _add_run_args(c, default_rate=0.25, default_sessions=10, default_duration=40.0)
-    c.add_argument("--systems", default="ppd,pd,local,threshold:256,sglang-router,smg",
-                   help="comma-separated: ppd, pd, local, threshold:N, ratio:X (ppd-server policies), sglang-router, smg; "
-                   "default ppd,pd,local,threshold:256,sglang-router,smg")
+    _add_run_args(c, default_rate=0.1, default_sessions=5, default_duration=60.0, default_deadline=120.0)
+    c.add_argument("--systems", default="ppd,sglang-router,pd,local,threshold:256,smg",
+                   help="comma-separated, run in this order: ppd, pd, local, threshold:N, ratio:X (ppd-server policies), "
+                   "sglang-router, smg; default ppd,sglang-router,pd,local,threshold:256,smg")
     c.add_argument("--baseline", default="sglang-router", help="system the ratios are taken against; default sglang-router")
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker (one core each); default 1")
     c.add_argument("--log-dir", help="where worker/router logs go (default: a temp dir)")
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_args(p: argparse.ArgumentParser, default_rate: float = 0.5, default_sessions: int = 20,
-                  default_duration: float = 60.0) -> None:
+                  default_duration: float = 60.0, default_deadline: float | None = None) -> None:
     g = p.add_argument_group("load")
     g.add_argument("--workload", default="long-context-cpu",
                    help=f"a generator name or a workload JSONL file; default long-context-cpu. Generators: {_workload_help()}")
@@ -106,9 +106,10 @@ def _add_run_args(p: argparse.ArgumentParser, default_rate: float = 0.5, default
     g.add_argument("--sessions", type=int, default=default_sessions, help=f"at most this many sessions start; default {default_sessions}")
     g.add_argument("--duration", type=float, default=default_duration,
                    help=f"sessions start within this many seconds; default {default_duration:g}")
-    g.add_argument("--deadline", type=float,
+    g.add_argument("--deadline", type=float, default=default_deadline,
                    help="the whole run ends after this many seconds; turns still running then count as failed "
-                   "(default: duration + 120)")
+                   f"(default: {default_deadline:g}{' per system' if default_deadline else ''})" if default_deadline else
+                   "the whole run ends after this many seconds; turns still running then count as failed (default: duration + 120)")
     g.add_argument("--seed", type=int, default=0, help="seed of the sessions, arrivals and prompt text; default 0")
     g.add_argument("--think-s", type=float, default=1.0,
                    help="mean think time for workloads that carry none (paper classes, old traces), seconds; default 1")
@@ -249,7 +250,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     run_cfg = run_config(args, "http://127.0.0.1:1")
     run_cfg.validate()
     sessions, name = load_sessions(args, args.sessions)
-    doc = compare(cfg, run_cfg, sessions, name)
+    doc = compare(cfg, run_cfg, sessions, name, checkpoint=(lambda d: _write_json(args.out, d)) if args.out else None)
     if args.out:
         _write_json(args.out, doc)
     print(compare_table(doc["systems"], args.baseline))

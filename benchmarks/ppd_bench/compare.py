@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import httpx
 
@@ -149,9 +149,11 @@ async def flush_caches(urls: Sequence[str], attempts: int = 20) -> None:
                 raise RuntimeError(f"cannot flush the cache of {url}")
 
 
-def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], workload: str = "") -> dict[str, Any]:
+def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], workload: str = "",
+            checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every system in ``config.systems`` over the same sessions in front of one embedded
-    1P1D pair; returns ``{"config", "workers", "systems": [{"system", "result" | "error", ...}]}``."""
+    1P1D pair; returns ``{"run", "workers", "systems": [{"system", "result" | "error", ...}], ...}``.
+    ``checkpoint`` gets the document so far after each system (to save partial results)."""
     from ppd_server.config import RouterConfig
     from ppd_server.fleet.launcher import Cluster, plan_cluster, ports_from_os
 
@@ -166,9 +168,11 @@ def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], 
     assert prefill.bootstrap_port is not None
     out: list[dict[str, Any]] = []
     started = time.monotonic()
+    doc: dict[str, Any] = {"ppd_bench_compare": 1, "workload": workload, "baseline": config.baseline,
+                           "run": _run_dict(run), "log_dir": str(log_dir), "systems": out}
     with Cluster(plans, str(log_dir), progress=lambda m: print(m.replace("[ppd-server]", "[ppd-bench compare]"), file=sys.stderr)):
-        workers = {"prefill": prefill.url, "decode": decode.url, "bootstrap_port": prefill.bootstrap_port,
-                   "cpus": [p.cpu for p in plans]}
+        doc["workers"] = {"prefill": prefill.url, "decode": decode.url, "bootstrap_port": prefill.bootstrap_port,
+                          "cpus": [p.cpu for p in plans], "model": "smollm2", "threads": config.worker_threads}
         for system in config.systems:
             entry: dict[str, Any] = {"system": system}
             out.append(entry)
@@ -192,16 +196,11 @@ def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], 
                 print(f"[ppd-bench compare] {system}: not run: {entry['error']}", file=sys.stderr)
             finally:
                 proc.stop()
-    return {
-        "ppd_bench_compare": 1,
-        "workload": workload,
-        "baseline": config.baseline,
-        "run": _run_dict(run),
-        "workers": workers,
-        "log_dir": str(log_dir),
-        "wall_s": round(time.monotonic() - started, 1),
-        "systems": out,
-    }
+            doc["wall_s"] = round(time.monotonic() - started, 1)
+            if checkpoint is not None:
+                checkpoint(doc)
+    doc["wall_s"] = round(time.monotonic() - started, 1)
+    return doc
 
 
 def _run_dict(run: RunConfig) -> dict[str, Any]:
