@@ -84,11 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "one system after another: ppd-server --policy ppd/pd/local/threshold:N, sglang-router (PD mode), smg "
                        "(PD mode); the same workload and arrivals for each; the workers' caches are flushed between systems. "
                        "Writes one JSON and prints a side-by-side table.")
-    _add_run_args(c, default_rate=0.1, default_sessions=5, default_duration=60.0, default_deadline=120.0)
+    _add_run_args(c, default_rate=0.2, default_sessions=4, default_duration=30.0, default_deadline=90.0)
     c.add_argument("--systems", default="ppd,sglang-router,pd,local,threshold:256,smg",
                    help="comma-separated, run in this order: ppd, pd, local, threshold:N, ratio:X (ppd-server policies), "
                    "sglang-router, smg; default ppd,sglang-router,pd,local,threshold:256,smg")
     c.add_argument("--baseline", default="sglang-router", help="system the ratios are taken against; default sglang-router")
+    c.add_argument("--rounds", type=int, default=1,
+                   help="run the system list this many times, reversed every other round (ABBA: a drift in the "
+                   "machine's speed weighs on every system alike); figures pool the rounds; default 1")
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker (one core each); default 1")
     c.add_argument("--log-dir", help="where worker/router logs go (default: a temp dir)")
     c.add_argument("--out", help="write the comparison JSON here")
@@ -106,10 +109,9 @@ def _add_run_args(p: argparse.ArgumentParser, default_rate: float = 0.5, default
     g.add_argument("--sessions", type=int, default=default_sessions, help=f"at most this many sessions start; default {default_sessions}")
     g.add_argument("--duration", type=float, default=default_duration,
                    help=f"sessions start within this many seconds; default {default_duration:g}")
+    bound = f"{default_deadline:g} per system" if default_deadline else "duration + 120"
     g.add_argument("--deadline", type=float, default=default_deadline,
-                   help="the whole run ends after this many seconds; turns still running then count as failed "
-                   f"(default: {default_deadline:g}{' per system' if default_deadline else ''})" if default_deadline else
-                   "the whole run ends after this many seconds; turns still running then count as failed (default: duration + 120)")
+                   help=f"the whole run ends after this many seconds; turns still running then count as failed (default: {bound})")
     g.add_argument("--seed", type=int, default=0, help="seed of the sessions, arrivals and prompt text; default 0")
     g.add_argument("--think-s", type=float, default=1.0,
                    help="mean think time for workloads that carry none (paper classes, old traces), seconds; default 1")
@@ -243,7 +245,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ppd_bench.report import compare_table
 
     systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
-    cfg = CompareConfig(systems=systems, baseline=args.baseline, worker_threads=args.worker_threads, log_dir=args.log_dir)
+    cfg = CompareConfig(systems=systems, baseline=args.baseline, worker_threads=args.worker_threads, log_dir=args.log_dir,
+                        rounds=args.rounds)
     cfg.validate()
     if not 1 <= args.sessions <= 100_000:
         raise ValueError(f"--sessions must be in 1..100000, got {args.sessions}")

@@ -23,11 +23,12 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import httpx
 
 from ppd_bench.driver import BenchError, RunConfig, arun
+from ppd_bench.stats import TurnRecord, summarize
 from ppd_sim.workload import Session
 
 ROUTERS = ("sglang-router", "smg")
@@ -47,6 +48,7 @@ class CompareConfig:
     worker_threads: int = 1
     log_dir: str | None = None
     startup_timeout_s: float = 180.0
+    rounds: int = 1  # >1: the system list again, reversed every other round (ABBA), results pooled
 
     def validate(self) -> None:
         from ppd_server.routing.policies import make_policy
@@ -63,6 +65,8 @@ class CompareConfig:
                                  f"threshold:N, ratio:X) or one of {', '.join(ROUTERS)}") from None
         if len(set(self.systems)) != len(self.systems):
             raise BenchError(f"--systems {','.join(self.systems)!r} names a system twice")
+        if not 1 <= self.rounds <= 20:
+            raise BenchError(f"--rounds must be in 1..20, got {self.rounds}")
         if not 1 <= self.worker_threads <= 64:
             raise BenchError(f"--worker-threads must be in 1..64, got {self.worker_threads}")
 
@@ -173,34 +177,73 @@ def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], 
     with Cluster(plans, str(log_dir), progress=lambda m: print(m.replace("[ppd-server]", "[ppd-bench compare]"), file=sys.stderr)):
         doc["workers"] = {"prefill": prefill.url, "decode": decode.url, "bootstrap_port": prefill.bootstrap_port,
                           "cpus": [p.cpu for p in plans], "model": "smollm2", "threads": config.worker_threads}
-        for system in config.systems:
-            entry: dict[str, Any] = {"system": system}
-            out.append(entry)
-            if system == "smg" and (why := smg_available()):
-                entry["error"] = why
-                continue
-            asyncio.run(flush_caches([prefill.url, decode.url]))
-            port = next(ports)
-            argv, env, ready = _front_argv(system, port, prefill.url, prefill.bootstrap_port, decode.url, next(ports))
-            name = system.replace(":", "-")
-            proc = _Proc(name, argv, f"http://127.0.0.1:{port}", log_dir / f"front-{name}.log", env)
-            entry["command"] = " ".join(argv)
-            try:
-                t0 = time.monotonic()
-                proc.wait_ready(ready, config.startup_timeout_s)
-                entry["startup_s"] = round(time.monotonic() - t0, 2)
-                print(f"[ppd-bench compare] {system}: up on {proc.url}; running {len(sessions)} sessions", file=sys.stderr)
-                entry["result"] = asyncio.run(arun(replace(run, url=proc.url, label=system), sessions, workload))
-            except (RuntimeError, BenchError) as e:
-                entry["error"] = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                print(f"[ppd-bench compare] {system}: not run: {entry['error']}", file=sys.stderr)
-            finally:
-                proc.stop()
-            doc["wall_s"] = round(time.monotonic() - started, 1)
-            if checkpoint is not None:
-                checkpoint(doc)
+        entries = {system: {"system": system, "rounds": []} for system in config.systems}
+        out.extend(entries.values())
+        for r in range(config.rounds):
+            # ABBA: odd rounds run the systems in reverse, so a drift in the machine's speed
+            # (other tenants) weighs on every system alike.
+            order = config.systems if r % 2 == 0 else tuple(reversed(config.systems))
+            for system in order:
+                entry = entries[system]
+                entry["rounds"].append(_run_one(system, r, config, run, sessions, workload, ports, prefill, decode, log_dir))
+                _pool(entry, run)
+                doc["wall_s"] = round(time.monotonic() - started, 1)
+                if checkpoint is not None:
+                    checkpoint(doc)
     doc["wall_s"] = round(time.monotonic() - started, 1)
     return doc
+
+
+def _run_one(system: str, round_no: int, config: CompareConfig, run: RunConfig, sessions: Sequence[Session], workload: str,
+             ports: Iterator[int], prefill: Any, decode: Any, log_dir: Path) -> dict[str, Any]:
+    """One system, one round: flush the workers' caches, start the front end, run, stop it."""
+    entry: dict[str, Any] = {"round": round_no + 1}
+    if system == "smg" and (why := smg_available()):
+        entry["error"] = why
+        return entry
+    asyncio.run(flush_caches([prefill.url, decode.url]))
+    port = next(ports)
+    argv, env, ready = _front_argv(system, port, prefill.url, prefill.bootstrap_port, decode.url, next(ports))
+    name = system.replace(":", "-")
+    proc = _Proc(name, argv, f"http://127.0.0.1:{port}", log_dir / f"front-{name}-r{round_no + 1}.log", env)
+    entry["command"] = " ".join(argv)
+    try:
+        t0 = time.monotonic()
+        proc.wait_ready(ready, config.startup_timeout_s)
+        entry["startup_s"] = round(time.monotonic() - t0, 2)
+        print(f"[ppd-bench compare] {system} (round {round_no + 1}/{config.rounds}): up on {proc.url}; "
+              f"running {len(sessions)} sessions", file=sys.stderr)
+        entry["result"] = asyncio.run(arun(replace(run, url=proc.url, label=system), sessions, workload))
+    except (RuntimeError, BenchError) as e:
+        entry["error"] = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        print(f"[ppd-bench compare] {system}: not run: {entry['error']}", file=sys.stderr)
+    finally:
+        proc.stop()
+    return entry
+
+
+def _pool(entry: dict[str, Any], run: RunConfig) -> None:
+    """The system's ``result``: its rounds' records together (session ids prefixed by the round),
+    summarized over the rounds' total time; ``error`` when no round ran."""
+    done = [r for r in entry["rounds"] if r.get("result")]
+    if not done:
+        entry["error"] = "; ".join(sorted({r.get("error", "?") for r in entry["rounds"]}))
+        return
+    entry.pop("error", None)
+    if len(done) == 1:
+        entry["result"] = done[0]["result"]
+        return
+    records = [TurnRecord.from_json({**rec, "session": f"r{r['round']}/{rec['session']}"})
+               for r in done for rec in r["result"]["records"]]
+    wall = sum(r["result"]["wall_s"] for r in done)
+    first = done[0]["result"]
+    pooled = {k: v for k, v in first.items() if k not in ("records", "summary", "wall_s", "hit_deadline")}
+    pooled["load"] = {**first["load"], "sessions": sum(r["result"]["load"]["sessions"] for r in done),
+                      "turns": sum(r["result"]["load"]["turns"] for r in done),
+                      "measured_requests_per_s": round(len(records) / wall, 3) if wall else None}
+    pooled.update(rounds=len(done), wall_s=round(wall, 3), hit_deadline=any(r["result"]["hit_deadline"] for r in done),
+                  summary=summarize(records, wall, run.slo_ttft_ms, run.slo_tpot_ms), records=[x.to_json() for x in records])
+    entry["result"] = pooled
 
 
 def _run_dict(run: RunConfig) -> dict[str, Any]:

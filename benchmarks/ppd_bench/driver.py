@@ -146,12 +146,14 @@ class _Runner:
         cid = f"{self.run_id}-{conv.conversation_id}"
         messages: list[dict[str, Any]] = []
         k = 0
+        sent = self.now()
         try:
             await asyncio.sleep(max(0.0, conv.arrival_ms / 1000.0 - self.now()))
             for k, (n_in, n_out) in enumerate(conv.turns):
                 if k:
                     await asyncio.sleep(conv.think_ms[k - 1] / 1000.0)
                 messages.append({"role": "user", "content": prompt_text(n_in, cfg.seed, conv.conversation_id, k + 1)})
+                sent = self.now()
                 record, answer = await self.turn(cid, conv.conversation_id, k + 1, messages, n_in, n_out)
                 self._add(record)
                 if not record.ok:
@@ -163,9 +165,12 @@ class _Runner:
             k += 1
         except asyncio.CancelledError:
             reason = "run deadline"
+        now = self.now()
         for j in range(k, len(conv.turns)):
             n_in, n_out = conv.turns[j]
-            self._add(TurnRecord(conv.conversation_id, j + 1, self.now(), self.now(), False, n_in, n_out, error=reason))
+            # a turn cut in flight keeps its send time; turns never sent are stamped now
+            at = sent if j == k and reason == "run deadline" and len(messages) > 2 * j else now
+            self._add(TurnRecord(conv.conversation_id, j + 1, round(at, 4), round(now, 4), False, n_in, n_out, error=reason))
 
     async def turn(self, cid: str, session: str, turn: int, messages: list[dict[str, Any]], n_in: int,
                    n_out: int) -> tuple[TurnRecord, str]:
