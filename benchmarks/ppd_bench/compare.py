@@ -21,15 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import httpx
+from ppd_sim.workload import Session
 
 from ppd_bench.driver import BenchError, RunConfig, arun
 from ppd_bench.stats import TurnRecord, summarize
-from ppd_sim.workload import Session
 
 ROUTERS = ("sglang-router", "smg")
 

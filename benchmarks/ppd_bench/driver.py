@@ -25,16 +25,26 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from ppd_sim.workload import Conversation, Session, schedule
 
 from ppd_bench.prompt import prompt_text
 from ppd_bench.stats import TurnRecord, summarize
-from ppd_sdk.wire import BODY_FIELD, HEADER_DECODE, HEADER_PREFILL, HEADER_ROUTE, PROMPT_CACHE_KEY, SLO, Hints, Weights
-from ppd_sim.workload import Conversation, Session, schedule
+from ppd_sdk.wire import (
+    BODY_FIELD,
+    HEADER_DECODE,
+    HEADER_PREFILL,
+    HEADER_ROUTE,
+    PROMPT_CACHE_KEY,
+    SLO,
+    Hints,
+    Weights,
+)
 
 RESULT_VERSION = 1
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def load_results(paths: Sequence[str]) -> list[dict[str, Any]]:

@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 #: turn 2+ classes of the PPD paper: name -> (new input tokens, output tokens)
 TURN_CLASSES: dict[str, tuple[int, int]] = {

@@ -7,7 +7,6 @@ import argparse
 import json
 
 import pytest
-
 from ppd_bench.cli import build_parser, main
 from ppd_server.fleet.launcher import free_port
 

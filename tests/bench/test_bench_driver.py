@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from fake_endpoint import FakeEndpoint
-
 from ppd_bench.driver import BenchError, RunConfig, arun
 from ppd_sim.workload import Session
 

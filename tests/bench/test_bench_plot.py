@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from ppd_bench.plot import expand, load_results, plot_all
 from ppd_bench.stats import TurnRecord, summarize
 

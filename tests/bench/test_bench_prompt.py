@@ -7,7 +7,6 @@ import os
 import sys
 
 import pytest
-
 from ppd_bench.prompt import WORDS, prompt_text
 
 

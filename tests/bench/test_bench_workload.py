@@ -3,10 +3,10 @@ ppd-sim reading the same names and files."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
-
 from ppd_bench.importer import import_trace
 from ppd_sim.workload import (
     GENERATORS,
@@ -86,7 +86,7 @@ def test_schedule_uses_recorded_arrivals_or_poisson():
     shapes = [Session(f"s{k}", ((5, 5), (5, 5))) for k in range(50)]
     convs = schedule(shapes, 10.0, seed=4, count=20, think_s=0.5)
     assert len(convs) == 20 and all(len(c.think_ms) == 1 for c in convs)
-    gaps = [b.arrival_ms - a.arrival_ms for a, b in zip(convs, convs[1:])]
+    gaps = [b.arrival_ms - a.arrival_ms for a, b in itertools.pairwise(convs)]
     assert all(g > 0 for g in gaps) and 30 < sum(gaps) / len(gaps) < 300  # ~100 ms at 10/s
     assert schedule(shapes, 10.0, seed=4, count=20, think_s=0.5) == convs
     assert len(schedule(shapes, 10.0, seed=4, duration_s=1.0)) < 50
