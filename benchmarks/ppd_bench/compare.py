@@ -178,7 +178,7 @@ def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], 
     with Cluster(plans, str(log_dir), progress=lambda m: print(m.replace("[ppd-server]", "[ppd-bench compare]"), file=sys.stderr)):
         doc["workers"] = {"prefill": prefill.url, "decode": decode.url, "bootstrap_port": prefill.bootstrap_port,
                           "cpus": [p.cpu for p in plans], "model": "smollm2", "threads": config.worker_threads}
-        entries = {system: {"system": system, "rounds": []} for system in config.systems}
+        entries: dict[str, dict[str, Any]] = {system: {"system": system, "rounds": []} for system in config.systems}
         out.extend(entries.values())
         for r in range(config.rounds):
             # ABBA: odd rounds run the systems in reverse, so a drift in the machine's speed

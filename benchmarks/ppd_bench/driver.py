@@ -14,7 +14,8 @@ weights and targets (headers, and the ``ppd`` body field unless ``body_hints`` i
 routing decision comes back from the ``ppd`` field of the final chunk or the ``X-PPD-*``
 headers; cached tokens from ``usage.prompt_tokens_details.cached_tokens``.
 
-Bounds: at most ``sessions`` sessions start, all within ``duration_s``; the whole run ends by
+The first session starts at once (Poisson gaps after it). Bounds: at most ``sessions`` sessions
+start, all within ``duration_s``; the whole run ends by
 ``deadline_s`` (turns still running then are cancelled and count as failed).
 """
 
@@ -295,7 +296,7 @@ async def arun(config: RunConfig, sessions: Sequence[Session], workload: str = "
     """Run the benchmark; returns the result document (see :func:`run`)."""
     config.validate()
     convs = schedule(sessions, config.rate, config.seed, duration_s=config.duration_s, count=config.sessions,
-                     think_s=config.think_s)
+                     think_s=config.think_s, start_at_zero=True)
     if not convs:
         raise BenchError(f"no session starts within --duration {config.duration_s:g}s at --rate {config.rate:g}/s; raise either")
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}

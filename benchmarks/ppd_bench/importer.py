@@ -41,7 +41,7 @@ def import_trace(path: str | Path) -> list[Session]:
 
 
 def _sharegpt(data: Any, path: str) -> list[Session]:
-    sessions = []
+    sessions: list[Session] = []
     for k, item in enumerate(data):
         conv = item.get("conversations") if isinstance(item, dict) else None
         if not isinstance(conv, list):
