@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ppd_bench.compare import CompareConfig, _front_argv, _pool
 from ppd_bench.driver import BenchError, RunConfig
 from ppd_bench.report import compare_table
@@ -51,7 +50,7 @@ def test_table_has_ratios_against_the_baseline():
 
 def test_front_ends_are_put_in_front_of_the_same_workers():
     for system in ("ppd", "sglang-router", "smg"):
-        argv, env, ready = _front_argv(system, 8000, "http://127.0.0.1:1", 9, "http://127.0.0.1:2", 8001)
+        argv, _env, _ready = _front_argv(system, 8000, "http://127.0.0.1:1", 9, "http://127.0.0.1:2", 8001)
         joined = " ".join(argv)
         assert "--prefill http://127.0.0.1:1 9" in joined and "--decode http://127.0.0.1:2" in joined and "--port 8000" in joined
     assert "--pd-disaggregation" in " ".join(_front_argv("sglang-router", 1, "p", 2, "d", 3)[0])
