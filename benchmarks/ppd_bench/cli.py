@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "one system after another: ppd-server --policy ppd/pd/local/threshold:N, sglang-router (PD mode), smg "
                        "(PD mode); the same workload and arrivals for each; the workers' caches are flushed between systems. "
                        "Writes one JSON and prints a side-by-side table.")
-    _add_run_args(c, default_rate=0.2, default_sessions=4, default_duration=30.0, default_deadline=90.0)
+    _add_run_args(c, default_rate=0.2, default_sessions=4, default_duration=30.0, default_deadline=150.0)
     c.add_argument("--systems", default="ppd,sglang-router,pd,local,threshold:256,smg",
                    help="comma-separated, run in this order: ppd, pd, local, threshold:N, ratio:X (ppd-server policies), "
                    "sglang-router, smg; default ppd,sglang-router,pd,local,threshold:256,smg")

@@ -2,9 +2,10 @@
 
 One embedded 1P1D ``ppd-worker`` pair (SmolLM2-135M, one core each) is started once; then, one
 system after another, a front end is started in front of it, the same sessions (same arrivals,
-same prompt text, same output lengths) are run through it with :func:`ppd_bench.driver.arun`,
-and it is stopped. Between systems both workers' caches are flushed (``POST /flush_cache``), so
-no system inherits another's prefixes.
+same prompt text, same output lengths) are run through it with :func:`ppd_bench.driver.arun`
+after one tiny warm-up request (no system pays a cold start inside the run), and it is stopped.
+Between systems both workers' caches are flushed (``POST /flush_cache``), so no system inherits
+another's prefixes.
 
 Systems: ``ppd``, ``pd``, ``local``, ``threshold:N``, ``ratio:X`` (``ppd-server --policy``),
 ``sglang-router`` (the real sglang-router from PyPI, ``--pd-disaggregation``) and ``smg``
@@ -212,6 +213,10 @@ def _run_one(system: str, round_no: int, config: CompareConfig, run: RunConfig, 
         t0 = time.monotonic()
         proc.wait_ready(ready, config.startup_timeout_s)
         entry["startup_s"] = round(time.monotonic() - t0, 2)
+        # One tiny request first, so no system pays a cold start (ppd-server loads its tokenizer
+        # on the first request) inside the measured run; then a clean cache again.
+        asyncio.run(_warm_up(proc.url))
+        asyncio.run(flush_caches([prefill.url, decode.url]))
         print(f"[ppd-bench compare] {system} (round {round_no + 1}/{config.rounds}): up on {proc.url}; "
               f"running {len(sessions)} sessions", file=sys.stderr)
         entry["result"] = asyncio.run(arun(replace(run, url=proc.url, label=system), sessions, workload))
@@ -221,6 +226,15 @@ def _run_one(system: str, round_no: int, config: CompareConfig, run: RunConfig, 
     finally:
         proc.stop()
     return entry
+
+
+async def _warm_up(url: str) -> None:
+    async with httpx.AsyncClient(trust_env=False, timeout=120.0) as client:
+        models = (await client.get(url + "/v1/models")).json().get("data") or [{"id": "default"}]
+        body = {"model": models[0]["id"], "messages": [{"role": "user", "content": "warm up"}], "max_tokens": 2}
+        r = await client.post(url + "/v1/chat/completions", json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"warm-up request answered HTTP {r.status_code}: {r.text[:200]}")
 
 
 def _pool(entry: dict[str, Any], run: RunConfig) -> None:
