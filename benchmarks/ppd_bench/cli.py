@@ -65,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--rate", type=float, help="also record Poisson arrival times at this many new sessions/s")
     w.add_argument("--think-s", type=float, default=1.0, help="mean think time of the paper classes, seconds; default 1")
     w.add_argument("--out", required=True, help="output JSONL path ('-' = stdout)")
-    w.add_argument("--list", action="store_true", help=argparse.SUPPRESS)
     _add_shape(w)
 
     r = sub.add_parser("run", help="drive an endpoint with multi-turn sessions and measure",
