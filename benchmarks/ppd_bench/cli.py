@@ -216,7 +216,7 @@ def _cmd_workload(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ppd_bench.driver import run
+    from ppd_bench.driver import run, sessions_from_result
     from ppd_bench.report import run_table
 
     config = run_config(args, args.url, args.label)
@@ -227,9 +227,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run(config, sessions, name)
     if args.save_workload:
         try:
-            write_sessions(args.save_workload, [Session(s["id"], tuple((t["input_tokens"], t["output_tokens"]) for t in s["turns"]),
-                                                        tuple(t["think_ms"] for t in s["turns"][1:]), s["arrival_ms"])
-                                                for s in result["sessions"]])
+            write_sessions(args.save_workload, sessions_from_result(result))
         except OSError as e:
             raise ValueError(f"cannot write --save-workload {args.save_workload!r}: {e.strerror}") from None
     if args.out:

@@ -363,6 +363,14 @@ def _result(config: RunConfig, model: str, workload: str, convs: Sequence[Conver
     }
 
 
+def sessions_from_result(result: dict[str, Any]) -> list[Session]:
+    """The sessions a result ran, with their arrival and think times (``write_sessions`` makes
+    them a workload file that ``ppd-sim --trace`` replays)."""
+    return [Session(s["id"], tuple((t["input_tokens"], t["output_tokens"]) for t in s["turns"]),
+                    tuple(t.get("think_ms", 0.0) for t in s["turns"][1:]), s.get("arrival_ms"))
+            for s in result["sessions"]]
+
+
 def run(config: RunConfig, sessions: Sequence[Session], workload: str = "",
         on_record: Callable[[TurnRecord], None] | None = None) -> dict[str, Any]:
     """Run the benchmark against ``config.url`` and return the result document: ``config``,

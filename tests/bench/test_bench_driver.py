@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from fake_endpoint import FakeEndpoint
-from ppd_bench.driver import BenchError, RunConfig, arun
+from ppd_bench.driver import BenchError, RunConfig, arun, sessions_from_result
 from ppd_sim.workload import Session
 
 
@@ -76,6 +76,7 @@ async def test_a_recorded_arrival_time_is_honoured():
     sent = {r["session"]: r["sent_s"] for r in res["records"]}
     assert sent["b"] - sent["a"] >= 0.35
     assert [s["arrival_ms"] for s in res["sessions"]] == [0.0, 400.0]
+    assert sessions_from_result(res) == sessions
 
 
 async def test_unreachable_url_is_a_bench_error_naming_it():
