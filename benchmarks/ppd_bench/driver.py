@@ -8,9 +8,10 @@ synthetic text of the requested size, streamed, with ``max_tokens`` = the reques
 ``ignore_eos`` (an extra body field that SGLang and the embedded engine honour) so every system
 generates the same number of tokens.
 
-Every turn carries the PPD hints through :mod:`ppd_sdk.wire` (the SDK owns the vocabulary): the
-conversation id (``X-PPD-Conversation-Id`` and ``prompt_cache_key``), the turn number, SLO
-weights and targets (headers, and the ``ppd`` body field unless ``body_hints`` is off). The
+Every turn carries the PPD hints folded by :meth:`ppd_sdk.wire.Hints.apply` (the SDK owns the
+vocabulary): the conversation id (``X-PPD-Conversation-Id`` and ``prompt_cache_key``), the turn
+number and the SLO targets as headers, the weights as the ``ppd`` body field (unless
+``body_hints`` is off). The
 routing decision comes back from the ``ppd`` field of the final chunk or the ``X-PPD-*``
 headers; cached tokens from ``usage.prompt_tokens_details.cached_tokens``.
 
@@ -41,7 +42,6 @@ from ppd_sdk.wire import (
     HEADER_DECODE,
     HEADER_PREFILL,
     HEADER_ROUTE,
-    PROMPT_CACHE_KEY,
     SLO,
     Hints,
     Weights,
@@ -190,12 +190,12 @@ class _Runner:
                       slo=SLO(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms))
         body: dict[str, Any] = {
             "model": self.model, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": n_out, "temperature": 0.0, PROMPT_CACHE_KEY: cid,
+            "max_tokens": n_out, "temperature": 0.0,
         }
         if cfg.ignore_eos:
             body["ignore_eos"] = True
-        if cfg.body_hints:
-            body[BODY_FIELD] = hints.body_field()
+        # the SDK's one fold of the hints: id as header + prompt_cache_key, SLOs as headers, weights in `ppd`
+        hint_headers, body = hints.apply(None, body, ppd_body=cfg.body_hints)
         sent = self.now()
         first: float | None = None
         text: list[str] = []
@@ -205,7 +205,7 @@ class _Runner:
         headers: httpx.Headers | None = None
         error: str | None = None
         try:
-            async with self.client.stream("POST", "/chat/completions", json=body, headers=hints.headers()) as resp:
+            async with self.client.stream("POST", "/chat/completions", json=body, headers=hint_headers) as resp:
                 headers = resp.headers
                 if resp.status_code != 200:
                     raw = (await resp.aread()).decode("utf-8", "replace")

@@ -7,13 +7,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # the router process helper
 from ppd_sim.workload import Session, write_sessions
-from router_process import STARTUP_TIMEOUT_S, RouterProcess, free_port
+from processes import STARTUP_TIMEOUT_S, free_port, router_argv, started
 
 pytestmark = pytest.mark.e2e
 
@@ -21,13 +18,10 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def router_url():
     port = free_port()
-    router = RouterProcess([sys.executable, "-m", "ppd_server", "--port", str(port), "--policy", "ppd", "--embedded", "1P1D",
-                            "--load-interval", "0.5", "--startup-timeout", str(STARTUP_TIMEOUT_S)], port)
-    try:
-        router.wait_healthy()
+    argv = router_argv(port, "--policy", "ppd", "--embedded", "1P1D", "--load-interval", "0.5",
+                       "--startup-timeout", str(STARTUP_TIMEOUT_S))
+    with started("ppd-server", argv, port, timeout=STARTUP_TIMEOUT_S) as router:
         yield router.url
-    finally:
-        router.stop()
 
 
 def test_run_against_a_real_router_shows_progress_and_writes_json(router_url, tmp_path):
