@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ppd_kernels import batch as batch_module
-from ppd_kernels.attention import paged_attention
+from ppd_kernels.attention import PATHS, paged_attention
 from ppd_kernels.attention_reference import reference_attention
 from ppd_kernels.batch import ForwardBatch, contiguous_runs
 
@@ -52,7 +52,8 @@ def query_blocking(request, monkeypatch):
 @pytest.mark.parametrize("split_runs", [False, True], ids=["one-run", "many-runs"])
 @pytest.mark.parametrize("num_heads", [2, 6], ids=["mha", "gqa3"])
 @pytest.mark.parametrize("shape", list(CASES.values()), ids=list(CASES))
-def test_fast_attention_matches_reference(shape, num_heads, split_runs, dtype, atol):
+@pytest.mark.parametrize("path", [None, *PATHS], ids=["selected", *PATHS])
+def test_fast_attention_matches_reference(shape, num_heads, split_runs, dtype, atol, path):
     rng = random.Random(hash((str(shape), num_heads, split_runs)) % 1000)
     torch.manual_seed(rng.randrange(1000))
     batch = random_batch(shape, rng, split_runs)
@@ -62,7 +63,7 @@ def test_fast_attention_matches_reference(shape, num_heads, split_runs, dtype, a
     v_cache = torch.randn(KV_HEADS, NUM_SLOTS, HEAD_DIM).to(dtype)
     scale = HEAD_DIM ** -0.5
     expected = reference_attention(q, k_cache, v_cache, plan, scale)
-    got = paged_attention(q, k_cache, v_cache, plan, scale)
+    got = paged_attention(q, k_cache, v_cache, plan, scale, path=path)
     assert got.shape == expected.shape and got.dtype == dtype
     assert (got.float() - expected.float()).abs().max().item() < atol
 
@@ -98,7 +99,8 @@ def paged_batch(shape, rng: random.Random, page: int, num_slots: int) -> Forward
 
 @pytest.mark.parametrize("num_slots", [304, 300], ids=["whole-blocks", "pool-not-whole-blocks"])
 @pytest.mark.parametrize("shape", list(CASES.values()), ids=list(CASES))
-def test_block_gather_matches_reference(shape, num_slots):
+@pytest.mark.parametrize("path", [None, *PATHS], ids=["selected", *PATHS])
+def test_block_gather_matches_reference(shape, num_slots, path):
     """Page-aligned sequences take the block gather (or, when the pool is not made of whole
     blocks, the per-slot fallback of it); padding keys past a sequence's end stay hidden."""
     rng = random.Random(len(shape) * 7 + num_slots)
@@ -110,7 +112,7 @@ def test_block_gather_matches_reference(shape, num_slots):
     q = torch.randn(batch.input_ids.numel(), 6, HEAD_DIM)
     k_cache, v_cache = torch.randn(KV_HEADS, num_slots, HEAD_DIM), torch.randn(KV_HEADS, num_slots, HEAD_DIM)
     expected = reference_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5)
-    got = paged_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5)
+    got = paged_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5, path=path)
     assert (got - expected).abs().max().item() < 1e-5
 
 
@@ -122,3 +124,16 @@ def test_plan_groups_decode_and_extend_once():
     plan = batch.plan()
     assert plan.decode.num_seqs == 10 and plan.extend.num_seqs == 2
     assert plan.extend.num_new_max == 5 and plan.extend.out_index.numel() == 9
+
+
+def test_choose_path_per_device():
+    """CPU: zero-copy per-sequence loop for groups over consecutive slots (measured faster),
+    the batched kernel for groups that must gather; CUDA: always batched."""
+    from ppd_kernels.attention import choose_path
+    contiguous = random_batch([(30, 1)] * 4, random.Random(2), split_runs=False).plan().decode
+    split = random_batch([(30, 1)] * 4, random.Random(2), split_runs=True).plan().decode
+    assert contiguous.one_run and not split.one_run
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_path(contiguous, cpu) == "per_sequence"
+    assert choose_path(split, cpu) == "batched"
+    assert choose_path(contiguous, cuda) == "batched" and choose_path(split, cuda) == "batched"
