@@ -31,22 +31,31 @@ from ppd_kernels.batch import BatchPlan, SeqPlan
 
 
 PATHS = ("batched", "per_sequence")
+# CPU: below this padded context a group of several sequences gathers its K/V more cheaply
+# than the per-sequence loop costs (see ``choose_path``).
+PER_SEQUENCE_MIN_CONTEXT = 512
 
 
 def choose_path(group: AttentionGroup, device: torch.device) -> str:
-    """Kernel for one group: "per_sequence" (a loop over the group's sequences, each reading
-    zero-copy views of the pool) or "batched" (one padded gather + batched GEMMs).
+    """Kernel for one group: "per_sequence" (a Python loop over the group's sequences, each
+    reading zero-copy views of the pool) or "batched" (one padded gather + batched GEMMs).
 
-    Why, measured (SmolLM2 bf16 forward, 1 torch thread, ctx 1024, decode over each
-    sequence's consecutive slots, CPU-time best-of, before/after in one interleaved run):
-    batched vs per-sequence 34.5 vs 33.1 ms at batch 1, 125.4 vs 112.8 at 8, 411.2 vs
-    325.1 at 32. On CPU plain torch must copy K/V of the whole group once per layer, which
-    costs more than the Python loop it saves; the loop reads the pool in place. On CUDA a
-    step is launch-bound (a loop launches ~6 kernels per sequence and layer), so the batched
-    kernel is used there (not measured here: no GPU). Groups whose sequences span several
-    slot runs need a gather either way and take the batched kernel.
+    Why, measured (SmolLM2 bf16 forward, 1 torch thread, decode over each sequence's
+    consecutive slots, thread CPU time best-of, interleaved in one process):
+    - long contexts: batched vs per-sequence 124.7 vs 107.6 ms at batch 8 x ctx 1024, 395.3 vs
+      311.1 at batch 32; a 4 x 128-token extend on 512 cached: 562.1 vs 497.2. Plain torch
+      must copy the group's K/V once per layer, which costs more than the loop it saves,
+      while the loop reads the pool in place;
+    - short contexts: batched wins (batch 32 x ctx 64: 102.5 vs 152.2; x 256: 151.1 vs 184.6;
+      x 512: 239.5 vs 224.8; batch 8 x 512: 77.6 vs 82.3), the loop's fixed cost per
+      sequence dominating: hence ``PER_SEQUENCE_MIN_CONTEXT``;
+    - one sequence on one run reads views either way (the loop has no padding bookkeeping);
+    - a group whose sequences span several slot runs must gather either way: batched.
+    On CUDA a step is launch-bound (the loop launches ~6 kernels per sequence and layer):
+    always batched (not measured here: no GPU).
     """
-    if device.type == "cpu" and group.one_run and group.view is None:
+    if device.type == "cpu" and group.one_run and (
+            group.num_seqs == 1 or group.context_max >= PER_SEQUENCE_MIN_CONTEXT):
         return "per_sequence"
     return "batched"
 

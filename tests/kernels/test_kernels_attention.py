@@ -127,13 +127,26 @@ def test_plan_groups_decode_and_extend_once():
 
 
 def test_choose_path_per_device():
-    """CPU: zero-copy per-sequence loop for groups over consecutive slots (measured faster),
-    the batched kernel for groups that must gather; CUDA: always batched."""
+    """CPU: zero-copy per-sequence loop for groups over consecutive slots with long contexts
+    or a single sequence (measured faster), the batched kernel for groups that must gather or
+    have short contexts; CUDA: always batched."""
+    import ppd_kernels.attention as attention_module
     from ppd_kernels.attention import choose_path
-    contiguous = random_batch([(30, 1)] * 4, random.Random(2), split_runs=False).plan().decode
-    split = random_batch([(30, 1)] * 4, random.Random(2), split_runs=True).plan().decode
-    assert contiguous.one_run and not split.one_run
+
+    def decode_group(shape, split_runs=False):
+        return random_batch(shape, random.Random(2), split_runs).plan().decode
+
+    long_ctx = 128  # the threshold is patched down to this so the group fits the test pool
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert choose_path(contiguous, cpu) == "per_sequence"
+    contiguous = decode_group([(30, 1)] * 4)
+    split = decode_group([(30, 1)] * 4, split_runs=True)
+    single = decode_group([(30, 1)])
+    assert contiguous.one_run and not split.one_run
+    assert choose_path(contiguous, cpu) == "batched"      # short contexts: gather is cheaper
+    assert choose_path(single, cpu) == "per_sequence"
     assert choose_path(split, cpu) == "batched"
-    assert choose_path(contiguous, cuda) == "batched" and choose_path(split, cuda) == "batched"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_module, "PER_SEQUENCE_MIN_CONTEXT", long_ctx)
+        long_group = decode_group([(long_ctx, 1)] * 2)
+        assert choose_path(long_group, cpu) == "per_sequence"
+        assert choose_path(long_group, cuda) == "batched" and choose_path(split, cuda) == "batched"
