@@ -1,10 +1,14 @@
 """Batched attention for a ragged batch over the head-major KVPool; same contract as
-``attention_reference.reference_attention``. One code path for CPU and CUDA (plain torch).
+``attention_reference.reference_attention``. Plain torch, CPU and CUDA.
 
-One call per layer covers the whole batch: the decode rows run as ONE padded batch and the
-extend chunks as another (``attention_plan``: at most two groups, whatever the number of
-sequences); there is no per-sequence Python loop. Chosen by measurement on the 2-vCPU
-AVX-512 box (1 thread, bf16, SmolLM2 heads: 9 q / 3 kv x 64; per layer, batch 32 x 1025):
+One call per layer covers the whole batch, as (at most) two groups: the decode rows and the
+extend chunks (``attention_plan``). Each group runs one of two kernels, picked per group and
+device by ``choose_path`` (measured; the figures are there): the batched kernel (ONE padded
+batch, no per-sequence Python loop: CUDA always, CPU for short contexts or scattered slots)
+or the per-sequence loop over zero-copy views of the pool (CPU, sequences on consecutive
+slots with long contexts: there the gather costs more than the loop). The batched kernel
+was chosen by measurement on the 2-vCPU AVX-512 box (1 thread, bf16, SmolLM2 heads: 9 q /
+3 kv x 64; per layer, batch 32 x 1025):
 - per-sequence loop (the previous kernel): 5.6 ms; the Python loop and 64 small bmm calls
   are half of it;
 - gather K and V for the whole group at block (page) granularity + two batched GEMMs:
@@ -28,7 +32,6 @@ import torch
 
 from ppd_kernels.attention_plan import AttentionGroup
 from ppd_kernels.batch import BatchPlan, SeqPlan
-
 
 PATHS = ("batched", "per_sequence")
 # CPU: below this padded context a group of several sequences gathers its K/V more cheaply

@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-
 from ppd_kernels import batch as batch_module
 from ppd_kernels.attention import PATHS, paged_attention
 from ppd_kernels.attention_reference import reference_attention
