@@ -10,6 +10,7 @@ depend on the values), so batch-32 x 1024 runs in seconds.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import random
 import statistics
@@ -19,6 +20,8 @@ from pathlib import Path
 import torch
 
 from ppd_kernels import ForwardBatch, KVPool, load_model
+from ppd_kernels import model as model_module
+from ppd_kernels.attention import paged_attention
 from ppd_kernels.model import LlamaModel
 from ppd_kernels.synthetic import synthetic_config, synthetic_weights
 
@@ -135,10 +138,13 @@ def main() -> None:
         for backend in ("fast", "reference"):
             row(f"extend {new} on cached {cached} {backend}",
                 bench_extend(lm.model, new, cached, backend, args.repeats), new)
+    # "fast" picks its kernel per group (attention.choose_path); "batched" forces the padded
+    # batched kernel, to see what the selection gains on this device.
+    model_module.ATTENTION_BACKENDS["batched"] = functools.partial(paged_attention, path="batched")
     has_packed = lm.model.layers[0].qkv_packed is not None
     packed_rows = lm.model.packed_max_rows
     for batch in (int(x) for x in args.batches.split(",") if x):
-        for layout, backend in (("contiguous", "fast"), ("pages", "fast"),
+        for layout, backend in (("contiguous", "fast"), ("contiguous", "batched"), ("pages", "fast"),
                                 ("contiguous", "reference")):
             seconds = bench_decode(lm.model, batch, args.context, layout, backend, args.steps)
             row(f"decode b={batch} ctx={args.context} {backend} ({layout})", seconds, batch)

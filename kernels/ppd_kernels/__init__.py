@@ -39,11 +39,12 @@ Contract of a forward:
   GEMMs on them, ~2x faster decode at batch 1. Set it to 0 for dequantized weights only.
 
 Attention (``attention.paged_attention``): one call per layer for the whole batch; decode
-rows run as one padded group and extend chunks as another (``attention_plan``), no loop over
-sequences. A group of one sequence whose slots form one run reads the pool through a view
-(no copy); otherwise the group's context is gathered once per layer, by whole blocks when
-every sequence sits on aligned pages (the engine's page allocator), else slot by slot. Any
-slot order is correct; page-aligned, consecutive pages are the fast case.
+rows form one group and extend chunks another (``attention_plan``). ``attention.choose_path``
+picks per group: on CUDA (and on CPU for short contexts or scattered slots) one padded batch,
+its context gathered once per layer, by whole blocks when every sequence sits on aligned
+pages (the engine's page allocator), else slot by slot; on CPU for sequences on consecutive
+slots with long contexts, a loop over sequences reading zero-copy views of the pool (cheaper
+there than the gather). Any slot order is correct; consecutive pages are the fast case.
 
 Why the tokenizer lives here and not in the engine: the router counts prompt tokens with it
 (``ppd_server.request_path.token_count``), torch-free, and the router must never import the

@@ -1,10 +1,14 @@
 """Batched attention for a ragged batch over the head-major KVPool; same contract as
-``attention_reference.reference_attention``. One code path for CPU and CUDA (plain torch).
+``attention_reference.reference_attention``. Plain torch, CPU and CUDA.
 
-One call per layer covers the whole batch: the decode rows run as ONE padded batch and the
-extend chunks as another (``attention_plan``: at most two groups, whatever the number of
-sequences); there is no per-sequence Python loop. Chosen by measurement on the 2-vCPU
-AVX-512 box (1 thread, bf16, SmolLM2 heads: 9 q / 3 kv x 64; per layer, batch 32 x 1025):
+One call per layer covers the whole batch, as (at most) two groups: the decode rows and the
+extend chunks (``attention_plan``). Each group runs one of two kernels, picked per group and
+device by ``choose_path`` (measured; the figures are there): the batched kernel (ONE padded
+batch, no per-sequence Python loop: CUDA always, CPU for short contexts or scattered slots)
+or the per-sequence loop over zero-copy views of the pool (CPU, sequences on consecutive
+slots with long contexts: there the gather costs more than the loop). The batched kernel
+was chosen by measurement on the 2-vCPU AVX-512 box (1 thread, bf16, SmolLM2 heads: 9 q /
+3 kv x 64; per layer, batch 32 x 1025):
 - per-sequence loop (the previous kernel): 5.6 ms; the Python loop and 64 small bmm calls
   are half of it;
 - gather K and V for the whole group at block (page) granularity + two batched GEMMs:
@@ -27,17 +31,52 @@ from __future__ import annotations
 import torch
 
 from ppd_kernels.attention_plan import AttentionGroup
-from ppd_kernels.batch import BatchPlan
+from ppd_kernels.batch import BatchPlan, SeqPlan
+
+PATHS = ("batched", "per_sequence")
+# CPU: below this padded context a group of several sequences gathers its K/V more cheaply
+# than the per-sequence loop costs (see ``choose_path``).
+PER_SEQUENCE_MIN_CONTEXT = 512
+
+
+def choose_path(group: AttentionGroup, device: torch.device) -> str:
+    """Kernel for one group: "per_sequence" (a Python loop over the group's sequences, each
+    reading zero-copy views of the pool) or "batched" (one padded gather + batched GEMMs).
+
+    Why, measured (SmolLM2 bf16 forward, 1 torch thread, decode over each sequence's
+    consecutive slots, thread CPU time best-of, interleaved in one process):
+    - long contexts: batched vs per-sequence 124.7 vs 107.6 ms at batch 8 x ctx 1024, 395.3 vs
+      311.1 at batch 32; a 4 x 128-token extend on 512 cached: 562.1 vs 497.2. Plain torch
+      must copy the group's K/V once per layer, which costs more than the loop it saves,
+      while the loop reads the pool in place;
+    - short contexts: batched wins (batch 32 x ctx 64: 102.5 vs 152.2; x 256: 151.1 vs 184.6;
+      x 512: 239.5 vs 224.8; batch 8 x 512: 77.6 vs 82.3), the loop's fixed cost per
+      sequence dominating: hence ``PER_SEQUENCE_MIN_CONTEXT``;
+    - one sequence on one run reads views either way (the loop has no padding bookkeeping);
+    - a group whose sequences span several slot runs must gather either way: batched.
+    On CUDA a step is launch-bound (the loop launches ~6 kernels per sequence and layer):
+    always batched (not measured here: no GPU).
+    """
+    if device.type == "cpu" and group.one_run and (
+            group.num_seqs == 1 or group.context_max >= PER_SEQUENCE_MIN_CONTEXT):
+        return "per_sequence"
+    return "batched"
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    plan: BatchPlan, scale: float) -> torch.Tensor:
+                    plan: BatchPlan, scale: float, path: str | None = None) -> torch.Tensor:
     """q: [T, num_heads, head_dim]; k_cache/v_cache: one layer [num_kv_heads, num_slots, head_dim],
-    already holding this step's new K/V. Returns [T, num_heads, head_dim]."""
+    already holding this step's new K/V. Returns [T, num_heads, head_dim]. ``path`` forces
+    one kernel for every group (tests); None: ``choose_path`` per group."""
     q = q * scale
     results = []
     for group, kernel in ((plan.decode, _decode), (plan.extend, _extend)):
         if group is None:
+            continue
+        if (path or choose_path(group, q.device)) == "per_sequence":
+            outputs = [_sequence(q, k_cache, v_cache, plan.seqs[i]) for i in group.members]
+            attended = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+            results.append((group, None, attended))  # real rows only, in out_rows order
             continue
         rows = q if group.rows is None else q.index_select(0, group.rows)
         k, v = _context(k_cache, group), _context(v_cache, group)
@@ -45,13 +84,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             # The CPU bf16 GEMM against a transposed strided view of the pool ran 2.2x
             # slower than copy + GEMM (decode, 8 x 1025); fp32 ran faster on the view.
             k = k.contiguous()
-        results.append((group, kernel(rows, k, v, group)))
-    if len(results) == 1 and results[0][0].rows is None and results[0][0].out_index is None:
-        return results[0][1]
+        results.append((group, group.out_index, kernel(rows, k, v, group)))
+    if len(results) == 1 and results[0][0].rows is None and results[0][1] is None:
+        return results[0][2]
     out = q.new_empty(q.shape)
-    for group, attended in results:
-        if group.out_index is not None:
-            attended = attended.index_select(0, group.out_index)
+    for group, out_index, attended in results:
+        if out_index is not None:
+            attended = attended.index_select(0, out_index)
         out.index_copy_(0, group.out_rows, attended)
     return out
 
@@ -110,3 +149,36 @@ def _extend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionG
         attended = torch.matmul(torch.softmax(scores, dim=-1), v[:, :, :visible])
         out[:, :, :, start:end] = attended.view(kv_heads, num_seqs, per_kv, rows, head_dim)
     return out.permute(1, 3, 0, 2, 4).reshape(num_seqs * new_max, num_heads, head_dim)
+
+
+def _sequence(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              seq: SeqPlan) -> torch.Tensor:
+    """One sequence, on zero-copy views of the pool when its slots form one run (else one
+    gather): q [T, heads, hd] (pre-scaled, the whole batch) -> [num_new, heads, hd]."""
+    if len(seq.runs) == 1:
+        (start, length), = seq.runs
+        k, v = k_cache[:, start:start + length], v_cache[:, start:start + length]
+    else:
+        k, v = k_cache.index_select(1, seq.slots), v_cache.index_select(1, seq.slots)
+    if q.dtype != torch.float32:
+        k = k.contiguous()  # as in paged_attention: bf16 GEMM on the strided view is slower
+    q = q[seq.row_start:seq.row_start + seq.num_new]
+    num_new, num_heads, head_dim = q.shape
+    kv_heads = k.shape[0]
+    per_kv = num_heads // kv_heads
+    if num_new == 1:
+        scores = torch.bmm(q.view(kv_heads, per_kv, head_dim), k.transpose(1, 2))
+        return torch.bmm(torch.softmax(scores, dim=-1), v).view(1, num_heads, head_dim)
+    grouped = q.view(num_new, kv_heads, per_kv, head_dim).permute(1, 2, 0, 3)
+    out = q.new_empty(kv_heads, per_kv, num_new, head_dim)
+    for first, end in seq.query_blocks:
+        rows, visible = end - first, seq.num_cached + end
+        scores = torch.bmm(grouped[:, :, first:end].reshape(kv_heads, per_kv * rows, head_dim),
+                           k[:, :visible].transpose(1, 2))
+        # row i of the block sits at key position visible - rows + i: hide the keys after it
+        diagonal = scores.view(kv_heads, per_kv, rows, visible)[..., visible - rows:]
+        diagonal.masked_fill_(torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu(1),
+                              float("-inf"))
+        attended = torch.bmm(torch.softmax(scores, dim=-1), v[:, :visible])
+        out[:, :, first:end] = attended.view(kv_heads, per_kv, rows, head_dim)
+    return out.permute(2, 0, 1, 3).reshape(num_new, num_heads, head_dim)

@@ -30,6 +30,8 @@ class AttentionGroup:
     """G sequences of one kind, padded to ``num_new_max`` queries and ``context_max`` keys."""
 
     num_seqs: int
+    members: list[int]                     # indices of the group's sequences in the batch, in order
+    one_run: bool                          # every member's slots form one run (zero-copy per-sequence views)
     num_new_max: int                       # 1 for decode
     context_max: int                       # padded key length (a multiple of ``block`` when gathering blocks)
     rows: torch.Tensor | None              # [G * num_new_max] batch rows gathered as queries; None: rows 0..T in order
@@ -113,7 +115,8 @@ def _group(members: list[int], is_decode: bool, num_cached: list[int], num_new: 
             block_masks.append((first, mask.to(device)))
     move = (lambda t: None if t is None else t.to(device, non_blocking=True))
     return AttentionGroup(
-        num_seqs=g, num_new_max=new_max, context_max=context_max, rows=move(rows),
+        num_seqs=g, members=members, one_run=all(len(runs[i]) == 1 for i in members),
+        num_new_max=new_max, context_max=context_max, rows=move(rows),
         out_index=move(out_index), out_rows=torch.tensor(real_rows, dtype=torch.long).to(device),
         view=view, block=block, gather=move(gather), key_mask=move(key_mask),
         query_blocks=query_blocks, block_masks=block_masks)

@@ -6,9 +6,8 @@ import random
 
 import pytest
 import torch
-
 from ppd_kernels import batch as batch_module
-from ppd_kernels.attention import paged_attention
+from ppd_kernels.attention import PATHS, paged_attention
 from ppd_kernels.attention_reference import reference_attention
 from ppd_kernels.batch import ForwardBatch, contiguous_runs
 
@@ -52,7 +51,8 @@ def query_blocking(request, monkeypatch):
 @pytest.mark.parametrize("split_runs", [False, True], ids=["one-run", "many-runs"])
 @pytest.mark.parametrize("num_heads", [2, 6], ids=["mha", "gqa3"])
 @pytest.mark.parametrize("shape", list(CASES.values()), ids=list(CASES))
-def test_fast_attention_matches_reference(shape, num_heads, split_runs, dtype, atol):
+@pytest.mark.parametrize("path", [None, *PATHS], ids=["selected", *PATHS])
+def test_fast_attention_matches_reference(shape, num_heads, split_runs, dtype, atol, path):
     rng = random.Random(hash((str(shape), num_heads, split_runs)) % 1000)
     torch.manual_seed(rng.randrange(1000))
     batch = random_batch(shape, rng, split_runs)
@@ -62,7 +62,7 @@ def test_fast_attention_matches_reference(shape, num_heads, split_runs, dtype, a
     v_cache = torch.randn(KV_HEADS, NUM_SLOTS, HEAD_DIM).to(dtype)
     scale = HEAD_DIM ** -0.5
     expected = reference_attention(q, k_cache, v_cache, plan, scale)
-    got = paged_attention(q, k_cache, v_cache, plan, scale)
+    got = paged_attention(q, k_cache, v_cache, plan, scale, path=path)
     assert got.shape == expected.shape and got.dtype == dtype
     assert (got.float() - expected.float()).abs().max().item() < atol
 
@@ -98,7 +98,8 @@ def paged_batch(shape, rng: random.Random, page: int, num_slots: int) -> Forward
 
 @pytest.mark.parametrize("num_slots", [304, 300], ids=["whole-blocks", "pool-not-whole-blocks"])
 @pytest.mark.parametrize("shape", list(CASES.values()), ids=list(CASES))
-def test_block_gather_matches_reference(shape, num_slots):
+@pytest.mark.parametrize("path", [None, *PATHS], ids=["selected", *PATHS])
+def test_block_gather_matches_reference(shape, num_slots, path):
     """Page-aligned sequences take the block gather (or, when the pool is not made of whole
     blocks, the per-slot fallback of it); padding keys past a sequence's end stay hidden."""
     rng = random.Random(len(shape) * 7 + num_slots)
@@ -110,7 +111,7 @@ def test_block_gather_matches_reference(shape, num_slots):
     q = torch.randn(batch.input_ids.numel(), 6, HEAD_DIM)
     k_cache, v_cache = torch.randn(KV_HEADS, num_slots, HEAD_DIM), torch.randn(KV_HEADS, num_slots, HEAD_DIM)
     expected = reference_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5)
-    got = paged_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5)
+    got = paged_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5, path=path)
     assert (got - expected).abs().max().item() < 1e-5
 
 
@@ -122,3 +123,29 @@ def test_plan_groups_decode_and_extend_once():
     plan = batch.plan()
     assert plan.decode.num_seqs == 10 and plan.extend.num_seqs == 2
     assert plan.extend.num_new_max == 5 and plan.extend.out_index.numel() == 9
+
+
+def test_choose_path_per_device():
+    """CPU: zero-copy per-sequence loop for groups over consecutive slots with long contexts
+    or a single sequence (measured faster), the batched kernel for groups that must gather or
+    have short contexts; CUDA: always batched."""
+    import ppd_kernels.attention as attention_module
+    from ppd_kernels.attention import choose_path
+
+    def decode_group(shape, split_runs=False):
+        return random_batch(shape, random.Random(2), split_runs).plan().decode
+
+    long_ctx = 128  # the threshold is patched down to this so the group fits the test pool
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    contiguous = decode_group([(30, 1)] * 4)
+    split = decode_group([(30, 1)] * 4, split_runs=True)
+    single = decode_group([(30, 1)])
+    assert contiguous.one_run and not split.one_run
+    assert choose_path(contiguous, cpu) == "batched"      # short contexts: gather is cheaper
+    assert choose_path(single, cpu) == "per_sequence"
+    assert choose_path(split, cpu) == "batched"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_module, "PER_SEQUENCE_MIN_CONTEXT", long_ctx)
+        long_group = decode_group([(long_ctx, 1)] * 2)
+        assert choose_path(long_group, cpu) == "per_sequence"
+        assert choose_path(long_group, cuda) == "batched" and choose_path(split, cuda) == "batched"

@@ -7,22 +7,38 @@ import random
 
 import pytest
 import torch
-from kernels_harness import (LAYOUTS, POOL_SLOTS, SHAPES, allocate_slots, dense_logits,
-                             run_mixed_batch, tolerance)
-
+from kernels_harness import (
+    LAYOUTS,
+    POOL_SLOTS,
+    SHAPES,
+    allocate_slots,
+    dense_logits,
+    run_mixed_batch,
+    tolerance,
+)
 from ppd_kernels import ForwardBatch, KVPool, load_model
+from ppd_kernels import attention as attention_module
 from ppd_kernels.model import LlamaModel
 from ppd_kernels.synthetic import synthetic_config, synthetic_weights
 
-BACKENDS = ["fast", "reference"]
+# "fast" picks its kernel per group (attention.choose_path); "fast:<path>" forces one, so
+# both kernels run every case whatever the selection does on this device.
+BACKENDS = ["fast", "fast:batched", "fast:per_sequence", "reference"]
+
+
+def set_backend(model: LlamaModel, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    name, _, path = backend.partition(":")
+    model.attention_backend = name
+    if path:
+        monkeypatch.setattr(attention_module, "choose_path", lambda group, device: path)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
-def test_mixed_batch_matches_full_recompute(synthetic_fp32, shape, layout, backend):
+def test_mixed_batch_matches_full_recompute(synthetic_fp32, shape, layout, backend, monkeypatch):
     model = synthetic_fp32.model
-    model.attention_backend = backend
+    set_backend(model, backend, monkeypatch)
     try:
         for got, expected in run_mixed_batch(model, shape, layout, seed=len(shape)):
             assert (got - expected).abs().max().item() < tolerance(expected)
@@ -81,10 +97,10 @@ def test_batch_validation_names_the_problem():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sequences_sharing_a_cached_prefix(synthetic_fp32, backend):
+def test_sequences_sharing_a_cached_prefix(synthetic_fp32, backend, monkeypatch):
     """Radix-cache case: two sequences read the same prefix slots in one batch."""
     model = synthetic_fp32.model
-    model.attention_backend = backend
+    set_backend(model, backend, monkeypatch)
     try:
         prefix, a, b = list(range(40, 50)), [7, 8, 9], [11]
         kv = KVPool(model.config, 64, dtype=torch.float32)
