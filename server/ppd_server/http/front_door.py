@@ -74,9 +74,10 @@ class FrontDoor:
             return
         if not isinstance(model, str):  # a list/object is unhashable: the set lookup would raise
             raise bad_request(f"'model' must be a string, got {model!r}", param="model")
-        names = self.state.registry.model_names()
-        if names and model not in names:
-            raise RouterError(404, f"The model `{model}` does not exist. Available: {', '.join(sorted(names))}",
+        registry = self.state.registry
+        if not registry.accepts_model(model):
+            raise RouterError(404, f"The model `{model[:200]}` does not exist. Available: "
+                                   f"{', '.join(sorted(registry.model_names()))}",
                               param="model", code="model_not_found")
 
     def _measure(self, kind: Kind, body: dict[str, Any]) -> tuple[int, int, int]:
