@@ -34,17 +34,43 @@ import subprocess
 import sys
 import time
 
-_INFO = {"disaggregation_mode": "{mode}", "disaggregation_bootstrap_port": 0, "model_path": "fake/fake-model",
-         "served_model_name": "fake-model", "max_total_num_tokens": 1_000_000, "kv_bytes_per_token": 1000,
-         "disaggregation_decode_enable_radix_cache": True, "disaggregation_decode_enable_conditional_agg": True,
-         "page_size": 1, "dp_size": 1}
-_CHAT = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "fake-model", "choices": [
-    {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "length"}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10,
-              "prompt_tokens_details": {"cached_tokens": 0}}}).encode()
+_INFO = {
+    "disaggregation_mode": "{mode}",
+    "disaggregation_bootstrap_port": 0,
+    "model_path": "fake/fake-model",
+    "served_model_name": "fake-model",
+    "max_total_num_tokens": 1_000_000,
+    "kv_bytes_per_token": 1000,
+    "disaggregation_decode_enable_radix_cache": True,
+    "disaggregation_decode_enable_conditional_agg": True,
+    "page_size": 1,
+    "dp_size": 1,
+}
+_CHAT = json.dumps(
+    {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fake-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "length"}],
+        "usage": {
+            "prompt_tokens": 9,
+            "completion_tokens": 1,
+            "total_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+    }
+).encode()
 _BODY = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}).encode()
-_STREAM_BODY = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
-                           "stream": True, "stream_options": {"include_usage": True}}).encode()
+_STREAM_BODY = json.dumps(
+    {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 1,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+).encode()
 
 
 def _sse_answer() -> bytes:
@@ -54,31 +80,82 @@ def _sse_answer() -> bytes:
         {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
         {**base, "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]},
         {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
-        {**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10,
-                                          "prompt_tokens_details": {"cached_tokens": 0}}},
+        {
+            **base,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 9,
+                "completion_tokens": 1,
+                "total_tokens": 10,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+        },
     ]
     out = b""
     for data in [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]:
         out += f"{len(data):x}\r\n".encode() + data + b"\r\n"
-    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-            + out + b"0\r\n\r\n")
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" + out + b"0\r\n\r\n"
+    )
 
 
 # --- the instant fake worker ----------------------------------------------------------------
 
+
 def _responses(mode: str) -> dict[str, bytes]:
     info = json.dumps(_INFO).replace("{mode}", mode).encode()
-    loads = json.dumps({"timestamp": 0, "version": "fake", "loads": [{"dp_rank": 0, "num_running_reqs": 0,
-                        "num_waiting_reqs": 0, "num_used_tokens": 0, "max_total_num_tokens": 1_000_000}]}).encode()
+    loads = json.dumps(
+        {
+            "timestamp": 0,
+            "version": "fake",
+            "loads": [
+                {
+                    "dp_rank": 0,
+                    "num_running_reqs": 0,
+                    "num_waiting_reqs": 0,
+                    "num_used_tokens": 0,
+                    "max_total_num_tokens": 1_000_000,
+                }
+            ],
+        }
+    ).encode()
     models = json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "sglang"}]})
-    model_info = json.dumps({"model_path": "fake/fake-model", "tokenizer_path": "fake/fake-model",
-                             "is_generation": True, "model_type": "llama", "architectures": ["LlamaForCausalLM"]})
-    gen = json.dumps({"text": "x", "output_ids": [1], "meta_info": {"id": "g", "prompt_tokens": 9, "completion_tokens": 1,
-                      "cached_tokens": 0, "finish_reason": {"type": "length", "length": 1}}}).encode()
-    return {"/health": b"", "/health_generate": b"", "/server_info": info, "/get_server_info": info,
-            "/v1/loads": loads, "/model_info": model_info.encode(), "/get_model_info": model_info.encode(),
-            "/v1/models": models.encode(), "/get_load": b"[]", "/v1/chat/completions": _CHAT,
-            "/v1/completions": _CHAT, "/generate": gen}
+    model_info = json.dumps(
+        {
+            "model_path": "fake/fake-model",
+            "tokenizer_path": "fake/fake-model",
+            "is_generation": True,
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+        }
+    )
+    gen = json.dumps(
+        {
+            "text": "x",
+            "output_ids": [1],
+            "meta_info": {
+                "id": "g",
+                "prompt_tokens": 9,
+                "completion_tokens": 1,
+                "cached_tokens": 0,
+                "finish_reason": {"type": "length", "length": 1},
+            },
+        }
+    ).encode()
+    return {
+        "/health": b"",
+        "/health_generate": b"",
+        "/server_info": info,
+        "/get_server_info": info,
+        "/v1/loads": loads,
+        "/model_info": model_info.encode(),
+        "/get_model_info": model_info.encode(),
+        "/v1/models": models.encode(),
+        "/get_load": b"[]",
+        "/v1/chat/completions": _CHAT,
+        "/v1/completions": _CHAT,
+        "/generate": gen,
+    }
 
 
 class _FakeWorker(asyncio.Protocol):
@@ -104,12 +181,12 @@ class _FakeWorker(asyncio.Protocol):
                 self.transport.close()
                 return
             headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-            rest = self.buf[end + 4:]
+            rest = self.buf[end + 4 :]
             if headers.get("transfer-encoding", "").lower() == "chunked":
                 done = rest.find(b"0\r\n\r\n")
                 if done < 0:
                     return
-                request_body, self.buf = rest[:done], rest[done + 5:]
+                request_body, self.buf = rest[:done], rest[done + 5 :]
             else:
                 n = int(headers.get("content-length", "0"))
                 if len(rest) < n:
@@ -122,8 +199,14 @@ class _FakeWorker(asyncio.Protocol):
             body = self.responses.get(path)
             status = b"200 OK" if body is not None else b"404 Not Found"
             body = body if body is not None else b""
-            self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
-                                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+            self.transport.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\ncontent-type: application/json\r\ncontent-length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
 
 
 def serve_fake(mode: str, port: int) -> None:
@@ -137,14 +220,18 @@ def serve_fake(mode: str, port: int) -> None:
 
 # --- the load generator ---------------------------------------------------------------------
 
+
 class _Conn:
     """One keep-alive HTTP/1.1 connection sending the canned POST and reading whole answers."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str,
-                 body: bytes) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str, body: bytes
+    ) -> None:
         self.reader, self.writer = reader, writer
-        self.request = (f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-                        f"content-length: {len(body)}\r\n\r\n").encode() + body
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode() + body
 
     async def call(self) -> int:
         self.writer.write(self.request)
@@ -211,6 +298,7 @@ async def measure_throughput(url: str, concurrency: int, seconds: float, body: b
 
 # --- orchestration --------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -238,8 +326,13 @@ def _wait_ready(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
 
 
 def _start(argv: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -277,8 +370,9 @@ def serve_router(client: str, argv: list[str]) -> int:
     aiohttp's when ``client == "aiohttp"`` (the only difference between the two rows)."""
     if client == "aiohttp":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import ppd_server.http.app as app_module
         from aiohttp_upstream import AiohttpPool
+
+        import ppd_server.http.app as app_module
 
         app_module.UpstreamPool = AiohttpPool  # type: ignore[misc,assignment]
     from ppd_server.cli import main as ppd_server_main
@@ -315,8 +409,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0, help="throughput window per router (default 4)")
     ap.add_argument("--concurrency", type=int, default=32, help="connections for throughput (default 32)")
     ap.add_argument("--router-core", type=int, default=0, help="core the router is pinned to (default 0)")
-    ap.add_argument("--baseline-tree", metavar="DIR",
-                    help="also measure ppd-server from this checkout (e.g. `git archive main | tar -x -C DIR`)")
+    ap.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        help="also measure ppd-server from this checkout (e.g. `git archive main | tar -x -C DIR`)",
+    )
     ap.add_argument("--skip-sglang", action="store_true", help="leave sglang-router out")
     args, rest = ap.parse_known_args()
     if args.serve_router:
@@ -344,8 +441,10 @@ def main() -> int:
         p_url, d_url = f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{d_port}"
         _wait_ready(d_url, 20, decode)
         _wait_ready(p_url, 20, prefill)
-        rows = [(mode, "direct to fake decode", asyncio.run(measure_latency(d_url, args.requests, body)), None)
-                for mode, body in MODES]
+        rows = [
+            (mode, "direct to fake decode", asyncio.run(measure_latency(d_url, args.requests, body)), None)
+            for mode, body in MODES
+        ]
         workers = ["--prefill", p_url, str(boot), "--decode", d_url, "--log-level", "warning"]
         routers = [
             ("ppd-server, upstream.py", pin + [sys.executable, __file__, "--serve-router", "upstream", *workers], {}),
@@ -354,23 +453,58 @@ def main() -> int:
         if args.baseline_tree:
             tree = os.path.abspath(args.baseline_tree)
             path = os.pathsep.join(os.path.join(tree, d) for d in ("", "server", "kernels", "integrations"))
-            routers.append(("ppd-server, baseline tree", pin + [sys.executable, "-m", "ppd_server", *workers],
-                            {"PYTHONPATH": path}))
+            routers.append(
+                (
+                    "ppd-server, baseline tree",
+                    pin + [sys.executable, "-m", "ppd_server", *workers],
+                    {"PYTHONPATH": path},
+                )
+            )
         if not args.skip_sglang:
             blackhole = "http://127.0.0.1:9"  # sglang-protocol.md §1: its tokenizer fetch fails fast
-            env = {"HF_ENDPOINT": blackhole, "HTTP_PROXY": blackhole, "HTTPS_PROXY": blackhole, "http_proxy": blackhole,
-                   "https_proxy": blackhole, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-            routers.append(("sglang-router 0.3.2 (pd)", pin + [
-                sys.executable, "-m", "sglang_router.launch_router", "--pd-disaggregation", "--prefill", p_url, str(boot),
-                "--decode", d_url, "--policy", "round_robin", "--log-level", "warn"], env))
+            env = {
+                "HF_ENDPOINT": blackhole,
+                "HTTP_PROXY": blackhole,
+                "HTTPS_PROXY": blackhole,
+                "http_proxy": blackhole,
+                "https_proxy": blackhole,
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
+            }
+            routers.append(
+                (
+                    "sglang-router 0.3.2 (pd)",
+                    pin
+                    + [
+                        sys.executable,
+                        "-m",
+                        "sglang_router.launch_router",
+                        "--pd-disaggregation",
+                        "--prefill",
+                        p_url,
+                        str(boot),
+                        "--decode",
+                        d_url,
+                        "--policy",
+                        "round_robin",
+                        "--log-level",
+                        "warn",
+                    ],
+                    env,
+                )
+            )
         for name, argv, env in routers:
             rows += _measure_router(name, argv, env, args)
-        print(f"\nrouter overhead: chat completions, P->D to instant fakes; router pinned to core {args.router_core}; "
-              f"{args.requests} sequential requests; {args.concurrency} connections x {args.seconds:g}s")
+        print(
+            f"\nrouter overhead: chat completions, P->D to instant fakes; router pinned to core {args.router_core}; "
+            f"{args.requests} sequential requests; {args.concurrency} connections x {args.seconds:g}s"
+        )
         for mode, _ in MODES:
             print(f"\n{mode}")
-            print(f"{'path':<30}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}{'req/s':>10}{'errors':>8}"
-                  f"{'CPU us/req':>12}{'req/s per CPU-s':>17}")
+            print(
+                f"{'path':<30}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}{'req/s':>10}{'errors':>8}"
+                f"{'CPU us/req':>12}{'req/s per CPU-s':>17}"
+            )
             direct = next(lat for m, name, lat, thr in rows if m == mode and thr is None)
             d50, d99 = _pct(direct, 50), _pct(direct, 99)
             for m, name, lat, thr in rows:
@@ -378,8 +512,11 @@ def main() -> int:
                     continue
                 p50, p99 = _pct(lat, 50), _pct(lat, 99)
                 added = f"{p50 - d50:>11.3f}{p99 - d99:>11.3f}" if thr else f"{'-':>11}{'-':>11}"
-                tput = (f"{thr[0]:>10.0f}{thr[1]:>8d}{thr[2]:>12.0f}{1e6 / thr[2]:>17.0f}" if thr
-                        else f"{'-':>10}{'-':>8}{'-':>12}{'-':>17}")
+                tput = (
+                    f"{thr[0]:>10.0f}{thr[1]:>8d}{thr[2]:>12.0f}{1e6 / thr[2]:>17.0f}"
+                    if thr
+                    else f"{'-':>10}{'-':>8}{'-':>12}{'-':>17}"
+                )
                 print(f"{name:<30}{p50:>9.3f}{p99:>9.3f}{added}{tput}")
     finally:
         for proc in procs:

@@ -280,8 +280,14 @@ def route_attributes(
     """Span attributes of a routing decision; ``None`` values are left out. The router calls it
     with its Decision, the SDK with the :class:`RouteInfo` it received: the same names."""
     attrs: dict[str, Any] = {ATTR_ROUTE: route}
-    for key, value in ((ATTR_POLICY, policy), (ATTR_REASON, reason), (ATTR_DECODE, decode), (ATTR_PREFILL, prefill),
-                       (ATTR_SCORE, score), (ATTR_CACHED_TOKENS, cached_tokens)):
+    for key, value in (
+        (ATTR_POLICY, policy),
+        (ATTR_REASON, reason),
+        (ATTR_DECODE, decode),
+        (ATTR_PREFILL, prefill),
+        (ATTR_SCORE, score),
+        (ATTR_CACHED_TOKENS, cached_tokens),
+    ):
         if value is not None:
             attrs[key] = value
     for name, ttft, tpot, cand_score in predicted:
@@ -398,4 +404,6 @@ def parse_hints(headers: Mapping[str, str], body: Mapping[str, Any]) -> Hints:
             tpot_ms=tpot if tpot is not None else slo_body.tpot_ms,
         )
     # Every field was validated above: construct without validating twice (hot path).
-    return Hints.model_construct(conversation_id=conv, parent_conversation_id=parent, turn=turn, weights=weights, slo=slo)
+    return Hints.model_construct(
+        conversation_id=conv, parent_conversation_id=parent, turn=turn, weights=weights, slo=slo
+    )

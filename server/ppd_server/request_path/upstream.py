@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import defaultdict
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 _MAX_IDLE_PER_HOST = 256
@@ -48,7 +48,7 @@ class UpstreamError(OSError):
 
 
 class _Conn:
-    __slots__ = ("reader", "writer", "key")
+    __slots__ = ("key", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: tuple) -> None:
         self.reader, self.writer, self.key = reader, writer, key
