@@ -75,7 +75,7 @@ def decision_attributes(decision: Decision) -> dict[str, Any]:
         decode=decision.decode,
         prefill=decision.prefill,
         score=decision.score,
-        predicted=((c.route, c.ttft_ms, c.tpot_ms, c.score) for c in decision.candidates),
+        predicted=[(c.route, c.ttft_ms, c.tpot_ms, c.score) for c in decision.candidates],
     )
     if decision.weights is not None:
         attrs[wire.ATTR_POLICY_WEIGHT_TTFT] = decision.weights.ttft
