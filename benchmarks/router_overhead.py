@@ -401,6 +401,26 @@ def _measure_router(name: str, argv: list[str], env: dict, args: argparse.Namesp
     return rows
 
 
+def _merge_rounds(rows: list[tuple]) -> list[tuple]:
+    """One row per (mode, router): latencies pooled over the rounds, throughput figures their medians."""
+    merged: dict[tuple[str, str], list[tuple]] = {}
+    for mode, name, lat, thr in rows:
+        merged.setdefault((mode, name), []).append((lat, thr))
+    out = []
+    for (mode, name), runs in merged.items():
+        lat = [x for run_lat, _ in runs for x in run_lat]
+        thrs = [thr for _, thr in runs if thr is not None]
+        thr = None
+        if thrs:
+            thr = (
+                statistics.median(t[0] for t in thrs),
+                sum(t[1] for t in thrs),
+                statistics.median(t[2] for t in thrs),
+            )
+        out.append((mode, name, lat, thr))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--serve-fake", nargs=2, metavar=("MODE", "PORT"), help=argparse.SUPPRESS)
@@ -415,6 +435,12 @@ def main() -> int:
         help="also measure ppd-server from this checkout (e.g. `git archive main | tar -x -C DIR`)",
     )
     ap.add_argument("--skip-sglang", action="store_true", help="leave sglang-router out")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every router this many times, interleaved (latency pooled, req/s and CPU/req medians; default 1)",
+    )
     args, rest = ap.parse_known_args()
     if args.serve_router:
         return serve_router(args.serve_router, rest)
@@ -423,8 +449,8 @@ def main() -> int:
     if args.serve_fake:
         serve_fake(args.serve_fake[0], int(args.serve_fake[1]))
         return 0
-    if args.requests < 1 or args.seconds <= 0 or args.concurrency < 1:
-        ap.error("--requests, --seconds and --concurrency must be positive")
+    if args.requests < 1 or args.seconds <= 0 or args.concurrency < 1 or args.rounds < 1:
+        ap.error("--requests, --seconds, --concurrency and --rounds must be positive")
     if args.baseline_tree and not os.path.isdir(os.path.join(args.baseline_tree, "server", "ppd_server")):
         ap.error(f"--baseline-tree {args.baseline_tree!r} is not a PPD checkout (no server/ppd_server)")
     _use_uvloop()
@@ -493,11 +519,14 @@ def main() -> int:
                     env,
                 )
             )
-        for name, argv, env in routers:
-            rows += _measure_router(name, argv, env, args)
+        for _ in range(args.rounds):  # interleaved: a load drift on a shared box hits every router alike
+            for name, argv, env in routers:
+                rows += _measure_router(name, argv, env, args)
+        rows = _merge_rounds(rows)
         print(
             f"\nrouter overhead: chat completions, P->D to instant fakes; router pinned to core {args.router_core}; "
-            f"{args.requests} sequential requests; {args.concurrency} connections x {args.seconds:g}s"
+            f"{args.requests} sequential requests; {args.concurrency} connections x {args.seconds:g}s; "
+            f"{args.rounds} round(s)"
         )
         for mode, _ in MODES:
             print(f"\n{mode}")
