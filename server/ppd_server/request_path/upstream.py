@@ -17,10 +17,11 @@ streaming (SSE)     708             744 (+5%)       362          348
 ==================  ==============  ==============  ===========  ===========
 
 (The p50 added latency went the same way non-streaming, 3.1 vs 6.2 ms, and was within the
-noise streaming.) So this client stays. It does exactly what the router needs and nothing else: POST a JSON body over a pooled connection, read the status and
-headers, then the body (Content-Length, chunked, or until close) either whole (:meth:`read`)
-or piece by piece as it arrives (:meth:`iter_chunks`, for SSE relay). :meth:`close` drops the
-connection, which is how the router aborts a worker request (the worker sees the disconnect).
+noise streaming.) So this client stays. It does exactly what the router needs and nothing
+else: POST a JSON body over a pooled connection, read the status and headers, then the body
+(Content-Length, chunked, or until close) either whole (:meth:`read`) or piece by piece as it
+arrives (:meth:`iter_chunks`, for SSE relay). :meth:`close` drops the connection, which is how
+the router aborts a worker request (the worker sees the disconnect).
 
 Errors are :class:`UpstreamError` (an OSError): connect failures, timeouts, a connection that
 breaks mid-answer. A pooled connection the worker closed while idle is retried once on a fresh
