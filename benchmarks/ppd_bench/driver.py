@@ -33,7 +33,7 @@ import httpx
 
 from ppd_bench.prompt import prompt_text
 from ppd_bench.stats import TurnRecord, summarize
-from ppd_sdk.wire import BODY_FIELD, HEADER_DECODE, HEADER_PREFILL, HEADER_ROUTE, PROMPT_CACHE_KEY, SLO, Hints, Weights
+from ppd_sdk.wire import BODY_FIELD, HEADER_DECODE, HEADER_PREFILL, HEADER_ROUTE, SLO, Hints, Weights
 from ppd_sim.workload import Conversation, Session, schedule
 
 RESULT_VERSION = 1
@@ -174,12 +174,11 @@ class _Runner:
                       slo=SLO(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms))
         body: dict[str, Any] = {
             "model": self.model, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": n_out, "temperature": 0.0, PROMPT_CACHE_KEY: cid,
+            "max_tokens": n_out, "temperature": 0.0,
         }
         if cfg.ignore_eos:
             body["ignore_eos"] = True
-        if cfg.body_hints:
-            body[BODY_FIELD] = hints.body_field()
+        hint_headers, body = hints.apply(None, body, ppd_body=cfg.body_hints)  # id: header + prompt_cache_key
         sent = self.now()
         first: float | None = None
         text: list[str] = []
@@ -189,7 +188,7 @@ class _Runner:
         headers: httpx.Headers | None = None
         error: str | None = None
         try:
-            async with self.client.stream("POST", "/chat/completions", json=body, headers=hints.headers()) as resp:
+            async with self.client.stream("POST", "/chat/completions", json=body, headers=hint_headers) as resp:
                 headers = resp.headers
                 if resp.status_code != 200:
                     raw = (await resp.aread()).decode("utf-8", "replace")
