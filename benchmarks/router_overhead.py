@@ -193,9 +193,8 @@ class _FakeWorker(asyncio.Protocol):
                     return
                 request_body, self.buf = rest[:n], rest[n:]
             path = parts[1].split("?")[0]
-            if path == "/v1/chat/completions" and (
-                b'"stream": true' in request_body or b'"stream":true' in request_body
-            ):
+            streamed = b'"stream": true' in request_body or b'"stream":true' in request_body
+            if path == "/v1/chat/completions" and streamed:
                 self.transport.write(self.stream_answer)
                 continue
             body = self.responses.get(path)
