@@ -6,6 +6,8 @@ Function API (what the CLI calls; the calibration and report tools call it too):
 * workloads: :mod:`ppd_sim.workload` (``generate_sessions``, ``read_sessions``, ``write_sessions``)
   and :func:`ppd_bench.importer.import_trace`;
 * :func:`ppd_bench.driver.run` (``RunConfig``, sessions) -> result document (JSON-safe dict);
+  :func:`ppd_bench.driver.sessions_from_result` -> the sessions exactly as run (arrivals, think
+  times), for ``write_sessions`` and ``ppd-sim --trace``;
 * :func:`ppd_bench.stats.summarize` (per turn class figures from ``TurnRecord`` s);
 * :func:`ppd_bench.compare.compare` (``CompareConfig``, ``RunConfig``, sessions) -> comparison document;
 * :func:`ppd_bench.plot.plot_all` (result documents, out dir) -> PNG paths;

@@ -5,9 +5,14 @@ of open P->D turns as link backlog. Each can be idealised; the policy's inputs s
 from __future__ import annotations
 
 import pytest
-
 from ppd_server.routing.policies import make_policy
-from ppd_server.routing.types import ClusterView, CostCoefficients, Decision, RequestView, SessionView
+from ppd_server.routing.types import (
+    ClusterView,
+    CostCoefficients,
+    Decision,
+    RequestView,
+    SessionView,
+)
 from ppd_sim import ClusterSpec, Conversation, Hardware, RouterBehaviour, Simulation
 
 COEFS = CostCoefficients(5.0, 1.0, 0.2, 20.0, 3.0, 1.0)
