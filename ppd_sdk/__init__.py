@@ -8,7 +8,8 @@ contract the router shares; :mod:`ppd_sdk.endpoint` finds the router::
     with ChatSession(base_url="http://127.0.0.1:30000", preset="interactive") as chat:
         for question in ("Hi!", "What is 2+2?"):
             reply = chat.send(question)
-            print(reply.text, reply.route and reply.route.route, reply.usage.cached_tokens)
+            route = reply.route.route if reply.route else "-"  # None from a plain OpenAI server
+            print(reply.text, route, reply.cached_tokens)
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import openai
 
@@ -18,12 +19,12 @@ from ._types import Reply
 class AsyncChatSession(SessionBase[openai.AsyncOpenAI]):
     """A conversation over ``openai.AsyncOpenAI``; see :class:`~ppd_sdk.ChatSession`::
 
-        async with AsyncChatSession(base_url="http://127.0.0.1:30000") as chat:
-            reply = await chat.send("Hello")
-            async with chat.stream("Go on") as s:
-                async for delta in s:
-                    print(delta, end="")
-            print((await s.get_reply()).route)
+    async with AsyncChatSession(base_url="http://127.0.0.1:30000") as chat:
+        reply = await chat.send("Hello")
+        async with chat.stream("Go on") as s:
+            async for delta in s:
+                print(delta, end="")
+        print((await s.get_reply()).route)
     """
 
     def _new_client(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:

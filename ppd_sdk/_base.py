@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Generic, Mapping, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._core import SessionState, TurnPlan
 from ._exceptions import PPDError, from_openai, is_transient, retry_delay
@@ -62,7 +63,9 @@ class SessionBase(Generic[ClientT]):
         if retry_backoff_s < 0:
             raise ValueError(f"retry_backoff_s must be >= 0, got {retry_backoff_s}")
         # Bad hints fail before a client exists, so nothing is left open.
-        self._state = self._initial_state(model, conversation_id, system, history, slo, weights, preset, tools, send_ppd_body)
+        self._state = self._initial_state(
+            model, conversation_id, system, history, slo, weights, preset, tools, send_ppd_body
+        )
         self._owns_client = client is None
         if client is None:
             client = self._new_client(resolve_base_url(base_url), resolve_api_key(api_key))
@@ -227,7 +230,9 @@ class SessionBase(Generic[ClientT]):
 
     def _plan(self, content: Any, stream: bool, kwargs: dict[str, Any]) -> TurnPlan:
         if "stream" in kwargs or "messages" in kwargs:
-            raise TypeError("pass neither 'stream' nor 'messages': use stream() for streaming; the session owns the history")
+            raise TypeError(
+                "pass neither 'stream' nor 'messages': use stream() for streaming; the session owns the history"
+            )
         timeout = kwargs.pop("timeout", None)
         return self._state.plan(
             content,

@@ -8,8 +8,9 @@ changes once a turn has succeeded (:meth:`SessionState.commit`). A failed turn n
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ._ids import new_conversation_id
 from ._types import Message, Reply, ToolCall, Usage

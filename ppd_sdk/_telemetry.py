@@ -1,15 +1,17 @@
 """OpenTelemetry for sessions: one CLIENT span per turn following the GenAI semantic
 conventions, plus the session's hints and the server's routing decision under the same
 attribute names the router's ``ppd.route`` span uses (:mod:`ppd_sdk.wire`: ``ppd.turn``,
-``ppd.weights.*``, ``ppd.slo.*``, ``ppd.route``, ``ppd.candidate.*``...); the W3C ``traceparent`` of that span is injected into the request
-headers so the router's ``ppd.route`` span joins the same trace; and the three GenAI client
-metrics. Only ``opentelemetry-api`` is used: with no SDK installed everything is a no-op,
-and nothing is ever configured globally (explicit providers win, else the global ones).
+``ppd.weights.*``, ``ppd.slo.*``, ``ppd.route``, ``ppd.candidate.*``...); the W3C
+``traceparent`` of that span is injected into the request headers so the router's
+``ppd.route`` span joins the same trace; and the three GenAI client metrics. Only
+``opentelemetry-api`` is used: with no SDK installed everything is a no-op, and nothing is
+ever configured globally (explicit providers win, else the global ones).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.metrics import MeterProvider, get_meter
@@ -65,15 +67,21 @@ class Telemetry:
         self.tracer = trace.get_tracer("ppd_sdk", __version__, tracer_provider=tracer_provider)
         meter = get_meter("ppd_sdk", __version__, meter_provider=meter_provider)
         self.duration = meter.create_histogram(
-            METRIC_DURATION, unit="s", description="GenAI operation duration",
+            METRIC_DURATION,
+            unit="s",
+            description="GenAI operation duration",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
         self.tokens = meter.create_histogram(
-            METRIC_TOKENS, unit="{token}", description="Number of input and output tokens used",
+            METRIC_TOKENS,
+            unit="{token}",
+            description="Number of input and output tokens used",
             explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
         )
         self.ttfc = meter.create_histogram(
-            METRIC_TTFC, unit="s", description="Time to receive the first chunk of a streamed response",
+            METRIC_TTFC,
+            unit="s",
+            description="Time to receive the first chunk of a streamed response",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
 
@@ -105,7 +113,11 @@ class TurnSpan:
     def __init__(self, telemetry: Telemetry, span: trace.Span, base_attrs: Mapping[str, Any]) -> None:
         self._t = telemetry
         self.span = span
-        self._metric_attrs = {k: v for k, v in base_attrs.items() if k in (OPERATION, PROVIDER, REQUEST_MODEL, SERVER_ADDRESS, SERVER_PORT)}
+        self._metric_attrs = {
+            k: v
+            for k, v in base_attrs.items()
+            if k in (OPERATION, PROVIDER, REQUEST_MODEL, SERVER_ADDRESS, SERVER_PORT)
+        }
 
     def inject(self, headers: dict[str, str]) -> None:
         propagate.inject(headers, context=trace.set_span_in_context(self.span))
@@ -116,7 +128,9 @@ class TurnSpan:
     def retried(self, error: PPDError, wait_s: float) -> None:
         """Record that an attempt failed before any token and is being retried."""
         status = getattr(error, "status_code", None)
-        self.span.add_event("ppd.retry", {ERROR_TYPE: str(status) if status else type(error).__name__, "ppd.retry.wait_s": wait_s})
+        self.span.add_event(
+            "ppd.retry", {ERROR_TYPE: str(status) if status else type(error).__name__, "ppd.retry.wait_s": wait_s}
+        )
 
     def finish(self, reply: Reply, duration_s: float) -> None:
         span = self.span

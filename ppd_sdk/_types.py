@@ -56,7 +56,7 @@ class Reply:
     streamed chunk (None for a non-streamed turn)::
 
         reply = session.send("Hello")
-        print(reply.text, reply.usage.cached_tokens, reply.route and reply.route.route)
+        print(reply.text, reply.cached_tokens, reply.route.route if reply.route else "-")
     """
 
     text: str

@@ -52,8 +52,9 @@ def free_port() -> int:
 class Process:
     """One started command; see the module docstring."""
 
-    def __init__(self, name: str, argv: Sequence[str], port: int, log_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], port: int, log_path: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -65,8 +66,14 @@ class Process:
         self.log_path = log_path
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         with log_path.open("wb") as out:
-            self.popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=full_env, start_new_session=True)
+            self.popen = subprocess.Popen(
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                start_new_session=True,
+            )
 
     @property
     def returncode(self) -> int | None:
@@ -102,8 +109,15 @@ class Process:
 
 
 @contextmanager
-def started(name: str, argv: Sequence[str], port: int, log_path: Path | None = None, env: dict[str, str] | None = None,
-            health: str = "/health", timeout: float = 240.0) -> Iterator[Process]:
+def started(
+    name: str,
+    argv: Sequence[str],
+    port: int,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    health: str = "/health",
+    timeout: float = 240.0,
+) -> Iterator[Process]:
     """Start ``argv`` (listening on ``port``), yield it once healthy, always stop it."""
     proc = Process(name, argv, port, log_path, env)
     try:
@@ -114,6 +128,7 @@ def started(name: str, argv: Sequence[str], port: int, log_path: Path | None = N
 
 
 # -- the commands -----------------------------------------------------------------------------
+
 
 def worker_argv(port: int, *args: str) -> list[str]:
     """A ``ppd-worker`` on one thread; ``args`` are extra CLI flags (default model: smollm2)."""
@@ -138,11 +153,26 @@ def pd_pair(tmp_dir: Path, *args: str) -> Iterator[tuple[Process, Process]]:
     """A prefill worker (fresh bootstrap port, as ``prefill.bootstrap_port``) and a decode worker
     with the radix cache and conditional aggregation on, both up; ``args`` go to both."""
     bootstrap = free_port()
-    with worker_process(tmp_dir, "prefill", *args, "--disaggregation-mode", "prefill",
-                        "--disaggregation-bootstrap-port", str(bootstrap)) as prefill, \
-            worker_process(tmp_dir, "decode", *args, "--disaggregation-mode", "decode",
-                           "--disaggregation-decode-enable-radix-cache",
-                           "--disaggregation-decode-enable-conditional-agg") as decode:
+    with (
+        worker_process(
+            tmp_dir,
+            "prefill",
+            *args,
+            "--disaggregation-mode",
+            "prefill",
+            "--disaggregation-bootstrap-port",
+            str(bootstrap),
+        ) as prefill,
+        worker_process(
+            tmp_dir,
+            "decode",
+            *args,
+            "--disaggregation-mode",
+            "decode",
+            "--disaggregation-decode-enable-radix-cache",
+            "--disaggregation-decode-enable-conditional-agg",
+        ) as decode,
+    ):
         prefill.bootstrap_port = bootstrap
         yield prefill, decode
 
@@ -151,19 +181,41 @@ def pd_pair(tmp_dir: Path, *args: str) -> Iterator[tuple[Process, Process]]:
 def pd_router_process(tmp_dir: Path, prefill_url: str, bootstrap_port: int, decode_url: str) -> Iterator[Process]:
     """The real sglang-router (PyPI) in PD mode in front of one prefill and one decode worker."""
     port = free_port()
-    cmd = [sys.executable, "-m", "sglang_router.launch_router", "--pd-disaggregation",
-           "--prefill", prefill_url, str(bootstrap_port), "--decode", decode_url,
-           "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
-           "--prometheus-port", str(free_port()), "--health-check-interval-secs", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sglang_router.launch_router",
+        "--pd-disaggregation",
+        "--prefill",
+        prefill_url,
+        str(bootstrap_port),
+        "--decode",
+        decode_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(free_port()),
+        "--health-check-interval-secs",
+        "5",
+    ]
     with started("sglang-router", cmd, port, tmp_dir / "router.log", env=NO_NETWORK_ENV, timeout=180.0) as proc:
         yield proc
 
 
 # -- talking to a running router ----------------------------------------------------------------
 
+
 def http_json(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> tuple[int, dict]:
-    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with _OPENER.open(req, timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"{}")

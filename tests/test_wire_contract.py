@@ -100,8 +100,15 @@ def test_apply_round_trips_through_parse() -> None:
     headers, body = sent.apply({"X-Other": "1"}, {"model": "m"})
     assert parse_hints(headers, body) == sent
     # the clients' body-only spelling still parses to the same hints
-    body_only = {"ppd": {"conversation_id": "c-1", "parent_conversation_id": "c-0", "turn": 4,
-                         "weights": {"ttft": 2.0, "tpot": 0.5}, "slo": {"ttft_ms": 120.0, "tpot_ms": 33.3}}}
+    body_only = {
+        "ppd": {
+            "conversation_id": "c-1",
+            "parent_conversation_id": "c-0",
+            "turn": 4,
+            "weights": {"ttft": 2.0, "tpot": 0.5},
+            "slo": {"ttft_ms": 120.0, "tpot_ms": 33.3},
+        }
+    }
     assert parse_hints({}, body_only) == sent
 
 
@@ -123,8 +130,17 @@ def test_parse_keeps_the_validated_objects() -> None:
 
 
 def test_route_body_is_a_route_info_and_headers_parse_back() -> None:
-    body = wire.route_body("local", 3, "c", "ppd", "http://d0", None, 40, "local: S=+0.2",
-                           [("local", 31.23456, 40.0, 0.123456), ("pd", 90.0, 38.0, 0.0)])
+    body = wire.route_body(
+        "local",
+        3,
+        "c",
+        "ppd",
+        "http://d0",
+        None,
+        40,
+        "local: S=+0.2",
+        [("local", 31.23456, 40.0, 0.123456), ("pd", 90.0, 38.0, 0.0)],
+    )
     assert set(body) == set(RouteInfo.model_fields)
     info = wire.parse_route(body, {}, turn=1)
     assert info is not None and info.turn == 3 and info.predicted["local"].score == 0.1235
@@ -140,12 +156,28 @@ def test_the_sdk_span_and_the_router_span_name_a_decision_the_same_way() -> None
     from ppd_server.routing.types import Candidate, Decision
     from ppd_server.telemetry import decision_attributes
 
-    cands = (Candidate("local", "http://d0", None, 30.0, 41.0, 0.5), Candidate("pd", "http://d0", "http://p0", 90.0, 40.0, 0.0))
-    decision = Decision("local", "http://d0", None, "local: S=+0.50", "ppd", cands, 0.5, 100, Weights(ttft=4.0, tpot=1.0))
+    cands = (
+        Candidate("local", "http://d0", None, 30.0, 41.0, 0.5),
+        Candidate("pd", "http://d0", "http://p0", 90.0, 40.0, 0.0),
+    )
+    decision = Decision(
+        "local", "http://d0", None, "local: S=+0.50", "ppd", cands, 0.5, 100, Weights(ttft=4.0, tpot=1.0)
+    )
     router = decision_attributes(decision)
-    body = wire.route_body("local", 2, "c", "ppd", "http://d0", None, 100, decision.reason,
-                           ((c.route, c.ttft_ms, c.tpot_ms, c.score) for c in cands))
-    sdk = _route_attributes(Reply(text="", conversation_id="c", turn=2, model="m", route=RouteInfo.model_validate(body)))
+    body = wire.route_body(
+        "local",
+        2,
+        "c",
+        "ppd",
+        "http://d0",
+        None,
+        100,
+        decision.reason,
+        ((c.route, c.ttft_ms, c.tpot_ms, c.score) for c in cands),
+    )
+    sdk = _route_attributes(
+        Reply(text="", conversation_id="c", turn=2, model="m", route=RouteInfo.model_validate(body))
+    )
     shared = set(router) & set(sdk)
     assert {wire.ATTR_ROUTE, wire.ATTR_POLICY, wire.ATTR_DECODE, wire.ATTR_REASON, wire.ATTR_SCORE} <= shared
     assert {wire.attr_candidate(r, f) for r in ("local", "pd") for f in ("ttft_ms", "tpot_ms", "score")} <= shared
@@ -156,8 +188,13 @@ def test_the_sdk_span_and_the_router_span_name_a_decision_the_same_way() -> None
 
 def test_hint_attributes() -> None:
     attrs = wire.hint_attributes(Hints(conversation_id="c", weights=Weights(ttft=2.0), slo=SLO(tpot_ms=30)), turn=3)
-    assert attrs == {"gen_ai.conversation.id": "c", "ppd.turn": 3, "ppd.weights.ttft": 2.0, "ppd.weights.tpot": 1.0,
-                     "ppd.slo.tpot_ms": 30.0}
+    assert attrs == {
+        "gen_ai.conversation.id": "c",
+        "ppd.turn": 3,
+        "ppd.weights.ttft": 2.0,
+        "ppd.weights.tpot": 1.0,
+        "ppd.slo.tpot_ms": 30.0,
+    }
 
 
 def test_hints_reach_the_policy_as_the_same_objects() -> None:
@@ -166,7 +203,9 @@ def test_hints_reach_the_policy_as_the_same_objects() -> None:
     from ppd_server.routing.policies import make_policy
     from ppd_server.sessions import SessionTable
 
-    hints = parse_hints({"X-PPD-Conversation-Id": "c", "X-SLO-TTFT-Ms": "300"}, {"ppd": {"weights": {"ttft": 2, "tpot": 1}}})
+    hints = parse_hints(
+        {"X-PPD-Conversation-Id": "c", "X-SLO-TTFT-Ms": "300"}, {"ppd": {"weights": {"ttft": 2, "tpot": 1}}}
+    )
     request, session = SessionTable().admit(hints, prompt_tokens=100, max_new_tokens=8, now=0.0)
     assert request.weights is hints.weights and request.slo is hints.slo
     assert (request.conversation_id, request.turn, session) == ("c", 1, None)

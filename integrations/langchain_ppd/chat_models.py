@@ -16,12 +16,12 @@ adds what PPD needs on every request:
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LangSmithParams
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.language_models import LanguageModelInput
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_openai.chat_models.base import BaseChatOpenAI
@@ -114,7 +114,9 @@ class ChatPPD(BaseChatOpenAI):
             or PRESETS["balanced"],
             slo=resolve_slo(given.get("slo")) or self.slo or NO_SLO,
         )
-        headers, body = hints.apply(kwargs.get("extra_headers"), {**(self.extra_body or {}), **(kwargs.get("extra_body") or {})})
+        headers, body = hints.apply(
+            kwargs.get("extra_headers"), {**(self.extra_body or {}), **(kwargs.get("extra_body") or {})}
+        )
         propagate.inject(headers)
         kwargs["extra_headers"] = headers
         kwargs["extra_body"] = body
@@ -146,25 +148,45 @@ class ChatPPD(BaseChatOpenAI):
     # to _stream/_astream (also used by invoke() when streaming): the public entry points read
     # the thread id from the config instead; _generate still reads the run manager (generate()).
     def invoke(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
     ) -> AIMessage:
         self._conversation_from_config(config, kwargs)
         return super().invoke(input, config, stop=stop, **kwargs)
 
     async def ainvoke(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
     ) -> AIMessage:
         self._conversation_from_config(config, kwargs)
         return await super().ainvoke(input, config, stop=stop, **kwargs)
 
     def stream(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
         self._conversation_from_config(config, kwargs)
         yield from super().stream(input, config, stop=stop, **kwargs)
 
     async def astream(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
         self._conversation_from_config(config, kwargs)
         async for chunk in super().astream(input, config, stop=stop, **kwargs):
@@ -238,7 +260,11 @@ class ChatPPD(BaseChatOpenAI):
     ) -> ChatGenerationChunk | None:
         generation_chunk = super()._convert_chunk_to_generation_chunk(chunk, default_chunk_class, base_generation_info)
         ppd = chunk.get(BODY_FIELD)
-        if generation_chunk is not None and isinstance(ppd, dict) and isinstance(generation_chunk.message, AIMessageChunk):
+        if (
+            generation_chunk is not None
+            and isinstance(ppd, dict)
+            and isinstance(generation_chunk.message, AIMessageChunk)
+        ):
             generation_chunk.message.response_metadata[BODY_FIELD] = ppd
         return generation_chunk
 

@@ -15,7 +15,8 @@ is injected into that call's headers.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, Tracer, TracerProvider
@@ -68,14 +69,26 @@ def decision_attributes(decision: Decision) -> dict[str, Any]:
     """The decision's span attributes: the names the SDK's span uses too (``ppd_sdk.wire``), plus
     the weights the policy traded with (``ppd.policy.weights.*``)."""
     attrs = wire.route_attributes(
-        decision.route, policy=decision.policy, reason=decision.reason, decode=decision.decode,
-        prefill=decision.prefill, score=decision.score,
-        predicted=((c.route, c.ttft_ms, c.tpot_ms, c.score) for c in decision.candidates))
+        decision.route,
+        policy=decision.policy,
+        reason=decision.reason,
+        decode=decision.decode,
+        prefill=decision.prefill,
+        score=decision.score,
+        predicted=[(c.route, c.ttft_ms, c.tpot_ms, c.score) for c in decision.candidates],
+    )
     if decision.weights is not None:
         attrs[wire.ATTR_POLICY_WEIGHT_TTFT] = decision.weights.ttft
         attrs[wire.ATTR_POLICY_WEIGHT_TPOT] = decision.weights.tpot
     return attrs
 
 
-__all__ = ["SpanKind", "trace", "make_tracer", "extract_context", "inject_headers", "decision_attributes",
-           "tracer_provider_from_env"]
+__all__ = [
+    "SpanKind",
+    "decision_attributes",
+    "extract_context",
+    "inject_headers",
+    "make_tracer",
+    "trace",
+    "tracer_provider_from_env",
+]

@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_openai import FakeOpenAI  # noqa: E402
-from session_driver import Driver  # noqa: E402
+from fake_openai import FakeOpenAI
+from session_driver import Driver
 
 
 @pytest.fixture

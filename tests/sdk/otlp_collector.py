@@ -6,9 +6,9 @@ from __future__ import annotations
 import gzip
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -40,7 +40,7 @@ class OTLPCollector:
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
@@ -69,18 +69,22 @@ class OTLPCollector:
         for rs in request.resource_spans:
             for ss in rs.scope_spans:
                 for s in ss.spans:
-                    out.append(CollectedSpan(
-                        name=s.name,
-                        trace_id=int.from_bytes(s.trace_id, "big"),
-                        span_id=int.from_bytes(s.span_id, "big"),
-                        parent_span_id=int.from_bytes(s.parent_span_id, "big") if s.parent_span_id else None,
-                        kind=s.kind,
-                        attributes={a.key: _value(a.value) for a in s.attributes},
-                    ))
+                    out.append(
+                        CollectedSpan(
+                            name=s.name,
+                            trace_id=int.from_bytes(s.trace_id, "big"),
+                            span_id=int.from_bytes(s.span_id, "big"),
+                            parent_span_id=int.from_bytes(s.parent_span_id, "big") if s.parent_span_id else None,
+                            kind=s.kind,
+                            attributes={a.key: _value(a.value) for a in s.attributes},
+                        )
+                    )
         with self._lock:
             self.spans.extend(out)
 
-    def wait_for(self, predicate: Callable[[list[CollectedSpan]], bool], deadline_s: float = 30.0) -> list[CollectedSpan]:
+    def wait_for(
+        self, predicate: Callable[[list[CollectedSpan]], bool], deadline_s: float = 30.0
+    ) -> list[CollectedSpan]:
         """Spans so far, once ``predicate`` holds (bounded wait: export is batched)."""
         end = time.monotonic() + deadline_s
         while True:

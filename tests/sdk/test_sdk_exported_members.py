@@ -20,7 +20,9 @@ def test_all_is_sorted_and_matches_public_names() -> None:
 
 
 def test_import_stays_light() -> None:
-    code = "import sys, ppd_sdk; print(sorted(m for m in ('torch', 'ppd_server', 'langchain_core') if m in sys.modules))"
+    code = (
+        "import sys, ppd_sdk; print(sorted(m for m in ('torch', 'ppd_server', 'langchain_core') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

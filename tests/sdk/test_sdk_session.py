@@ -7,8 +7,8 @@ import json
 
 import httpx2
 import pytest
-from session_driver import Driver
 from fake_openai import FakeOpenAI
+from session_driver import Driver
 
 import ppd_sdk
 from ppd_sdk import SLO, Weights
@@ -76,7 +76,12 @@ async def test_route_from_headers_when_body_lacks_it(driver: Driver, fake: FakeO
     fake.body_routing = False
     s = driver.session(model="m")
     r = await driver.send(s, "hi")
-    assert r.route is not None and (r.route.route, r.route.decode, r.route.prefill, r.route.turn) == ("pd", "http://d0", "http://p0", 1)
+    assert r.route is not None and (r.route.route, r.route.decode, r.route.prefill, r.route.turn) == (
+        "pd",
+        "http://d0",
+        "http://p0",
+        1,
+    )
 
 
 async def test_transient_error_before_first_token_is_retried_once(driver: Driver, fake: FakeOpenAI) -> None:
@@ -137,7 +142,10 @@ async def test_error_after_first_token_is_not_retried(driver: Driver, fake: Fake
     assert len(fake.bodies) == 1 and s.turn == 0 and s.messages == []
 
 
-TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+TOOL = {
+    "type": "function",
+    "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}},
+}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from session_driver import Driver
 from fake_openai import FakeOpenAI
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -13,6 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from session_driver import Driver
 
 import ppd_sdk
 from ppd_sdk import SLO
@@ -39,8 +39,14 @@ def _metrics(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
 
 async def test_one_span_per_turn_with_genai_and_ppd_attributes(driver: Driver, fake: FakeOpenAI, otel: Any) -> None:
     tracer_provider, exporter, meter_provider, reader = otel
-    s = driver.session(model="m", conversation_id="c1", slo=SLO(ttft_ms=300), preset="interactive",
-                       tracer_provider=tracer_provider, meter_provider=meter_provider)
+    s = driver.session(
+        model="m",
+        conversation_id="c1",
+        slo=SLO(ttft_ms=300),
+        preset="interactive",
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
     await driver.send(s, "hi", max_tokens=8, temperature=0)
     await driver.stream(s, "more")
     spans = exporter.get_finished_spans()

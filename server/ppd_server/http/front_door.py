@@ -172,7 +172,8 @@ class FrontDoor:
             body["stream_options"] = {**(so if isinstance(so, dict) else {}), "include_usage": True}
 
         turn = st.turns.begin(hints, prompt_tokens, prompt_bytes, max_new)
-        span.set_attributes(wire.hint_attributes(hints, turn.request.turn))
+        if st.tracing:  # the attribute dicts cost microseconds a no-op span would throw away
+            span.set_attributes(wire.hint_attributes(hints, turn.request.turn))
         worker_headers = {"Content-Type": "application/json", "x-request-id": request_id}
         # with tracing on, the dispatcher injects its own CLIENT span's context instead
         for h in _FORWARDED_HEADERS if st.tracing else _FORWARDED_HEADERS + _TRACE_HEADERS:
@@ -186,7 +187,8 @@ class FrontDoor:
             except NoWorkerAvailable as e:
                 msg = str(e) + (f" (last failure: {last_failure})" if last_failure else "")
                 raise RouterError(503, msg or "no worker available", code="no_worker_available") from None
-            span.set_attributes(decision_attributes(decision))
+            if st.tracing:
+                span.set_attributes(decision_attributes(decision))
             span.set_attribute("ppd.attempt", attempt)
             st.metrics.decisions.labels(decision.policy, decision.route).inc()
             plan = self._plan(kind, request.path, body, turn, stream, client_wants_usage, request_id,

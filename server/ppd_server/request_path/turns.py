@@ -14,13 +14,13 @@ from typing import Any
 
 from ppd_sdk import wire
 from ppd_sdk.wire import Hints
+from ppd_server.fleet.workers import WorkerRegistry
 from ppd_server.request_path.relay import TurnUsage
+from ppd_server.request_path.token_count import TokenCounter
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.policies import Policy
 from ppd_server.routing.types import ClusterView, Decision, RequestView, SessionView
 from ppd_server.sessions import SessionTable
-from ppd_server.request_path.token_count import TokenCounter
-from ppd_server.fleet.workers import WorkerRegistry
 
 
 @dataclass(slots=True)
@@ -39,8 +39,15 @@ class Turn:
 
 
 class TurnRouter:
-    def __init__(self, registry: WorkerRegistry, sessions: SessionTable, cost_model: CostModel,
-                 tokens: TokenCounter, policy: Policy, link_gbps: float) -> None:
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        sessions: SessionTable,
+        cost_model: CostModel,
+        tokens: TokenCounter,
+        policy: Policy,
+        link_gbps: float,
+    ) -> None:
         self.registry = registry
         self.sessions = sessions
         self.cost_model = cost_model
@@ -54,7 +61,9 @@ class TurnRouter:
         cm = self.cost_model
         return ClusterView(
             workers=tuple(w.view(cm.coefficients(w.url, w.role)) for w in self.registry),
-            link_gbps=self.link_gbps, link_backlog_bytes=self.link_backlog_bytes)
+            link_gbps=self.link_gbps,
+            link_backlog_bytes=self.link_backlog_bytes,
+        )
 
     def begin(self, hints: Hints, prompt_tokens: int, prompt_bytes: int, max_new_tokens: int) -> Turn:
         request, session = self.sessions.admit(hints, prompt_tokens, max_new_tokens, time.monotonic())
@@ -75,9 +84,17 @@ class TurnRouter:
         """The ``ppd`` body field (``ppd_sdk.wire.RouteInfo``), as a plain dict on the hot path."""
         d = turn.decision
         assert d is not None
-        return wire.route_body(d.route, turn.request.turn, turn.conversation_id, d.policy, d.decode, d.prefill,
-                               usage.cached_tokens, d.reason,
-                               ((c.route, c.ttft_ms, c.tpot_ms, c.score) for c in d.candidates))
+        return wire.route_body(
+            d.route,
+            turn.request.turn,
+            turn.conversation_id,
+            d.policy,
+            d.decode,
+            d.prefill,
+            usage.cached_tokens,
+            d.reason,
+            ((c.route, c.ttft_ms, c.tpot_ms, c.score) for c in d.candidates),
+        )
 
     def finish(self, turn: Turn, usage: TurnUsage, started_at: float, ok: bool) -> dict[str, Any]:
         """Feed what was observed back into the brain; returns the figures for traces/metrics."""
@@ -99,13 +116,29 @@ class TurnRouter:
             chosen = d.predicted(d.route)
             if chosen is not None:  # streams give TTFT; non-streamed answers only end-to-end time
                 decode = turn.cluster.get(d.decode)
-                self.cost_model.observe(Observation(
-                    route=d.route, decode_url=d.decode, prefill_url=d.prefill,
-                    new_tokens=max(0, prompt - cached), cached_tokens=cached, ttft_ms=ttft, tpot_ms=tpot,
-                    decode_running=decode.running_reqs if decode else 0,
-                    decode_context_tokens=decode.running_context_tokens if decode else 0,
-                    predicted_ttft_ms=chosen.ttft_ms, predicted_tpot_ms=chosen.tpot_ms, kv_bytes=kv_bytes,
-                    prefill_cached_tokens=usage.prefill_cached_tokens if d.route == "pd" else None,
-                    e2e_ms=(time.perf_counter() - started_at) * 1000.0,
-                    completion_tokens=usage.completion_tokens or 0))
-        return {"prompt_tokens": prompt, "cached_tokens": cached, "ttft_ms": ttft, "tpot_ms": tpot, "kv_bytes": kv_bytes}
+                self.cost_model.observe(
+                    Observation(
+                        route=d.route,
+                        decode_url=d.decode,
+                        prefill_url=d.prefill,
+                        new_tokens=max(0, prompt - cached),
+                        cached_tokens=cached,
+                        ttft_ms=ttft,
+                        tpot_ms=tpot,
+                        decode_running=decode.running_reqs if decode else 0,
+                        decode_context_tokens=decode.running_context_tokens if decode else 0,
+                        predicted_ttft_ms=chosen.ttft_ms,
+                        predicted_tpot_ms=chosen.tpot_ms,
+                        kv_bytes=kv_bytes,
+                        prefill_cached_tokens=usage.prefill_cached_tokens if d.route == "pd" else None,
+                        e2e_ms=(time.perf_counter() - started_at) * 1000.0,
+                        completion_tokens=usage.completion_tokens or 0,
+                    )
+                )
+        return {
+            "prompt_tokens": prompt,
+            "cached_tokens": cached,
+            "ttft_ms": ttft,
+            "tpot_ms": tpot,
+            "kv_bytes": kv_bytes,
+        }
