@@ -102,6 +102,9 @@ class RouterConfig:
     connect_timeout_s: float = 3.0
     max_retries: int = 2
     startup_timeout_s: float = 180.0
+    # production hardening (docs/operations.md)
+    drain_timeout_s: float = 30.0  # SIGTERM: in-flight streams get this long to finish
+    max_header_bytes: int = 32768  # one header line; beyond it a 431 (OpenAI-shaped)
     # embedded cluster
     embedded: str = "1P1D"
     model: str = "smollm2"
@@ -132,6 +135,10 @@ class RouterConfig:
                      "session_ttl_s", "link_gbps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
+        if not self.drain_timeout_s >= 0:
+            raise ConfigError("drain_timeout_s", f"must be >= 0, got {self.drain_timeout_s}")
+        if not 8190 <= self.max_header_bytes <= 1 << 20:
+            raise ConfigError("max_header_bytes", f"must be in 8190..1048576, got {self.max_header_bytes}")
         if self.max_retries < 0 or self.max_retries > 10:
             raise ConfigError("max_retries", f"must be in 0..10, got {self.max_retries}")
         if self.max_sessions < 1:

@@ -34,11 +34,18 @@ _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 _PROMPT_PARAM = {"chat": "messages", "completion": "prompt", "generate": "text"}
 
 
+# Far above any real request's max_tokens; a bigger integer is a client bug, and some workers
+# (C++/Rust parsers) fail on it instead of answering 400.
+MAX_TOKENS_LIMIT = 2**31 - 1
+
+
 def _parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
-    except ValueError as e:
+    except ValueError as e:  # includes invalid UTF-8 (UnicodeDecodeError)
         raise bad_request(f"could not parse the JSON body: {e}", code="invalid_json") from None
+    except RecursionError:  # '[' x 100,000: the stdlib parser recurses per level
+        raise bad_request("could not parse the JSON body: nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the JSON body must be an object", code="invalid_json")
     return body
@@ -48,8 +55,22 @@ def _positive_int(value: Any, param: str, default: int) -> int:
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise bad_request(f"{param} must be a positive integer, got {value!r}", param=param)
+        raise bad_request(f"{param} must be a positive integer, got {_short(value)}", param=param)
+    if value > MAX_TOKENS_LIMIT:
+        raise bad_request(f"{param} must be at most {MAX_TOKENS_LIMIT}, got {_short(value)}", param=param)
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_header_safe(value: str | None, param: str) -> None:
+    """Conversation ids are echoed in response headers: a control character (CR/LF header
+    injection, NUL...) is a 400 here, not a broken response later."""
+    if value is not None and not value.isprintable():
+        raise bad_request(f"{param} must not contain control characters", param=param, code="invalid_ppd_hints")
 
 
 def _text_bytes(value: Any) -> int:
@@ -162,6 +183,10 @@ class FrontDoor:
             hints = wire.parse_hints(request.headers, body)
         except wire.WireError as e:
             raise bad_request(e.message, param=e.param, code="invalid_ppd_hints") from None
+        for value, header, field in ((hints.conversation_id, wire.HEADER_CONVERSATION_ID, "conversation_id"),
+                                     (hints.parent_conversation_id, wire.HEADER_PARENT_CONVERSATION_ID,
+                                      "parent_conversation_id")):
+            _check_header_safe(value, header if header in request.headers else f"{wire.BODY_FIELD}.{field}")
         if hints.parent_conversation_id is not None and hints.parent_conversation_id == hints.conversation_id:
             param = (wire.HEADER_PARENT_CONVERSATION_ID if wire.HEADER_PARENT_CONVERSATION_ID in request.headers
                      else "ppd.parent_conversation_id")
@@ -169,7 +194,11 @@ class FrontDoor:
         self._check_capacity(kind, prompt_tokens)
 
         body.pop(wire.BODY_FIELD, None)
-        stream = body.get("stream") is True
+        stream = body.get("stream", False)
+        if stream is None:
+            stream = False
+        if not isinstance(stream, bool):  # "yes" must not silently mean either
+            raise bad_request(f"'stream' must be a boolean, got {_short(stream)}", param="stream")
         so = body.get("stream_options")
         client_wants_usage = isinstance(so, dict) and bool(so.get("include_usage"))
         if stream and kind != "generate":
