@@ -211,7 +211,7 @@ def parse_hints(headers: Mapping[str, str], body: Mapping[str, Any]) -> Hints:
     if turn_raw is not None:
         if isinstance(turn_raw, int) and not isinstance(turn_raw, bool):
             turn = turn_raw
-        elif isinstance(turn_raw, str) and turn_raw.strip().isdigit():
+        elif isinstance(turn_raw, str) and turn_raw.strip().isascii() and turn_raw.strip().isdigit():  # "²".isdigit()
             turn = int(turn_raw)
         if turn is None or turn < 1:
             raise WireError(f"{turn_param} must be a positive integer, got {turn_raw!r}", turn_param)
