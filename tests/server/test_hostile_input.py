@@ -25,7 +25,7 @@ from ppd_server.http.serve import make_runner
 
 
 @asynccontextmanager
-async def served_router(**config: Any) -> AsyncIterator[str]:
+async def served_router(port: int = 0, **config: Any) -> AsyncIterator[str]:
     """A router served like ``ppd-server`` does, over a fake P/D pair; yields its base URL."""
     p, d = FakeWorker(role="prefill"), FakeWorker(role="decode")
     for w in (p, d):
@@ -36,7 +36,7 @@ async def served_router(**config: Any) -> AsyncIterator[str]:
     await runner.setup()
     from aiohttp import web
 
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = runner.addresses[0][1]
     try:
@@ -148,3 +148,38 @@ async def test_a_legal_20kb_header_elsewhere_is_accepted():
         async with http.post(url + "/v1/chat/completions", json=chat_body(),
                              headers={"X-Client-Note": "c" * 20_000}) as r:  # not forwarded
             assert r.status == 200
+
+
+
+async def test_openapi_json_describes_the_front_door():
+    async with served_router(api_key="k") as url, aiohttp.ClientSession() as http:
+        async with http.get(url + "/openapi.json") as r:  # public: no key needed to read the schema
+            assert r.status == 200
+            doc = await r.json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/v1/chat/completions", "/v1/completions", "/generate", "/v1/models", "/health"} <= set(doc["paths"])
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert "X-PPD-Conversation-Id" in {p["name"] for p in chat["parameters"]}
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["properties"]["stream"]["type"] == "boolean"
+
+
+async def test_protocol_garbage_is_not_logged_with_a_traceback(caplog):
+    async with served_router() as url:
+        code, _, _ = await _raw_http(url, b"GARBAGE\r\n\r\n")
+    assert code == 400
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+
+if __name__ == "__main__":
+    # A router over fake workers on a fixed loopback port, for schemathesis (docs/operations.md):
+    #   python tests/server/test_hostile_input.py 38123 &
+    #   schemathesis run http://127.0.0.1:38123/openapi.json --checks not_a_server_error -n 300 -w 1
+    import sys
+
+    async def _serve_forever(port: int) -> None:
+        async with served_router(port=port) as url:
+            print(f"serving on {url}", flush=True)
+            await asyncio.sleep(3600)
+
+    asyncio.run(_serve_forever(int(sys.argv[1])))

@@ -21,6 +21,7 @@ from ppd_server.config import RouterConfig
 from ppd_server.request_path.dispatch import Dispatcher
 from ppd_server.http.errors import make_error_middleware
 from ppd_server.http.front_door import FrontDoor
+from ppd_server.http.openapi import openapi_document
 from ppd_server.metrics import RouterMetrics
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import make_policy
@@ -94,6 +95,11 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
         return web.json_response({"status": "ok" if ok else "unavailable", "healthy_workers": up},
                                  status=200 if ok else 503)
 
+    openapi = openapi_document()
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(openapi)
+
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=state.metrics.render(), content_type="text/plain", charset="utf-8")
 
@@ -103,6 +109,7 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
     add_admin_routes(app, state)
     add_sglang_routes(app, state)
     app.on_startup.append(_startup)

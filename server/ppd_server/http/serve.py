@@ -38,17 +38,25 @@ class _OpenAIErrorsRequestHandler(RequestHandler):
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        plain = super().handle_error(request, status, exc, message)  # logs; raises if bytes were sent
-        if isinstance(exc, LineTooLong):
-            status, text = 431, "a request header or the request line is over the router's size limit"
-        elif status >= 500:
-            text = "internal router error (see the router log)"
+        if status >= 500:
+            plain = super().handle_error(request, status, exc, message)  # logs the traceback
+            del plain
+            text, code = "internal router error (see the router log)", "internal_error"
         else:
-            text = f"malformed HTTP request: {(getattr(exc, 'message', None) or message or '')[:200]}"
-        err = RouterError(status, text, code="request_header_fields_too_large" if status == 431 else "bad_http_request")
+            # A client's malformed request is the client's problem: one debug line, no traceback
+            # (a flood of garbage must not flood the log).
+            self.logger.debug("bad HTTP request from %s: %s", getattr(request, "remote", "?"), exc or message)
+            if request.writer.output_size > 0:
+                raise ConnectionError("response already started; cannot send the error")
+            if isinstance(exc, LineTooLong):
+                status, code = 431, "request_header_fields_too_large"
+                text = "a request header or the request line is over the router's size limit"
+            else:
+                code = "bad_http_request"
+                text = f"malformed HTTP request: {(getattr(exc, 'message', None) or message or '')[:200]}"
+        err = RouterError(status, text, code=code)
         resp = web.Response(status=status, body=json.dumps(err.body()).encode(), content_type="application/json")
         resp.force_close()
-        del plain
         return resp
 
 
