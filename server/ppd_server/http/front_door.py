@@ -225,7 +225,8 @@ class FrontDoor:
                 decision = st.turns.decide(turn)
             except NoWorkerAvailable as e:
                 msg = str(e) + (f" (last failure: {last_failure})" if last_failure else "")
-                raise RouterError(503, msg or "no worker available", code="no_worker_available") from None
+                raise RouterError(503, msg or "no worker available", code="no_worker_available",
+                                  retry_after_s=st.config.retry_after_s) from None
             span.set_attributes(decision_attributes(decision))
             span.set_attribute("ppd.attempt", attempt)
             st.metrics.decisions.labels(decision.policy, decision.route).inc()
@@ -242,7 +243,7 @@ class FrontDoor:
             finally:
                 st.turns.link_backlog_bytes -= kv_predicted
         raise RouterError(503, f"no worker could serve the request after {st.config.max_retries + 1} attempts: "
-                               f"{last_failure}", code="workers_unavailable")
+                               f"{last_failure}", code="workers_unavailable", retry_after_s=st.config.retry_after_s)
 
     def _plan(self, kind: Kind, path: str, body: dict[str, Any], turn: Turn, stream: bool,
               client_wants_usage: bool, request_id: str, worker_headers: dict[str, str], span: Any) -> Plan:

@@ -9,7 +9,9 @@
 * ``replica``: the body to a unified worker.
 
 :class:`RetryableFailure` is raised only before any byte reached the client (connect error,
-502/503); the caller takes the worker out, re-decides and retries on a new pair.
+502/503, a worker that dies or cuts its answer before the first byte was relayed: streams start
+the client's response with their first relayed bytes); the caller takes the worker out,
+re-decides and retries on a new pair.
 """
 
 from __future__ import annotations
@@ -213,8 +215,12 @@ class Dispatcher:
             call.close(ok=False)
             if prefill_error and isinstance(prefill_error[0], RetryableFailure):
                 raise prefill_error[0] from None
-            err = _as_router_error(prefill_error[0]) if prefill_error else RouterError(
-                502, f"worker {plan.decision.decode} failed mid-request: {type(e).__name__}", code="worker_failed")
+            if not prefill_error:  # nothing reached the client: the turn is retried on another pair
+                if prefill is not None:
+                    prefill.cancel()
+                raise RetryableFailure(str(plan.decision.decode),
+                                       f"failed mid-request: {type(e).__name__}") from None
+            err = _as_router_error(prefill_error[0])
             plan.finish(TurnUsage(), plan.started_at, False)
             return error_response(err, plan.client_headers)
         except BaseException:  # cancelled: the client left
@@ -229,6 +235,10 @@ class Dispatcher:
 
     async def _relay_stream(self, request: web.Request, plan: Plan, call: _Call,
                             prefill_error: list[BaseException], prefill: asyncio.Task | None) -> web.StreamResponse:
+        """Relay the worker's SSE. The client's response starts with the first bytes to send, not
+        before: a worker that dies before that (killed, stream cut, prefill lost) raises
+        RetryableFailure and the turn is re-dispatched on another pair, invisibly to the client.
+        Once bytes went out, a failure ends the stream with an SSE error event and ``[DONE]``."""
         out = web.StreamResponse(status=200, headers={**plan.client_headers, "Content-Type": "text/event-stream",
                                                       "Cache-Control": "no-cache"})
         shaper = SSEShaper(plan.kind, plan.client_wants_usage, plan.route_info)
@@ -243,20 +253,26 @@ class Dispatcher:
                 plan.finish(shaper.usage, plan.started_at, ok)
 
         ok = False
+        retry: RetryableFailure | None = None
         try:
-            await out.prepare(request)  # raises when the client already left: closed below like any exit
+            broke: RouterError | None = None
             try:
                 async for chunk in call.resp.iter_chunks():
                     data = shaper.feed(chunk)
                     if shaper.saw_done:
                         finish(not shaper.saw_error and not prefill_error)
                     if data:
+                        if not out.prepared:
+                            await out.prepare(request)
                         await out.write(data)
                 tail = shaper.flush()
                 if tail:
+                    if not out.prepared:
+                        await out.prepare(request)
                     await out.write(tail)
-                broke: RouterError | None = None if shaper.saw_done else RouterError(
-                    502, f"worker {plan.decision.decode} ended the stream early", code="worker_failed", retryable=True)
+                if not shaper.saw_done:
+                    broke = RouterError(502, f"worker {plan.decision.decode} ended the stream early",
+                                        code="worker_failed", retryable=True)
             except _CLIENT_GONE:
                 raise
             except _UPSTREAM_BROKE as e:
@@ -266,7 +282,19 @@ class Dispatcher:
                     code="worker_failed", retryable=True)
             if prefill_error and not shaper.saw_done:
                 broke = _as_router_error(prefill_error[0])
+            if broke is not None and not out.prepared:
+                # Nothing reached the client: retry elsewhere when the fault is a worker's.
+                if prefill_error and isinstance(prefill_error[0], RetryableFailure):
+                    retry = prefill_error[0]
+                elif not prefill_error and broke.retryable:
+                    retry = RetryableFailure(str(plan.decision.decode), broke.message)
+                if retry is None:
+                    finish(False)
+                    return error_response(broke, plan.client_headers)
+                raise retry
             ok = broke is None and not shaper.saw_error
+            if not out.prepared:
+                await out.prepare(request)
             if broke is not None and not shaper.saw_error:
                 finish(False)
                 await out.write(sse_error_event(broke))
@@ -277,7 +305,8 @@ class Dispatcher:
             call.close(ok=ok)
             if not ok and prefill is not None:
                 prefill.cancel()  # the turn failed or its client left: abort the prefill request too
-            finish(ok)
+            if retry is None:
+                finish(ok)
         return out
 
 
