@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
                    help="on SIGTERM, seconds in-flight streams get to finish" + _d("drain_timeout_s"))
     g.add_argument("--max-header-bytes", type=int, help="largest request header line" + _d("max_header_bytes"))
+    g.add_argument("--max-queue-per-worker", type=int,
+                   help="requests in flight per worker before 429 + Retry-After (0 = no bound)" + _d("max_queue_per_worker"))
+    g.add_argument("--retry-after", dest="retry_after_s", type=int,
+                   help="Retry-After seconds on 429/503 answers" + _d("retry_after_s"))
     g = p.add_argument_group("embedded cluster")
     g.add_argument("--embedded", help="layout: 1P1D, 1P2D, 2P2D, 1R (unified)..." + _d("embedded"))
     g.add_argument("--model", help="ppd-worker model: smollm2, a .gguf/HF path, or synthetic[:SEED]" + _d("model"))

@@ -106,6 +106,7 @@ class RouterConfig:
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight streams get this long to finish
     max_header_bytes: int = 32768  # one header line; beyond it a 431 (OpenAI-shaped)
     retry_after_s: int = 1  # Retry-After on 503 (no worker) and 429 (queue full) answers
+    max_queue_per_worker: int = 256  # requests the router keeps in flight per worker; beyond: 429 (0 = no bound)
     # embedded cluster
     embedded: str = "1P1D"
     model: str = "smollm2"
@@ -140,6 +141,8 @@ class RouterConfig:
             raise ConfigError("drain_timeout_s", f"must be >= 0, got {self.drain_timeout_s}")
         if not 8190 <= self.max_header_bytes <= 1 << 20:
             raise ConfigError("max_header_bytes", f"must be in 8190..1048576, got {self.max_header_bytes}")
+        if self.max_queue_per_worker < 0:
+            raise ConfigError("max_queue_per_worker", f"must be >= 0, got {self.max_queue_per_worker}")
         if not 1 <= self.retry_after_s <= 3600:
             raise ConfigError("retry_after_s", f"must be in 1..3600, got {self.retry_after_s}")
         if self.max_retries < 0 or self.max_retries > 10:

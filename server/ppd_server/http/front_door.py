@@ -229,6 +229,7 @@ class FrontDoor:
                                   retry_after_s=st.config.retry_after_s) from None
             span.set_attributes(decision_attributes(decision))
             span.set_attribute("ppd.attempt", attempt)
+            self._admit(decision)
             st.metrics.decisions.labels(decision.policy, decision.route).inc()
             plan = self._plan(kind, request.path, body, turn, stream, client_wants_usage, request_id,
                               worker_headers, span)
@@ -244,6 +245,20 @@ class FrontDoor:
                 st.turns.link_backlog_bytes -= kv_predicted
         raise RouterError(503, f"no worker could serve the request after {st.config.max_retries + 1} attempts: "
                                f"{last_failure}", code="workers_unavailable", retry_after_s=st.config.retry_after_s)
+
+    def _admit(self, decision: Any) -> None:
+        """Admission control: a bounded queue per worker (the router's own in-flight count).
+        Past it the request is refused early - 429 with Retry-After, which the SDK and the
+        openai client honour - instead of queueing without bound and missing every SLO."""
+        limit = self.state.config.max_queue_per_worker
+        if not limit:
+            return
+        for url in (decision.decode, decision.prefill):
+            w = self.state.registry.get(url)
+            if w is not None and w.inflight >= limit:
+                raise RouterError(429, f"the router's queue for worker {w.url} is full ({limit} requests in "
+                                       f"flight); retry later", code="queue_full",
+                                  retry_after_s=self.state.config.retry_after_s)
 
     def _plan(self, kind: Kind, path: str, body: dict[str, Any], turn: Turn, stream: bool,
               client_wants_usage: bool, request_id: str, worker_headers: dict[str, str], span: Any) -> Plan:
