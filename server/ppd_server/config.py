@@ -107,6 +107,8 @@ class RouterConfig:
     max_header_bytes: int = 32768  # one header line; beyond it a 431 (OpenAI-shaped)
     retry_after_s: int = 1  # Retry-After on 503 (no worker) and 429 (queue full) answers
     max_queue_per_worker: int = 256  # requests the router keeps in flight per worker; beyond: 429 (0 = no bound)
+    breaker_cooldown_s: float = 1.0  # a worker whose request failed stays out at least this long (doubling)
+    breaker_max_cooldown_s: float = 60.0  # ... up to this
     # embedded cluster
     embedded: str = "1P1D"
     model: str = "smollm2"
@@ -141,6 +143,9 @@ class RouterConfig:
             raise ConfigError("drain_timeout_s", f"must be >= 0, got {self.drain_timeout_s}")
         if not 8190 <= self.max_header_bytes <= 1 << 20:
             raise ConfigError("max_header_bytes", f"must be in 8190..1048576, got {self.max_header_bytes}")
+        if not 0 <= self.breaker_cooldown_s <= self.breaker_max_cooldown_s:
+            raise ConfigError("breaker_cooldown_s", f"must be in 0..breaker_max_cooldown_s "
+                                                    f"({self.breaker_max_cooldown_s}), got {self.breaker_cooldown_s}")
         if self.max_queue_per_worker < 0:
             raise ConfigError("max_queue_per_worker", f"must be >= 0, got {self.max_queue_per_worker}")
         if not 1 <= self.retry_after_s <= 3600:

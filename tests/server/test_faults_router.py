@@ -67,3 +67,41 @@ async def test_no_worker_left_is_a_503_with_retry_after():
         r = await client.post("/v1/chat/completions", json=chat_body())
         assert r.status == 503 and r.headers["Retry-After"] == "3"
         assert (await r.json())["error"]["type"] == "server_error"
+
+
+class Garbles(FakeWorker):
+    """Healthy to the poller, but answers generations with 200 and a body that is not JSON."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        return web.Response(body=b"\xff garbage {", content_type="application/json")
+
+
+async def test_a_garbling_worker_is_retried_around_and_kept_out_by_the_breaker():
+    bad = Garbles(role="unified")
+    good = FakeWorker(role="unified", n_tokens=3, load={"num_running_reqs": 40, "num_waiting_reqs": 20})
+    async with router_over([bad, good], policy="replica", breaker_cooldown_s=30.0) as (client, state):
+        for i in range(6):
+            r = await client.post("/v1/chat/completions", json=chat_body(), headers={"X-PPD-Conversation-Id": f"g{i}"})
+            assert r.status == 200
+            assert (await r.json())["choices"][0]["message"]["content"] == "tok tok tok "
+        assert len(bad.seen) == 1  # tried once, then out
+        w = state.registry.get(bad.url)
+        assert not w.healthy and w.request_failures == 1
+        # Its polls succeed, but the open breaker keeps it out until the cooldown passed ...
+        await state.registry.poll_once(state.session, timeout_s=2.0)
+        assert not w.healthy
+        # ... then it is half-open (back in); a second failure doubles the cooldown.
+        w.down_until = 0.0
+        await state.registry.poll_once(state.session, timeout_s=2.0)
+        assert w.healthy
+        state.registry.record_failure(bad.url, "again", now=1000.0)
+        assert w.request_failures == 2 and w.down_until == 1000.0 + 60.0
+        state.registry.record_success(bad.url)
+        assert w.request_failures == 0
+
+
+async def test_garbage_with_no_other_worker_is_a_503_never_relayed():
+    async with router_over([Garbles(role="unified")], max_retries=0) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 503 and "not JSON" in (await r.json())["error"]["message"]

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 from fake_sglang import FakeWorker
-from router_harness import chat_body
-
 from ppd_server.config import PrefillSpec, RouterConfig
 from ppd_server.http.app import create_app
 from ppd_server.http.serve import make_runner
+from router_harness import chat_body
 
 
 @asynccontextmanager

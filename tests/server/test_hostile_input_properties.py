@@ -23,12 +23,10 @@ from typing import Any
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from ppd_sdk import wire  # noqa: E402
-from ppd_server.routing.policies import make_policy  # noqa: E402
-from ppd_server.routing.types import (  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ppd_server.routing.policies import make_policy
+from ppd_server.routing.types import (
     ClusterView,
     CostCoefficients,
     NoWorkerAvailable,
@@ -36,6 +34,8 @@ from ppd_server.routing.types import (  # noqa: E402
     SessionView,
     WorkerView,
 )
+
+from ppd_sdk import wire
 
 HEADER_NAMES = [wire.HEADER_CONVERSATION_ID, wire.HEADER_PARENT_CONVERSATION_ID, wire.HEADER_TURN,
                 wire.HEADER_SLO_TTFT_MS, wire.HEADER_SLO_TPOT_MS]
@@ -175,7 +175,6 @@ class _RouterThread:
 
     async def _start(self) -> None:
         from fake_sglang import FakeWorker
-
         from ppd_server.config import PrefillSpec, RouterConfig
         from ppd_server.http.app import create_app
         from ppd_server.http.serve import make_runner
@@ -203,7 +202,7 @@ class _RouterThread:
         assert self.ready.wait(30)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

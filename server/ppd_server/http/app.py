@@ -61,7 +61,8 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
     ``default_profile`` is the cost profile to start from when ``config.profile`` names none
     (the embedded launcher passes the built-in SmolLM2 profile)."""
     config.validate()
-    registry = WorkerRegistry(workers_from_config(config))
+    registry = WorkerRegistry(workers_from_config(config), breaker_cooldown_s=config.breaker_cooldown_s,
+                              breaker_max_cooldown_s=config.breaker_max_cooldown_s)
     cost_model = CostModel(_load_profile(config.profile) or default_profile)
     sessions = SessionTable(max_sessions=config.max_sessions, idle_ttl_s=config.session_ttl_s)
     counter = tokens or TokenCounter.from_source(config.tokenizer)

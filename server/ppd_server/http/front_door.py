@@ -239,7 +239,7 @@ class FrontDoor:
                 return await st.dispatcher.run(request, plan)
             except RetryableFailure as f:
                 last_failure = f
-                st.registry.mark_down(f.url, f.reason)
+                st.registry.record_failure(f.url, f.reason)
                 st.metrics.retries.inc()
             finally:
                 st.turns.link_backlog_bytes -= kv_predicted

@@ -153,6 +153,7 @@ class Dispatcher:
             call.close(ok=call.resp.status == 200)
             if call.resp.status != 200:
                 raise _worker_error(call.resp.status, raw, "prefill")
+            self.registry.record_success(url)
         finally:
             if worker:
                 worker.release(time.monotonic())
@@ -230,6 +231,11 @@ class Dispatcher:
             raise
         call.close()
         body, usage = shape_json(plan.kind, raw, plan.route_info)
+        if body is raw and not _is_json(raw):  # a garbled answer; the client has nothing yet
+            if prefill is not None:
+                prefill.cancel()
+            raise RetryableFailure(str(plan.decision.decode), "answered 200 with a body that is not JSON")
+        self.registry.record_success(plan.decision.decode)
         plan.finish(usage, plan.started_at, True)
         return web.Response(body=body, status=200, content_type="application/json", headers=plan.client_headers)
 
@@ -293,6 +299,8 @@ class Dispatcher:
                     return error_response(broke, plan.client_headers)
                 raise retry
             ok = broke is None and not shaper.saw_error
+            if ok:
+                self.registry.record_success(plan.decision.decode)
             if not out.prepared:
                 await out.prepare(request)
             if broke is not None and not shaper.saw_error:
@@ -332,6 +340,14 @@ async def _discard(task: asyncio.Task) -> None:
         result = await task
         if isinstance(result, _Call):
             result.close(ok=False)
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
 
 
 async def _read_quietly(resp: UpstreamResponse) -> bytes:
