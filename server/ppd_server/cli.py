@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-header-bytes", type=int, help="largest request header line" + _d("max_header_bytes"))
     g.add_argument("--max-queue-per-worker", type=int,
                    help="requests in flight per worker before 429 + Retry-After (0 = no bound)" + _d("max_queue_per_worker"))
+    g.add_argument("--first-byte-timeout", dest="first_byte_timeout_s", type=float,
+                   help="retry a stream elsewhere when its worker is silent this long (0 = off)" + _d("first_byte_timeout_s"))
     g.add_argument("--breaker-cooldown", dest="breaker_cooldown_s", type=float,
                    help="a worker whose request failed stays out this long, doubling per failure" + _d("breaker_cooldown_s"))
     g.add_argument("--breaker-max-cooldown", dest="breaker_max_cooldown_s", type=float,

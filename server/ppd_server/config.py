@@ -107,6 +107,7 @@ class RouterConfig:
     max_header_bytes: int = 32768  # one header line; beyond it a 431 (OpenAI-shaped)
     retry_after_s: int = 1  # Retry-After on 503 (no worker) and 429 (queue full) answers
     max_queue_per_worker: int = 256  # requests the router keeps in flight per worker; beyond: 429 (0 = no bound)
+    first_byte_timeout_s: float = 0.0  # a stream silent this long after its headers is retried elsewhere (0 = off)
     breaker_cooldown_s: float = 1.0  # a worker whose request failed stays out at least this long (doubling)
     breaker_max_cooldown_s: float = 60.0  # ... up to this
     # embedded cluster
@@ -146,6 +147,8 @@ class RouterConfig:
         if not 0 <= self.breaker_cooldown_s <= self.breaker_max_cooldown_s:
             raise ConfigError("breaker_cooldown_s", f"must be in 0..breaker_max_cooldown_s "
                                                     f"({self.breaker_max_cooldown_s}), got {self.breaker_cooldown_s}")
+        if not self.first_byte_timeout_s >= 0:
+            raise ConfigError("first_byte_timeout_s", f"must be >= 0, got {self.first_byte_timeout_s}")
         if self.max_queue_per_worker < 0:
             raise ConfigError("max_queue_per_worker", f"must be >= 0, got {self.max_queue_per_worker}")
         if not 1 <= self.retry_after_s <= 3600:

@@ -5,6 +5,7 @@ event and ``[DONE]``; with no worker left the answer is a 503 with ``Retry-After
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -105,3 +106,25 @@ async def test_garbage_with_no_other_worker_is_a_503_never_relayed():
     async with router_over([Garbles(role="unified")], max_retries=0) as (client, state):
         r = await client.post("/v1/chat/completions", json=chat_body())
         assert r.status == 503 and "not JSON" in (await r.json())["error"]["message"]
+
+
+class HeadersThenSilence(FakeWorker):
+    """Answers 200 + SSE headers, then never a byte (a hung worker)."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await self.hold.wait()  # set by the test when done
+        return resp
+
+
+async def test_a_hung_stream_is_retried_elsewhere_after_the_first_byte_timeout():
+    hung = HeadersThenSilence(role="unified", hold=asyncio.Event())
+    good = FakeWorker(role="unified", n_tokens=3, load={"num_running_reqs": 40, "num_waiting_reqs": 20})
+    async with router_over([hung, good], policy="replica", first_byte_timeout_s=0.3) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(stream=True))
+        evs = events(await r.read())
+        assert r.status == 200 and evs[-1] == "[DONE]" and not any("error" in e for e in evs)
+        assert len(hung.seen) == 1 and not state.registry.get(hung.url).healthy
+        hung.hold.set()

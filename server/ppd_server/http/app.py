@@ -125,7 +125,8 @@ async def _startup(app: web.Application) -> None:
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
     st.pool = UpstreamPool(connect_timeout=cfg.connect_timeout_s, read_timeout=cfg.request_timeout_s)
-    st.dispatcher = Dispatcher(st.pool, st.registry, st.tracer if st.tracing else None, st.background)
+    st.dispatcher = Dispatcher(st.pool, st.registry, st.tracer if st.tracing else None, st.background,
+                               first_byte_timeout_s=cfg.first_byte_timeout_s)
     await st.registry.poll_once(st.session, timeout_s=max(2.0, cfg.connect_timeout_s))
     if cfg.tokenizer is None and not st.turns.tokens.exact:
         task = asyncio.create_task(_adopt_worker_tokenizer(st))

@@ -22,7 +22,7 @@ import secrets
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 from opentelemetry import propagate, trace
@@ -78,8 +78,11 @@ class _Call:
 
 class Dispatcher:
     def __init__(self, pool: UpstreamPool, registry: WorkerRegistry, tracer: Tracer | None,
-                 background: set[asyncio.Task]) -> None:
-        """``tracer`` None = tracing off: no CLIENT spans, the caller's trace headers pass through."""
+                 background: set[asyncio.Task], first_byte_timeout_s: float = 0.0) -> None:
+        """``tracer`` None = tracing off: no CLIENT spans, the caller's trace headers pass through.
+        ``first_byte_timeout_s`` > 0: a stream whose worker sends nothing for that long after its
+        headers (a hung worker) is abandoned and retried elsewhere, since the client has no byte yet."""
+        self.first_byte_timeout_s = first_byte_timeout_s
         self.pool = pool
         self.registry = registry
         self.tracer = tracer
@@ -263,7 +266,7 @@ class Dispatcher:
         try:
             broke: RouterError | None = None
             try:
-                async for chunk in call.resp.iter_chunks():
+                async for chunk in _first_within(call.resp.iter_chunks(), self.first_byte_timeout_s):
                     data = shaper.feed(chunk)
                     if shaper.saw_done:
                         finish(not shaper.saw_error and not prefill_error)
@@ -340,6 +343,18 @@ async def _discard(task: asyncio.Task) -> None:
         result = await task
         if isinstance(result, _Call):
             result.close(ok=False)
+
+
+async def _first_within(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, raising asyncio.TimeoutError when the first one takes over ``timeout_s`` (0 = no limit)."""
+    if timeout_s > 0:
+        try:
+            first = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return
+        yield first
+    async for chunk in chunks:
+        yield chunk
 
 
 def _is_json(raw: bytes) -> bool:
