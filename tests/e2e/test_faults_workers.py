@@ -125,6 +125,8 @@ def test_decode_sigkilled_mid_conversation(tmp_path: Path) -> None:
         for t in threads:
             t.join(180)
         assert not any(t.is_alive() for t in threads), "a stream hung after its worker died"
+        metrics = httpx.get(router.url + "/metrics", timeout=5).text
+        retried = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("ppd_retries_total"))
         cut = [c for c in affected if outcome[c.conversation_id] != "ok"]
         for c in cut:  # a stream cut after tokens: a clean, typed error; the turn is not committed
             assert outcome[c.conversation_id].startswith("error:"), outcome
@@ -151,6 +153,7 @@ def test_decode_sigkilled_mid_conversation(tmp_path: Path) -> None:
         assert rejoin_s is not None
         print(f"\nfault decode-SIGKILL: sessions={len(chats)} on-victim={len(affected)} "
               f"streams-cut-after-tokens={len(cut)} (SSE error+[DONE], typed SDK error) "
+              f"router retries before the first byte={retried:.0f} "
               f"next-turn failures={failures} first next-turn ok {first_ok:.2f}s after kill, "
               f"routes after={routes}, restarted worker healthy {rejoin_s:.2f}s after its /health")
 
