@@ -15,6 +15,7 @@ Throughputs print the median and (best) over repeats: on a shared machine the be
 closer estimate of the uncontended speed.
 
 Usage: python benchmarks/engine_bench.py [--model smollm2] [--dtype bfloat16] [--threads 1]
+       [--baseline-attention FILE --rounds 2]   # before/after in one run, interleaved
 """
 
 from __future__ import annotations
@@ -137,9 +138,10 @@ def bench_asymmetry(b: Bench, chunk: int, streams: int = 8, ctx: int = 1024) -> 
             "append_tpot": append_tpot, "append_stall": append_stall, "append_steps": append_steps}
 
 
-def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3) -> float:
-    """GB/s of a prefill->decode KV transfer of ``n`` tokens over loopback TCP (pool read,
-    framing, socket, pool write), as the workers do it."""
+def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3, same_host: bool = False) -> float:
+    """GB/s of a prefill->decode KV transfer of ``n`` tokens (pool read, framing, payload,
+    pool write), as the workers do it: over loopback TCP, or with ``same_host`` through the
+    shared-memory handoff (both ends in this process here; gpu_check measures two processes)."""
     import asyncio
 
     from ppd_engine.kv_transfer import BootstrapServer, PrefillResult, fetch_kv
@@ -152,7 +154,7 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3) -> float:
     b.sched.schedule()   # admits both: pages allocated
 
     async def once(room: int) -> float:
-        server = BootstrapServer("127.0.0.1", 0, timeout=30)
+        server = BootstrapServer("127.0.0.1", 0, timeout=30, same_host=same_host)
         await server.start()
         result = PrefillResult(1, n, 0, lambda start, end: b.runner.read_kv(src, start, end))
 
@@ -160,7 +162,8 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3) -> float:
             b.runner.write_kv(dst, received.start, received.data)
 
         began = time.perf_counter()
-        await asyncio.gather(server.send(room, result), fetch_kv("127.0.0.1", server.port, room, 0, 30, store))
+        await asyncio.gather(server.send(room, result), fetch_kv("127.0.0.1", server.port, room, 0, 30, store,
+                                                                    same_host=same_host))
         elapsed = time.perf_counter() - began
         await server.close()
         return elapsed
@@ -170,6 +173,75 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3) -> float:
     return n * b.runner.kv_bytes_per_token / statistics.median(times) / 1e9
 
 
+def load_baseline(path: str) -> str:
+    """Register ``paged_attention`` of the file at ``path`` (e.g. the kernel of an earlier
+    commit: ``git show REV:kernels/ppd_kernels/attention.py > /tmp/attention_before.py``) as
+    the attention backend "baseline"; returns its name."""
+    import importlib.util
+
+    from ppd_kernels import model as model_module
+
+    spec = importlib.util.spec_from_file_location("attention_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model_module.ATTENTION_BACKENDS["baseline"] = module.paged_attention
+    return "baseline"
+
+
+def measure(b: Bench, backends: list[str], rounds: int) -> dict[str, list[tuple[str, str, str]]]:
+    """Every figure for every backend, interleaved (backend A, B, A, B, ... per figure) so a
+    shared machine's load changes hit both alike; throughputs keep the best of the rounds."""
+    def best_of(fn) -> dict[str, tuple[float, float]]:
+        got: dict[str, list[tuple[float, float]]] = {name: [] for name in backends}
+        for _ in range(rounds):
+            for name in backends:
+                b.lm.model.attention_backend = name
+                got[name].append(fn())
+        return {name: (statistics.median(m for m, _ in vals), max(x for _, x in vals))
+                for name, vals in got.items()}
+
+    rate = "{0[0]:8.0f} tok/s  (best {0[1]:.0f})".format
+    rows: dict[str, list[tuple[str, str, str]]] = {name: [] for name in backends}
+
+    def add(label: str, results: dict, note: str = "") -> None:
+        for name, value in results.items():
+            rows[name].append((label, rate(value), note))
+
+    chunk = b.chunk
+    for n in (512, 2048):
+        add(f"prefill {n} tok, one step", best_of(lambda: bench_prefill(b, n, chunk=n)),
+            "target >= 700 at 512" if n == 512 else "")
+    add(f"prefill 2048 tok, chunks of {chunk}", best_of(lambda: bench_prefill(b, 2048, chunk)), "as served")
+    decode = {}
+    for batch in (1, 8, 32):
+        decode[batch] = best_of(lambda: bench_decode(b, batch, 1024))
+        add(f"decode batch {batch}, ctx 1024", decode[batch], "target >= 100" if batch == 8 else "")
+    for name in backends:
+        # step-time ratio batch 32 / batch 1 from the best steps: (32 / tok32) / (1 / tok1)
+        ratio = 32 * decode[1][name][1] / decode[32][name][1]
+        median_ratio = 32 * decode[1][name][0] / decode[32][name][0]
+        rows[name].append(("decode step batch 32 / batch 1", f"{ratio:8.2f} x", f"median {median_ratio:.2f} x"))
+    for name in backends:
+        b.lm.model.attention_backend = name
+        for label, same_host in (("loopback TCP", False), ("same-host shm", True)):
+            gbps = bench_transfer(b, same_host=same_host)
+            rows[name].append((f"KV transfer 2048 tok, {label}", f"{gbps:8.2f} GB/s",
+                               f"{2048 * b.runner.kv_bytes_per_token / 1e6:.0f} MB"))
+    for name in backends:
+        b.lm.model.attention_backend = name
+        a = bench_asymmetry(b, b.chunk)
+        rows[name] += [
+            ("TPOT, 8 streams ctx 1024, alone", f"{a['alone'] * 1000:8.1f} ms", ""),
+            ("TPOT while a 1024 full prefill is served", f"{a['full_tpot'] * 1000:8.1f} ms",
+             f"{a['full_steps']} step(s), added stall {a['full_stall'] * 1000:.0f} ms"),
+            ("TPOT while a 64 append on cached 1024", f"{a['append_tpot'] * 1000:8.1f} ms",
+             f"{a['append_steps']} step(s), added stall {a['append_stall'] * 1000:.0f} ms"),
+            ("append stall / full-prefill stall", f"{a['append_stall'] / a['full_stall']:8.3f}",
+             "target <= 0.15"),
+        ]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2")
@@ -177,6 +249,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--chunked-prefill-size", type=int, default=512)
+    parser.add_argument("--baseline-attention", metavar="FILE",
+                        help="also measure the paged_attention of FILE (an earlier kernel), "
+                             "interleaved with the current one in this run")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per figure")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from ppd_kernels import load_model
@@ -184,33 +260,17 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     lm = load_model(resolve_model(args.model), dtype=dtype)
     b = Bench(lm, dtype, args.page_size, args.chunked_prefill_size, max_tokens=48 * 1024)
+    backends = ([load_baseline(args.baseline_attention)] if args.baseline_attention else []) + ["fast"]
     print(f"# engine_bench: {lm.name}, {args.dtype}, {args.threads} thread(s), page {args.page_size}, "
-          f"chunked prefill {args.chunked_prefill_size}")
-    rows = []
-    rate = "{0[0]:8.0f} tok/s  (best {0[1]:.0f})".format
-    for n in (512, 2048):
-        rows.append((f"prefill {n} tok, one step", rate(bench_prefill(b, n, chunk=n)),
-                     "target >= 700 at 512" if n == 512 else ""))
-    chunk = args.chunked_prefill_size
-    rows.append((f"prefill 2048 tok, chunks of {chunk}", rate(bench_prefill(b, 2048, chunk)), "as served"))
-    for batch in (1, 8, 32):
-        rows.append((f"decode batch {batch}, ctx 1024", rate(bench_decode(b, batch, 1024)),
-                     "target >= 100" if batch == 8 else ""))
-    gbps = bench_transfer(b)
-    rows.append(("KV transfer 2048 tok, loopback TCP", f"{gbps:8.2f} GB/s",
-                 f"{2048 * b.runner.kv_bytes_per_token / 1e6:.0f} MB"))
-    a = bench_asymmetry(b, args.chunked_prefill_size)
-    rows += [
-        ("TPOT, 8 streams ctx 1024, alone", f"{a['alone'] * 1000:8.1f} ms", ""),
-        ("TPOT while a 1024 full prefill is served", f"{a['full_tpot'] * 1000:8.1f} ms",
-         f"{a['full_steps']} step(s), added stall {a['full_stall'] * 1000:.0f} ms"),
-        ("TPOT while a 64 append on cached 1024", f"{a['append_tpot'] * 1000:8.1f} ms",
-         f"{a['append_steps']} step(s), added stall {a['append_stall'] * 1000:.0f} ms"),
-        ("append stall / full-prefill stall", f"{a['append_stall'] / a['full_stall']:8.3f}", "target <= 0.25"),
-    ]
-    width = max(len(r[0]) for r in rows)
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value}  {note}")
+          f"chunked prefill {args.chunked_prefill_size}, attention {' vs '.join(backends)}, "
+          f"{args.rounds} round(s)")
+    rows = measure(b, backends, args.rounds)
+    width = max(len(r[0]) for r in rows["fast"])
+    for name in backends:
+        if len(backends) > 1:
+            print(f"## attention: {name}")
+        for label, value, note in rows[name]:
+            print(f"{label:<{width}}  {value}  {note}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ API (stable; the engine codes against it)::
     import torch
     from ppd_kernels import ModelConfig, ForwardBatch, SeqChunk, KVPool, LoadedModel, load_model
     from ppd_kernels.tokenizer import Tokenizer, load_tokenizer      # torch-free
+    # synthetic shapes: tiny (default), small, llama-3.2-1b, llama-3.1-8b (random weights)
 
-    lm = load_model("path/to/model.gguf" | "path/to/hf_dir" | "synthetic" | "synthetic:SEED",
+    lm = load_model("path/to/model.gguf" | "path/to/hf_dir" | "synthetic[:SHAPE][:SEED]",
                     dtype=torch.bfloat16, device="cpu")
     lm.model, lm.tokenizer, lm.config, lm.name
 
@@ -37,12 +38,16 @@ Contract of a forward:
   most ``model.packed_max_rows`` tokens (default 16: decode steps, small chunks) runs its
   GEMMs on them, ~2x faster decode at batch 1. Set it to 0 for dequantized weights only.
 
-Fast path preference: a sequence whose slots are ONE run of consecutive slots is read as
-strided views of the pool (no gather); a sequence split over several runs has its context
-gathered with ``index_select`` in every layer. Any slot order is correct, but allocate a
-sequence's pages consecutively when you can (adjacent pages merge into one run by
-themselves): with 16-slot pages scattered, batch-32 decode at context 1024 measured 1.3-2x
-slower than with contiguous slots; at batch 1-8 the difference was within noise.
+Attention (``attention.paged_attention``): one call per layer for the whole batch; decode
+rows run as one padded group and extend chunks as another (``attention_plan``), no loop over
+sequences. A group of one sequence whose slots form one run reads the pool through a view
+(no copy); otherwise the group's context is gathered once per layer, by whole blocks when
+every sequence sits on aligned pages (the engine's page allocator), else slot by slot. Any
+slot order is correct; page-aligned, consecutive pages are the fast case.
+
+Why the tokenizer lives here and not in the engine: the router counts prompt tokens with it
+(``ppd_server.request_path.token_count``), torch-free, and the router must never import the
+engine; ``ppd_kernels.tokenizer`` is the lowest layer both can use.
 
 Tokenizer: ``encode(text)`` (no specials added; special-token texts map to their ids),
 ``decode(ids, skip_special_tokens=True)``, ``apply_chat_template(messages, tools=None,

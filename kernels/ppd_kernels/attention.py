@@ -1,30 +1,33 @@
-"""Fast attention for a ragged batch over the head-major KVPool; same contract as
-``attention_reference.reference_attention``.
+"""Batched attention for a ragged batch over the head-major KVPool; same contract as
+``attention_reference.reference_attention``. One code path for CPU and CUDA (plain torch).
 
-Design (measured on the 2-vCPU AVX-512 box, 1 thread, bf16, with micro-benchmarks and
-benchmarks/kernels_bench.py):
-- No gather when a sequence's slots form one contiguous run: K and V are strided views of
-  the pool (in bf16, K is then copied once: see ``paged_attention``). A sequence split over
-  several runs is gathered with ``index_select`` (several times cheaper than the advanced
-  indexing ``k[:, slots]`` the reference uses; that indexing is what made the gather cost
-  1/3 of a decode step in early profiles).
-- Plain batched GEMMs instead of SDPA: the GQA group is folded into the query rows
-  ([kv_heads, group * rows, hd] against [kv_heads, context, hd]), so no K/V repeat and no
-  mask tensor. Queries are processed in row blocks (``SeqPlan.query_blocks``); a block sees
-  keys up to its last row, and only its diagonal square is masked. On CPU this beat the SDPA
-  flash kernel 2-3x for causal prefill, and ~3x for chunks on a cached prefix, where SDPA
-  needs an explicit mask and falls off its fast path.
-- A decode row is a single 1-row block: two small GEMMs and a softmax, no mask at all.
-Scores are in the compute dtype (like eager attention); softmax accumulates in fp32. On
-SmolLM2 in bf16 this path and the SDPA reference sit equally far from the fp32 logits
-(max |diff| 0.3-0.6 on three chat prompts, same argmax).
+One call per layer covers the whole batch: the decode rows run as ONE padded batch and the
+extend chunks as another (``attention_plan``: at most two groups, whatever the number of
+sequences); there is no per-sequence Python loop. Chosen by measurement on the 2-vCPU
+AVX-512 box (1 thread, bf16, SmolLM2 heads: 9 q / 3 kv x 64; per layer, batch 32 x 1025):
+- per-sequence loop (the previous kernel): 5.6 ms; the Python loop and 64 small bmm calls
+  are half of it;
+- gather K and V for the whole group at block (page) granularity + two batched GEMMs:
+  1.9 ms gather + 2.3 ms math; a per-slot gather costs 3.8 ms instead of 1.9;
+- SDPA (``enable_gqa``) over the same gathered tensors: 2.6 ms math, no better than the
+  GEMMs, and its causal path needs an explicit mask for chunks over a cached prefix, where
+  the CPU kernel leaves its fast path (2-3x slower than the blocked GEMMs for prefill).
+  ``flex_attention`` needs compilation on CPU (not available without a compiler toolchain
+  here) and was not measured.
+So: plain batched GEMMs with the GQA group folded into the query rows ([kv_heads, G,
+group * rows, hd] against [kv_heads, G, context, hd]: no K/V repeat), fp32-accumulating
+softmax in the compute dtype. A group of one sequence whose slots form one run reads the
+pool through a zero-copy view (prefill and batch-1 decode cost what they did). Extend
+queries are processed in row blocks that bound the score tile; a block masks only the key
+columns some of its rows must not see (the diagonal square for one sequence).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ppd_kernels.batch import BatchPlan, SeqPlan
+from ppd_kernels.attention_plan import AttentionGroup
+from ppd_kernels.batch import BatchPlan
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -32,50 +35,78 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """q: [T, num_heads, head_dim]; k_cache/v_cache: one layer [num_kv_heads, num_slots, head_dim],
     already holding this step's new K/V. Returns [T, num_heads, head_dim]."""
     q = q * scale
-    # Reduced-precision K is copied to a contiguous block: the CPU bf16 bmm against a
-    # transposed strided view of the pool ran 2.2x slower than copy + bmm (decode, 8 x 1025
-    # tokens), while fp32 ran 1.2x faster on the view. V views are used as they are.
-    copy_k = q.dtype != torch.float32
-    outputs = []
-    for seq in plan.seqs:
-        k = _context(k_cache, seq)
-        outputs.append(_sequence_attention(q[seq.row_start:seq.row_start + seq.num_new],
-                                           k.contiguous() if copy_k else k,
-                                           _context(v_cache, seq), seq))
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    results = []
+    for group, kernel in ((plan.decode, _decode), (plan.extend, _extend)):
+        if group is None:
+            continue
+        rows = q if group.rows is None else q.index_select(0, group.rows)
+        k, v = _context(k_cache, group), _context(v_cache, group)
+        if group.view is not None and q.dtype != torch.float32:
+            # The CPU bf16 GEMM against a transposed strided view of the pool ran 2.2x
+            # slower than copy + GEMM (decode, 8 x 1025); fp32 ran faster on the view.
+            k = k.contiguous()
+        results.append((group, kernel(rows, k, v, group)))
+    if len(results) == 1 and results[0][0].rows is None and results[0][0].out_index is None:
+        return results[0][1]
+    out = q.new_empty(q.shape)
+    for group, attended in results:
+        if group.out_index is not None:
+            attended = attended.index_select(0, group.out_index)
+        out.index_copy_(0, group.out_rows, attended)
+    return out
 
 
-def _context(cache: torch.Tensor, seq: SeqPlan) -> torch.Tensor:
-    """[kv_heads, context, hd]: a view of the pool for one run, else a gathered copy."""
-    if len(seq.runs) == 1:
-        start, length = seq.runs[0]
-        return cache[:, start:start + length]
-    return cache.index_select(1, seq.slots)
+def _context(cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+    """[kv_heads, G, context_max, hd]: a view of the pool, or one gather for the group."""
+    kv_heads, num_slots, head_dim = cache.shape
+    if group.view is not None:
+        start, length = group.view
+        return cache[:, start:start + length].unsqueeze(1)
+    assert group.gather is not None
+    if group.block > 1:
+        if num_slots % group.block == 0:
+            blocks = cache.view(kv_heads, num_slots // group.block, group.block * head_dim)
+            gathered = blocks.index_select(1, group.gather)
+            return gathered.view(kv_heads, group.num_seqs, group.context_max, head_dim)
+        # A pool not made of whole blocks: per-slot gather; slots past the end are padding.
+        offsets = torch.arange(group.block, device=cache.device)
+        slots = (group.gather[:, None] * group.block + offsets).flatten().clamp_(max=num_slots - 1)
+        return cache.index_select(1, slots).view(kv_heads, group.num_seqs, group.context_max, head_dim)
+    return cache.index_select(1, group.gather).view(kv_heads, group.num_seqs, group.context_max, head_dim)
 
 
-def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        seq: SeqPlan) -> torch.Tensor:
-    """q: [num_new, heads, hd] (pre-scaled); k/v: [kv_heads, context, hd]."""
-    num_new, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[0]
-    group = num_heads // num_kv_heads
-    if num_new == 1:
-        scores = torch.bmm(q.view(num_kv_heads, group, head_dim), k.transpose(1, 2))
-        return torch.bmm(torch.softmax(scores, dim=-1), v).view(1, num_heads, head_dim)
-    grouped = q.view(num_new, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)
-    out = q.new_empty(num_kv_heads, group, num_new, head_dim)
-    for start, end in seq.query_blocks:
-        rows, visible = end - start, seq.num_cached + end
-        scores = torch.bmm(grouped[:, :, start:end].reshape(num_kv_heads, group * rows, head_dim),
-                           k[:, :visible].transpose(1, 2))
-        # row i of the block sits at key position visible - rows + i: hide the keys after it
-        diagonal = scores.view(num_kv_heads, group, rows, visible)[..., visible - rows:]
-        diagonal.masked_fill_(_upper_triangle(rows, q.device), float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        attended = torch.bmm(probs, v[:, :visible])
-        out[:, :, start:end] = attended.view(num_kv_heads, group, rows, head_dim)
-    return out.permute(2, 0, 1, 3).reshape(num_new, num_heads, head_dim)
+def _decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+    """q: [G, heads, hd] (pre-scaled); k/v: [kv_heads, G, context, hd] -> [G, heads, hd]."""
+    num_seqs, num_heads, head_dim = q.shape
+    kv_heads, _, context, _ = k.shape
+    per_kv = num_heads // kv_heads
+    # 3-D bmm over (kv_head, sequence) pairs: ~8% less CPU time than the 4-D matmul
+    grouped = q.view(num_seqs, kv_heads, per_kv, head_dim).transpose(0, 1).reshape(-1, per_kv, head_dim)
+    keys = k.reshape(kv_heads * num_seqs, context, head_dim)
+    scores = torch.bmm(grouped, keys.transpose(1, 2)).view(kv_heads, num_seqs, per_kv, context)
+    if group.key_mask is not None:
+        scores.masked_fill_(group.key_mask[None, :, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).view(kv_heads * num_seqs, per_kv, context)
+    attended = torch.bmm(probs, v.reshape(kv_heads * num_seqs, context, head_dim))
+    return attended.view(kv_heads, num_seqs, num_heads // kv_heads, head_dim).transpose(0, 1).reshape(
+        num_seqs, num_heads, head_dim)
 
 
-def _upper_triangle(size: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(size, size, dtype=torch.bool, device=device).triu(1)
+def _extend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+    """q: [G * new_max, heads, hd] (pre-scaled, padded rows); k/v: [kv_heads, G, context, hd]
+    -> [G * new_max, heads, hd]."""
+    num_seqs, new_max = group.num_seqs, group.num_new_max
+    _, num_heads, head_dim = q.shape
+    kv_heads = k.shape[0]
+    per_kv = num_heads // kv_heads
+    grouped = q.view(num_seqs, new_max, kv_heads, per_kv, head_dim).permute(2, 0, 3, 1, 4)
+    out = q.new_empty(kv_heads, num_seqs, per_kv, new_max, head_dim)
+    for (start, end), (first, mask) in zip(group.query_blocks, group.block_masks):
+        rows, visible = end - start, first + mask.shape[-1]
+        block = grouped[:, :, :, start:end].reshape(kv_heads, num_seqs, per_kv * rows, head_dim)
+        scores = torch.matmul(block, k[:, :, :visible].transpose(-1, -2))
+        masked = scores.view(kv_heads, num_seqs, per_kv, rows, visible)[..., first:]
+        masked.masked_fill_(mask[None, :, None], float("-inf"))
+        attended = torch.matmul(torch.softmax(scores, dim=-1), v[:, :, :visible])
+        out[:, :, :, start:end] = attended.view(kv_heads, num_seqs, per_kv, rows, head_dim)
+    return out.permute(1, 3, 0, 2, 4).reshape(num_seqs * new_max, num_heads, head_dim)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ppd_kernels.attention_plan import AttentionGroup, plan_groups
+
 
 @dataclass(slots=True)
 class SeqChunk:
@@ -63,6 +65,9 @@ class BatchPlan:
     new_slots: torch.Tensor             # [T] slots the forward writes, in input order
     last_rows: torch.Tensor             # [num_seqs] row of each sequence's last new token
     seqs: list[SeqPlan]
+    decode: AttentionGroup | None = None   # the decode rows as one padded group (attention_plan)
+    extend: AttentionGroup | None = None   # the extend chunks as one padded group
+    num_rows: int = 0                      # T
 
 
 @dataclass(slots=True)
@@ -125,6 +130,9 @@ def causal_mask(num_cached: int, num_new: int, device: torch.device) -> torch.Te
 # 2**18 x heads elements, which measured as fast as any larger tile on CPU.
 SCORE_TILE = 2 ** 18
 MIN_QUERY_BLOCK = 32
+# On CUDA the score tile only bounds memory (no cache to fit): 2**24 elements is 32 MB in
+# bf16 per kv head group, and keeps an 8k prefill at 4 query blocks per layer (untested: no GPU here).
+CUDA_SCORE_TILE = 2 ** 24
 
 
 def query_blocks(num_new: int, context: int) -> list[tuple[int, int]]:
@@ -133,15 +141,28 @@ def query_blocks(num_new: int, context: int) -> list[tuple[int, int]]:
 
 
 def _make_plan(seqs: list[SeqChunk]) -> BatchPlan:
-    plans, new_slots, last_rows = [], [], []
-    row = 0
+    device = seqs[0].slots.device
+    # One device->host copy of every slot list (one sync on CUDA), then host-side planning.
+    host = torch.cat([seq.slots for seq in seqs]).cpu() if device.type != "cpu" else None
+    plans, host_slots, all_runs, last_rows = [], [], [], []
+    row = offset = 0
     for seq in seqs:
+        n = seq.context_len
+        slots_host = seq.slots if host is None else host[offset:offset + n]
+        offset += n
+        runs = contiguous_runs(slots_host)
         plans.append(SeqPlan(row_start=row, num_cached=seq.num_cached, num_new=seq.num_new,
-                             slots=seq.slots, runs=contiguous_runs(seq.slots),
+                             slots=seq.slots, runs=runs,
                              query_blocks=query_blocks(seq.num_new, seq.context_len)))
-        new_slots.append(seq.slots[seq.num_cached:])
+        host_slots.append(slots_host)
+        all_runs.append(runs)
         row += seq.num_new
         last_rows.append(row - 1)
-    device = seqs[0].slots.device
-    return BatchPlan(new_slots=torch.cat(new_slots),
-                     last_rows=torch.tensor(last_rows, dtype=torch.long, device=device), seqs=plans)
+    decode, extend = plan_groups([s.num_cached for s in seqs], [s.num_new for s in seqs],
+                                 host_slots, all_runs, device,
+                                 CUDA_SCORE_TILE if device.type == "cuda" else SCORE_TILE,
+                                 MIN_QUERY_BLOCK)
+    new_slots = torch.cat([seq.slots[seq.num_cached:] for seq in seqs])
+    return BatchPlan(new_slots=new_slots,
+                     last_rows=torch.tensor(last_rows, dtype=torch.long).to(device), seqs=plans,
+                     decode=decode, extend=extend, num_rows=row)

@@ -10,7 +10,8 @@ import torch
 
 from ppd_kernels.config import ModelConfig
 from ppd_kernels.model import LlamaModel
-from ppd_kernels.tokenizer import Tokenizer, parse_synthetic_source
+from ppd_kernels.synthetic import parse_synthetic
+from ppd_kernels.tokenizer_base import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -24,18 +25,24 @@ class LoadedModel:
 def load_model(source: str, dtype: torch.dtype = torch.bfloat16,
                device: str | torch.device = "cpu") -> LoadedModel:
     """Load weights (dequantized to ``dtype``), tokenizer and config from ``source``:
-    a .gguf file, an HF Llama/Qwen2 directory, or "synthetic" / "synthetic:SEED".
+    a .gguf file, an HF Llama/Qwen2 directory, or "synthetic[:SHAPE][:SEED]" (``synthetic``).
     GGUF Q4_1 matrices are also kept packed for small forwards on CPU in bf16
     (``LlamaModel.packed_max_rows``; set it to 0 to always use the dequantized weights)."""
     from ppd_kernels import tokenizer_sources
 
     q4_blocks = None
-    seed = parse_synthetic_source(source)
-    if seed is not None:
-        from ppd_kernels.synthetic import SYNTHETIC_CONFIG, synthetic_weights
+    synthetic = parse_synthetic(source)
+    if synthetic is not None:
+        from ppd_kernels.synthetic import SYNTHETIC_SHAPES, synthetic_weights
 
-        config, weights = SYNTHETIC_CONFIG, synthetic_weights(SYNTHETIC_CONFIG, seed)
-        tokenizer, name = tokenizer_sources.synthetic_tokenizer(), f"synthetic-{seed}"
+        shape, seed = synthetic
+        config = SYNTHETIC_SHAPES[shape]
+        if shape in ("tiny", "small"):   # float32 on CPU: identical weights on every device
+            weights = synthetic_weights(config, seed)
+            name = f"synthetic-{seed}" if shape == "tiny" else f"synthetic-{shape}-{seed}"
+        else:                 # drawn where they live (GB-sized shapes)
+            weights, name = synthetic_weights(config, seed, dtype, device), f"synthetic-{shape}-{seed}"
+        tokenizer = tokenizer_sources.synthetic_tokenizer()
     elif (path := Path(source)).is_dir():
         from ppd_kernels.weights_hf import load_hf_dir
 

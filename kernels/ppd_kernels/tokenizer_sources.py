@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ppd_kernels.tokenizer import Tokenizer
+from ppd_kernels.tokenizer_base import Tokenizer
 
 if TYPE_CHECKING:
     from gguf import GGUFReader

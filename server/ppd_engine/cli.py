@@ -55,6 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     from .model_source import ModelSourceError
 
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available() or torch.device(config.device).index is not None \
+                and torch.device(config.device).index >= torch.cuda.device_count():
+            print(f"ppd-worker: error: --device {config.device}: no such CUDA device "
+                  f"({torch.cuda.device_count()} visible)", file=sys.stderr)
+            sys.exit(2)
+
     try:
         asyncio.run(serve(config))
     except ModelSourceError as exc:

@@ -53,6 +53,13 @@ class EngineConfig:
         "At most this many requests are admitted (prefilling + decoding) at once."))
     kv_link_gbps: float | None = field(default=None, metadata=_opt(
         "Prefill: cap the KV send rate (gigabits/s) to emulate a datacenter link on loopback."))
+    kv_transfer_same_host: bool = field(default=True, metadata=_opt(
+        "Hand KV to/from a worker on the same host without the socket payload: shared memory "
+        "on CPU, CUDA IPC on GPU (TCP stays the control channel and the cross-host path; "
+        "--kv-link-gbps forces TCP)."))
+    memory_fraction: float | None = field(default=None, metadata=_opt(
+        "CUDA: cap this process's share of the GPU memory (0 < f <= 1), so several workers "
+        "share one GPU (torch.cuda.set_per_process_memory_fraction). Ignored on CPU."))
     kv_transfer_timeout: float = field(default=60.0, metadata=_opt(
         "Seconds to wait for the other side of a KV transfer before failing the request."))
     warmup: bool = field(default=True, metadata=_opt(
@@ -85,6 +92,11 @@ class EngineConfig:
             raise bad("threads", "must be >= 0")
         if self.kv_link_gbps is not None and self.kv_link_gbps <= 0:
             raise bad("kv_link_gbps", "must be > 0")
+        if self.memory_fraction is not None and not 0 < self.memory_fraction <= 1:
+            raise bad("memory_fraction", "must be in (0, 1]")
+        if not (self.device == "cpu" or self.device == "cuda"
+                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise bad("device", "must be cpu, cuda or cuda:N")
         if self.kv_transfer_timeout <= 0:
             raise bad("kv_transfer_timeout", "must be > 0")
         return self

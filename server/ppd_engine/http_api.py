@@ -5,27 +5,25 @@ Unknown top-level request keys are ignored (forward compatible, like SGLang)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from .errors import InvalidRequest, error_body
-from .request import Bootstrap, Mode
+from .http_common import WORKER, is_int, meta_info, parse_common, raise_if_failed, read_json, stream_sse
+from .openai_api import add_openai_routes
+from .request import GenerateInput, Mode
 from .sampling import SamplingParams
-from .worker import GenerateInput, Result, Worker
+from .worker import Worker
 
 log = logging.getLogger(__name__)
-WORKER = web.AppKey("worker", Worker)
 VERSION = "ppd-0.1.0"
 
 
 def create_app(worker: Worker) -> web.Application:
-    from .openai_api import add_openai_routes
-
     app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[_errors])
     app[WORKER] = worker
     app.router.add_post("/generate", generate)
@@ -71,48 +69,6 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return web.json_response(error_body(f"internal error: {type(exc).__name__}", 500), status=500)
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidRequest("request body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return body
-
-
-def parse_bootstrap(body: dict[str, Any]) -> Bootstrap | None:
-    host, port, room = body.get("bootstrap_host"), body.get("bootstrap_port"), body.get("bootstrap_room")
-    if room is None and host is None:
-        return None
-    if any(isinstance(v, list) for v in (host, port, room)):
-        raise InvalidRequest("batched bootstrap fields are not supported (one request per call)",
-                             param="bootstrap_room")
-    if not isinstance(host, str) or not host:
-        raise InvalidRequest("bootstrap_host must be a host name", param="bootstrap_host")
-    if port is not None and (not _is_int(port) or not 0 < port < 65536):
-        raise InvalidRequest("bootstrap_port must be a TCP port or null", param="bootstrap_port")
-    if not _is_int(room) or room < 0:
-        raise InvalidRequest("bootstrap_room must be a non-negative integer", param="bootstrap_room")
-    return Bootstrap(host.strip("[]"), port or 0, room)
-
-
-def parse_common(body: dict[str, Any], prompt_ids: list[int], sampling: SamplingParams) -> GenerateInput:
-    rid = body.get("rid")
-    if rid is not None and not isinstance(rid, str):
-        raise InvalidRequest("rid must be a string (batches are not supported)", param="rid")
-    local = body.get("do_local_prefill", False)
-    if not isinstance(local, bool):
-        raise InvalidRequest("do_local_prefill must be a boolean", param="do_local_prefill")
-    return GenerateInput(prompt_ids, sampling, rid, parse_bootstrap(body), local)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def parse_generate(body: dict[str, Any], worker: Worker) -> GenerateInput:
     text, input_ids = body.get("text"), body.get("input_ids")
     if (text is None) == (input_ids is None):
@@ -122,7 +78,7 @@ def parse_generate(body: dict[str, Any], worker: Worker) -> GenerateInput:
             raise InvalidRequest("text must be a string (batches are not supported)", param="text")
         prompt_ids = worker.tokenizer.encode(text)
     else:
-        if not isinstance(input_ids, list) or not all(_is_int(t) for t in input_ids):
+        if not isinstance(input_ids, list) or not all(is_int(t) for t in input_ids):
             raise InvalidRequest("input_ids must be a list of integers (batches are not supported)",
                                  param="input_ids")
         prompt_ids = input_ids
@@ -130,31 +86,6 @@ def parse_generate(body: dict[str, Any], worker: Worker) -> GenerateInput:
         raise InvalidRequest("return_logprob is not supported by this engine", param="return_logprob")
     sampling = SamplingParams.from_dict(body.get("sampling_params"))
     return parse_common(body, prompt_ids, sampling)
-
-
-def meta_info(result: Result) -> dict[str, Any]:
-    req = result.req
-    return {
-        "id": req.client_rid,
-        "finish_reason": result.finish_reason,
-        "prompt_tokens": req.prompt_len,
-        "completion_tokens": len(result.output_ids),
-        "cached_tokens": req.cached_tokens,
-        "cached_tokens_details": {"device": req.num_prefix_tokens, "prefill": req.prefill_cached_tokens},
-        "kv_transfer_bytes": req.kv_transfer_bytes,
-        "reasoning_tokens": 0,
-        "weight_version": "default",
-        "num_retractions": 0,
-        "e2e_latency": time.monotonic() - req.arrival_time,
-    }
-
-
-def raise_if_failed(result: Result) -> None:
-    """A request that ended in an engine-side error (e.g. KV transfer) becomes an HTTP error."""
-    reason = result.finish_reason or {}
-    if reason.get("type") == "abort" and result.req.error:
-        raise InvalidRequest(result.req.error, status=result.req.error_status, code="kv_transfer_failed"
-                             if "KV" in result.req.error or "bootstrap" in result.req.error else None)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -171,47 +102,6 @@ async def generate(request: web.Request) -> web.StreamResponse:
     assert last is not None
     raise_if_failed(last)
     return web.json_response({"text": last.text, "output_ids": last.output_ids, "meta_info": meta_info(last)})
-
-
-async def stream_sse(request: web.Request, results: AsyncIterator[Result], shape,
-                     final_chunks=None) -> web.StreamResponse:
-    """Relay ``results`` as SSE (``shape(result)`` -> chunk dict, or None to skip). The first
-    result is awaited before the 200 is sent, so validation errors still become 4xx."""
-    iterator = results.__aiter__()
-    try:
-        first = await iterator.__anext__()
-    except StopAsyncIteration:
-        first = None
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
-    result = first
-    try:
-        while result is not None:
-            reason = result.finish_reason or {}
-            if reason.get("type") == "abort" and result.req.error:
-                await _send(response, {"error": {"message": result.req.error, "type": "server_error",
-                                                 "code": result.req.error_status, "retryable": True}})
-                break
-            chunk = shape(result)
-            if chunk is not None:
-                await _send(response, chunk)
-            if result.finished and final_chunks is not None:
-                for extra in final_chunks(result):
-                    await _send(response, extra)
-            try:
-                result = await iterator.__anext__()
-            except StopAsyncIteration:
-                result = None
-        await response.write(b"data: [DONE]\n\n")
-    except (ConnectionResetError, ConnectionError):
-        pass  # client went away: closing the generator aborts the request
-    finally:
-        await iterator.aclose()
-    return response
-
-
-async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:
-    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
 
 def _unhealthy(worker: Worker) -> web.Response | None:

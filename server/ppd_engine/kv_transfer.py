@@ -3,13 +3,17 @@
 Protocol (each JSON frame = 4-byte big-endian length + UTF-8 JSON):
 
 1. decode connects to the prefill's bootstrap server (bootstrap_host:bootstrap_port) and
-   sends ``{"room": R, "decode_prefix_len": N}`` (N = tokens the decode already caches, so
-   only the suffix is sent: SGLang's incremental transfer);
+   sends ``{"room": R, "decode_prefix_len": N, "host": T, "pid": P}`` (N = tokens the decode
+   already caches, so only the suffix is sent: SGLang's incremental transfer; T = its
+   same-host token, see ``kv_handoff``, and P its process id; absent = bytes over TCP only);
 2. prefill waits until its prefill of room R is done, then sends
    ``{"ok": true, "first_token": id, "start": N, "num_tokens": n, "prefill_cached_tokens": c,
    "dtype": "bfloat16", "shape": [...], "nbytes": B}`` followed by B raw bytes: the
-   ``KVPool.read`` tensor of positions [N, n) — or ``{"ok": false, "error": msg}``;
-3. decode answers ``{"ok": true}`` once it has the bytes; prefill then frees the request.
+   ``KVPool.read`` tensor of positions [N, n) — or, when T equals its own token, the same
+   header plus ``"handoff": {...}`` (a shared-memory segment or a CUDA IPC handle) and no
+   bytes — or ``{"ok": false, "error": msg}``;
+3. decode answers ``{"ok": true}`` once it has stored the KV; prefill then frees the request
+   (and the handoff segment).
 
 The prefill side caps its send rate when ``link_gbps`` is set (a datacenter link on loopback).
 Both sides time out after ``timeout`` seconds with a clear error.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -73,9 +78,12 @@ class BootstrapServer:
     """Prefill side: serves decode workers that come for the KV of a room."""
 
     def __init__(self, host: str, port: int, timeout: float, link_gbps: float | None = None,
-                 on_sent: Callable[[int, float], None] | None = None) -> None:
+                 on_sent: Callable[[int, float], None] | None = None, same_host: bool = True) -> None:
         self.host, self.port, self.timeout, self.link_gbps = host, port, timeout, link_gbps
         self.on_sent = on_sent
+        # Hand KV over through shared memory / CUDA IPC to a decode on this host (a link cap
+        # emulates a network, so it forces TCP).
+        self.same_host = same_host and link_gbps is None
         self._rooms: dict[int, _Room] = {}
         self._server: asyncio.AbstractServer | None = None
 
@@ -123,6 +131,7 @@ class BootstrapServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         room: _Room | None = None
         room_id = None
+        release: Callable[[], None] | None = None
         try:
             request = await asyncio.wait_for(read_frame(reader), self.timeout)
             room_id, start = request.get("room"), request.get("decode_prefix_len", 0)
@@ -132,24 +141,41 @@ class BootstrapServer:
             result: PrefillResult = await asyncio.wait_for(asyncio.shield(room.ready), self.timeout)
             start = min(start, result.num_tokens)
             began = time.monotonic()
-            data = await asyncio.get_running_loop().run_in_executor(
-                None, result.read_kv, start, result.num_tokens)
-            raw = data.view(-1).view(_uint8()).numpy() if data.numel() else b""
-            await write_frame(writer, {
-                "ok": True, "first_token": result.first_token, "start": start,
-                "num_tokens": result.num_tokens, "prefill_cached_tokens": result.prefill_cached_tokens,
-                "dtype": str(data.dtype).removeprefix("torch."), "shape": list(data.shape),
-                "nbytes": len(raw)})
-            await self._send_bytes(writer, memoryview(raw))
+            handoff = self.same_host and request.get("host") == _host_token()
+
+            def prepare():
+                data = result.read_kv(start, result.num_tokens)
+                # CUDA IPC cannot map a handle in the process that made it (the warmup
+                # fetches from itself): same-process CUDA fetches take TCP.
+                same_process = request.get("pid") == os.getpid()
+                if handoff and data.numel() and not (data.device.type == "cuda" and same_process):
+                    from .kv_handoff import publish
+
+                    return data, *publish(data)
+                return data, None, None
+
+            data, descriptor, release = await asyncio.get_running_loop().run_in_executor(None, prepare)
+            raw = memoryview(b"") if descriptor is not None else memoryview(
+                await asyncio.get_running_loop().run_in_executor(None, _host_bytes, data))
+            nbytes = data.numel() * data.element_size()
+            header = {"ok": True, "first_token": result.first_token, "start": start,
+                      "num_tokens": result.num_tokens,
+                      "prefill_cached_tokens": result.prefill_cached_tokens,
+                      "dtype": str(data.dtype).removeprefix("torch."), "shape": list(data.shape),
+                      "nbytes": nbytes}
+            if descriptor is not None:
+                header["handoff"] = descriptor
+            await write_frame(writer, header)
+            await self._send_bytes(writer, raw)
             ack = await asyncio.wait_for(read_frame(reader), self.timeout)
             if not ack.get("ok"):
                 raise TransferError(f"decode worker refused the KV: {ack.get('error')}")
             if self.on_sent is not None:
-                self.on_sent(len(raw), time.monotonic() - began)
+                self.on_sent(nbytes, time.monotonic() - began)
             if not room.done.done():
-                room.done.set_result(len(raw))
-        except (RuntimeError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                ValueError) as exc:
+                room.done.set_result(nbytes)
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the decode side now,
+            # not after its timeout (a TypeError from a CUDA tensor once stalled the warmup).
             message = str(exc) or type(exc).__name__
             log.warning("KV send failed: %s", message)
             try:
@@ -162,6 +188,8 @@ class BootstrapServer:
             if room is not None and not room.ready.done():   # the prefill never came: forget the room
                 self._rooms.pop(room_id, None)
         finally:
+            if release is not None:
+                release()
             writer.close()
 
     async def _send_bytes(self, writer: asyncio.StreamWriter, raw: memoryview) -> None:
@@ -188,9 +216,12 @@ class ReceivedKV:
 
 
 async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, timeout: float,
-                   store: Callable[[ReceivedKV], Awaitable[None]]) -> ReceivedKV:
+                   store: Callable[[ReceivedKV], Awaitable[None]], same_host: bool = True) -> ReceivedKV:
     """Decode side: fetch the KV of ``room`` from the prefill's bootstrap server and hand it
-    to ``store`` (which writes it into the pool) before acknowledging."""
+    to ``store`` (which writes it into the pool) before acknowledging. ``same_host`` offers
+    the shared-memory / CUDA IPC handoff (used when the prefill is on this host). The
+    ``data`` of the ReceivedKV is valid inside ``store`` only (it may map shared memory);
+    the returned object has ``data=None``."""
     import torch
 
     try:
@@ -199,24 +230,44 @@ async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, time
         raise TransferError(f"cannot reach the prefill bootstrap server {host}:{port}: "
                             f"{exc or type(exc).__name__}") from None
     try:
-        await write_frame(writer, {"room": room, "decode_prefix_len": decode_prefix_len})
+        request: dict[str, Any] = {"room": room, "decode_prefix_len": decode_prefix_len}
+        if same_host:
+            request["host"], request["pid"] = _host_token(), os.getpid()
+        await write_frame(writer, request)
         header = await asyncio.wait_for(read_frame(reader), timeout)
         if not header.get("ok"):
             raise TransferError(f"prefill worker failed: {header.get('error')}")
         nbytes = int(header["nbytes"])
-        raw = await asyncio.wait_for(_read_into_tensor(reader, nbytes), timeout)
-        data = raw.view(getattr(torch, header["dtype"])).reshape(header["shape"])
-        received = ReceivedKV(int(header["first_token"]), int(header["start"]),
-                              int(header["num_tokens"]), int(header["prefill_cached_tokens"]),
-                              nbytes, data)
+        dtype = getattr(torch, header["dtype"])
+        close = None
         try:
-            await store(received)
-        except (RuntimeError, ValueError) as exc:
-            await write_frame(writer, {"ok": False, "error": str(exc)})
-            raise TransferError(f"could not store the received KV: {exc}") from None
+            if "handoff" in header:
+                from .kv_handoff import attach
+
+                raw, close = attach(header["handoff"])
+            else:
+                raw = await asyncio.wait_for(_read_into_tensor(reader, nbytes), timeout)
+            data = (raw.view(dtype) if raw.dtype != dtype else raw).reshape(header["shape"])
+            received = ReceivedKV(int(header["first_token"]), int(header["start"]),
+                                  int(header["num_tokens"]), int(header["prefill_cached_tokens"]),
+                                  nbytes, data)
+            del raw, data
+            try:
+                await store(received)
+            except (RuntimeError, ValueError) as exc:
+                await write_frame(writer, {"ok": False, "error": str(exc)})
+                raise TransferError(f"could not store the received KV: {exc}") from None
+            finally:
+                received.data = None
+        finally:
+            if close is not None:
+                close()
         await write_frame(writer, {"ok": True})
         return received
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError, KeyError, ValueError) as exc:
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError, KeyError, ValueError,
+            TypeError, AttributeError, RuntimeError) as exc:
+        if isinstance(exc, TransferError):
+            raise
         raise TransferError(f"KV transfer from {host}:{port} room {room} failed: "
                             f"{exc or type(exc).__name__}") from None
     finally:
@@ -240,7 +291,22 @@ async def _read_into_tensor(reader: asyncio.StreamReader, nbytes: int):
     return buffer
 
 
-def _uint8():
+def _host_token() -> str:
+    from .kv_handoff import host_token
+
+    return host_token()
+
+
+def _host_bytes(data):
+    """The raw bytes of a KV tensor as a host buffer for the socket. A tensor on an
+    accelerator is copied to host memory first (``.numpy()`` only works on CPU tensors)."""
     import torch
 
-    return torch.uint8
+    if not data.numel():
+        return b""
+    if data.device.type != "cpu":
+        # a page-locked staging buffer: the device-to-host copy runs at full DMA speed
+        host = torch.empty(data.shape, dtype=data.dtype, pin_memory=True)
+        host.copy_(data)
+        data = host
+    return data.contiguous().view(-1).view(torch.uint8).numpy()

@@ -47,9 +47,12 @@ def cache_dir() -> Path:
 
 def resolve_model(model: str, log=print) -> str:
     if model == "synthetic" or model.startswith("synthetic:"):
-        seed = model.partition(":")[2]
-        if seed and not seed.isdigit():
-            raise ModelSourceError(f"--model {model!r}: the synthetic seed must be an integer")
+        from ppd_kernels.synthetic import parse_synthetic   # torch-free
+
+        try:
+            parse_synthetic(model)
+        except ValueError as exc:
+            raise ModelSourceError(f"--model {model!r}: {exc}") from None
         return model
     if model in SMOLLM2_ALIASES or model.lower() in SMOLLM2_ALIASES:
         return str(find_smollm2() or download_smollm2(log))

@@ -16,10 +16,11 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from .errors import InvalidRequest
-from .http_api import WORKER, meta_info, parse_common, raise_if_failed, read_json, stream_sse
+from .http_common import WORKER, meta_info, parse_common, raise_if_failed, read_json, stream_sse
 from .sampling import SamplingParams
 from .tool_calls import parse_tool_calls, safe_prefix_len
-from .worker import Result, Worker
+from .request import Result
+from .worker import Worker
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 # OpenAI/SGLang request keys that map onto sampling_params.

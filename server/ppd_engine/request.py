@@ -103,3 +103,26 @@ class Req:
     def slot_ids(self, page_size: int) -> list[int]:
         """Slots of every token position this request may use, in order."""
         return [page * page_size + offset for page in self.pages for offset in range(page_size)]
+
+
+@dataclass(frozen=True)
+class GenerateInput:
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    rid: str | None = None
+    bootstrap: Bootstrap | None = None
+    do_local_prefill: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    """A cumulative view of one request's output (one per streamed chunk, and the last)."""
+
+    req: Req
+    output_ids: list[int]
+    text: str
+    finish_reason: dict[str, Any] | None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -82,12 +82,12 @@ class ModelRunner:
         return tokens
 
     def read_kv(self, req: Req, start: int, end: int) -> torch.Tensor:
-        """KV of positions [start, end) of ``req`` (KVPool.read layout), in host memory for
-        the socket."""
+        """KV of positions [start, end) of ``req`` (KVPool.read layout), a new tensor on the
+        pool's device (the transfer stages it to host memory or hands it over by IPC)."""
         with self._transfer_lock:
             if req.finished:
                 raise RuntimeError("the request was aborted before its KV was read")
-            return self.kv.read(self.slots_of(req)[start:end]).to("cpu")
+            return self.kv.read(self.slots_of(req)[start:end])
 
     def write_kv(self, req: Req, start: int, data: torch.Tensor) -> None:
         """Store received KV for positions [start, start + n) of ``req``."""

@@ -29,15 +29,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from .config import EngineConfig
 from .kv_transfer import BootstrapServer, PrefillResult, ReceivedKV, fetch_kv
-from .request import Bootstrap
+from .request import Bootstrap, GenerateInput, Result
 from .sampling import SamplingParams
-from .worker import GenerateInput
 
-if TYPE_CHECKING:
-    from .worker import Worker
+
+class Worker(Protocol):
+    """What the warmup uses of ``worker.Worker`` (a protocol: this module must not import
+    worker, which starts the warmup)."""
+
+    config: EngineConfig
+    tokenizer: Any
+    bootstrap: BootstrapServer | None
+    runner: Any
+    engine: Any
+    scheduler: Any
+
+    @property
+    def context_limit(self) -> int: ...
+
+    async def complete(self, inp: GenerateInput, mode: Any = None, warmup: bool = False) -> Result: ...
+
+    def reset_metrics(self) -> None: ...
 
 log = logging.getLogger(__name__)
 

@@ -16,40 +16,17 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
+from . import warmup
 from .config import EngineConfig
 from .errors import InvalidRequest
 from .kv_transfer import BootstrapServer, PrefillResult, ReceivedKV, TransferError, fetch_kv
-from .request import Bootstrap, Mode, Req
+from .request import GenerateInput, Mode, Req, Result
 from .sampling import SamplingParams
 from .stopping import OutputTracker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenerateInput:
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    rid: str | None = None
-    bootstrap: Bootstrap | None = None
-    do_local_prefill: bool = False
-
-
-@dataclass(frozen=True)
-class Result:
-    """A cumulative view of one request's output (one per streamed chunk, and the last)."""
-
-    req: Req
-    output_ids: list[int]
-    text: str
-    finish_reason: dict[str, Any] | None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
 
 
 class Worker:
@@ -97,7 +74,8 @@ class Worker:
         if self.config.is_prefill:
             self.bootstrap = BootstrapServer(self.config.host, self.config.disaggregation_bootstrap_port,
                                              self.config.kv_transfer_timeout, self.config.kv_link_gbps,
-                                             on_sent=self.metrics.on_kv_transfer)
+                                             on_sent=self.metrics.on_kv_transfer,
+                                             same_host=self.config.kv_transfer_same_host)
             await self.bootstrap.start()
         if self.config.warmup:
             self._warmup = asyncio.create_task(self._warm_up())
@@ -105,11 +83,9 @@ class Worker:
             self.ready.set()
 
     async def _warm_up(self) -> None:
-        from .warmup import warm_up
-
         began = time.monotonic()
         try:
-            await warm_up(self)
+            await warmup.warm_up(self)
         except Exception as exc:  # a broken engine also shows in /health; serve and say why
             log.warning("warmup failed: %s: %s", type(exc).__name__, exc)
         else:
@@ -239,7 +215,8 @@ class Worker:
 
         try:
             received = await fetch_kv(req.bootstrap.host, port, req.bootstrap.room,
-                                      req.num_prefix_tokens, self.config.kv_transfer_timeout, store)
+                                      req.num_prefix_tokens, self.config.kv_transfer_timeout, store,
+                                      same_host=self.config.kv_transfer_same_host)
         except Exception as exc:  # any failure (also a malformed peer frame) must end the request
             message = str(exc) if isinstance(exc, TransferError) else \
                 f"KV transfer failed: {type(exc).__name__}: {exc}"
@@ -299,6 +276,12 @@ def build_worker(config: EngineConfig, log_fn=print) -> Worker:
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {config.device}: this torch build or machine has no CUDA")
+        torch.cuda.set_device(torch.device(config.device))
+        if config.memory_fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(config.memory_fraction, torch.device(config.device))
     source = resolve_model(config.model, log=log_fn)
     dtype_name = resolve_dtype(config.dtype, config.device)
     dtype = getattr(torch, dtype_name)

@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tp", type=int, help="tensor parallel size per SGLang worker" + _d("tp"))
     g.add_argument("--worker-threads", type=int, help="torch threads per ppd-worker" + _d("worker_threads"))
     g.add_argument("--kv-link-gbps", type=float, help="cap the embedded P->D KV transfer rate (emulate a DC link)")
+    g.add_argument("--device", help="ppd-worker device(s): cpu, cuda, cuda:N, or a list cuda:0,cuda:1 "
+                   "(workers are placed round-robin over it)" + _d("device"))
+    g.add_argument("--gpu-memory-fraction", type=float,
+                   help="share of its GPU each ppd-worker may use (e.g. 0.45 for a 1P1D pair on one GPU)")
     g.add_argument("--startup-timeout", dest="startup_timeout_s", type=float, help="seconds to wait for workers" + _d("startup_timeout_s"))
     g.add_argument("--dry-run", action="store_true", default=None, help="print the worker commands and exit")
     g.add_argument("--log-level", help="debug|info|warning|error" + _d("log_level"))

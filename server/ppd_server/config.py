@@ -117,6 +117,8 @@ class RouterConfig:
     model_path: str | None = None  # --backend sglang
     worker_threads: int = 1
     kv_link_gbps: float | None = None
+    device: str = "cpu"  # ppd-worker devices, comma-separated (cuda:0,cuda:1): workers round-robin
+    gpu_memory_fraction: float | None = None  # per ppd-worker share of a GPU that several share
     tp: int = 1
     dry_run: bool = False
     log_level: str = "info"
@@ -124,6 +126,10 @@ class RouterConfig:
     @property
     def embedded_layout(self) -> EmbeddedLayout:
         return EmbeddedLayout.parse(self.embedded)
+
+    @property
+    def devices(self) -> list[str]:
+        return [d.strip() for d in self.device.split(",")]
 
     @property
     def has_external_workers(self) -> bool:
@@ -159,6 +165,11 @@ class RouterConfig:
             raise ConfigError("max_sessions", f"must be >= 1, got {self.max_sessions}")
         if self.worker_threads < 1 or self.tp < 1:
             raise ConfigError("worker_threads" if self.worker_threads < 1 else "tp", "must be >= 1")
+        for device in self.devices:
+            if not (device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+                raise ConfigError("device", f"each device must be cpu, cuda or cuda:N, got {device!r}")
+        if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
+            raise ConfigError("gpu_memory_fraction", f"must be in (0, 1], got {self.gpu_memory_fraction}")
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend == "sglang" and not self.model_path and not self.has_external_workers:

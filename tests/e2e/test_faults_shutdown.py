@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from engine.launch import free_port
+from processes import free_port
 
 pytestmark = pytest.mark.e2e
 TESTS_SERVER = Path(__file__).resolve().parents[1] / "server"

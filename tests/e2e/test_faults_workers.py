@@ -15,7 +15,6 @@ docs/operations.md).
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -23,8 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from engine.launch import Proc, free_port
-from router_process import RouterProcess
+from processes import Process, free_port, router_argv, worker_argv
 
 from ppd_sdk import ChatSession
 
@@ -34,34 +32,31 @@ SYSTEM = "You are terse."
 MAX_TOKENS = 24
 
 
-def _worker(tmp: Path, name: str, port: int, *args: str) -> Proc:
-    cmd = [sys.executable, "-m", "ppd_engine", "--host", "127.0.0.1", "--port", str(port), "--threads", "1",
-           "--model", "smollm2", *args]
-    return Proc(name, cmd, f"http://127.0.0.1:{port}", tmp / f"{name}-{time.monotonic_ns()}.log")
+def _worker(tmp: Path, name: str, port: int, *args: str) -> Process:
+    return Process(name, worker_argv(port, "--model", "smollm2", *args), port, tmp / f"{name}-{time.monotonic_ns()}.log")
 
 
-def _prefill(tmp: Path, port: int, bootstrap: int) -> Proc:
+def _prefill(tmp: Path, port: int, bootstrap: int) -> Process:
     return _worker(tmp, "prefill", port, "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
                    str(bootstrap))
 
 
-def _decode(tmp: Path, name: str, port: int) -> Proc:
+def _decode(tmp: Path, name: str, port: int) -> Process:
     return _worker(tmp, name, port, "--disaggregation-mode", "decode", "--disaggregation-decode-enable-radix-cache",
                    "--disaggregation-decode-enable-conditional-agg")
 
 
-def _router(prefill: Proc, bootstrap: int, decodes: list[Proc]) -> RouterProcess:
+def _router(prefill: Process, bootstrap: int, decodes: list[Process]) -> Process:
     port = free_port()
-    argv = [sys.executable, "-m", "ppd_server", "--port", str(port), "--policy", "ppd", "--load-interval", "0.3",
-            "--prefill", prefill.url, str(bootstrap)]
+    args = ["--policy", "ppd", "--load-interval", "0.3", "--prefill", prefill.url, str(bootstrap)]
     for d in decodes:
-        argv += ["--decode", d.url]
-    router = RouterProcess(argv, port)
-    router.wait_healthy()
+        args += ["--decode", d.url]
+    router = Process("router", router_argv(port, *args), port)
+    router.wait_healthy(timeout=120)
     return router
 
 
-def _healthy(router: RouterProcess, url: str) -> bool:
+def _healthy(router: Process, url: str) -> bool:
     workers = httpx.get(router.url + "/admin/workers", timeout=5).json()["workers"]
     return any(w["url"] == url and w["healthy"] for w in workers)
 
@@ -89,7 +84,7 @@ def test_decode_sigkilled_mid_conversation(tmp_path: Path) -> None:
         for p in (prefill, d1, d2):
             stack.callback(p.stop)
         for p in (prefill, d1, d2):
-            p.wait_ready()
+            p.wait_healthy(timeout=180)
         router = _router(prefill, bootstrap, [d1, d2])
         stack.callback(router.stop)
 
@@ -148,7 +143,7 @@ def test_decode_sigkilled_mid_conversation(tmp_path: Path) -> None:
         port = int(victim.url.rsplit(":", 1)[1])
         back = _decode(tmp_path, "decode-restarted", port)
         stack.callback(back.stop)
-        back.wait_ready()
+        back.wait_healthy(timeout=180)
         rejoin_s = _wait(lambda: _healthy(router, victim.url), 30)
         assert rejoin_s is not None
         print(f"\nfault decode-SIGKILL: sessions={len(chats)} on-victim={len(affected)} "
@@ -166,7 +161,7 @@ def test_prefill_sigkilled_then_restarted(tmp_path: Path) -> None:
         for p in (prefill, decode):
             stack.callback(p.stop)
         for p in (prefill, decode):
-            p.wait_ready()
+            p.wait_healthy(timeout=180)
         router = _router(prefill, bootstrap, [decode])
         stack.callback(router.stop)
 
@@ -199,7 +194,7 @@ def test_prefill_sigkilled_then_restarted(tmp_path: Path) -> None:
         for p in (back_p, back_d):
             stack.callback(p.stop)
         for p in (back_p, back_d):
-            p.wait_ready()
+            p.wait_healthy(timeout=180)
         rejoin_s = _wait(lambda: _healthy(router, prefill.url) and _healthy(router, decode.url), 30)
         assert rejoin_s is not None
         fresh = stack.enter_context(ChatSession(base_url=router.url + "/v1", system=SYSTEM, timeout=120))

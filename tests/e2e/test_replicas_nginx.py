@@ -16,15 +16,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
-from engine.launch import free_port, pd_pair
-from router_process import RouterProcess
+from processes import Process, free_port, pd_pair, router_argv
 
 from ppd_sdk import ChatSession
 
@@ -65,11 +63,11 @@ def _start_nginx(tmp: Path, replicas: list[str], port: int) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _tables(replicas: list[RouterProcess]) -> dict[str, dict[str, int]]:
+def _tables(replicas: list[Process]) -> dict[str, dict[str, int]]:
     """replica url -> {conversation id: turns it saw}."""
     out = {}
     for r in replicas:
-        if r.proc.poll() is None:
+        if r.popen.poll() is None:
             body = httpx.get(r.url + "/admin/sessions", params={"limit": 1000}, timeout=5).json()
             out[r.url] = {s["conversation_id"]: s["turns"] for s in body["sessions"]}
     return out
@@ -82,12 +80,13 @@ def test_replicas_behind_nginx_keep_affinity_and_survive_a_replica_loss(tmp_path
         replicas = []
         for _ in range(2):
             port = free_port()
-            r = RouterProcess([sys.executable, "-m", "ppd_server", "--port", str(port), "--load-interval", "0.3",
-                               "--prefill", prefill.url, str(prefill.bootstrap_port), "--decode", decode.url], port)
+            r = Process(f"replica{len(replicas)}", router_argv(port, "--load-interval", "0.3", "--prefill", prefill.url,
+                                                               str(prefill.bootstrap_port), "--decode", decode.url), port,
+                        tmp_path / f"replica{len(replicas)}.log")
             stack.callback(r.stop)
             replicas.append(r)
         for r in replicas:
-            r.wait_healthy()
+            r.wait_healthy(timeout=120)
         front_port = free_port()
         nginx = _start_nginx(tmp_path, [r.url.removeprefix("http://") for r in replicas], front_port)
 
@@ -124,8 +123,8 @@ def test_replicas_behind_nginx_keep_affinity_and_survive_a_replica_loss(tmp_path
 
         victim = max(replicas, key=lambda r: spread[r.url])
         moved = [c for c in chats if homes[c.conversation_id] == victim.url]
-        victim.proc.kill()  # SIGKILL by PID, between turns
-        victim.proc.wait(10)
+        victim.popen.kill()  # SIGKILL by PID, between turns
+        victim.popen.wait(10)
 
         failures, routes = 0, []
         for chat in chats:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from router_process import http_json, router_policy
+from processes import http_json, router_policy
 
 pytestmark = pytest.mark.e2e
 

@@ -81,3 +81,44 @@ def test_small_blocks_really_split_queries(monkeypatch):
 ])
 def test_contiguous_runs(slots, runs):
     assert contiguous_runs(torch.tensor(slots)) == runs
+
+
+def paged_batch(shape, rng: random.Random, page: int, num_slots: int) -> ForwardBatch:
+    """Each sequence on whole shuffled pages of ``page`` slots (its last page partly used),
+    as the engine's page allocator lays them out."""
+    pages = list(range(num_slots // page))
+    rng.shuffle(pages)
+    slots = []
+    for cached, new in shape:
+        count = -(-(cached + new) // page)
+        own, pages = pages[:count], pages[count:]
+        slots.append([p * page + j for p in own for j in range(page)][:cached + new])
+    return ForwardBatch.build([[0] * new for _, new in shape], [c for c, _ in shape], slots)
+
+
+@pytest.mark.parametrize("num_slots", [304, 300], ids=["whole-blocks", "pool-not-whole-blocks"])
+@pytest.mark.parametrize("shape", list(CASES.values()), ids=list(CASES))
+def test_block_gather_matches_reference(shape, num_slots):
+    """Page-aligned sequences take the block gather (or, when the pool is not made of whole
+    blocks, the per-slot fallback of it); padding keys past a sequence's end stay hidden."""
+    rng = random.Random(len(shape) * 7 + num_slots)
+    torch.manual_seed(rng.randrange(1000))
+    batch = paged_batch(shape, rng, page=8, num_slots=num_slots)
+    plan = batch.plan()
+    groups = [g for g in (plan.decode, plan.extend) if g is not None]
+    assert any(g.block == 8 for g in groups if g.view is None) or all(g.view for g in groups)
+    q = torch.randn(batch.input_ids.numel(), 6, HEAD_DIM)
+    k_cache, v_cache = torch.randn(KV_HEADS, num_slots, HEAD_DIM), torch.randn(KV_HEADS, num_slots, HEAD_DIM)
+    expected = reference_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5)
+    got = paged_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5)
+    assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_plan_groups_decode_and_extend_once():
+    """However many sequences, a batch is at most two padded groups (the per-layer work has
+    no loop over sequences)."""
+    shape = [(3, 1)] * 10 + [(0, 5), (7, 4)]
+    batch = random_batch(shape, random.Random(1), split_runs=False)
+    plan = batch.plan()
+    assert plan.decode.num_seqs == 10 and plan.extend.num_seqs == 2
+    assert plan.extend.num_new_max == 5 and plan.extend.out_index.numel() == 9

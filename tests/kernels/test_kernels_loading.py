@@ -173,3 +173,37 @@ def test_packed_q4_weights_serve_small_forwards(gguf_files, monkeypatch):
             assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.999
             assert (got - want).abs().max().item() < 0.05 * want.abs().max().item()
         assert calls == ([16] * 4 * GGUF_CONFIG.num_layers if packed_rows else [])
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("synthetic", ("tiny", 0)), ("synthetic:5", ("tiny", 5)), ("synthetic:small", ("small", 0)),
+    ("synthetic:llama-3.1-8b:2", ("llama-3.1-8b", 2)), ("model.gguf", None)])
+def test_synthetic_sources_name_a_shape_and_a_seed(source, expected):
+    from ppd_kernels.synthetic import parse_synthetic
+
+    assert parse_synthetic(source) == expected
+
+
+@pytest.mark.parametrize("source", ["synthetic:nope", "synthetic:small:x", "synthetic:-1", "synthetic:a:1:2"])
+def test_bad_synthetic_sources_name_the_problem(source):
+    from ppd_kernels.synthetic import parse_synthetic
+
+    with pytest.raises(ValueError, match="synthetic"):
+        parse_synthetic(source)
+
+
+def test_llama_8b_shape_is_the_real_architecture():
+    from ppd_kernels.synthetic import SYNTHETIC_SHAPES
+
+    cfg = SYNTHETIC_SHAPES["llama-3.1-8b"]
+    assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size,
+            cfg.vocab_size) == (4096, 32, 32, 8, 14336, 128256)
+    assert cfg.kv_bytes_per_token(torch.bfloat16) == 131072   # 128 KiB per token
+
+
+def test_small_synthetic_shape_loads_and_decodes_out_of_vocab_ids():
+    from ppd_kernels import load_model
+
+    lm = load_model("synthetic:small:1", dtype=torch.float32)
+    assert lm.name == "synthetic-small-1" and lm.config.num_layers == 4
+    assert lm.tokenizer.decode([72, 3000, 105]) == "Hi"   # ids past the byte vocabulary decode to nothing

@@ -86,3 +86,35 @@ def test_embedded_workers_never_get_the_routers_own_port(monkeypatch):
     used = [int(p.argv[p.argv.index("--port") + 1]) for p in plans]
     used += [int(p.argv[p.argv.index("--disaggregation-bootstrap-port") + 1]) for p in plans if p.role == "prefill"]
     assert 30000 not in used and len(set(used)) == len(used)
+
+
+def _flag(argv, name):
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_embedded_workers_on_one_gpu_share_it_by_memory_fraction():
+    cfg = RouterConfig(embedded="1P1D", device="cuda", gpu_memory_fraction=0.45).validate()
+    plans = plan_cluster(cfg, ports(), cpus=[0, 1])
+    assert [(_flag(list(p.argv), "--device"), _flag(list(p.argv), "--memory-fraction")) for p in plans] \
+        == [("cuda", "0.45"), ("cuda", "0.45")]
+    assert all(p.cpu is None for p in plans), "GPU workers are not pinned to a CPU core"
+
+
+def test_embedded_workers_round_robin_over_a_device_list():
+    cfg = RouterConfig(embedded="2P2D", device="cuda:0,cuda:1").validate()
+    plans = plan_cluster(cfg, ports(), cpus=[0, 1])
+    assert [(p.role, _flag(list(p.argv), "--device")) for p in plans] == [
+        ("prefill", "cuda:0"), ("prefill", "cuda:1"), ("decode", "cuda:0"), ("decode", "cuda:1")]
+    assert all("--memory-fraction" not in p.argv for p in plans)
+
+
+def test_cpu_workers_get_no_device_flag(capsys):
+    assert main(["--embedded", "1P1D", "--device", "cpu", "--dry-run"]) == 0
+    assert "--device" not in capsys.readouterr().out
+
+
+def test_bad_device_or_fraction_is_a_one_line_error(capsys):
+    assert main(["--device", "tpu:0", "--dry-run"]) == 2
+    assert "tpu:0" in capsys.readouterr().err
+    assert main(["--device", "cuda", "--gpu-memory-fraction", "1.5", "--dry-run"]) == 2
+    assert "gpu_memory_fraction" in capsys.readouterr().err

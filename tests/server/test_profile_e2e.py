@@ -12,7 +12,7 @@ from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.types import COEFFICIENT_NAMES
 
 # tests/ is on sys.path (rootdir conftest): the engine tests' launcher ends its process by PID.
-from engine.launch import free_port, worker_process
+from processes import free_port, worker_process
 
 pytestmark = pytest.mark.e2e
 

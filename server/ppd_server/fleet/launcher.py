@@ -96,15 +96,21 @@ def plan_cluster(config: RouterConfig, ports: Iterator[int] | None = None,
             gpu += config.tp
             cpu = None
         else:
-            argv = ppd_worker_argv(role, config, port, boot)
-            cpu = cpus[i % len(cpus)] if cpus else None
+            device = config.devices[i % len(config.devices)]
+            argv = ppd_worker_argv(role, config, port, boot, device)
+            cpu = cpus[i % len(cpus)] if cpus and device == "cpu" else None
         plans.append(WorkerLaunch(role, port, boot, tuple(argv), cpu))
     return plans
 
 
-def ppd_worker_argv(role: str, config: RouterConfig, port: int, bootstrap_port: int | None) -> list[str]:
+def ppd_worker_argv(role: str, config: RouterConfig, port: int, bootstrap_port: int | None,
+                    device: str = "cpu") -> list[str]:
     argv = ppd_worker_command() + ["--host", "127.0.0.1", "--port", str(port), "--model", config.model,
                                    "--threads", str(config.worker_threads)]
+    if device != "cpu":
+        argv += ["--device", device]
+        if config.gpu_memory_fraction is not None:
+            argv += ["--memory-fraction", str(config.gpu_memory_fraction)]
     mode = _ROLE_MODE[role]
     if mode:
         argv += ["--disaggregation-mode", mode]
