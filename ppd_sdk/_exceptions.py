@@ -161,4 +161,8 @@ def is_transient(exc: PPDError) -> bool:
     """True when a turn that failed before any token arrived may be retried once."""
     if isinstance(exc, APIConnectionError):
         return True
+    if isinstance(exc, APIError) and exc.status_code is None:
+        # An error event inside a stream: the PPD router marks a worker failure ``retryable``.
+        err = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+        return isinstance(err, dict) and err.get("retryable") is True
     return isinstance(exc, APIError) and exc.status_code in TRANSIENT_STATUS

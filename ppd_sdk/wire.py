@@ -349,7 +349,7 @@ def _turn(raw: Any, param: str) -> int | None:
     turn: int | None = None
     if isinstance(raw, int) and not isinstance(raw, bool):
         turn = raw
-    elif isinstance(raw, str) and raw.strip().isdigit():
+    elif isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():  # "²".isdigit()
         turn = int(raw)
     if turn is None or turn < 1:
         raise WireError(f"{param} must be a positive integer, got {raw!r}", param)

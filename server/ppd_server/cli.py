@@ -61,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max seconds waiting for a worker's next bytes" + _d("request_timeout_s"))
     g.add_argument("--connect-timeout", dest="connect_timeout_s", type=float, help="worker connect timeout" + _d("connect_timeout_s"))
     g.add_argument("--max-retries", type=int, help="re-dispatches on a new pair before any byte was sent" + _d("max_retries"))
+    g.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
+                   help="on SIGTERM, seconds in-flight streams get to finish" + _d("drain_timeout_s"))
+    g.add_argument("--max-header-bytes", type=int, help="largest request header line" + _d("max_header_bytes"))
+    g.add_argument("--max-queue-per-worker", type=int,
+                   help="requests in flight per worker before 429 + Retry-After (0 = no bound)" + _d("max_queue_per_worker"))
+    g.add_argument("--first-byte-timeout", dest="first_byte_timeout_s", type=float,
+                   help="retry a stream elsewhere when its worker is silent this long (0 = off)" + _d("first_byte_timeout_s"))
+    g.add_argument("--breaker-cooldown", dest="breaker_cooldown_s", type=float,
+                   help="a worker whose request failed stays out this long, doubling per failure" + _d("breaker_cooldown_s"))
+    g.add_argument("--breaker-max-cooldown", dest="breaker_max_cooldown_s", type=float,
+                   help="cap of that cooldown" + _d("breaker_max_cooldown_s"))
+    g.add_argument("--retry-after", dest="retry_after_s", type=int,
+                   help="Retry-After seconds on 429/503 answers" + _d("retry_after_s"))
     g = p.add_argument_group("embedded cluster")
     g.add_argument("--embedded", help="layout: 1P1D, 1P2D, 2P2D, 1R (unified)..." + _d("embedded"))
     g.add_argument("--model", help="ppd-worker model: smollm2, a .gguf/HF path, or synthetic[:SEED]" + _d("model"))
@@ -143,7 +156,7 @@ def serve(config: RouterConfig) -> int:
         return 2
     cluster = Cluster(plans) if plans else None
     # SIGTERM while the workers load must still run the finally below (stop them by PID);
-    # web.run_app installs its own graceful handler once serving.
+    # serve() installs its own draining handler once serving.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if cluster is not None:
@@ -163,14 +176,13 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def _run_app(app, config: RouterConfig, loop: asyncio.AbstractEventLoop) -> None:
-    from aiohttp import web
+    from ppd_server.http.serve import serve
 
     print(f"[ppd-server] serving on http://{config.host}:{config.port} (policy {config.policy})",
           file=sys.stderr, flush=True)
-    # handler_cancellation: a client that disconnects cancels its handler, which aborts the worker
-    # calls (aiohttp's default leaves a non-streamed turn generating to the end on the workers).
-    web.run_app(app, host=config.host, port=config.port, loop=loop, access_log=None, print=None,
-                handle_signals=True, handler_cancellation=True)
+    # SIGTERM drains in-flight streams (drain_timeout_s) before the app and its cluster stop.
+    serve(app, config.host, config.port, loop, drain_timeout_s=config.drain_timeout_s,
+          max_header_bytes=config.max_header_bytes)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -102,6 +102,14 @@ class RouterConfig:
     connect_timeout_s: float = 3.0
     max_retries: int = 2
     startup_timeout_s: float = 180.0
+    # production hardening (docs/operations.md)
+    drain_timeout_s: float = 30.0  # SIGTERM: in-flight streams get this long to finish
+    max_header_bytes: int = 32768  # one header line; beyond it a 431 (OpenAI-shaped)
+    retry_after_s: int = 1  # Retry-After on 503 (no worker) and 429 (queue full) answers
+    max_queue_per_worker: int = 256  # requests the router keeps in flight per worker; beyond: 429 (0 = no bound)
+    first_byte_timeout_s: float = 0.0  # a stream silent this long after its headers is retried elsewhere (0 = off)
+    breaker_cooldown_s: float = 1.0  # a worker whose request failed stays out at least this long (doubling)
+    breaker_max_cooldown_s: float = 60.0  # ... up to this
     # embedded cluster
     embedded: str = "1P1D"
     model: str = "smollm2"
@@ -138,6 +146,19 @@ class RouterConfig:
                      "session_ttl_s", "link_gbps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
+        if not self.drain_timeout_s >= 0:
+            raise ConfigError("drain_timeout_s", f"must be >= 0, got {self.drain_timeout_s}")
+        if not 8190 <= self.max_header_bytes <= 1 << 20:
+            raise ConfigError("max_header_bytes", f"must be in 8190..1048576, got {self.max_header_bytes}")
+        if not 0 <= self.breaker_cooldown_s <= self.breaker_max_cooldown_s:
+            raise ConfigError("breaker_cooldown_s", f"must be in 0..breaker_max_cooldown_s "
+                                                    f"({self.breaker_max_cooldown_s}), got {self.breaker_cooldown_s}")
+        if not self.first_byte_timeout_s >= 0:
+            raise ConfigError("first_byte_timeout_s", f"must be >= 0, got {self.first_byte_timeout_s}")
+        if self.max_queue_per_worker < 0:
+            raise ConfigError("max_queue_per_worker", f"must be >= 0, got {self.max_queue_per_worker}")
+        if not 1 <= self.retry_after_s <= 3600:
+            raise ConfigError("retry_after_s", f"must be in 1..3600, got {self.retry_after_s}")
         if self.max_retries < 0 or self.max_retries > 10:
             raise ConfigError("max_retries", f"must be in 0..10, got {self.max_retries}")
         if self.max_sessions < 1:

@@ -42,8 +42,9 @@ async def test_decode_503_is_retried_on_another_decode_with_a_fresh_room():
         rooms = [s.body["bootstrap_room"] for s in p.seen]
         assert len(rooms) == 2 and rooms[0] != rooms[1]
         assert state.registry.get(bad.url).healthy is False
-        # probed back in by the next poll once it answers again
+        # probed back in by the next poll once it answers again and its breaker's cooldown passed
         bad.fail_status = None
+        state.registry.get(bad.url).down_until = 0.0
         await state.registry.poll_once(state.session, 2.0)
         assert state.registry.get(bad.url).healthy is True
 

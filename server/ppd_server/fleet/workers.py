@@ -5,9 +5,14 @@ aggregation = can prefill locally, KV capacity, KV bytes/token, served model nam
 from ``/v1/loads`` (fallback ``/metrics``) every ``load_interval_s``; the router adds its own
 in-flight counts, which move on every request, between polls.
 
-Health: a worker is taken out after a failed dispatch (connect error / 502 / 503) or
-``_POLL_FAILURES_TO_DOWN`` failed polls in a row, and probed back in by the next successful
-``/server_info``. ``on_down`` callbacks fire once per transition (the session table forgets the
+Health: a worker is taken out after a failed dispatch (connect error / 502 / 503, an answer
+cut or garbled before the client got a byte) or ``_POLL_FAILURES_TO_DOWN`` failed polls in a
+row, and probed back in by the next successful ``/server_info``. A circuit breaker keeps a
+worker whose *requests* fail out for a cooldown even when its polls succeed (a worker that
+answers ``/health`` but garbles generations would otherwise flap back in every poll): the
+cooldown doubles with each consecutive request failure (``breaker_cooldown_s`` up to
+``breaker_max_cooldown_s``); after it the worker is half-open (back in, the next request is the
+probe) and one successful request closes the breaker. ``on_down`` callbacks fire once per transition (the session table forgets the
 worker's placements, so the next turn of its conversations goes P->D).
 """
 
@@ -56,6 +61,8 @@ class Worker:
     # interference with a stream that has already finished.
     recent_finishes: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     poll_failures: int = 0
+    request_failures: int = 0  # consecutive failed requests (the circuit breaker's count)
+    down_until: float = 0.0  # monotonic s: the breaker keeps the worker out until then
     last_error: str | None = None
     load_source: str | None = None
 
@@ -122,8 +129,11 @@ class Worker:
 
 
 class WorkerRegistry:
-    def __init__(self, workers: Iterable[Worker]) -> None:
+    def __init__(self, workers: Iterable[Worker], *, breaker_cooldown_s: float = 1.0,
+                 breaker_max_cooldown_s: float = 60.0) -> None:
         self.workers: dict[str, Worker] = {w.url: w for w in workers}
+        self.breaker_cooldown_s = breaker_cooldown_s
+        self.breaker_max_cooldown_s = breaker_max_cooldown_s
         self.on_down: list[Callable[[str], object]] = []  # called with the url of a worker taken out
 
     def __iter__(self):
@@ -160,6 +170,22 @@ class WorkerRegistry:
             for cb in self.on_down:
                 cb(url)
 
+    def record_failure(self, url: str, reason: str, now: float | None = None) -> None:
+        """A request to this worker failed: take it out and open its breaker."""
+        w = self.workers.get(url)
+        if w is None:
+            return
+        w.request_failures += 1
+        cooldown = min(self.breaker_max_cooldown_s, self.breaker_cooldown_s * 2 ** (w.request_failures - 1))
+        w.down_until = (time.monotonic() if now is None else now) + cooldown
+        self.mark_down(url, reason)
+
+    def record_success(self, url: str | None) -> None:
+        """A request to this worker succeeded: its breaker closes."""
+        w = self.workers.get(url) if url else None
+        if w is not None and w.request_failures:
+            w.request_failures = 0
+
     def _mark_up(self, w: Worker) -> None:
         if not w.healthy:
             log.info("worker %s (%s) is healthy", w.url, w.role)
@@ -182,7 +208,8 @@ class WorkerRegistry:
                     w.apply_server_info(await r.json(content_type=None))
             polled_at = time.monotonic()
             w.set_load(*await self._fetch_load(session, w, timeout), polled_at)
-            self._mark_up(w)
+            if w.healthy or polled_at >= w.down_until:  # an open breaker waits out its cooldown
+                self._mark_up(w)
         except ValueError as e:  # a misconfigured role: keep it out, loudly
             self.mark_down(w.url, str(e))
             w.last_error = str(e)

@@ -21,6 +21,7 @@ from ppd_server.config import RouterConfig
 from ppd_server.request_path.dispatch import Dispatcher
 from ppd_server.http.errors import make_error_middleware
 from ppd_server.http.front_door import FrontDoor
+from ppd_server.http.openapi import openapi_document
 from ppd_server.metrics import RouterMetrics
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import make_policy
@@ -60,7 +61,8 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
     ``default_profile`` is the cost profile to start from when ``config.profile`` names none
     (the embedded launcher passes the built-in SmolLM2 profile)."""
     config.validate()
-    registry = WorkerRegistry(workers_from_config(config))
+    registry = WorkerRegistry(workers_from_config(config), breaker_cooldown_s=config.breaker_cooldown_s,
+                              breaker_max_cooldown_s=config.breaker_max_cooldown_s)
     cost_model = CostModel(_load_profile(config.profile) or default_profile)
     sessions = SessionTable(max_sessions=config.max_sessions, idle_ttl_s=config.session_ttl_s)
     counter = tokens or TokenCounter.from_source(config.tokenizer)
@@ -94,6 +96,11 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
         return web.json_response({"status": "ok" if ok else "unavailable", "healthy_workers": up},
                                  status=200 if ok else 503)
 
+    openapi = openapi_document()
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(openapi)
+
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=state.metrics.render(), content_type="text/plain", charset="utf-8")
 
@@ -103,6 +110,7 @@ def create_app(config: RouterConfig, *, tracer_provider: TracerProvider | None =
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
     add_admin_routes(app, state)
     add_sglang_routes(app, state)
     app.on_startup.append(_startup)
@@ -117,7 +125,8 @@ async def _startup(app: web.Application) -> None:
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
     st.pool = UpstreamPool(connect_timeout=cfg.connect_timeout_s, read_timeout=cfg.request_timeout_s)
-    st.dispatcher = Dispatcher(st.pool, st.registry, st.tracer if st.tracing else None, st.background)
+    st.dispatcher = Dispatcher(st.pool, st.registry, st.tracer if st.tracing else None, st.background,
+                               first_byte_timeout_s=cfg.first_byte_timeout_s)
     await st.registry.poll_once(st.session, timeout_s=max(2.0, cfg.connect_timeout_s))
     if cfg.tokenizer is None and not st.turns.tokens.exact:
         task = asyncio.create_task(_adopt_worker_tokenizer(st))

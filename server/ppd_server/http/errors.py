@@ -18,6 +18,7 @@ _TYPES = {
     403: "permission_error",
     404: "not_found_error",
     413: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -26,7 +27,8 @@ class RouterError(Exception):
     """An error the router answers with a given status and OpenAI-style body."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type_: str | None = None, retryable: bool = False) -> None:
+                 type_: str | None = None, retryable: bool = False,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -34,12 +36,15 @@ class RouterError(Exception):
         self.code = code
         self.type = type_ or _TYPES.get(status, "server_error")
         self.retryable = retryable
+        self.retry_after_s = retry_after_s  # 429/503: sent as Retry-After (seconds)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def error_response(err: RouterError, headers: dict[str, str] | None = None) -> web.Response:
+    if err.retry_after_s is not None:
+        headers = {**(headers or {}), "Retry-After": str(max(1, int(err.retry_after_s)))}
     return web.Response(status=err.status, body=json.dumps(err.body()).encode(),
                         content_type="application/json", headers=headers)
 

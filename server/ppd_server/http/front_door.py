@@ -34,11 +34,18 @@ _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 _PROMPT_PARAM = {"chat": "messages", "completion": "prompt", "generate": "text"}
 
 
+# Far above any real request's max_tokens; a bigger integer is a client bug, and some workers
+# (C++/Rust parsers) fail on it instead of answering 400.
+MAX_TOKENS_LIMIT = 2**31 - 1
+
+
 def _parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
-    except ValueError as e:
+    except ValueError as e:  # includes invalid UTF-8 (UnicodeDecodeError)
         raise bad_request(f"could not parse the JSON body: {e}", code="invalid_json") from None
+    except RecursionError:  # '[' x 100,000: the stdlib parser recurses per level
+        raise bad_request("could not parse the JSON body: nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the JSON body must be an object", code="invalid_json")
     return body
@@ -48,8 +55,22 @@ def _positive_int(value: Any, param: str, default: int) -> int:
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise bad_request(f"{param} must be a positive integer, got {value!r}", param=param)
+        raise bad_request(f"{param} must be a positive integer, got {_short(value)}", param=param)
+    if value > MAX_TOKENS_LIMIT:
+        raise bad_request(f"{param} must be at most {MAX_TOKENS_LIMIT}, got {_short(value)}", param=param)
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_header_safe(value: str | None, param: str) -> None:
+    """Conversation ids are echoed in response headers: a control character (CR/LF header
+    injection, NUL...) is a 400 here, not a broken response later."""
+    if value is not None and not value.isprintable():
+        raise bad_request(f"{param} must not contain control characters", param=param, code="invalid_ppd_hints")
 
 
 def _text_bytes(value: Any) -> int:
@@ -162,10 +183,18 @@ class FrontDoor:
             hints = wire.parse_hints(request.headers, body)  # the one parse: Hints flow as they are from here
         except wire.WireError as e:
             raise bad_request(e.message, param=e.param, code="invalid_ppd_hints") from None
+        for value, header, field in ((hints.conversation_id, wire.HEADER_CONVERSATION_ID, "conversation_id"),
+                                     (hints.parent_conversation_id, wire.HEADER_PARENT_CONVERSATION_ID,
+                                      "parent_conversation_id")):
+            _check_header_safe(value, header if header in request.headers else f"{wire.BODY_FIELD}.{field}")
         self._check_capacity(kind, prompt_tokens)
 
         body.pop(wire.BODY_FIELD, None)
-        stream = body.get("stream") is True
+        stream = body.get("stream", False)
+        if stream is None:
+            stream = False
+        if not isinstance(stream, bool):  # "yes" must not silently mean either
+            raise bad_request(f"'stream' must be a boolean, got {_short(stream)}", param="stream")
         so = body.get("stream_options")
         client_wants_usage = isinstance(so, dict) and bool(so.get("include_usage"))
         if stream and kind != "generate":
@@ -186,10 +215,12 @@ class FrontDoor:
                 decision = st.turns.decide(turn)
             except NoWorkerAvailable as e:
                 msg = str(e) + (f" (last failure: {last_failure})" if last_failure else "")
-                raise RouterError(503, msg or "no worker available", code="no_worker_available") from None
+                raise RouterError(503, msg or "no worker available", code="no_worker_available",
+                                  retry_after_s=st.config.retry_after_s) from None
             if st.tracing:
                 span.set_attributes(decision_attributes(decision))
             span.set_attribute("ppd.attempt", attempt)
+            self._admit(decision)
             st.metrics.decisions.labels(decision.policy, decision.route).inc()
             plan = self._plan(kind, request.path, body, turn, stream, client_wants_usage, request_id,
                               worker_headers, span)
@@ -199,12 +230,26 @@ class FrontDoor:
                 return await st.dispatcher.run(request, plan)
             except RetryableFailure as f:
                 last_failure = f
-                st.registry.mark_down(f.url, f.reason)
+                st.registry.record_failure(f.url, f.reason)
                 st.metrics.retries.inc()
             finally:
                 st.turns.link_backlog_bytes -= kv_predicted
         raise RouterError(503, f"no worker could serve the request after {st.config.max_retries + 1} attempts: "
-                               f"{last_failure}", code="workers_unavailable")
+                               f"{last_failure}", code="workers_unavailable", retry_after_s=st.config.retry_after_s)
+
+    def _admit(self, decision: Any) -> None:
+        """Admission control: a bounded queue per worker (the router's own in-flight count).
+        Past it the request is refused early - 429 with Retry-After, which the SDK and the
+        openai client honour - instead of queueing without bound and missing every SLO."""
+        limit = self.state.config.max_queue_per_worker
+        if not limit:
+            return
+        for url in (decision.decode, decision.prefill):
+            w = self.state.registry.get(url)
+            if w is not None and w.inflight >= limit:
+                raise RouterError(429, f"the router's queue for worker {w.url} is full ({limit} requests in "
+                                       f"flight); retry later", code="queue_full",
+                                  retry_after_s=self.state.config.retry_after_s)
 
     def _plan(self, kind: Kind, path: str, body: dict[str, Any], turn: Turn, stream: bool,
               client_wants_usage: bool, request_id: str, worker_headers: dict[str, str], span: Any) -> Plan:

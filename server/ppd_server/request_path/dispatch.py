@@ -9,7 +9,9 @@
 * ``replica``: the body to a unified worker.
 
 :class:`RetryableFailure` is raised only before any byte reached the client (connect error,
-502/503); the caller takes the worker out, re-decides and retries on a new pair.
+502/503, a worker that dies or cuts its answer before the first byte was relayed: streams start
+the client's response with their first relayed bytes); the caller takes the worker out,
+re-decides and retries on a new pair.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import secrets
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 from opentelemetry import propagate, trace
@@ -76,8 +78,11 @@ class _Call:
 
 class Dispatcher:
     def __init__(self, pool: UpstreamPool, registry: WorkerRegistry, tracer: Tracer | None,
-                 background: set[asyncio.Task]) -> None:
-        """``tracer`` None = tracing off: no CLIENT spans, the caller's trace headers pass through."""
+                 background: set[asyncio.Task], first_byte_timeout_s: float = 0.0) -> None:
+        """``tracer`` None = tracing off: no CLIENT spans, the caller's trace headers pass through.
+        ``first_byte_timeout_s`` > 0: a stream whose worker sends nothing for that long after its
+        headers (a hung worker) is abandoned and retried elsewhere, since the client has no byte yet."""
+        self.first_byte_timeout_s = first_byte_timeout_s
         self.pool = pool
         self.registry = registry
         self.tracer = tracer
@@ -154,6 +159,7 @@ class Dispatcher:
             call.close(ok=call.resp.status == 200)
             if call.resp.status != 200:
                 raise _worker_error(call.resp.status, raw, "prefill")
+            self.registry.record_success(url)
         finally:
             if worker:
                 worker.release(time.monotonic())
@@ -216,8 +222,12 @@ class Dispatcher:
             call.close(ok=False)
             if prefill_error and isinstance(prefill_error[0], RetryableFailure):
                 raise prefill_error[0] from None
-            err = _as_router_error(prefill_error[0]) if prefill_error else RouterError(
-                502, f"worker {plan.decision.decode} failed mid-request: {type(e).__name__}", code="worker_failed")
+            if not prefill_error:  # nothing reached the client: the turn is retried on another pair
+                if prefill is not None:
+                    prefill.cancel()
+                raise RetryableFailure(str(plan.decision.decode),
+                                       f"failed mid-request: {type(e).__name__}") from None
+            err = _as_router_error(prefill_error[0])
             plan.finish(TurnUsage(), plan.started_at, False)
             return error_response(err, plan.client_headers)
         except BaseException:  # cancelled: the client left
@@ -227,11 +237,20 @@ class Dispatcher:
             raise
         call.close()
         body, usage = shape_json(plan.kind, raw, plan.route_info)
+        if body is raw and not _is_json(raw):  # a garbled answer; the client has nothing yet
+            if prefill is not None:
+                prefill.cancel()
+            raise RetryableFailure(str(plan.decision.decode), "answered 200 with a body that is not JSON")
+        self.registry.record_success(plan.decision.decode)
         plan.finish(usage, plan.started_at, True)
         return web.Response(body=body, status=200, content_type="application/json", headers=plan.client_headers)
 
     async def _relay_stream(self, request: web.Request, plan: Plan, call: _Call,
                             prefill_error: list[BaseException], prefill: asyncio.Task | None) -> web.StreamResponse:
+        """Relay the worker's SSE. The client's response starts with the first bytes to send, not
+        before: a worker that dies before that (killed, stream cut, prefill lost) raises
+        RetryableFailure and the turn is re-dispatched on another pair, invisibly to the client.
+        Once bytes went out, a failure ends the stream with an SSE error event and ``[DONE]``."""
         out = web.StreamResponse(status=200, headers={**plan.client_headers, "Content-Type": "text/event-stream",
                                                       "Cache-Control": "no-cache"})
         shaper = SSEShaper(plan.kind, plan.client_wants_usage, plan.route_info)
@@ -246,20 +265,26 @@ class Dispatcher:
                 plan.finish(shaper.usage, plan.started_at, ok)
 
         ok = False
+        retry: RetryableFailure | None = None
         try:
-            await out.prepare(request)  # raises when the client already left: closed below like any exit
+            broke: RouterError | None = None
             try:
-                async for chunk in call.resp.iter_chunks():
+                async for chunk in _first_within(call.resp.iter_chunks(), self.first_byte_timeout_s):
                     data = shaper.feed(chunk)
                     if shaper.saw_done:
                         finish(not shaper.saw_error and not prefill_error)
                     if data:
+                        if not out.prepared:
+                            await out.prepare(request)
                         await out.write(data)
                 tail = shaper.flush()
                 if tail:
+                    if not out.prepared:
+                        await out.prepare(request)
                     await out.write(tail)
-                broke: RouterError | None = None if shaper.saw_done else RouterError(
-                    502, f"worker {plan.decision.decode} ended the stream early", code="worker_failed", retryable=True)
+                if not shaper.saw_done:
+                    broke = RouterError(502, f"worker {plan.decision.decode} ended the stream early",
+                                        code="worker_failed", retryable=True)
             except _CLIENT_GONE:
                 raise
             except _UPSTREAM_BROKE as e:
@@ -269,7 +294,21 @@ class Dispatcher:
                     code="worker_failed", retryable=True)
             if prefill_error and not shaper.saw_done:
                 broke = _as_router_error(prefill_error[0])
+            if broke is not None and not out.prepared:
+                # Nothing reached the client: retry elsewhere when the fault is a worker's.
+                if prefill_error and isinstance(prefill_error[0], RetryableFailure):
+                    retry = prefill_error[0]
+                elif not prefill_error and broke.retryable:
+                    retry = RetryableFailure(str(plan.decision.decode), broke.message)
+                if retry is None:
+                    finish(False)
+                    return error_response(broke, plan.client_headers)
+                raise retry
             ok = broke is None and not shaper.saw_error
+            if ok:
+                self.registry.record_success(plan.decision.decode)
+            if not out.prepared:
+                await out.prepare(request)
             if broke is not None and not shaper.saw_error:
                 finish(False)
                 await out.write(sse_error_event(broke))
@@ -280,7 +319,8 @@ class Dispatcher:
             call.close(ok=ok)
             if not ok and prefill is not None:
                 prefill.cancel()  # the turn failed or its client left: abort the prefill request too
-            finish(ok)
+            if retry is None:
+                finish(ok)
         return out
 
 
@@ -306,6 +346,26 @@ async def _discard(task: asyncio.Task) -> None:
         result = await task
         if isinstance(result, _Call):
             result.close(ok=False)
+
+
+async def _first_within(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, raising asyncio.TimeoutError when the first one takes over ``timeout_s`` (0 = no limit)."""
+    if timeout_s > 0:
+        try:
+            first = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return
+        yield first
+    async for chunk in chunks:
+        yield chunk
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
 
 
 async def _read_quietly(resp: UpstreamResponse) -> bytes:

@@ -1,0 +1,130 @@
+"""Worker faults seen by the router (in-process fake workers; the real-process versions are in
+tests/e2e/test_faults_workers.py): a worker that dies before the first byte reached the client
+is retried on another worker, invisibly; one that dies after ends the stream with an SSE error
+event and ``[DONE]``; with no worker left the answer is a 503 with ``Retry-After``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+from fake_sglang import FakeWorker
+from router_harness import chat_body, router_over
+
+
+def events(raw: bytes) -> list[str]:
+    return [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+
+
+class DiesMidRequest(FakeWorker):
+    """Reads the request, then drops the connection without a byte of answer (a SIGKILLed worker)."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        request.transport.close()
+        return web.Response()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_worker_dying_before_the_first_byte_is_retried_on_another(stream):
+    dying = DiesMidRequest(role="unified", n_tokens=5) if not stream else \
+        FakeWorker(role="unified", n_tokens=5, die_after_chunks=0)
+    healthy = FakeWorker(role="unified", n_tokens=5, load={"num_running_reqs": 40, "num_waiting_reqs": 20})  # looks busy
+    async with router_over([dying, healthy], policy="replica") as (client, state):
+        for i in range(40):  # the tie-break hashes conversation id and URLs: some go to the dying one first
+            if dying.seen and i >= 4:
+                break
+            r = await client.post("/v1/chat/completions", json=chat_body(stream=stream),
+                                  headers={"X-PPD-Conversation-Id": f"conv-{i}"})
+            assert r.status == 200
+            if stream:
+                evs = events(await r.read())
+                assert evs[-1] == "[DONE]" and not any("error" in e for e in evs[:-1])
+            else:
+                assert (await r.json())["choices"][0]["message"]["content"]
+        assert dying.seen, "the dying worker was never tried: the test proves nothing"
+        assert state.registry.get(dying.url).healthy is False
+
+
+async def test_a_stream_cut_after_tokens_ends_with_an_error_event_and_done():
+    cut = FakeWorker(role="unified", n_tokens=6, die_after_chunks=2)
+    async with router_over([cut]) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(stream=True))
+        assert r.status == 200
+        evs = events(await r.read())
+        assert evs[-1] == "[DONE]"
+        err = json.loads(evs[-2])["error"]
+        assert err["code"] == "worker_failed" and err["retryable"] is True
+        assert [json.loads(e)["choices"][0]["delta"]["content"] for e in evs[:2]] == ["tok ", "tok "]
+
+
+async def test_no_worker_left_is_a_503_with_retry_after():
+    p, d = FakeWorker(role="prefill"), FakeWorker(role="decode")
+    async with router_over([p, d], retry_after_s=3) as (client, state):
+        state.registry.mark_down(p.url, "test")
+        state.registry.mark_down(d.url, "test")
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 503 and r.headers["Retry-After"] == "3"
+        assert (await r.json())["error"]["type"] == "server_error"
+
+
+class Garbles(FakeWorker):
+    """Healthy to the poller, but answers generations with 200 and a body that is not JSON."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        return web.Response(body=b"\xff garbage {", content_type="application/json")
+
+
+async def test_a_garbling_worker_is_retried_around_and_kept_out_by_the_breaker():
+    bad = Garbles(role="unified")
+    good = FakeWorker(role="unified", n_tokens=3, load={"num_running_reqs": 40, "num_waiting_reqs": 20})
+    async with router_over([bad, good], policy="replica", breaker_cooldown_s=30.0) as (client, state):
+        for i in range(6):
+            r = await client.post("/v1/chat/completions", json=chat_body(), headers={"X-PPD-Conversation-Id": f"g{i}"})
+            assert r.status == 200
+            assert (await r.json())["choices"][0]["message"]["content"] == "tok tok tok "
+        assert len(bad.seen) == 1  # tried once, then out
+        w = state.registry.get(bad.url)
+        assert not w.healthy and w.request_failures == 1
+        # Its polls succeed, but the open breaker keeps it out until the cooldown passed ...
+        await state.registry.poll_once(state.session, timeout_s=2.0)
+        assert not w.healthy
+        # ... then it is half-open (back in); a second failure doubles the cooldown.
+        w.down_until = 0.0
+        await state.registry.poll_once(state.session, timeout_s=2.0)
+        assert w.healthy
+        state.registry.record_failure(bad.url, "again", now=1000.0)
+        assert w.request_failures == 2 and w.down_until == 1000.0 + 60.0
+        state.registry.record_success(bad.url)
+        assert w.request_failures == 0
+
+
+async def test_garbage_with_no_other_worker_is_a_503_never_relayed():
+    async with router_over([Garbles(role="unified")], max_retries=0) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 503 and "not JSON" in (await r.json())["error"]["message"]
+
+
+class HeadersThenSilence(FakeWorker):
+    """Answers 200 + SSE headers, then never a byte (a hung worker)."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await self.hold.wait()  # set by the test when done
+        return resp
+
+
+async def test_a_hung_stream_is_retried_elsewhere_after_the_first_byte_timeout():
+    hung = HeadersThenSilence(role="unified", hold=asyncio.Event())
+    good = FakeWorker(role="unified", n_tokens=3, load={"num_running_reqs": 40, "num_waiting_reqs": 20})
+    async with router_over([hung, good], policy="replica", first_byte_timeout_s=0.3) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(stream=True))
+        evs = events(await r.read())
+        assert r.status == 200 and evs[-1] == "[DONE]" and not any("error" in e for e in evs)
+        assert len(hung.seen) == 1 and not state.registry.get(hung.url).healthy
+        hung.hold.set()
