@@ -39,8 +39,7 @@ Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
   a prior that makes local look too slow (a CPU profile on GPUs) is never corrected: the policy
   never goes local, so the fit never learns - a cold-start lock-in.
 
-The latency formulas themselves live in ``routing/latency.py``; ``predict_*`` here are thin
-conveniences over them. Nothing here reads a clock or does I/O.
+The latency formulas themselves live in ``routing/latency.py``. Nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
@@ -49,17 +48,14 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ppd_server.routing.latency import estimate_local, estimate_pd, estimate_replica, prefill_ms
+from ppd_server.routing.latency import prefill_ms
+from ppd_server.routing.linalg import median
 from ppd_server.routing.robust_fit import RobustFit
 from ppd_server.routing.types import (
     COEFFICIENT_NAMES,
-    ClusterView,
     CostCoefficients,
-    RequestView,
     Role,
     RouteName,
-    SessionView,
-    WorkerView,
 )
 
 # A profile without "prior_rel_std" (generic defaults, another machine's, a roofline) is a loose
@@ -210,10 +206,8 @@ def _pooled_prefill(start: CostCoefficients, donors: list[_WorkerFit]) -> tuple[
     out = []
     for name in COEFFICIENT_NAMES[:3]:
         mine = getattr(start, name)
-        values = sorted(getattr(d.coefficients, name) * (mine / theirs if (theirs := getattr(d.start, name)) > 0 else 1.0)
-                        for d in donors)
-        n = len(values)
-        out.append(values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2]))
+        out.append(median([getattr(d.coefficients, name) * (mine / theirs if (theirs := getattr(d.start, name)) > 0 else 1.0)
+                           for d in donors]))
     return out[0], out[1], out[2]
 
 
@@ -305,19 +299,6 @@ class CostModel:
         for fit in self._fits.values():
             if fit.prefill.samples == 0:
                 self._pool_prefill_into(fit, donors, cache)
-
-    # -- predictions (conveniences over routing/latency.py) -------------------------------------
-
-    def predict_ttft_pd(self, request: RequestView, cluster: ClusterView, session: SessionView | None, prefill: WorkerView, decode: WorkerView) -> float:
-        return estimate_pd(request, cluster, session, prefill, decode).ttft_ms
-
-    def predict_ttft_local(self, request: RequestView, session: SessionView | None, decode: WorkerView) -> float:
-        return estimate_local(request, session, decode).ttft_ms
-
-    def predict_tpot(self, request: RequestView, session: SessionView | None, decode: WorkerView, route: RouteName = "pd") -> float:
-        if route == "local":
-            return estimate_local(request, session, decode).tpot_ms
-        return estimate_replica(request, session, decode).tpot_ms
 
     # -- online fit ------------------------------------------------------------------------------
 

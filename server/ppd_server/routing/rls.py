@@ -1,25 +1,30 @@
 """Recursive least squares with a prior, exponential forgetting and a bounded covariance.
 
-The cost model keeps one of these per worker and per timing component (prefill, decode step):
-``theta`` starts at the profile's coefficients, and each observation moves it as much as the
+Used by the router's token-count estimator (``request_path/token_count.py``: prompt tokens from
+request bytes), where samples are cheap, plentiful and clean. The cost model does NOT use it: its
+timing fits are ``robust_fit.RobustFit`` (RLS weighs each sample once against the estimate at its
+arrival, so one cold first request locked a timing fit in; see ``robust_fit.py``).
+
+``theta`` starts at a prior, and each observation moves it as much as the
 prior uncertainty allows - Bayesian linear regression, updated in O(k^2) per sample. Forgetting
-(``lam`` < 1) lets the fit follow a worker whose speed drifts; the covariance is capped at the
-prior so that directions the traffic never excites (e.g. always the same batch size) cannot blow
+(``lam`` < 1) lets the fit follow a drift (a new tokenizer mix); the covariance is capped at the
+prior so that directions the traffic never excites (e.g. always the same request size) cannot blow
 up and make one odd sample swing the fit.
 
 :meth:`bounded_theta` is the estimate projected onto ``theta >= lower`` in the metric of the
-covariance (the most likely feasible parameters): a timing coefficient is never negative, and
-noisy, collinear traffic can otherwise push one coefficient below zero while another
-overshoots. The projection is applied on read only; clipping the running estimate itself
+covariance (the most likely feasible parameters): noisy, collinear traffic can otherwise push one
+coefficient below a physical bound while another overshoots. The projection is applied on read only; clipping the running estimate itself
 would make the recursion unstable.
 
-Pure Python on purpose: k = 3, and numpy's per-call overhead is larger than the arithmetic.
+Pure Python on purpose: k <= 3, and numpy's per-call overhead is larger than the arithmetic.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+
+from ppd_server.routing.linalg import solve_linear
 
 
 class RecursiveLeastSquares:
@@ -104,19 +109,3 @@ class RecursiveLeastSquares:
                 return None
             return [(p[j][j] * rhs[0] - p[i][j] * rhs[1]) / det, (p[i][i] * rhs[1] - p[j][i] * rhs[0]) / det]
         return solve_linear([[p[i][j] for j in active] for i in active], rhs)
-
-
-def solve_linear(a: list[list[float]], b: list[float], singular_below: float = 1e-15) -> list[float] | None:
-    """Gauss-Jordan solve of a small dense system; None when a pivot is below ``singular_below``."""
-    n = len(b)
-    m = [row[:] + [v] for row, v in zip(a, b)]
-    for c in range(n):
-        pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[pivot][c]) < singular_below:
-            return None
-        m[c], m[pivot] = m[pivot], m[c]
-        for r in range(n):
-            if r != c:
-                f = m[r][c] / m[c][c]
-                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
-    return [m[i][n] / m[i][i] for i in range(n)]

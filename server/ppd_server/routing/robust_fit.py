@@ -34,12 +34,11 @@ overhead exceeds the arithmetic.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
 
-from ppd_server.routing.rls import solve_linear
+from ppd_server.routing.linalg import median, nonnegative_solve
 
 _TUKEY_C = 4.685  # Tukey's biweight at 95% efficiency under Gaussian noise
 _SCALE_PRIOR_SAMPLES = 8.0  # the prior guess of the scale counts like this many samples
@@ -89,7 +88,7 @@ class RobustFit:
         preds = [max(t0 * x0 + t1 * x1 + t2 * x2, _FLOOR_MS) for (x0, x1, x2), _ in window]
         logs = [math.log(y / p) for (_, y), p in zip(window, preds)]
         n = len(logs)
-        mad = _MAD_TO_STD * _median(list(map(abs, logs)))
+        mad = _MAD_TO_STD * median(list(map(abs, logs)))
         var = (_SCALE_PRIOR_SAMPLES * self._scale0**2 + n * mad * mad) / (_SCALE_PRIOR_SAMPLES + n)
         scale = self.scale = min(max(math.sqrt(var), _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
         inv_c2 = 1.0 / (scale * _TUKEY_C) ** 2
@@ -112,53 +111,3 @@ class RobustFit:
             b1 += w1 * y
             b2 += w2 * y
         self.theta = nonnegative_solve([[a00, a01, a02], [a01, a11, a12], [a02, a12, a22]], [b0, b1, b2])
-
-
-def nonnegative_solve(a: list[list[float]], b: list[float]) -> list[float]:
-    """argmin 1/2 t'At - b't subject to t >= 0, for a small symmetric positive definite ``a``.
-
-    The free set F whose unconstrained solution is >= 0 and whose fixed coordinates have a
-    non-negative gradient ``(A t - b)_j`` satisfies KKT; for a convex QP that is the optimum.
-    All coordinates free is tried first (the usual case).
-    """
-    k = len(b)
-    if k == 3:  # the usual case first: all free, Cramer's rule
-        t = _solve3(a, b)
-        if t is not None and min(t) >= 0.0:
-            return t
-    for size in range(k, -1, -1):
-        for free in itertools.combinations(range(k), size):
-            t = [0.0] * k
-            if free:
-                sol = solve_linear([[a[i][j] for j in free] for i in free], [b[i] for i in free],
-                                   singular_below=1e-300)
-                if sol is None or min(sol) < -1e-12:
-                    continue
-                for i, v in zip(free, sol):
-                    t[i] = max(v, 0.0)
-            grad_ok = all(sum(a[j][m] * t[m] for m in range(k)) - b[j] >= -1e-9 * (1.0 + abs(b[j]))
-                          for j in range(k) if j not in free)
-            if grad_ok:
-                return t
-    return [0.0] * k  # unreachable for a positive definite a
-
-
-def _solve3(a: list[list[float]], b: list[float]) -> list[float] | None:
-    (a00, a01, a02), (a10, a11, a12), (a20, a21, a22) = a
-    c0, c1, c2 = a11 * a22 - a12 * a21, a12 * a20 - a10 * a22, a10 * a21 - a11 * a20
-    det = a00 * c0 + a01 * c1 + a02 * c2
-    if not abs(det) > 0:
-        return None
-    b0, b1, b2 = b
-    return [
-        (b0 * c0 + a01 * (a12 * b2 - b1 * a22) + a02 * (b1 * a21 - a11 * b2)) / det,
-        (a00 * (b1 * a22 - a12 * b2) + b0 * c1 + a02 * (a10 * b2 - b1 * a20)) / det,
-        (a00 * (a11 * b2 - b1 * a21) + a01 * (b1 * a20 - a10 * b2) + b0 * c2) / det,
-    ]
-
-
-def _median(values: list[float]) -> float:
-    s = sorted(values)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-

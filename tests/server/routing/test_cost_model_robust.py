@@ -13,8 +13,9 @@ import pytest
 
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.latency import decode_step_ms, prefill_ms
-from ppd_server.routing.rls import solve_linear
-from ppd_server.routing.robust_fit import RobustFit, nonnegative_solve
+from ppd_server.routing.linalg import solve_linear
+from ppd_server.routing.linalg import nonnegative_solve
+from ppd_server.routing.robust_fit import RobustFit
 from ppd_server.routing.types import CostCoefficients
 
 # ppd-server's built-in SmolLM2 profile, and the embedded cluster it was measured on running ~2x faster
