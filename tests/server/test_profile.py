@@ -16,7 +16,6 @@ from ppd_server.profiling import (
     ProfileGrid,
     fit_coefficients,
     load_profile,
-    nnls,
     preset,
     roofline_profile,
     save_profile,
@@ -69,14 +68,6 @@ def test_fit_keeps_the_fallback_for_a_component_without_samples():
     coefs, fit = fit_coefficients(prefill_only, fallback=CostCoefficients(decode_base_ms=99.0))
     assert coefs.decode_base_ms == 99.0 and "decode_abs_pct_err" not in fit
     assert coefs.prefill_per_token_ms == pytest.approx(TRUE.prefill_per_token_ms)
-
-
-def test_nnls_never_returns_negative_coefficients():
-    # y = 10 - x: the unconstrained slope is negative
-    rows = [[1.0, float(x)] for x in range(10)]
-    theta = nnls(rows, [10.0 - x for x in range(10)])
-    assert min(theta) >= 0
-    assert theta[1] == 0.0 and theta[0] == pytest.approx(5.5)
 
 
 def test_roofline_matches_the_llama_8b_h100_anchors():

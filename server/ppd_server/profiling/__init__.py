@@ -15,7 +15,7 @@ One concept per module:
 The probe imports httpx lazily; nothing here needs torch.
 """
 
-from ppd_server.profiling.fit import fit_coefficients, nnls
+from ppd_server.profiling.fit import fit_coefficients
 from ppd_server.profiling.presets import DEFAULT_PROFILE, H200_PPD_ENGINE_LLAMA8B, PRESET_NAMES, preset
 from ppd_server.profiling.probe import GRIDS, ProfileError, ProfileGrid, measure_profile
 from ppd_server.profiling.roofline import roofline_profile
@@ -23,6 +23,6 @@ from ppd_server.profiling.store import load_profile, save_profile, validate_prof
 
 __all__ = [
     "DEFAULT_PROFILE", "GRIDS", "H200_PPD_ENGINE_LLAMA8B", "PRESET_NAMES", "ProfileError", "ProfileGrid",
-    "fit_coefficients", "load_profile", "measure_profile", "nnls", "preset", "roofline_profile", "save_profile",
+    "fit_coefficients", "load_profile", "measure_profile", "preset", "roofline_profile", "save_profile",
     "validate_profile",
 ]

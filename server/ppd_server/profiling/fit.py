@@ -24,11 +24,11 @@ kind. A coefficient no sample constrains keeps the fallback's value.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
 
+from ppd_server.routing.linalg import nonnegative_least_squares
 from ppd_server.routing.types import COEFFICIENT_NAMES, CostCoefficients
 
 KINDS = ("prefill", "decode", "mixed", "stall")
@@ -69,50 +69,6 @@ def predict_ms(coefficients: CostCoefficients, sample: dict[str, Any]) -> float:
     return sum(t * x for t, x in zip(theta, sample_row(sample)))
 
 
-# -- solver (k <= 6 columns) --------------------------------------------------------------------
-# TODO(structure): use ppd_server.routing.linalg once it lands (one copy of these solvers).
-
-
-def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
-    n = len(b)
-    m = [row[:] + [v] for row, v in zip(a, b)]
-    for c in range(n):
-        pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[pivot][c]) < 1e-12:
-            return None
-        m[c], m[pivot] = m[pivot], m[c]
-        for r in range(n):
-            if r != c:
-                f = m[r][c] / m[c][c]
-                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
-    return [m[i][n] / m[i][i] for i in range(n)]
-
-
-def _least_squares(rows: Sequence[Sequence[float]], ys: Sequence[float], cols: Sequence[int]) -> list[float] | None:
-    a = [[sum(r[i] * r[j] for r in rows) for j in cols] for i in cols]
-    b = [sum(r[i] * y for r, y in zip(rows, ys)) for i in cols]
-    return _solve(a, b)
-
-
-def nnls(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
-    """Exact non-negative least squares for a handful of columns: the best feasible solution
-    over every subset of free columns (2^k small solves)."""
-    k = len(rows[0]) if rows else 0
-    best, best_err = [0.0] * k, sum(y * y for y in ys)
-    for size in range(1, k + 1):
-        for cols in itertools.combinations(range(k), size):
-            sol = _least_squares(rows, ys, cols)
-            if sol is None or min(sol) < 0:
-                continue
-            theta = [0.0] * k
-            for c, v in zip(cols, sol):
-                theta[c] = v
-            err = sum((y - sum(t * x for t, x in zip(theta, r))) ** 2 for r, y in zip(rows, ys))
-            if err < best_err - 1e-12:
-                best, best_err = theta, err
-    return best
-
-
 # -- the fit -------------------------------------------------------------------------------------
 
 
@@ -133,7 +89,7 @@ def fit_coefficients(
     w_rows = [[r[j] / y for j in free] for r, y in zip(rows, ys)]
     w_ys = [(y - sum(r[j] * start[j] for j in fixed)) / y for r, y in zip(rows, ys)]
     theta = list(start)
-    for j, v in zip(free, nnls(w_rows, w_ys)):
+    for j, v in zip(free, nonnegative_least_squares(w_rows, w_ys)):
         theta[j] = v
     coefs = CostCoefficients.from_dict(dict(zip(COEFFICIENT_NAMES, theta)))
     return coefs, fit_errors(coefs, usable)

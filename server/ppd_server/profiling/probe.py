@@ -23,12 +23,13 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ppd_server.profiling.fit import fit_coefficients
+from ppd_server.routing.linalg import median as _median
 
 _TOKEN_RANGE = (20, 250)  # ids valid for SmolLM2 (specials below 17) and the synthetic byte vocab
 
@@ -146,12 +147,6 @@ class _Probe:
         if r.status_code != 200:
             r = self.client.get(f"{self.url}/get_server_info")
         return r.json() if r.status_code == 200 else {}
-
-
-def _median(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    m = len(s) // 2
-    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
 
 
 def measure_profile(worker_url: str, grid: ProfileGrid | None = None, timeout_s: float = 120.0, seed: int = 0,
