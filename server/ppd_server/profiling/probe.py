@@ -96,7 +96,12 @@ TINY_GRID = ProfileGrid(prefill_lengths=(16, 64, 160), append_prefixes=(64,), ap
 QUICK_GRID = ProfileGrid(prefill_lengths=(16, 64, 256, 512), append_prefixes=(256,), append_lengths=(16, 128),
                          decode_batches=(1, 2, 4, 8), decode_contexts=(32, 256), decode_steps=16, mixed_batches=(2, 4),
                          mixed_lengths=(32, 128), mixed_cached=(0, 256), repeats=1)
-GRIDS = {"default": ProfileGrid(), "quick": QUICK_GRID, "tiny": TINY_GRID}
+#: long prompts (a ~1.5k-token first turn, short appends over it): what ppd-bench's
+#: long-context-cpu workload runs on the embedded cluster (benchmarks/validate_sim.py)
+LONG_GRID = ProfileGrid(prefill_lengths=(32, 256, 768, 1536), append_prefixes=(512, 1536), append_lengths=(16, 64),
+                        decode_batches=(1, 2, 4), decode_contexts=(64, 1600), decode_steps=12, mixed_batches=(1, 3),
+                        mixed_lengths=(48, 256), mixed_cached=(1536,), mixed_context=1600, repeats=1)
+GRIDS = {"default": ProfileGrid(), "quick": QUICK_GRID, "tiny": TINY_GRID, "long": LONG_GRID}
 
 
 class _Probe:
@@ -107,9 +112,27 @@ class _Probe:
         self.client = httpx.Client(timeout=timeout_s, trust_env=False,
                                    limits=httpx.Limits(max_connections=300, max_keepalive_connections=300))
         self.rng = random.Random(seed)
+        self._prefixes: dict[int, list[int]] = {}
 
     def tokens(self, n: int) -> list[int]:
         return [self.rng.randrange(*_TOKEN_RANGE) for _ in range(n)]
+
+    def cached_prefix(self, n: int) -> list[int]:
+        """``n`` tokens the worker has cached (prefilled once, then reused by later cells; the
+        worker reports the real hit in ``cached_tokens`` if it evicted them meanwhile)."""
+        if n not in self._prefixes:
+            self._prefixes[n] = self.tokens(n)
+            self.stream(self._prefixes[n], 1)
+        return self._prefixes[n]
+
+    def stream_prompts(self, batch: int, context: int) -> list[list[int]]:
+        """``batch`` distinct prompts of ``context`` tokens for concurrent streams. Long ones share
+        a cached prefix and differ in their last 16 tokens: decoding reads every stream's whole
+        context all the same, and setting up the grid does not cost batch x context of prefill."""
+        if context <= 64:
+            return [self.tokens(context) for _ in range(batch)]
+        prefix = self.cached_prefix(context - 16)
+        return [prefix + self.tokens(16) for _ in range(batch)]
 
     def stream(self, input_ids: list[int], max_new_tokens: int, arrivals: list[float] | None = None,
                stop: threading.Event | None = None) -> tuple[float, list[float], dict[str, Any]]:
@@ -189,8 +212,7 @@ def _measure(probe: _Probe, grid: ProfileGrid, max_seconds: float | None, progre
             samples.append({"kind": "prefill", "new": params[0] - cached, "cached": cached, "ms": round(ttft, 3)})
         elif kind == "append":
             c, m = params
-            prefix = probe.tokens(c)
-            probe.stream(prefix, 1)
+            prefix = probe.cached_prefix(c)
             ttft, _, meta = probe.stream(prefix + probe.tokens(m), 1)
             cached = int(meta.get("cached_tokens", c) or 0)
             prompt = int(meta.get("prompt_tokens", c + m) or c + m)
@@ -227,7 +249,7 @@ def _run_streams(probe: _Probe, prompts: list[list[int]], steps: int, stop: thre
 
 
 def _decode_sample(probe: _Probe, batch: int, context: int, steps: int) -> dict[str, Any]:
-    results = _run_streams(probe, [probe.tokens(context) for _ in range(batch)], steps)
+    results = _run_streams(probe, probe.stream_prompts(batch, context), steps)
     # Per stream, the mean token interval over the window where every stream was decoding
     # (robust to SSE events arriving coalesced); then the median over streams.
     all_started = max(arr[0] for _, arr, _ in results)
@@ -245,14 +267,12 @@ def _decode_sample(probe: _Probe, batch: int, context: int, steps: int) -> dict[
 
 def _mixed_samples(probe: _Probe, batch: int, new: int, cached: int, context: int, timeout_s: float) -> list[dict[str, Any]]:
     """One mixed iteration (and the plain decode step beside it, as a decode sample)."""
-    prefix = probe.tokens(cached) if cached else []
-    if prefix:
-        probe.stream(prefix, 1)  # now cached on the worker
+    prefix = probe.cached_prefix(cached) if cached else []
     stop = threading.Event()
     arrivals: list[list[float]] = [[] for _ in range(batch)]
     out: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(_run_streams, probe, [probe.tokens(context) for _ in range(batch)], 256, stop, arrivals)
+        fut = pool.submit(_run_streams, probe, probe.stream_prompts(batch, context), 256, stop, arrivals)
         try:
             deadline = time.monotonic() + timeout_s
             while min(len(a) for a in arrivals) < 5:  # every stream decoding, a few steps in
