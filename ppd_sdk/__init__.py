@@ -1,6 +1,7 @@
 """PPD client SDK: multi-turn chat sessions that carry a conversation id, the turn number
 and SLO hints to a PPD router (or any OpenAI-compatible server), keep the history, stream,
-and trace every turn with the server's routing decision::
+and trace every turn with the server's routing decision. :mod:`ppd_sdk.wire` is the wire
+contract the router shares; :mod:`ppd_sdk.endpoint` finds the router::
 
     from ppd_sdk import ChatSession
 
@@ -31,6 +32,7 @@ from ._ids import new_conversation_id
 from ._session import ChatSession, ReplyStream
 from ._types import Message, Reply, ToolCall, Usage
 from ._version import __version__
+from .endpoint import resolve_api_key, resolve_base_url
 from .wire import PRESETS, SLO, Hints, Predicted, RouteInfo, Weights, WireError
 
 __all__ = [
@@ -63,4 +65,6 @@ __all__ = [
     "WireError",
     "__version__",
     "new_conversation_id",
+    "resolve_api_key",
+    "resolve_base_url",
 ]

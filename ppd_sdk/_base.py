@@ -10,32 +10,18 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Generic, Mapping, Sequence, TypeVar
-from urllib.parse import urlsplit
 
-from ._core import SessionState, TurnPlan, resolve_slo, resolve_weights
+from ._core import SessionState, TurnPlan
 from ._exceptions import PPDError, from_openai, is_transient, retry_delay
 from ._ids import new_conversation_id
 from ._telemetry import Telemetry, TurnSpan
 from ._types import Message, Reply
-from .wire import PRESETS, SLO, Weights
+from .endpoint import resolve_api_key, resolve_base_url
+from .wire import PRESETS, SLO, Weights, hint_attributes, resolve_slo, resolve_weights
 
 ClientT = TypeVar("ClientT")
 SessionT = TypeVar("SessionT", bound="SessionBase[Any]")
 IteratorT = TypeVar("IteratorT")
-
-#: Where ``ppd-server`` listens by default; ``PPD_BASE_URL`` overrides it.
-DEFAULT_BASE_URL = "http://127.0.0.1:30000"
-
-
-def resolve_base_url(base_url: str | None) -> str:
-    """The OpenAI base URL (with ``/v1``) for a server root or an explicit API base."""
-    url = (base_url or os.environ.get("PPD_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-    return url if urlsplit(url).path else url + "/v1"
-
-
-def resolve_api_key(api_key: str | None) -> str:
-    # A PPD router without --api-key ignores the key; openai refuses an empty one.
-    return api_key or os.environ.get("PPD_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
 
 
 class SessionBase(Generic[ClientT]):
@@ -265,7 +251,7 @@ class SessionBase(Generic[ClientT]):
 
     def _start_span(self, plan: TurnPlan) -> TurnSpan:
         span = self._telemetry.start_turn(plan.model, plan.conversation_id, plan.stream, plan.request)
-        span.set_hints(plan.hints.weights.model_dump(), plan.hints.slo.model_dump(), plan.turn)
+        span.set_attributes(hint_attributes(plan.hints, plan.turn))
         span.inject(plan.request["extra_headers"])
         return span
 

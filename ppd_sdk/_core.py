@@ -11,43 +11,11 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from pydantic import ValidationError
-
 from ._ids import new_conversation_id
 from ._types import Message, Reply, ToolCall, Usage
-from .wire import (
-    BODY_FIELD,
-    HEADER_DECODE,
-    HEADER_PREFILL,
-    HEADER_ROUTE,
-    HEADER_TURN,
-    PRESETS,
-    PROMPT_CACHE_KEY,
-    ROUTES,
-    SLO,
-    Hints,
-    RouteInfo,
-    Weights,
-)
+from .wire import BODY_FIELD, PRESETS, SLO, Hints, RouteInfo, Weights, parse_route, resolve_slo, resolve_weights
 
 STATE_VERSION = 1
-
-
-def resolve_weights(weights: Weights | Mapping[str, float] | None, preset: str | None) -> Weights | None:
-    """Explicit weights win over a preset name; None means "not given"."""
-    if weights is not None:
-        return weights if isinstance(weights, Weights) else Weights.model_validate(weights)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        return PRESETS[preset]
-    return None
-
-
-def resolve_slo(slo: SLO | Mapping[str, float] | None) -> SLO | None:
-    if slo is None or isinstance(slo, SLO):
-        return slo
-    return SLO.model_validate(slo)
 
 
 @dataclass(frozen=True)
@@ -118,14 +86,9 @@ class SessionState:
             request["tools"] = chosen_tools
             if tool_choice is not None:
                 request["tool_choice"] = tool_choice
-        headers = dict(request.pop("extra_headers", None) or {})
-        headers.update(hints.headers())
-        body = dict(request.pop("extra_body", None) or {})
-        body[PROMPT_CACHE_KEY] = self.conversation_id
-        if self.send_ppd_body:
-            body[BODY_FIELD] = hints.body_field()
-        request["extra_headers"] = headers
-        request["extra_body"] = body
+        request["extra_headers"], request["extra_body"] = hints.apply(
+            request.pop("extra_headers", None), request.pop("extra_body", None), ppd_body=self.send_ppd_body
+        )
         if timeout is not None:
             request["timeout"] = timeout
         return TurnPlan(self.conversation_id, turn, chosen_model, stream, hints, new, request)
@@ -204,28 +167,6 @@ def usage_from(raw: Any, route: RouteInfo | None = None) -> Usage:
     )
 
 
-def route_from(body_ppd: Any, headers: Mapping[str, str], turn: int) -> RouteInfo | None:
-    """The server's routing decision: the body's ``ppd`` field, else the X-PPD-* headers,
-    else None (a plain OpenAI-compatible server)."""
-    if isinstance(body_ppd, Mapping):
-        # A newer router may add fields; the predictions are the first thing to give up.
-        for data in (dict(body_ppd), {k: v for k, v in body_ppd.items() if k != "predicted"}):
-            try:
-                return RouteInfo.model_validate(data)
-            except ValidationError:
-                continue
-    route = headers.get(HEADER_ROUTE) or headers.get(HEADER_ROUTE.lower())
-    if route not in ROUTES:
-        return None
-    raw_turn = headers.get(HEADER_TURN) or headers.get(HEADER_TURN.lower()) or ""
-    return RouteInfo(
-        route=route,  # type: ignore[arg-type]
-        turn=int(raw_turn) if raw_turn.isdigit() else turn,
-        decode=headers.get(HEADER_DECODE) or headers.get(HEADER_DECODE.lower()) or None,
-        prefill=headers.get(HEADER_PREFILL) or headers.get(HEADER_PREFILL.lower()) or None,
-    )
-
-
 def reply_from_completion(
     plan: TurnPlan, completion: Any, headers: Mapping[str, str], latency_s: float, request_id: str | None
 ) -> Reply:
@@ -237,7 +178,7 @@ def reply_from_completion(
         for tc in (getattr(message, "tool_calls", None) or [])
         if getattr(tc, "function", None) is not None
     )
-    route = route_from(_get(completion, BODY_FIELD), headers, plan.turn)
+    route = parse_route(_get(completion, BODY_FIELD), headers, plan.turn)
     return Reply(
         text=(getattr(message, "content", None) or ""),
         conversation_id=plan.conversation_id,
@@ -306,7 +247,7 @@ class StreamAccumulator:
         return delta_text
 
     def reply(self, headers: Mapping[str, str], now: float, request_id: str | None) -> Reply:
-        route = route_from(self._ppd, headers, self.plan.turn)
+        route = parse_route(self._ppd, headers, self.plan.turn)
         return Reply(
             text="".join(self._text),
             conversation_id=self.plan.conversation_id,

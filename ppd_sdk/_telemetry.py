@@ -1,6 +1,7 @@
 """OpenTelemetry for sessions: one CLIENT span per turn following the GenAI semantic
-conventions, plus the server's routing decision (``ppd.route.*``) and the session's SLO
-hints (``ppd.slo.*``); the W3C ``traceparent`` of that span is injected into the request
+conventions, plus the session's hints and the server's routing decision under the same
+attribute names the router's ``ppd.route`` span uses (:mod:`ppd_sdk.wire`: ``ppd.turn``,
+``ppd.weights.*``, ``ppd.slo.*``, ``ppd.route``, ``ppd.candidate.*``...); the W3C ``traceparent`` of that span is injected into the request
 headers so the router's ``ppd.route`` span joins the same trace; and the three GenAI client
 metrics. Only ``opentelemetry-api`` is used: with no SDK installed everything is a no-op,
 and nothing is ever configured globally (explicit providers win, else the global ones).
@@ -17,12 +18,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 from ._exceptions import PPDError
 from ._types import Reply
 from ._version import __version__
+from .wire import ATTR_CONVERSATION_ID, route_attributes
 
 # GenAI semantic-convention names, hard-coded like other SDKs do (the semconv package
 # marks them deprecated while they move to semantic-conventions-genai).
 OPERATION = "gen_ai.operation.name"
 PROVIDER = "gen_ai.provider.name"
-CONVERSATION_ID = "gen_ai.conversation.id"
+CONVERSATION_ID = ATTR_CONVERSATION_ID
 REQUEST_MODEL = "gen_ai.request.model"
 REQUEST_STREAM = "gen_ai.request.stream"
 REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
@@ -108,13 +110,8 @@ class TurnSpan:
     def inject(self, headers: dict[str, str]) -> None:
         propagate.inject(headers, context=trace.set_span_in_context(self.span))
 
-    def set_hints(self, weights: Mapping[str, float], slo: Mapping[str, float | None], turn: int) -> None:
-        self.span.set_attribute("ppd.turn", turn)
-        self.span.set_attribute("ppd.slo.weight.ttft", weights["ttft"])
-        self.span.set_attribute("ppd.slo.weight.tpot", weights["tpot"])
-        for key, value in slo.items():
-            if value is not None:
-                self.span.set_attribute(f"ppd.slo.{key}", value)
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        self.span.set_attributes(attributes)
 
     def retried(self, error: PPDError, wait_s: float) -> None:
         """Record that an attempt failed before any token and is being retried."""
@@ -157,18 +154,13 @@ class TurnSpan:
 def _route_attributes(reply: Reply) -> dict[str, Any]:
     route = reply.route
     assert route is not None
-    out: dict[str, Any] = {"ppd.route.name": route.route, "ppd.route.turn": route.turn}
-    for key in ("decode", "prefill", "policy", "reason", "cached_tokens"):
-        value = getattr(route, key)
-        if value is not None:
-            out[f"ppd.route.{key}"] = value
-    for name, predicted in route.predicted.items():
-        out[f"ppd.route.predicted.{name}.ttft_ms"] = predicted.ttft_ms
-        out[f"ppd.route.predicted.{name}.tpot_ms"] = predicted.tpot_ms
-        if predicted.score is not None:
-            out[f"ppd.route.predicted.{name}.score"] = predicted.score
-    chosen = route.predicted.get(route.route)
-    if chosen is not None:
-        out["ppd.route.predicted_ttft_ms"] = chosen.ttft_ms
-        out["ppd.route.predicted_tpot_ms"] = chosen.tpot_ms
-    return out
+    return route_attributes(
+        route.route,
+        policy=route.policy,
+        reason=route.reason,
+        decode=route.decode,
+        prefill=route.prefill,
+        score=(route.predicted["local"].score if "local" in route.predicted else None),
+        cached_tokens=route.cached_tokens,
+        predicted=((name, p.ttft_ms, p.tpot_ms, p.score) for name, p in route.predicted.items()),
+    )

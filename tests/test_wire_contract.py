@@ -80,7 +80,16 @@ def test_bad_hints_name_their_field(headers: dict, body: dict, param: str) -> No
     assert err.value.message
 
 
-def test_hints_round_trip_through_headers_and_body() -> None:
+def test_self_fork_is_rejected_naming_where_the_parent_came_from() -> None:
+    with pytest.raises(WireError) as err:
+        parse_hints({"X-PPD-Parent-Conversation-Id": "a"}, {"prompt_cache_key": "a"})
+    assert err.value.param == "X-PPD-Parent-Conversation-Id"
+    with pytest.raises(WireError) as err:
+        parse_hints({"X-PPD-Conversation-Id": "a"}, {"ppd": {"parent_conversation_id": "a"}})
+    assert err.value.param == "ppd.parent_conversation_id"
+
+
+def test_apply_round_trips_through_parse() -> None:
     sent = Hints(
         conversation_id="c-1",
         parent_conversation_id="c-0",
@@ -88,10 +97,81 @@ def test_hints_round_trip_through_headers_and_body() -> None:
         weights=Weights(ttft=2.0, tpot=0.5),
         slo=SLO(ttft_ms=120.0, tpot_ms=33.3),
     )
-    via_headers = parse_hints(sent.headers(), {"ppd": {"weights": sent.weights.model_dump()}})
-    via_body = parse_hints({}, {"ppd": sent.body_field()})
-    assert via_headers == sent
-    assert via_body == sent
+    headers, body = sent.apply({"X-Other": "1"}, {"model": "m"})
+    assert parse_hints(headers, body) == sent
+    # the clients' body-only spelling still parses to the same hints
+    body_only = {"ppd": {"conversation_id": "c-1", "parent_conversation_id": "c-0", "turn": 4,
+                         "weights": {"ttft": 2.0, "tpot": 0.5}, "slo": {"ttft_ms": 120.0, "tpot_ms": 33.3}}}
+    assert parse_hints({}, body_only) == sent
+
+
+def test_apply_sends_each_hint_once_and_the_id_as_the_cache_key() -> None:
+    hints = Hints(conversation_id="c", turn=2, weights=wire.PRESETS["interactive"], slo=SLO(ttft_ms=500))
+    given_headers, given_body = {"X-Other": "1"}, {"model": "m", "ppd": {"stale": True}}
+    headers, body = hints.apply(given_headers, given_body)
+    assert headers == {"X-Other": "1", "X-PPD-Conversation-Id": "c", "X-PPD-Turn": "2", "X-SLO-TTFT-Ms": "500"}
+    assert body == {"model": "m", "prompt_cache_key": "c", "ppd": {"weights": {"ttft": 2.0, "tpot": 1.0}}}
+    assert given_headers == {"X-Other": "1"} and "prompt_cache_key" not in given_body  # copies, not in place
+    _, plain = hints.apply(None, {"model": "m"}, ppd_body=False)
+    assert plain == {"model": "m", "prompt_cache_key": "c"}
+    assert Hints().apply() == ({}, {"ppd": {"weights": {"ttft": 1.0, "tpot": 1.0}}})
+
+
+def test_parse_keeps_the_validated_objects() -> None:
+    h = parse_hints({}, {"ppd": {"preset": "throughput"}})
+    assert h.weights is wire.PRESETS["throughput"] and h.slo is wire.NO_SLO
+
+
+def test_route_body_is_a_route_info_and_headers_parse_back() -> None:
+    body = wire.route_body("local", 3, "c", "ppd", "http://d0", None, 40, "local: S=+0.2",
+                           [("local", 31.23456, 40.0, 0.123456), ("pd", 90.0, 38.0, 0.0)])
+    assert set(body) == set(RouteInfo.model_fields)
+    info = wire.parse_route(body, {}, turn=1)
+    assert info is not None and info.turn == 3 and info.predicted["local"].score == 0.1235
+    headers = wire.route_headers("pd", 2, "http://d0", "http://p0")
+    from_headers = wire.parse_route(None, {k.lower(): v for k, v in headers.items()}, turn=9)
+    assert from_headers == RouteInfo(route="pd", turn=2, decode="http://d0", prefill="http://p0")
+    assert wire.parse_route(None, {}, turn=1) is None
+
+
+def test_the_sdk_span_and_the_router_span_name_a_decision_the_same_way() -> None:
+    from ppd_sdk._telemetry import _route_attributes
+    from ppd_sdk._types import Reply
+    from ppd_server.routing.types import Candidate, Decision
+    from ppd_server.telemetry import decision_attributes
+
+    cands = (Candidate("local", "http://d0", None, 30.0, 41.0, 0.5), Candidate("pd", "http://d0", "http://p0", 90.0, 40.0, 0.0))
+    decision = Decision("local", "http://d0", None, "local: S=+0.50", "ppd", cands, 0.5, 100, Weights(ttft=4.0, tpot=1.0))
+    router = decision_attributes(decision)
+    body = wire.route_body("local", 2, "c", "ppd", "http://d0", None, 100, decision.reason,
+                           ((c.route, c.ttft_ms, c.tpot_ms, c.score) for c in cands))
+    sdk = _route_attributes(Reply(text="", conversation_id="c", turn=2, model="m", route=RouteInfo.model_validate(body)))
+    shared = set(router) & set(sdk)
+    assert {wire.ATTR_ROUTE, wire.ATTR_POLICY, wire.ATTR_DECODE, wire.ATTR_REASON, wire.ATTR_SCORE} <= shared
+    assert {wire.attr_candidate(r, f) for r in ("local", "pd") for f in ("ttft_ms", "tpot_ms", "score")} <= shared
+    assert {k: router[k] for k in shared} == {k: sdk[k] for k in shared}
+    assert router[wire.ATTR_POLICY_WEIGHT_TTFT] == 4.0 and router[wire.ATTR_POLICY_WEIGHT_TPOT] == 1.0
+    assert not any(k.startswith("ppd.route.") for k in sdk)  # one name per attribute
+
+
+def test_hint_attributes() -> None:
+    attrs = wire.hint_attributes(Hints(conversation_id="c", weights=Weights(ttft=2.0), slo=SLO(tpot_ms=30)), turn=3)
+    assert attrs == {"gen_ai.conversation.id": "c", "ppd.turn": 3, "ppd.weights.ttft": 2.0, "ppd.weights.tpot": 1.0,
+                     "ppd.slo.tpot_ms": 30.0}
+
+
+def test_hints_reach_the_policy_as_the_same_objects() -> None:
+    """One parse, one shape: the router's and the simulator's admission hand the policy the
+    Weights and SLO objects the parser made, and the Decision records what the policy used."""
+    from ppd_server.routing.policies import make_policy
+    from ppd_server.sessions import SessionTable
+
+    hints = parse_hints({"X-PPD-Conversation-Id": "c", "X-SLO-TTFT-Ms": "300"}, {"ppd": {"weights": {"ttft": 2, "tpot": 1}}})
+    request, session = SessionTable().admit(hints, prompt_tokens=100, max_new_tokens=8, now=0.0)
+    assert request.weights is hints.weights and request.slo is hints.slo
+    assert (request.conversation_id, request.turn, session) == ("c", 1, None)
+    assert make_policy("ppd").score_weights(request) is hints.weights
+    assert make_policy("ppd", w_tpot=3.0).score_weights(request) == Weights(ttft=2.0, tpot=3.0)
 
 
 def test_route_info_keeps_unknown_fields_for_forward_compatibility() -> None:

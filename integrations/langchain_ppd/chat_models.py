@@ -28,10 +28,9 @@ from langchain_openai.chat_models.base import BaseChatOpenAI
 from opentelemetry import propagate
 from pydantic import Field, model_validator
 
-# Same distribution: reuse the SDK's resolution rules so both read the same env variables.
-from ppd_sdk._base import resolve_api_key, resolve_base_url
-from ppd_sdk._core import resolve_slo, resolve_weights
-from ppd_sdk.wire import BODY_FIELD, PROMPT_CACHE_KEY, SLO, Hints, Weights
+# The SDK's public rules: the same environment variables, the same wire contract.
+from ppd_sdk import resolve_api_key, resolve_base_url
+from ppd_sdk.wire import BODY_FIELD, NO_SLO, PRESETS, SLO, Hints, Weights, resolve_slo, resolve_weights
 
 #: Run-metadata keys that name a conversation, in the order they are tried.
 THREAD_KEYS = ("thread_id", "session_id", "conversation_id")
@@ -112,14 +111,11 @@ class ChatPPD(BaseChatOpenAI):
             turn=given.get("turn"),
             weights=resolve_weights(given.get("weights"), given.get("preset"))
             or resolve_weights(self.weights, self.preset)
-            or Weights(),
-            slo=resolve_slo(given.get("slo")) or self.slo or SLO(),
+            or PRESETS["balanced"],
+            slo=resolve_slo(given.get("slo")) or self.slo or NO_SLO,
         )
-        headers = {**(kwargs.get("extra_headers") or {}), **hints.headers()}
+        headers, body = hints.apply(kwargs.get("extra_headers"), {**(self.extra_body or {}), **(kwargs.get("extra_body") or {})})
         propagate.inject(headers)
-        body = {**(self.extra_body or {}), **(kwargs.get("extra_body") or {}), BODY_FIELD: hints.body_field()}
-        if conversation_id is not None and PROMPT_CACHE_KEY not in kwargs:
-            body[PROMPT_CACHE_KEY] = conversation_id
         kwargs["extra_headers"] = headers
         kwargs["extra_body"] = body
         if not (kwargs.get("model") or self.model_name):

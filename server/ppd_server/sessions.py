@@ -6,8 +6,10 @@ used evicted first) and entries idle for more than ``idle_ttl_s`` are dropped (l
 LRU end, on every write - amortised O(1)). Every method takes ``now`` (seconds, any monotonic
 clock): no hidden clock, so tests and the simulator drive time.
 
-Contract with the router app::
+Contract with the router app and the simulator::
 
+    st.admit(hints, prompt_tokens, max_new_tokens, now) -> (RequestView, SessionView | None)
+                                              # a new request: fork placement, turn, what the policy sees
     st.turn_for(cid, explicit_turn, now)      # the turn number of a new request
     st.start_fork(child, parent, now)         # before routing a fork's first turn
     st.view(cid, now)  -> SessionView | None  # what the policy sees
@@ -26,7 +28,8 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ppd_server.routing.types import Decision, SessionView
+from ppd_sdk.wire import Hints
+from ppd_server.routing.types import Decision, RequestView, SessionView
 
 
 @dataclass(slots=True)
@@ -92,6 +95,25 @@ class SessionTable:
         return SessionView(
             conversation_id, e.decode_url, e.prefill_url, e.cached_tokens_decode, e.cached_tokens_prefill, e.turns, e.forked_from
         )
+
+    def admit(
+        self, hints: Hints, prompt_tokens: int, max_new_tokens: int, now: float
+    ) -> tuple[RequestView, SessionView | None]:
+        """A new request, as the policy will see it: a fork's first turn is placed on its parent's
+        workers, the turn number is the client's or inferred, and the hints' weights and SLO pass
+        through as they are. The one hints -> RequestView step, shared by the router
+        (``TurnRouter.begin``) and the simulator."""
+        conv = hints.conversation_id
+        session = None
+        turn = hints.turn or 1
+        if conv is not None:
+            if hints.parent_conversation_id is not None and self._live(conv, now) is None:
+                self.start_fork(conv, hints.parent_conversation_id, now)
+            turn = self.turn_for(conv, hints.turn, now)
+            session = self.view(conv, now)
+        request = RequestView(conv, turn, prompt_tokens, max_new_tokens, hints.weights, hints.slo,
+                              hints.parent_conversation_id)
+        return request, session
 
     def turn_for(self, conversation_id: str | None, explicit_turn: int | None, now: float) -> int:
         """The client's turn number when it sent one, else completed turns + 1 (1 when unknown)."""

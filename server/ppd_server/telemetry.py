@@ -7,7 +7,8 @@ names ``otlp`` or ``OTEL_EXPORTER_OTLP(_TRACES)_ENDPOINT`` is set, and no tracin
 (tests) can live in one process.
 
 Spans: ``ppd.route`` (SERVER, the parent taken from the request's W3C ``traceparent``) per request,
-carrying the decision; a CLIENT span per worker call (``POST /v1/chat/completions``) whose context
+carrying the hints and the decision under the attribute names of ``ppd_sdk.wire`` (the SDK's span
+uses the same); a CLIENT span per worker call (``POST /v1/chat/completions``) whose context
 is injected into that call's headers.
 """
 
@@ -19,6 +20,7 @@ from typing import Any, Mapping
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, Tracer, TracerProvider
 
+from ppd_sdk import wire
 from ppd_server.routing.types import Decision
 
 TRACER_NAME = "ppd_server"
@@ -63,20 +65,15 @@ def inject_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 def decision_attributes(decision: Decision) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "ppd.route": decision.route,
-        "ppd.policy": decision.policy,
-        "ppd.reason": decision.reason,
-        "ppd.decode": decision.decode or "",
-        "ppd.prefill": decision.prefill or "",
-    }
-    if decision.score is not None:
-        attrs["ppd.score"] = float(decision.score)
-    for c in decision.candidates:
-        attrs[f"ppd.candidate.{c.route}.ttft_ms"] = float(c.ttft_ms)
-        attrs[f"ppd.candidate.{c.route}.tpot_ms"] = float(c.tpot_ms)
-        if c.score is not None:
-            attrs[f"ppd.candidate.{c.route}.score"] = float(c.score)
+    """The decision's span attributes: the names the SDK's span uses too (``ppd_sdk.wire``), plus
+    the weights the policy traded with (``ppd.policy.weights.*``)."""
+    attrs = wire.route_attributes(
+        decision.route, policy=decision.policy, reason=decision.reason, decode=decision.decode,
+        prefill=decision.prefill, score=decision.score,
+        predicted=((c.route, c.ttft_ms, c.tpot_ms, c.score) for c in decision.candidates))
+    if decision.weights is not None:
+        attrs[wire.ATTR_POLICY_WEIGHT_TTFT] = decision.weights.ttft
+        attrs[wire.ATTR_POLICY_WEIGHT_TPOT] = decision.weights.tpot
     return attrs
 
 

@@ -10,7 +10,7 @@ Layout: ``workload`` (conversations), ``worker`` (continuous batching + chunked 
 from __future__ import annotations
 
 from ppd_sim.cluster import ClusterSpec, Hardware
-from ppd_sim.engine import RequestHints, SimResult, Simulation
+from ppd_sim.engine import RequestHints, RouterBehaviour, SimResult, Simulation
 from ppd_sim.workload import Conversation, WorkloadSpec, load_trace, synthetic
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Conversation",
     "Hardware",
     "RequestHints",
+    "RouterBehaviour",
     "SimResult",
     "Simulation",
     "WorkloadSpec",

@@ -22,9 +22,11 @@ from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import POLICY_SPECS, make_policy
 from ppd_server.routing.types import CostCoefficients
 from ppd_sim.cluster import ClusterSpec, Hardware
-from ppd_sim.engine import RequestHints, Simulation
+from ppd_sim.engine import (
+    DEFAULT_CLIENT_MAX_TOKENS, LINK_BACKLOG_KINDS, LIVE_POLL_INTERVAL_MS, RequestHints, RouterBehaviour, Simulation,
+)
 from ppd_sim.presets import GPUS, MODELS, kv_capacity_tokens, model_preset, preset_profile
-from ppd_sim.report import format_table, summarize
+from ppd_sim.report import DEFAULT_REQUEST_TIMEOUT_S, format_table, summarize
 from ppd_sim.workload import FIRST_TURN_CLASSES, WORKLOAD_NAMES, Conversation, WorkloadSpec, load_trace, synthetic
 
 DEFAULT_POLICIES = "pd,local,threshold:512,ppd"
@@ -52,8 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("router calibration (default: the router knows the true coefficients)")
     r.add_argument("--router-profile", help="profile JSON the router's cost model starts from, or 'builtin' (ppd-server's default, a CPU profile)")
     r.add_argument("--online-fit", action="store_true", help="feed the router's cost model every finished turn, as the live router does")
+    k = p.add_argument_group("what the router knows (default: what the live ppd-server knows)")
+    k.add_argument(
+        "--poll-interval-ms", type=float, default=LIVE_POLL_INTERVAL_MS,
+        help="the router sees workers' load (running, waiting, KV used, context) as of its last poll, this often; "
+        f"its own in-flight counts stay current; 0 = it sees every load as it is now; default {LIVE_POLL_INTERVAL_MS:g} "
+        "(ppd-server's --load-interval)",
+    )
+    k.add_argument(
+        "--client-max-tokens", default=str(DEFAULT_CLIENT_MAX_TOKENS),
+        help="the max_tokens every client sends: the router decides knowing this cap, not the answer's length, and a "
+        "longer answer stops at it; 'exact' = clients send each answer's true length (as a benchmark forcing lengths "
+        f"does); default {DEFAULT_CLIENT_MAX_TOKENS} (no preset class's answer is longer)",
+    )
+    k.add_argument(
+        "--link-backlog", choices=LINK_BACKLOG_KINDS, default="router",
+        help="link backlog the router sees: 'router' = predicted KV bytes of every P->D turn still open (the live "
+        "router's count), 'true' = the bytes really queued on the link; default router",
+    )
     w = p.add_argument_group("workload")
-    w.add_argument("--qps", type=float, default=4.0, help="new conversations per second (Poisson); default 4")
+    w.add_argument(
+        "--qps", type=float, default=4.0,
+        help="new conversations (sessions) per second, Poisson; requests/s = this x turns per conversation; default 4",
+    )
     w.add_argument("--duration", type=float, default=60.0, help="seconds during which conversations start; default 60")
     w.add_argument("--workload", default="mid_bal", help=f"turn 2+ class ({', '.join(WORKLOAD_NAMES)}); default mid_bal")
     w.add_argument("--first-turn", default="small", help=f"turn 1 class ({', '.join(FIRST_TURN_CLASSES)}); default small")
@@ -67,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slo-tpot-ms", type=float, help="TPOT target (hard limit for ppd; attainment is reported)")
     s.add_argument("--w-ttft", type=float, default=1.0, help="request TTFT weight; default 1")
     s.add_argument("--w-tpot", type=float, default=1.0, help="request TPOT weight; default 1")
+    s.add_argument(
+        "--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+        help="a turn not finished this long after it was sent failed (counted in the success rate and SLO attainment; "
+        f"the fleet still serves it); default {DEFAULT_REQUEST_TIMEOUT_S:g} (ppd-server's --request-timeout)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--json", help="write the figures as JSON to this path ('-' = stdout, instead of the table)")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -117,6 +145,22 @@ def _workload(args: argparse.Namespace) -> tuple[Conversation, ...]:
     return load_trace(args.trace, spec) if args.trace else synthetic(spec)
 
 
+def router_behaviour(args: argparse.Namespace) -> RouterBehaviour:
+    """What the simulated router knows (poll lag, the clients' max_tokens, the link backlog)."""
+    _check("--poll-interval-ms", args.poll_interval_ms, 0, 3.6e6, lo_open=False)
+    text = str(args.client_max_tokens).strip().lower()
+    if text == "exact":
+        cap = None
+    else:
+        try:
+            cap = int(text)
+        except ValueError:
+            raise ValueError(f"bad --client-max-tokens {args.client_max_tokens!r}; give a token count or 'exact'") from None
+        if not 1 <= cap <= 1_048_576:
+            raise ValueError(f"--client-max-tokens must be in [1, 1048576] or 'exact', got {cap}")
+    return RouterBehaviour(args.poll_interval_ms, cap, args.link_backlog)
+
+
 def router_profile(args: argparse.Namespace, hardware_profile: dict[str, Any]) -> dict[str, Any] | None:
     """The profile the simulated router's cost model starts from; None = it knows the truth."""
     if args.router_profile == "builtin":
@@ -137,6 +181,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Any], ClusterSpec, Hardware,
     _check("--slo-tpot-ms", args.slo_tpot_ms, 0, 3.6e6)
     _check("--w-ttft", args.w_ttft, 0, 1000, lo_open=False)
     _check("--w-tpot", args.w_tpot, 0, 1000, lo_open=False)
+    _check("--request-timeout-s", args.request_timeout_s, 0, 86_400)
     convs = _workload(args)
     if not convs:
         raise ValueError(f"no conversation starts within --duration {args.duration}s at --qps {args.qps}; raise either")
@@ -148,6 +193,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Any], ClusterSpec, Hardware,
         )
     hints = RequestHints(args.w_ttft, args.w_tpot, args.slo_ttft_ms, args.slo_tpot_ms)
     router_profile(args, profile)  # a bad --router-profile fails here, before any run
+    router_behaviour(args)  # and so does a bad --poll-interval-ms / --client-max-tokens
     return policies, spec, hw, profile, convs, hints
 
 
@@ -156,14 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         policies, spec, hw, profile, convs, hints = prepare(args)
+        behaviour = router_behaviour(args)
     except ValueError as e:
         parser.error(str(e))
     total_turns = sum(len(c.turns) for c in convs)
+    rps = total_turns / args.duration  # offered requests per second (turns of the conversations started per second)
     summaries = []
     for policy in policies:
         start = router_profile(args, profile)
         cost_model = CostModel(start) if start is not None else None  # a fresh fit per policy
-        sim = Simulation(policy, spec, hw, convs, hints, cost_model, args.online_fit)
+        sim = Simulation(policy, spec, hw, convs, hints, cost_model, args.online_fit, behaviour)
         started = time.monotonic()
         last = [started]
 
@@ -175,15 +223,18 @@ def main(argv: list[str] | None = None) -> int:
         result = sim.run(progress)
         if not args.quiet:
             print(f"ppd-sim: {policy.spec}: {len(result.requests)} turns in {time.monotonic() - started:.1f}s", file=sys.stderr)
-        summaries.append(summarize(result, args.slo_ttft_ms, args.slo_tpot_ms))
+        summaries.append(summarize(result, args.slo_ttft_ms, args.slo_tpot_ms, args.request_timeout_s))
     config = {
         "cluster": str(spec), "model": args.model, "gpu": args.gpu, "profile": args.profile, "coefficients": hw.coefficients.to_dict(),
         "kv_bytes_per_token": hw.kv_bytes_per_token, "kv_capacity_tokens": hw.kv_capacity_tokens, "chunk_tokens": hw.chunk_tokens,
         "link_gbs": hw.link_gb_per_s, "decode_radix_cache": hw.decode_radix_cache, "qps": args.qps, "duration_s": args.duration,
         "workload": "trace:" + args.trace if args.trace else args.workload, "first_turn": args.first_turn, "turns": args.turns,
         "think_s": args.think_s, "jitter": args.jitter, "seed": args.seed, "conversations": len(convs), "turns_total": total_turns,
+        "requests_per_s": rps, "request_timeout_s": args.request_timeout_s,
         "slo_ttft_ms": args.slo_ttft_ms, "slo_tpot_ms": args.slo_tpot_ms, "w_ttft": args.w_ttft, "w_tpot": args.w_tpot,
         "router_profile": args.router_profile, "online_fit": args.online_fit,
+        "poll_interval_ms": behaviour.poll_interval_ms, "client_max_tokens": behaviour.client_max_tokens,
+        "link_backlog": behaviour.link_backlog,
     }
     if args.json:
         text = json.dumps({"config": config, "profile_source": profile.get("source"), "results": summaries}, indent=2)
@@ -197,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"cannot write --json {args.json!r}: {e.strerror}")
     workload = f"trace {args.trace}" if args.trace else f"{args.first_turn}->{args.workload}"
     print(f"{spec} {args.model}@{args.gpu if not args.profile else args.profile}, link {args.link_gbs:g} GB/s, "
-          f"{len(convs)} conversations ({total_turns} turns, {workload}, turns {args.turns}) at {args.qps:g}/s for {args.duration:g}s, seed {args.seed}")
+          f"{len(convs)} conversations ({total_turns} turns, {workload}, turns {args.turns}) at {args.qps:g} new sessions/s "
+          f"(~{rps:.3g} requests/s) for {args.duration:g}s, seed {args.seed}")
     print(format_table(summaries))
     return 0
 

@@ -2,10 +2,11 @@
 (cost coefficients, KV capacity, chunk size, link), and the ClusterView the policy sees.
 
 The view is built the way ``ppd_server.request_path.turns.TurnRouter.cluster_view`` builds it: one
-WorkerView per worker from its reported load plus in-flight count, and the link. Two differences
-from the live router, both in the router's favour: loads are read instantly (no poll lag) and the
-link backlog is the true bytes still queued on the link (the live router counts the predicted
-bytes of every P->D turn still open).
+WorkerView per worker from its reported load plus in-flight count, and the link. With
+``poll_lag`` (the simulation polls every worker at the live router's interval) the loads are those
+of the last poll, as the live router's are; without it they are instantaneous. The link backlog
+is whatever the caller says the router knows (``Simulation`` counts it the live router's way),
+by default the true bytes still queued on the link.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Hardware:
 
 
 class SimCluster:
-    def __init__(self, spec: ClusterSpec, hw: Hardware, loop: EventLoop, host: WorkerHost) -> None:
+    def __init__(self, spec: ClusterSpec, hw: Hardware, loop: EventLoop, host: WorkerHost, poll_lag: bool = False) -> None:
         self.spec = spec
         self.link = KVLink(hw.link_gb_per_s, loop)
         roles: list[tuple[str, Role, int]] = [("p", "prefill", spec.prefill), ("d", "decode", spec.decode), ("r", "unified", spec.unified)]
@@ -70,16 +71,24 @@ class SimCluster:
                 url = f"sim://{prefix}{k}"
                 self.workers[url] = SimWorker(
                     url, role, hw.coefficients, loop, host, hw.kv_capacity_tokens, hw.kv_bytes_per_token,
-                    hw.chunk_tokens, hw.decode_local_prefill, hw.decode_radix_cache,
+                    hw.chunk_tokens, hw.decode_local_prefill, hw.decode_radix_cache, poll_lag,
                 )
 
-    def view(self, believed: Callable[[str, Role], CostCoefficients] | None = None) -> ClusterView:
-        """``believed(url, role)``: the router's cost model's coefficients (default: the true ones)."""
+    def view(
+        self, believed: Callable[[str, Role], CostCoefficients] | None = None, link_backlog_bytes: int | None = None
+    ) -> ClusterView:
+        """``believed(url, role)``: the router's cost model's coefficients (default: the true ones);
+        ``link_backlog_bytes``: what the router counts on the link (default: the true backlog)."""
         return ClusterView(
             workers=tuple(w.view(believed(w.url, w.role) if believed else None) for w in self.workers.values()),
             link_gbps=self.link.link_gbps,
-            link_backlog_bytes=self.link.backlog_bytes(),
+            link_backlog_bytes=self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
         )
+
+    def poll(self) -> None:
+        """One load poll of every worker (``WorkerRegistry.poll_once``)."""
+        for w in self.workers.values():
+            w.poll()
 
     def worker(self, url: str | None) -> SimWorker:
         if url is None or url not in self.workers:

@@ -14,6 +14,12 @@ router would use decides; the Decision is then executed on the simulated workers
 When an answer ends, the turn is recorded in the session table like the router records it, and
 the conversation's next turn is sent after its think time.
 
+What the simulated router knows is the live router's (:class:`RouterBehaviour`, default): worker
+loads as of its last poll (every ``load_interval_s``) with its own in-flight counts current; the
+client's ``max_tokens`` cap, not the true output length; as link backlog, the predicted KV bytes
+of every P->D turn still open. Each can be idealised for comparison (instant loads, exact output
+lengths, the true bytes on the link).
+
 The coefficients in the WorkerViews are the true ones by default (a perfectly calibrated router).
 Given a :class:`CostModel`, they are that model's beliefs instead; with ``online_fit`` the model
 is fed an Observation per finished turn, as ``TurnRouter.finish`` feeds it, so a run shows how
@@ -25,9 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ppd_server.config import RouterConfig
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.policies import Policy
-from ppd_server.routing.types import Decision, RequestView
+from ppd_sdk.wire import SLO, Hints, Weights
+from ppd_server.routing.types import Decision
 from ppd_server.sessions import SessionTable
 from ppd_sim.cluster import ClusterSpec, Hardware, SimCluster
 from ppd_sim.events import EventLoop
@@ -36,6 +44,33 @@ from ppd_sim.worker import SimWorker
 from ppd_sim.workload import Conversation
 
 MAX_EVENTS = 50_000_000
+LIVE_POLL_INTERVAL_MS = RouterConfig().load_interval_s * 1000.0  # ppd-server's --load-interval default
+DEFAULT_CLIENT_MAX_TOKENS = 2048  # above every preset class's longest answer (1024 + 25% jitter)
+LINK_BACKLOG_KINDS = ("router", "true")
+
+
+@dataclass(frozen=True, slots=True)
+class RouterBehaviour:
+    """What the simulated router knows. The defaults are the live router's; each can be idealised.
+
+    ``poll_interval_ms``: loads are polled this often (0 = the router sees every worker's load as
+    it is now). ``client_max_tokens``: the ``max_tokens`` every client sends; the router's
+    ``RequestView.max_new_tokens`` is that cap, not the answer's length, and an answer longer than
+    it stops at it (finish reason "length"); None = the client sends the exact output length.
+    ``link_backlog``: "router" = the predicted KV bytes of every P->D turn still open (what
+    ``TurnRouter.link_backlog_bytes`` counts), "true" = the bytes really queued on the link."""
+
+    poll_interval_ms: float = LIVE_POLL_INTERVAL_MS
+    client_max_tokens: int | None = DEFAULT_CLIENT_MAX_TOKENS
+    link_backlog: str = "router"
+
+    def __post_init__(self) -> None:
+        if not self.poll_interval_ms >= 0:
+            raise ValueError(f"poll interval must be >= 0 ms, got {self.poll_interval_ms}")
+        if self.client_max_tokens is not None and self.client_max_tokens < 1:
+            raise ValueError(f"client max_tokens must be >= 1, got {self.client_max_tokens}")
+        if self.link_backlog not in LINK_BACKLOG_KINDS:
+            raise ValueError(f"link backlog must be one of {', '.join(LINK_BACKLOG_KINDS)}, got {self.link_backlog!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +90,9 @@ class SimResult:
     kv_bytes_moved: int
     sim_ms: float
     events: int
-    stop_reason: str | None  # None when every request finished
+    stop_reason: str | None  # None when every turn of every conversation finished
+    turns_planned: int  # every turn of every conversation (turns after one that never ended are never sent)
+    conversations: int
     busy_share: dict[str, float]  # worker url -> share of the run it was computing
     evicted_tokens: int
     cost_model: dict[str, Any] | None = None  # error summary and fitted coefficients, when a CostModel was used
@@ -71,6 +108,7 @@ class Simulation:
         hints: RequestHints = RequestHints(),
         cost_model: CostModel | None = None,
         online_fit: bool = False,
+        router: RouterBehaviour = RouterBehaviour(),
     ) -> None:
         if online_fit and cost_model is None:
             raise ValueError("online_fit needs a cost_model")
@@ -79,9 +117,15 @@ class Simulation:
         self.online_fit = online_fit
         self._decode_at_decision: dict[int, tuple[int, int]] = {}  # rid -> (running, context) the policy saw
         self.hints = hints
+        self.router = router
+        self._wire_hints = Hints(weights=Weights(ttft=hints.w_ttft, tpot=hints.w_tpot),
+                                 slo=SLO(ttft_ms=hints.slo_ttft_ms, tpot_ms=hints.slo_tpot_ms))
         self.conversations = conversations
         self.loop = EventLoop()
-        self.cluster = SimCluster(spec, hw, self.loop, self)
+        self.cluster = SimCluster(spec, hw, self.loop, self, poll_lag=router.poll_interval_ms > 0)
+        self._router_backlog = 0  # predicted KV bytes of the open P->D turns (the live router's count)
+        self._predicted_kv: dict[int, int] = {}
+        self._last_finish_ms = 0.0
         self.sessions = SessionTable(max_sessions=max(100_000, len(conversations) + 1), idle_ttl_s=24 * 3600.0)
         self.requests: list[SimRequest] = []
         self.finished = 0
@@ -91,12 +135,18 @@ class Simulation:
 
     def run(self, progress: Callable[[float, int], None] | None = None) -> SimResult:
         """Simulate until every turn of every conversation finished (or a budget ran out)."""
+        if self.router.poll_interval_ms > 0:
+            self.loop.at(0.0, self._poll)
         for conv in self.conversations:
             self.loop.at(conv.arrival_ms, self._send, conv, 0)
         last_arrival = max((c.arrival_ms for c in self.conversations), default=0.0)
         tick = (lambda: progress(self.loop.now, self.finished)) if progress else None
         stop = self.loop.run(max_time_ms=last_arrival * 10 + 600_000.0, max_events=MAX_EVENTS, tick=tick)
-        sim_ms = max(self.loop.now, 1e-9)
+        planned = sum(len(c.turns) for c in self.conversations)
+        if stop is None and self.finished < planned:  # nothing left to run, yet turns are open: a stall
+            stop = f"{planned - self.finished} turns never finished: the queues stalled with nothing left to run"
+        # the poll after the last answer is no work: the run ended with that answer
+        sim_ms = max(self.loop.now if stop is not None else self._last_finish_ms, 1e-9)
         workers = self.cluster.workers.values()
         return SimResult(
             policy=self.policy.spec,
@@ -105,6 +155,8 @@ class Simulation:
             sim_ms=sim_ms,
             events=self.loop.events_run,
             stop_reason=stop,
+            turns_planned=planned,
+            conversations=len(self.conversations),
             busy_share={w.url: w.busy_ms / sim_ms for w in workers},
             evicted_tokens=sum(w.kv.evicted_tokens for w in workers),
             cost_model=self._cost_model_report(),
@@ -119,26 +171,45 @@ class Simulation:
 
     # -- a turn arrives: the router's part ------------------------------------------------------
 
+    def _poll(self) -> None:
+        self.cluster.poll()
+        if self.loop.pending():  # anything left to happen: keep polling
+            self.loop.at(self.loop.now + self.router.poll_interval_ms, self._poll)
+
+    def _answer_tokens(self, out: int) -> int:
+        cap = self.router.client_max_tokens
+        return out if cap is None else min(out, cap)
+
+    def _prompt_tokens(self, conv: Conversation, index: int) -> int:
+        """The whole history (answers as they were sent back, cut at the cap) plus the new input."""
+        if self.router.client_max_tokens is None:
+            return conv.prompt_tokens(index)
+        return sum(i + self._answer_tokens(o) for i, o in conv.turns[:index]) + conv.turns[index][0]
+
     def _send(self, conv: Conversation, index: int) -> None:
         now_s = self.loop.now / 1000.0
-        new_in, out = conv.turns[index]
-        prompt = conv.prompt_tokens(index)
+        new_in, wanted = conv.turns[index]
+        out = self._answer_tokens(wanted)
+        prompt = self._prompt_tokens(conv, index)
+        cap = self.router.client_max_tokens
         cid = conv.conversation_id
-        turn = self.sessions.turn_for(cid, index + 1, now_s)
-        session = self.sessions.view(cid, now_s)
-        h = self.hints
-        view = RequestView(
-            conversation_id=cid, turn=turn, prompt_tokens=prompt, max_new_tokens=out,
-            w_ttft=h.w_ttft, w_tpot=h.w_tpot, slo_ttft_ms=h.slo_ttft_ms, slo_tpot_ms=h.slo_tpot_ms,
-        )
+        hints = self._wire_hints.model_copy(update={"conversation_id": cid, "turn": index + 1})
+        # what the router does with them; it sees the client's max_tokens cap, not the answer's length
+        view, session = self.sessions.admit(hints, prompt, out if cap is None else cap, now_s)
+        turn = view.turn
         believed = self.cost_model.coefficients if self.cost_model is not None else None
-        cluster = self.cluster.view(believed)
+        backlog = self._router_backlog if self.router.link_backlog == "router" else None
+        cluster = self.cluster.view(believed, backlog)
         decision = self.policy.decide(view, cluster, session)
         req = SimRequest(len(self.requests), cid, turn, self.loop.now, prompt, new_in, out)
+        req.max_new_tokens, req.cut = view.max_new_tokens, out < wanted
         req.route, req.decode, req.prefill, req.reason = decision.route, decision.decode, decision.prefill, decision.reason
         chosen = decision.predicted(decision.route)
         if chosen is not None:
             req.predicted_ttft_ms, req.predicted_tpot_ms = chosen.ttft_ms, chosen.tpot_ms
+            if decision.route == "pd" and chosen.kv_bytes:
+                self._predicted_kv[req.rid] = chosen.kv_bytes
+                self._router_backlog += chosen.kv_bytes
         self.requests.append(req)
         self._decisions[req.rid] = decision
         self._origin[req.rid] = (conv, index)
@@ -166,6 +237,8 @@ class Simulation:
 
     def on_finished(self, worker: SimWorker, req: SimRequest) -> None:
         self.finished += 1
+        self._last_finish_ms = self.loop.now
+        self._router_backlog -= self._predicted_kv.pop(req.rid, 0)
         decision = self._decisions.pop(req.rid)
         conv, index = self._origin.pop(req.rid)
         now_s = self.loop.now / 1000.0

@@ -19,6 +19,10 @@ class EventLoop:
         self._seq += 1
         heapq.heappush(self._heap, (max(t_ms, self.now), self._seq, fn, args))
 
+    def pending(self) -> int:
+        """Events scheduled and not yet run."""
+        return len(self._heap)
+
     def run(self, max_time_ms: float, max_events: int, tick: Callable[[], None] | None = None) -> str | None:
         """Run until no event is left (returns None) or a budget is spent (returns why: the
         cluster could not drain its queues in time). ``tick`` is called every 20000 events."""

@@ -29,6 +29,7 @@ class ModelPreset:
 
 GPUS: dict[str, GpuPreset] = {
     "h100": GpuPreset(989.5, 3350.0, 80.0),  # H100 SXM
+    "h200": GpuPreset(989.5, 4800.0, 141.0),  # H200 SXM: the H100's compute, HBM3e (gpu-measurements.md: 791 TFLOP/s, 4.26 TB/s measured)
     "a100": GpuPreset(312.0, 2039.0, 80.0),  # A100 SXM 80GB
     "l40s": GpuPreset(362.0, 864.0, 48.0),
 }

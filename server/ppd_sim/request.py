@@ -13,7 +13,9 @@ class SimRequest:
     arrival_ms: float
     prompt_tokens: int  # whole history + this turn's new input
     input_tokens: int  # this turn's new input
-    output_tokens: int
+    output_tokens: int  # the answer's length (cut at the client's max_tokens)
+    max_new_tokens: int = 0  # what the router was told (the client's max_tokens; the true length if exact)
+    cut: bool = False  # the answer was longer than the client's max_tokens and stopped there
     # the decision
     route: str = ""
     decode: str | None = None  # the worker that streams the answer

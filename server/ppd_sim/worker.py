@@ -19,6 +19,12 @@ parses it: running = decoding + prefilling requests, waiting = unadmitted prefil
 requests still waiting for their KV (SGLang's prealloc/transfer queue), waiting_tokens =
 uncached prompt tokens not yet prefilled, used_tokens = pinned KV slots (not the evictable
 cache), plus the router's own in-flight count.
+
+Poll lag: the live router reads those load fields every ``load_interval_s`` (``fleet.workers``)
+and keeps its own in-flight count current. With ``poll_lag`` a worker's view shows its load as of
+its last :meth:`poll`, less the router's requests to it that ended since (``Worker.view`` takes
+them off the polled running count and scales the context alike), with the in-flight count of now.
+Without it the view is the instantaneous load (a router polling continuously).
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class SimWorker:
         chunk_tokens: int,
         can_local_prefill: bool = False,
         decode_radix_cache: bool = False,
+        poll_lag: bool = False,
     ) -> None:
         if chunk_tokens < 1:
             raise ValueError(f"chunk size must be >= 1 token, got {chunk_tokens}")
@@ -93,23 +100,50 @@ class SimWorker:
         self._running = 0
         self._context = 0  # total context tokens of running streams
         self._p_pinned: dict[int, int] = {}  # prefill role: rid -> slots held until the KV is sent
+        self.poll_lag = poll_lag
+        self._polled: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # load at the last poll
+        self._ended_since_poll = 0  # the router's requests here that ended after the last poll
 
     # -- what the router sees --------------------------------------------------------------
 
+    def load(self) -> tuple[int, int, int, int, int]:
+        """The load fields of ``/v1/loads`` now: (running, waiting, waiting tokens, used tokens,
+        running context tokens)."""
+        return (
+            self._running + len(self._prefilling) + len(self._joins),
+            len(self._waiting) + self._expecting,
+            self._waiting_tokens + self._prefill_left,
+            self.kv.pinned,
+            self._context + sum(ctx for _, _, ctx in self._joins),
+        )
+
+    def poll(self) -> None:
+        """The router polls this worker's load now (``WorkerRegistry.poll_once``)."""
+        self._polled = self.load()
+        self._ended_since_poll = 0
+
     def view(self, coefficients: CostCoefficients | None = None) -> WorkerView:
-        """The load report; ``coefficients`` = what the router's cost model believes (default: the truth)."""
+        """The load report as the router sees it; ``coefficients`` = what the router's cost model
+        believes (default: the truth)."""
+        if self.poll_lag:
+            polled, waiting, waiting_tokens, used, polled_context = self._polled
+            running = max(0, polled - self._ended_since_poll)
+            context = polled_context * running // polled if polled else 0
+        else:
+            running, waiting, waiting_tokens, used, context = self.load()
         return WorkerView(
             url=self.url, role=self.role, healthy=True,
             can_local_prefill=self.can_local_prefill, decode_radix_cache=self.decode_radix_cache,
             max_total_tokens=self.kv.capacity, kv_bytes_per_token=self.kv_bytes_per_token,
-            running_reqs=self._running + len(self._prefilling) + len(self._joins),
-            waiting_reqs=len(self._waiting) + self._expecting,
-            waiting_tokens=self._waiting_tokens + self._prefill_left,
-            used_tokens=self.kv.pinned,
-            running_context_tokens=self._context + sum(ctx for _, _, ctx in self._joins),
-            inflight=self.inflight, chunked_prefill_size=self.chunk_tokens,
+            running_reqs=running, waiting_reqs=waiting, waiting_tokens=waiting_tokens, used_tokens=used,
+            running_context_tokens=context, inflight=self.inflight, chunked_prefill_size=self.chunk_tokens,
             coefficients=self.coefficients if coefficients is None else coefficients,
         )
+
+    def _release(self) -> None:
+        """One of the router's requests to this worker ended (``Worker.release``)."""
+        self.inflight -= 1
+        self._ended_since_poll += 1
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -138,8 +172,10 @@ class SimWorker:
         self._kick()
 
     def kv_sent(self, req: SimRequest) -> None:
-        """Prefill role: the KV left; free its slots and keep the prompt as a cached prefix."""
+        """Prefill role: the KV left; free its slots and keep the prompt as a cached prefix. Prefills
+        waiting for slots may fit now, so an idle worker starts (nothing else may ever wake it)."""
         self.kv.release(req.conversation_id, self._p_pinned.pop(req.rid), req.prompt_tokens)
+        self._kick()
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -227,7 +263,7 @@ class SimWorker:
             self._prefilling = [r for r in self._prefilling if r.remaining_prefill > 0]
         for req in done:
             if self.role == "prefill":
-                self.inflight -= 1
+                self._release()
                 self._host.on_prefilled(self, req)
                 continue
             req.first_token_ms = now  # the prefill's logits give the first token
@@ -241,6 +277,6 @@ class SimWorker:
 
     def _finish(self, req: SimRequest) -> None:
         req.finish_ms = self._loop.now
-        self.inflight -= 1
+        self._release()
         self.kv.release(req.conversation_id, req.pinned_tokens, req.prompt_tokens + req.output_tokens)
         self._host.on_finished(self, req)

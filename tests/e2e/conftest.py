@@ -4,8 +4,8 @@
 ``ppd-server`` started as ``python -m ppd_server --embedded 1P1D --model smollm2 --policy ppd``
 on a free port: real SmolLM2 in one prefill and one decode ``ppd-worker`` process, real KV
 transfer. Point the openai client at ``f"{ppd_router}/v1"``. Tests that change the policy at run
-time (``PUT /admin/policy``) must restore it (``router_process.router_policy`` does). Helpers
-live in ``tests/e2e/router_process.py`` (import it by that name, not ``conftest``).
+time (``PUT /admin/policy``) must restore it (``processes.router_policy`` does). The process
+launcher is ``tests/processes.py``.
 
 ``ppd_router_factory(policy="ppd", embedded="1P1D", model="smollm2", args=())`` starts another
 one (each costs a model load per worker); all are stopped at the end of the session: SIGTERM to
@@ -15,24 +15,23 @@ holds its workers) if it did not exit.
 
 from __future__ import annotations
 
-import sys
 from typing import Callable, Iterator
 
 import pytest
-from router_process import STARTUP_TIMEOUT_S, RouterProcess, free_port
+from processes import STARTUP_TIMEOUT_S, Process, free_port, router_argv
 
 
 @pytest.fixture(scope="session")
 def ppd_router_factory() -> Iterator[Callable[..., str]]:
-    started: list[RouterProcess] = []
+    started: list[Process] = []
 
     def start(policy: str = "ppd", embedded: str = "1P1D", model: str = "smollm2", args: tuple[str, ...] = ()) -> str:
         port = free_port()
-        argv = [sys.executable, "-m", "ppd_server", "--port", str(port), "--policy", policy, "--embedded", embedded,
-                "--model", model, "--load-interval", "0.5", "--startup-timeout", str(STARTUP_TIMEOUT_S), *args]
-        router = RouterProcess(argv, port)
+        argv = router_argv(port, "--policy", policy, "--embedded", embedded, "--model", model,
+                           "--load-interval", "0.5", "--startup-timeout", str(STARTUP_TIMEOUT_S), *args)
+        router = Process("ppd-server", argv, port)
         started.append(router)
-        router.wait_healthy()
+        router.wait_healthy(timeout=STARTUP_TIMEOUT_S)
         return router.url
 
     try:

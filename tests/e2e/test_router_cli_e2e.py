@@ -9,7 +9,7 @@ import sys
 import urllib.request
 
 import pytest
-from router_process import RouterProcess, free_port, http_json
+from processes import Process, free_port, http_json, router_argv
 
 from ppd_server.http.app import create_app
 from ppd_server.config import RouterConfig
@@ -19,10 +19,10 @@ pytestmark = pytest.mark.e2e
 
 def test_embedded_unified_cluster_serves_replica_and_stops_its_workers():
     port = free_port()
-    router = RouterProcess([sys.executable, "-m", "ppd_server", "--port", str(port), "--embedded", "1R",
-                            "--model", "synthetic", "--api-key", "sk-test"], port)
+    router = Process("ppd-server", router_argv(port, "--embedded", "1R", "--model", "synthetic", "--api-key", "sk-test"),
+                     port)
     try:
-        router.wait_healthy()
+        router.wait_healthy(timeout=420.0)
         status, workers = http_json("GET", f"{router.url}/admin/workers")
         assert status == 200 and [w["role"] for w in workers["workers"]] == ["unified"]
         worker_url = workers["workers"][0]["url"]
@@ -35,7 +35,7 @@ def test_embedded_unified_cluster_serves_replica_and_stops_its_workers():
         assert out["meta_info"]["completion_tokens"] == 2
     finally:
         router.stop()
-    assert router.proc.returncode == 0, router.tail()
+    assert router.returncode == 0, router.log_tail()
     with pytest.raises(OSError):  # the worker went down with the router
         urllib.request.build_opener(urllib.request.ProxyHandler({})).open(worker_url + "/health", timeout=2)
 

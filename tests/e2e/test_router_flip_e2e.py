@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from router_process import http_json
+from processes import http_json
 
 from ppd_server.http.app import STATE, create_app
 from ppd_server.config import PrefillSpec, RouterConfig

@@ -11,11 +11,9 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "sdk"))
+from processes import free_port, started, worker_argv
 
-from processes import free_port, running, worker_argv  # noqa: E402
-
-from ppd_sdk import AsyncChatSession, ChatSession  # noqa: E402
+from ppd_sdk import AsyncChatSession, ChatSession
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
@@ -26,8 +24,8 @@ GREEDY = {"temperature": 0, "max_tokens": 16}
 def plain_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("plain") / "worker.log"
-    with running(worker_argv(port), "/health", port, log) as base:
-        yield base
+    with started("ppd-worker", worker_argv(port, "--model", "smollm2"), port, log) as worker:
+        yield worker.url
 
 
 def test_session_works_without_routing_info(plain_worker: str) -> None:

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 sys.path.insert(0, str(Path(__file__).parent.parent / "sdk"))
 
 from otlp_collector import CollectedSpan, OTLPCollector  # noqa: E402
-from processes import free_port, router_argv, running  # noqa: E402
+from processes import free_port, router_argv, started  # noqa: E402
 
 from ppd_sdk import ChatSession  # noqa: E402
 
@@ -36,8 +36,8 @@ def traced_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
             "OTEL_SERVICE_NAME": "ppd-server-under-test",
         }
         log = tmp_path_factory.mktemp("traced") / "router.log"
-        with running(router_argv(port), "/health", port, log, env=env) as base:
-            yield base, collector
+        with started("ppd-server", router_argv(port), port, log, env=env, timeout=420.0) as router:
+            yield router.url, collector
 
 
 def _chain_reaches(span: CollectedSpan, root_id: int, by_id: dict[int, CollectedSpan]) -> bool:
@@ -82,5 +82,8 @@ def test_each_turn_is_one_trace_with_client_route_and_worker_spans(traced_router
         names = sorted(s.name for s in spans if s.trace_id == trace_id)
         print(f"trace {trace_id:032x}: client '{client.name}' -> server spans {names}")
         # The client span carries the same decision the server recorded.
-        assert client.attributes["ppd.route.name"] == route_span.attributes["ppd.route"]
+        assert client.attributes["ppd.route"] == route_span.attributes["ppd.route"]
+        for key in ("ppd.turn", "ppd.decode", "ppd.policy", "ppd.weights.ttft", "ppd.weights.tpot", "gen_ai.conversation.id"):
+            assert client.attributes[key] == route_span.attributes[key], key  # one name per attribute, both sides
+        assert route_span.attributes["ppd.policy.weights.ttft"] == 1.0  # what the policy scored with
         assert client.attributes["gen_ai.conversation.id"] == chat.conversation_id

@@ -16,7 +16,6 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from .launch import Proc, free_port, pd_pair, worker_process
+from tests.processes import free_port, pd_pair, router_argv, started, worker_process
 
 TOPICS = ["oceans", "volcanoes", "glaciers", "deserts", "forests", "rivers", "islands", "canyons"]
 
@@ -115,11 +114,8 @@ def router_round(extra: list[str], n: int) -> dict[str, list[tuple[float, float]
         with pd_pair(tmp_dir, *extra) as (prefill, decode):
             bootstrap = prefill.bootstrap_port
             port = free_port()
-            router = Proc("ppd-server", [sys.executable, "-m", "ppd_server", "--port", str(port), "--prefill",
-                                         prefill.url, str(bootstrap), "--decode", decode.url],
-                          f"http://127.0.0.1:{port}", tmp_dir / "router.log")
-            try:
-                router.wait_ready()
+            argv = router_argv(port, "--prefill", prefill.url, str(bootstrap), "--decode", decode.url)
+            with started("ppd-server", argv, port, tmp_dir / "router.log") as router:
                 turns: dict[str, list[tuple[float, float]]] = {}
                 for i in range(n):
                     messages = chat_body(i)["messages"]
@@ -129,8 +125,6 @@ def router_round(extra: list[str], n: int) -> dict[str, list[tuple[float, float]
                         messages = messages + [{"role": "assistant", "content": answer},
                                                {"role": "user", "content": "Now one more sentence, please."}]
                 out.update(turns)
-            finally:
-                router.stop()
     return out
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from .launch import pd_router_process, worker_process
+from processes import free_port, pd_router_process, worker_process
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +31,6 @@ def unified(tmp_dir):
 
 @pytest.fixture(scope="module")
 def prefill(tmp_dir):
-    from .launch import free_port
-
     port = free_port()
     with worker_process(tmp_dir, "prefill", *MODEL_FLAGS, "--disaggregation-mode", "prefill",
                         "--disaggregation-bootstrap-port", str(port)) as proc:

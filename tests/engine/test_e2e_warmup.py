@@ -12,7 +12,7 @@ import pytest
 
 from ppd_engine.warmup import _MESSAGES
 
-from .launch import pd_pair
+from processes import pd_pair
 
 pytestmark = pytest.mark.e2e
 

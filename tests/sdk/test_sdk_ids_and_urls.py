@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from ppd_sdk import new_conversation_id
-from ppd_sdk._base import resolve_base_url
+from ppd_sdk import resolve_base_url
 
 
 def test_conversation_ids_are_uuid7_and_time_ordered() -> None:

@@ -27,7 +27,7 @@ async def test_turns_carry_conversation_id_turn_and_hints(driver: Driver, fake: 
     body = fake.bodies[-2]
     assert body["prompt_cache_key"] == "conv-1"
     assert body["ppd"]["weights"] == {"ttft": 2.0, "tpot": 1.0}
-    assert body["ppd"]["slo"] == {"ttft_ms": 500.0}
+    assert body["ppd"] == {"weights": {"ttft": 2.0, "tpot": 1.0}}  # each hint once: the SLO went as a header
     assert [m["role"] for m in fake.bodies[-1]["messages"]] == ["system", "user", "assistant", "user"]
     assert "x-ppd-parent-conversation-id" not in first.headers
 
@@ -171,7 +171,7 @@ async def test_fork_shares_history_and_sends_parent_once(driver: Driver, fake: F
     await driver.send(child, "branch")
     assert fake.requests[-1].headers["x-ppd-parent-conversation-id"] == "root"
     assert fake.requests[-1].headers["x-ppd-conversation-id"] == child.conversation_id
-    assert fake.bodies[-1]["ppd"]["parent_conversation_id"] == "root"
+    assert "parent_conversation_id" not in fake.bodies[-1]["ppd"]  # each hint once: the header
     await driver.send(child, "again")
     assert "x-ppd-parent-conversation-id" not in fake.requests[-1].headers
     assert len(s.messages) == 2 and len(child.messages) == 6 and s.turn == 1
@@ -260,7 +260,7 @@ async def test_retry_after_header_is_read(driver: Driver, fake: FakeOpenAI, monk
 
 
 def test_route_survives_unexpected_prediction_fields() -> None:
-    from ppd_sdk._core import route_from
+    from ppd_sdk.wire import parse_route as route_from
 
     ppd = {"route": "local", "turn": 2, "predicted": {"local": {"ttft_ms": 1.0, "tpot_ms": 2.0, "new_field": 3}}}
     info = route_from(ppd, {}, 2)

@@ -54,11 +54,12 @@ async def test_one_span_per_turn_with_genai_and_ppd_attributes(driver: Driver, f
     assert (a["server.address"], a["server.port"]) == ("fake.test", 8080)
     assert a["gen_ai.usage.input_tokens"] > 0 and a["gen_ai.usage.output_tokens"] == 2
     assert a["gen_ai.usage.cache_read.input_tokens"] == 0
-    assert a["ppd.slo.ttft_ms"] == 300 and a["ppd.slo.weight.ttft"] == 2.0
-    assert a["ppd.route.name"] == "pd" and a["ppd.route.prefill"] == "http://p0" and a["ppd.route.turn"] == 1
-    assert a["ppd.route.predicted.local.ttft_ms"] == 10.0 and a["ppd.route.predicted_ttft_ms"] == 30.0
+    assert a["ppd.slo.ttft_ms"] == 300 and a["ppd.weights.ttft"] == 2.0 and a["ppd.weights.tpot"] == 1.0
+    assert a["ppd.route"] == "pd" and a["ppd.prefill"] == "http://p0" and a["ppd.turn"] == 1
+    assert a["ppd.candidate.local.ttft_ms"] == 10.0 and a["ppd.candidate.pd.ttft_ms"] == 30.0
+    assert not [k for k in a if k.startswith(("ppd.route.", "ppd.slo.weight"))]  # the router's names, no others
     b = dict(second.attributes or {})
-    assert b["gen_ai.request.stream"] is True and b["ppd.route.name"] == "local"
+    assert b["gen_ai.request.stream"] is True and b["ppd.route"] == "local" and b["ppd.turn"] == 2
     assert b["gen_ai.usage.cache_read.input_tokens"] > 0 and b["gen_ai.response.time_to_first_chunk"] >= 0
     # Each request carried its own span's W3C traceparent.
     for span, request in zip(spans, fake.requests[-2:]):

@@ -6,8 +6,8 @@ import pytest
 from fake_sglang import FakeWorker
 from router_harness import chat_body, router_over
 
+from ppd_sdk import wire
 from ppd_server.request_path.token_count import TokenCounter
-
 
 class WordTokenizer:
     """One token per whitespace-separated word: an exact counter for the capacity check."""
@@ -23,7 +23,6 @@ CASES = [
     # (id, path, raw body or json, headers, status, param, code)
     ("malformed-json", "/v1/chat/completions", b"{not json", {}, 400, None, "invalid_json"),
     ("json-not-object", "/v1/chat/completions", b"[1, 2]", {}, 400, None, "invalid_json"),
-    ("unknown-model", "/v1/chat/completions", chat_body(model="gpt-9"), {}, 404, "model", "model_not_found"),
     ("missing-messages", "/v1/chat/completions", {"model": "fake-model"}, {}, 400, "messages", None),
     ("empty-messages", "/v1/chat/completions", {"model": "fake-model", "messages": []}, {}, 400, "messages", None),
     ("messages-not-objects", "/v1/chat/completions", {"model": "fake-model", "messages": ["hi"]}, {}, 400, "messages", None),
@@ -100,3 +99,55 @@ async def test_an_estimated_prompt_far_beyond_capacity_is_refused_without_touchi
         r = await client.post("/v1/completions", json={"model": "fake-model", "prompt": "x " * 20})
         assert r.status == 200, "a borderline estimate is left to the worker"
         assert not any(s.path == "/v1/chat/completions" for s in p.seen + d.seen)
+
+
+# ------------------------------------------------------------------------------------------------
+# A ``model`` field that is not a string (list, object) is a 400 naming ``model``, not a 500.
+
+@pytest.mark.parametrize("model", [["fake-model"], {"name": "fake-model"}, 5])
+async def test_a_model_that_is_not_a_string_is_a_400(model):
+    async with router_over([FakeWorker(role="prefill"), FakeWorker(role="decode")]) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(model=model))
+        assert r.status == 400
+        err = (await r.json())["error"]
+        assert err["param"] == "model" and err["type"] == "invalid_request_error"
+
+
+# ------------------------------------------------------------------------------------------------
+# A conversation that names itself as its own parent is a 400 naming the parent field, not a
+# 500 (SessionTable.start_fork raised ValueError out of the request handler).
+
+@pytest.mark.parametrize("via", ["headers", "body"])
+async def test_a_self_fork_is_a_400(via):
+    async with router_over([FakeWorker(role="prefill"), FakeWorker(role="decode")]) as (client, state):
+        if via == "headers":
+            kw = {"json": chat_body(), "headers": {wire.HEADER_CONVERSATION_ID: "a",
+                                                   wire.HEADER_PARENT_CONVERSATION_ID: "a"}}
+            param = wire.HEADER_PARENT_CONVERSATION_ID
+        else:
+            kw = {"json": chat_body(ppd={"conversation_id": "a", "parent_conversation_id": "a"})}
+            param = "ppd.parent_conversation_id"
+        r = await client.post("/v1/chat/completions", **kw)
+        assert r.status == 400
+        err = (await r.json())["error"]
+        assert err["param"] == param and err["code"] == "invalid_ppd_hints"
+
+
+# ------------------------------------------------------------------------------------------------
+# ``max_completion_tokens: null`` beside ``max_tokens`` must not hide ``max_tokens``: the cost
+# model is asked about the answer length the client set, not the 128 default.
+
+async def test_a_null_max_completion_tokens_leaves_max_tokens_in_force():
+    async with router_over([FakeWorker(role="prefill"), FakeWorker(role="decode")]) as (client, state):
+        asked: list[int] = []
+        begin = state.turns.begin
+
+        def spy(hints, prompt_tokens, prompt_bytes, max_new_tokens):
+            asked.append(max_new_tokens)
+            return begin(hints, prompt_tokens, prompt_bytes, max_new_tokens)
+
+        state.turns.begin = spy
+        r = await client.post("/v1/chat/completions", json=chat_body(max_tokens=7, max_completion_tokens=None))
+        assert r.status == 200 and asked == [7]
+        r = await client.post("/v1/chat/completions", json=chat_body(max_tokens=7, max_completion_tokens=9))
+        assert r.status == 200 and asked == [7, 9]

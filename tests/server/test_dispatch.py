@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+
+import pytest
+from aiohttp import web
+from fake_sglang import FakeWorker, HeadersThenHold
+from router_harness import chat_body, eventually, router_over
 
 from ppd_sdk import wire
-
-from fake_sglang import FakeWorker
-from router_harness import chat_body, router_over
-
+from ppd_server.config import RouterConfig
+from ppd_server.http.app import STATE, create_app
 
 async def test_turn1_goes_pd_with_identical_body_and_bootstrap_fields(pd_pair):
     client, state, p, d = pd_pair
@@ -140,3 +145,105 @@ async def test_every_completed_turn_feeds_the_cost_model_streamed_or_not(pd_pair
     plain, streamed = seen
     assert plain.route == "pd" and plain.ttft_ms is None and plain.e2e_ms > 0 and plain.completion_tokens == 3
     assert streamed.route == "local" and streamed.ttft_ms is not None and streamed.predicted_ttft_ms > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# A client that leaves while a P->D turn waits on its workers aborts both worker requests
+# (the handler is cancelled - aiohttp's handler_cancellation - and must not orphan the two legs).
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_client_leaving_during_pd_aborts_prefill_and_decode(stream):
+    p = FakeWorker(role="prefill", hold=asyncio.Event())
+    d = FakeWorker(role="decode", hold=asyncio.Event())
+    async with router_over([p, d]) as (client, state):
+        try:
+            await _leave_and_check(client, state, p, d, stream)
+        finally:  # let any still-held worker request end, so the fakes can shut down
+            p.hold.set()
+            d.hold.set()
+
+
+async def _leave_and_check(client, state, p: FakeWorker, d: FakeWorker, stream: bool) -> None:
+    post = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body(stream=stream)))
+    for _ in range(200):  # both legs reached their workers
+        if p.seen and d.seen:
+            break
+        await asyncio.sleep(0.01)
+    assert p.seen and d.seen
+    post.cancel()  # the client goes away: its connection is closed
+    with pytest.raises(asyncio.CancelledError):
+        await post
+    await asyncio.wait_for(d.aborted.wait(), timeout=5)
+    await asyncio.wait_for(p.aborted.wait(), timeout=5)
+    for _ in range(200):
+        if state.registry.get(d.url).inflight == 0 and state.registry.get(p.url).inflight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert state.registry.get(d.url).inflight == 0 and state.registry.get(p.url).inflight == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# A client that leaves after both P->D legs answered their headers (the router is reading the
+# decode answer) aborts the prefill request too, not only the decode one: the prefill leg was left
+# running in the background for a turn nobody waits for.
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_client_leaving_mid_answer_aborts_the_prefill_leg(stream):
+    p = HeadersThenHold(role="prefill", hold=asyncio.Event())
+    d = HeadersThenHold(role="decode", hold=asyncio.Event())
+    async with router_over([p, d]) as (client, state):
+        try:
+            post = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body(stream=stream)))
+            await eventually(lambda: p.seen and d.seen)
+            assert p.seen and d.seen
+            await asyncio.sleep(0.05)  # both headers reached the router
+            if stream:  # the client already has the SSE headers: it drops the connection
+                (await post).close()
+            else:
+                post.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await post
+            await asyncio.wait_for(d.aborted.wait(), timeout=5)
+            await asyncio.wait_for(p.aborted.wait(), timeout=5)
+        finally:
+            p.hold.set()
+            d.hold.set()
+
+
+# ------------------------------------------------------------------------------------------------
+# Served as ``web.run_app`` serves it (no handler cancellation), a streaming client that left
+# before the worker's first byte makes ``out.prepare`` fail: that is a client gone, not an
+# unexpected router error - the worker call is closed (its request aborted) and the turn is
+# recorded as failed, with no traceback.
+
+async def test_stream_client_gone_before_the_first_byte_closes_the_worker_call(caplog):
+    u = FakeWorker(role="unified", n_tokens=200, hold=asyncio.Event())
+    await u.start()
+    app = create_app(RouterConfig(worker=(u.url,), load_interval_s=3600.0))
+    runner = web.AppRunner(app)  # web.run_app's default: handler_cancellation=False
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
+                           "max_tokens": 200, "stream": True}).encode()
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        await eventually(lambda: u.seen)
+        assert u.seen
+        writer.close()  # the client leaves while the worker has not answered yet
+        await asyncio.sleep(0.1)
+        with caplog.at_level(logging.ERROR, logger="ppd_server"):
+            u.hold.set()  # the worker starts streaming to a router whose client is gone
+            st = app[STATE]
+            await eventually(lambda: st.metrics.errors.labels("worker")._value.get() == 1)
+        assert st.metrics.errors.labels("worker")._value.get() == 1, "the turn was recorded as failed"
+        assert st.registry.get(u.url).inflight == 0
+        assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    finally:
+        u.hold.set()
+        await runner.cleanup()
+        await u.close()

@@ -15,8 +15,8 @@ from ppd_server.profiling import ProfileError, load_profile, measure_profile
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.types import COEFFICIENT_NAMES
 
-# tests/ is on sys.path (rootdir conftest)
-from engine.launch import free_port
+# tests/ is on sys.path (rootdir conftest): the one test process launcher
+from processes import free_port
 
 pytestmark = pytest.mark.e2e
 

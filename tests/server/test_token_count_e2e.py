@@ -8,8 +8,8 @@ import pytest
 
 from ppd_server.request_path.token_count import TokenCounter
 
-# tests/ is on sys.path (rootdir conftest): the engine tests' launcher ends its process by PID.
-from engine.launch import worker_process
+# tests/ is on sys.path (rootdir conftest): the shared launcher ends its process by PID.
+from processes import worker_process
 
 pytestmark = pytest.mark.e2e
 

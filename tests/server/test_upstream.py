@@ -4,11 +4,15 @@ timeouts, aborts."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from fake_sglang import FakeWorker
+from router_harness import chat_body, router_over
 
 from ppd_server.request_path.upstream import UpstreamError, UpstreamPool
-
 
 class RawServer:
     """A loopback server whose answers are given as raw bytes per request (in order)."""
@@ -122,3 +126,54 @@ async def test_close_aborts_the_request_at_the_worker():
             await task
         await asyncio.wait_for(server.disconnected.wait(), timeout=10)
     await pool.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Forwarded client headers (x-request-id, x-correlation-id, trace headers with tracing off) that
+# carry non-latin-1 UTF-8 bytes reach the worker byte for byte instead of failing the request with
+# a 500 (the upstream client encoded its request head as latin-1).
+
+@pytest.mark.parametrize("name", ["x-request-id", "x-correlation-id", "traceparent"])
+async def test_a_utf8_forwarded_header_is_relayed_not_a_500(name):
+    u = FakeWorker(role="unified")
+    async with router_over([u]) as (client, state):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        body = json.dumps(chat_body()).encode()
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+                     + name.encode() + b": id-\xe2\x82\xac\r\n"  # the euro sign, UTF-8
+                     + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[-300:]
+        assert len(u.seen) == 1 and u.seen[0].headers[name].encode("utf-8", "surrogateescape") == b"id-\xe2\x82\xac"
+
+
+# ------------------------------------------------------------------------------------------------
+# A worker URL with a path prefix (a worker behind a path-routing proxy, e.g.
+# http://host:port/w1 - accepted by the config, and kept by the poller's /server_info and load
+# calls) keeps that prefix on the request path too; it was dropped, so requests hit /v1/... and 404'd.
+
+async def test_the_worker_urls_path_prefix_is_kept():
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/w1/v1/chat/completions", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    pool = UpstreamPool(connect_timeout=5, read_timeout=5)
+    try:
+        base = str(server.make_url("/w1"))
+        for url in (base, base + "/"):
+            resp = await pool.post(url, "/v1/chat/completions", b"{}", {"Content-Type": "application/json"})
+            assert resp.status == 200, await resp.read()
+            assert await resp.read() == b'{"ok": true}'
+            resp.release()
+        assert seen == ["/w1/v1/chat/completions"] * 2
+    finally:
+        await pool.close()
+        await server.close()

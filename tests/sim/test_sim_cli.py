@@ -19,7 +19,8 @@ def test_table_has_a_column_per_policy_and_the_promised_rows(capsys):
     assert header.split() == ["pd", "local", "threshold:512", "ppd"]
     for row in ("turn-1 TTFT p50 ms", "turn-2+ TTFT p99 ms", "TPOT p99 ms", "turn-2+ routed local", "KV moved GB", "SLO attainment"):
         assert row in out
-    assert "1P3D llama-3.1-8b@h100" in out
+    assert "1P3D llama-3.1-8b@h100" in out and "new sessions/s (~" in out and "requests/s)" in out
+    assert "success (in timeout)" in out
 
 
 def test_json_to_stdout_carries_config_and_figures(capsys):
@@ -70,6 +71,11 @@ def test_unified_fleet_routes_replica(capsys):
         (["--profile", "/nonexistent/p.json"], "cannot read profile"),
         (["--kv-capacity-tokens", "100", "--workload", "big_paste"], "--kv-capacity-tokens 100"),
         (["--qps", "abc"], "--qps"),
+        (["--poll-interval-ms", "-5"], "--poll-interval-ms"),
+        (["--client-max-tokens", "lots"], "--client-max-tokens 'lots'"),
+        (["--client-max-tokens", "0"], "--client-max-tokens"),
+        (["--link-backlog", "guess"], "--link-backlog"),
+        (["--request-timeout-s", "0"], "--request-timeout-s"),
     ],
 )
 def test_bad_values_exit_2_with_a_message_naming_them(args, needle, capsys):
@@ -102,3 +108,23 @@ def test_router_calibration_options(capsys):
     with pytest.raises(SystemExit):
         main(["--router-profile", "/nonexistent.json", *SMALL])
     assert "cannot read profile" in capsys.readouterr().err
+
+
+def test_what_the_router_knows_defaults_to_the_live_router_and_is_in_the_json(capsys):
+    assert main(["--policies", "ppd", "--json", "-", *SMALL]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert (config["poll_interval_ms"], config["client_max_tokens"], config["link_backlog"]) == (500.0, 2048, "router")
+    args = ["--poll-interval-ms", "0", "--client-max-tokens", "exact", "--link-backlog", "true"]
+    assert main(["--policies", "ppd", "--json", "-", *args, *SMALL]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert (config["poll_interval_ms"], config["client_max_tokens"], config["link_backlog"]) == (0.0, None, "true")
+
+
+def test_request_timeout_and_success_rate(capsys):
+    assert main(["--policies", "pd", "--request-timeout-s", "0.05", "--json", "-", *SMALL]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (res,) = data["results"]
+    assert data["config"]["request_timeout_s"] == 0.05
+    assert data["config"]["requests_per_s"] == pytest.approx(data["config"]["turns_total"] / 5)
+    assert res["finished"] == res["turns_planned"] and res["timed_out"] == res["finished"]  # every answer takes > 50 ms
+    assert res["success_rate"] == 0.0

@@ -10,7 +10,7 @@ import pytest
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import CostCoefficients
-from ppd_sim import ClusterSpec, Conversation, Hardware, RequestHints, Simulation, WorkloadSpec, synthetic
+from ppd_sim import ClusterSpec, Conversation, Hardware, RequestHints, RouterBehaviour, Simulation, WorkloadSpec, synthetic
 from ppd_sim.presets import kv_capacity_tokens, preset_profile
 
 # Round numbers so the expected times can be worked out by hand.
@@ -162,7 +162,8 @@ def test_kv_pressure_evicts_prefixes_and_the_run_still_drains():
 def test_the_policy_sees_load_the_way_sglang_reports_it():
     """Mid-prefill of a P->D turn: P has it running with its uncached tokens, D has it waiting
     (prealloc queue) and in flight; once it streams, D reports it running with its context."""
-    sim = Simulation(make_policy("pd"), ClusterSpec.parse("1P1D"), HAND, (Conversation("c0", 0.0, ((100, 40),), ()),))
+    instant = RouterBehaviour(poll_interval_ms=0)
+    sim = Simulation(make_policy("pd"), ClusterSpec.parse("1P1D"), HAND, (Conversation("c0", 0.0, ((100, 40),), ()),), router=instant)
     seen = {}
     sim.loop.at(50.0, lambda: seen.setdefault("prefill", sim.cluster.view()))  # prefill takes ~105 ms
     sim.loop.at(300.0, lambda: seen.setdefault("decode", sim.cluster.view()))  # TTFT ~138 ms, 40 tokens ~0.9 s
@@ -204,3 +205,49 @@ def test_online_fit_feeds_the_cost_model_like_the_router():
     assert report["coefficients"]["sim://p0"] != hw.coefficients.to_dict()
     with pytest.raises(ValueError, match="cost_model"):
         Simulation(make_policy("ppd"), ClusterSpec.parse("1P1D"), hw, convs, online_fit=True)
+
+
+def test_a_prefill_worker_whose_kv_filled_restarts_when_its_kv_is_sent():
+    """Regression: P admitted two prefills, the third waited for slots; the KV left over the link
+    and freed them, but nothing restarted the idle P worker, so the third never finished."""
+    hw = Hardware(COEFS, KV_BYTES, kv_capacity_tokens=250, chunk_tokens=4096, link_gb_per_s=0.01)  # 1 s per 100 tokens
+    convs = [Conversation(f"c{k}", 0.0, ((100, 4),), ()) for k in range(3)]  # P holds two prompts at most
+    result = run("pd", convs, "1P1D", hw)
+    assert result.stop_reason is None
+    assert all(r.finish_ms is not None for r in result.requests)
+    third = max(result.requests, key=lambda r: r.first_token_ms)
+    assert third.first_token_ms > min(r.first_token_ms for r in result.requests)
+
+
+def test_turns_that_never_finish_are_reported_with_a_stop_reason(monkeypatch):
+    """Whatever stalls a run, its open turns are counted and the run says why it stopped."""
+    from ppd_sim.report import format_table, summarize
+    from ppd_sim.worker import SimWorker
+
+    def old_kv_sent(self, req):  # the bug above: slots freed, the idle worker never restarted
+        self.kv.release(req.conversation_id, self._p_pinned.pop(req.rid), req.prompt_tokens)
+
+    monkeypatch.setattr(SimWorker, "kv_sent", old_kv_sent)
+    hw = Hardware(COEFS, KV_BYTES, kv_capacity_tokens=250, chunk_tokens=4096, link_gb_per_s=0.01)
+    convs = [Conversation(f"c{k}", 0.0, ((100, 4),), ()) for k in range(2)]
+    convs.append(Conversation("c2", 0.0, ((100, 4), (10, 4)), (1.0,)))  # its turn 1 is the third prefill: stuck
+    result = run("pd", convs, "1P1D", hw)
+    assert result.stop_reason == "2 turns never finished: the queues stalled with nothing left to run"
+    s = summarize(result)
+    assert (s["turns_planned"], s["requests"], s["finished"], s["unfinished"], s["never_sent"]) == (4, 3, 2, 2, 1)
+    assert s["success_rate"] == pytest.approx(2 / 4)
+    table = format_table([s])
+    assert "2/4" in table and "note: pd: 2 turns never finished" in table
+
+
+def test_a_turn_finished_after_the_request_timeout_failed():
+    from ppd_sim.report import summarize
+
+    result = run("pd", [one_conversation()])  # turn 1 ends ~250 ms after it was sent, turn 2 ~180 ms
+    t1, t2 = result.requests
+    limit_s = (t1.e2e_ms + t2.e2e_ms) / 2 / 1000.0  # between the two
+    assert t2.e2e_ms < t1.e2e_ms
+    s = summarize(result, slo_ttft_ms=1e6, request_timeout_s=limit_s)
+    assert (s["finished"], s["timed_out"], s["success_rate"], s["success_rate_turn2plus"]) == (2, 1, 0.5, 1.0)
+    assert s["slo_attainment"] == 0.5  # a late turn never meets its SLO
+    assert summarize(result)["success_rate"] == 1.0  # the live router's 600 s

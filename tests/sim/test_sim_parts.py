@@ -107,3 +107,10 @@ def test_llama_h100_preset_matches_the_anchor_numbers():
     assert 300_000 < kv_capacity_tokens("llama-3.1-8b", "h100") < 500_000
     with pytest.raises(ValueError, match="--gpu"):
         preset_profile("llama-3.1-8b", "tpu")
+
+
+def test_h200_preset_has_more_bandwidth_and_memory_than_h100():
+    h100, h200 = (preset_profile("llama-3.1-8b", g)["coefficients"] for g in ("h100", "h200"))
+    assert h200["decode_base_ms"] < h100["decode_base_ms"] * 0.75  # 4.8 vs 3.35 TB/s
+    assert h200["prefill_per_token_ms"] == h100["prefill_per_token_ms"]  # the same compute
+    assert kv_capacity_tokens("llama-3.1-8b", "h200") > 1.9 * kv_capacity_tokens("llama-3.1-8b", "h100")

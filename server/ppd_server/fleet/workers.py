@@ -130,12 +130,16 @@ class WorkerRegistry:
         return self.workers.get(url) if url else None
 
     def model_names(self) -> set[str]:
-        names: set[str] = set()
-        for w in self.workers.values():
-            for n in (w.served_model_name, w.model_path):
-                if n:
-                    names.add(n)
-        return names
+        """The served model names (never file paths: those are the operator's business)."""
+        return {w.served_model_name for w in self.workers.values() if w.served_model_name}
+
+    def accepts_model(self, model: str) -> bool:
+        """SGLang's rule: ``"default"`` and, with one model served, any name select it; with
+        several, a served name or a worker's model path."""
+        names = self.model_names()
+        if model == "default" or len(names) <= 1 or model in names:
+            return True
+        return any(model == w.model_path for w in self.workers.values() if w.model_path)
 
     def capacity_tokens(self) -> int:
         """The smallest KV capacity among healthy workers (0 = unknown)."""

@@ -74,9 +74,10 @@ class FrontDoor:
             return
         if not isinstance(model, str):  # a list/object is unhashable: the set lookup would raise
             raise bad_request(f"'model' must be a string, got {model!r}", param="model")
-        names = self.state.registry.model_names()
-        if names and model not in names:
-            raise RouterError(404, f"The model `{model}` does not exist. Available: {', '.join(sorted(names))}",
+        registry = self.state.registry
+        if not registry.accepts_model(model):
+            raise RouterError(404, f"The model `{model[:200]}` does not exist. Available: "
+                                   f"{', '.join(sorted(registry.model_names()))}",
                               param="model", code="model_not_found")
 
     def _measure(self, kind: Kind, body: dict[str, Any]) -> tuple[int, int, int]:
@@ -158,13 +159,9 @@ class FrontDoor:
             self._check_model(body)
         prompt_tokens, prompt_bytes, max_new = self._measure(kind, body)
         try:
-            hints = wire.parse_hints(request.headers, body)
+            hints = wire.parse_hints(request.headers, body)  # the one parse: Hints flow as they are from here
         except wire.WireError as e:
             raise bad_request(e.message, param=e.param, code="invalid_ppd_hints") from None
-        if hints.parent_conversation_id is not None and hints.parent_conversation_id == hints.conversation_id:
-            param = (wire.HEADER_PARENT_CONVERSATION_ID if wire.HEADER_PARENT_CONVERSATION_ID in request.headers
-                     else "ppd.parent_conversation_id")
-            raise bad_request("a conversation cannot be its own parent", param=param, code="invalid_ppd_hints")
         self._check_capacity(kind, prompt_tokens)
 
         body.pop(wire.BODY_FIELD, None)
@@ -175,14 +172,7 @@ class FrontDoor:
             body["stream_options"] = {**(so if isinstance(so, dict) else {}), "include_usage": True}
 
         turn = st.turns.begin(hints, prompt_tokens, prompt_bytes, max_new)
-        if turn.conversation_id:
-            span.set_attribute("gen_ai.conversation.id", turn.conversation_id)
-        span.set_attribute("ppd.turn", turn.request.turn)
-        for name, value in (("ttft_ms", hints.slo.ttft_ms), ("tpot_ms", hints.slo.tpot_ms)):
-            if value is not None:
-                span.set_attribute(f"ppd.slo.{name}", value)
-        span.set_attribute("ppd.weights.ttft", hints.weights.ttft)
-        span.set_attribute("ppd.weights.tpot", hints.weights.tpot)
+        span.set_attributes(wire.hint_attributes(hints, turn.request.turn))
         worker_headers = {"Content-Type": "application/json", "x-request-id": request_id}
         # with tracing on, the dispatcher injects its own CLIENT span's context instead
         for h in _FORWARDED_HEADERS if st.tracing else _FORWARDED_HEADERS + _TRACE_HEADERS:
@@ -219,10 +209,8 @@ class FrontDoor:
         st = self.state
         d = turn.decision
         assert d is not None
-        client_headers = {wire.HEADER_ROUTE: d.route, wire.HEADER_DECODE: d.decode or "",
-                          wire.HEADER_TURN: str(turn.request.turn), "x-request-id": request_id}
-        if d.prefill:
-            client_headers[wire.HEADER_PREFILL] = d.prefill
+        client_headers = wire.route_headers(d.route, turn.request.turn, d.decode, d.prefill)
+        client_headers["x-request-id"] = request_id
         if turn.conversation_id:
             client_headers[wire.HEADER_CONVERSATION_ID] = turn.conversation_id
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ppd_sdk import wire
 from ppd_sdk.wire import Hints
 from ppd_server.request_path.relay import TurnUsage
 from ppd_server.routing.cost_model import CostModel, Observation
@@ -56,20 +57,7 @@ class TurnRouter:
             link_gbps=self.link_gbps, link_backlog_bytes=self.link_backlog_bytes)
 
     def begin(self, hints: Hints, prompt_tokens: int, prompt_bytes: int, max_new_tokens: int) -> Turn:
-        now = time.monotonic()
-        conv = hints.conversation_id
-        session = None
-        turn = hints.turn or 1
-        if conv is not None:
-            if hints.parent_conversation_id and self.sessions.view(conv, now) is None:
-                self.sessions.start_fork(conv, hints.parent_conversation_id, now)
-            turn = self.sessions.turn_for(conv, hints.turn, now)
-            session = self.sessions.view(conv, now)
-        request = RequestView(
-            conversation_id=conv, turn=turn, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
-            w_ttft=hints.weights.ttft, w_tpot=hints.weights.tpot,
-            slo_ttft_ms=hints.slo.ttft_ms, slo_tpot_ms=hints.slo.tpot_ms,
-            parent_conversation_id=hints.parent_conversation_id)
+        request, session = self.sessions.admit(hints, prompt_tokens, max_new_tokens, time.monotonic())
         return Turn(request=request, session=session, cluster=self.cluster_view(), prompt_bytes=prompt_bytes)
 
     def decide(self, turn: Turn) -> Decision:
@@ -84,17 +72,12 @@ class TurnRouter:
         return chosen.kv_bytes if chosen is not None else 0
 
     def route_info(self, turn: Turn, usage: TurnUsage) -> dict[str, Any]:
-        """The ``ppd`` body field (ppd_sdk.wire.RouteInfo), as a plain dict on the hot path."""
+        """The ``ppd`` body field (``ppd_sdk.wire.RouteInfo``), as a plain dict on the hot path."""
         d = turn.decision
         assert d is not None
-        return {
-            "route": d.route, "turn": turn.request.turn, "conversation_id": turn.conversation_id,
-            "policy": d.policy, "decode": d.decode, "prefill": d.prefill,
-            "cached_tokens": usage.cached_tokens, "reason": d.reason,
-            "predicted": {c.route: {"ttft_ms": round(c.ttft_ms, 3), "tpot_ms": round(c.tpot_ms, 3),
-                                    "score": None if c.score is None else round(c.score, 4)}
-                          for c in d.candidates},
-        }
+        return wire.route_body(d.route, turn.request.turn, turn.conversation_id, d.policy, d.decode, d.prefill,
+                               usage.cached_tokens, d.reason,
+                               ((c.route, c.ttft_ms, c.tpot_ms, c.score) for c in d.candidates))
 
     def finish(self, turn: Turn, usage: TurnUsage, started_at: float, ok: bool) -> dict[str, Any]:
         """Feed what was observed back into the brain; returns the figures for traces/metrics."""

@@ -34,7 +34,8 @@ def _tie_order(request: RequestView, session: SessionView | None, url: str) -> t
 
 
 def _weighted(ttft: float, tpot: float, best_ttft: float, best_tpot: float, request: RequestView) -> float:
-    return request.w_ttft * ttft / max(best_ttft, 1e-9) + request.w_tpot * tpot / max(best_tpot, 1e-9)
+    w = request.weights
+    return w.ttft * ttft / max(best_ttft, 1e-9) + w.tpot * tpot / max(best_tpot, 1e-9)
 
 
 def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Candidate | None:

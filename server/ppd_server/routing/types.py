@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ppd_sdk.wire import NO_SLO, PRESETS, SLO, Weights
+
 Role = Literal["prefill", "decode", "unified"]
 RouteName = Literal["local", "pd", "replica"]
 
@@ -105,16 +107,16 @@ class ClusterView:
 
 @dataclass(frozen=True, slots=True)
 class RequestView:
-    """What the router parsed from one request: only the fields it routes on."""
+    """What the router parsed from one request: only the fields it routes on. ``weights`` and
+    ``slo`` are the very objects ``ppd_sdk.wire.parse_hints`` returned (one shape from the wire
+    to the policy); ``SessionTable.admit`` builds this for the router and the simulator."""
 
     conversation_id: str | None
     turn: int  # 1-based; inferred by the session table when the client did not send it
     prompt_tokens: int  # whole prompt (exact from the tokenizer, or estimated)
     max_new_tokens: int = 128
-    w_ttft: float = 1.0
-    w_tpot: float = 1.0
-    slo_ttft_ms: float | None = None
-    slo_tpot_ms: float | None = None
+    weights: Weights = PRESETS["balanced"]
+    slo: SLO = NO_SLO
     parent_conversation_id: str | None = None
 
 
@@ -155,6 +157,7 @@ class Decision:
     candidates: tuple[Candidate, ...] = ()
     score: float | None = None
     cached_tokens: int = 0  # prompt tokens the chosen serving worker is predicted to hold already
+    weights: Weights | None = None  # the TTFT/TPOT weights the policy traded with (Policy.score_weights)
 
     def predicted(self, route: RouteName) -> Candidate | None:
         for c in self.candidates:

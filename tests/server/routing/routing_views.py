@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ppd_sdk.wire import SLO, Weights
 from ppd_server.routing.types import ClusterView, CostCoefficients, RequestView, SessionView, WorkerView
 
 # Round numbers so expected values are easy to check by hand.
@@ -50,5 +51,8 @@ def session(decode_url: str | None = "http://d0", prefill_url: str | None = "htt
     return SessionView(cid, decode_url, prefill_url, cached_d, cached_p, turns, forked_from)
 
 
-def request(turn: int = 2, prompt: int = 1100, out: int = 32, cid: str | None = "c1", **kw) -> RequestView:
-    return RequestView(cid, turn, prompt, out, **kw)
+def request(turn: int = 2, prompt: int = 1100, out: int = 32, cid: str | None = "c1", w_ttft: float = 1.0,
+            w_tpot: float = 1.0, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None, **kw) -> RequestView:
+    """A RequestView; the weight and SLO keywords become the wire's Weights and SLO."""
+    return RequestView(cid, turn, prompt, out, Weights(ttft=w_ttft, tpot=w_tpot),
+                       SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms), **kw)

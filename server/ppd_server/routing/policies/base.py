@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ppd_sdk.wire import Weights
 from ppd_server.routing.latency import cached_on_decode, estimate_local, kv_fits
 from ppd_server.routing.placement import best_pd, best_replica, session_worker
 from ppd_server.routing.types import (
@@ -145,6 +146,11 @@ class Policy(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(spec={self.spec!r}, params={self._params!r})"
 
+    def score_weights(self, request: RequestView) -> Weights:
+        """The TTFT/TPOT weights this policy trades with for ``request`` (the request's own unless
+        the policy scales them); every Decision records them."""
+        return request.weights
+
     def decide(self, request: RequestView, cluster: ClusterView, session: SessionView | None) -> Decision:
         opts = build_options(request, cluster, session)
         if opts.local is not None and opts.pd is not None:
@@ -179,7 +185,8 @@ class Policy(ABC):
             Candidate(c.route, c.decode, c.prefill, c.ttft_ms, c.tpot_ms, scores.get(c.route), c.kv_bytes, c.cached_tokens)
             for c in (*opts.candidates, *((opts.cold_local,) if chosen is opts.cold_local else ()))
         )
-        return Decision(chosen.route, chosen.decode, chosen.prefill, reason, self.spec, cands, score, chosen.cached_tokens)
+        return Decision(chosen.route, chosen.decode, chosen.prefill, reason, self.spec, cands, score, chosen.cached_tokens,
+                        self.score_weights(opts.request))
 
     @staticmethod
     def describe(local: Candidate, pd: Candidate) -> str:

@@ -6,7 +6,8 @@ latency model (see ``routing/latency.py``) and scored as in the PPD paper:
     S = w_ttft * (TTFT_pd - TTFT_local) / TTFT_pd  -  w_tpot * (TPOT_local - TPOT_pd) / TPOT_pd
 
 D-local iff ``S > margin`` (margin 0 by default). The weights are the request's (``ppd.weights``
-or a preset) multiplied by this policy's ``w_ttft`` / ``w_tpot`` (operator-wide scaling, 1.0).
+or a preset) multiplied by this policy's ``w_ttft`` / ``w_tpot`` (operator-wide scaling, 1.0):
+:meth:`PPDPolicy.score_weights`, recorded on the Decision and the router's span.
 Absolute SLO targets are hard limits: a route predicted to break a target the other route meets
 loses whatever S says. The reason names S and the predictions, e.g.
 ``local: S=+0.41 (ttft 38ms vs 212ms, tpot +6%)``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ppd_sdk.wire import Weights
 from ppd_server.routing.policies.base import Options, Policy, fmt_ms
 from ppd_server.routing.types import Candidate, RequestView, RouteName
 
@@ -34,10 +36,11 @@ def ppd_score(local: Candidate, pd: Candidate, w_ttft: float, w_tpot: float) -> 
 def slo_breaches(c: Candidate, request: RequestView) -> list[str]:
     """Human descriptions of the absolute targets ``c`` is predicted to miss."""
     out = []
-    if request.slo_ttft_ms is not None and c.ttft_ms > request.slo_ttft_ms:
-        out.append(f"ttft {fmt_ms(c.ttft_ms)} > SLO {fmt_ms(request.slo_ttft_ms)}")
-    if request.slo_tpot_ms is not None and c.tpot_ms > request.slo_tpot_ms:
-        out.append(f"tpot {fmt_ms(c.tpot_ms)} > SLO {fmt_ms(request.slo_tpot_ms)}")
+    slo = request.slo
+    if slo.ttft_ms is not None and c.ttft_ms > slo.ttft_ms:
+        out.append(f"ttft {fmt_ms(c.ttft_ms)} > SLO {fmt_ms(slo.ttft_ms)}")
+    if slo.tpot_ms is not None and c.tpot_ms > slo.tpot_ms:
+        out.append(f"tpot {fmt_ms(c.tpot_ms)} > SLO {fmt_ms(slo.tpot_ms)}")
     return out
 
 
@@ -52,12 +55,19 @@ class PPDPolicy(Policy):
         if not -1.0 <= params["margin"] <= 1.0:
             raise ValueError(f"policy 'ppd' parameter margin must be in [-1, 1], got {params['margin']!r}")
 
+    def score_weights(self, request: RequestView) -> Weights:
+        """The request's weights scaled by this policy's operator-wide ``w_ttft`` / ``w_tpot``."""
+        scale_ttft, scale_tpot = self._params["w_ttft"], self._params["w_tpot"]
+        if scale_ttft == 1.0 and scale_tpot == 1.0:
+            return request.weights
+        w = request.weights
+        return Weights.model_construct(ttft=scale_ttft * w.ttft, tpot=scale_tpot * w.tpot)
+
     def choose(self, opts: Options) -> tuple[RouteName, float | None, str]:
         assert opts.local is not None and opts.pd is not None
         req = opts.request
-        w_ttft = self._params["w_ttft"] * req.w_ttft
-        w_tpot = self._params["w_tpot"] * req.w_tpot
-        s = ppd_score(opts.local, opts.pd, w_ttft, w_tpot)
+        w = self.score_weights(req)
+        s = ppd_score(opts.local, opts.pd, w.ttft, w.tpot)
         detail = f"S={s:+.2f} ({self.describe(opts.local, opts.pd)})"
         local_breaks = slo_breaches(opts.local, req)
         pd_breaks = slo_breaches(opts.pd, req)
