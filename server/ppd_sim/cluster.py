@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
-from ppd_server.routing.types import ClusterView, CostCoefficients, Role
+from ppd_server.routing.types import ClusterView, CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
 from ppd_sim.link import KVLink
 from ppd_sim.worker import SimWorker, WorkerHost
@@ -61,7 +61,9 @@ class Hardware:
 
 
 class SimCluster:
-    def __init__(self, spec: ClusterSpec, hw: Hardware, loop: EventLoop, host: WorkerHost, poll_lag: bool = False) -> None:
+    def __init__(
+        self, spec: ClusterSpec, hw: Hardware, loop: EventLoop, host: WorkerHost, poll_lag: bool = False, reference: bool = False
+    ) -> None:
         self.spec = spec
         self.link = KVLink(hw.link_gb_per_s, loop)
         roles: list[tuple[str, Role, int]] = [("p", "prefill", spec.prefill), ("d", "decode", spec.decode), ("r", "unified", spec.unified)]
@@ -71,16 +73,31 @@ class SimCluster:
                 url = f"sim://{prefix}{k}"
                 self.workers[url] = SimWorker(
                     url, role, hw.coefficients, loop, host, hw.kv_capacity_tokens, hw.kv_bytes_per_token,
-                    hw.chunk_tokens, hw.decode_local_prefill, hw.decode_radix_cache, poll_lag,
+                    hw.chunk_tokens, hw.decode_local_prefill, hw.decode_radix_cache, poll_lag, reference,
                 )
+        # the workers' true-coefficient views, kept up to date through the workers' ``changed``
+        self._order = list(self.workers.values())
+        self._views: list[WorkerView | None] = [None] * len(self._order)
+        self._stale: set[int] = set(range(len(self._order)))
+        for k, w in enumerate(self._order):
+            w.changed = lambda _w, k=k: self._stale.add(k)
 
     def view(
         self, believed: Callable[[str, Role], CostCoefficients] | None = None, link_backlog_bytes: int | None = None
     ) -> ClusterView:
         """``believed(url, role)``: the router's cost model's coefficients (default: the true ones);
         ``link_backlog_bytes``: what the router counts on the link (default: the true backlog)."""
+        if believed is None:
+            views = self._views
+            for k in self._stale:
+                views[k] = self._order[k].view()
+            if self.workers and self._order[0]._cache_views:
+                self._stale.clear()
+            workers = tuple(views)  # type: ignore[arg-type]
+        else:
+            workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)
         return ClusterView(
-            workers=tuple(w.view(believed(w.url, w.role) if believed else None) for w in self.workers.values()),
+            workers=workers,
             link_gbps=self.link.link_gbps,
             link_backlog_bytes=self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
         )

@@ -109,7 +109,10 @@ class Simulation:
         cost_model: CostModel | None = None,
         online_fit: bool = False,
         router: RouterBehaviour = RouterBehaviour(),
+        reference: bool = False,
     ) -> None:
+        """``reference``: the plain path (every view rebuilt on every turn, every worker iteration an
+        event); the same results, slower; tests compare the fast path against it."""
         if online_fit and cost_model is None:
             raise ValueError("online_fit needs a cost_model")
         self.policy = policy
@@ -122,7 +125,7 @@ class Simulation:
                                  slo=SLO(ttft_ms=hints.slo_ttft_ms, tpot_ms=hints.slo_tpot_ms))
         self.conversations = conversations
         self.loop = EventLoop()
-        self.cluster = SimCluster(spec, hw, self.loop, self, poll_lag=router.poll_interval_ms > 0)
+        self.cluster = SimCluster(spec, hw, self.loop, self, poll_lag=router.poll_interval_ms > 0, reference=reference)
         self._router_backlog = 0  # predicted KV bytes of the open P->D turns (the live router's count)
         self._predicted_kv: dict[int, int] = {}
         self._last_finish_ms = 0.0
@@ -142,6 +145,8 @@ class Simulation:
         last_arrival = max((c.arrival_ms for c in self.conversations), default=0.0)
         tick = (lambda: progress(self.loop.now, self.finished)) if progress else None
         stop = self.loop.run(max_time_ms=last_arrival * 10 + 600_000.0, max_events=MAX_EVENTS, tick=tick)
+        for w in self.cluster.workers.values():
+            w.settle()
         planned = sum(len(c.turns) for c in self.conversations)
         if stop is None and self.finished < planned:  # nothing left to run, yet turns are open: a stall
             stop = f"{planned - self.finished} turns never finished: the queues stalled with nothing left to run"
@@ -251,7 +256,7 @@ class Simulation:
                 ttft_ms=req.ttft_ms, tpot_ms=req.tpot_ms, decode_running=running, decode_context_tokens=context,
                 predicted_ttft_ms=req.predicted_ttft_ms, predicted_tpot_ms=req.predicted_tpot_ms, kv_bytes=req.kv_bytes,
                 prefill_cached_tokens=req.prefill_cached_tokens if decision.route == "pd" else None,
-                e2e_ms=req.e2e_ms, completion_tokens=req.output_tokens, decode_running_end=worker.view().running_reqs,
+                e2e_ms=req.e2e_ms, completion_tokens=req.output_tokens, decode_running_end=worker.view_running(),
             ))
         if index + 1 < len(conv.turns):
             self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1)

@@ -25,19 +25,30 @@ and keeps its own in-flight count current. With ``poll_lag`` a worker's view sho
 its last :meth:`poll`, less the router's requests to it that ended since (``Worker.view`` takes
 them off the polled running count and scales the context alike), with the in-flight count of now.
 Without it the view is the instantaneous load (a router polling continuously).
+
+Coasting (speed; ``reference`` turns it off): a run of decode-only iterations (no prefill piece,
+no stream joining) is fully determined until its first stream finishes, so its iteration end
+times are computed in one go and one event stands for them all. Anything that could change the
+next iteration (a prefill submitted, a stream's KV arriving) or that reads the load first
+settles the run at the iteration in flight and turns it back into ordinary events. The
+arithmetic is the same, in the same order, as iterating one event at a time.
 """
 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections import deque
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
 from ppd_sim.kv import KVPool
 from ppd_sim.request import SimRequest
+
+
+_COAST_MAX = 16  # iterations one coasting event stands for at most
 
 
 class WorkerHost(Protocol):
@@ -70,6 +81,7 @@ class SimWorker:
         can_local_prefill: bool = False,
         decode_radix_cache: bool = False,
         poll_lag: bool = False,
+        reference: bool = False,
     ) -> None:
         if chunk_tokens < 1:
             raise ValueError(f"chunk size must be >= 1 token, got {chunk_tokens}")
@@ -103,53 +115,90 @@ class SimWorker:
         self.poll_lag = poll_lag
         self._polled: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # load at the last poll
         self._ended_since_poll = 0  # the router's requests here that ended after the last poll
+        # With poll lag the view changes only at a poll or when the router's own counts move: it is
+        # built then, not on every turn (``reference`` = rebuild it every time, the plain path).
+        self._cache_views = poll_lag and not reference
+        self._view: WorkerView | None = None
+        self.changed: Callable[[SimWorker], None] | None = None  # told when the view must be rebuilt
+        self._may_coast = not reference
+        # a coasting run: (first iteration index, end times, step times, context at its start)
+        self._coast: tuple[int, list[float], list[float], int] | None = None
 
     # -- what the router sees --------------------------------------------------------------
 
     def load(self) -> tuple[int, int, int, int, int]:
         """The load fields of ``/v1/loads`` now: (running, waiting, waiting tokens, used tokens,
         running context tokens)."""
+        context = self._context
+        if self._coast is not None:  # read it without settling: only the context moved
+            context = self._coast[3] + bisect_left(self._coast[1], self._loop.now) * self._running
         return (
             self._running + len(self._prefilling) + len(self._joins),
             len(self._waiting) + self._expecting,
             self._waiting_tokens + self._prefill_left,
             self.kv.pinned,
-            self._context + sum(ctx for _, _, ctx in self._joins),
+            context + sum(ctx for _, _, ctx in self._joins),
         )
 
     def poll(self) -> None:
         """The router polls this worker's load now (``WorkerRegistry.poll_once``)."""
-        self._polled = self.load()
-        self._ended_since_poll = 0
+        polled = self.load()
+        if polled != self._polled or self._ended_since_poll:
+            self._polled = polled
+            self._ended_since_poll = 0
+            self._invalidate()
+
+    def view_running(self) -> int:
+        """``view().running_reqs`` without building the view."""
+        if self.poll_lag:
+            return max(0, self._polled[0] - self._ended_since_poll)
+        return self._running + len(self._prefilling) + len(self._joins)
 
     def view(self, coefficients: CostCoefficients | None = None) -> WorkerView:
         """The load report as the router sees it; ``coefficients`` = what the router's cost model
         believes (default: the truth)."""
+        coefficients = self.coefficients if coefficients is None else coefficients
+        cached = self._view
+        if cached is not None and cached.coefficients is coefficients:
+            return cached
         if self.poll_lag:
             polled, waiting, waiting_tokens, used, polled_context = self._polled
             running = max(0, polled - self._ended_since_poll)
             context = polled_context * running // polled if polled else 0
         else:
             running, waiting, waiting_tokens, used, context = self.load()
-        return WorkerView(
+        view = WorkerView(
             url=self.url, role=self.role, healthy=True,
             can_local_prefill=self.can_local_prefill, decode_radix_cache=self.decode_radix_cache,
             max_total_tokens=self.kv.capacity, kv_bytes_per_token=self.kv_bytes_per_token,
             running_reqs=running, waiting_reqs=waiting, waiting_tokens=waiting_tokens, used_tokens=used,
             running_context_tokens=context, inflight=self.inflight, chunked_prefill_size=self.chunk_tokens,
-            coefficients=self.coefficients if coefficients is None else coefficients,
+            coefficients=coefficients,
         )
+        if self._cache_views:
+            self._view = view
+        return view
+
+    def _invalidate(self) -> None:
+        if self._view is not None:
+            self._view = None
+            if self.changed is not None:
+                self.changed(self)
 
     def _release(self) -> None:
         """One of the router's requests to this worker ended (``Worker.release``)."""
         self.inflight -= 1
         self._ended_since_poll += 1
+        self._invalidate()
 
     # -- entry points ------------------------------------------------------------------------
 
     def submit_prefill(self, req: SimRequest) -> None:
         """A prefill here: P->D's first half (prefill role), D-local (decode) or replica (unified)."""
         self.inflight += 1
+        self._invalidate()
+        if self._coast is not None:
+            self._settle()
         estimate = req.prompt_tokens - self.kv.hit(req.conversation_id, req.prompt_tokens)
         self._waiting_estimate[req.rid] = estimate
         self._waiting_tokens += estimate
@@ -159,6 +208,7 @@ class SimWorker:
     def expect_kv(self, req: SimRequest) -> None:
         """Decode side of a P->D request, from the moment it is routed (SGLang's prealloc queue)."""
         self.inflight += 1
+        self._invalidate()
         self._expecting += 1
 
     def reserve_for_kv(self, req: SimRequest) -> None:
@@ -167,6 +217,8 @@ class SimWorker:
         self._admit_prealloc()
 
     def kv_arrived(self, req: SimRequest) -> None:
+        if self._coast is not None:
+            self._settle()
         self._expecting -= 1
         self._joins.append((req, req.output_tokens, req.prompt_tokens))
         self._kick()
@@ -242,7 +294,61 @@ class SimWorker:
             dt = decode_step_ms(c, self._running, self._context)
         self._busy = True
         self.busy_ms += dt
+        if not pieces and not fresh and self._may_coast:
+            n = min(self._finish_heap[0][0] - self.iterations, _COAST_MAX)
+            if n >= 2:
+                self._start_coast(dt, n)
+                return
         self._loop.at(self._loop.now + dt, self._end_iteration, pieces, fresh)
+
+    # -- coasting (see the module docstring) --------------------------------------------------
+
+    def _start_coast(self, dt: float, n: int) -> None:
+        """``n`` decode-only iterations from now, the first taking ``dt``. Each step is
+        ``decode_step_ms(c, b, context)`` written out (the batch part is the same for all), with
+        the same operations in the same order: the fast-path test holds it to the function."""
+        c, b, context = self.coefficients, self._running, self._context
+        fixed = c.decode_base_ms + c.decode_per_seq_ms * b
+        per_kctx = c.decode_per_kctx_ms
+        t = self._loop.now + dt
+        ends, steps = [t], [dt]
+        for k in range(1, n):
+            dt = fixed + per_kctx * (context + k * b) / 1000.0
+            t = t + dt
+            ends.append(t)
+            steps.append(dt)
+        coast = (self.iterations, ends, steps, context)
+        self._coast = coast
+        self._loop.at(t, self._end_coast, coast)
+
+    def _advance_coast(self, k: int) -> None:
+        """Iterations 0..k-1 of the coasting run ended; iteration k is in flight (its step counted)."""
+        assert self._coast is not None
+        first, _, steps, context = self._coast
+        self._coast = None
+        self.iterations = first + k
+        self._context = context + k * self._running
+        for j in range(1, k + 1):
+            self.busy_ms += steps[j]
+
+    def _end_coast(self, coast: tuple[int, list[float], list[float], int]) -> None:
+        if self._coast is not coast:  # settled earlier: ordinary events took over
+            return
+        self._advance_coast(len(coast[1]) - 1)
+        self._end_iteration([], [])
+
+    def _settle(self) -> None:
+        """Back to one event per iteration, at the iteration in flight now."""
+        assert self._coast is not None
+        ends = self._coast[1]
+        k = bisect_left(ends, self._loop.now)  # iterations that ended before now
+        self._advance_coast(k)
+        self._loop.at(ends[k], self._end_iteration, [], [])
+
+    def settle(self) -> None:
+        """Bring the counters (busy time, iterations) up to now, e.g. when a run stops early."""
+        if self._coast is not None:
+            self._settle()
 
     def _end_iteration(self, pieces: list[tuple[SimRequest, int, int]], fresh: list[SimRequest]) -> None:
         now = self._loop.now
