@@ -17,7 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ppd_sim.workload import FIRST_TURN_CLASSES, GENERATORS, WORKLOAD_NAMES, Session, WorkloadSpec, generate_sessions, read_sessions, write_sessions
+from ppd_sim.workload import (
+    FIRST_TURN_CLASSES,
+    GENERATORS,
+    WORKLOAD_NAMES,
+    Session,
+    WorkloadSpec,
+    generate_sessions,
+    read_sessions,
+    write_sessions,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,19 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "one system after another: ppd-server --policy ppd/pd/local/threshold:N, sglang-router (PD mode), smg "
                        "(PD mode); the same workload and arrivals for each; the workers' caches are flushed between systems. "
                        "Writes one JSON and prints a side-by-side table.")
-    _add_run_args(c, default_rate=0.25, default_sessions=10, default_duration=40.0)
-    c.add_argument("--systems", default="ppd,pd,local,threshold:256,sglang-router,smg",
-                   help="comma-separated: ppd, pd, local, threshold:N, ratio:X (ppd-server policies), sglang-router, smg; "
-                   "default ppd,pd,local,threshold:256,sglang-router,smg")
+    _add_run_args(c, default_rate=0.2, default_sessions=4, default_duration=30.0, default_deadline=90.0)
+    c.add_argument("--systems", default="ppd,sglang-router,pd,local,threshold:256,smg",
+                   help="comma-separated, run in this order: ppd, pd, local, threshold:N, ratio:X (ppd-server policies), "
+                   "sglang-router, smg; default ppd,sglang-router,pd,local,threshold:256,smg")
     c.add_argument("--baseline", default="sglang-router", help="system the ratios are taken against; default sglang-router")
+    c.add_argument("--rounds", type=int, default=1,
+                   help="run the system list this many times, reversed every other round (ABBA: a drift in the "
+                   "machine's speed weighs on every system alike); figures pool the rounds; default 1")
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker (one core each); default 1")
     c.add_argument("--log-dir", help="where worker/router logs go (default: a temp dir)")
     c.add_argument("--out", help="write the comparison JSON here")
+    _add_shape(c)
     return p
 
 
 def _add_run_args(p: argparse.ArgumentParser, default_rate: float = 0.5, default_sessions: int = 20,
-                  default_duration: float = 60.0) -> None:
+                  default_duration: float = 60.0, default_deadline: float | None = None) -> None:
     g = p.add_argument_group("load")
     g.add_argument("--workload", default="long-context-cpu",
                    help=f"a generator name or a workload JSONL file; default long-context-cpu. Generators: {_workload_help()}")
@@ -105,9 +118,9 @@ def _add_run_args(p: argparse.ArgumentParser, default_rate: float = 0.5, default
     g.add_argument("--sessions", type=int, default=default_sessions, help=f"at most this many sessions start; default {default_sessions}")
     g.add_argument("--duration", type=float, default=default_duration,
                    help=f"sessions start within this many seconds; default {default_duration:g}")
-    g.add_argument("--deadline", type=float,
-                   help="the whole run ends after this many seconds; turns still running then count as failed "
-                   "(default: duration + 120)")
+    bound = f"{default_deadline:g} per system" if default_deadline else "duration + 120"
+    g.add_argument("--deadline", type=float, default=default_deadline,
+                   help=f"the whole run ends after this many seconds; turns still running then count as failed (default: {bound})")
     g.add_argument("--seed", type=int, default=0, help="seed of the sessions, arrivals and prompt text; default 0")
     g.add_argument("--think-s", type=float, default=1.0,
                    help="mean think time for workloads that carry none (paper classes, old traces), seconds; default 1")
@@ -241,14 +254,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ppd_bench.report import compare_table
 
     systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
-    cfg = CompareConfig(systems=systems, baseline=args.baseline, worker_threads=args.worker_threads, log_dir=args.log_dir)
+    cfg = CompareConfig(systems=systems, baseline=args.baseline, worker_threads=args.worker_threads, log_dir=args.log_dir,
+                        rounds=args.rounds)
     cfg.validate()
     if not 1 <= args.sessions <= 100_000:
         raise ValueError(f"--sessions must be in 1..100000, got {args.sessions}")
     run_cfg = run_config(args, "http://127.0.0.1:1")
     run_cfg.validate()
     sessions, name = load_sessions(args, args.sessions)
-    doc = compare(cfg, run_cfg, sessions, name)
+    doc = compare(cfg, run_cfg, sessions, name, checkpoint=(lambda d: _write_json(args.out, d)) if args.out else None)
     if args.out:
         _write_json(args.out, doc)
     print(compare_table(doc["systems"], args.baseline))
@@ -266,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # BenchError is one too
         print(f"ppd-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a worker or front end that would not start
+        print(f"ppd-bench {args.command}: failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ppd-bench {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -14,7 +14,8 @@ weights and targets (headers, and the ``ppd`` body field unless ``body_hints`` i
 routing decision comes back from the ``ppd`` field of the final chunk or the ``X-PPD-*``
 headers; cached tokens from ``usage.prompt_tokens_details.cached_tokens``.
 
-Bounds: at most ``sessions`` sessions start, all within ``duration_s``; the whole run ends by
+The first session starts at once (Poisson gaps after it). Bounds: at most ``sessions`` sessions
+start, all within ``duration_s``; the whole run ends by
 ``deadline_s`` (turns still running then are cancelled and count as failed).
 """
 
@@ -25,16 +26,26 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from ppd_sim.workload import Conversation, Session, schedule
 
 from ppd_bench.prompt import prompt_text
 from ppd_bench.stats import TurnRecord, summarize
-from ppd_sdk.wire import BODY_FIELD, HEADER_DECODE, HEADER_PREFILL, HEADER_ROUTE, PROMPT_CACHE_KEY, SLO, Hints, Weights
-from ppd_sim.workload import Conversation, Session, schedule
+from ppd_sdk.wire import (
+    BODY_FIELD,
+    HEADER_DECODE,
+    HEADER_PREFILL,
+    HEADER_ROUTE,
+    PROMPT_CACHE_KEY,
+    SLO,
+    Hints,
+    Weights,
+)
 
 RESULT_VERSION = 1
 
@@ -146,12 +157,14 @@ class _Runner:
         cid = f"{self.run_id}-{conv.conversation_id}"
         messages: list[dict[str, Any]] = []
         k = 0
+        sent = self.now()
         try:
             await asyncio.sleep(max(0.0, conv.arrival_ms / 1000.0 - self.now()))
             for k, (n_in, n_out) in enumerate(conv.turns):
                 if k:
                     await asyncio.sleep(conv.think_ms[k - 1] / 1000.0)
                 messages.append({"role": "user", "content": prompt_text(n_in, cfg.seed, conv.conversation_id, k + 1)})
+                sent = self.now()
                 record, answer = await self.turn(cid, conv.conversation_id, k + 1, messages, n_in, n_out)
                 self._add(record)
                 if not record.ok:
@@ -163,9 +176,12 @@ class _Runner:
             k += 1
         except asyncio.CancelledError:
             reason = "run deadline"
+        now = self.now()
         for j in range(k, len(conv.turns)):
             n_in, n_out = conv.turns[j]
-            self._add(TurnRecord(conv.conversation_id, j + 1, self.now(), self.now(), False, n_in, n_out, error=reason))
+            # a turn cut in flight keeps its send time; turns never sent are stamped now
+            at = sent if j == k and reason == "run deadline" and len(messages) > 2 * j else now
+            self._add(TurnRecord(conv.conversation_id, j + 1, round(at, 4), round(now, 4), False, n_in, n_out, error=reason))
 
     async def turn(self, cid: str, session: str, turn: int, messages: list[dict[str, Any]], n_in: int,
                    n_out: int) -> tuple[TurnRecord, str]:
@@ -280,7 +296,7 @@ async def arun(config: RunConfig, sessions: Sequence[Session], workload: str = "
     """Run the benchmark; returns the result document (see :func:`run`)."""
     config.validate()
     convs = schedule(sessions, config.rate, config.seed, duration_s=config.duration_s, count=config.sessions,
-                     think_s=config.think_s)
+                     think_s=config.think_s, start_at_zero=True)
     if not convs:
         raise BenchError(f"no session starts within --duration {config.duration_s:g}s at --rate {config.rate:g}/s; raise either")
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}

@@ -41,16 +41,16 @@ def import_trace(path: str | Path) -> list[Session]:
 
 
 def _sharegpt(data: Any, path: str) -> list[Session]:
-    sessions = []
+    sessions: list[Session] = []
     for k, item in enumerate(data):
         conv = item.get("conversations") if isinstance(item, dict) else None
         if not isinstance(conv, list):
-            raise ValueError(f"trace {path!r} item {k}: expected {{'conversations': [...]}}")
+            raise ValueError(f"trace {path!r} item {k}: expected {{'conversations': [...]}}")  # noqa: TRY004 - bad input
         turns: list[tuple[int, int]] = []
         pending: int | None = None
         for msg in conv:
             if not isinstance(msg, dict) or not isinstance(msg.get("value"), str):
-                raise ValueError(f"trace {path!r} item {k}: each message needs 'from' and a text 'value'")
+                raise ValueError(f"trace {path!r} item {k}: each message needs 'from' and a text 'value'")  # noqa: TRY004
             n = _clip(len(msg["value"].split()) * 1.3)
             if msg.get("from") in ("human", "user"):
                 pending = n if pending is None else pending + n
@@ -76,7 +76,7 @@ def _request_log(text: str, path: str) -> list[Session]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{where} is not valid JSON: {e.msg}") from None
         if not isinstance(r, dict):
-            raise ValueError(f"{where}: expected an object with conversation_id, timestamp, prompt_tokens, completion_tokens")
+            raise ValueError(f"{where}: expected an object with conversation_id, timestamp, prompt_tokens, completion_tokens")  # noqa: TRY004
         try:
             cid = str(r["conversation_id"])
             start = float(r["timestamp_ms"]) / 1000.0 if "timestamp_ms" in r else float(r["timestamp"])

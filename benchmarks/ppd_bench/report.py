@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _f(v: Any, digits: int = 0) -> str:
@@ -40,7 +41,8 @@ def run_table(result: dict[str, Any]) -> str:
 
 def compare_table(systems: Sequence[dict[str, Any]], baseline: str | None = None) -> str:
     """Systems side by side (one row each); ratios against ``baseline``'s turn-2+ TTFT/TPOT p50."""
-    base = next((s for s in systems if s["system"] == baseline and s.get("result")), None)
+    base = next((s for s in systems if baseline and s["system"] == baseline and s.get("result")), None)
+    baseline = baseline or ""
     b_ttft = base["result"]["summary"]["turn2plus"]["ttft_ms"]["p50"] if base else None
     b_tpot = base["result"]["summary"]["turn2plus"]["tpot_ms"]["p50"] if base else None
     cols = (f"{'system':<16} {'ok%':>5} {'t1 TTFT p50':>11} {'t2+ TTFT p50':>12} {'p90':>7} {'p99':>7} {'TPOT p50':>9} "

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 PERCENTILES = (50, 90, 99)
 
@@ -79,9 +80,7 @@ def meets_slo(r: TurnRecord, slo_ttft_ms: float | None, slo_tpot_ms: float | Non
         return False
     if slo_ttft_ms is not None and (r.ttft_ms is None or r.ttft_ms > slo_ttft_ms):
         return False
-    if slo_tpot_ms is not None and r.tpot_ms is not None and r.tpot_ms > slo_tpot_ms:
-        return False
-    return True
+    return slo_tpot_ms is None or r.tpot_ms is None or r.tpot_ms <= slo_tpot_ms
 
 
 def summarize_class(records: Sequence[TurnRecord], wall_s: float, slo_ttft_ms: float | None = None,

@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 #: turn 2+ classes of the PPD paper: name -> (new input tokens, output tokens)
 TURN_CLASSES: dict[str, tuple[int, int]] = {
@@ -261,10 +262,11 @@ def poisson_arrivals(rng: random.Random, rate: float, duration_s: float | None =
 
 
 def schedule(sessions: Sequence[Session], rate: float, seed: int = 0, *, duration_s: float | None = None,
-             count: int | None = None, think_s: float = 1.0) -> tuple[Conversation, ...]:
+             count: int | None = None, think_s: float = 1.0, start_at_zero: bool = False) -> tuple[Conversation, ...]:
     """Sessions with start times: their recorded ``arrival_ms`` when every one has it, else
     Poisson at ``rate`` new sessions/s (seeded), used in order, until ``duration_s`` or ``count``
-    or the sessions run out. Missing think times are exponential with mean ``think_s``."""
+    or the sessions run out (``start_at_zero``: shifted so the first starts at 0, as a bounded
+    benchmark wants). Missing think times are exponential with mean ``think_s``."""
     if not sessions:
         return ()
     limit = min(len(sessions), count) if count is not None else len(sessions)
@@ -281,6 +283,8 @@ def schedule(sessions: Sequence[Session], rate: float, seed: int = 0, *, duratio
         # All arrivals within the duration are drawn before any think time (the simulator's
         # historical draw order), then cut to the sessions available.
         arrivals = poisson_arrivals(rng, rate, duration_s, None if duration_s is not None else limit)[:limit]
+        if start_at_zero and arrivals:
+            arrivals = [a - arrivals[0] for a in arrivals]
         ordered = list(sessions[: len(arrivals)])
     return tuple(
         Conversation(s.session_id, a, s.turns, s.think_ms if s.think_ms is not None else _think(rng, think_s, len(s.turns) - 1))
