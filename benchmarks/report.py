@@ -65,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights-cell", default="1P3D,big_paste", help="cluster,workload of the TPOT-weight sweep")
     g.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS), help="w_tpot values of the sweep")
     live = p.add_argument_group("live parts")
-    live.add_argument("--live-args", default="--sessions 12 --rate 0.2 --duration 60",
-                      help="extra ppd-bench compare options (default: --sessions 12 --rate 0.2 --duration 60)")
+    live.add_argument("--live-args", default="", help="extra ppd-bench compare options (default: its own, sized for a 2-core box)")
     live.add_argument("--validate-args", default="", help="extra benchmarks/validate_sim.py options")
     return p
 

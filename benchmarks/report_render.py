@@ -185,13 +185,15 @@ def _systems(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def live_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per system of a ``ppd-bench compare`` document (``systems: [{system, result | error}]``)."""
     out = []
     for s in _systems(doc):
-        t2 = _get(s, "summary", "turn2plus") or {}
-        out.append({"system": s.get("label") or s.get("system") or "?", "ttft2_p50": _get(t2, "ttft_ms", "p50"),
+        summary = _get(s, "result", "summary") or s.get("summary") or {}
+        t2 = summary.get("turn2plus") or {}
+        out.append({"system": s.get("system") or s.get("label") or "?", "ttft2_p50": _get(t2, "ttft_ms", "p50"),
                     "ttft2_p90": _get(t2, "ttft_ms", "p90"), "tpot_p50": _get(t2, "tpot_ms", "p50"),
-                    "local": _get(t2, "route_share", "local"), "success": _get(s, "summary", "all", "success_rate"),
-                    "error": s.get("error")})
+                    "local": _get(t2, "route_share", "local") or (0.0 if t2.get("ok") else None),
+                    "success": _get(summary, "all", "success_rate"), "error": s.get("error")})
     return out
 
 
@@ -226,6 +228,9 @@ def render_live(live: dict[str, Any] | None, data_dir: Path) -> list[str]:
     md += ["| system | turn-2+ TTFT p50 / p90 ms | TPOT p50 ms | turns 2+ local | success | TTFT p50 / baseline | TPOT p50 / baseline |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["error"] and r["ttft2_p50"] is None:
+            md.append(f"| {r['system']} | not run: {r['error']} | | | | | |")
+            continue
         rt = f"{r['ttft2_p50'] / base['ttft2_p50']:.2f}" if base and base["ttft2_p50"] and r["ttft2_p50"] else "-"
         rp = f"{r['tpot_p50'] / base['tpot_p50']:.2f}" if base and base["tpot_p50"] and r["tpot_p50"] else "-"
         md.append(f"| {r['system']} | {_ms(r['ttft2_p50'])} / {_ms(r['ttft2_p90'])} | {_ms(r['tpot_p50'])} | {_pct(r['local'])}% | "

@@ -42,17 +42,21 @@ def test_report_rejects_bad_options_with_exit_2(capsys):
     assert e.value.code == 2 and "--loads" in capsys.readouterr().err
 
 
-FAKE_COMPARE = {"systems": [
-    {"label": "ppd", "summary": {"turn2plus": {"ttft_ms": {"p50": 100.0, "p90": 300.0}, "tpot_ms": {"p50": 40.0},
-                                               "route_share": {"local": 0.9}}, "all": {"success_rate": 1.0}}},
-    {"label": "sglang-router", "summary": {"turn2plus": {"ttft_ms": {"p50": 400.0, "p90": 900.0}, "tpot_ms": {"p50": 42.0},
-                                                         "route_share": {"pd": 1.0}}, "all": {"success_rate": 1.0}}},
+FAKE_COMPARE = {"systems": [  # the shape ppd-bench compare writes
+    {"system": "ppd", "result": {"summary": {"turn2plus": {"ok": 8, "ttft_ms": {"p50": 100.0, "p90": 300.0}, "tpot_ms": {"p50": 40.0},
+                                                           "route_share": {"local": 0.9}}, "all": {"success_rate": 1.0}}}},
+    {"system": "sglang-router", "result": {"summary": {"turn2plus": {"ok": 8, "ttft_ms": {"p50": 400.0, "p90": 900.0},
+                                                                     "tpot_ms": {"p50": 42.0}, "route_share": {"pd": 1.0}},
+                                                       "all": {"success_rate": 1.0}}}},
+    {"system": "smg", "error": "smg not installed"},
 ]}
 
 
 def test_the_live_section_shows_ratios_against_sglang_router(tmp_path):
     md = "\n".join(report_render.render_live({"command": "ppd-bench compare --sessions 4", "seconds": 60, "doc": FAKE_COMPARE}, tmp_path))
     assert "| ppd | 100 / 300 | 40.0 | 90.0% | 100.0% | 0.25 | 0.95 |" in md
+    assert "| sglang-router | 400 / 900 | 42.0 | 0.0% | 100.0% | 1.00 | 1.00 |" in md
+    assert "| smg | not run: smg not installed |" in md
     assert "`ppd-bench compare --sessions 4`" in md and (tmp_path / "live_compare.png").exists()
 
 

@@ -98,7 +98,7 @@ QUICK_GRID = ProfileGrid(prefill_lengths=(16, 64, 256, 512), append_prefixes=(25
                          mixed_lengths=(32, 128), mixed_cached=(0, 256), repeats=1)
 #: long prompts (a ~1.5k-token first turn, short appends over it): what ppd-bench's
 #: long-context-cpu workload runs on the embedded cluster (benchmarks/validate_sim.py)
-LONG_GRID = ProfileGrid(prefill_lengths=(32, 256, 768, 1536), append_prefixes=(512, 1536), append_lengths=(16, 64),
+LONG_GRID = ProfileGrid(prefill_lengths=(32, 384, 1536), append_prefixes=(1536,), append_lengths=(16, 64),
                         decode_batches=(1, 2, 4), decode_contexts=(64, 1600), decode_steps=12, mixed_batches=(1, 3),
                         mixed_lengths=(48, 256), mixed_cached=(1536,), mixed_context=1600, repeats=1)
 GRIDS = {"default": ProfileGrid(), "quick": QUICK_GRID, "tiny": TINY_GRID, "long": LONG_GRID}
