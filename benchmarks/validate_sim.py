@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-grid", default="long", help="ppd-server profile --grid (default long: the long-context shapes)")
     p.add_argument("--isolated-profile", action="store_true",
                    help="profile one worker alone (plain `ppd-server profile`) instead of beside a busy second worker")
+    p.add_argument("--neighbor-duty", type=float, default=0.5,
+                   help="share of the time the second worker prefills while the profile is measured (default 0.5, "
+                        "about the P worker's busy share in the run)")
     p.add_argument("--link-gbs", default="auto", help="simulated P->D link GB/s; auto = the workers' last measured KV transfer speed")
     p.add_argument("--tolerance", type=float, default=0.25, help="allowed |sim/measured - 1| (default 0.25)")
     p.add_argument("--reuse", metavar="DIR", help="skip measuring: re-simulate the measurement saved in DIR")
@@ -105,8 +108,9 @@ def _metric(text: str, name: str) -> float | None:
 
 def profile_beside_a_busy_worker(a: argparse.Namespace, out: Path) -> None:
     """The profile as the cluster's workers see each other: an embedded 2R pair, one core each;
-    the grid is measured on the first while the second prefills 1.5k-token prompts back to back
-    (on this 2-vCPU box a decode step is ~1.8x slower while the other core prefills)."""
+    the grid is measured on the first while the second prefills 1.5k-token prompts for
+    ``--neighbor-duty`` of the time (on this 2-vCPU box a decode step is ~1.8x slower while the
+    other core prefills: the cluster's P and D slow each other down)."""
     import threading
 
     from ppd_server.config import RouterConfig
@@ -123,17 +127,21 @@ def profile_beside_a_busy_worker(a: argparse.Namespace, out: Path) -> None:
 
         def keep_busy() -> None:
             while not stop.is_set():
+                t0 = time.monotonic()
                 try:
                     busy.stream(busy.tokens(1500), 1)
                 except Exception:  # noqa: BLE001 - background load only; the probe reports real errors
-                    time.sleep(0.5)
+                    pass
+                took = time.monotonic() - t0
+                stop.wait(took * (1.0 - a.neighbor_duty) / a.neighbor_duty)
 
         thread = threading.Thread(target=keep_busy, daemon=True)
         thread.start()
-        _log(f"profile --grid {a.profile_grid} of {plans[0].url} while {plans[1].url} prefills")
+        _log(f"profile --grid {a.profile_grid} of {plans[0].url} while {plans[1].url} prefills {100 * a.neighbor_duty:.0f}% of the time")
         profile = measure_profile(plans[0].url, GRIDS[a.profile_grid], max_seconds=120,
                                   progress=lambda i, n, label: _log(f"profile {i}/{n} {label}") if i % 4 == 0 else None)
-        profile["source"] += "; measured while a second worker on the other core prefilled 1.5k-token prompts back to back"
+        profile["source"] += (f"; measured while a second worker on the other core prefilled 1.5k-token prompts "
+                              f"{100 * a.neighbor_duty:.0f}% of the time")
         save_profile(profile, out)
     finally:
         stop.set()
@@ -236,13 +244,35 @@ def compare(measured: dict[str, Any], sim: dict[str, Any], tolerance: float) -> 
     return out
 
 
+def mixed_gap(profile: dict[str, Any]) -> str | None:
+    """How far the engine's mixed iterations are from the simulator's additive model (prefill
+    chunk + decode rows), with coefficients fitted on the plain prefill and decode samples only."""
+    from ppd_server.profiling.fit import fit_coefficients, predict_ms
+    from ppd_server.routing.linalg import median
+
+    plain = [s for s in profile.get("samples", []) if s.get("kind") in ("prefill", "decode")]
+    mixed = [s for s in profile.get("samples", []) if s.get("kind") == "mixed" and s.get("ms")]
+    if not plain or not mixed:
+        return None
+    coefs, _ = fit_coefficients(plain)
+    ratios = sorted(s["ms"] / predict_ms(coefs, s) for s in mixed if predict_ms(coefs, s) > 0)
+    if not ratios:
+        return None
+    return (f"The engine's mixed iterations (a prefill chunk riding with decode streams) took {median(ratios):.2f}x "
+            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}, {len(ratios)} samples) what the simulator's additive model "
+            "(prefill chunk + decode rows without their base) predicts from the plain prefill and decode timings; "
+            "the profile's joint fit spreads that excess over the prefill and decode coefficients.")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
     for name, v in (("--sessions", a.sessions), ("--rate", a.rate), ("--duration", a.duration), ("--tolerance", a.tolerance),
-                    ("--threads", a.threads)):
+                    ("--threads", a.threads), ("--neighbor-duty", a.neighbor_duty)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             p.error(f"{name} must be > 0, got {v}")
+    if a.neighbor_duty > 1:
+        p.error(f"--neighbor-duty must be in (0, 1], got {a.neighbor_duty}")
     if a.link_gbs != "auto":
         try:
             float(a.link_gbs)
@@ -280,11 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         "conditions": (f"Workload {measured.get('workload')}: {load.get('sessions')} sessions ({load.get('turns')} turns) at "
                        f"{load.get('sessions_per_s')} new sessions/s (~{load.get('offered_requests_per_s')} requests/s), policy {a.policy}, "
                        f"embedded 1P1D ppd-workers (SmolLM2-135M, {a.threads} thread(s) each) on this machine; profile "
-                       f"grid `{a.profile_grid}`{' (one worker alone)' if a.isolated_profile else ' beside a second worker prefilling on the other core'}"
+                       f"grid `{a.profile_grid}`{' (one worker alone)' if a.isolated_profile else f' beside a second worker prefilling on the other core {100 * a.neighbor_duty:.0f}% of the time'}"
                        f" (fit error % {profile.get('fit')}); simulated as "
                        f"`ppd-sim {' '.join(sim_argv)}`."),
         "cluster": info, "profile_coefficients": profile.get("coefficients"), "sim_argv": sim_argv, "dir": str(d),
-        "notes": [],
+        "notes": [n for n in (mixed_gap(profile),) if n],
     }
     if a.json:
         Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")

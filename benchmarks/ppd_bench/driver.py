@@ -194,8 +194,7 @@ class _Runner:
         }
         if cfg.ignore_eos:
             body["ignore_eos"] = True
-        if cfg.body_hints:
-            body[BODY_FIELD] = hints.body_field()
+        hint_headers, body = hints.apply(None, body, ppd_body=cfg.body_hints)
         sent = self.now()
         first: float | None = None
         text: list[str] = []
@@ -205,7 +204,7 @@ class _Runner:
         headers: httpx.Headers | None = None
         error: str | None = None
         try:
-            async with self.client.stream("POST", "/chat/completions", json=body, headers=hints.headers()) as resp:
+            async with self.client.stream("POST", "/chat/completions", json=body, headers=hint_headers) as resp:
                 headers = resp.headers
                 if resp.status_code != 200:
                     raw = (await resp.aread()).decode("utf-8", "replace")
