@@ -29,7 +29,6 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ sys.path.insert(0, str(HERE))  # sim_grid, validate_sim and ppd_bench live besid
 
 import report_render  # noqa: E402
 
-WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 LONG_CONTEXT_SLO_TTFT_MS = 1000.0  # a ~10k-token first turn takes ~0.4 s to prefill alone on an H100
 
 
@@ -62,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--slo-tpot-ms", type=float, default=15.0)
     g.add_argument("--sim-args", default="", help="extra ppd-sim options for every run (e.g. the router's poll lag)")
     g.add_argument("--workers", type=int, default=0, help="processes (0 = all CPUs)")
-    g.add_argument("--weights-cell", default="1P3D,big_paste", help="cluster,workload of the TPOT-weight sweep")
+    g.add_argument("--weights-cell", default="1P3D,mid_bal,16",
+                   help="CLUSTER,WORKLOAD[,QPS] of the TPOT-weight sweep (no QPS: pd's saturation rate from the grid)")
     g.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS), help="w_tpot values of the sweep")
     live = p.add_argument_group("live parts")
     live.add_argument("--live-args", default="", help="extra ppd-bench compare options (default: its own, sized for a 2-core box)")
@@ -108,33 +108,27 @@ def run_sim(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _weights_job(argv: list[str]) -> dict[str, Any]:
-    import sim_grid
-
-    return sim_grid.simulate(argv)[0]
-
-
 def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """ppd on one fleet at pd's saturation rate (from the grid), TPOT weight swept, no SLO target
-    (the weights alone decide)."""
+    """sim_grid.weights_sweep: ppd at rising TPOT weights on one fleet, no SLO target (the weights
+    alone decide). The rate is the cell's, else pd's saturation rate found by the grid."""
     import sim_grid
 
-    cluster, _, workload = a.weights_cell.partition(",")
-    rows = [r for g in grids for r in g["rows"] if r["cluster"] == cluster and r["workload"] == workload]
-    if not rows:
-        return None
-    at_sat = [r for r in rows if r["load"].startswith("1x")] or rows[len(rows) // 2:]
-    qps = at_sat[0]["qps"]
+    cluster, workload, *rest = a.weights_cell.split(",")
+    if rest:
+        qps = float(rest[0])
+    else:
+        rows = [r for g in grids for r in g["rows"] if r["cluster"] == cluster and r["workload"] == workload]
+        if not rows:
+            return None
+        qps = ([r for r in rows if r["load"].startswith("1x")] or rows[len(rows) // 2:])[0]["qps"]
     weights = _csv(a.weights, float)
-    base = ["--policies", "ppd", "--cluster", cluster, "--workload", workload, "--qps", f"{qps:g}", "--duration", f"{a.duration:g}",
-            "--quiet", *sim_grid.GridSpec().sim_args, *sim_grid.GridSpec().router_args, *a.sim_args.split()]
+    spec = sim_grid.GridSpec(duration_s=a.duration, sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()))
     started = time.monotonic()
-    with ProcessPoolExecutor(max_workers=a.workers or os.cpu_count() or 1) as pool:
-        results = list(pool.map(_weights_job, [[*base, "--w-tpot", f"{w:g}"] for w in weights]))
-    points = [{"w_tpot": w, "local_share": s["turn2plus_local_share"], "tpot_p50_ms": s["tpot_ms"]["p50"],
-               "tpot_p99_ms": s["tpot_ms"]["p99"], "ttft2_p50_ms": s["turn2plus_ttft_ms"]["p50"]} for w, s in zip(weights, results)]
-    return {"cluster": cluster, "workload": workload, "qps": qps, "points": points, "seconds": round(time.monotonic() - started, 1),
-            "command": f"ppd-sim {' '.join(base)} --w-tpot W  (W in {a.weights})"}
+    rows, bad = sim_grid.weights_sweep(cluster, workload, qps, weights, spec=spec, workers=a.workers)
+    points = [{"w_tpot": r.w_tpot, "local_share": r.local_share, "tpot_p50_ms": r.tpot_p50, "ttft2_p50_ms": r.ttft2_p50} for r in rows]
+    return {"cluster": cluster, "workload": workload, "qps": qps, "points": points, "violations": bad,
+            "seconds": round(time.monotonic() - started, 1),
+            "command": f"python benchmarks/sim_grid.py --weights-sweep {cluster}:{workload}:{qps:g} --duration {a.duration:g} {a.sim_args}".strip()}
 
 
 # -- (b) and (c): the live parts -------------------------------------------------------------------

@@ -20,7 +20,7 @@ import validate_sim  # noqa: E402
 def test_report_renders_a_tiny_sim_grid_with_plots_and_commands(tmp_path):
     rc = report.main(["--out-dir", str(tmp_path), "--skip-live", "--clusters", "1P3D", "--workloads", "mid_bal",
                       "--policies", "pd,local,threshold:512,ppd", "--qps", "1,2", "--duration", "3", "--workers", "1",
-                      "--weights", "0,4", "--weights-cell", "1P3D,mid_bal"])
+                      "--weights", "1,4", "--weights-cell", "1P3D,mid_bal"])
     assert rc == 0
     md = (tmp_path / "REPORT.md").read_text()
     assert "python benchmarks/sim_grid.py --clusters 1P3D --workloads mid_bal" in md  # every figure names its command
@@ -29,7 +29,7 @@ def test_report_renders_a_tiny_sim_grid_with_plots_and_commands(tmp_path):
     assert md.count("| 1P3D | mid_bal |") == 2  # one row per rate
     saved = json.loads((tmp_path / "report" / "sim.json").read_text())
     assert [r["qps"] for r in saved["grids"][0]["rows"]] == [1.0, 2.0]
-    assert [p["w_tpot"] for p in saved["weights"]["points"]] == [0.0, 4.0]
+    assert [p["w_tpot"] for p in saved["weights"]["points"]] == [1.0, 4.0]
     # --reuse-sim re-renders from the saved figures without simulating
     (tmp_path / "REPORT.md").unlink()
     assert report.main(["--out-dir", str(tmp_path), "--skip-live", "--reuse-sim"]) == 0
