@@ -43,6 +43,7 @@ class _Entry:
     forked_from: str | None = None
     last_route: str | None = None
     last_reported_cached: int = 0  # what the worker said it found cached on the last turn
+    last_output_tokens: int = 0  # the last turn's answer length (the policy's guess of the next one's)
 
 
 class SessionTable:
@@ -93,7 +94,8 @@ class SessionTable:
         if e is None or conversation_id is None:
             return None
         return SessionView(
-            conversation_id, e.decode_url, e.prefill_url, e.cached_tokens_decode, e.cached_tokens_prefill, e.turns, e.forked_from
+            conversation_id, e.decode_url, e.prefill_url, e.cached_tokens_decode, e.cached_tokens_prefill, e.turns, e.forked_from,
+            e.last_output_tokens,
         )
 
     def admit(
@@ -163,6 +165,7 @@ class SessionTable:
         e.last_used = now
         e.last_route = decision.route
         e.last_reported_cached = max(cached_tokens, 0)
+        e.last_output_tokens = completion_tokens
         self._put(conversation_id, e, now)
 
     def forget_worker(self, url: str) -> int:

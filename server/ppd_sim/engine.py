@@ -208,6 +208,7 @@ class Simulation:
         decision = self.policy.decide(view, cluster, session)
         req = SimRequest(len(self.requests), cid, turn, self.loop.now, prompt, new_in, out)
         req.max_new_tokens, req.cut = view.max_new_tokens, out < wanted
+        req.expected_output_tokens = decision.output_tokens
         req.route, req.decode, req.prefill, req.reason = decision.route, decision.decode, decision.prefill, decision.reason
         chosen = decision.predicted(decision.route)
         if chosen is not None:

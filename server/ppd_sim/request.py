@@ -15,6 +15,7 @@ class SimRequest:
     input_tokens: int  # this turn's new input
     output_tokens: int  # the answer's length (cut at the client's max_tokens)
     max_new_tokens: int = 0  # what the router was told (the client's max_tokens; the true length if exact)
+    expected_output_tokens: int = 0  # the answer length the router's decision assumed (Decision.output_tokens)
     cut: bool = False  # the answer was longer than the client's max_tokens and stopped there
     # the decision
     route: str = ""

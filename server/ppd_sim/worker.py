@@ -42,6 +42,7 @@ from collections import deque
 from typing import Callable, Protocol
 
 from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
+from ppd_server.routing.local_load import LocalLoad
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
 from ppd_sim.kv import KVPool
@@ -97,6 +98,7 @@ class SimWorker:
         self._loop = loop
         self._host = host
         self.inflight = 0
+        self.local_load = LocalLoad()  # the router's D-local requests in flight here
         self.busy_ms = 0.0
         self.iterations = 0
         self._busy = False
@@ -173,6 +175,7 @@ class SimWorker:
             max_total_tokens=self.kv.capacity, kv_bytes_per_token=self.kv_bytes_per_token,
             running_reqs=running, waiting_reqs=waiting, waiting_tokens=waiting_tokens, used_tokens=used,
             running_context_tokens=context, inflight=self.inflight, chunked_prefill_size=self.chunk_tokens,
+            **self.local_load.view_fields(),
             coefficients=coefficients,
         )
         if self._cache_views:
@@ -202,6 +205,8 @@ class SimWorker:
         estimate = req.prompt_tokens - self.kv.hit(req.conversation_id, req.prompt_tokens)
         self._waiting_estimate[req.rid] = estimate
         self._waiting_tokens += estimate
+        if self.role == "decode":  # a prefill on a decode worker is a D-local turn
+            self.local_load.commit(req.rid, estimate, req.expected_output_tokens or req.output_tokens)
         self._waiting.append(req)
         self._kick()
 
@@ -383,6 +388,7 @@ class SimWorker:
 
     def _finish(self, req: SimRequest) -> None:
         req.finish_ms = self._loop.now
+        self.local_load.release(req.rid)
         self._release()
         self.kv.release(req.conversation_id, req.pinned_tokens, req.prompt_tokens + req.output_tokens)
         self._host.on_finished(self, req)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 import aiohttp
 
 from ppd_server.fleet.loads import LoadReport, parse_prometheus, parse_v1_loads
+from ppd_server.routing.local_load import LocalLoad
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 
 log = logging.getLogger("ppd_server.fleet.workers")
@@ -47,6 +48,8 @@ class Worker:
     model_path: str | None = None
     load: LoadReport = field(default_factory=LoadReport)
     inflight: int = 0
+    # the D-local requests in flight here (the ppd policy prices a local prefill with all of them)
+    local_load: LocalLoad = field(default_factory=LocalLoad)
     # When the router's own requests to this worker ended (monotonic s) since the last load poll
     # was sent: a poll cannot see them yet, so they are taken off its running count. Agents send
     # turn N+1 right after turn N ends; without this the policy would charge turn N+1 for
@@ -84,7 +87,7 @@ class Worker:
             kv_bytes_per_token=self.kv_bytes_per_token, chunked_prefill_size=self.chunked_prefill_size,
             running_reqs=running, waiting_reqs=self.load.waiting_reqs,
             waiting_tokens=self.load.waiting_tokens, used_tokens=self.load.used_tokens,
-            running_context_tokens=context, inflight=self.inflight,
+            running_context_tokens=context, inflight=self.inflight, **self.local_load.view_fields(),
             coefficients=coefficients,
         )
 

@@ -89,6 +89,8 @@ class Dispatcher:
         if decode is None:
             raise RetryableFailure(str(d.decode), "unknown decode worker")
         decode.inflight += 1
+        if d.route == "local":
+            decode.local_load.commit(id(plan), d.prefill_tokens, d.output_tokens)
         try:
             if d.route == "pd":
                 return await self._pd(request, plan)
@@ -97,6 +99,7 @@ class Dispatcher:
             return await self._answer(request, plan, call, prefill=None)
         finally:
             decode.release(time.monotonic())
+            decode.local_load.release(id(plan))
 
     # --- P->D ------------------------------------------------------------------------------
 

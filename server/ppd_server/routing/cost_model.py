@@ -24,17 +24,26 @@ Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
 * a sample far outside the fit's own scatter (a cold first request, a burst queued behind
   requests the load poll had not seen) gets no weight, and is re-judged at every refit, so
   consistent later evidence wins back from an early outlier; TTFT samples predicted to be half
-  or less compute (queue, transfer) are not fitted at all: their error is a queueing error;
+  or less compute (queue, transfer) are not fitted at all: their error is a queueing error
+  (when the TTFT came in under half the prediction, the compute's predicted share of the observed
+  time is fitted instead: coefficients too pessimistic everywhere are as wrong about the queue,
+  which they price too, and would otherwise never learn - locking local out);
 * decode-step coefficients of the decode (or unified) worker from the observed TPOT, with the
   features the prediction uses (``latency.estimate_*``): (1, streams incl. this one, context /
   1000), the context being the other streams' (``decode_context_tokens``) plus this stream's
   prompt and half its answer; for ``local`` the predicted interference term is taken off first
   (it is spread over the worker's streams, not a step cost);
-* evidence is pooled across workers for prefill speed: a worker whose prefill fit has no sample
-  of its own yet (a decode worker that never ran a local prefill) publishes the median of the
+* cold start: a fit publishes nothing of its own until it has :data:`MIN_SAMPLES_TO_PUBLISH`
+  samples (the prior stays, or the pooled estimate below), so the first, noisiest request does
+  not steer the first decisions on its own;
+* evidence is pooled across workers for prefill speed: a worker whose prefill fit has fewer than
+  :data:`_DONOR_MIN_SAMPLES` samples of its own (a decode worker that rarely runs a local
+  prefill) publishes the median of the
   prefill fits of the workers that have :data:`_DONOR_MIN_SAMPLES` or more, each rescaled by the
   profile's ratio between the two roles (1 when the profile has no ``by_role``: same model,
-  usually the same hardware). Its first own sample restarts its fit from that pooled estimate.
+  usually the same hardware). Its next own sample restarts its fit from that pooled estimate
+  (its few earlier samples refitted against it), so samples taken before a pool existed - judged
+  against a wrong prior - cannot keep it from the pool's evidence.
   Without this, a decode worker's prefill coefficients move only when the policy goes local, and
   a prior that makes local look too slow (a CPU profile on GPUs) is never corrected: the policy
   never goes local, so the fit never learns - a cold-start lock-in.
@@ -73,10 +82,13 @@ _PREFILL_SCALE0 = 0.2  # prior guess of the relative timing noise (TTFT: schedul
 _DECODE_SCALE0 = 0.1  # a TPOT is a mean over many steps: steadier
 _ERROR_WINDOW = 1000
 _MIN_COMPUTE_SHARE = 0.5  # prefill fits learn from TTFTs predicted to be mostly compute
+_PESSIMISTIC = 0.5  # a cold fit whose TTFT came in under this share of the prediction learns from queued samples too
+MIN_SAMPLES_TO_PUBLISH = 3  # a fit's own estimate is used from this many samples on; the prior before
 _DONOR_MIN_SAMPLES = 8  # a prefill fit is evidence for workers without one once it has this many samples
 # the pool is a prior: republished on a new donor and every this many donor refits (not every
 # one: that would cost O(workers) per observation, ~0.1 ms at 32P32D)
 _POOL_REFRESH_EVERY = 8
+_REBASE_GAIN = 0.5  # the pool replaces a worker's own prefill fit when it halves the fit's error on its own samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +171,14 @@ class _WorkerFit:
         self.prefill_pooled = False
 
     def refresh(self, component: str) -> None:
-        """Republish the coefficients of ``component`` ("prefill" or "decode") after a refit."""
+        """Republish the coefficients of ``component`` ("prefill" or "decode") after a refit.
+
+        Cold start: until the fit has :data:`MIN_SAMPLES_TO_PUBLISH` samples the published values
+        stay what they were (the profile's prior, or the estimate pooled from other workers): one
+        noisy first request - a cold cache, a warm-up - must not steer the first decisions alone."""
         fit = self.prefill if component == "prefill" else self.decode
+        if fit.samples < MIN_SAMPLES_TO_PUBLISH:
+            return
         names = COEFFICIENT_NAMES[:3] if component == "prefill" else COEFFICIENT_NAMES[3:]
         self.coefficients = replace(self.coefficients, **dict(zip(names, fit.theta)))
         if component == "prefill":
@@ -171,10 +189,18 @@ class _WorkerFit:
         self.coefficients = replace(self.coefficients, **dict(zip(COEFFICIENT_NAMES[:3], values)))
         self.prefill_pooled = True
 
+    def publish_prior_prefill(self) -> None:
+        """Back to the fit's own prior for prefill (the pool it took values from is gone)."""
+        self.coefficients = replace(self.coefficients, **dict(zip(COEFFICIENT_NAMES[:3], self.prefill.theta0)))
+        self.prefill_pooled = False
+
     def restart_prefill_from_published(self) -> None:
-        """Before the first own sample of a pooled worker: the pooled estimate becomes its prior."""
+        """Before an own sample of a pooled worker: the pooled estimate becomes its prior, and the
+        few own samples it already had are refitted against it (they were judged against a prior
+        the pool has since shown wrong)."""
         c = self.coefficients
-        self.prefill = _prefill_fit((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2), self.prior_rel_std)
+        self.prefill = self.prefill.rebased(_prefill_fit((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2),
+                                                         self.prior_rel_std))
 
 
 def _prefill_features(new: int, cached: int) -> tuple[float, float, float]:
@@ -276,13 +302,13 @@ class CostModel:
         scaled by the profile's ratio between the recipient's role and the donor's (per
         coefficient). No donor yet: it keeps its own prior. ``donors`` and ``pooled_by_start``
         let a republish over all workers compute the pool once per distinct start."""
-        if fit.prefill.samples > 0:
+        if fit.prefill.samples >= _DONOR_MIN_SAMPLES:
             return
         if donors is None:
             donors = self._prefill_donors()
         if not donors:
             if fit.prefill_pooled:  # the donors left: back to its own prior
-                fit.refresh("prefill")
+                fit.publish_prior_prefill()
             return
         cache = pooled_by_start if pooled_by_start is not None else {}
         values = cache.get(fit.start)
@@ -297,8 +323,20 @@ class CostModel:
         donors = self._prefill_donors()
         cache: dict[CostCoefficients, tuple[float, float, float]] = {}
         for fit in self._fits.values():
-            if fit.prefill.samples == 0:
+            if fit.prefill.samples < _DONOR_MIN_SAMPLES:
                 self._pool_prefill_into(fit, donors, cache)
+            elif len(donors) > 1:
+                self._rebase_if_pool_explains_better(fit, [d for d in donors if d is not fit])
+
+    def _rebase_if_pool_explains_better(self, fit: _WorkerFit, others: list[_WorkerFit]) -> None:
+        """A fitted worker whose own estimate explains its own recent samples worse than the other
+        workers' pool does (a trusted prior from other hardware moves slowly, and a decode worker
+        gets few local samples) restarts from the pool, its window refitted against it."""
+        pooled = _pooled_prefill(fit.start, others)
+        if fit.prefill.window_error(pooled) < _REBASE_GAIN * fit.prefill.window_error(fit.prefill.theta):
+            fit.publish_pooled_prefill(pooled)
+            fit.restart_prefill_from_published()
+            fit.refresh("prefill")
 
     # -- online fit ------------------------------------------------------------------------------
 
@@ -329,10 +367,21 @@ class CostModel:
                 overhead = max(0.0, obs.predicted_ttft_ms - predicted_compute)
             target = obs.ttft_ms - overhead
             # a TTFT predicted to be mostly queueing/transfer says little about compute, and its
-            # error is mostly a queueing error (a burst the load poll had not seen): skip it
+            # error is mostly a queueing error (a burst the load poll had not seen): skip it ...
             compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
-            if target > 0 and compute_share > _MIN_COMPUTE_SHARE:
-                if fit.prefill_pooled:  # its own first sample: start from what it was predicted with
+            rescue = obs.predicted_ttft_ms is not None and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms
+            if rescue:
+                # ... except when the prediction was far too pessimistic: the queue and the
+                # first decode step were priced with the same kind of coefficients (a CPU profile
+                # on GPUs is as wrong about them as about the prefill; their predicted share can
+                # even exceed the whole observed TTFT), so take the compute's predicted share of
+                # the observed time. Without this a prefill worker queued from the start never
+                # gets a sample, nor do the decode workers pooling from it, and local prefill
+                # looks hopeless for good (a lock-in). A prior that is too optimistic needs no
+                # rescue: the policy then goes local and learns.
+                target = obs.ttft_ms * compute_share
+            if target > 0 and (compute_share > _MIN_COMPUTE_SHARE or rescue):
+                if fit.prefill_pooled:  # an own sample of a pooled worker: start from what it was predicted with
                     fit.restart_prefill_from_published()
                 fit.prefill.update(x, target)
                 fit.refresh("prefill")

@@ -13,10 +13,26 @@ linear decode step):
                 (plus the link backlog) + D's first decode step (it emits the first token).
 * TTFT(local) = D queue + append-prefill over D's cached prefix + the decode rows that ride in
                 every chunked-prefill iteration.
-* TPOT(pd)    = D's decode step with this stream joined.
+* TPOT(pd)    = D's decode step with this stream joined, plus the committed local-prefill work
+                per step D's streams absorb (``committed_local_ms_per_step``).
 * TPOT(local) = TPOT(pd) + the append-prefill time the D's other ``b`` streams absorb,
-                amortised over the output length: ``b/(b+1) * append / max_new_tokens``
+                amortised over the output length: ``b/(b+1) * append / N``
                 (the mean over the b+1 streams D then serves; 0 on an idle decode worker).
+
+*Committed* local prefill (:func:`committed_local_ms_per_step`) covers every D-local request the
+router has in flight on that worker (queued, prefilling or already decoding), each spread over
+its own answer: ``sum prefill(n_i) / N_i``. Why all of them: a stream's TPOT is its decode step
+plus the prefill work that runs during its life, per token; the local requests in flight were
+prefilled (or will be) within about one answer's time, so they sample exactly that window (by
+Little's law the sum is the rate of local prefill per step). Each local turn looks cheap alone;
+priced with the committed ones, the 20th of a burst is seen to break every stream.
+
+:func:`local_tpot_budget` turns a TPOT target into the decode worker's local-prefill budget per
+iteration: an iteration may carry ``target - step`` ms of prefill (Sarathi-Serve's stall-free
+budget); the committed load per step plus this append spread over its answer must fit in it.
+
+``N``, the answer length (:func:`expected_output_tokens`), is the request's ``max_new_tokens``
+lowered to the conversation's last answer: clients often send a cap far above the answer.
 """
 
 from __future__ import annotations
@@ -73,6 +89,14 @@ def transfer_ms(kv_bytes: int, link_gbps: float, backlog_bytes: int = 0) -> floa
     return (kv_bytes + max(backlog_bytes, 0)) * 8.0 / (link_gbps * 1e9) * 1e3
 
 
+def committed_local_ms_per_step(w: WorkerView) -> float:
+    """Local-prefill time per decode step that ``w``'s streams absorb from the D-local requests the
+    router has in flight there: ``sum prefill(n_i) / N_i`` (routing.local_load; the attention term
+    of those prefills is left out: their cached context is not tracked)."""
+    c = w.coefficients
+    return c.prefill_base_ms * max(w.local_prefill_reqs_per_step, 0.0) + c.prefill_per_token_ms * max(w.local_prefill_tokens_per_step, 0.0)
+
+
 def decode_batch(w: WorkerView) -> int:
     """Streams the decode worker is running (the router's in-flight count when polls lag)."""
     return max(w.running_reqs, w.inflight, 0)
@@ -120,8 +144,14 @@ def kv_bytes_per_token(*workers: WorkerView) -> int:
     return 0
 
 
-def _output_tokens(request: RequestView) -> int:
-    return max(1, request.max_new_tokens)
+def expected_output_tokens(request: RequestView, session: SessionView | None = None) -> int:
+    """The answer length predictions assume: the request's ``max_new_tokens`` (a cap clients often
+    set far above the answer, e.g. 2048), lowered to the conversation's last answer when known
+    (turns of one conversation tend to answer alike; an unknown length is the common case)."""
+    cap = max(1, request.max_new_tokens)
+    if session is not None and session.last_output_tokens > 0:
+        return min(cap, session.last_output_tokens)
+    return cap
 
 
 def estimate_pd(
@@ -138,8 +168,9 @@ def estimate_pd(
     b = decode_batch(decode)
     context = max(decode.running_context_tokens, 0) + prompt
     first_step = decode_step_ms(decode.coefficients, b + 1, context)
-    tpot = decode_step_ms(decode.coefficients, b + 1, context + _output_tokens(request) // 2)
-    return Candidate("pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes, cached_p)
+    n_out = expected_output_tokens(request, session)
+    tpot = decode_step_ms(decode.coefficients, b + 1, context + n_out // 2) + committed_local_ms_per_step(decode)
+    return Candidate("pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes, cached_p, prompt - cached_p)
 
 
 def estimate_local(
@@ -161,10 +192,39 @@ def estimate_local(
     chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
     mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
     ttft = queue_wait_ms(decode) + append + mixing
+    n_out = expected_output_tokens(request, session)
     if pd_tpot_ms is None:
-        pd_tpot_ms = decode_step_ms(c, b + 1, running_ctx + prompt + _output_tokens(request) // 2)
-    interference = (b / (b + 1)) * append / _output_tokens(request)
-    return Candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0, cached)
+        pd_tpot_ms = decode_step_ms(c, b + 1, running_ctx + prompt + n_out // 2) + committed_local_ms_per_step(decode)
+    interference = (b / (b + 1)) * append / n_out
+    return Candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0, cached, new)
+
+
+def joined_tpot_ms(request: RequestView, session: SessionView | None, w: WorkerView) -> float:
+    """TPOT on decode worker ``w`` if one more stream (this request's size) joined it via P->D."""
+    prompt = max(request.prompt_tokens, 0)
+    n_out = expected_output_tokens(request, session)
+    context = max(w.running_context_tokens, 0) + prompt + n_out // 2
+    return decode_step_ms(w.coefficients, decode_batch(w) + 1, context) + committed_local_ms_per_step(w)
+
+
+def local_tpot_budget(request: RequestView, session: SessionView | None, decode: WorkerView, target_ms: float) -> tuple[float, float]:
+    """(need, budget) in ms of local prefill per decode iteration on ``decode`` under a TPOT target.
+
+    budget = ``target - step``: what each iteration may carry on top of its decode step with every
+    stream, this one included, and stay under the target (Sarathi-Serve's stall-free budget).
+    need = the committed local prefill per step plus this append spread over its answer. Local
+    fits iff need <= budget. On a worker with no running stream and nothing committed the append
+    hurts no one (it runs before this stream decodes): its need is 0.
+    """
+    prompt = max(request.prompt_tokens, 0)
+    cached = cached_on_decode(session, decode, prompt)
+    c = decode.coefficients
+    b = decode_batch(decode)
+    n_out = expected_output_tokens(request, session)
+    step = decode_step_ms(c, b + 1, max(decode.running_context_tokens, 0) + prompt + n_out // 2)
+    committed = committed_local_ms_per_step(decode)
+    append = prefill_ms(c, prompt - cached, cached) / n_out if b > 0 or committed > 0 else 0.0
+    return committed + append, max(0.0, target_ms - step)
 
 
 def estimate_replica(request: RequestView, session: SessionView | None, worker: WorkerView) -> Candidate:
@@ -179,5 +239,5 @@ def estimate_replica(request: RequestView, session: SessionView | None, worker: 
     chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
     mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
     ttft = queue_wait_ms(worker, new) + prefill_ms(c, new, cached) + mixing
-    tpot = decode_step_ms(c, b + 1, running_ctx + prompt + _output_tokens(request) // 2)
-    return Candidate("replica", worker.url, None, ttft, tpot, None, 0, cached)
+    tpot = decode_step_ms(c, b + 1, running_ctx + prompt + expected_output_tokens(request, session) // 2)
+    return Candidate("replica", worker.url, None, ttft, tpot, None, 0, cached, new)

@@ -7,7 +7,10 @@ never by a clock, a counter or a random generator, so the router and the simulat
 * Workers whose KV pool has no room for the request are skipped when another has room.
 * D worker for P->D: the best weighted sum of normalised TTFT and TPOT (the same weights the
   PPD score uses), so the session's decode worker (it receives only the suffix) and idle
-  workers win; ties go to the session's worker, then to the hash.
+  workers win. Affinity: the session's decode worker keeps the conversation unless its score is
+  more than :data:`AFFINITY_SLACK` worse than the best, or it is predicted to break an SLO target
+  the best meets - its radix cache makes this transfer incremental and the next turn
+  local-capable, which a score for this one turn does not see. Other ties go to the hash.
 * Unified worker: same, over unified workers (the session's worker keeps its prefix cache).
 """
 
@@ -19,6 +22,8 @@ from ppd_server.routing.latency import cached_on_prefill, estimate_pd, estimate_
 from ppd_server.routing.types import Candidate, ClusterView, RequestView, SessionView, WorkerView
 
 _TIE_REL = 1e-9
+#: how much worse (relative weighted score) the session's decode worker may be and still keep it
+AFFINITY_SLACK = 0.25
 
 
 def stable_fraction(conversation_id: str | None, turn: int, salt: str = "") -> float:
@@ -51,7 +56,7 @@ def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | N
     # a decode worker whose KV pool cannot take the request would make it wait: avoid it if we can
     roomy = [d for d in decodes if kv_fits(request, session, d)] or list(decodes)
     cands = [estimate_pd(request, cluster, session, prefill, d) for d in roomy]
-    return _pick(request, session, cands)
+    return _pick(request, session, cands, AFFINITY_SLACK)
 
 
 def _prefill_side_ms(request: RequestView, session: SessionView | None, p: WorkerView) -> float:
@@ -69,14 +74,25 @@ def best_replica(request: RequestView, cluster: ClusterView, session: SessionVie
     return _pick(request, session, [estimate_replica(request, session, w) for w in roomy])
 
 
-def _pick(request: RequestView, session: SessionView | None, cands: list[Candidate]) -> Candidate:
+def _pick(request: RequestView, session: SessionView | None, cands: list[Candidate], affinity_slack: float = 0.0) -> Candidate:
     best_ttft = min(c.ttft_ms for c in cands)
     best_tpot = min(c.tpot_ms for c in cands)
     scored = [(_weighted(c.ttft_ms, c.tpot_ms, best_ttft, best_tpot, request), c) for c in cands]
     floor = min(s for s, _ in scored)
     ties = [c for s, c in scored if s <= floor * (1 + _TIE_REL) + 1e-9]
     assert ties
-    return min(ties, key=lambda c: _tie_order(request, session, c.decode or ""))
+    best = min(ties, key=lambda c: _tie_order(request, session, c.decode or ""))
+    if affinity_slack > 0 and session is not None and best.decode != session.decode_url:
+        for s, c in scored:
+            if c.decode == session.decode_url and s <= floor * (1 + affinity_slack) and not (
+                    _breaks_slo(c, request) and not _breaks_slo(best, request)):
+                return c
+    return best
+
+
+def _breaks_slo(c: Candidate, request: RequestView) -> bool:
+    return (request.slo.ttft_ms is not None and c.ttft_ms > request.slo.ttft_ms) or (
+        request.slo.tpot_ms is not None and c.tpot_ms > request.slo.tpot_ms)
 
 
 def session_worker(cluster: ClusterView, session: SessionView | None) -> WorkerView | None:

@@ -65,6 +65,18 @@ class RobustFit:
         self._window: deque[tuple[tuple[float, ...], float]] = deque(maxlen=window)
         self.samples = 0  # all samples ever folded in (the window holds the latest)
 
+    def rebased(self, other: RobustFit) -> RobustFit:
+        """``other`` (a fresh fit with another prior) with this fit's window folded in, oldest first."""
+        for x, y in self._window:
+            other.update(x, y)
+        return other
+
+    def window_error(self, theta: Sequence[float]) -> float:
+        """Median absolute log ratio of the window's samples to ``theta``'s predictions (0 when empty)."""
+        if not self._window:
+            return 0.0
+        return median([abs(math.log(y / max(sum(t * xi for t, xi in zip(theta, x)), _FLOOR_MS))) for x, y in self._window])
+
     def predict(self, x: Sequence[float]) -> float:
         return sum(t * xi for t, xi in zip(self.theta, x))
 

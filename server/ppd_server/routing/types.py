@@ -38,7 +38,7 @@ class CostCoefficients:
         return {name: float(getattr(self, name)) for name in COEFFICIENT_NAMES}
 
     @classmethod
-    def from_dict(cls, data: dict[str, float]) -> "CostCoefficients":
+    def from_dict(cls, data: dict[str, float]) -> CostCoefficients:
         """Build from a profile's ``coefficients`` object; unknown or negative values are a ValueError."""
         unknown = sorted(set(data) - set(COEFFICIENT_NAMES))
         if unknown:
@@ -85,6 +85,13 @@ class WorkerView:
     used_tokens: int = 0  # KV tokens in use
     running_context_tokens: int = 0  # sum of context lengths of running decode streams
     inflight: int = 0  # requests the router has sent and not yet seen finish
+    # D-local requests the router has in flight on this worker (queued, prefilling or decoding),
+    # their uncached prompt tokens, and the same summed per expected output token (sum n_i/N_i,
+    # sum 1/N_i): the local-prefill work per decode step the worker's streams absorb (routing.local_load)
+    local_prefill_reqs: int = 0
+    local_prefill_tokens: int = 0
+    local_prefill_tokens_per_step: float = 0.0
+    local_prefill_reqs_per_step: float = 0.0
     chunked_prefill_size: int = 0  # tokens per mixed prefill+decode iteration; 0 = unknown (one chunk)
     coefficients: CostCoefficients = field(default_factory=CostCoefficients)
 
@@ -131,6 +138,7 @@ class SessionView:
     cached_tokens_prefill: int = 0  # prompt tokens the prefill worker holds
     turns: int = 0  # completed turns
     forked_from: str | None = None  # parent conversation id when this one started as a fork
+    last_output_tokens: int = 0  # the answer length of its last completed turn (0 = unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +153,7 @@ class Candidate:
     score: float | None = None
     kv_bytes: int = 0  # predicted KV bytes this route moves over the P->D link
     cached_tokens: int = 0  # prompt tokens the prefilling worker already holds (not recomputed)
+    prefill_tokens: int = 0  # prompt tokens this route computes (the uncached part)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +167,8 @@ class Decision:
     score: float | None = None
     cached_tokens: int = 0  # prompt tokens the chosen serving worker is predicted to hold already
     weights: Weights | None = None  # the TTFT/TPOT weights the policy traded with (Policy.score_weights)
+    prefill_tokens: int = 0  # prompt tokens the chosen route computes (for "local": the worker's committed load)
+    output_tokens: int = 0  # answer length the decision assumed (latency.expected_output_tokens)
 
     def predicted(self, route: RouteName) -> Candidate | None:
         for c in self.candidates:

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH as MIN_SAMPLES
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, estimate_local, estimate_pd, prefill_ms, transfer_ms
 from ppd_server.routing.rls import RecursiveLeastSquares
@@ -67,7 +68,7 @@ def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
             running_reqs=running, running_context_tokens=ctx, coefficients=cm.coefficients("http://d", "decode"),
         )
         req = RequestView("c", 2, prompt, 64)
-        noise = lambda: 1.0 + rng.uniform(-0.03, 0.03)  # noqa: E731
+        noise = lambda: 1.0 + rng.uniform(-0.03, 0.03)
         true_tpot = decode_step_ms(TRUE, running + 1, ctx + prompt + 32) * noise()
         if route == "local":
             sess = SessionView("c", "http://d", "http://p", cached, 0, 1)
@@ -148,11 +149,12 @@ def test_unusable_observations_change_nothing(obs):
 def test_one_token_answers_fit_prefill_only_and_forget_drops_a_worker():
     cm = CostModel()
     start = cm.coefficients("http://d", "decode")
-    cm.observe(Observation("local", "http://d", None, 500, 0, 900.0, None, 0, None, None))
+    for _ in range(MIN_SAMPLES):
+        cm.observe(Observation("local", "http://d", None, 500, 0, 900.0, None, 0, None, None))
     fitted = cm.coefficients("http://d", "decode")
     assert fitted.prefill_per_token_ms > start.prefill_per_token_ms
     assert fitted.decode_base_ms == start.decode_base_ms
-    assert cm.snapshot()["workers"]["http://d"]["prefill_samples"] == 1
+    assert cm.snapshot()["workers"]["http://d"]["prefill_samples"] == MIN_SAMPLES
     cm.forget("http://d")
     assert cm.coefficients("http://d", "decode") == start
 
@@ -194,7 +196,8 @@ def test_non_streamed_turns_learn_tpot_from_end_to_end_time():
     cm = CostModel()
     before = cm.coefficients("http://d", "decode")
     # predicted ttft 100 ms, then 9 steps at a predicted 20 ms; the steps took 40 ms each
-    cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, 100.0, 20.0, e2e_ms=100.0 + 9 * 40.0, completion_tokens=10))
+    for _ in range(MIN_SAMPLES):
+        cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, 100.0, 20.0, e2e_ms=100.0 + 9 * 40.0, completion_tokens=10))
     s = cm.error_summary()["local"]
     assert s["tpot_obs_over_pred"] == pytest.approx(2.0) and "ttft_abs_pct_err" not in s
     after = cm.coefficients("http://d", "decode")
@@ -205,7 +208,8 @@ def test_non_streamed_turns_learn_tpot_from_end_to_end_time():
 def test_a_one_token_non_streamed_answer_is_its_ttft():
     cm = CostModel()
     pred = prefill_ms(cm.coefficients("http://d", "decode"), 300, 1000)
-    cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 0, pred, 20.0, e2e_ms=2 * pred, completion_tokens=1))
+    for _ in range(MIN_SAMPLES):
+        cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 0, pred, 20.0, e2e_ms=2 * pred, completion_tokens=1))
     assert cm.error_summary()["local"]["ttft_obs_over_pred"] == pytest.approx(2.0)
     assert cm.coefficients("http://d", "decode").prefill_per_token_ms > 1.0
 

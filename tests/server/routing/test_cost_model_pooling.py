@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+
+from ppd_server.routing.cost_model import _DONOR_MIN_SAMPLES as OWN
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
 from ppd_server.routing.policies import make_policy
@@ -127,20 +129,22 @@ def test_the_first_own_sample_starts_from_the_pooled_estimate_not_the_prior():
     _fit_prefill_worker(cm, 60)
     pooled = cm.coefficients(D, "decode")
     new, cached = 500, 1000
-    cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
+    for _ in range(OWN):
+        cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
     d = cm.coefficients(D, "decode")
-    # one sample that agrees with the pool leaves it there (from the CPU prior it would land far off)
+    # samples that agree with the pool leave it there (from the CPU prior they would land far off)
     assert prefill_ms(d, 300, 0) == pytest.approx(prefill_ms(pooled, 300, 0), rel=0.2)
     assert cm.snapshot()["workers"][D] | {"coefficients": None} == {
-        "coefficients": None, "prefill_samples": 1, "decode_samples": 0, "prefill_pooled": False}
+        "coefficients": None, "prefill_samples": OWN, "decode_samples": 0, "prefill_pooled": False}
     # from now on its own evidence rules: the prefill workers' later fits do not overwrite it
     _fit_prefill_worker(cm, 40, CostCoefficients(**{k: 5 * v for k, v in GPU.to_dict().items()}))
     assert cm.coefficients(D, "decode") == d
 
 
-def test_a_worker_with_its_own_prefill_samples_is_never_pooled():
+def test_a_worker_with_enough_prefill_samples_of_its_own_is_never_pooled():
     cm = CostModel({"coefficients": CPU.to_dict()})
-    cm.observe(Observation("local", D, None, 200, 0, prefill_ms(CPU, 200), None, 0, prefill_ms(CPU, 200)))
+    for _ in range(OWN):
+        cm.observe(Observation("local", D, None, 200, 0, prefill_ms(CPU, 200), None, 0, prefill_ms(CPU, 200)))
     own = cm.coefficients(D, "decode")
     _fit_prefill_worker(cm, 60)
     assert cm.coefficients(D, "decode") == own
@@ -165,3 +169,58 @@ def test_the_pool_follows_its_donors_as_they_refit():
     p, d = cm.coefficients(P, "prefill"), cm.coefficients(D, "decode")
     assert p.prefill_per_token_ms > 2 * before
     assert d.prefill_per_token_ms == pytest.approx(p.prefill_per_token_ms, rel=0.05)
+
+
+def test_a_prefill_worker_queued_from_the_start_still_teaches_the_pool():
+    """Overload from the first request with a CPU prior on GPUs: every TTFT is predicted to be
+    mostly queue (priced with the same wrong coefficients). The cold fit takes the compute's share
+    of what it observed, so P learns and the decode workers pool from it - local is not locked out."""
+    cm, rng = CostModel({"coefficients": CPU.to_dict()}), random.Random(8)
+    for _ in range(12):
+        new, queued = rng.randrange(500, 1500), rng.randrange(20_000, 40_000)
+        p = cm.coefficients(P, "prefill")
+        predicted = prefill_ms(p, queued) + prefill_ms(p, new)
+        observed = prefill_ms(GPU, queued) + prefill_ms(GPU, new)
+        cm.observe(Observation("pd", D, P, new, 0, observed, None, 0, predicted))
+    assert cm.snapshot()["workers"][P]["prefill_samples"] >= 8
+    d = cm.coefficients(D, "decode")
+    assert prefill_ms(d, 1000) < 0.2 * prefill_ms(CPU, 1000)  # pooled from P: GPU-like, not the CPU prior
+
+
+def test_a_too_optimistic_prior_is_not_rescued_by_queued_samples():
+    cm = CostModel({"coefficients": GPU.to_dict()})
+    for _ in range(12):  # observed far slower than predicted: a queueing error, not a compute sample
+        p = cm.coefficients(P, "prefill")
+        predicted = prefill_ms(p, 30_000) + prefill_ms(p, 800)
+        cm.observe(Observation("pd", D, P, 800, 0, 3 * predicted, None, 0, predicted))
+    assert cm.snapshot()["workers"][P]["prefill_samples"] == 0
+
+
+def test_samples_taken_before_a_pool_existed_do_not_keep_a_worker_from_it():
+    """A decode worker ran two local turns against the CPU prior before any prefill worker was
+    fitted; once the pool exists its next sample starts from the pool (the old two refitted)."""
+    cm = CostModel({"coefficients": CPU.to_dict()})
+    new, cached = 500, 1000
+    for _ in range(2):  # judged against the CPU prior: 50x off
+        cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(CPU, new, cached)))
+    _fit_prefill_worker(cm, 60)
+    pooled = cm.coefficients(D, "decode")
+    cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
+    assert prefill_ms(cm.coefficients(D, "decode"), 800, 1000) < 3 * prefill_ms(GPU, 800, 1000)
+
+
+def test_a_fitted_worker_that_the_pool_explains_better_restarts_from_the_pool():
+    """A trusted CPU profile on GPUs moves slowly: a decode worker with a few local samples still
+    predicts far too slow a prefill. Two fitted prefill workers explain its own samples better:
+    it restarts from their pool, its samples refitted against it."""
+    cm = CostModel({"coefficients": CPU.to_dict(), "prior_rel_std": 0.5})
+    rng = random.Random(3)
+    for _ in range(OWN):
+        new, cached = rng.randrange(400, 650), rng.randrange(200, 3000)
+        pred = prefill_ms(cm.coefficients(D, "decode"), new, cached)
+        cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, pred))
+    stuck = prefill_ms(cm.coefficients(D, "decode"), 500, 1000)
+    assert stuck > 5 * prefill_ms(GPU, 500, 1000)  # its own fit is still near the prior
+    _fit_prefill_worker(cm, 80, GPU, "http://p0")
+    _fit_prefill_worker(cm, 80, GPU, "http://p1")
+    assert prefill_ms(cm.coefficients(D, "decode"), 500, 1000) < 2 * prefill_ms(GPU, 500, 1000)

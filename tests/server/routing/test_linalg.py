@@ -52,7 +52,7 @@ def test_nonnegative_solve_matches_brute_force():
         got = nonnegative_solve(a, b)
         assert min(got) >= 0.0
 
-        def f(t):
+        def f(t, a=a, b=b):
             return 0.5 * sum(t[i] * a[i][j] * t[j] for i in range(3) for j in range(3)) - sum(bi * ti for bi, ti in zip(b, t))
 
         for _ in range(50):  # no feasible point nearby does better

@@ -81,8 +81,8 @@ def test_tpot_slo_is_a_hard_limit_and_flips_back():
     for running in (0, 8, 0):
         d = PPD.decide(request(slo_tpot_ms=slo), _cluster_with_decode_load(running), session())
         routes.append(d.route)
-        if running == 8:
-            assert "local breaks SLO (tpot" in d.reason and d.score is not None and d.score > 0
+        if running == 8:  # the TPOT budget (with headroom) is the first to say no
+            assert "TPOT budget" in d.reason and d.score is not None and d.score > 0
     assert routes == ["local", "pd", "local"]
 
 
@@ -93,12 +93,21 @@ def test_ttft_slo_overrides_weights_that_prefer_pd():
     opts = build_options(req, cl, session())
     slo = (opts.local.ttft_ms + opts.pd.ttft_ms) / 2
     d = PPD.decide(request(w_ttft=0.1, w_tpot=10.0, slo_ttft_ms=slo), cl, session())
-    assert d.route == "local" and "pd breaks SLO (ttft" in d.reason
+    assert d.route == "local" and ("pd breaks SLO (ttft" in d.reason or "prefill side is the bottleneck" in d.reason)
 
 
-def test_when_both_routes_break_the_slo_the_score_decides():
-    d = PPD.decide(request(slo_ttft_ms=1.0, slo_tpot_ms=1.0), _cluster_with_decode_load(4), session())
-    assert d.route == "local" and d.reason.endswith("both break the SLO")
+def test_when_both_routes_break_the_ttft_slo_the_score_decides():
+    # local is no faster than half of P->D (a queue on the decode worker): no prefill bottleneck
+    cl = cluster(prefill(), decode(**loaded(4), waiting_tokens=400))
+    opts = build_options(request(slo_ttft_ms=1.0), cl, session())
+    assert opts.local.ttft_ms > 0.5 * opts.pd.ttft_ms
+    d = PPD.decide(request(slo_ttft_ms=1.0), cl, session())
+    assert d.reason.endswith("both break the SLO") and d.route == ("local" if d.score > 0 else "pd")
+
+
+def test_an_unreachable_tpot_target_keeps_local_prefill_off_a_busy_decode_worker():
+    d = PPD.decide(request(slo_tpot_ms=1.0), _cluster_with_decode_load(4), session())
+    assert d.route == "pd" and "TPOT budget" in d.reason
 
 
 @pytest.mark.parametrize(
@@ -116,7 +125,7 @@ def test_operator_weights_scale_request_weights_and_survive_a_rebuild():
     cl, req = _cluster_with_decode_load(1), request(prompt=1400)
     assert PPD.decide(req, cl, session()).route == "local"
     tpot_heavy = make_policy("ppd", w_tpot=2.0)
-    assert tpot_heavy.params == {"w_ttft": 1.0, "w_tpot": 2.0, "margin": 0.0}
+    assert tpot_heavy.params == {"w_ttft": 1.0, "w_tpot": 2.0, "margin": 0.0, "headroom": 0.85}
     assert tpot_heavy.decide(req, cl, session()).route == "pd"
     rebuilt = make_policy(tpot_heavy.spec, **tpot_heavy.params)
     assert rebuilt.decide(req, cl, session()) == tpot_heavy.decide(req, cl, session())

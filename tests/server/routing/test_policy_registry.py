@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from ppd_server.routing.policies import POLICY_NAMES, POLICY_SPECS, Policy, make_policy
+from ppd_server.routing.policies import POLICIES, POLICY_NAMES, POLICY_SPECS, Policy, make_policy
 
 
 @pytest.mark.parametrize(
     "spec,params,want_spec,want_params",
     [
-        ("ppd", {}, "ppd", {"w_ttft": 1.0, "w_tpot": 1.0, "margin": 0.0}),
-        ("ppd", {"w_tpot": 2}, "ppd", {"w_ttft": 1.0, "w_tpot": 2.0, "margin": 0.0}),
+        ("ppd", {}, "ppd", {"w_ttft": 1.0, "w_tpot": 1.0, "margin": 0.0, "headroom": 0.85}),
+        ("ppd", {"w_tpot": 2}, "ppd", {"w_ttft": 1.0, "w_tpot": 2.0, "margin": 0.0, "headroom": 0.85}),
         ("pd", {}, "pd", {}),
         ("local", {}, "local", {}),
         ("replica", {}, "replica", {}),
@@ -52,6 +52,7 @@ def test_params_are_a_copy():
         ("ppd", {"w_tpot": "heavy"}, "w_tpot"),
         ("ppd", {"speed": 1}, "speed"),
         ("ppd", {"margin": 3}, "margin"),
+        ("ppd", {"headroom": 0}, "headroom"),
     ],
 )
 def test_bad_specs_name_the_value_and_list_choices(spec, params, needle):
@@ -62,5 +63,7 @@ def test_bad_specs_name_the_value_and_list_choices(spec, params, needle):
         assert all(name in str(e.value) for name in POLICY_NAMES)
 
 
-def test_spec_help_covers_every_name():
+def test_spec_help_covers_every_name_and_comes_from_the_classes():
     assert [s.split(":")[0] for s in POLICY_SPECS] == list(POLICY_NAMES)
+    assert POLICY_SPECS == ("ppd", "pd", "local", "replica", "ratio:X", "threshold:N")
+    assert all((":" in spec) == (POLICIES[spec.split(":")[0]].spec_param is not None) for spec in POLICY_SPECS)

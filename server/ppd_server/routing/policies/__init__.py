@@ -30,9 +30,8 @@ POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (PPDPolicy, PDPolicy, LocalPolicy, ReplicaPolicy, RatioPolicy, ThresholdPolicy)
 }
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
-#: What a user may type: names, with the argument form for the parameterised ones.
-POLICY_SPECS: tuple[str, ...] = ("ppd", "pd", "local", "replica", "ratio:X", "threshold:N")
-DEFAULT_POLICY = "ppd"
+#: What a user may type: names, with the argument form for the parameterised ones (from the classes).
+POLICY_SPECS: tuple[str, ...] = tuple(cls.usage() for cls in POLICIES.values())
 
 
 def make_policy(spec: str, **params: Any) -> Policy:
@@ -49,7 +48,7 @@ def make_policy(spec: str, **params: Any) -> Policy:
     if cls is None:
         raise ValueError(f"unknown policy {spec!r}; choose one of {', '.join(POLICY_SPECS)}")
     if sep:
-        key = getattr(cls, "spec_param", None)
+        key = cls.spec_param
         if key is None:
             raise ValueError(f"policy {name!r} takes no argument, got {spec!r}; choose one of {', '.join(POLICY_SPECS)}")
         try:
@@ -61,13 +60,12 @@ def make_policy(spec: str, **params: Any) -> Policy:
 
 
 __all__ = [
-    "DEFAULT_POLICY",
-    "LocalPolicy",
-    "Options",
-    "PDPolicy",
     "POLICIES",
     "POLICY_NAMES",
     "POLICY_SPECS",
+    "LocalPolicy",
+    "Options",
+    "PDPolicy",
     "PPDPolicy",
     "Policy",
     "RatioPolicy",

@@ -15,7 +15,9 @@ no hidden state (the only 'randomness' is derived from (conversation_id, turn)).
    pool has no room for the request while another decode worker has (Dynamo's decode-busy veto).
 
 Subclasses set ``name``, declare their parameters in ``defaults`` (name -> default; the type of
-the default is the parameter's type) and implement ``choose``; ``validate_params`` checks ranges.
+the default is the parameter's type) and implement ``choose``; ``validate_params`` checks ranges;
+``spec_param`` / ``spec_metavar`` give the ``name:ARG`` form (``usage()`` is what the CLI lists);
+``preempt`` lets a policy route a request before the shared choice (``replica``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
-from ppd_server.routing.latency import cached_on_decode, estimate_local, kv_fits
+from ppd_server.routing.latency import cached_on_decode, estimate_local, expected_output_tokens, kv_fits
 from ppd_server.routing.placement import best_pd, best_replica, session_worker
 from ppd_server.routing.types import (
     Candidate,
@@ -52,6 +54,7 @@ class Options:
     replica: Candidate | None
     why_not_local: str  # human reason when ``local`` is None
     cold_local: Candidate | None = None  # full prefill on a decode worker: only when nothing else exists
+    cluster: ClusterView | None = None  # the fleet the options were predicted on (pool-wide signals)
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
@@ -96,7 +99,7 @@ def build_options(request: RequestView, cluster: ClusterView, session: SessionVi
         capable = [w for w in cluster.by_role("decode") if w.can_local_prefill]
         if capable:
             cold_local = min((estimate_local(request, None, w) for w in capable), key=lambda c: (c.ttft_ms, c.tpot_ms, c.decode or ""))
-    return Options(request, session, continuation, holder, pd, local, replica, why, cold_local)
+    return Options(request, session, continuation, holder, pd, local, replica, why, cold_local, cluster)
 
 
 def fmt_ms(x: float) -> str:
@@ -114,6 +117,13 @@ class Policy(ABC):
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
+    spec_param: ClassVar[str | None] = None  # the parameter ``name:ARG`` sets, if any
+    spec_metavar: ClassVar[str] = "ARG"  # how usage() writes that argument
+
+    @classmethod
+    def usage(cls) -> str:
+        """The spec as a user may type it: ``ppd``, ``ratio:X``."""
+        return cls.name if cls.spec_param is None else f"{cls.name}:{cls.spec_metavar}"
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -153,11 +163,18 @@ class Policy(ABC):
 
     def decide(self, request: RequestView, cluster: ClusterView, session: SessionView | None) -> Decision:
         opts = build_options(request, cluster, session)
+        early = self.preempt(opts)
+        if early is not None:
+            return early
         if opts.local is not None and opts.pd is not None:
             route, score, reason = self.choose(opts)
             chosen = opts.local if route == "local" else opts.pd
             return self._decision(opts, chosen, reason, score)
         return self.fallback(opts)
+
+    def preempt(self, opts: Options) -> Decision | None:
+        """Route the request before the shared flow, or None (the default) to let it run."""
+        return None
 
     @abstractmethod
     def choose(self, opts: Options) -> tuple[RouteName, float | None, str]:
@@ -182,11 +199,13 @@ class Policy(ABC):
         # a scored choice rates D-local against P->D: local carries S, pd is the reference 0
         scores: dict[str, float] = {"local": score, "pd": 0.0} if score is not None else {}
         cands = tuple(
-            Candidate(c.route, c.decode, c.prefill, c.ttft_ms, c.tpot_ms, scores.get(c.route), c.kv_bytes, c.cached_tokens)
+            Candidate(c.route, c.decode, c.prefill, c.ttft_ms, c.tpot_ms, scores.get(c.route), c.kv_bytes, c.cached_tokens,
+                      c.prefill_tokens)
             for c in (*opts.candidates, *((opts.cold_local,) if chosen is opts.cold_local else ()))
         )
         return Decision(chosen.route, chosen.decode, chosen.prefill, reason, self.spec, cands, score, chosen.cached_tokens,
-                        self.score_weights(opts.request))
+                        self.score_weights(opts.request), chosen.prefill_tokens,
+                        expected_output_tokens(opts.request, opts.session))
 
     @staticmethod
     def describe(local: Candidate, pd: Candidate) -> str:

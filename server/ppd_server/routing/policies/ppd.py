@@ -8,20 +8,37 @@ latency model (see ``routing/latency.py``) and scored as in the PPD paper:
 D-local iff ``S > margin`` (margin 0 by default). The weights are the request's (``ppd.weights``
 or a preset) multiplied by this policy's ``w_ttft`` / ``w_tpot`` (operator-wide scaling, 1.0):
 :meth:`PPDPolicy.score_weights`, recorded on the Decision and the router's span.
-Absolute SLO targets are hard limits: a route predicted to break a target the other route meets
-loses whatever S says. The reason names S and the predictions, e.g.
-``local: S=+0.41 (ttft 38ms vs 212ms, tpot +6%)``.
+TPOT(local) is priced with every local prefill already committed to the decode worker (see
+``latency.py``), so a burst of individually cheap local turns is seen for what it costs.
+
+S also charges local with the delay its append adds to the first token of every request waiting
+on the holder (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills).
+
+First, with a TTFT target: when P->D breaks it and local's TTFT is at most ``PREFILL_BOUND`` of
+P->D's, the prefill side is the bottleneck: local. Then, with a TPOT target (``slo_tpot_ms``):
+
+1. the holder's local-prefill budget per iteration (``latency.local_tpot_budget``, at ``headroom``
+   x the target: the target binds every request, the prediction is a mean) must take the
+   committed local prefill plus this append, or the turn goes P->D;
+2. when the decode side is the bottleneck - every decode worker near the target while the P->D
+   route has TTFT to spare - the turn goes P->D: prefill workers have the slack, decode does not.
+
+Absolute SLO targets are then hard limits: a route predicted to break a target the other route
+meets loses whatever S says. Without targets the weights decide. The reason names S and the
+predictions, e.g. ``local: S=+0.41 (ttft 38ms vs 212ms, tpot +6%)``.
 
 Needs: live load on the decode and prefill workers, their cost coefficients, the session's
-cached-token counts. Parameters: ``w_ttft`` (float >= 0), ``w_tpot`` (float >= 0), ``margin``
-(float, -1..1).
+cached-token counts, the router's local requests in flight per decode worker. Parameters:
+``w_ttft`` (float >= 0), ``w_tpot`` (float >= 0), ``margin`` (float, -1..1), ``headroom``
+(float, 0.1..1: the share of a TPOT target the budget fills).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
+from ppd_server.routing.latency import joined_tpot_ms, local_tpot_budget, prefill_ms
 from ppd_server.routing.policies.base import Options, Policy, fmt_ms
 from ppd_server.routing.types import Candidate, RequestView, RouteName
 
@@ -44,9 +61,17 @@ def slo_breaches(c: Candidate, request: RequestView) -> list[str]:
     return out
 
 
+#: the decode pool is saturated when even its least loaded worker runs a joining stream at this
+#: share of the (headroom'd) TPOT target
+DECODE_SATURATED = 0.9
+#: the prefill side is the bottleneck when P->D breaks the TTFT target and local's TTFT is at most
+#: this share of P->D's: then local wins over the TPOT budget (the P queue fails the turn for sure)
+PREFILL_BOUND = 0.5
+
+
 class PPDPolicy(Policy):
     name = "ppd"
-    defaults = {"w_ttft": 1.0, "w_tpot": 1.0, "margin": 0.0}
+    defaults: ClassVar[dict[str, Any]] = {"w_ttft": 1.0, "w_tpot": 1.0, "margin": 0.0, "headroom": 0.85}
 
     def validate_params(self, params: dict[str, Any]) -> None:
         for key in ("w_ttft", "w_tpot"):
@@ -54,6 +79,8 @@ class PPDPolicy(Policy):
                 raise ValueError(f"policy 'ppd' parameter {key} must be in [0, 1000], got {params[key]!r}")
         if not -1.0 <= params["margin"] <= 1.0:
             raise ValueError(f"policy 'ppd' parameter margin must be in [-1, 1], got {params['margin']!r}")
+        if not 0.1 <= params["headroom"] <= 1.0:
+            raise ValueError(f"policy 'ppd' parameter headroom must be in [0.1, 1], got {params['headroom']!r}")
 
     def score_weights(self, request: RequestView) -> Weights:
         """The request's weights scaled by this policy's operator-wide ``w_ttft`` / ``w_tpot``."""
@@ -64,13 +91,28 @@ class PPDPolicy(Policy):
         return Weights.model_construct(ttft=scale_ttft * w.ttft, tpot=scale_tpot * w.tpot)
 
     def choose(self, opts: Options) -> tuple[RouteName, float | None, str]:
-        assert opts.local is not None and opts.pd is not None
-        req = opts.request
+        assert opts.local is not None and opts.pd is not None and opts.holder is not None
+        req, local, pd, holder = opts.request, opts.local, opts.pd, opts.holder
         w = self.score_weights(req)
-        s = ppd_score(opts.local, opts.pd, w.ttft, w.tpot)
-        detail = f"S={s:+.2f} ({self.describe(opts.local, opts.pd)})"
-        local_breaks = slo_breaches(opts.local, req)
-        pd_breaks = slo_breaches(opts.pd, req)
+        w_ttft, w_tpot = w.ttft, w.tpot
+        # the append also delays the first token of every request waiting on the holder (P->D
+        # streams whose KV is on its way, queued local prefills): a cost S for this turn alone misses
+        others_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens) * max(holder.waiting_reqs, 0)
+        s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * others_ms / max(pd.ttft_ms, 1e-9)
+        detail = f"S={s:+.2f} ({self.describe(local, pd)}{f', others +{fmt_ms(others_ms)}' if others_ms else ''})"
+        if req.slo.ttft_ms is not None and pd.ttft_ms > req.slo.ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms:
+            return "local", s, f"local: prefill side is the bottleneck (P->D TTFT {fmt_ms(pd.ttft_ms)} > SLO {fmt_ms(req.slo.ttft_ms)}); {detail}"
+        if req.slo.tpot_ms is not None:
+            # the holder's local-prefill budget keeps all its streams under the target (with headroom:
+            # the target binds every request, the prediction is a mean)
+            need, budget = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * req.slo.tpot_ms)
+            if need > budget:
+                return "pd", s, f"pd: over {holder.url}'s TPOT budget for the SLO (local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}"
+            bottleneck = self._decode_bound(opts)
+            if bottleneck:
+                return "pd", s, f"pd: decode side is the bottleneck ({bottleneck}); {detail}"
+        local_breaks = slo_breaches(local, req)
+        pd_breaks = slo_breaches(pd, req)
         if local_breaks and not pd_breaks:
             return "pd", s, f"pd: local breaks SLO ({'; '.join(local_breaks)}); {detail}"
         if pd_breaks and not local_breaks:
@@ -79,3 +121,26 @@ class PPDPolicy(Policy):
         if s > self._params["margin"]:
             return "local", s, f"local: {detail}{suffix}"
         return "pd", s, f"pd: {detail}{suffix}"
+
+    def _decode_bound(self, opts: Options) -> str:
+        """Why the decode side is the bottleneck while prefill has slack ('' when it is not).
+
+        Saturated: every decode worker would run a joining stream at DECODE_SATURATED of the
+        headroom'd TPOT target or more (local prefill there takes time the streams cannot spare).
+        Slack: the P->D route meets the TTFT target with headroom (without a TTFT target: it is
+        at most twice local's TTFT). Then P->D spends the idle prefill side instead."""
+        req, pd, local = opts.request, opts.pd, opts.local
+        assert req.slo.tpot_ms is not None and pd is not None and local is not None
+        if opts.cluster is None:
+            return ""
+        decodes = [w for w in opts.cluster.by_role("decode")]
+        if not decodes:
+            return ""
+        limit = DECODE_SATURATED * self._params["headroom"] * req.slo.tpot_ms
+        least = min(joined_tpot_ms(req, opts.session, w) for w in decodes)
+        if least < limit:
+            return ""
+        slack = pd.ttft_ms <= self._params["headroom"] * req.slo.ttft_ms if req.slo.ttft_ms is not None else pd.ttft_ms <= 2 * local.ttft_ms
+        if not slack:
+            return ""
+        return f"least loaded decode TPOT {fmt_ms(least)} >= {fmt_ms(limit)}, P->D TTFT {fmt_ms(pd.ttft_ms)}"

@@ -7,7 +7,7 @@ in [0, 1].
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ppd_server.routing.placement import stable_fraction
 from ppd_server.routing.policies.base import Options, Policy
@@ -16,7 +16,8 @@ from ppd_server.routing.types import RouteName
 
 class RatioPolicy(Policy):
     name = "ratio"
-    defaults = {"ratio": 0.5}
+    defaults: ClassVar[dict[str, Any]] = {"ratio": 0.5}
+    spec_metavar = "X"
     spec_param = "ratio"
 
     def validate_params(self, params: dict[str, Any]) -> None:

@@ -7,18 +7,19 @@ Without unified workers it behaves like ``pd``. No parameters.
 
 from __future__ import annotations
 
-from ppd_server.routing.policies.base import Options, Policy, build_options
-from ppd_server.routing.types import ClusterView, Decision, RequestView, RouteName, SessionView
+from dataclasses import replace
+
+from ppd_server.routing.policies.base import Options, Policy
+from ppd_server.routing.types import Decision, RouteName
 
 
 class ReplicaPolicy(Policy):
     name = "replica"
 
-    def decide(self, request: RequestView, cluster: ClusterView, session: SessionView | None) -> Decision:
-        opts = build_options(request, cluster, session)
-        if opts.replica is not None:
-            return self.fallback(Options(request, session, opts.continuation, None, None, None, opts.replica, opts.why_not_local))
-        return super().decide(request, cluster, session)
+    def preempt(self, opts: Options) -> Decision | None:
+        if opts.replica is None:
+            return None  # no unified worker: the shared flow, where choose() says pd
+        return self.fallback(replace(opts, holder=None, pd=None, local=None, cold_local=None))
 
     def choose(self, opts: Options) -> tuple[RouteName, float | None, str]:
         return "pd", None, "pd: policy replica, no unified worker"

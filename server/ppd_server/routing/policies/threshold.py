@@ -7,7 +7,7 @@ What NVIDIA Dynamo (``max_local_prefill_length``) and llm-d (``prefix-based-pd-d
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ppd_server.routing.policies.base import Options, Policy
 from ppd_server.routing.types import RouteName
@@ -15,7 +15,8 @@ from ppd_server.routing.types import RouteName
 
 class ThresholdPolicy(Policy):
     name = "threshold"
-    defaults = {"tokens": 256}
+    defaults: ClassVar[dict[str, Any]] = {"tokens": 256}
+    spec_metavar = "N"
     spec_param = "tokens"
 
     def validate_params(self, params: dict[str, Any]) -> None:

@@ -1,0 +1,309 @@
+"""The policy grid: does ``ppd`` ever lose? Fleet shapes x workloads x loads x policies in ``ppd-sim``.
+
+    python benchmarks/sim_grid.py                       # the full grid (a few minutes on 2 cores)
+    python benchmarks/sim_grid.py --clusters 3P1D --workloads big_paste --json grid.json
+
+For each (cluster, workload) the loads are found first: pd runs at a doubling ladder of new
+conversations per second until its SLO attainment drops below 90%; the last rate where it held is
+pd's saturation ``q``, and the grid runs at ``LOAD_FACTORS`` x ``q`` (light to twice saturation).
+Every policy then runs on the same workload (same seed) with the router's cost model fitted online
+from ppd-server's built-in profile (``--online-fit --router-profile builtin``); any other
+``ppd-sim`` option is passed through (``--link-gbs 10``, the router's load-poll lag...).
+
+A cell *violates* the invariant when ppd's SLO attainment is below the best of ``pd``, ``local``
+and ``threshold:512`` minus ``TOLERANCE`` (2 points), or its turn-2+ TTFT p50 is above pd's.
+Exit status 1 when any cell violates (2 for bad arguments). Simulated figures, not measurements.
+
+Function API (the report step calls it)::
+
+    rows = run_grid(GridSpec(clusters=("3P1D",), workloads=("big_paste",)))
+    print(format_grid(rows)); bad = [r for r in rows if r.violations]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+CLUSTERS = ("1P3D", "2P2D", "3P1D")
+WORKLOADS = ("big_paste", "huge_paste", "mid_bal", "long_gen", "mixed")
+POLICIES = ("pd", "local", "threshold:512", "ratio:0.5", "ppd")
+BASELINES = ("pd", "local", "threshold:512")  # ppd must match the best of these
+LOAD_FACTORS = (0.25, 0.5, 1.0, 2.0)  # x pd's saturation rate
+TOLERANCE = 0.02
+PD_HOLDS = 0.90  # pd "holds" a rate while its SLO attainment is at least this
+LADDER_START = 1.0  # new conversations/s where the saturation ladder starts
+LADDER_MAX = 256.0
+
+
+@dataclass(frozen=True, slots=True)
+class GridSpec:
+    clusters: tuple[str, ...] = CLUSTERS
+    workloads: tuple[str, ...] = WORKLOADS
+    policies: tuple[str, ...] = POLICIES
+    load_factors: tuple[float, ...] = LOAD_FACTORS
+    duration_s: float = 30.0
+    seed: int = 0
+    slo_ttft_ms: float = 200.0
+    slo_tpot_ms: float = 15.0
+    sim_args: tuple[str, ...] = ("--model", "llama-3.1-8b", "--gpu", "h100", "--link-gbs", "25")
+    router_args: tuple[str, ...] = ("--online-fit", "--router-profile", "builtin")
+    fixed_qps: tuple[float, ...] = ()  # skip the ladder: run these rates in every (cluster, workload)
+    workers: int = 0  # processes; 0 = all CPUs
+
+
+@dataclass(slots=True)
+class Row:
+    """One cell: one (cluster, workload, rate), every policy's figures."""
+
+    cluster: str
+    workload: str
+    qps: float
+    load: str  # "0.25x sat" or "fixed"
+    attainment: dict[str, float | None] = field(default_factory=dict)
+    ttft2_p50: dict[str, float | None] = field(default_factory=dict)
+    tpot_p50: dict[str, float | None] = field(default_factory=dict)
+    local_share: dict[str, float | None] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster, "workload": self.workload, "qps": self.qps, "load": self.load,
+            "attainment": self.attainment, "turn2plus_ttft_p50_ms": self.ttft2_p50, "tpot_p50_ms": self.tpot_p50,
+            "turn2plus_local_share": self.local_share, "violations": self.violations,
+        }
+
+
+def _argv(spec: GridSpec, cluster: str, workload: str, qps: float, policies: Sequence[str], router: bool = True) -> list[str]:
+    return [
+        "--policies", ",".join(policies), "--cluster", cluster, "--workload", workload, "--qps", f"{qps:g}",
+        "--duration", f"{spec.duration_s:g}", "--seed", str(spec.seed), "--slo-ttft-ms", f"{spec.slo_ttft_ms:g}",
+        "--slo-tpot-ms", f"{spec.slo_tpot_ms:g}", "--quiet", *spec.sim_args, *(spec.router_args if router else ()),
+    ]
+
+
+def simulate(argv: list[str]) -> list[dict[str, Any]]:
+    """Run ``ppd-sim`` in-process for the given arguments; one summary per policy."""
+    from ppd_server.routing.cost_model import CostModel
+    from ppd_sim.cli import build_parser, prepare, router_profile
+    from ppd_sim.engine import Simulation
+    from ppd_sim.report import summarize
+
+    args = build_parser().parse_args(argv)
+    policies, cluster, hw, profile, convs, hints = prepare(args)
+    out = []
+    for policy in policies:
+        start = router_profile(args, profile)
+        sim = Simulation(policy, cluster, hw, convs, hints, CostModel(start) if start is not None else None, args.online_fit)
+        out.append(summarize(sim.run(), args.slo_ttft_ms, args.slo_tpot_ms))
+    return out
+
+
+def _one_policy(job: tuple[list[str], str]) -> dict[str, Any]:
+    argv, policy = job
+    i = argv.index("--policies")
+    return simulate([*argv[:i + 1], policy, *argv[i + 2:]])[0]
+
+
+def pd_saturation(spec: GridSpec, cluster: str, workload: str) -> float:
+    """The highest rate of a doubling ladder at which pd's SLO attainment holds (>= PD_HOLDS)."""
+    qps, held = LADDER_START, 0.0
+    while qps <= LADDER_MAX:
+        s = simulate(_argv(spec, cluster, workload, qps, ["pd"]))[0]
+        if (s["slo_attainment"] or 0.0) < PD_HOLDS:
+            break
+        held, qps = qps, qps * 2
+    return held if held > 0 else LADDER_START / 2
+
+
+def _saturation_job(job: tuple[GridSpec, str, str]) -> float:
+    return pd_saturation(*job)
+
+
+def check(row: Row) -> list[str]:
+    """The invariant for one cell (empty when it holds or when ppd was not run)."""
+    if "ppd" not in row.attainment:
+        return []
+    out = []
+    ppd = row.attainment["ppd"] or 0.0
+    base = {p: row.attainment[p] or 0.0 for p in BASELINES if p in row.attainment}
+    if base:
+        best = max(base, key=lambda p: base[p])
+        if ppd < base[best] - TOLERANCE:
+            out.append(f"attainment ppd {100 * ppd:.1f}% < {best} {100 * base[best]:.1f}% - {100 * TOLERANCE:g}")
+    t_ppd, t_pd = row.ttft2_p50.get("ppd"), row.ttft2_p50.get("pd")
+    if t_ppd is not None and t_pd is not None and t_ppd > t_pd:
+        out.append(f"turn-2+ TTFT p50 ppd {t_ppd:.1f}ms > pd {t_pd:.1f}ms")
+    return out
+
+
+def run_grid(spec: GridSpec = GridSpec(), progress: bool = False) -> list[Row]:
+    """Run the grid (in ``spec.workers`` processes); one Row per (cluster, workload, rate)."""
+    workers = spec.workers or os.cpu_count() or 1
+    groups = [(c, w) for c in spec.clusters for w in spec.workloads]
+    started = time.monotonic()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        if spec.fixed_qps:
+            rates = {g: [(q, "fixed") for q in spec.fixed_qps] for g in groups}
+        else:
+            sats = list(pool.map(_saturation_job, [(spec, c, w) for c, w in groups]))
+            rates = {g: [(round(f * q, 3), f"{f:g}x sat") for f in spec.load_factors] for g, q in zip(groups, sats)}
+            if progress:
+                print(f"sim_grid: pd saturation found in {time.monotonic() - started:.0f}s", file=sys.stderr)
+        cells = [(c, w, q, label) for (c, w) in groups for q, label in rates[(c, w)]]
+        jobs = [(_argv(spec, c, w, q, [p]), p) for c, w, q, _ in cells for p in spec.policies]
+        results = list(pool.map(_one_policy, jobs))
+    rows = []
+    for k, (c, w, q, label) in enumerate(cells):
+        row = Row(c, w, q, label)
+        for s in results[k * len(spec.policies):(k + 1) * len(spec.policies)]:
+            name = s["policy"]
+            row.attainment[name] = s["slo_attainment"]
+            row.ttft2_p50[name] = s["turn2plus_ttft_ms"]["p50"]
+            row.tpot_p50[name] = s["tpot_ms"]["p50"]
+            row.local_share[name] = s["turn2plus_local_share"]
+        row.violations = check(row)
+        rows.append(row)
+    if progress:
+        print(f"sim_grid: {len(jobs)} runs in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return rows
+
+
+SWEEP_TPOT_TOLERANCE = 0.01  # TPOT p50 may wobble by 1% between neighbouring weights (simulation noise)
+WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+@dataclass(slots=True)
+class SweepRow:
+    w_tpot: float
+    local_share: float | None
+    tpot_p50: float | None
+    ttft2_p50: float | None
+
+
+def weights_sweep(cluster: str = "1P3D", workload: str = "mid_bal", qps: float = 16.0, weights: Sequence[float] = WEIGHTS,
+                  spec: GridSpec = GridSpec(), workers: int = 0) -> tuple[list[SweepRow], list[str]]:
+    """ppd at rising request TPOT weights, no SLO targets (the weights alone decide): the rows and
+    the monotonicity violations (local share must not rise with the TPOT weight, TPOT p50 not by
+    more than SWEEP_TPOT_TOLERANCE). ``spec.router_args`` says how the router is calibrated."""
+    base = _argv(spec, cluster, workload, qps, ["ppd"])
+    for flag in ("--slo-ttft-ms", "--slo-tpot-ms"):  # no targets: the weights decide
+        i = base.index(flag)
+        del base[i:i + 2]
+    jobs = [([*base, "--w-tpot", f"{w:g}"], "ppd") for w in weights]
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        results = list(pool.map(_one_policy, jobs))
+    rows = [SweepRow(w, r["turn2plus_local_share"], r["tpot_ms"]["p50"], r["turn2plus_ttft_ms"]["p50"]) for w, r in zip(weights, results)]
+    bad = []
+    for a, b in itertools.pairwise(rows):
+        if (b.local_share or 0.0) > (a.local_share or 0.0) + 1e-9:
+            bad.append(f"local share rose from w_tpot {a.w_tpot:g} to {b.w_tpot:g}")
+        if (b.tpot_p50 or 0.0) > (a.tpot_p50 or 0.0) * (1 + SWEEP_TPOT_TOLERANCE):
+            bad.append(f"TPOT p50 rose from w_tpot {a.w_tpot:g} to {b.w_tpot:g}")
+    return rows, bad
+
+
+def format_sweep(rows: Sequence[SweepRow], bad: Sequence[str]) -> str:
+    lines = [f"{'w_tpot':>7}  {'local %':>8}  {'TPOT p50':>9}  {'ttft2 p50':>9}"]
+    lines += [f"{r.w_tpot:>7g}  {_pct(r.local_share):>8}  {_ms(r.tpot_p50):>9}  {_ms(r.ttft2_p50):>9}" for r in rows]
+    lines.append("monotone" if not bad else "!! " + "; ".join(bad))
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def format_grid(rows: Sequence[Row]) -> str:
+    """One line per cell: SLO attainment (%) per policy, ppd's and pd's turn-2+ TTFT p50, ppd's local
+    share and TPOT p50, and the violations (marked ``!!``)."""
+    policies = list(rows[0].attainment) if rows else []
+    head = ["cluster", "workload", "qps", "load", *policies, "ttft2 ppd/pd", "ppd tpot", "ppd local", "check"]
+    table = [head]
+    for r in rows:
+        ttft = f"{_ms(r.ttft2_p50.get('ppd'))}/{_ms(r.ttft2_p50.get('pd'))}"
+        table.append([r.cluster, r.workload, f"{r.qps:g}", r.load, *(_pct(r.attainment[p]) for p in policies), ttft,
+                      _ms(r.tpot_p50.get("ppd")), _pct(r.local_share.get("ppd")), "!! " + "; ".join(r.violations) if r.violations else "ok"])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
+    lines = ["  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) + "  " + row[-1]
+             for row in table]
+    lines.insert(1, "-" * len(lines[0]))
+    bad = sum(bool(r.violations) for r in rows)
+    lines.append(f"{len(rows)} cells, {bad} violating (attainment in %, ppd >= best of {', '.join(BASELINES)} - "
+                 f"{100 * TOLERANCE:g} points; turn-2+ TTFT p50 ppd <= pd)")
+    return "\n".join(lines)
+
+
+def _csv(text: str, what: str, cast: Any = str) -> tuple[Any, ...]:
+    try:
+        items = tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"sim_grid: bad --{what} {text!r}") from None
+    if not items:
+        raise SystemExit(f"sim_grid: --{what} {text!r} names nothing")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Other arguments are passed to ppd-sim.")
+    d = GridSpec()
+    p.add_argument("--clusters", default=",".join(d.clusters))
+    p.add_argument("--workloads", default=",".join(d.workloads))
+    p.add_argument("--policies", default=",".join(d.policies))
+    p.add_argument("--loads", default=",".join(f"{f:g}" for f in d.load_factors), help="multiples of pd's saturation rate")
+    p.add_argument("--qps", help="fixed rates instead of the saturation ladder, e.g. 5,10,15")
+    p.add_argument("--duration", type=float, default=d.duration_s, help="seconds of arrivals per run")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--slo-ttft-ms", type=float, default=d.slo_ttft_ms)
+    p.add_argument("--slo-tpot-ms", type=float, default=d.slo_tpot_ms)
+    p.add_argument("--router-args", default=" ".join(d.router_args), help="how the router is calibrated (ppd-sim options)")
+    p.add_argument("--workers", type=int, default=0, help="processes (0 = all CPUs)")
+    p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--weights-sweep", metavar="CLUSTER:WORKLOAD:QPS", help="instead of the grid: ppd at rising TPOT weights, "
+                   "no SLO targets, e.g. 1P3D:mid_bal:16; checks that local share and TPOT p50 fall monotonically")
+    args, rest = p.parse_known_args(argv)
+    spec = GridSpec(
+        clusters=_csv(args.clusters, "clusters"), workloads=_csv(args.workloads, "workloads"), policies=_csv(args.policies, "policies"),
+        load_factors=_csv(args.loads, "loads", float), duration_s=args.duration, seed=args.seed, slo_ttft_ms=args.slo_ttft_ms,
+        slo_tpot_ms=args.slo_tpot_ms, sim_args=(*GridSpec().sim_args, *rest), router_args=tuple(args.router_args.split()),
+        fixed_qps=_csv(args.qps, "qps", float) if args.qps else (), workers=args.workers,
+    )
+    if args.weights_sweep:
+        try:
+            c, w, q = args.weights_sweep.split(":")
+            qps = float(q)
+        except ValueError:
+            p.error(f"bad --weights-sweep {args.weights_sweep!r}; write CLUSTER:WORKLOAD:QPS, e.g. 1P3D:mid_bal:16")
+        rows_w, bad = weights_sweep(c, w, qps, spec=spec, workers=args.workers)
+        print(f"weights sweep: {c} {w} at {qps:g} new sessions/s, {spec.duration_s:g}s, no SLO targets")
+        print(format_sweep(rows_w, bad))
+        return 1 if bad else 0
+    try:  # validate once, before spending minutes
+        from ppd_sim.cli import build_parser, prepare
+
+        prepare(build_parser().parse_args(_argv(spec, spec.clusters[0], spec.workloads[0], 1.0, spec.policies)))
+    except ValueError as e:
+        p.error(str(e))
+    rows = run_grid(spec, progress=True)
+    print(format_grid(rows))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"spec": {k: getattr(spec, k) for k in spec.__slots__}, "rows": [r.as_dict() for r in rows]}, f, indent=2)
+    return 1 if any(r.violations for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
