@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--worker", action="append", metavar="URL", help="a unified (non-disaggregated) worker; repeatable")
     g = p.add_argument_group("routing")
     g.add_argument("--policy", help=f"routing policy: {', '.join(POLICY_SPECS)}" + _d("policy"))
-    g.add_argument("--profile", help="cost-model profile JSON saved by `ppd-server profile`")
+    g.add_argument("--profile", help="cost-model profile JSON saved by `ppd-server profile`, or a preset: "
+                                     "builtin (SmolLM2 on the CPU engine), h200-ppd-engine-llama8b")
     g.add_argument("--tokenizer", help="tokenizer source (.gguf or HF dir) for exact token counts; default: "
                                        "the workers' model when it is a local path, else a learned bytes/token ratio")
     g.add_argument("--link-gbps", type=float, help="P->D KV link bandwidth the cost model assumes" + _d("link_gbps"))
