@@ -228,11 +228,23 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"argv": ["python", "benchmarks/report.py", *(argv if argv is not None else sys.argv[1:])],
             "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": {k: round(v, 1) for k, v in timings.items()},
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "git": _git_head(), "reused": {"sim": a.reuse_sim, "live": a.skip_live}}
+            "git": _git_head(), "reused": {"sim": a.reuse_sim, "live": a.skip_live}, "recorded": _recorded(sim, live, validation)}
     text = report_render.render(meta, sim, live, validation, data_dir)
     (out_dir / "REPORT.md").write_text(text)
     print(f"report: wrote {out_dir / 'REPORT.md'} in {timings['total']:.0f}s", file=sys.stderr)
     return 0
+
+
+def _recorded(sim: dict[str, Any] | None, live: dict[str, Any] | None, validation: dict[str, Any] | None) -> dict[str, float]:
+    """Seconds each part took when it was last run (saved with its figures)."""
+    out: dict[str, float] = {}
+    if sim:
+        out["sim"] = sum(g["seconds"] for g in sim.get("grids", [])) + ((sim.get("weights") or {}).get("seconds") or 0.0)
+    if live:
+        out["live"] = live["seconds"]
+    if validation:
+        out["validation"] = validation["seconds"]
+    return out
 
 
 def _git_head() -> str:
