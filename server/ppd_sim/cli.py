@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from ppd_server.profile import DEFAULT_PROFILE, load_profile
+from ppd_server.profiling import DEFAULT_PROFILE, load_profile
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import POLICY_SPECS, make_policy
 from ppd_server.routing.types import CostCoefficients

@@ -1,4 +1,4 @@
-"""Built-in GPU and model presets: roofline cost profiles (``ppd_server.profile.roofline_profile``)
+"""Built-in GPU and model presets: roofline cost profiles (``ppd_server.profiling.roofline_profile``)
 and KV capacities for the simulated workers.
 
 Datasheet figures (dense BF16 tensor FLOP/s, HBM/GDDR bandwidth, memory). Model KV bytes per
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ppd_server.profile import roofline_profile
+from ppd_server.profiling.roofline import roofline_profile
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ppd_server.profile import roofline_profile, save_profile
+from ppd_server.profiling import roofline_profile, save_profile
 from ppd_sim.cli import main
 
 SMALL = ["--qps", "2", "--duration", "5", "--quiet"]

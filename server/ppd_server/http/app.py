@@ -49,7 +49,7 @@ def workers_from_config(config: RouterConfig) -> list[Worker]:
 def _load_profile(path: str | None) -> dict | None:
     if not path:
         return None
-    from ppd_server.profile import load_profile
+    from ppd_server.profiling import load_profile
 
     return load_profile(path)
 

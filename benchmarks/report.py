@@ -1,0 +1,258 @@
+"""Regenerate ``benchmarks/REPORT.md`` in one command: PPD in the simulator, measured live, and
+the simulator checked against the measurements.
+
+    python benchmarks/report.py               # everything (sim grid, live CPU comparison, validation)
+    python benchmarks/report.py --skip-live   # sim only; reuse the saved live and validation JSON
+    python benchmarks/report.py --reuse-sim   # re-render from saved sim JSON (seconds)
+
+Parts (each saves its figures as JSON under ``benchmarks/report/``, next to the PNGs):
+
+a. **Simulated grid** - ``benchmarks/sim_grid.py`` (the policy grid runner: fleets x workloads x
+   loads from light to past pd's saturation x policies, router fitted online from the built-in
+   profile), plus a TPOT-weight sweep of ppd on one fleet;
+b. **Measured CPU comparison** - ``ppd-bench compare``: ppd, pd, local, threshold and
+   sglang-router PD in front of the same embedded 1P1D SmolLM2 workers, one workload, one run;
+c. **Validation** - ``benchmarks/validate_sim.py``: the same ppd-bench workload measured on the
+   embedded 1P1D cluster and simulated with that cluster's measured profile.
+
+Every figure's caption carries the command and conditions that produced it. Plots use
+matplotlib's Agg backend. Bounded: the sim grid runs in ``--workers`` processes with a fixed
+simulated duration; the live parts have their own time bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # sim_grid, validate_sim and ppd_bench live beside this file
+
+import report_render  # noqa: E402
+
+WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+LONG_CONTEXT_SLO_TTFT_MS = 1000.0  # a ~10k-token first turn takes ~0.4 s to prefill alone on an H100
+
+
+def _csv(text: str, cast: Any = str) -> tuple[Any, ...]:
+    return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="report.py", description="Regenerate benchmarks/REPORT.md (sim grid, live comparison, validation).")
+    p.add_argument("--out-dir", default=str(HERE), help="where REPORT.md and report/ go (default: benchmarks/)")
+    p.add_argument("--skip-live", action="store_true", help="do not run the live parts; reuse their saved JSON when present")
+    p.add_argument("--reuse-sim", action="store_true", help="do not rerun the simulations; render from the saved sim JSON")
+    g = p.add_argument_group("simulated grid (passed to sim_grid.GridSpec)")
+    g.add_argument("--clusters", default="1P3D,2P2D,3P1D")
+    g.add_argument("--workloads", default="big_paste,huge_paste,mid_bal,long_gen,mixed,long-context")
+    g.add_argument("--policies", default="pd,local,threshold:512,ratio:0.5,ppd")
+    g.add_argument("--loads", default="0.25,0.5,1,2", help="multiples of pd's saturation rate")
+    g.add_argument("--qps", help="fixed rates instead of pd's saturation ladder (smoke runs)")
+    g.add_argument("--duration", type=float, default=30.0, help="simulated seconds of arrivals per run (default 30)")
+    g.add_argument("--slo-ttft-ms", type=float, default=200.0)
+    g.add_argument("--slo-tpot-ms", type=float, default=15.0)
+    g.add_argument("--sim-args", default="", help="extra ppd-sim options for every run (e.g. the router's poll lag)")
+    g.add_argument("--workers", type=int, default=0, help="processes (0 = all CPUs)")
+    g.add_argument("--weights-cell", default="1P3D,mid_bal,16",
+                   help="CLUSTER,WORKLOAD[,QPS] of the TPOT-weight sweep (no QPS: pd's saturation rate from the grid)")
+    g.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS), help="w_tpot values of the sweep")
+    live = p.add_argument_group("live parts")
+    live.add_argument("--live-args", default="", help="extra ppd-bench compare options (default: its own, sized for a 2-core box)")
+    live.add_argument("--validate-args", default="", help="extra benchmarks/validate_sim.py options")
+    return p
+
+
+# -- (a) the simulated grid ----------------------------------------------------------------------
+
+
+def _grid_command(a: argparse.Namespace, workloads: str, slo_ttft: float) -> str:
+    extra = f" --qps {a.qps}" if a.qps else f" --loads {a.loads}"
+    return (f"python benchmarks/sim_grid.py --clusters {a.clusters} --workloads {workloads} --policies {a.policies}{extra} "
+            f"--duration {a.duration:g} --slo-ttft-ms {slo_ttft:g} --slo-tpot-ms {a.slo_tpot_ms:g} {a.sim_args}").strip()
+
+
+def run_sim(a: argparse.Namespace) -> dict[str, Any]:
+    import sim_grid
+
+    workloads = _csv(a.workloads)
+    # long-context has its own TTFT target: its first turn alone takes ~0.4 s on an H100
+    groups = [(tuple(w for w in workloads if w != "long-context"), a.slo_ttft_ms)]
+    if "long-context" in workloads:
+        groups.append((("long-context",), LONG_CONTEXT_SLO_TTFT_MS))
+    out: dict[str, Any] = {"grids": [], "weights": None}
+    for names, slo_ttft in groups:
+        if not names:
+            continue
+        spec = sim_grid.GridSpec(
+            clusters=_csv(a.clusters), workloads=names, policies=_csv(a.policies), load_factors=_csv(a.loads, float),
+            duration_s=a.duration, slo_ttft_ms=slo_ttft, slo_tpot_ms=a.slo_tpot_ms,
+            sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()), fixed_qps=_csv(a.qps, float) if a.qps else (),
+            workers=a.workers,
+        )
+        started = time.monotonic()
+        rows = sim_grid.run_grid(spec, progress=True)
+        out["grids"].append({
+            "command": _grid_command(a, ",".join(names), slo_ttft), "seconds": round(time.monotonic() - started, 1),
+            "slo_ttft_ms": slo_ttft, "slo_tpot_ms": a.slo_tpot_ms, "duration_s": a.duration,
+            "sim_args": list(spec.sim_args), "router_args": list(spec.router_args), "rows": [r.as_dict() for r in rows],
+        })
+    out["weights"] = run_weights(a, out["grids"])
+    return out
+
+
+def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """sim_grid.weights_sweep: ppd at rising TPOT weights on one fleet, no SLO target (the weights
+    alone decide). The rate is the cell's, else pd's saturation rate found by the grid."""
+    import sim_grid
+
+    cluster, workload, *rest = a.weights_cell.split(",")
+    if rest:
+        qps = float(rest[0])
+    else:
+        rows = [r for g in grids for r in g["rows"] if r["cluster"] == cluster and r["workload"] == workload]
+        if not rows:
+            return None
+        qps = ([r for r in rows if r["load"].startswith("1x")] or rows[len(rows) // 2:])[0]["qps"]
+    weights = _csv(a.weights, float)
+    spec = sim_grid.GridSpec(duration_s=a.duration, sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()))
+    started = time.monotonic()
+    rows, bad = sim_grid.weights_sweep(cluster, workload, qps, weights, spec=spec, workers=a.workers)
+    points = [{"w_tpot": r.w_tpot, "local_share": r.local_share, "tpot_p50_ms": r.tpot_p50, "ttft2_p50_ms": r.ttft2_p50} for r in rows]
+    return {"cluster": cluster, "workload": workload, "qps": qps, "points": points, "violations": bad,
+            "seconds": round(time.monotonic() - started, 1),
+            "command": f"python benchmarks/sim_grid.py --weights-sweep {cluster}:{workload}:{qps:g} --duration {a.duration:g} {a.sim_args}".strip()}
+
+
+# -- (b) and (c): the live parts -------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
+    out = data_dir / "live_compare.json"
+    argv = [sys.executable, "-m", "ppd_bench", "compare", "--systems", "ppd,pd,local,threshold:256,sglang-router",
+            "--baseline", "sglang-router", *a.live_args.split(), "--out", str(out)]
+    started = time.monotonic()
+    proc = subprocess.run(argv, env=_env(), cwd=HERE.parent, text=True, capture_output=True)
+    sys.stderr.write(proc.stderr[-4000:])
+    if proc.returncode != 0 or not out.exists():
+        print(f"report: live comparison failed (exit {proc.returncode}); keeping any saved one", file=sys.stderr)
+        return None
+    doc = json.loads(out.read_text())
+    return {"command": "ppd-bench compare " + " ".join(argv[4:-2]), "seconds": round(time.monotonic() - started, 1), "doc": doc}
+
+
+def run_validation(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
+    out = data_dir / "validation_raw.json"
+    argv = [sys.executable, str(HERE / "validate_sim.py"), *a.validate_args.split(), "--json", str(out)]
+    started = time.monotonic()
+    proc = subprocess.run(argv, env=_env(), cwd=HERE.parent, text=True, capture_output=True)
+    sys.stderr.write(proc.stderr[-4000:])
+    print(proc.stdout, file=sys.stderr)
+    if not out.exists():
+        print(f"report: validation failed (exit {proc.returncode})", file=sys.stderr)
+        return None
+    return {"command": "python benchmarks/validate_sim.py " + " ".join(argv[2:-2]), "seconds": round(time.monotonic() - started, 1),
+            "doc": json.loads(out.read_text()), "exit": proc.returncode}
+
+
+# -- main --------------------------------------------------------------------------------------------
+
+
+def _saved(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    try:
+        for name, text, cast in (("--clusters", a.clusters, str), ("--workloads", a.workloads, str), ("--policies", a.policies, str),
+                                 ("--loads", a.loads, float), ("--weights", a.weights, float), ("--qps", a.qps or "1", float)):
+            if not _csv(text, cast):
+                raise ValueError(f"{name} {text!r} names nothing")
+        if not a.duration > 0:
+            raise ValueError(f"--duration must be > 0, got {a.duration}")
+        if "," not in a.weights_cell:
+            raise ValueError(f"--weights-cell must be CLUSTER,WORKLOAD, got {a.weights_cell!r}")
+    except ValueError as e:
+        p.error(str(e))
+    out_dir = Path(a.out_dir)
+    data_dir = out_dir / "report"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    if a.reuse_sim:
+        sim = _saved(data_dir / "sim.json")
+        if sim is None:
+            p.error(f"--reuse-sim: no saved {data_dir / 'sim.json'}")
+    else:
+        t = time.monotonic()
+        sim = run_sim(a)
+        timings["sim"] = time.monotonic() - t
+        _save(data_dir / "sim.json", sim)
+
+    live = validation = None
+    if not a.skip_live:
+        t = time.monotonic()
+        live = run_live(a, data_dir)
+        timings["live"] = time.monotonic() - t
+        if live is not None:
+            _save(data_dir / "live.json", live)
+        t = time.monotonic()
+        validation = run_validation(a, data_dir)
+        timings["validation"] = time.monotonic() - t
+        if validation is not None:
+            _save(data_dir / "validation.json", validation)
+    live = live or _saved(data_dir / "live.json")
+    validation = validation or _saved(data_dir / "validation.json")
+
+    timings["total"] = time.monotonic() - started
+    meta = {"argv": ["python", "benchmarks/report.py", *(argv if argv is not None else sys.argv[1:])],
+            "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": {k: round(v, 1) for k, v in timings.items()},
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+            "git": _git_head(), "reused": {"sim": a.reuse_sim, "live": a.skip_live}, "recorded": _recorded(sim, live, validation)}
+    text = report_render.render(meta, sim, live, validation, data_dir)
+    (out_dir / "REPORT.md").write_text(text)
+    print(f"report: wrote {out_dir / 'REPORT.md'} in {timings['total']:.0f}s", file=sys.stderr)
+    return 0
+
+
+def _recorded(sim: dict[str, Any] | None, live: dict[str, Any] | None, validation: dict[str, Any] | None) -> dict[str, float]:
+    """Seconds each part took when it was last run (saved with its figures)."""
+    out: dict[str, float] = {}
+    if sim:
+        out["sim"] = sum(g["seconds"] for g in sim.get("grids", [])) + ((sim.get("weights") or {}).get("seconds") or 0.0)
+    if live:
+        out["live"] = live["seconds"]
+    if validation:
+        out["validation"] = validation["seconds"]
+    return out
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
