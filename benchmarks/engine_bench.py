@@ -54,8 +54,11 @@ class Bench:
     def req(self, prompt: list[int], max_new: int) -> Req:
         params = SamplingParams(max_new_tokens=max_new, temperature=0.0, ignore_eos=True)
         self.ids += 1
-        tracker = OutputTracker(params, self.lm.tokenizer.eos_token_ids,
-                                lambda ids, skip: self.lm.tokenizer.decode(ids, skip_special_tokens=skip))
+        tracker = OutputTracker(
+            params,
+            self.lm.tokenizer.eos_token_ids,
+            lambda ids, skip: self.lm.tokenizer.decode(ids, skip_special_tokens=skip),
+        )
         return Req(rid=f"b{self.ids}", prompt_ids=prompt, sampling=params, tracker=tracker)
 
     def step(self) -> tuple[float, int]:
@@ -134,8 +137,15 @@ def bench_asymmetry(b: Bench, chunk: int, streams: int = 8, ctx: int = 1024) -> 
     full_tpot, full_stall, full_steps = serve(b.prompt(ctx))
     append_tpot, append_stall, append_steps = serve(prefix + b.prompt(64))
     b.abort_all()
-    return {"alone": alone, "full_tpot": full_tpot, "full_stall": full_stall, "full_steps": full_steps,
-            "append_tpot": append_tpot, "append_stall": append_stall, "append_steps": append_steps}
+    return {
+        "alone": alone,
+        "full_tpot": full_tpot,
+        "full_stall": full_stall,
+        "full_steps": full_steps,
+        "append_tpot": append_tpot,
+        "append_stall": append_stall,
+        "append_steps": append_steps,
+    }
 
 
 def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3, same_host: bool = False) -> float:
@@ -148,10 +158,10 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3, same_host: bool = 
 
     b.reset(chunk=2048)
     src, dst = b.req(b.prompt(n), max_new=1), b.req(b.prompt(n), max_new=1)
-    dst.mode = Mode.DECODE_RECV   # admitted without compute: pages only
+    dst.mode = Mode.DECODE_RECV  # admitted without compute: pages only
     for req in (src, dst):
         b.sched.add(req)
-    b.sched.schedule()   # admits both: pages allocated
+    b.sched.schedule()  # admits both: pages allocated
 
     async def once(room: int) -> float:
         server = BootstrapServer("127.0.0.1", 0, timeout=30, same_host=same_host)
@@ -162,8 +172,9 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3, same_host: bool = 
             b.runner.write_kv(dst, received.start, received.data)
 
         began = time.perf_counter()
-        await asyncio.gather(server.send(room, result), fetch_kv("127.0.0.1", server.port, room, 0, 30, store,
-                                                                    same_host=same_host))
+        await asyncio.gather(
+            server.send(room, result), fetch_kv("127.0.0.1", server.port, room, 0, 30, store, same_host=same_host)
+        )
         elapsed = time.perf_counter() - began
         await server.close()
         return elapsed
@@ -191,14 +202,14 @@ def load_baseline(path: str) -> str:
 def measure(b: Bench, backends: list[str], rounds: int) -> dict[str, list[tuple[str, str, str]]]:
     """Every figure for every backend, interleaved (backend A, B, A, B, ... per figure) so a
     shared machine's load changes hit both alike; throughputs keep the best of the rounds."""
+
     def best_of(fn) -> dict[str, tuple[float, float]]:
         got: dict[str, list[tuple[float, float]]] = {name: [] for name in backends}
         for _ in range(rounds):
             for name in backends:
                 b.lm.model.attention_backend = name
                 got[name].append(fn())
-        return {name: (statistics.median(m for m, _ in vals), max(x for _, x in vals))
-                for name, vals in got.items()}
+        return {name: (statistics.median(m for m, _ in vals), max(x for _, x in vals)) for name, vals in got.items()}
 
     rate = "{0[0]:8.0f} tok/s  (best {0[1]:.0f})".format
     rows: dict[str, list[tuple[str, str, str]]] = {name: [] for name in backends}
@@ -209,8 +220,11 @@ def measure(b: Bench, backends: list[str], rounds: int) -> dict[str, list[tuple[
 
     chunk = b.chunk
     for n in (512, 2048):
-        add(f"prefill {n} tok, one step", best_of(lambda: bench_prefill(b, n, chunk=n)),
-            "target >= 700 at 512" if n == 512 else "")
+        add(
+            f"prefill {n} tok, one step",
+            best_of(lambda: bench_prefill(b, n, chunk=n)),
+            "target >= 700 at 512" if n == 512 else "",
+        )
     add(f"prefill 2048 tok, chunks of {chunk}", best_of(lambda: bench_prefill(b, 2048, chunk)), "as served")
     decode = {}
     for batch in (1, 8, 32):
@@ -225,19 +239,29 @@ def measure(b: Bench, backends: list[str], rounds: int) -> dict[str, list[tuple[
         b.lm.model.attention_backend = name
         for label, same_host in (("loopback TCP", False), ("same-host shm", True)):
             gbps = bench_transfer(b, same_host=same_host)
-            rows[name].append((f"KV transfer 2048 tok, {label}", f"{gbps:8.2f} GB/s",
-                               f"{2048 * b.runner.kv_bytes_per_token / 1e6:.0f} MB"))
+            rows[name].append(
+                (
+                    f"KV transfer 2048 tok, {label}",
+                    f"{gbps:8.2f} GB/s",
+                    f"{2048 * b.runner.kv_bytes_per_token / 1e6:.0f} MB",
+                )
+            )
     for name in backends:
         b.lm.model.attention_backend = name
         a = bench_asymmetry(b, b.chunk)
         rows[name] += [
             ("TPOT, 8 streams ctx 1024, alone", f"{a['alone'] * 1000:8.1f} ms", ""),
-            ("TPOT while a 1024 full prefill is served", f"{a['full_tpot'] * 1000:8.1f} ms",
-             f"{a['full_steps']} step(s), added stall {a['full_stall'] * 1000:.0f} ms"),
-            ("TPOT while a 64 append on cached 1024", f"{a['append_tpot'] * 1000:8.1f} ms",
-             f"{a['append_steps']} step(s), added stall {a['append_stall'] * 1000:.0f} ms"),
-            ("append stall / full-prefill stall", f"{a['append_stall'] / a['full_stall']:8.3f}",
-             "target <= 0.15"),
+            (
+                "TPOT while a 1024 full prefill is served",
+                f"{a['full_tpot'] * 1000:8.1f} ms",
+                f"{a['full_steps']} step(s), added stall {a['full_stall'] * 1000:.0f} ms",
+            ),
+            (
+                "TPOT while a 64 append on cached 1024",
+                f"{a['append_tpot'] * 1000:8.1f} ms",
+                f"{a['append_steps']} step(s), added stall {a['append_stall'] * 1000:.0f} ms",
+            ),
+            ("append stall / full-prefill stall", f"{a['append_stall'] / a['full_stall']:8.3f}", "target <= 0.15"),
         ]
     return rows
 
@@ -249,9 +273,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--chunked-prefill-size", type=int, default=512)
-    parser.add_argument("--baseline-attention", metavar="FILE",
-                        help="also measure the paged_attention of FILE (an earlier kernel), "
-                             "interleaved with the current one in this run")
+    parser.add_argument(
+        "--baseline-attention",
+        metavar="FILE",
+        help="also measure the paged_attention of FILE (an earlier kernel), "
+        "interleaved with the current one in this run",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per figure")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -261,9 +288,11 @@ def main() -> None:
     lm = load_model(resolve_model(args.model), dtype=dtype)
     b = Bench(lm, dtype, args.page_size, args.chunked_prefill_size, max_tokens=48 * 1024)
     backends = ([load_baseline(args.baseline_attention)] if args.baseline_attention else []) + ["fast"]
-    print(f"# engine_bench: {lm.name}, {args.dtype}, {args.threads} thread(s), page {args.page_size}, "
-          f"chunked prefill {args.chunked_prefill_size}, attention {' vs '.join(backends)}, "
-          f"{args.rounds} round(s)")
+    print(
+        f"# engine_bench: {lm.name}, {args.dtype}, {args.threads} thread(s), page {args.page_size}, "
+        f"chunked prefill {args.chunked_prefill_size}, attention {' vs '.join(backends)}, "
+        f"{args.rounds} round(s)"
+    )
     rows = measure(b, backends, args.rounds)
     width = max(len(r[0]) for r in rows["fast"])
     for name in backends:

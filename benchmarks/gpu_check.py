@@ -31,13 +31,14 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 HERE = Path(__file__).resolve().parent
-for sub in ("", "server", "kernels"):   # a source checkout without PYTHONPATH works too
+for sub in ("", "server", "kernels"):  # a source checkout without PYTHONPATH works too
     path = str(HERE.parent / sub) if sub else str(HERE.parent)
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -70,21 +71,29 @@ class Clock:
 
 
 def section_env(device: torch.device, clock: Clock, quick: bool) -> dict[str, Any]:
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                           "device": str(device), "cpus": os.cpu_count(),
-                           "torch_threads": torch.get_num_threads()}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2 ** 30, 1),
-                   capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda)
+        env.update(
+            gpu=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+        )
     n = 1024 if quick or device.type == "cpu" else 8192
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     seconds = clock.best(lambda: a @ a, repeats=3 if quick else 10)
-    env["peak_bf16_tflops"] = round(2 * n ** 3 / seconds / 1e12, 3)
+    env["peak_bf16_tflops"] = round(2 * n**3 / seconds / 1e12, 3)
     big = torch.empty(2 ** (26 if quick or device.type == "cpu" else 30), dtype=torch.uint8, device=device)
     dst = torch.empty_like(big)
     seconds = clock.best(lambda: dst.copy_(big), repeats=3 if quick else 10)
-    env["copy_gbps"] = round(2 * big.numel() / seconds / 1e9, 1)   # read + write
+    env["copy_gbps"] = round(2 * big.numel() / seconds / 1e9, 1)  # read + write
     return env
 
 
@@ -95,7 +104,7 @@ def section_correctness(device: torch.device, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     ref = load_model("synthetic:3", dtype=torch.float32, device="cpu")
     dev = load_model("synthetic:3", dtype=torch.float32, device=device)
-    shapes = [(0, 40), (17, 1), (30, 1), (12, 9)]                 # (cached, new): mixed batch
+    shapes = [(0, 40), (17, 1), (30, 1), (12, 9)]  # (cached, new): mixed batch
     slots, start = [], 0
     for cached, new in shapes:
         slots.append(list(range(start, start + cached + new)))
@@ -117,17 +126,22 @@ def section_correctness(device: torch.device, quick: bool) -> dict[str, Any]:
     cases = passed = 0
     rng = torch.Generator().manual_seed(5)
     for dtype, atol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
-        for shape in ([(17, 1), (1, 1), (63, 1), (0, 1)], [(0, 9), (0, 2)], [(31, 8), (4, 20)],
-                      [(0, 5), (40, 1), (12, 3), (7, 1), (0, 1)]):
+        for shape in (
+            [(17, 1), (1, 1), (63, 1), (0, 1)],
+            [(0, 9), (0, 2)],
+            [(31, 8), (4, 20)],
+            [(0, 5), (40, 1), (12, 3), (7, 1), (0, 1)],
+        ):
             for num_heads in (2, 6):
                 for shuffled in (False, True):
                     perm = torch.randperm(320, generator=rng) if shuffled else torch.arange(320)
                     slot_lists, at = [], 0
                     for cached, new in shape:
-                        slot_lists.append(perm[at:at + cached + new].tolist())
+                        slot_lists.append(perm[at : at + cached + new].tolist())
                         at += cached + new
-                    batch = ForwardBatch.build([[0] * n for _, n in shape], [c for c, _ in shape],
-                                               slot_lists, device=device)
+                    batch = ForwardBatch.build(
+                        [[0] * n for _, n in shape], [c for c, _ in shape], slot_lists, device=device
+                    )
                     plan = batch.plan()
                     q = torch.randn(batch.input_ids.numel(), num_heads, 16, generator=rng).to(device, dtype)
                     k = torch.randn(2, 320, 16, generator=rng).to(device, dtype)
@@ -143,15 +157,17 @@ def section_correctness(device: torch.device, quick: bool) -> dict[str, Any]:
 
 def _model_bytes(lm) -> int:
     model = lm.model
-    total = sum(t.numel() * t.element_size() for layer in model.layers
-                for t in (layer.w_qkv, layer.w_o, layer.w_gate_up, layer.w_down))
+    total = sum(
+        t.numel() * t.element_size()
+        for layer in model.layers
+        for t in (layer.w_qkv, layer.w_o, layer.w_gate_up, layer.w_down)
+    )
     return total + model.lm_head.numel() * model.lm_head.element_size()
 
 
 def _paged_slots(batch: int, length: int, page: int = 16) -> list[list[int]]:
     pages = -(-length // page)
-    return [[(i * pages + p) * page + j for p in range(pages) for j in range(page)][:length]
-            for i in range(batch)]
+    return [[(i * pages + p) * page + j for p in range(pages) for j in range(page)][:length] for i in range(batch)]
 
 
 def section_engine(lm, device: torch.device, clock: Clock, env: dict[str, Any], quick: bool) -> dict[str, Any]:
@@ -166,8 +182,13 @@ def section_engine(lm, device: torch.device, clock: Clock, env: dict[str, Any], 
     decodes = [(b, c) for c in ((256,) if quick else (1024, 4096)) for b in ((1, 8) if quick else (1, 8, 32, 64))]
     vocab = cfg.vocab_size
     gen = torch.Generator().manual_seed(0)
-    out: dict[str, Any] = {"model": lm.name, "dtype": str(dtype).removeprefix("torch."),
-                           "weights_gb": round(weight_bytes / 1e9, 2), "prefill": [], "decode": []}
+    out: dict[str, Any] = {
+        "model": lm.name,
+        "dtype": str(dtype).removeprefix("torch."),
+        "weights_gb": round(weight_bytes / 1e9, 2),
+        "prefill": [],
+        "decode": [],
+    }
 
     def ids(n: int) -> list[int]:
         return torch.randint(3, min(vocab, 250), (n,), generator=gen).tolist()
@@ -175,23 +196,36 @@ def section_engine(lm, device: torch.device, clock: Clock, env: dict[str, Any], 
     for n in prefills:
         kv = KVPool(cfg, n, dtype=dtype, device=device)
         batch = ForwardBatch.build([ids(n)], [0], [list(range(n))], device=device)
-        seconds = clock.best(lambda: lm.model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
-                             repeats=1 if quick else 2)
+        seconds = clock.best(
+            lambda: lm.model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
+            repeats=1 if quick else 2,
+        )
         flops = 2 * params * n + 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * n * n  # causal QK + PV
         roof = flops / peak
-        out["prefill"].append({"tokens": n, "ms": seconds * 1e3, "tok_s": n / seconds,
-                               "roofline_ms": roof * 1e3, "share": roof / seconds})
+        out["prefill"].append(
+            {"tokens": n, "ms": seconds * 1e3, "tok_s": n / seconds, "roofline_ms": roof * 1e3, "share": roof / seconds}
+        )
         del kv
     for b, ctx in decodes:
         slots = _paged_slots(b, ctx + 1)
         kv = KVPool(cfg, max(max(s) for s in slots) + 1, dtype=dtype, device=device)
         kv.data.normal_()
         batch = ForwardBatch.build([ids(1) for _ in range(b)], [ctx] * b, slots, device=device)
-        seconds = clock.best(lambda: lm.model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
-                             repeats=3 if quick else 5)
+        seconds = clock.best(
+            lambda: lm.model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
+            repeats=3 if quick else 5,
+        )
         roof = (weight_bytes + b * (ctx + 1) * kv_token) / bandwidth
-        out["decode"].append({"batch": b, "context": ctx, "step_ms": seconds * 1e3, "tok_s": b / seconds,
-                              "roofline_ms": roof * 1e3, "share": roof / seconds})
+        out["decode"].append(
+            {
+                "batch": b,
+                "context": ctx,
+                "step_ms": seconds * 1e3,
+                "tok_s": b / seconds,
+                "roofline_ms": roof * 1e3,
+                "share": roof / seconds,
+            }
+        )
         del kv
     out["stall"] = _stall(lm, device, clock, ids, quick)
     return out
@@ -215,7 +249,7 @@ def _stall(lm, device, clock, ids, quick: bool) -> dict[str, Any]:
         cached = [ctx] * streams
         if extra_new:
             new_ids.append(ids(extra_new))
-            slots.append(prefix_slots[:extra_cached + extra_new])
+            slots.append(prefix_slots[: extra_cached + extra_new])
             cached.append(extra_cached)
         batch = ForwardBatch.build(new_ids, cached, slots, device=device)
         return lambda: lm.model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv)
@@ -227,9 +261,15 @@ def _stall(lm, device, clock, ids, quick: bool) -> dict[str, Any]:
         for name, fn in steps.items():
             best[name] = min(best[name], clock.best(fn, 1 if quick else 2))
     alone, full, appended = best["alone"], best["full"], best["append"]
-    return {"streams": streams, "context": ctx, "append": append, "alone_ms": alone * 1e3,
-            "full_step_ms": full * 1e3, "append_step_ms": appended * 1e3,
-            "stall_ratio": (appended - alone) / max(full - alone, 1e-9)}
+    return {
+        "streams": streams,
+        "context": ctx,
+        "append": append,
+        "alone_ms": alone * 1e3,
+        "full_step_ms": full * 1e3,
+        "append_step_ms": appended * 1e3,
+        "stall_ratio": (appended - alone) / max(full - alone, 1e-9),
+    }
 
 
 def _transfer_server(device: str, tokens: int, shape: list[int], port_queue, stop) -> None:
@@ -249,7 +289,7 @@ def _transfer_server(device: str, tokens: int, shape: list[int], port_queue, sto
         while not stop.is_set():
             try:
                 await server.send(room, PrefillResult(1, tokens, 0, lambda s, e: blob[:, :, :, s:e]))
-            except Exception:   # noqa: BLE001 - the parent went away
+            except Exception:
                 break
             room += 1
         await server.close()
@@ -266,7 +306,7 @@ def section_kv_transfer(lm, device: torch.device, quick: bool) -> dict[str, Any]
     cfg = lm.config
     # 2048 tokens of the model (268 MB on the 8B shape); small models: at least 16 / 64 MB
     per_token = cfg.kv_bytes_per_token(torch.bfloat16)
-    tokens = max(2048, -(-(16 if quick else 64) * 2 ** 20 // per_token))
+    tokens = max(2048, -(-(16 if quick else 64) * 2**20 // per_token))
     shape = [cfg.num_layers, 2, cfg.num_kv_heads, tokens, cfg.head_dim]
     nbytes = torch.Size(shape).numel() * 2
     ctx = mp.get_context("spawn")
@@ -310,7 +350,7 @@ def run_section(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> No
     began = time.perf_counter()
     try:
         results[name] = fn()
-    except Exception as exc:   # noqa: BLE001 - record it, run the rest
+    except Exception as exc:
         results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     results.setdefault("seconds", {})[name] = round(time.perf_counter() - began, 1)
     print(f"[gpu_check] {name}: {results['seconds'][name]} s", file=sys.stderr, flush=True)
@@ -319,37 +359,54 @@ def run_section(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> No
 def summary(results: dict[str, Any]) -> str:
     lines = []
     env = results.get("env", {})
-    lines.append(f"device {env.get('device')} {env.get('gpu', '')}  torch {env.get('torch')}  "
-                 f"peak bf16 {env.get('peak_bf16_tflops')} TFLOP/s  copy {env.get('copy_gbps')} GB/s")
+    lines.append(
+        f"device {env.get('device')} {env.get('gpu', '')}  torch {env.get('torch')}  "
+        f"peak bf16 {env.get('peak_bf16_tflops')} TFLOP/s  copy {env.get('copy_gbps')} GB/s"
+    )
     c = results.get("correctness", {})
-    lines.append(f"correctness: ok={c.get('ok')}  fp32 logits rel err {c.get('fp32_logits_max_rel_err', float('nan')):.2e}"
-                 f"  attention cases {c.get('attention_cases')}" if "error" not in c else f"correctness: {c['error']}")
+    lines.append(
+        f"correctness: ok={c.get('ok')}  fp32 logits rel err {c.get('fp32_logits_max_rel_err', float('nan')):.2e}"
+        f"  attention cases {c.get('attention_cases')}"
+        if "error" not in c
+        else f"correctness: {c['error']}"
+    )
     e = results.get("engine", {})
     if "error" in e:
         lines.append(f"engine: {e['error']}")
     else:
         lines.append(f"engine: {e.get('model')} {e.get('dtype')}, weights {e.get('weights_gb')} GB")
         for p in e.get("prefill", []):
-            lines.append(f"  prefill {p['tokens']:>5}: {p['ms']:9.1f} ms  {p['tok_s']:9.0f} tok/s   "
-                         f"roofline {p['roofline_ms']:8.1f} ms  share {p['share']:.0%}")
+            lines.append(
+                f"  prefill {p['tokens']:>5}: {p['ms']:9.1f} ms  {p['tok_s']:9.0f} tok/s   "
+                f"roofline {p['roofline_ms']:8.1f} ms  share {p['share']:.0%}"
+            )
         for d in e.get("decode", []):
-            lines.append(f"  decode b={d['batch']:<3} ctx {d['context']:>5}: {d['step_ms']:8.1f} ms/step   "
-                         f"roofline {d['roofline_ms']:7.2f} ms  share {d['share']:.0%}")
+            lines.append(
+                f"  decode b={d['batch']:<3} ctx {d['context']:>5}: {d['step_ms']:8.1f} ms/step   "
+                f"roofline {d['roofline_ms']:7.2f} ms  share {d['share']:.0%}"
+            )
         s = e.get("stall", {})
         if s:
-            lines.append(f"  stall ({s['streams']} streams, ctx {s['context']}): append {s['append']} "
-                         f"{s['append_step_ms']:.1f} ms vs full {s['full_step_ms']:.1f} ms (alone "
-                         f"{s['alone_ms']:.1f}): ratio {s['stall_ratio']:.3f}")
+            lines.append(
+                f"  stall ({s['streams']} streams, ctx {s['context']}): append {s['append']} "
+                f"{s['append_step_ms']:.1f} ms vs full {s['full_step_ms']:.1f} ms (alone "
+                f"{s['alone_ms']:.1f}): ratio {s['stall_ratio']:.3f}"
+            )
     t = results.get("kv_transfer", {})
-    lines.append(f"kv transfer {t.get('mb', 0):.0f} MB: tcp {t.get('tcp_gbps', 0):.2f} GB/s, same-host "
-                 f"({t.get('same_host_kind')}) {t.get('same_host_gbps', 0):.2f} GB/s" if "error" not in t
-                 else f"kv transfer: {t['error']}")
+    lines.append(
+        f"kv transfer {t.get('mb', 0):.0f} MB: tcp {t.get('tcp_gbps', 0):.2f} GB/s, same-host "
+        f"({t.get('same_host_kind')}) {t.get('same_host_gbps', 0):.2f} GB/s"
+        if "error" not in t
+        else f"kv transfer: {t['error']}"
+    )
     srv = results.get("serving", {})
     if "error" in srv:
         lines.append(f"serving: {srv['error']}")
     for row in srv.get("policies", []):
-        lines.append(f"  {row['policy']:>6}: turn-2+ TTFT p50/p90 {row['ttft2_p50_ms']:.0f}/{row['ttft2_p90_ms']:.0f} ms"
-                     f"  TPOT p50 {row['tpot_p50_ms']:.1f} ms  local {row['share_local']:.2f}  failed {row['failed']}")
+        lines.append(
+            f"  {row['policy']:>6}: turn-2+ TTFT p50/p90 {row['ttft2_p50_ms']:.0f}/{row['ttft2_p90_ms']:.0f} ms"
+            f"  TPOT p50 {row['tpot_p50_ms']:.1f} ms  local {row['share_local']:.2f}  failed {row['failed']}"
+        )
     lines.append(f"sections: {results.get('seconds')}")
     return "\n".join(lines)
 
@@ -357,15 +414,17 @@ def summary(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default: cuda)")
-    parser.add_argument("--model", default=None,
-                        help="benchmark model (default: synthetic:llama-3.1-8b on CUDA, synthetic:small on CPU)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="benchmark model (default: synthetic:llama-3.1-8b on CUDA, synthetic:small on CPU)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (~1 min on CPU)")
     parser.add_argument("--out", default=None, help="write results.json here")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip (e.g. serving)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and (not torch.cuda.is_available()
-                                  or (device.index or 0) >= torch.cuda.device_count()):
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         print(f"gpu_check: error: --device {args.device}: no CUDA device visible", file=sys.stderr)
         return 2
     if device.type == "cpu":
@@ -390,9 +449,18 @@ def main(argv: list[str] | None = None) -> int:
         from gpu_check_serving import section_serving
 
         link = results.get("kv_transfer", {}).get("same_host_gbps")
-        run_section(results, "serving", lambda: section_serving(
-            model_name, str(device), args.quick, results.get("engine"),
-            link_gbps=link * 8 if link else 100.0, log_dir=args.out))
+        run_section(
+            results,
+            "serving",
+            lambda: section_serving(
+                model_name,
+                str(device),
+                args.quick,
+                results.get("engine"),
+                link_gbps=link * 8 if link else 100.0,
+                log_dir=args.out,
+            ),
+        )
     text = summary(results)
     print(text)
     if args.out:

@@ -34,19 +34,40 @@ def _free_port() -> int:
 
 
 def _start_worker(role: str, model: str, device: str, port: int, boot: int, quick: bool, log: Path):
-    argv = [sys.executable, "-m", "ppd_engine", "--host", "127.0.0.1", "--port", str(port),
-            "--model", model, "--device", device, "--dtype", "bfloat16",
-            "--max-total-tokens", "16384" if quick else "131072", "--threads", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "ppd_engine",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--device",
+        device,
+        "--dtype",
+        "bfloat16",
+        "--max-total-tokens",
+        "16384" if quick else "131072",
+        "--threads",
+        "1",
+    ]
     if device != "cpu":
         argv += ["--memory-fraction", "0.45"]
     if role == "prefill":
         argv += ["--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", str(boot)]
     else:
-        argv += ["--disaggregation-mode", "decode", "--disaggregation-decode-enable-radix-cache",
-                 "--disaggregation-decode-enable-conditional-agg"]
+        argv += [
+            "--disaggregation-mode",
+            "decode",
+            "--disaggregation-decode-enable-radix-cache",
+            "--disaggregation-decode-enable-conditional-agg",
+        ]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "server"), str(ROOT / "kernels"),
-                                         env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(ROOT / "server"), str(ROOT / "kernels"), env.get("PYTHONPATH", "")]
+    )
     return subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -67,8 +88,16 @@ async def _wait_healthy(session, url: str, proc, deadline: float) -> None:
 class MiniRouter:
     """The turn dispatch of ppd-server, reduced to one P/D pair (see the module docstring)."""
 
-    def __init__(self, session, policy: str, p_url: str, d_url: str, boot: int,
-                 coefficients: dict[str, float] | None, link_gbps: float) -> None:
+    def __init__(
+        self,
+        session,
+        policy: str,
+        p_url: str,
+        d_url: str,
+        boot: int,
+        coefficients: dict[str, float] | None,
+        link_gbps: float,
+    ) -> None:
         self.http, self.policy_name = session, policy
         self.p_url, self.d_url, self.boot = p_url, d_url, boot
         self.link_gbps = link_gbps
@@ -86,12 +115,21 @@ class MiniRouter:
         async with self.http.get(url + "/v1/loads") as r:
             load = parse_v1_loads(await r.json())
         coefficients = CostCoefficients.from_dict(self.coefficients) if self.coefficients else CostCoefficients()
-        return WorkerView(url=url, role=role, can_local_prefill=role == "decode", decode_radix_cache=role == "decode",
-                          bootstrap_port=self.boot if role == "prefill" else None,
-                          max_total_tokens=load.max_total_tokens, running_reqs=load.running_reqs,
-                          waiting_reqs=load.waiting_reqs, waiting_tokens=load.waiting_tokens,
-                          used_tokens=load.used_tokens, running_context_tokens=load.running_context_tokens,
-                          chunked_prefill_size=512, coefficients=coefficients)
+        return WorkerView(
+            url=url,
+            role=role,
+            can_local_prefill=role == "decode",
+            decode_radix_cache=role == "decode",
+            bootstrap_port=self.boot if role == "prefill" else None,
+            max_total_tokens=load.max_total_tokens,
+            running_reqs=load.running_reqs,
+            waiting_reqs=load.waiting_reqs,
+            waiting_tokens=load.waiting_tokens,
+            used_tokens=load.used_tokens,
+            running_context_tokens=load.running_context_tokens,
+            chunked_prefill_size=512,
+            coefficients=coefficients,
+        )
 
     async def route(self, conv: str, turn: int, prompt_len: int, max_new: int, cached_d: int, cached_p: int) -> str:
         if turn == 1 or self.policy_name == "pd":
@@ -104,19 +142,27 @@ class MiniRouter:
         decision = self.policy.decide(
             RequestView(conversation_id=conv, turn=turn, prompt_tokens=prompt_len, max_new_tokens=max_new),
             ClusterView(workers=workers, link_gbps=self.link_gbps),
-            SessionView(conversation_id=conv, decode_url=self.d_url, prefill_url=self.p_url,
-                        cached_tokens_decode=cached_d, cached_tokens_prefill=cached_p, turns=turn - 1))
+            SessionView(
+                conversation_id=conv,
+                decode_url=self.d_url,
+                prefill_url=self.p_url,
+                cached_tokens_decode=cached_d,
+                cached_tokens_prefill=cached_p,
+                turns=turn - 1,
+            ),
+        )
         return decision.route
 
     async def generate(self, ids: list[int], max_new: int, route: str) -> tuple[float, list[float], list[int]]:
         """Stream one turn; returns (TTFT s, token arrival times, output ids)."""
-        body: dict[str, Any] = {"input_ids": ids, "stream": True,
-                                "sampling_params": {"max_new_tokens": max_new, "temperature": 0,
-                                                    "ignore_eos": True}}
+        body: dict[str, Any] = {
+            "input_ids": ids,
+            "stream": True,
+            "sampling_params": {"max_new_tokens": max_new, "temperature": 0, "ignore_eos": True},
+        }
         prefill = None
         if route == "pd":
-            body.update(bootstrap_host="127.0.0.1", bootstrap_port=self.boot,
-                        bootstrap_room=random.randrange(2 ** 63))
+            body.update(bootstrap_host="127.0.0.1", bootstrap_port=self.boot, bootstrap_room=random.randrange(2**63))
             prefill = asyncio.ensure_future(self._post(self.p_url, {**body, "stream": False}))
         else:
             body["do_local_prefill"] = True
@@ -144,8 +190,9 @@ class MiniRouter:
             await r.read()
 
 
-async def _session(router: MiniRouter, conv: str, rng: random.Random, spec: dict[str, int],
-                   records: list[dict[str, Any]]) -> None:
+async def _session(
+    router: MiniRouter, conv: str, rng: random.Random, spec: dict[str, int], records: list[dict[str, Any]]
+) -> None:
     history = [rng.randrange(3, 250) for _ in range(spec["doc"])]
     cached_d = cached_p = 0
     for turn in range(1, spec["turns"] + 1):
@@ -159,7 +206,7 @@ async def _session(router: MiniRouter, conv: str, rng: random.Random, spec: dict
                 cached_p = len(history)
             history = history + output
             cached_d = len(history)
-        except Exception as exc:   # noqa: BLE001 - a failed turn is a result, not a crash
+        except Exception as exc:
             records.append({"turn": turn, "route": "?", "ok": False, "error": str(exc)[:200]})
             return
         await asyncio.sleep(spec["think_s"])
@@ -172,11 +219,12 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def _run_policy(policy: str, urls: tuple[str, str], boot: int, spec: dict[str, Any],
-                      coefficients, link_gbps: float) -> dict[str, Any]:
+async def _run_policy(
+    policy: str, urls: tuple[str, str], boot: int, spec: dict[str, Any], coefficients, link_gbps: float
+) -> dict[str, Any]:
     import aiohttp
 
-    rng = random.Random(42)   # the same workload for every policy
+    rng = random.Random(42)  # the same workload for every policy
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
         for url in urls:
             async with http.post(url + "/flush_cache") as r:
@@ -194,12 +242,16 @@ async def _run_policy(policy: str, urls: tuple[str, str], boot: int, spec: dict[
         await asyncio.gather(*tasks)
     later = [r for r in records if r["ok"] and r["turn"] > 1]
     ok = [r for r in records if r["ok"]]
-    return {"policy": policy, "turns": len(records), "failed": sum(not r["ok"] for r in records),
-            "ttft2_p50_ms": _pct([r["ttft"] for r in later], 0.5) * 1e3,
-            "ttft2_p90_ms": _pct([r["ttft"] for r in later], 0.9) * 1e3,
-            "tpot_p50_ms": _pct([r["tpot"] for r in ok], 0.5) * 1e3,
-            "share_local": (sum(r["route"] == "local" for r in later) / len(later)) if later else 0.0,
-            "errors": sorted({r["error"] for r in records if not r["ok"]})[:3]}
+    return {
+        "policy": policy,
+        "turns": len(records),
+        "failed": sum(not r["ok"] for r in records),
+        "ttft2_p50_ms": _pct([r["ttft"] for r in later], 0.5) * 1e3,
+        "ttft2_p90_ms": _pct([r["ttft"] for r in later], 0.9) * 1e3,
+        "tpot_p50_ms": _pct([r["tpot"] for r in ok], 0.5) * 1e3,
+        "share_local": (sum(r["route"] == "local" for r in later) / len(later)) if later else 0.0,
+        "errors": sorted({r["error"] for r in records if not r["ok"]})[:3],
+    }
 
 
 def coefficients_from_engine(engine: dict[str, Any] | None) -> dict[str, float] | None:
@@ -212,23 +264,38 @@ def coefficients_from_engine(engine: dict[str, Any] | None) -> dict[str, float] 
     batches = sorted(b for b, c in decode if c == ctx)
     b1, bn = batches[0], batches[-1]
     per_seq = max(0.0, (decode[(bn, ctx)] - decode[(b1, ctx)]) / max(1, bn - b1))
-    return {"prefill_base_ms": 1.0, "prefill_per_token_ms": prefill["ms"] / prefill["tokens"],
-            "prefill_attn_ms_per_ktok2": 0.0, "decode_base_ms": decode[(b1, ctx)],
-            "decode_per_seq_ms": per_seq, "decode_per_kctx_ms": 0.0}
+    return {
+        "prefill_base_ms": 1.0,
+        "prefill_per_token_ms": prefill["ms"] / prefill["tokens"],
+        "prefill_attn_ms_per_ktok2": 0.0,
+        "decode_base_ms": decode[(b1, ctx)],
+        "decode_per_seq_ms": per_seq,
+        "decode_per_kctx_ms": 0.0,
+    }
 
 
-def section_serving(model: str, device: str, quick: bool, engine: dict[str, Any] | None = None,
-                    link_gbps: float = 100.0, log_dir: str | None = None) -> dict[str, Any]:
+def section_serving(
+    model: str,
+    device: str,
+    quick: bool,
+    engine: dict[str, Any] | None = None,
+    link_gbps: float = 100.0,
+    log_dir: str | None = None,
+) -> dict[str, Any]:
     import aiohttp
 
-    spec = ({"sessions": 3, "rate": 2.0, "turns": 3, "doc": 200, "question": 16, "max_new": 6, "think_s": 0.3}
-            if quick else
-            {"sessions": 16, "rate": 0.5, "turns": 5, "doc": 3000, "question": 40, "max_new": 64, "think_s": 1.0})
+    spec = (
+        {"sessions": 3, "rate": 2.0, "turns": 3, "doc": 200, "question": 16, "max_new": 6, "think_s": 0.3}
+        if quick
+        else {"sessions": 16, "rate": 0.5, "turns": 5, "doc": 3000, "question": 40, "max_new": 64, "think_s": 1.0}
+    )
     logs = Path(log_dir or os.environ.get("TMPDIR", "/tmp"))
     logs.mkdir(parents=True, exist_ok=True)
     p_port, d_port, boot = _free_port(), _free_port(), _free_port()
-    procs = [_start_worker("prefill", model, device, p_port, boot, quick, logs / "gpu_check_prefill.log"),
-             _start_worker("decode", model, device, d_port, boot, quick, logs / "gpu_check_decode.log")]
+    procs = [
+        _start_worker("prefill", model, device, p_port, boot, quick, logs / "gpu_check_prefill.log"),
+        _start_worker("decode", model, device, d_port, boot, quick, logs / "gpu_check_decode.log"),
+    ]
     urls = (f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{d_port}")
     coefficients = coefficients_from_engine(engine)
 
@@ -254,10 +321,17 @@ def section_serving(model: str, device: str, quick: bool, engine: dict[str, Any]
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return {"workload": spec, "coefficients": coefficients, "policies": rows,
-            "router": "in-process MiniRouter over ppd_server.routing policies"}
+    return {
+        "workload": spec,
+        "coefficients": coefficients,
+        "policies": rows,
+        "router": "in-process MiniRouter over ppd_server.routing policies",
+    }
 
 
 if __name__ == "__main__":
-    print(json.dumps(section_serving(sys.argv[1] if len(sys.argv) > 1 else "synthetic:small", "cpu", True),
-                     indent=2, default=str))
+    print(
+        json.dumps(
+            section_serving(sys.argv[1] if len(sys.argv) > 1 else "synthetic:small", "cpu", True), indent=2, default=str
+        )
+    )

@@ -62,8 +62,7 @@ def bench_prefill(model: LlamaModel, length: int, repeats: int) -> tuple[float, 
     return timed(lambda: model.forward(fresh(batch), kv), repeats, warmup=1 if length <= 512 else 0)
 
 
-def bench_extend(model: LlamaModel, new: int, cached: int, backend: str, repeats: int
-                 ) -> tuple[float, float]:
+def bench_extend(model: LlamaModel, new: int, cached: int, backend: str, repeats: int) -> tuple[float, float]:
     """An append-prefill: ``new`` tokens on a cached prefix of random K/V (contiguous slots)."""
     kv = KVPool(model.config, cached + new, model.dtype)
     kv.data.normal_()
@@ -85,18 +84,20 @@ def decode_slots(batch: int, context: int, layout: str) -> list[list[int]]:
     pages_per_seq = (length + 15) // 16
     pages = list(range(batch * pages_per_seq))
     random.shuffle(pages)
-    owned = [pages[i * pages_per_seq:(i + 1) * pages_per_seq] for i in range(batch)]
+    owned = [pages[i * pages_per_seq : (i + 1) * pages_per_seq] for i in range(batch)]
     return [[page * 16 + j for page in own for j in range(16)][:length] for own in owned]
 
 
-def bench_decode(model: LlamaModel, batch: int, context: int, layout: str, backend: str,
-                 steps: int) -> tuple[float, float]:
+def bench_decode(
+    model: LlamaModel, batch: int, context: int, layout: str, backend: str, steps: int
+) -> tuple[float, float]:
     slots = decode_slots(batch, context, layout)
     kv = KVPool(model.config, max(max(s) for s in slots) + 1, model.dtype)
     kv.data.normal_()
     model.attention_backend = backend
-    fb = ForwardBatch.build([[random.randrange(model.config.vocab_size)] for _ in range(batch)],
-                            [context] * batch, slots)
+    fb = ForwardBatch.build(
+        [[random.randrange(model.config.vocab_size)] for _ in range(batch)], [context] * batch, slots
+    )
     try:
         return timed(lambda: model.forward(fresh(fb), kv), steps, warmup=2)
     finally:
@@ -111,8 +112,7 @@ def main() -> None:
     parser.add_argument("--prefill", default="512,2048", help="comma-separated prompt lengths")
     parser.add_argument("--batches", default="1,8,32", help="comma-separated decode batch sizes")
     parser.add_argument("--context", type=int, default=1024)
-    parser.add_argument("--extend", default="64:2048",
-                        help="comma-separated NEW:CACHED append-prefills")
+    parser.add_argument("--extend", default="64:2048", help="comma-separated NEW:CACHED append-prefills")
     parser.add_argument("--steps", type=int, default=10, help="timed decode steps per figure")
     parser.add_argument("--repeats", type=int, default=3, help="timed prefill runs per figure")
     args = parser.parse_args()
@@ -121,31 +121,39 @@ def main() -> None:
     dtype = DTYPES[args.dtype]
     started = time.perf_counter()
     lm = load_model(args.model or default_model_path(), dtype=dtype)
-    print(f"model {lm.name}  dtype {args.dtype}  threads {args.threads}  "
-          f"load {time.perf_counter() - started:.1f} s  packed Q4_1 weights for forwards of "
-          f"<= {lm.model.packed_max_rows if lm.model.layers[0].qkv_packed is not None else 0} rows")
+    print(
+        f"model {lm.name}  dtype {args.dtype}  threads {args.threads}  "
+        f"load {time.perf_counter() - started:.1f} s  packed Q4_1 weights for forwards of "
+        f"<= {lm.model.packed_max_rows if lm.model.layers[0].qkv_packed is not None else 0} rows"
+    )
     print(f"{'measurement':<52}{'wall ms':>9}{'tok/s':>9}{'cpu ms':>9}{'tok/s':>9}")
 
     def row(label: str, seconds: tuple[float, float], tokens: int) -> None:
         wall, cpu = seconds
-        print(f"{label:<52}{wall * 1e3:>9.1f}{tokens / wall:>9.1f}"
-              f"{cpu * 1e3:>9.1f}{tokens / cpu:>9.1f}", flush=True)
+        print(f"{label:<52}{wall * 1e3:>9.1f}{tokens / wall:>9.1f}{cpu * 1e3:>9.1f}{tokens / cpu:>9.1f}", flush=True)
 
     for length in (int(x) for x in args.prefill.split(",") if x):
         row(f"prefill {length}", bench_prefill(lm.model, length, args.repeats), length)
     for spec in (x for x in args.extend.split(",") if x):
         new, cached = (int(v) for v in spec.split(":"))
         for backend in ("fast", "reference"):
-            row(f"extend {new} on cached {cached} {backend}",
-                bench_extend(lm.model, new, cached, backend, args.repeats), new)
+            row(
+                f"extend {new} on cached {cached} {backend}",
+                bench_extend(lm.model, new, cached, backend, args.repeats),
+                new,
+            )
     # "fast" picks its kernel per group (attention.choose_path); "batched" forces the padded
     # batched kernel, to see what the selection gains on this device.
     model_module.ATTENTION_BACKENDS["batched"] = functools.partial(paged_attention, path="batched")
     has_packed = lm.model.layers[0].qkv_packed is not None
     packed_rows = lm.model.packed_max_rows
     for batch in (int(x) for x in args.batches.split(",") if x):
-        for layout, backend in (("contiguous", "fast"), ("contiguous", "batched"), ("pages", "fast"),
-                                ("contiguous", "reference")):
+        for layout, backend in (
+            ("contiguous", "fast"),
+            ("contiguous", "batched"),
+            ("pages", "fast"),
+            ("contiguous", "reference"),
+        ):
             seconds = bench_decode(lm.model, batch, args.context, layout, backend, args.steps)
             row(f"decode b={batch} ctx={args.context} {backend} ({layout})", seconds, batch)
         if has_packed and batch <= packed_rows:  # the rows above used the packed Q4_1 weights
@@ -158,8 +166,11 @@ def main() -> None:
     # the per-step Python + dispatch overhead.
     probe_config = synthetic_config(num_layers=lm.config.num_layers)
     probe = LlamaModel(probe_config, synthetic_weights(probe_config, seed=0), dtype=dtype)
-    row(f"overhead probe: decode b=1 ctx=16, {probe_config.num_layers} tiny layers",
-        bench_decode(probe, 1, 16, "contiguous", "fast", args.steps * 5), 1)
+    row(
+        f"overhead probe: decode b=1 ctx=16, {probe_config.num_layers} tiny layers",
+        bench_decode(probe, 1, 16, "contiguous", "fast", args.steps * 5),
+        1,
+    )
 
 
 if __name__ == "__main__":

@@ -46,10 +46,16 @@ def _csv(text: str, cast: Any = str) -> tuple[Any, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="report.py", description="Regenerate benchmarks/REPORT.md (sim grid, live comparison, validation).")
+    p = argparse.ArgumentParser(
+        prog="report.py", description="Regenerate benchmarks/REPORT.md (sim grid, live comparison, validation)."
+    )
     p.add_argument("--out-dir", default=str(HERE), help="where REPORT.md and report/ go (default: benchmarks/)")
-    p.add_argument("--skip-live", action="store_true", help="do not run the live parts; reuse their saved JSON when present")
-    p.add_argument("--reuse-sim", action="store_true", help="do not rerun the simulations; render from the saved sim JSON")
+    p.add_argument(
+        "--skip-live", action="store_true", help="do not run the live parts; reuse their saved JSON when present"
+    )
+    p.add_argument(
+        "--reuse-sim", action="store_true", help="do not rerun the simulations; render from the saved sim JSON"
+    )
     g = p.add_argument_group("simulated grid (passed to sim_grid.GridSpec)")
     g.add_argument("--clusters", default="1P3D,2P2D,3P1D")
     g.add_argument("--workloads", default="big_paste,huge_paste,mid_bal,long_gen,mixed,long-context")
@@ -61,11 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--slo-tpot-ms", type=float, default=15.0)
     g.add_argument("--sim-args", default="", help="extra ppd-sim options for every run (e.g. the router's poll lag)")
     g.add_argument("--workers", type=int, default=0, help="processes (0 = all CPUs)")
-    g.add_argument("--weights-cell", default="1P3D,mid_bal,16",
-                   help="CLUSTER,WORKLOAD[,QPS] of the TPOT-weight sweep (no QPS: pd's saturation rate from the grid)")
+    g.add_argument(
+        "--weights-cell",
+        default="1P3D,mid_bal,16",
+        help="CLUSTER,WORKLOAD[,QPS] of the TPOT-weight sweep (no QPS: pd's saturation rate from the grid)",
+    )
     g.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS), help="w_tpot values of the sweep")
     live = p.add_argument_group("live parts")
-    live.add_argument("--live-args", default="", help="extra ppd-bench compare options (default: its own, sized for a 2-core box)")
+    live.add_argument(
+        "--live-args", default="", help="extra ppd-bench compare options (default: its own, sized for a 2-core box)"
+    )
     live.add_argument("--validate-args", default="", help="extra benchmarks/validate_sim.py options")
     return p
 
@@ -75,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _grid_command(a: argparse.Namespace, workloads: str, slo_ttft: float) -> str:
     extra = f" --qps {a.qps}" if a.qps else f" --loads {a.loads}"
-    return (f"python benchmarks/sim_grid.py --clusters {a.clusters} --workloads {workloads} --policies {a.policies}{extra} "
-            f"--duration {a.duration:g} --slo-ttft-ms {slo_ttft:g} --slo-tpot-ms {a.slo_tpot_ms:g} {a.sim_args}").strip()
+    return (
+        f"python benchmarks/sim_grid.py --clusters {a.clusters} --workloads {workloads} --policies {a.policies}{extra} "
+        f"--duration {a.duration:g} --slo-ttft-ms {slo_ttft:g} --slo-tpot-ms {a.slo_tpot_ms:g} {a.sim_args}"
+    ).strip()
 
 
 def run_sim(a: argparse.Namespace) -> dict[str, Any]:
@@ -92,18 +105,31 @@ def run_sim(a: argparse.Namespace) -> dict[str, Any]:
         if not names:
             continue
         spec = sim_grid.GridSpec(
-            clusters=_csv(a.clusters), workloads=names, policies=_csv(a.policies), load_factors=_csv(a.loads, float),
-            duration_s=a.duration, slo_ttft_ms=slo_ttft, slo_tpot_ms=a.slo_tpot_ms,
-            sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()), fixed_qps=_csv(a.qps, float) if a.qps else (),
+            clusters=_csv(a.clusters),
+            workloads=names,
+            policies=_csv(a.policies),
+            load_factors=_csv(a.loads, float),
+            duration_s=a.duration,
+            slo_ttft_ms=slo_ttft,
+            slo_tpot_ms=a.slo_tpot_ms,
+            sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()),
+            fixed_qps=_csv(a.qps, float) if a.qps else (),
             workers=a.workers,
         )
         started = time.monotonic()
         rows = sim_grid.run_grid(spec, progress=True)
-        out["grids"].append({
-            "command": _grid_command(a, ",".join(names), slo_ttft), "seconds": round(time.monotonic() - started, 1),
-            "slo_ttft_ms": slo_ttft, "slo_tpot_ms": a.slo_tpot_ms, "duration_s": a.duration,
-            "sim_args": list(spec.sim_args), "router_args": list(spec.router_args), "rows": [r.as_dict() for r in rows],
-        })
+        out["grids"].append(
+            {
+                "command": _grid_command(a, ",".join(names), slo_ttft),
+                "seconds": round(time.monotonic() - started, 1),
+                "slo_ttft_ms": slo_ttft,
+                "slo_tpot_ms": a.slo_tpot_ms,
+                "duration_s": a.duration,
+                "sim_args": list(spec.sim_args),
+                "router_args": list(spec.router_args),
+                "rows": [r.as_dict() for r in rows],
+            }
+        )
     out["weights"] = run_weights(a, out["grids"])
     return out
 
@@ -120,15 +146,24 @@ def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str,
         rows = [r for g in grids for r in g["rows"] if r["cluster"] == cluster and r["workload"] == workload]
         if not rows:
             return None
-        qps = ([r for r in rows if r["load"].startswith("1x")] or rows[len(rows) // 2:])[0]["qps"]
+        qps = ([r for r in rows if r["load"].startswith("1x")] or rows[len(rows) // 2 :])[0]["qps"]
     weights = _csv(a.weights, float)
     spec = sim_grid.GridSpec(duration_s=a.duration, sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()))
     started = time.monotonic()
     rows, bad = sim_grid.weights_sweep(cluster, workload, qps, weights, spec=spec, workers=a.workers)
-    points = [{"w_tpot": r.w_tpot, "local_share": r.local_share, "tpot_p50_ms": r.tpot_p50, "ttft2_p50_ms": r.ttft2_p50} for r in rows]
-    return {"cluster": cluster, "workload": workload, "qps": qps, "points": points, "violations": bad,
-            "seconds": round(time.monotonic() - started, 1),
-            "command": f"python benchmarks/sim_grid.py --weights-sweep {cluster}:{workload}:{qps:g} --duration {a.duration:g} {a.sim_args}".strip()}
+    points = [
+        {"w_tpot": r.w_tpot, "local_share": r.local_share, "tpot_p50_ms": r.tpot_p50, "ttft2_p50_ms": r.ttft2_p50}
+        for r in rows
+    ]
+    return {
+        "cluster": cluster,
+        "workload": workload,
+        "qps": qps,
+        "points": points,
+        "violations": bad,
+        "seconds": round(time.monotonic() - started, 1),
+        "command": f"python benchmarks/sim_grid.py --weights-sweep {cluster}:{workload}:{qps:g} --duration {a.duration:g} {a.sim_args}".strip(),
+    }
 
 
 # -- (b) and (c): the live parts -------------------------------------------------------------------
@@ -142,8 +177,19 @@ def _env() -> dict[str, str]:
 
 def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
     out = data_dir / "live_compare.json"
-    argv = [sys.executable, "-m", "ppd_bench", "compare", "--systems", "ppd,pd,local,threshold:256,sglang-router",
-            "--baseline", "sglang-router", *a.live_args.split(), "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "ppd_bench",
+        "compare",
+        "--systems",
+        "ppd,pd,local,threshold:256,sglang-router",
+        "--baseline",
+        "sglang-router",
+        *a.live_args.split(),
+        "--out",
+        str(out),
+    ]
     started = time.monotonic()
     proc = subprocess.run(argv, env=_env(), cwd=HERE.parent, text=True, capture_output=True)
     sys.stderr.write(proc.stderr[-4000:])
@@ -151,7 +197,11 @@ def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
         print(f"report: live comparison failed (exit {proc.returncode}); keeping any saved one", file=sys.stderr)
         return None
     doc = json.loads(out.read_text())
-    return {"command": "ppd-bench compare " + " ".join(argv[4:-2]), "seconds": round(time.monotonic() - started, 1), "doc": doc}
+    return {
+        "command": "ppd-bench compare " + " ".join(argv[4:-2]),
+        "seconds": round(time.monotonic() - started, 1),
+        "doc": doc,
+    }
 
 
 def run_validation(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
@@ -164,8 +214,12 @@ def run_validation(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | No
     if not out.exists():
         print(f"report: validation failed (exit {proc.returncode})", file=sys.stderr)
         return None
-    return {"command": "python benchmarks/validate_sim.py " + " ".join(argv[2:-2]), "seconds": round(time.monotonic() - started, 1),
-            "doc": json.loads(out.read_text()), "exit": proc.returncode}
+    return {
+        "command": "python benchmarks/validate_sim.py " + " ".join(argv[2:-2]),
+        "seconds": round(time.monotonic() - started, 1),
+        "doc": json.loads(out.read_text()),
+        "exit": proc.returncode,
+    }
 
 
 # -- main --------------------------------------------------------------------------------------------
@@ -183,8 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
     try:
-        for name, text, cast in (("--clusters", a.clusters, str), ("--workloads", a.workloads, str), ("--policies", a.policies, str),
-                                 ("--loads", a.loads, float), ("--weights", a.weights, float), ("--qps", a.qps or "1", float)):
+        for name, text, cast in (
+            ("--clusters", a.clusters, str),
+            ("--workloads", a.workloads, str),
+            ("--policies", a.policies, str),
+            ("--loads", a.loads, float),
+            ("--weights", a.weights, float),
+            ("--qps", a.qps or "1", float),
+        ):
             if not _csv(text, cast):
                 raise ValueError(f"{name} {text!r} names nothing")
         if not a.duration > 0:
@@ -225,21 +285,30 @@ def main(argv: list[str] | None = None) -> int:
     validation = validation or _saved(data_dir / "validation.json")
 
     timings["total"] = time.monotonic() - started
-    meta = {"argv": ["python", "benchmarks/report.py", *(argv if argv is not None else sys.argv[1:])],
-            "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": {k: round(v, 1) for k, v in timings.items()},
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "git": _git_head(), "reused": {"sim": a.reuse_sim, "live": a.skip_live}, "recorded": _recorded(sim, live, validation)}
+    meta = {
+        "argv": ["python", "benchmarks/report.py", *(argv if argv is not None else sys.argv[1:])],
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "git": _git_head(),
+        "reused": {"sim": a.reuse_sim, "live": a.skip_live},
+        "recorded": _recorded(sim, live, validation),
+    }
     text = report_render.render(meta, sim, live, validation, data_dir)
     (out_dir / "REPORT.md").write_text(text)
     print(f"report: wrote {out_dir / 'REPORT.md'} in {timings['total']:.0f}s", file=sys.stderr)
     return 0
 
 
-def _recorded(sim: dict[str, Any] | None, live: dict[str, Any] | None, validation: dict[str, Any] | None) -> dict[str, float]:
+def _recorded(
+    sim: dict[str, Any] | None, live: dict[str, Any] | None, validation: dict[str, Any] | None
+) -> dict[str, float]:
     """Seconds each part took when it was last run (saved with its figures)."""
     out: dict[str, float] = {}
     if sim:
-        out["sim"] = sum(g["seconds"] for g in sim.get("grids", [])) + ((sim.get("weights") or {}).get("seconds") or 0.0)
+        out["sim"] = sum(g["seconds"] for g in sim.get("grids", [])) + (
+            (sim.get("weights") or {}).get("seconds") or 0.0
+        )
     if live:
         out["live"] = live["seconds"]
     if validation:
@@ -249,7 +318,9 @@ def _recorded(sim: dict[str, Any] | None, live: dict[str, Any] | None, validatio
 
 def _git_head() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True, capture_output=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True, capture_output=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
 

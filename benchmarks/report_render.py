@@ -75,8 +75,15 @@ def plot_grid(sim: dict[str, Any], data_dir: Path) -> list[tuple[str, str]]:
                 axes[1][j].plot(xs, [t if t is not None else float("nan") for t in ttft], **style)
             bad = [r for r in wr if r["violations"]]
             if bad:
-                axes[0][j].scatter([r["qps"] for r in bad], [100 * (r["attainment"].get("ppd") or 0) for r in bad],
-                                   s=80, facecolors="none", edgecolors="k", zorder=5, label="invariant broken")
+                axes[0][j].scatter(
+                    [r["qps"] for r in bad],
+                    [100 * (r["attainment"].get("ppd") or 0) for r in bad],
+                    s=80,
+                    facecolors="none",
+                    edgecolors="k",
+                    zorder=5,
+                    label="invariant broken",
+                )
             axes[0][j].set_title(w, fontsize=9)
             axes[0][j].set_ylim(-3, 103)
             axes[1][j].set_yscale("log")
@@ -86,7 +93,9 @@ def plot_grid(sim: dict[str, Any], data_dir: Path) -> list[tuple[str, str]]:
         axes[0][0].set_ylabel("SLO attainment %")
         axes[1][0].set_ylabel("turn-2+ TTFT p50 ms")
         axes[0][-1].legend(fontsize=7, loc="lower left")
-        fig.suptitle(f"{cluster}: simulated Llama-3.1-8B/H100, router fitted online from the built-in profile", fontsize=10)
+        fig.suptitle(
+            f"{cluster}: simulated Llama-3.1-8B/H100, router fitted online from the built-in profile", fontsize=10
+        )
         fig.tight_layout()
         name = f"sim_{cluster}.png"
         fig.savefig(data_dir / name, dpi=90)
@@ -97,24 +106,55 @@ def plot_grid(sim: dict[str, Any], data_dir: Path) -> list[tuple[str, str]]:
 
 def grid_table(rows: list[dict[str, Any]]) -> str:
     pols = _policies(rows)
-    head = ["cluster", "workload", "load", "qps", *[f"{p} SLO%" for p in pols], "t2 TTFT p50 ppd / pd ms", "ppd TPOT p50", "ppd local", "check"]
+    head = [
+        "cluster",
+        "workload",
+        "load",
+        "qps",
+        *[f"{p} SLO%" for p in pols],
+        "t2 TTFT p50 ppd / pd ms",
+        "ppd TPOT p50",
+        "ppd local",
+        "check",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         check = "ok" if not r["violations"] else "**" + "; ".join(r["violations"]) + "**"
-        lines.append("| " + " | ".join([
-            r["cluster"], r["workload"], r["load"], f"{r['qps']:g}", *[_pct(r["attainment"].get(p)) for p in pols],
-            f"{_ms(r['turn2plus_ttft_p50_ms'].get('ppd'))} / {_ms(r['turn2plus_ttft_p50_ms'].get('pd'))}",
-            _ms(r["tpot_p50_ms"].get("ppd")), _pct(r["turn2plus_local_share"].get("ppd")), check]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["cluster"],
+                    r["workload"],
+                    r["load"],
+                    f"{r['qps']:g}",
+                    *[_pct(r["attainment"].get(p)) for p in pols],
+                    f"{_ms(r['turn2plus_ttft_p50_ms'].get('ppd'))} / {_ms(r['turn2plus_ttft_p50_ms'].get('pd'))}",
+                    _ms(r["tpot_p50_ms"].get("ppd")),
+                    _pct(r["turn2plus_local_share"].get("ppd")),
+                    check,
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def grid_headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
     bad = [r for r in rows if r["violations"]]
-    ratios = sorted(r["turn2plus_ttft_p50_ms"]["ppd"] / r["turn2plus_ttft_p50_ms"]["pd"] for r in rows
-                    if r["turn2plus_ttft_p50_ms"].get("ppd") and r["turn2plus_ttft_p50_ms"].get("pd"))
+    ratios = sorted(
+        r["turn2plus_ttft_p50_ms"]["ppd"] / r["turn2plus_ttft_p50_ms"]["pd"]
+        for r in rows
+        if r["turn2plus_ttft_p50_ms"].get("ppd") and r["turn2plus_ttft_p50_ms"].get("pd")
+    )
     gains = [(r["attainment"].get("ppd") or 0) - (r["attainment"].get("pd") or 0) for r in rows]
-    return {"cells": len(rows), "violating": len(bad), "ttft2_ratio_median": ratios[len(ratios) // 2] if ratios else None,
-            "attainment_gain_vs_pd_max": max(gains) if gains else None, "bad": bad}
+    return {
+        "cells": len(rows),
+        "violating": len(bad),
+        "ttft2_ratio_median": ratios[len(ratios) // 2] if ratios else None,
+        "attainment_gain_vs_pd_max": max(gains) if gains else None,
+        "bad": bad,
+    }
 
 
 def plot_weights(w: dict[str, Any], data_dir: Path) -> str:
@@ -143,31 +183,59 @@ def render_sim(sim: dict[str, Any] | None, data_dir: Path) -> list[str]:
     rows = _rows(sim)
     h = grid_headline(rows)
     md = ["## a. The paper's experiments in ppd-sim", ""]
-    md.append(f"**{h['cells']} cells, {h['violating']} where ppd loses** (SLO attainment below the best of pd, local and "
-              f"threshold:512 minus 2 points, or turn-2+ TTFT p50 above pd's). Median turn-2+ TTFT p50 ppd/pd over all cells: "
-              f"{h['ttft2_ratio_median']:.2f}." if h["ttft2_ratio_median"] is not None else "")
+    md.append(
+        f"**{h['cells']} cells, {h['violating']} where ppd loses** (SLO attainment below the best of pd, local and "
+        f"threshold:512 minus 2 points, or turn-2+ TTFT p50 above pd's). Median turn-2+ TTFT p50 ppd/pd over all cells: "
+        f"{h['ttft2_ratio_median']:.2f}."
+        if h["ttft2_ratio_median"] is not None
+        else ""
+    )
     md.append("")
     for g in sim["grids"]:
-        md.append(f"- `{g['command']}` ({g['seconds']:.0f} s here; SLO {g['slo_ttft_ms']:g} ms TTFT / {g['slo_tpot_ms']:g} ms TPOT, "
-                  f"{g['duration_s']:g} s of arrivals per run, ppd-sim {' '.join(g['sim_args'])} {' '.join(g['router_args'])})")
-    md += ["", "Loads: pd runs at 1, 2, 4, ... new conversations/s until its SLO attainment drops below 90%; the last rate that "
-           "held is pd's saturation, and the grid runs at the listed multiples of it. Simulated figures (roofline step-time "
-           "model), not measurements.", ""]
+        md.append(
+            f"- `{g['command']}` ({g['seconds']:.0f} s here; SLO {g['slo_ttft_ms']:g} ms TTFT / {g['slo_tpot_ms']:g} ms TPOT, "
+            f"{g['duration_s']:g} s of arrivals per run, ppd-sim {' '.join(g['sim_args'])} {' '.join(g['router_args'])})"
+        )
+    md += [
+        "",
+        "Loads: pd runs at 1, 2, 4, ... new conversations/s until its SLO attainment drops below 90%; the last rate that "
+        "held is pd's saturation, and the grid runs at the listed multiples of it. Simulated figures (roofline step-time "
+        "model), not measurements.",
+        "",
+    ]
     for cluster, name in plot_grid(sim, data_dir):
-        md += [f"![{cluster}](report/{name})", "", f"_{cluster}: SLO attainment and turn-2+ TTFT p50 vs load; circles = cells "
-               "where the invariant breaks. Commands above._", ""]
+        md += [
+            f"![{cluster}](report/{name})",
+            "",
+            f"_{cluster}: SLO attainment and turn-2+ TTFT p50 vs load; circles = cells "
+            "where the invariant breaks. Commands above._",
+            "",
+        ]
     md += ["<details><summary>Every cell</summary>", "", grid_table(rows), "", "</details>", ""]
     w = sim.get("weights")
     if w:
         name = plot_weights(w, data_dir)
         pts = w["points"]
         mono = not w.get("violations")
-        md += ["### TPOT weight sweep", "", f"![weights](report/{name})", "",
-               f"_`{w['command']}` ({w['seconds']:.0f} s here); no SLO target, so the weights alone decide._", "",
-               "| w_tpot | turns 2+ local | TPOT p50 ms | turn-2+ TTFT p50 ms |", "|---|---|---|---|"]
-        md += [f"| {p['w_tpot']:g} | {_pct(p['local_share'])}% | {_ms(p['tpot_p50_ms'])} | {_ms(p['ttft2_p50_ms'])} |" for p in pts]
-        verdict = ("never rise as w_tpot rises (TPOT within sim_grid's 1% tolerance)" if mono
-                   else "**do not fall monotonically**: " + "; ".join(w["violations"]))
+        md += [
+            "### TPOT weight sweep",
+            "",
+            f"![weights](report/{name})",
+            "",
+            f"_`{w['command']}` ({w['seconds']:.0f} s here); no SLO target, so the weights alone decide._",
+            "",
+            "| w_tpot | turns 2+ local | TPOT p50 ms | turn-2+ TTFT p50 ms |",
+            "|---|---|---|---|",
+        ]
+        md += [
+            f"| {p['w_tpot']:g} | {_pct(p['local_share'])}% | {_ms(p['tpot_p50_ms'])} | {_ms(p['ttft2_p50_ms'])} |"
+            for p in pts
+        ]
+        verdict = (
+            "never rise as w_tpot rises (TPOT within sim_grid's 1% tolerance)"
+            if mono
+            else "**do not fall monotonically**: " + "; ".join(w["violations"])
+        )
         md += ["", f"Local share and TPOT p50 {verdict}.", ""]
     return md
 
@@ -186,10 +254,17 @@ def live_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for s in _systems(doc):
         summary = _get(s, "result", "summary") or s.get("summary") or {}
         t2 = summary.get("turn2plus") or {}
-        out.append({"system": s.get("system") or s.get("label") or "?", "ttft2_p50": _get(t2, "ttft_ms", "p50"),
-                    "ttft2_p90": _get(t2, "ttft_ms", "p90"), "tpot_p50": _get(t2, "tpot_ms", "p50"),
-                    "local": _get(t2, "route_share", "local") or (0.0 if t2.get("ok") else None),
-                    "success": _get(summary, "all", "success_rate"), "error": s.get("error")})
+        out.append(
+            {
+                "system": s.get("system") or s.get("label") or "?",
+                "ttft2_p50": _get(t2, "ttft_ms", "p50"),
+                "ttft2_p90": _get(t2, "ttft_ms", "p90"),
+                "tpot_p50": _get(t2, "tpot_ms", "p50"),
+                "local": _get(t2, "route_share", "local") or (0.0 if t2.get("ok") else None),
+                "success": _get(summary, "all", "success_rate"),
+                "error": s.get("error"),
+            }
+        )
     return out
 
 
@@ -216,21 +291,28 @@ def render_live(live: dict[str, Any] | None, data_dir: Path) -> list[str]:
         return md + ["_Not run (ppd-bench compare unavailable or failed)._", ""]
     rows = live_rows(live["doc"])
     base = next((r for r in rows if r["system"] == "sglang-router"), None)
-    md += [f"`{live['command']}` ({live['seconds']:.0f} s here). One pair of ppd-worker processes (SmolLM2-135M, one core each), "
-           "every system in front of the same workers, the same sessions and arrivals; measured, noisy (2-core box shared with "
-           "other jobs).", ""]
+    md += [
+        f"`{live['command']}` ({live['seconds']:.0f} s here). One pair of ppd-worker processes (SmolLM2-135M, one core each), "
+        "every system in front of the same workers, the same sessions and arrivals; measured, noisy (2-core box shared with "
+        "other jobs).",
+        "",
+    ]
     if any(r["ttft2_p50"] is not None for r in rows):
         md += [f"![live](report/{plot_live(rows, data_dir)})", ""]
-    md += ["| system | turn-2+ TTFT p50 / p90 ms | TPOT p50 ms | turns 2+ local | success | TTFT p50 / baseline | TPOT p50 / baseline |",
-           "|---|---|---|---|---|---|---|"]
+    md += [
+        "| system | turn-2+ TTFT p50 / p90 ms | TPOT p50 ms | turns 2+ local | success | TTFT p50 / baseline | TPOT p50 / baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["error"] and r["ttft2_p50"] is None:
             md.append(f"| {r['system']} | not run: {r['error']} | | | | | |")
             continue
         rt = f"{r['ttft2_p50'] / base['ttft2_p50']:.2f}" if base and base["ttft2_p50"] and r["ttft2_p50"] else "-"
         rp = f"{r['tpot_p50'] / base['tpot_p50']:.2f}" if base and base["tpot_p50"] and r["tpot_p50"] else "-"
-        md.append(f"| {r['system']} | {_ms(r['ttft2_p50'])} / {_ms(r['ttft2_p90'])} | {_ms(r['tpot_p50'])} | {_pct(r['local'])}% | "
-                  f"{_pct(r['success'])}% | {rt} | {rp} |")
+        md.append(
+            f"| {r['system']} | {_ms(r['ttft2_p50'])} / {_ms(r['ttft2_p90'])} | {_ms(r['tpot_p50'])} | {_pct(r['local'])}% | "
+            f"{_pct(r['success'])}% | {rt} | {rp} |"
+        )
     return md + ["", "Baseline: sglang-router in PD mode." if base else "", ""]
 
 
@@ -260,19 +342,31 @@ def render_validation(val: dict[str, Any] | None, data_dir: Path) -> list[str]:
     v = val["doc"]
     md += [f"`{val['command']}` ({val['seconds']:.0f} s here). {v.get('conditions', '')}", ""]
     if v.get("metrics"):
-        md += [f"![validation](report/{plot_validation(v, data_dir)})", "",
-               "| metric | measured | ppd-sim | sim / measured | within 25% |", "|---|---|---|---|---|"]
+        md += [
+            f"![validation](report/{plot_validation(v, data_dir)})",
+            "",
+            "| metric | measured | ppd-sim | sim / measured | within 25% |",
+            "|---|---|---|---|---|",
+        ]
         for m in v["metrics"]:
             ok = "yes" if m.get("ok") else "**no**"
-            md.append(f"| {m['name']} | {_ms(m['measured'])} | {_ms(m['simulated'])} | "
-                      f"{m['ratio']:.2f} | {ok} |" if m.get("ratio") is not None else f"| {m['name']} | - | - | - | - |")
+            md.append(
+                f"| {m['name']} | {_ms(m['measured'])} | {_ms(m['simulated'])} | {m['ratio']:.2f} | {ok} |"
+                if m.get("ratio") is not None
+                else f"| {m['name']} | - | - | - | - |"
+            )
     for line in v.get("notes", []):
         md.append(f"- {line}")
     return md + [""]
 
 
-def render(meta: dict[str, Any], sim: dict[str, Any] | None, live: dict[str, Any] | None, validation: dict[str, Any] | None,
-           data_dir: Path) -> str:
+def render(
+    meta: dict[str, Any],
+    sim: dict[str, Any] | None,
+    live: dict[str, Any] | None,
+    validation: dict[str, Any] | None,
+    data_dir: Path,
+) -> str:
     def fmt(secs: dict[str, float]) -> str:
         return ", ".join(f"{k} {v / 60:.1f} min" if v >= 60 else f"{k} {v:.0f} s" for k, v in secs.items())
 
@@ -280,12 +374,18 @@ def render(meta: dict[str, Any], sim: dict[str, Any] | None, live: dict[str, Any
     rec = meta.get("recorded") or {}
     if rec and (meta["reused"]["sim"] or meta["reused"]["live"]):
         took += f" (each part as last run: {fmt(rec)}; all together {sum(rec.values()) / 60:.0f} min)"
-    md = ["# PPD: the report", "",
-          f"Regenerated by `{' '.join(meta['argv'])}` on {meta['generated']} at commit {meta['git']} ({meta['machine']}); "
-          f"this run took {took}." + (" Sim figures reused from a saved run." if meta["reused"]["sim"] else "")
-          + (" Live figures (b, c) reused from a saved run." if meta["reused"]["live"] and (live or validation) else ""), "",
-          "Three parts: (a) the PPD paper's experiments in `ppd-sim` (simulated GPU fleets), (b) the same policies measured "
-          "on the embedded CPU cluster against sglang-router, (c) how far the simulator is from the measurements.", ""]
+    md = [
+        "# PPD: the report",
+        "",
+        f"Regenerated by `{' '.join(meta['argv'])}` on {meta['generated']} at commit {meta['git']} ({meta['machine']}); "
+        f"this run took {took}."
+        + (" Sim figures reused from a saved run." if meta["reused"]["sim"] else "")
+        + (" Live figures (b, c) reused from a saved run." if meta["reused"]["live"] and (live or validation) else ""),
+        "",
+        "Three parts: (a) the PPD paper's experiments in `ppd-sim` (simulated GPU fleets), (b) the same policies measured "
+        "on the embedded CPU cluster against sglang-router, (c) how far the simulator is from the measurements.",
+        "",
+    ]
     md += render_sim(sim, data_dir)
     md += render_live(live, data_dir)
     md += render_validation(validation, data_dir)

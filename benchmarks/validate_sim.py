@@ -42,21 +42,40 @@ _CLI = "import sys; from ppd_server.cli import main; sys.exit(main())"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="validate_sim.py", description=__doc__.splitlines()[0])
-    p.add_argument("--workload", default="long-context-cpu", help="ppd-bench generator or workload file (default long-context-cpu)")
+    p.add_argument(
+        "--workload", default="long-context-cpu", help="ppd-bench generator or workload file (default long-context-cpu)"
+    )
     p.add_argument("--sessions", type=int, default=8, help="sessions (default 8)")
-    p.add_argument("--rate", type=float, default=0.08, help="new sessions per second (default 0.08: the 2-core box keeps up)")
-    p.add_argument("--duration", type=float, default=100.0, help="sessions start within this many seconds (default 100)")
+    p.add_argument(
+        "--rate", type=float, default=0.08, help="new sessions per second (default 0.08: the 2-core box keeps up)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=100.0, help="sessions start within this many seconds (default 100)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", default="ppd", help="router policy, live and simulated (default ppd)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1: one core each)")
     p.add_argument("--profile", help="use this measured profile instead of measuring one")
-    p.add_argument("--profile-grid", default="long", help="ppd-server profile --grid (default long: the long-context shapes)")
-    p.add_argument("--isolated-profile", action="store_true",
-                   help="profile one worker alone (plain `ppd-server profile`) instead of beside a busy second worker")
-    p.add_argument("--neighbor-duty", type=float, default=1.0,
-                   help="share of the time the second worker prefills while the profile is measured (default 1.0; "
-                        "0.5 gave sim/measured 0.26-0.51 on this box, 1.0 gave 1.07-1.25)")
-    p.add_argument("--link-gbs", default="auto", help="simulated P->D link GB/s; auto = the workers' last measured KV transfer speed")
+    p.add_argument(
+        "--profile-grid", default="long", help="ppd-server profile --grid (default long: the long-context shapes)"
+    )
+    p.add_argument(
+        "--isolated-profile",
+        action="store_true",
+        help="profile one worker alone (plain `ppd-server profile`) instead of beside a busy second worker",
+    )
+    p.add_argument(
+        "--neighbor-duty",
+        type=float,
+        default=1.0,
+        help="share of the time the second worker prefills while the profile is measured (default 1.0; "
+        "0.5 gave sim/measured 0.26-0.51 on this box, 1.0 gave 1.07-1.25)",
+    )
+    p.add_argument(
+        "--link-gbs",
+        default="auto",
+        help="simulated P->D link GB/s; auto = the workers' last measured KV transfer speed",
+    )
     p.add_argument("--tolerance", type=float, default=0.25, help="allowed |sim/measured - 1| (default 0.25)")
     p.add_argument("--reuse", metavar="DIR", help="skip measuring: re-simulate the measurement saved in DIR")
     p.add_argument("--keep", metavar="DIR", help="save the measurement here (default: a temp dir, printed)")
@@ -130,18 +149,26 @@ def profile_beside_a_busy_worker(a: argparse.Namespace, out: Path) -> None:
                 t0 = time.monotonic()
                 try:
                     busy.stream(busy.tokens(1500), 1)
-                except Exception:  # noqa: BLE001 - background load only; the probe reports real errors
+                except Exception:
                     pass
                 took = time.monotonic() - t0
                 stop.wait(took * (1.0 - a.neighbor_duty) / a.neighbor_duty)
 
         thread = threading.Thread(target=keep_busy, daemon=True)
         thread.start()
-        _log(f"profile --grid {a.profile_grid} of {plans[0].url} while {plans[1].url} prefills {100 * a.neighbor_duty:.0f}% of the time")
-        profile = measure_profile(plans[0].url, GRIDS[a.profile_grid], max_seconds=120,
-                                  progress=lambda i, n, label: _log(f"profile {i}/{n} {label}") if i % 4 == 0 else None)
-        profile["source"] += (f"; measured while a second worker on the other core prefilled 1.5k-token prompts "
-                              f"{100 * a.neighbor_duty:.0f}% of the time")
+        _log(
+            f"profile --grid {a.profile_grid} of {plans[0].url} while {plans[1].url} prefills {100 * a.neighbor_duty:.0f}% of the time"
+        )
+        profile = measure_profile(
+            plans[0].url,
+            GRIDS[a.profile_grid],
+            max_seconds=120,
+            progress=lambda i, n, label: _log(f"profile {i}/{n} {label}") if i % 4 == 0 else None,
+        )
+        profile["source"] += (
+            f"; measured while a second worker on the other core prefilled 1.5k-token prompts "
+            f"{100 * a.neighbor_duty:.0f}% of the time"
+        )
         save_profile(profile, out)
     finally:
         stop.set()
@@ -156,12 +183,44 @@ def measure(a: argparse.Namespace, d: Path) -> dict[str, Any]:
     elif not a.isolated_profile:
         profile_beside_a_busy_worker(a, prof)
     else:
-        _run([sys.executable, "-c", _CLI, "profile", "--grid", a.profile_grid, "--threads", str(a.threads),
-              "--max-seconds", "150", "-o", str(prof)], 300, "profile")
+        _run(
+            [
+                sys.executable,
+                "-c",
+                _CLI,
+                "profile",
+                "--grid",
+                a.profile_grid,
+                "--threads",
+                str(a.threads),
+                "--max-seconds",
+                "150",
+                "-o",
+                str(prof),
+            ],
+            300,
+            "profile",
+        )
     port = _free_port()
     log = open(d / "router.log", "wb")
-    router = subprocess.Popen([sys.executable, "-c", _CLI, "--embedded", "1P1D", "--port", str(port), "--policy", a.policy,
-                               "--worker-threads", str(a.threads)], env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    router = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _CLI,
+            "--embedded",
+            "1P1D",
+            "--port",
+            str(port),
+            "--policy",
+            a.policy,
+            "--worker-threads",
+            str(a.threads),
+        ],
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     info: dict[str, Any] = {}
     try:
@@ -172,7 +231,7 @@ def measure(a: argparse.Namespace, d: Path) -> dict[str, Any]:
             try:
                 if _get(url + "/health").get("status") == "ok":
                     break
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ppd-server not healthy after 240 s; log {d / 'router.log'}")
@@ -182,14 +241,48 @@ def measure(a: argparse.Namespace, d: Path) -> dict[str, Any]:
         workers = workers.get("workers", workers) if isinstance(workers, dict) else workers
         by_role = {w["role"]: w["url"] for w in workers}
         dinfo = _get(by_role["decode"] + "/server_info")
-        info = {"decode_url": by_role["decode"], "prefill_url": by_role["prefill"],
-                "max_total_num_tokens": dinfo.get("max_total_num_tokens"), "chunked_prefill_size": dinfo.get("chunked_prefill_size"),
-                "kv_bytes_per_token": dinfo.get("kv_bytes_per_token"), "load_interval_s": 0.5}
-        _run([sys.executable, "-m", "ppd_bench", "run", "--url", url, "--workload", a.workload, "--sessions", str(a.sessions),
-              "--rate", f"{a.rate:g}", "--duration", f"{a.duration:g}", "--deadline", f"{a.duration + 120:g}", "--seed", str(a.seed),
-              "--label", a.policy, "--no-progress", "--out", str(d / "measured.json"), "--save-workload", str(d / "workload.jsonl")],
-             a.duration + 200, "ppd-bench run")
-        speeds = [_metric(_get(w + "/metrics"), "kv_transfer_speed_gb_s") for w in (by_role["prefill"], by_role["decode"])]
+        info = {
+            "decode_url": by_role["decode"],
+            "prefill_url": by_role["prefill"],
+            "max_total_num_tokens": dinfo.get("max_total_num_tokens"),
+            "chunked_prefill_size": dinfo.get("chunked_prefill_size"),
+            "kv_bytes_per_token": dinfo.get("kv_bytes_per_token"),
+            "load_interval_s": 0.5,
+        }
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "ppd_bench",
+                "run",
+                "--url",
+                url,
+                "--workload",
+                a.workload,
+                "--sessions",
+                str(a.sessions),
+                "--rate",
+                f"{a.rate:g}",
+                "--duration",
+                f"{a.duration:g}",
+                "--deadline",
+                f"{a.duration + 120:g}",
+                "--seed",
+                str(a.seed),
+                "--label",
+                a.policy,
+                "--no-progress",
+                "--out",
+                str(d / "measured.json"),
+                "--save-workload",
+                str(d / "workload.jsonl"),
+            ],
+            a.duration + 200,
+            "ppd-bench run",
+        )
+        speeds = [
+            _metric(_get(w + "/metrics"), "kv_transfer_speed_gb_s") for w in (by_role["prefill"], by_role["decode"])
+        ]
         info["kv_transfer_speed_gb_s"] = max((s for s in speeds if s), default=None)
     finally:
         router.send_signal(signal.SIGTERM)
@@ -209,13 +302,31 @@ def simulate(a: argparse.Namespace, d: Path, info: dict[str, Any]) -> tuple[dict
 
     link = info.get("kv_transfer_speed_gb_s") if a.link_gbs == "auto" else float(a.link_gbs)
     link = link if link and link > 0 else 1.0
-    argv = ["--cluster", "1P1D", "--policies", a.policy, "--profile", str(d / "profile.json"), "--trace", str(d / "workload.jsonl"),
-            "--router-profile", "builtin", "--online-fit", "--link-gbs", f"{link:.3g}", "--quiet"]
+    argv = [
+        "--cluster",
+        "1P1D",
+        "--policies",
+        a.policy,
+        "--profile",
+        str(d / "profile.json"),
+        "--trace",
+        str(d / "workload.jsonl"),
+        "--router-profile",
+        "builtin",
+        "--online-fit",
+        "--link-gbs",
+        f"{link:.3g}",
+        "--quiet",
+    ]
     if info.get("chunked_prefill_size"):
         argv += ["--chunk-tokens", str(info["chunked_prefill_size"])]
     if info.get("max_total_num_tokens"):
         argv += ["--kv-capacity-tokens", str(info["max_total_num_tokens"])]
-    arrivals = [json.loads(line).get("arrival_ms") or 0.0 for line in (d / "workload.jsonl").read_text().splitlines() if line.strip()]
+    arrivals = [
+        json.loads(line).get("arrival_ms") or 0.0
+        for line in (d / "workload.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     argv += ["--duration", f"{max(arrivals) / 1000.0 + 1.0:.0f}", *a.sim_args.split()]
     out = d / "simulated.json"
     rc = sim_main([*argv, "--json", str(out)])
@@ -236,11 +347,27 @@ def compare(measured: dict[str, Any], sim: dict[str, Any], tolerance: float) -> 
     out = []
     for name, mv, sv, gated in rows:
         ratio = sv / mv if mv and sv is not None else None
-        out.append({"name": name, "measured": mv, "simulated": sv, "ratio": ratio, "gated": gated,
-                    "ok": ratio is not None and abs(ratio - 1) <= tolerance if gated else None})
+        out.append(
+            {
+                "name": name,
+                "measured": mv,
+                "simulated": sv,
+                "ratio": ratio,
+                "gated": gated,
+                "ok": ratio is not None and abs(ratio - 1) <= tolerance if gated else None,
+            }
+        )
     local_m = (m["turn2plus"].get("route_share") or {}).get("local")
-    out.append({"name": "turns 2+ local (share)", "measured": local_m, "simulated": s.get("turn2plus_local_share"),
-                "ratio": (s["turn2plus_local_share"] / local_m) if local_m else None, "gated": False, "ok": None})
+    out.append(
+        {
+            "name": "turns 2+ local (share)",
+            "measured": local_m,
+            "simulated": s.get("turn2plus_local_share"),
+            "ratio": (s["turn2plus_local_share"] / local_m) if local_m else None,
+            "gated": False,
+            "ok": None,
+        }
+    )
     return out
 
 
@@ -258,17 +385,25 @@ def mixed_gap(profile: dict[str, Any]) -> str | None:
     ratios = sorted(s["ms"] / predict_ms(coefs, s) for s in mixed if predict_ms(coefs, s) > 0)
     if not ratios:
         return None
-    return (f"The engine's mixed iterations (a prefill chunk riding with decode streams) took {median(ratios):.2f}x "
-            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}, {len(ratios)} samples) what the simulator's additive model "
-            "(prefill chunk + decode rows without their base) predicts from the plain prefill and decode timings "
-            "of the same profile (1.0 = additive); the profile's joint fit reconciles them.")
+    return (
+        f"The engine's mixed iterations (a prefill chunk riding with decode streams) took {median(ratios):.2f}x "
+        f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}, {len(ratios)} samples) what the simulator's additive model "
+        "(prefill chunk + decode rows without their base) predicts from the plain prefill and decode timings "
+        "of the same profile (1.0 = additive); the profile's joint fit reconciles them."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    for name, v in (("--sessions", a.sessions), ("--rate", a.rate), ("--duration", a.duration), ("--tolerance", a.tolerance),
-                    ("--threads", a.threads), ("--neighbor-duty", a.neighbor_duty)):
+    for name, v in (
+        ("--sessions", a.sessions),
+        ("--rate", a.rate),
+        ("--duration", a.duration),
+        ("--tolerance", a.tolerance),
+        ("--threads", a.threads),
+        ("--neighbor-duty", a.neighbor_duty),
+    ):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             p.error(f"{name} must be > 0, got {v}")
     if a.neighbor_duty > 1:
@@ -299,21 +434,33 @@ def main(argv: list[str] | None = None) -> int:
     profile = json.loads((d / "profile.json").read_text())
     print(f"{'metric':<24} {'measured':>10} {'ppd-sim':>10} {'sim/meas':>9}")
     for r in rows:
-        fmt = (lambda v: "-" if v is None else f"{v:.3f}") if "share" in r["name"] else (lambda v: "-" if v is None else f"{v:.1f}")
+        fmt = (
+            (lambda v: "-" if v is None else f"{v:.3f}")
+            if "share" in r["name"]
+            else (lambda v: "-" if v is None else f"{v:.1f}")
+        )
         flag = "" if r["ok"] is None else ("  ok" if r["ok"] else f"  OFF by more than {100 * a.tolerance:g}%")
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
         print(f"{r['name']:<24} {fmt(r['measured']):>10} {fmt(r['simulated']):>10} {ratio:>9}{flag}")
     load = measured.get("load", {})
     doc = {
-        "metrics": [r for r in rows if r["gated"]], "extra": [r for r in rows if not r["gated"]],
-        "ok": all(r["ok"] for r in rows if r["gated"]), "tolerance": a.tolerance, "seconds": round(time.monotonic() - started, 1),
-        "conditions": (f"Workload {measured.get('workload')}: {load.get('sessions')} sessions ({load.get('turns')} turns) at "
-                       f"{load.get('sessions_per_s')} new sessions/s (~{load.get('offered_requests_per_s')} requests/s), policy {a.policy}, "
-                       f"embedded 1P1D ppd-workers (SmolLM2-135M, {a.threads} thread(s) each) on this machine; profile "
-                       f"grid `{a.profile_grid}`{' (one worker alone)' if a.isolated_profile else f' beside a second worker prefilling on the other core {100 * a.neighbor_duty:.0f}% of the time'}"
-                       f" (fit error % {profile.get('fit')}); simulated as "
-                       f"`ppd-sim {' '.join(sim_argv)}`."),
-        "cluster": info, "profile_coefficients": profile.get("coefficients"), "sim_argv": sim_argv, "dir": str(d),
+        "metrics": [r for r in rows if r["gated"]],
+        "extra": [r for r in rows if not r["gated"]],
+        "ok": all(r["ok"] for r in rows if r["gated"]),
+        "tolerance": a.tolerance,
+        "seconds": round(time.monotonic() - started, 1),
+        "conditions": (
+            f"Workload {measured.get('workload')}: {load.get('sessions')} sessions ({load.get('turns')} turns) at "
+            f"{load.get('sessions_per_s')} new sessions/s (~{load.get('offered_requests_per_s')} requests/s), policy {a.policy}, "
+            f"embedded 1P1D ppd-workers (SmolLM2-135M, {a.threads} thread(s) each) on this machine; profile "
+            f"grid `{a.profile_grid}`{' (one worker alone)' if a.isolated_profile else f' beside a second worker prefilling on the other core {100 * a.neighbor_duty:.0f}% of the time'}"
+            f" (fit error % {profile.get('fit')}); simulated as "
+            f"`ppd-sim {' '.join(sim_argv)}`."
+        ),
+        "cluster": info,
+        "profile_coefficients": profile.get("coefficients"),
+        "sim_argv": sim_argv,
+        "dir": str(d),
         "notes": [n for n in (mixed_gap(profile),) if n],
     }
     if a.json:

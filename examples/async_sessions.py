@@ -30,7 +30,9 @@ async def converse(preset: str, questions: list[str]) -> list[str]:
                 reply = await chat.send(question, temperature=0, max_tokens=40)
                 text = reply.text
             route = reply.route.route if reply.route else "-"
-            lines.append(f"{preset:<11} turn {reply.turn} route={route:<7} cached={reply.usage.cached_tokens} | {text.strip()}")
+            lines.append(
+                f"{preset:<11} turn {reply.turn} route={route:<7} cached={reply.usage.cached_tokens} | {text.strip()}"
+            )
     return lines
 
 

@@ -41,7 +41,10 @@ def main() -> None:
     agent = build_agent(ChatPPD(temperature=0, max_tokens=64, preset="interactive"))
     # recursion_limit bounds the model<->tools loop whatever the model does.
     config = {"configurable": {"thread_id": f"weather-agent-{uuid.uuid4().hex[:8]}"}, "recursion_limit": 8}
-    first = [SystemMessage("You can call get_weather(city) to look up the weather."), HumanMessage("What's the weather in Paris?")]
+    first = [
+        SystemMessage("You can call get_weather(city) to look up the weather."),
+        HumanMessage("What's the weather in Paris?"),
+    ]
     for turn_messages in (first, [HumanMessage("Should I take an umbrella?")]):
         try:
             state = agent.invoke({"messages": turn_messages}, config)

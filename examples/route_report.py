@@ -22,7 +22,9 @@ PROMPTS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--turns", type=int, default=4, choices=range(1, len(PROMPTS) + 1), metavar=f"1..{len(PROMPTS)}")
+    parser.add_argument(
+        "--turns", type=int, default=4, choices=range(1, len(PROMPTS) + 1), metavar=f"1..{len(PROMPTS)}"
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
 

@@ -23,7 +23,9 @@ def main() -> None:
             route = reply.route.route if reply.route else "n/a (plain OpenAI-compatible server)"
             print(f"\n[turn {reply.turn}] user: {question}")
             print(f"assistant: {reply.text.strip()}")
-            print(f"  route={route} cached_tokens={reply.usage.cached_tokens} prompt_tokens={reply.usage.prompt_tokens}")
+            print(
+                f"  route={route} cached_tokens={reply.usage.cached_tokens} prompt_tokens={reply.usage.prompt_tokens}"
+            )
 
 
 if __name__ == "__main__":

@@ -28,18 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from ppd_sim.workload import Session
 
 from ppd_bench.driver import BenchError, RunConfig, arun
 from ppd_bench.stats import TurnRecord, summarize
+from ppd_sim.workload import Session
 
 ROUTERS = ("sglang-router", "smg")
 
 #: sglang-router / smg would fetch a tokenizer for a non-local model name: fail fast, offline.
 NO_NETWORK_ENV = {
-    "HF_ENDPOINT": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-    "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-    "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+    "HF_ENDPOINT": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
 }
 
 
@@ -63,8 +67,10 @@ class CompareConfig:
             try:
                 make_policy(s)
             except ValueError:
-                raise BenchError(f"unknown system {s!r} in --systems; use a ppd-server policy (ppd, pd, local, "
-                                 f"threshold:N, ratio:X) or one of {', '.join(ROUTERS)}") from None
+                raise BenchError(
+                    f"unknown system {s!r} in --systems; use a ppd-server policy (ppd, pd, local, "
+                    f"threshold:N, ratio:X) or one of {', '.join(ROUTERS)}"
+                ) from None
         if len(set(self.systems)) != len(self.systems):
             raise BenchError(f"--systems {','.join(self.systems)!r} names a system twice")
         if not 1 <= self.rounds <= 20:
@@ -79,8 +85,9 @@ class _Proc:
     def __init__(self, name: str, argv: list[str], url: str, log: Path, env: dict[str, str] | None = None) -> None:
         self.name, self.url, self.log_path = name, url, log
         with open(log, "wb") as f:
-            self.popen = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env={**os.environ, **(env or {})})
+            self.popen = subprocess.Popen(
+                argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+            )
 
     def tail(self, chars: int = 1500) -> str:
         try:
@@ -112,22 +119,66 @@ class _Proc:
                 self.popen.wait(5)
 
 
-def _front_argv(system: str, port: int, prefill: str, bootstrap: int, decode: str, prom_port: int) -> tuple[list[str], dict[str, str], str]:
+def _front_argv(
+    system: str, port: int, prefill: str, bootstrap: int, decode: str, prom_port: int
+) -> tuple[list[str], dict[str, str], str]:
     """argv, extra env and readiness path of one front end."""
     common = ["--host", "127.0.0.1", "--port", str(port)]
     if system == "sglang-router":
-        argv = [sys.executable, "-m", "sglang_router.launch_router", "--pd-disaggregation", "--prefill", prefill,
-                str(bootstrap), "--decode", decode, *common, "--prometheus-host", "127.0.0.1", "--prometheus-port",
-                str(prom_port), "--health-check-interval-secs", "5"]
+        argv = [
+            sys.executable,
+            "-m",
+            "sglang_router.launch_router",
+            "--pd-disaggregation",
+            "--prefill",
+            prefill,
+            str(bootstrap),
+            "--decode",
+            decode,
+            *common,
+            "--prometheus-host",
+            "127.0.0.1",
+            "--prometheus-port",
+            str(prom_port),
+            "--health-check-interval-secs",
+            "5",
+        ]
         return argv, NO_NETWORK_ENV, "/health"
     if system == "smg":
         exe = shutil.which("smg") or os.path.join(os.path.dirname(sys.executable), "smg")
-        argv = [exe, "launch", "--pd-disaggregation", "--prefill", prefill, str(bootstrap), "--decode", decode,
-                *common, "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom_port),
-                "--health-check-interval-secs", "5"]
+        argv = [
+            exe,
+            "launch",
+            "--pd-disaggregation",
+            "--prefill",
+            prefill,
+            str(bootstrap),
+            "--decode",
+            decode,
+            *common,
+            "--prometheus-host",
+            "127.0.0.1",
+            "--prometheus-port",
+            str(prom_port),
+            "--health-check-interval-secs",
+            "5",
+        ]
         return argv, NO_NETWORK_ENV, "/health"
-    argv = [sys.executable, "-m", "ppd_server", "--prefill", prefill, str(bootstrap), "--decode", decode,
-            "--policy", system, *common, "--log-level", "warning"]
+    argv = [
+        sys.executable,
+        "-m",
+        "ppd_server",
+        "--prefill",
+        prefill,
+        str(bootstrap),
+        "--decode",
+        decode,
+        "--policy",
+        system,
+        *common,
+        "--log-level",
+        "warning",
+    ]
     return argv, {}, "/v1/models"
 
 
@@ -155,8 +206,13 @@ async def flush_caches(urls: Sequence[str], attempts: int = 20) -> None:
                 raise RuntimeError(f"cannot flush the cache of {url}")
 
 
-def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], workload: str = "",
-            checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def compare(
+    config: CompareConfig,
+    run: RunConfig,
+    sessions: Sequence[Session],
+    workload: str = "",
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run every system in ``config.systems`` over the same sessions in front of one embedded
     1P1D pair; returns ``{"run", "workers", "systems": [{"system", "result" | "error", ...}], ...}``.
     ``checkpoint`` gets the document so far after each system (to save partial results)."""
@@ -174,11 +230,25 @@ def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], 
     assert prefill.bootstrap_port is not None
     out: list[dict[str, Any]] = []
     started = time.monotonic()
-    doc: dict[str, Any] = {"ppd_bench_compare": 1, "workload": workload, "baseline": config.baseline,
-                           "run": _run_dict(run), "log_dir": str(log_dir), "systems": out}
-    with Cluster(plans, str(log_dir), progress=lambda m: print(m.replace("[ppd-server]", "[ppd-bench compare]"), file=sys.stderr)):
-        doc["workers"] = {"prefill": prefill.url, "decode": decode.url, "bootstrap_port": prefill.bootstrap_port,
-                          "cpus": [p.cpu for p in plans], "model": "smollm2", "threads": config.worker_threads}
+    doc: dict[str, Any] = {
+        "ppd_bench_compare": 1,
+        "workload": workload,
+        "baseline": config.baseline,
+        "run": _run_dict(run),
+        "log_dir": str(log_dir),
+        "systems": out,
+    }
+    with Cluster(
+        plans, str(log_dir), progress=lambda m: print(m.replace("[ppd-server]", "[ppd-bench compare]"), file=sys.stderr)
+    ):
+        doc["workers"] = {
+            "prefill": prefill.url,
+            "decode": decode.url,
+            "bootstrap_port": prefill.bootstrap_port,
+            "cpus": [p.cpu for p in plans],
+            "model": "smollm2",
+            "threads": config.worker_threads,
+        }
         entries: dict[str, dict[str, Any]] = {system: {"system": system, "rounds": []} for system in config.systems}
         out.extend(entries.values())
         for r in range(config.rounds):
@@ -187,7 +257,9 @@ def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], 
             order = config.systems if r % 2 == 0 else tuple(reversed(config.systems))
             for system in order:
                 entry = entries[system]
-                entry["rounds"].append(_run_one(system, r, config, run, sessions, workload, ports, prefill, decode, log_dir))
+                entry["rounds"].append(
+                    _run_one(system, r, config, run, sessions, workload, ports, prefill, decode, log_dir)
+                )
                 _pool(entry, run)
                 doc["wall_s"] = round(time.monotonic() - started, 1)
                 if checkpoint is not None:
@@ -196,8 +268,18 @@ def compare(config: CompareConfig, run: RunConfig, sessions: Sequence[Session], 
     return doc
 
 
-def _run_one(system: str, round_no: int, config: CompareConfig, run: RunConfig, sessions: Sequence[Session], workload: str,
-             ports: Iterator[int], prefill: Any, decode: Any, log_dir: Path) -> dict[str, Any]:
+def _run_one(
+    system: str,
+    round_no: int,
+    config: CompareConfig,
+    run: RunConfig,
+    sessions: Sequence[Session],
+    workload: str,
+    ports: Iterator[int],
+    prefill: Any,
+    decode: Any,
+    log_dir: Path,
+) -> dict[str, Any]:
     """One system, one round: flush the workers' caches, start the front end, run, stop it."""
     entry: dict[str, Any] = {"round": round_no + 1}
     if system == "smg" and (why := smg_available()):
@@ -217,8 +299,11 @@ def _run_one(system: str, round_no: int, config: CompareConfig, run: RunConfig, 
         # on the first request) inside the measured run; then a clean cache again.
         asyncio.run(_warm_up(proc.url))
         asyncio.run(flush_caches([prefill.url, decode.url]))
-        print(f"[ppd-bench compare] {system} (round {round_no + 1}/{config.rounds}): up on {proc.url}; "
-              f"running {len(sessions)} sessions", file=sys.stderr)
+        print(
+            f"[ppd-bench compare] {system} (round {round_no + 1}/{config.rounds}): up on {proc.url}; "
+            f"running {len(sessions)} sessions",
+            file=sys.stderr,
+        )
         entry["result"] = asyncio.run(arun(replace(run, url=proc.url, label=system), sessions, workload))
     except (RuntimeError, BenchError) as e:
         entry["error"] = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
@@ -248,16 +333,27 @@ def _pool(entry: dict[str, Any], run: RunConfig) -> None:
     if len(done) == 1:
         entry["result"] = done[0]["result"]
         return
-    records = [TurnRecord.from_json({**rec, "session": f"r{r['round']}/{rec['session']}"})
-               for r in done for rec in r["result"]["records"]]
+    records = [
+        TurnRecord.from_json({**rec, "session": f"r{r['round']}/{rec['session']}"})
+        for r in done
+        for rec in r["result"]["records"]
+    ]
     wall = sum(r["result"]["wall_s"] for r in done)
     first = done[0]["result"]
     pooled = {k: v for k, v in first.items() if k not in ("records", "summary", "wall_s", "hit_deadline")}
-    pooled["load"] = {**first["load"], "sessions": sum(r["result"]["load"]["sessions"] for r in done),
-                      "turns": sum(r["result"]["load"]["turns"] for r in done),
-                      "measured_requests_per_s": round(len(records) / wall, 3) if wall else None}
-    pooled.update(rounds=len(done), wall_s=round(wall, 3), hit_deadline=any(r["result"]["hit_deadline"] for r in done),
-                  summary=summarize(records, wall, run.slo_ttft_ms, run.slo_tpot_ms), records=[x.to_json() for x in records])
+    pooled["load"] = {
+        **first["load"],
+        "sessions": sum(r["result"]["load"]["sessions"] for r in done),
+        "turns": sum(r["result"]["load"]["turns"] for r in done),
+        "measured_requests_per_s": round(len(records) / wall, 3) if wall else None,
+    }
+    pooled.update(
+        rounds=len(done),
+        wall_s=round(wall, 3),
+        hit_deadline=any(r["result"]["hit_deadline"] for r in done),
+        summary=summarize(records, wall, run.slo_ttft_ms, run.slo_tpot_ms),
+        records=[x.to_json() for x in records],
+    )
     entry["result"] = pooled
 
 

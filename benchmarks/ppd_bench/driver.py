@@ -33,7 +33,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from ppd_sim.workload import Conversation, Session, schedule
 
 from ppd_bench.prompt import prompt_text
 from ppd_bench.stats import TurnRecord, summarize
@@ -46,6 +45,7 @@ from ppd_sdk.wire import (
     Hints,
     Weights,
 )
+from ppd_sim.workload import Conversation, Session, schedule
 
 RESULT_VERSION = 1
 
@@ -121,8 +121,14 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="turn", desc=label or "ppd-bench", file=sys.stderr,
-                             mininterval=0.5, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total,
+                unit="turn",
+                desc=label or "ppd-bench",
+                file=sys.stderr,
+                mininterval=0.5,
+                dynamic_ncols=True,
+            )
 
     def update(self, r: TurnRecord) -> None:
         self._ok += r.ok
@@ -138,8 +144,14 @@ class _Progress:
 
 
 class _Runner:
-    def __init__(self, config: RunConfig, client: httpx.AsyncClient, model: str, run_id: str,
-                 on_record: Callable[[TurnRecord], None]) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        client: httpx.AsyncClient,
+        model: str,
+        run_id: str,
+        on_record: Callable[[TurnRecord], None],
+    ) -> None:
         self.config, self.client, self.model, self.run_id = config, client, model, run_id
         self.on_record = on_record
         self.records: list[TurnRecord] = []
@@ -181,16 +193,27 @@ class _Runner:
             n_in, n_out = conv.turns[j]
             # a turn cut in flight keeps its send time; turns never sent are stamped now
             at = sent if j == k and reason == "run deadline" and len(messages) > 2 * j else now
-            self._add(TurnRecord(conv.conversation_id, j + 1, round(at, 4), round(now, 4), False, n_in, n_out, error=reason))
+            self._add(
+                TurnRecord(conv.conversation_id, j + 1, round(at, 4), round(now, 4), False, n_in, n_out, error=reason)
+            )
 
-    async def turn(self, cid: str, session: str, turn: int, messages: list[dict[str, Any]], n_in: int,
-                   n_out: int) -> tuple[TurnRecord, str]:
+    async def turn(
+        self, cid: str, session: str, turn: int, messages: list[dict[str, Any]], n_in: int, n_out: int
+    ) -> tuple[TurnRecord, str]:
         cfg = self.config
-        hints = Hints(conversation_id=cid, turn=turn, weights=Weights(ttft=cfg.w_ttft, tpot=cfg.w_tpot),
-                      slo=SLO(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms))
+        hints = Hints(
+            conversation_id=cid,
+            turn=turn,
+            weights=Weights(ttft=cfg.w_ttft, tpot=cfg.w_tpot),
+            slo=SLO(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms),
+        )
         body: dict[str, Any] = {
-            "model": self.model, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": n_out, "temperature": 0.0,
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": n_out,
+            "temperature": 0.0,
         }
         if cfg.ignore_eos:
             body["ignore_eos"] = True
@@ -249,15 +272,33 @@ class _Runner:
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         if cached is None and isinstance(ppd, dict):
             cached = ppd.get("cached_tokens")
-        route = (ppd.get("route") if isinstance(ppd, dict) else None) or (headers.get(HEADER_ROUTE) if headers else None)
-        decode = (ppd.get("decode") if isinstance(ppd, dict) else None) or (headers.get(HEADER_DECODE) if headers else None)
-        prefill = (ppd.get("prefill") if isinstance(ppd, dict) else None) or (headers.get(HEADER_PREFILL) if headers else None)
+        route = (ppd.get("route") if isinstance(ppd, dict) else None) or (
+            headers.get(HEADER_ROUTE) if headers else None
+        )
+        decode = (ppd.get("decode") if isinstance(ppd, dict) else None) or (
+            headers.get(HEADER_DECODE) if headers else None
+        )
+        prefill = (ppd.get("prefill") if isinstance(ppd, dict) else None) or (
+            headers.get(HEADER_PREFILL) if headers else None
+        )
         record = TurnRecord(
-            session, turn, round(sent, 4), round(end, 4), error is None, n_in, n_out, error=error,
-            ttft_ms=_r(ttft), tpot_ms=_r(tpot), e2e_ms=_r((end - sent) * 1000.0) if error is None else None,
-            prompt_tokens=usage.get("prompt_tokens"), completion_tokens=completion,
+            session,
+            turn,
+            round(sent, 4),
+            round(end, 4),
+            error is None,
+            n_in,
+            n_out,
+            error=error,
+            ttft_ms=_r(ttft),
+            tpot_ms=_r(tpot),
+            e2e_ms=_r((end - sent) * 1000.0) if error is None else None,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=completion,
             cached_tokens=int(cached) if isinstance(cached, int) else None,
-            route=route, decode=decode, prefill=prefill or None,
+            route=route,
+            decode=decode,
+            prefill=prefill or None,
         )
         return record, "".join(text)
 
@@ -291,19 +332,33 @@ async def discover_model(client: httpx.AsyncClient, url: str) -> str:
         raise BenchError(f"--url {url!r}: GET /v1/models lists no model; pass --model") from None
 
 
-async def arun(config: RunConfig, sessions: Sequence[Session], workload: str = "",
-               on_record: Callable[[TurnRecord], None] | None = None) -> dict[str, Any]:
+async def arun(
+    config: RunConfig,
+    sessions: Sequence[Session],
+    workload: str = "",
+    on_record: Callable[[TurnRecord], None] | None = None,
+) -> dict[str, Any]:
     """Run the benchmark; returns the result document (see :func:`run`)."""
     config.validate()
-    convs = schedule(sessions, config.rate, config.seed, duration_s=config.duration_s, count=config.sessions,
-                     think_s=config.think_s, start_at_zero=True)
+    convs = schedule(
+        sessions,
+        config.rate,
+        config.seed,
+        duration_s=config.duration_s,
+        count=config.sessions,
+        think_s=config.think_s,
+        start_at_zero=True,
+    )
     if not convs:
-        raise BenchError(f"no session starts within --duration {config.duration_s:g}s at --rate {config.rate:g}/s; raise either")
+        raise BenchError(
+            f"no session starts within --duration {config.duration_s:g}s at --rate {config.rate:g}/s; raise either"
+        )
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
     timeout = httpx.Timeout(config.request_timeout_s, connect=10.0)
-    async with httpx.AsyncClient(base_url=api_base(config.url), headers=headers, limits=limits, timeout=timeout,
-                                 trust_env=False) as client:
+    async with httpx.AsyncClient(
+        base_url=api_base(config.url), headers=headers, limits=limits, timeout=timeout, trust_env=False
+    ) as client:
         model = config.model or await discover_model(client, config.url)
         if config.model:
             try:
@@ -333,8 +388,15 @@ async def arun(config: RunConfig, sessions: Sequence[Session], workload: str = "
     return _result(config, model, workload, convs, records, wall, bool(pending))
 
 
-def _result(config: RunConfig, model: str, workload: str, convs: Sequence[Conversation], records: list[TurnRecord],
-            wall: float, hit_deadline: bool) -> dict[str, Any]:
+def _result(
+    config: RunConfig,
+    model: str,
+    workload: str,
+    convs: Sequence[Conversation],
+    records: list[TurnRecord],
+    wall: float,
+    hit_deadline: bool,
+) -> dict[str, Any]:
     n_turns = sum(len(c.turns) for c in convs)
     window = max(c.arrival_ms for c in convs) / 1000.0 if convs else 0.0
     cfg = {k: v for k, v in asdict(config).items() if k not in ("api_key", "progress")}
@@ -366,13 +428,23 @@ def _result(config: RunConfig, model: str, workload: str, convs: Sequence[Conver
 def sessions_from_result(result: dict[str, Any]) -> list[Session]:
     """The sessions a result ran, with their arrival and think times (``write_sessions`` makes
     them a workload file that ``ppd-sim --trace`` replays)."""
-    return [Session(s["id"], tuple((t["input_tokens"], t["output_tokens"]) for t in s["turns"]),
-                    tuple(t.get("think_ms", 0.0) for t in s["turns"][1:]), s.get("arrival_ms"))
-            for s in result["sessions"]]
+    return [
+        Session(
+            s["id"],
+            tuple((t["input_tokens"], t["output_tokens"]) for t in s["turns"]),
+            tuple(t.get("think_ms", 0.0) for t in s["turns"][1:]),
+            s.get("arrival_ms"),
+        )
+        for s in result["sessions"]
+    ]
 
 
-def run(config: RunConfig, sessions: Sequence[Session], workload: str = "",
-        on_record: Callable[[TurnRecord], None] | None = None) -> dict[str, Any]:
+def run(
+    config: RunConfig,
+    sessions: Sequence[Session],
+    workload: str = "",
+    on_record: Callable[[TurnRecord], None] | None = None,
+) -> dict[str, Any]:
     """Run the benchmark against ``config.url`` and return the result document: ``config``,
     ``load`` (new sessions/s and the resulting requests/s), ``summary`` per turn class
     (:func:`ppd_bench.stats.summarize`), the exact ``sessions`` run (with arrivals: a workload

@@ -45,12 +45,12 @@ def _sharegpt(data: Any, path: str) -> list[Session]:
     for k, item in enumerate(data):
         conv = item.get("conversations") if isinstance(item, dict) else None
         if not isinstance(conv, list):
-            raise ValueError(f"trace {path!r} item {k}: expected {{'conversations': [...]}}")  # noqa: TRY004 - bad input
+            raise ValueError(f"trace {path!r} item {k}: expected {{'conversations': [...]}}")
         turns: list[tuple[int, int]] = []
         pending: int | None = None
         for msg in conv:
             if not isinstance(msg, dict) or not isinstance(msg.get("value"), str):
-                raise ValueError(f"trace {path!r} item {k}: each message needs 'from' and a text 'value'")  # noqa: TRY004
+                raise ValueError(f"trace {path!r} item {k}: each message needs 'from' and a text 'value'")
             n = _clip(len(msg["value"].split()) * 1.3)
             if msg.get("from") in ("human", "user"):
                 pending = n if pending is None else pending + n
@@ -76,13 +76,17 @@ def _request_log(text: str, path: str) -> list[Session]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{where} is not valid JSON: {e.msg}") from None
         if not isinstance(r, dict):
-            raise ValueError(f"{where}: expected an object with conversation_id, timestamp, prompt_tokens, completion_tokens")  # noqa: TRY004
+            raise ValueError(
+                f"{where}: expected an object with conversation_id, timestamp, prompt_tokens, completion_tokens"
+            )
         try:
             cid = str(r["conversation_id"])
             start = float(r["timestamp_ms"]) / 1000.0 if "timestamp_ms" in r else float(r["timestamp"])
             prompt, completion = int(r["prompt_tokens"]), int(r["completion_tokens"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: missing or bad field {e}; need conversation_id, timestamp, prompt_tokens, completion_tokens") from None
+            raise ValueError(
+                f"{where}: missing or bad field {e}; need conversation_id, timestamp, prompt_tokens, completion_tokens"
+            ) from None
         end = None
         if "latency_ms" in r:
             end = start + float(r["latency_ms"]) / 1000.0

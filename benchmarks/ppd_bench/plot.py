@@ -82,8 +82,11 @@ def latency_vs_load(results: Sequence[dict[str, Any]], path: Path) -> str:
     for r in results:
         series[_label(r)].append(r)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    panels = [("turn2plus", "ttft_ms", "p50", "turn 2+ TTFT p50 (ms)"), ("turn2plus", "ttft_ms", "p99", "turn 2+ TTFT p99 (ms)"),
-              ("all", "tpot_ms", "p50", "TPOT p50 (ms)")]
+    panels = [
+        ("turn2plus", "ttft_ms", "p50", "turn 2+ TTFT p50 (ms)"),
+        ("turn2plus", "ttft_ms", "p99", "turn 2+ TTFT p99 (ms)"),
+        ("all", "tpot_ms", "p50", "TPOT p50 (ms)"),
+    ]
     for ax, (cls, metric, q, title) in zip(axes, panels):
         for label, rs in sorted(series.items()):
             rs = sorted(rs, key=lambda r: r["load"]["sessions_per_s"])
@@ -114,8 +117,13 @@ def tradeoff(results: Sequence[dict[str, Any]], path: Path) -> str:
         if x is None or y is None:
             continue
         ax.scatter([x], [y], marker="x" if _failed(r) else "o", s=60, color="red" if _failed(r) else None)
-        ax.annotate(f"{_label(r)} w={_weights(r)} @{r['load']['sessions_per_s']:g}/s", (x, y), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            f"{_label(r)} w={_weights(r)} @{r['load']['sessions_per_s']:g}/s",
+            (x, y),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_xlabel("turn 2+ TPOT p50 (ms)")
     ax.set_ylabel("turn 2+ TTFT p50 (ms)")
     ax.set_title("TTFT-TPOT trade-off across systems and weights (lower-left is better)")
@@ -141,8 +149,12 @@ def route_share(results: Sequence[dict[str, Any]], path: Path, bin_s: float = 10
         if not bins:
             continue
         keys = sorted(bins)
-        ax.plot([(k + 0.5) * bin_s for k in keys], [100.0 * sum(bins[k]) / len(bins[k]) for k in keys], marker="o",
-                label=f"{_label(r)} w={_weights(r)} @{r['load']['sessions_per_s']:g}/s")
+        ax.plot(
+            [(k + 0.5) * bin_s for k in keys],
+            [100.0 * sum(bins[k]) / len(bins[k]) for k in keys],
+            marker="o",
+            label=f"{_label(r)} w={_weights(r)} @{r['load']['sessions_per_s']:g}/s",
+        )
     ax.set_xlabel("time since the run started (s)")
     ax.set_ylabel("turn 2+ routed D-local (%)")
     ax.set_ylim(-5, 105)

@@ -21,12 +21,16 @@ def _pct(v: float | None) -> str:
 def run_table(result: dict[str, Any]) -> str:
     """One run: a row per turn class."""
     load = result["load"]
-    head = (f"{result.get('label') or result['url']}: {load['sessions']} sessions ({load['turns']} turns, "
-            f"{result.get('workload') or 'workload'}) at {load['sessions_per_s']:g} new sessions/s "
-            f"(~{load['offered_requests_per_s']:g} requests/s offered, {load['measured_requests_per_s']} measured), "
-            f"{result['wall_s']:.1f}s")
-    cols = f"{'class':<10} {'turns':>5} {'ok%':>5} {'TTFT p50':>9} {'p90':>7} {'p99':>7} {'TPOT p50':>9} {'p90':>7} " \
-           f"{'E2E p50':>8} {'SLO%':>5} {'local':>6} {'cached':>7} {'out tok/s':>9}"
+    head = (
+        f"{result.get('label') or result['url']}: {load['sessions']} sessions ({load['turns']} turns, "
+        f"{result.get('workload') or 'workload'}) at {load['sessions_per_s']:g} new sessions/s "
+        f"(~{load['offered_requests_per_s']:g} requests/s offered, {load['measured_requests_per_s']} measured), "
+        f"{result['wall_s']:.1f}s"
+    )
+    cols = (
+        f"{'class':<10} {'turns':>5} {'ok%':>5} {'TTFT p50':>9} {'p90':>7} {'p99':>7} {'TPOT p50':>9} {'p90':>7} "
+        f"{'E2E p50':>8} {'SLO%':>5} {'local':>6} {'cached':>7} {'out tok/s':>9}"
+    )
     rows = [head, cols]
     for name in ("turn1", "turn2plus", "all"):
         s = result["summary"][name]
@@ -45,8 +49,10 @@ def compare_table(systems: Sequence[dict[str, Any]], baseline: str | None = None
     baseline = baseline or ""
     b_ttft = base["result"]["summary"]["turn2plus"]["ttft_ms"]["p50"] if base else None
     b_tpot = base["result"]["summary"]["turn2plus"]["tpot_ms"]["p50"] if base else None
-    cols = (f"{'system':<16} {'ok%':>5} {'t1 TTFT p50':>11} {'t2+ TTFT p50':>12} {'p90':>7} {'p99':>7} {'TPOT p50':>9} "
-            f"{'p90':>7} {'E2E p50':>8} {'local':>6} {'cached':>7} {'out tok/s':>9}")
+    cols = (
+        f"{'system':<16} {'ok%':>5} {'t1 TTFT p50':>11} {'t2+ TTFT p50':>12} {'p90':>7} {'p99':>7} {'TPOT p50':>9} "
+        f"{'p90':>7} {'E2E p50':>8} {'local':>6} {'cached':>7} {'out tok/s':>9}"
+    )
     if base:
         cols += f" {'TTFT/' + baseline:>{6 + len(baseline)}} {'TPOT/' + baseline:>{6 + len(baseline)}}"
     rows = [cols]
@@ -57,11 +63,13 @@ def compare_table(systems: Sequence[dict[str, Any]], baseline: str | None = None
             continue
         a, t2 = res["summary"]["all"], res["summary"]["turn2plus"]
         t1 = res["summary"]["turn1"]
-        row = (f"{s['system']:<16} {_pct(a['success_rate']):>5} {_f(t1['ttft_ms']['p50']):>11} {_f(t2['ttft_ms']['p50']):>12} "
-               f"{_f(t2['ttft_ms']['p90']):>7} {_f(t2['ttft_ms']['p99']):>7} {_f(t2['tpot_ms']['p50'], 1):>9} "
-               f"{_f(t2['tpot_ms']['p90'], 1):>7} {_f(t2['e2e_ms']['p50']):>8} "
-               f"{_pct(t2['route_share'].get('local', 0.0) if t2['ok'] else None):>6} {_pct(t2['cached_share']):>7} "
-               f"{_f(a['output_tokens_per_s'], 1):>9}")
+        row = (
+            f"{s['system']:<16} {_pct(a['success_rate']):>5} {_f(t1['ttft_ms']['p50']):>11} {_f(t2['ttft_ms']['p50']):>12} "
+            f"{_f(t2['ttft_ms']['p90']):>7} {_f(t2['ttft_ms']['p99']):>7} {_f(t2['tpot_ms']['p50'], 1):>9} "
+            f"{_f(t2['tpot_ms']['p90'], 1):>7} {_f(t2['e2e_ms']['p50']):>8} "
+            f"{_pct(t2['route_share'].get('local', 0.0) if t2['ok'] else None):>6} {_pct(t2['cached_share']):>7} "
+            f"{_f(a['output_tokens_per_s'], 1):>9}"
+        )
         if base:
             r1 = t2["ttft_ms"]["p50"] / b_ttft if b_ttft and t2["ttft_ms"]["p50"] is not None else None
             r2 = t2["tpot_ms"]["p50"] / b_tpot if b_tpot and t2["tpot_ms"]["p50"] is not None else None

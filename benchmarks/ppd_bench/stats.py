@@ -83,8 +83,9 @@ def meets_slo(r: TurnRecord, slo_ttft_ms: float | None, slo_tpot_ms: float | Non
     return slo_tpot_ms is None or r.tpot_ms is None or r.tpot_ms <= slo_tpot_ms
 
 
-def summarize_class(records: Sequence[TurnRecord], wall_s: float, slo_ttft_ms: float | None = None,
-                    slo_tpot_ms: float | None = None) -> dict[str, Any]:
+def summarize_class(
+    records: Sequence[TurnRecord], wall_s: float, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None
+) -> dict[str, Any]:
     """Figures of one turn class over a run that lasted ``wall_s`` seconds."""
     ok = [r for r in records if r.ok]
     good = [r for r in records if meets_slo(r, slo_ttft_ms, slo_tpot_ms)]
@@ -114,8 +115,9 @@ def summarize_class(records: Sequence[TurnRecord], wall_s: float, slo_ttft_ms: f
     }
 
 
-def summarize(records: Sequence[TurnRecord], wall_s: float, slo_ttft_ms: float | None = None,
-              slo_tpot_ms: float | None = None) -> dict[str, dict[str, Any]]:
+def summarize(
+    records: Sequence[TurnRecord], wall_s: float, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None
+) -> dict[str, dict[str, Any]]:
     """Per turn class: ``turn1``, ``turn2plus`` and ``all``."""
     classes = {
         "turn1": [r for r in records if r.turn == 1],

@@ -67,9 +67,14 @@ if TYPE_CHECKING:
     from ppd_kernels.kv_pool import KVPool
     from ppd_kernels.loader import LoadedModel, load_model
 
-_EXPORTS = {"ModelConfig": "ppd_kernels.config", "ForwardBatch": "ppd_kernels.batch",
-            "SeqChunk": "ppd_kernels.batch", "KVPool": "ppd_kernels.kv_pool",
-            "LoadedModel": "ppd_kernels.loader", "load_model": "ppd_kernels.loader"}
+_EXPORTS = {
+    "ModelConfig": "ppd_kernels.config",
+    "ForwardBatch": "ppd_kernels.batch",
+    "SeqChunk": "ppd_kernels.batch",
+    "KVPool": "ppd_kernels.kv_pool",
+    "LoadedModel": "ppd_kernels.loader",
+    "load_model": "ppd_kernels.loader",
+}
 
 __all__ = sorted(_EXPORTS)
 

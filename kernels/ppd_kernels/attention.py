@@ -57,14 +57,23 @@ def choose_path(group: AttentionGroup, device: torch.device) -> str:
     On CUDA a step is launch-bound (the loop launches ~6 kernels per sequence and layer):
     always batched (not measured here: no GPU).
     """
-    if device.type == "cpu" and group.one_run and (
-            group.num_seqs == 1 or group.context_max >= PER_SEQUENCE_MIN_CONTEXT):
+    if (
+        device.type == "cpu"
+        and group.one_run
+        and (group.num_seqs == 1 or group.context_max >= PER_SEQUENCE_MIN_CONTEXT)
+    ):
         return "per_sequence"
     return "batched"
 
 
-def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    plan: BatchPlan, scale: float, path: str | None = None) -> torch.Tensor:
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    plan: BatchPlan,
+    scale: float,
+    path: str | None = None,
+) -> torch.Tensor:
     """q: [T, num_heads, head_dim]; k_cache/v_cache: one layer [num_kv_heads, num_slots, head_dim],
     already holding this step's new K/V. Returns [T, num_heads, head_dim]. ``path`` forces
     one kernel for every group (tests); None: ``choose_path`` per group."""
@@ -100,7 +109,7 @@ def _context(cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
     kv_heads, num_slots, head_dim = cache.shape
     if group.view is not None:
         start, length = group.view
-        return cache[:, start:start + length].unsqueeze(1)
+        return cache[:, start : start + length].unsqueeze(1)
     assert group.gather is not None
     if group.block > 1:
         if num_slots % group.block == 0:
@@ -127,8 +136,11 @@ def _decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionG
         scores.masked_fill_(group.key_mask[None, :, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1).view(kv_heads * num_seqs, per_kv, context)
     attended = torch.bmm(probs, v.reshape(kv_heads * num_seqs, context, head_dim))
-    return attended.view(kv_heads, num_seqs, num_heads // kv_heads, head_dim).transpose(0, 1).reshape(
-        num_seqs, num_heads, head_dim)
+    return (
+        attended.view(kv_heads, num_seqs, num_heads // kv_heads, head_dim)
+        .transpose(0, 1)
+        .reshape(num_seqs, num_heads, head_dim)
+    )
 
 
 def _extend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
@@ -151,18 +163,17 @@ def _extend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionG
     return out.permute(1, 3, 0, 2, 4).reshape(num_seqs * new_max, num_heads, head_dim)
 
 
-def _sequence(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-              seq: SeqPlan) -> torch.Tensor:
+def _sequence(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq: SeqPlan) -> torch.Tensor:
     """One sequence, on zero-copy views of the pool when its slots form one run (else one
     gather): q [T, heads, hd] (pre-scaled, the whole batch) -> [num_new, heads, hd]."""
     if len(seq.runs) == 1:
-        (start, length), = seq.runs
-        k, v = k_cache[:, start:start + length], v_cache[:, start:start + length]
+        ((start, length),) = seq.runs
+        k, v = k_cache[:, start : start + length], v_cache[:, start : start + length]
     else:
         k, v = k_cache.index_select(1, seq.slots), v_cache.index_select(1, seq.slots)
     if q.dtype != torch.float32:
         k = k.contiguous()  # as in paged_attention: bf16 GEMM on the strided view is slower
-    q = q[seq.row_start:seq.row_start + seq.num_new]
+    q = q[seq.row_start : seq.row_start + seq.num_new]
     num_new, num_heads, head_dim = q.shape
     kv_heads = k.shape[0]
     per_kv = num_heads // kv_heads
@@ -173,12 +184,12 @@ def _sequence(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     out = q.new_empty(kv_heads, per_kv, num_new, head_dim)
     for first, end in seq.query_blocks:
         rows, visible = end - first, seq.num_cached + end
-        scores = torch.bmm(grouped[:, :, first:end].reshape(kv_heads, per_kv * rows, head_dim),
-                           k[:, :visible].transpose(1, 2))
+        scores = torch.bmm(
+            grouped[:, :, first:end].reshape(kv_heads, per_kv * rows, head_dim), k[:, :visible].transpose(1, 2)
+        )
         # row i of the block sits at key position visible - rows + i: hide the keys after it
-        diagonal = scores.view(kv_heads, per_kv, rows, visible)[..., visible - rows:]
-        diagonal.masked_fill_(torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu(1),
-                              float("-inf"))
+        diagonal = scores.view(kv_heads, per_kv, rows, visible)[..., visible - rows :]
+        diagonal.masked_fill_(torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
         attended = torch.bmm(torch.softmax(scores, dim=-1), v[:, :visible])
         out[:, :, first:end] = attended.view(kv_heads, per_kv, rows, head_dim)
     return out.permute(2, 0, 1, 3).reshape(num_new, num_heads, head_dim)

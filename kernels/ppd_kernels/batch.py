@@ -32,12 +32,16 @@ class SeqChunk:
 
     def __post_init__(self) -> None:
         if self.num_new < 1 or self.num_cached < 0:
-            raise ValueError(f"SeqChunk needs num_new >= 1 and num_cached >= 0, "
-                             f"got num_new={self.num_new}, num_cached={self.num_cached}")
+            raise ValueError(
+                f"SeqChunk needs num_new >= 1 and num_cached >= 0, "
+                f"got num_new={self.num_new}, num_cached={self.num_cached}"
+            )
         if self.slots.dim() != 1 or self.slots.numel() != self.num_cached + self.num_new:
-            raise ValueError(f"SeqChunk.slots must be 1-D of length num_cached + num_new = "
-                             f"{self.num_cached + self.num_new}, "
-                             f"got shape {tuple(self.slots.shape)}")
+            raise ValueError(
+                f"SeqChunk.slots must be 1-D of length num_cached + num_new = "
+                f"{self.num_cached + self.num_new}, "
+                f"got shape {tuple(self.slots.shape)}"
+            )
 
     @property
     def context_len(self) -> int:
@@ -48,11 +52,11 @@ class SeqChunk:
 class SeqPlan:
     """Per-step attention metadata of one sequence (shared by all layers)."""
 
-    row_start: int                      # first row of this sequence in the batch's T tokens
+    row_start: int  # first row of this sequence in the batch's T tokens
     num_cached: int
     num_new: int
-    slots: torch.Tensor                 # [num_cached + num_new]
-    runs: list[tuple[int, int]]         # (first slot, length) of each contiguous slot run, in order
+    slots: torch.Tensor  # [num_cached + num_new]
+    runs: list[tuple[int, int]]  # (first slot, length) of each contiguous slot run, in order
     query_blocks: list[tuple[int, int]]  # [start, end) row blocks that bound the score tile size
 
     @property
@@ -62,12 +66,12 @@ class SeqPlan:
 
 @dataclass(slots=True)
 class BatchPlan:
-    new_slots: torch.Tensor             # [T] slots the forward writes, in input order
-    last_rows: torch.Tensor             # [num_seqs] row of each sequence's last new token
+    new_slots: torch.Tensor  # [T] slots the forward writes, in input order
+    last_rows: torch.Tensor  # [num_seqs] row of each sequence's last new token
     seqs: list[SeqPlan]
-    decode: AttentionGroup | None = None   # the decode rows as one padded group (attention_plan)
-    extend: AttentionGroup | None = None   # the extend chunks as one padded group
-    num_rows: int = 0                      # T
+    decode: AttentionGroup | None = None  # the decode rows as one padded group (attention_plan)
+    extend: AttentionGroup | None = None  # the extend chunks as one padded group
+    num_rows: int = 0  # T
 
 
 @dataclass(slots=True)
@@ -82,14 +86,20 @@ class ForwardBatch:
     def __post_init__(self) -> None:
         total = sum(s.num_new for s in self.seqs)
         if not self.seqs or self.input_ids.shape != (total,) or self.positions.shape != (total,):
-            raise ValueError(f"ForwardBatch needs >= 1 sequence and input_ids/positions of shape "
-                             f"[{total}] (sum of num_new), got {tuple(self.input_ids.shape)} / "
-                             f"{tuple(self.positions.shape)}")
+            raise ValueError(
+                f"ForwardBatch needs >= 1 sequence and input_ids/positions of shape "
+                f"[{total}] (sum of num_new), got {tuple(self.input_ids.shape)} / "
+                f"{tuple(self.positions.shape)}"
+            )
 
     @classmethod
-    def build(cls, new_token_ids: Sequence[Sequence[int]], num_cached: Sequence[int],
-              slots: Sequence[Sequence[int] | torch.Tensor], device: str | torch.device = "cpu",
-              ) -> ForwardBatch:
+    def build(
+        cls,
+        new_token_ids: Sequence[Sequence[int]],
+        num_cached: Sequence[int],
+        slots: Sequence[Sequence[int] | torch.Tensor],
+        device: str | torch.device = "cpu",
+    ) -> ForwardBatch:
         """Batch from plain lists; positions are ``num_cached + i`` for the i-th new token."""
         seqs: list[SeqChunk] = []
         ids: list[int] = []
@@ -99,8 +109,11 @@ class ForwardBatch:
             seqs.append(SeqChunk(num_cached=cached, num_new=len(tokens), slots=slot_tensor))
             ids.extend(tokens)
             positions.extend(range(cached, cached + len(tokens)))
-        return cls(input_ids=torch.tensor(ids, dtype=torch.long, device=device),
-                   positions=torch.tensor(positions, dtype=torch.long, device=device), seqs=seqs)
+        return cls(
+            input_ids=torch.tensor(ids, dtype=torch.long, device=device),
+            positions=torch.tensor(positions, dtype=torch.long, device=device),
+            seqs=seqs,
+        )
 
     def plan(self) -> BatchPlan:
         """Attention metadata, computed on first use and cached for the step."""
@@ -128,11 +141,11 @@ def causal_mask(num_cached: int, num_new: int, device: torch.device) -> torch.Te
 
 # Query rows per attention block: keeps a block's scores (heads x rows x context) near
 # 2**18 x heads elements, which measured as fast as any larger tile on CPU.
-SCORE_TILE = 2 ** 18
+SCORE_TILE = 2**18
 MIN_QUERY_BLOCK = 32
 # On CUDA the score tile only bounds memory (no cache to fit): 2**24 elements is 32 MB in
 # bf16 per kv head group, and keeps an 8k prefill at 4 query blocks per layer (untested: no GPU here).
-CUDA_SCORE_TILE = 2 ** 24
+CUDA_SCORE_TILE = 2**24
 
 
 def query_blocks(num_new: int, context: int) -> list[tuple[int, int]]:
@@ -148,21 +161,38 @@ def _make_plan(seqs: list[SeqChunk]) -> BatchPlan:
     row = offset = 0
     for seq in seqs:
         n = seq.context_len
-        slots_host = seq.slots if host is None else host[offset:offset + n]
+        slots_host = seq.slots if host is None else host[offset : offset + n]
         offset += n
         runs = contiguous_runs(slots_host)
-        plans.append(SeqPlan(row_start=row, num_cached=seq.num_cached, num_new=seq.num_new,
-                             slots=seq.slots, runs=runs,
-                             query_blocks=query_blocks(seq.num_new, seq.context_len)))
+        plans.append(
+            SeqPlan(
+                row_start=row,
+                num_cached=seq.num_cached,
+                num_new=seq.num_new,
+                slots=seq.slots,
+                runs=runs,
+                query_blocks=query_blocks(seq.num_new, seq.context_len),
+            )
+        )
         host_slots.append(slots_host)
         all_runs.append(runs)
         row += seq.num_new
         last_rows.append(row - 1)
-    decode, extend = plan_groups([s.num_cached for s in seqs], [s.num_new for s in seqs],
-                                 host_slots, all_runs, device,
-                                 CUDA_SCORE_TILE if device.type == "cuda" else SCORE_TILE,
-                                 MIN_QUERY_BLOCK)
-    new_slots = torch.cat([seq.slots[seq.num_cached:] for seq in seqs])
-    return BatchPlan(new_slots=new_slots,
-                     last_rows=torch.tensor(last_rows, dtype=torch.long).to(device), seqs=plans,
-                     decode=decode, extend=extend, num_rows=row)
+    decode, extend = plan_groups(
+        [s.num_cached for s in seqs],
+        [s.num_new for s in seqs],
+        host_slots,
+        all_runs,
+        device,
+        CUDA_SCORE_TILE if device.type == "cuda" else SCORE_TILE,
+        MIN_QUERY_BLOCK,
+    )
+    new_slots = torch.cat([seq.slots[seq.num_cached :] for seq in seqs])
+    return BatchPlan(
+        new_slots=new_slots,
+        last_rows=torch.tensor(last_rows, dtype=torch.long).to(device),
+        seqs=plans,
+        decode=decode,
+        extend=extend,
+        num_rows=row,
+    )

@@ -21,13 +21,15 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 _TOOLS_PREAMBLE = (
     "You can call functions. Their signatures are listed inside <tools></tools>. "
     "To call one, answer with a JSON object holding the function name and its arguments "
     "inside <tool_call></tool_call> tags, for example:\n"
-    '<tool_call>{"name": "function_name", "arguments": {"arg": "value"}}</tool_call>\n')
+    '<tool_call>{"name": "function_name", "arguments": {"arg": "value"}}</tool_call>\n'
+)
 
 
 class ChatTemplate:
@@ -44,15 +46,23 @@ class ChatTemplate:
         self.handles_tools = "tools" in self.source
         self.handles_tool_calls = "tool_calls" in self.source
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-               add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
         messages = [self._normalize(m) for m in messages]
         if tools and not self.handles_tools:
             messages = _with_tools_in_system_prompt(messages, tools)
             tools = None
-        return self._template.render(messages=messages, tools=tools or None,
-                                     add_generation_prompt=add_generation_prompt,
-                                     bos_token=self._bos_token, eos_token=self._eos_token)
+        return self._template.render(
+            messages=messages,
+            tools=tools or None,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self._bos_token,
+            eos_token=self._eos_token,
+        )
 
     def _normalize(self, message: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(message, dict) or "role" not in message:
@@ -81,8 +91,7 @@ def format_tool_call(call: dict[str, Any]) -> str:
     return f"<tool_call>{payload}</tool_call>"
 
 
-def _with_tools_in_system_prompt(messages: list[dict[str, Any]],
-                                 tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _with_tools_in_system_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     listing = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
     block = f"{_TOOLS_PREAMBLE}<tools>\n{listing}\n</tools>"
     if messages and messages[0]["role"] == "system":
@@ -98,8 +107,9 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, dict) and part.get("type") == "text")
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        )
     raise ValueError(f"unsupported message content {content!r}")
 
 

@@ -13,8 +13,13 @@ from ppd_kernels.config import ModelConfig
 
 
 class KVPool:
-    def __init__(self, config: ModelConfig, num_slots: int, dtype: torch.dtype = torch.bfloat16,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_slots: int,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device = "cpu",
+    ) -> None:
         if num_slots <= 0:
             raise ValueError(f"KVPool num_slots must be positive, got {num_slots}")
         self.config = config
@@ -22,8 +27,9 @@ class KVPool:
         self.dtype = dtype
         # [layer, K/V, kv_head, slot, head_dim]; one allocation, zero-initialised so that
         # stale slots never hold NaN garbage.
-        self.data = torch.zeros(config.num_layers, 2, config.num_kv_heads, num_slots,
-                                config.head_dim, dtype=dtype, device=device)
+        self.data = torch.zeros(
+            config.num_layers, 2, config.num_kv_heads, num_slots, config.head_dim, dtype=dtype, device=device
+        )
         self.k = self.data[:, 0]
         self.v = self.data[:, 1]
 
@@ -44,8 +50,7 @@ class KVPool:
         """Inverse of ``read``: store ``data`` (shape as ``read`` returns) at ``slots``."""
         expected = (*self.data.shape[:3], slots.numel(), self.data.shape[4])
         if tuple(data.shape) != expected:
-            raise ValueError(f"KVPool.write expects data of shape {expected}, "
-                             f"got {tuple(data.shape)}")
+            raise ValueError(f"KVPool.write expects data of shape {expected}, got {tuple(data.shape)}")
         data = data.to(device=self.device, dtype=self.dtype)
         self.data.index_copy_(3, slots.to(self.device), data)
 

@@ -18,17 +18,15 @@ class Rotary:
     rotates (i, i + head_dim/2). Only the pairing of ``swap`` and the table order differ.
     """
 
-    def __init__(self, head_dim: int, theta: float, interleaved: bool,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(self, head_dim: int, theta: float, interleaved: bool, device: str | torch.device = "cpu") -> None:
         self.head_dim = head_dim
         self.interleaved = interleaved
         exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim
-        self.inv_freq = (1.0 / theta ** exponents).to(torch.float32)
+        self.inv_freq = (1.0 / theta**exponents).to(torch.float32)
 
-    def tables(self, positions: torch.Tensor,
-               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, signed_sin), each [T, 1, head_dim], for ``apply``; build once per forward."""
-        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]   # [T, hd/2]
+        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [T, hd/2]
         cos, sin = angles.cos(), angles.sin()
         if self.interleaved:
             cos_full = cos.repeat_interleave(2, dim=-1)

@@ -22,8 +22,7 @@ class LoadedModel:
     name: str
 
 
-def load_model(source: str, dtype: torch.dtype = torch.bfloat16,
-               device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(source: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu") -> LoadedModel:
     """Load weights (dequantized to ``dtype``), tokenizer and config from ``source``:
     a .gguf file, an HF Llama/Qwen2 directory, or "synthetic[:SHAPE][:SEED]" (``synthetic``).
     GGUF Q4_1 matrices are also kept packed for small forwards on CPU in bf16
@@ -37,10 +36,10 @@ def load_model(source: str, dtype: torch.dtype = torch.bfloat16,
 
         shape, seed = synthetic
         config = SYNTHETIC_SHAPES[shape]
-        if shape in ("tiny", "small"):   # float32 on CPU: identical weights on every device
+        if shape in ("tiny", "small"):  # float32 on CPU: identical weights on every device
             weights = synthetic_weights(config, seed)
             name = f"synthetic-{seed}" if shape == "tiny" else f"synthetic-{shape}-{seed}"
-        else:                 # drawn where they live (GB-sized shapes)
+        else:  # drawn where they live (GB-sized shapes)
             weights, name = synthetic_weights(config, seed, dtype, device), f"synthetic-{shape}-{seed}"
         tokenizer = tokenizer_sources.synthetic_tokenizer()
     elif (path := Path(source)).is_dir():
@@ -52,8 +51,7 @@ def load_model(source: str, dtype: torch.dtype = torch.bfloat16,
         from gguf import GGUFReader
 
         from ppd_kernels.packed_q4 import packing_supported
-        from ppd_kernels.weights_gguf import (config_from_gguf, field_value, q4_blocks_from_gguf,
-                                              weights_from_gguf)
+        from ppd_kernels.weights_gguf import config_from_gguf, field_value, q4_blocks_from_gguf, weights_from_gguf
 
         reader = GGUFReader(str(path))
         config, weights = config_from_gguf(reader), weights_from_gguf(reader)
@@ -62,8 +60,7 @@ def load_model(source: str, dtype: torch.dtype = torch.bfloat16,
         tokenizer = tokenizer_sources.tokenizer_from_gguf(reader)
         name = gguf_model_name(path, field_value(reader, "general.name"))
     else:
-        raise FileNotFoundError(f"model source {source!r} is not a .gguf file, a model directory "
-                                f"or 'synthetic[:SEED]'")
+        raise FileNotFoundError(f"model source {source!r} is not a .gguf file, a model directory or 'synthetic[:SEED]'")
     model = LlamaModel(config, weights, dtype=dtype, device=device, q4_blocks=q4_blocks)
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, name=name)
 

@@ -21,10 +21,23 @@ from ppd_kernels.layers import Rotary, rms_norm
 from ppd_kernels.packed_q4 import PackedQ4, Q4Blocks, packing_supported
 
 # Canonical weight names; "{i}" is the layer index. Biases and lm_head are optional.
-WEIGHT_NAMES = ("embed", "norm", "lm_head",
-                "layers.{i}.attn_norm", "layers.{i}.wq", "layers.{i}.wk", "layers.{i}.wv",
-                "layers.{i}.bq", "layers.{i}.bk", "layers.{i}.bv", "layers.{i}.wo",
-                "layers.{i}.ffn_norm", "layers.{i}.w_gate", "layers.{i}.w_up", "layers.{i}.w_down")
+WEIGHT_NAMES = (
+    "embed",
+    "norm",
+    "lm_head",
+    "layers.{i}.attn_norm",
+    "layers.{i}.wq",
+    "layers.{i}.wk",
+    "layers.{i}.wv",
+    "layers.{i}.bq",
+    "layers.{i}.bk",
+    "layers.{i}.bv",
+    "layers.{i}.wo",
+    "layers.{i}.ffn_norm",
+    "layers.{i}.w_gate",
+    "layers.{i}.w_up",
+    "layers.{i}.w_down",
+)
 
 ATTENTION_BACKENDS = {"fast": paged_attention, "reference": reference_attention}
 
@@ -32,11 +45,11 @@ ATTENTION_BACKENDS = {"fast": paged_attention, "reference": reference_attention}
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor
-    w_qkv: torch.Tensor          # [q_size + 2 * kv_size, hidden]
+    w_qkv: torch.Tensor  # [q_size + 2 * kv_size, hidden]
     b_qkv: torch.Tensor | None
     w_o: torch.Tensor
     ffn_norm: torch.Tensor
-    w_gate_up: torch.Tensor      # [2 * intermediate, hidden]
+    w_gate_up: torch.Tensor  # [2 * intermediate, hidden]
     w_down: torch.Tensor
     # Packed 4-bit forms of the same matrices (GGUF Q4_1 on CPU/bf16), else None.
     qkv_packed: PackedQ4 | None = None
@@ -58,9 +71,14 @@ class LlamaModel(torch.nn.Module):
     registered parameters: ``.to()`` does not move them). Token ids are not range-checked
     here (that would sync a GPU every step): callers pass ids < ``config.vocab_size``."""
 
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor],
-                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                 q4_blocks: dict[str, Q4Blocks] | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device = "cpu",
+        q4_blocks: dict[str, Q4Blocks] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.dtype = dtype
@@ -86,20 +104,23 @@ class LlamaModel(torch.nn.Module):
             biases = [weights[prefix + b] for b in ("bq", "bk", "bv") if prefix + b in weights]
             if len(biases) not in (0, 3):
                 raise ValueError(f"layer {i}: q/k/v biases must be all present or all absent")
-            self.layers.append(LayerWeights(
-                attn_norm=get(prefix + "attn_norm"),
-                w_qkv=torch.cat([get(prefix + w) for w in ("wq", "wk", "wv")]),
-                b_qkv=torch.cat(biases).to(device=device, dtype=dtype) if biases else None,
-                w_o=get(prefix + "wo"),
-                ffn_norm=get(prefix + "ffn_norm"),
-                w_gate_up=torch.cat([get(prefix + "w_gate"), get(prefix + "w_up")]),
-                w_down=get(prefix + "w_down"),
-                qkv_packed=packed(*(prefix + w for w in ("wq", "wk", "wv"))),
-                o_packed=packed(prefix + "wo"),
-                gate_up_packed=packed(prefix + "w_gate", prefix + "w_up"),
-                down_packed=packed(prefix + "w_down")))
+            self.layers.append(
+                LayerWeights(
+                    attn_norm=get(prefix + "attn_norm"),
+                    w_qkv=torch.cat([get(prefix + w) for w in ("wq", "wk", "wv")]),
+                    b_qkv=torch.cat(biases).to(device=device, dtype=dtype) if biases else None,
+                    w_o=get(prefix + "wo"),
+                    ffn_norm=get(prefix + "ffn_norm"),
+                    w_gate_up=torch.cat([get(prefix + "w_gate"), get(prefix + "w_up")]),
+                    w_down=get(prefix + "w_down"),
+                    qkv_packed=packed(*(prefix + w for w in ("wq", "wk", "wv"))),
+                    o_packed=packed(prefix + "wo"),
+                    gate_up_packed=packed(prefix + "w_gate", prefix + "w_up"),
+                    down_packed=packed(prefix + "w_down"),
+                )
+            )
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_interleaved, device)
-        self.scale = config.head_dim ** -0.5
+        self.scale = config.head_dim**-0.5
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv: KVPool) -> torch.Tensor:
@@ -113,8 +134,9 @@ class LlamaModel(torch.nn.Module):
         cos, sin = self.rotary.tables(batch.positions, self.dtype)
         use_packed = num_tokens <= self.packed_max_rows
 
-        def linear(x: torch.Tensor, weight: torch.Tensor, packed: PackedQ4 | None,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        def linear(
+            x: torch.Tensor, weight: torch.Tensor, packed: PackedQ4 | None, bias: torch.Tensor | None = None
+        ) -> torch.Tensor:
             if packed is None or not use_packed:
                 return F.linear(x, weight, bias)
             out = packed.linear(x)
@@ -125,10 +147,10 @@ class LlamaModel(torch.nn.Module):
             h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
             qkv = linear(h, layer.w_qkv, layer.qkv_packed, layer.b_qkv)
             # Q and K are rotated together in one pass over the fused projection.
-            qk = qkv[:, :heads_qk * cfg.head_dim].view(num_tokens, heads_qk, cfg.head_dim)
+            qk = qkv[:, : heads_qk * cfg.head_dim].view(num_tokens, heads_qk, cfg.head_dim)
             qk = self.rotary.apply(qk, cos, sin)
-            q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
-            v = qkv[:, heads_qk * cfg.head_dim:].view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
+            q, k = qk[:, : cfg.num_heads], qk[:, cfg.num_heads :]
+            v = qkv[:, heads_qk * cfg.head_dim :].view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
             kv.store(index, plan.new_slots, k, v)
             attended = attention(q, kv.k[index], kv.v[index], plan, self.scale)
             x = x + linear(attended.reshape(num_tokens, cfg.q_size), layer.w_o, layer.o_packed)

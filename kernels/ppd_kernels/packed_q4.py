@@ -38,35 +38,44 @@ class Q4Blocks:
         scales = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
         mins = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
         nibbles = np.concatenate([blocks[..., 4:] & 0x0F, blocks[..., 4:] >> 4], axis=-1)
-        return cls(quants=torch.from_numpy(nibbles.reshape(rows, -1).astype(np.int32)),
-                   scales=torch.from_numpy(scales), mins=torch.from_numpy(mins))
+        return cls(
+            quants=torch.from_numpy(nibbles.reshape(rows, -1).astype(np.int32)),
+            scales=torch.from_numpy(scales),
+            mins=torch.from_numpy(mins),
+        )
 
     @staticmethod
     def concat(parts: list[Q4Blocks]) -> Q4Blocks:
         """Stack matrices along the output dimension (fused QKV / gate_up)."""
-        return Q4Blocks(quants=torch.cat([p.quants for p in parts]),
-                        scales=torch.cat([p.scales for p in parts]),
-                        mins=torch.cat([p.mins for p in parts]))
+        return Q4Blocks(
+            quants=torch.cat([p.quants for p in parts]),
+            scales=torch.cat([p.scales for p in parts]),
+            mins=torch.cat([p.mins for p in parts]),
+        )
 
 
 @dataclass
 class PackedQ4:
-    packed: torch.Tensor          # torch's CPU int4 layout
+    packed: torch.Tensor  # torch's CPU int4 layout
     scales_and_zeros: torch.Tensor  # [in / 32, out, 2], activation dtype
 
     @classmethod
     def pack(cls, blocks: Q4Blocks, dtype: torch.dtype) -> PackedQ4:
         zeros = blocks.mins + 8 * blocks.scales
         scales_and_zeros = torch.stack([blocks.scales.T, zeros.T], dim=-1).to(dtype).contiguous()
-        return cls(packed=torch.ops.aten._convert_weight_to_int4pack_for_cpu(blocks.quants, 1),
-                   scales_and_zeros=scales_and_zeros)
+        return cls(
+            packed=torch.ops.aten._convert_weight_to_int4pack_for_cpu(blocks.quants, 1),
+            scales_and_zeros=scales_and_zeros,
+        )
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """x [rows, in] -> [rows, out], like ``F.linear(x, weight)``."""
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP_SIZE,
-                                                           self.scales_and_zeros)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP_SIZE, self.scales_and_zeros)
 
 
 def packing_supported(device: str | torch.device, dtype: torch.dtype) -> bool:
-    return (torch.device(device).type == "cpu" and dtype == torch.bfloat16
-            and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"))
+    return (
+        torch.device(device).type == "cpu"
+        and dtype == torch.bfloat16
+        and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+    )

@@ -25,8 +25,9 @@ def load_tokenizer(source: str) -> Tokenizer:
         return tokenizer_sources.tokenizer_from_hf_dir(path)
     if path.is_file() and path.suffix == ".gguf":
         return tokenizer_sources.tokenizer_from_gguf_path(path)
-    raise FileNotFoundError(f"tokenizer source {source!r} is not a .gguf file, a model directory "
-                            f"or 'synthetic[:SHAPE][:SEED]'")
+    raise FileNotFoundError(
+        f"tokenizer source {source!r} is not a .gguf file, a model directory or 'synthetic[:SHAPE][:SEED]'"
+    )
 
 
 def parse_synthetic_source(source: str) -> int | None:

@@ -23,9 +23,15 @@ class Tokenizer:
     special_tokens: {text: id} of the control tokens (matched whole in ``encode`` input).
     """
 
-    def __init__(self, backend: tokenizers.Tokenizer, *, bos_token_id: int | None,
-                 eos_token_ids: Iterable[int], chat_template: str | None,
-                 special_tokens: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        backend: tokenizers.Tokenizer,
+        *,
+        bos_token_id: int | None,
+        eos_token_ids: Iterable[int],
+        chat_template: str | None,
+        special_tokens: Mapping[str, int],
+    ) -> None:
         self._backend = backend
         self.bos_token_id = bos_token_id
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -35,8 +41,9 @@ class Tokenizer:
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
         by_id = {i: t for t, i in self.special_tokens.items()}
         bos_text = by_id.get(bos_token_id, "") if bos_token_id is not None else ""
-        self._template = ChatTemplate(chat_template, bos_token=bos_text,
-                                      eos_token=by_id.get(min(self.eos_token_ids), ""))
+        self._template = ChatTemplate(
+            chat_template, bos_token=bos_text, eos_token=by_id.get(min(self.eos_token_ids), "")
+        )
 
     @property
     def chat_template(self) -> str:
@@ -54,9 +61,12 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]],
-                            tools: list[dict[str, Any]] | None = None,
-                            add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
         """Prompt text for ``messages`` (OpenAI chat format, incl. ``tool_calls`` and role
         ``tool``); see ``ppd_kernels.chat_template`` for how tools are rendered."""
         return self._template.render(messages, tools, add_generation_prompt)

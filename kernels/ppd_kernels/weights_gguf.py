@@ -22,12 +22,21 @@ if TYPE_CHECKING:
 _INTERLEAVED_ARCHS = {"llama", "mistral"}
 _NEOX_ARCHS = {"qwen2"}
 
-_GLOBAL_NAMES = {"token_embd.weight": "embed", "output_norm.weight": "norm",
-                 "output.weight": "lm_head"}
-_LAYER_NAMES = {"attn_norm.weight": "attn_norm", "attn_q.weight": "wq", "attn_k.weight": "wk",
-                "attn_v.weight": "wv", "attn_q.bias": "bq", "attn_k.bias": "bk",
-                "attn_v.bias": "bv", "attn_output.weight": "wo", "ffn_norm.weight": "ffn_norm",
-                "ffn_gate.weight": "w_gate", "ffn_up.weight": "w_up", "ffn_down.weight": "w_down"}
+_GLOBAL_NAMES = {"token_embd.weight": "embed", "output_norm.weight": "norm", "output.weight": "lm_head"}
+_LAYER_NAMES = {
+    "attn_norm.weight": "attn_norm",
+    "attn_q.weight": "wq",
+    "attn_k.weight": "wk",
+    "attn_v.weight": "wv",
+    "attn_q.bias": "bq",
+    "attn_k.bias": "bk",
+    "attn_v.bias": "bv",
+    "attn_output.weight": "wo",
+    "ffn_norm.weight": "ffn_norm",
+    "ffn_gate.weight": "w_gate",
+    "ffn_up.weight": "w_up",
+    "ffn_down.weight": "w_down",
+}
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
 
 
@@ -39,8 +48,9 @@ def field_value(reader: GGUFReader, key: str, default: Any = None) -> Any:
 def config_from_gguf(reader: GGUFReader) -> ModelConfig:
     arch = field_value(reader, "general.architecture")
     if arch not in _INTERLEAVED_ARCHS | _NEOX_ARCHS:
-        raise ValueError(f"unsupported GGUF architecture {arch!r}; supported: "
-                         f"{sorted(_INTERLEAVED_ARCHS | _NEOX_ARCHS)}")
+        raise ValueError(
+            f"unsupported GGUF architecture {arch!r}; supported: {sorted(_INTERLEAVED_ARCHS | _NEOX_ARCHS)}"
+        )
 
     def key(name: str, default: Any = None) -> Any:
         value = field_value(reader, f"{arch}.{name}", default)
@@ -54,8 +64,11 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
     if vocab is None:
         vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     return ModelConfig(
-        vocab_size=int(vocab), hidden_size=hidden, num_layers=int(key("block_count")),
-        num_heads=heads, num_kv_heads=int(key("attention.head_count_kv", heads)),
+        vocab_size=int(vocab),
+        hidden_size=hidden,
+        num_layers=int(key("block_count")),
+        num_heads=heads,
+        num_kv_heads=int(key("attention.head_count_kv", heads)),
         head_dim=int(key("attention.key_length", hidden // heads)),
         intermediate_size=int(key("feed_forward_length")),
         rope_theta=float(key("rope.freq_base", 10000.0)),
@@ -63,7 +76,8 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
         rope_interleaved=arch in _INTERLEAVED_ARCHS,
         tie_word_embeddings="output.weight" not in tensor_names,
         max_position_embeddings=int(key("context_length", 8192)),
-        attention_bias="blk.0.attn_q.bias" in tensor_names)
+        attention_bias="blk.0.attn_q.bias" in tensor_names,
+    )
 
 
 def weights_from_gguf(reader: GGUFReader) -> dict[str, torch.Tensor]:
@@ -83,8 +97,11 @@ def q4_blocks_from_gguf(reader: GGUFReader) -> dict[str, Q4Blocks]:
     """The Q4_1 matrices of the file, unpacked (canonical names), for ``PackedQ4``."""
     from gguf import GGMLQuantizationType
 
-    return {_canonical_name(t.name): Q4Blocks.from_gguf_bytes(t.data) for t in reader.tensors
-            if t.tensor_type == GGMLQuantizationType.Q4_1}
+    return {
+        _canonical_name(t.name): Q4Blocks.from_gguf_bytes(t.data)
+        for t in reader.tensors
+        if t.tensor_type == GGMLQuantizationType.Q4_1
+    }
 
 
 def _canonical_name(gguf_name: str) -> str:
@@ -93,5 +110,4 @@ def _canonical_name(gguf_name: str) -> str:
     match = _LAYER_TENSOR.fullmatch(gguf_name)
     if match and match.group(2) in _LAYER_NAMES:
         return f"layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
-    raise ValueError(f"unsupported GGUF tensor {gguf_name!r} "
-                     f"(not part of a plain Llama/Qwen2 decoder)")
+    raise ValueError(f"unsupported GGUF tensor {gguf_name!r} (not part of a plain Llama/Qwen2 decoder)")

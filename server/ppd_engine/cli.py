@@ -24,20 +24,24 @@ _ALIASES = {"model": ["--model-path"]}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ppd-worker", description="PPD embedded inference worker speaking SGLang's worker protocol.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="ppd-worker",
+        description="PPD embedded inference worker speaking SGLang's worker protocol.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     hints = typing.get_type_hints(EngineConfig)
     for f in dataclasses.fields(EngineConfig):
         flags = [f"--{f.name.replace('_', '-')}", *_ALIASES.get(f.name, [])]
         kind = hints[f.name]
         meta = dict(f.metadata)
         if kind is bool:
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=f.default, help=meta["help"])
+            parser.add_argument(
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"]
+            )
             continue
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        parser.add_argument(*flags, dest=f.name, type=base, default=f.default, help=meta["help"],
-                            choices=meta.get("choices"))
+        parser.add_argument(
+            *flags, dest=f.name, type=base, default=f.default, help=meta["help"], choices=meta.get("choices")
+        )
     return parser
 
 
@@ -58,10 +62,16 @@ def main(argv: list[str] | None = None) -> None:
     if config.device.startswith("cuda"):
         import torch
 
-        if not torch.cuda.is_available() or torch.device(config.device).index is not None \
-                and torch.device(config.device).index >= torch.cuda.device_count():
-            print(f"ppd-worker: error: --device {config.device}: no such CUDA device "
-                  f"({torch.cuda.device_count()} visible)", file=sys.stderr)
+        if (
+            not torch.cuda.is_available()
+            or (torch.device(config.device).index is not None
+            and torch.device(config.device).index >= torch.cuda.device_count())
+        ):
+            print(
+                f"ppd-worker: error: --device {config.device}: no such CUDA device "
+                f"({torch.cuda.device_count()} visible)",
+                file=sys.stderr,
+            )
             sys.exit(2)
 
     try:
@@ -88,8 +98,11 @@ async def serve(config: EngineConfig) -> None:
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     extra = f", KV bootstrap on {config.host}:{worker.bootstrap.port}" if worker.bootstrap else ""
-    print(f"ppd-worker: serving {worker.served_model_name} ({worker.dtype}) on "
-          f"http://{config.host}:{config.port}{extra}", file=sys.stderr, flush=True)
+    print(
+        f"ppd-worker: serving {worker.served_model_name} ({worker.dtype}) on http://{config.host}:{config.port}{extra}",
+        file=sys.stderr,
+        flush=True,
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

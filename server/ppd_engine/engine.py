@@ -13,8 +13,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .request import Req, State
 from .scheduler import Scheduler
@@ -29,7 +30,7 @@ class Update:
     output_ids: list[int]
     text: str
     finish_reason: dict[str, Any] | None
-    kind: str = "token"   # "token" | "need_kv" (decode: pages ready) | "prefilled" (prefill: KV ready)
+    kind: str = "token"  # "token" | "need_kv" (decode: pages ready) | "prefilled" (prefill: KV ready)
 
 
 @dataclass(eq=False)
@@ -51,7 +52,7 @@ class Engine:
         self.observer = observer
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._handles: dict[str, RequestHandle] = {}
-        self._calls: set[asyncio.Future] = set()   # ``call`` futures not answered yet
+        self._calls: set[asyncio.Future] = set()  # ``call`` futures not answered yet
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.last_step_time = 0.0
@@ -91,7 +92,7 @@ class Engine:
         """Prefill: the KV was shipped (or the transfer failed); free the request."""
         self._inbox.put(lambda: self._finish(req))
 
-    def call(self, fn: Callable[[], Any]) -> "asyncio.Future[Any]":
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run ``fn`` on the engine thread (between steps) and await its result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -130,7 +131,8 @@ class Engine:
                 self._fail(handle)
             for future in list(self._calls):
                 future.get_loop().call_soon_threadsafe(
-                    _set_exception, future, RuntimeError(f"the engine failed: {exc}"))
+                    _set_exception, future, RuntimeError(f"the engine failed: {exc}")
+                )
 
     def _fail(self, handle: RequestHandle) -> None:
         """End a request because the engine thread died (its commands will never run)."""

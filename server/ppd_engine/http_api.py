@@ -79,8 +79,7 @@ def parse_generate(body: dict[str, Any], worker: Worker) -> GenerateInput:
         prompt_ids = worker.tokenizer.encode(text)
     else:
         if not isinstance(input_ids, list) or not all(is_int(t) for t in input_ids):
-            raise InvalidRequest("input_ids must be a list of integers (batches are not supported)",
-                                 param="input_ids")
+            raise InvalidRequest("input_ids must be a list of integers (batches are not supported)", param="input_ids")
         prompt_ids = input_ids
     if body.get("return_logprob"):
         raise InvalidRequest("return_logprob is not supported by this engine", param="return_logprob")
@@ -94,8 +93,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
     inp = parse_generate(body, worker)
     results = worker.generate(inp)
     if body.get("stream"):
-        return await stream_sse(request, results, lambda r: {
-            "text": r.text, "output_ids": r.output_ids, "meta_info": meta_info(r)})
+        return await stream_sse(
+            request, results, lambda r: {"text": r.text, "output_ids": r.output_ids, "meta_info": meta_info(r)}
+        )
     last = None
     async for result in results:
         last = result
@@ -130,19 +130,22 @@ async def health_generate(request: web.Request) -> web.Response:
 def server_info_dict(worker: Worker) -> dict[str, Any]:
     cfg = worker.config
     info = cfg.as_dict()
-    info.update({
-        "model_path": worker.model_path,
-        "tokenizer_path": worker.model_path,
-        "served_model_name": worker.served_model_name,
-        "dtype": worker.dtype,
-        "kv_bytes_per_token": worker.runner.kv_bytes_per_token,
-        "max_total_num_tokens": worker.scheduler.max_total_tokens,
-        "context_length": worker.context_limit,
-        "disaggregation_transfer_backend": "ppd-tcp",
-        "dp_size": 1, "tp_size": 1,
-        "version": VERSION,
-        "internal_states": [{"last_gen_throughput": worker.metrics.gen_throughput()}],
-    })
+    info.update(
+        {
+            "model_path": worker.model_path,
+            "tokenizer_path": worker.model_path,
+            "served_model_name": worker.served_model_name,
+            "dtype": worker.dtype,
+            "kv_bytes_per_token": worker.runner.kv_bytes_per_token,
+            "max_total_num_tokens": worker.scheduler.max_total_tokens,
+            "context_length": worker.context_limit,
+            "disaggregation_transfer_backend": "ppd-tcp",
+            "dp_size": 1,
+            "tp_size": 1,
+            "version": VERSION,
+            "internal_states": [{"last_gen_throughput": worker.metrics.gen_throughput()}],
+        }
+    )
     return info
 
 
@@ -152,17 +155,36 @@ async def server_info(request: web.Request) -> web.Response:
 
 async def model_info(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
-    return web.json_response({
-        "model_path": worker.model_path, "tokenizer_path": worker.model_path, "is_generation": True,
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-        "served_model_name": worker.served_model_name, "weight_version": "default"})
+    return web.json_response(
+        {
+            "model_path": worker.model_path,
+            "tokenizer_path": worker.model_path,
+            "is_generation": True,
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "served_model_name": worker.served_model_name,
+            "weight_version": "default",
+        }
+    )
 
 
 async def models(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
-    return web.json_response({"object": "list", "data": [{
-        "id": worker.served_model_name, "object": "model", "created": int(worker.started_at),
-        "owned_by": "sglang", "root": worker.model_path, "max_model_len": worker.context_limit}]})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": worker.served_model_name,
+                    "object": "model",
+                    "created": int(worker.started_at),
+                    "owned_by": "sglang",
+                    "root": worker.model_path,
+                    "max_model_len": worker.context_limit,
+                }
+            ],
+        }
+    )
 
 
 async def flush_cache(request: web.Request) -> web.Response:
@@ -220,11 +242,12 @@ def load_snapshot(worker: Worker) -> dict[str, Any]:
             "kv_transfer_latency_ms": worker.metrics.kv_transfer_last_latency_ms,
             "kv_transfer_total_bytes": worker.metrics.kv_transfer_bytes_total,
         },
-        "queues": {"waiting": len(waiting), "grammar": 0, "paused": 0, "retracted": 0,
-                   "prealloc_ready": 0},
-        "memory": {"weight_gb": worker.lm_weight_gb(),
-                   "kv_cache_gb": capacity * worker.runner.kv_bytes_per_token / 1e9,
-                   "token_capacity": capacity},
+        "queues": {"waiting": len(waiting), "grammar": 0, "paused": 0, "retracted": 0, "prealloc_ready": 0},
+        "memory": {
+            "weight_gb": worker.lm_weight_gb(),
+            "kv_cache_gb": capacity * worker.runner.kv_bytes_per_token / 1e9,
+            "token_capacity": capacity,
+        },
     }
 
 
@@ -239,15 +262,29 @@ async def loads(request: web.Request) -> web.Response:
         for short, key in _SECTIONS.items():
             if short not in include and key not in include:
                 snapshot.pop(key)
-    return web.json_response({"timestamp": datetime.now(timezone.utc).isoformat(), "version": VERSION,
-                              "accelerator": worker.config.device, "loads": [snapshot]})
+    return web.json_response(
+        {
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "version": VERSION,
+            "accelerator": worker.config.device,
+            "loads": [snapshot],
+        }
+    )
 
 
 async def get_load(request: web.Request) -> web.Response:
     sched = request.app[WORKER].scheduler
-    return web.json_response([{"dp_rank": 0, "num_reqs": sched.num_running + sched.num_waiting,
-                               "num_waiting_reqs": sched.num_waiting, "num_tokens": sched.num_used_tokens,
-                               "ts_tic": time.time()}])
+    return web.json_response(
+        [
+            {
+                "dp_rank": 0,
+                "num_reqs": sched.num_running + sched.num_waiting,
+                "num_waiting_reqs": sched.num_waiting,
+                "num_tokens": sched.num_used_tokens,
+                "ts_tic": time.time(),
+            }
+        ]
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -36,8 +37,9 @@ def parse_bootstrap(body: dict[str, Any]) -> Bootstrap | None:
     if room is None and host is None:
         return None
     if any(isinstance(v, list) for v in (host, port, room)):
-        raise InvalidRequest("batched bootstrap fields are not supported (one request per call)",
-                             param="bootstrap_room")
+        raise InvalidRequest(
+            "batched bootstrap fields are not supported (one request per call)", param="bootstrap_room"
+        )
     if not isinstance(host, str) or not host:
         raise InvalidRequest("bootstrap_host must be a host name", param="bootstrap_host")
     if port is not None and (not is_int(port) or not 0 < port < 65536):
@@ -82,12 +84,16 @@ def raise_if_failed(result: Result) -> None:
     """A request that ended in an engine-side error (e.g. KV transfer) becomes an HTTP error."""
     reason = result.finish_reason or {}
     if reason.get("type") == "abort" and result.req.error:
-        raise InvalidRequest(result.req.error, status=result.req.error_status, code="kv_transfer_failed"
-                             if "KV" in result.req.error or "bootstrap" in result.req.error else None)
+        raise InvalidRequest(
+            result.req.error,
+            status=result.req.error_status,
+            code="kv_transfer_failed" if "KV" in result.req.error or "bootstrap" in result.req.error else None,
+        )
 
 
-async def stream_sse(request: web.Request, results: AsyncIterator[Result], shape,
-                     final_chunks=None) -> web.StreamResponse:
+async def stream_sse(
+    request: web.Request, results: AsyncIterator[Result], shape, final_chunks=None
+) -> web.StreamResponse:
     """Relay ``results`` as SSE (``shape(result)`` -> chunk dict, or None to skip). The first
     result is awaited before the 200 is sent, so validation errors still become 4xx."""
     iterator = results.__aiter__()
@@ -102,8 +108,17 @@ async def stream_sse(request: web.Request, results: AsyncIterator[Result], shape
         while result is not None:
             reason = result.finish_reason or {}
             if reason.get("type") == "abort" and result.req.error:
-                await _send(response, {"error": {"message": result.req.error, "type": "server_error",
-                                                 "code": result.req.error_status, "retryable": True}})
+                await _send(
+                    response,
+                    {
+                        "error": {
+                            "message": result.req.error,
+                            "type": "server_error",
+                            "code": result.req.error_status,
+                            "retryable": True,
+                        }
+                    },
+                )
                 break
             chunk = shape(result)
             if chunk is not None:

@@ -25,8 +25,9 @@ from __future__ import annotations
 import base64
 import os
 import pickle
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 KINDS = ("shm", "cuda_ipc")
 
@@ -63,8 +64,9 @@ def attach(descriptor: dict[str, Any], device: Any = None) -> tuple[Any, Callabl
 
 
 def _publish_shm(data: Any) -> tuple[dict[str, Any], Callable[[], None]]:
-    import torch
     from multiprocessing import shared_memory
+
+    import torch
 
     nbytes = data.numel() * data.element_size()
     # Registered with this process's resource tracker: if the producer dies before release(),
@@ -109,20 +111,22 @@ def _attach_shm(descriptor: dict[str, Any]) -> tuple[Any, Callable[[], None]]:
     try:
         size = os.fstat(fd).st_size
         if size < nbytes:
-            raise ValueError(f"shared memory segment {name} holds {size} bytes, the header "
-                             f"announced {nbytes}")
+            raise ValueError(f"shared memory segment {name} holds {size} bytes, the header announced {nbytes}")
         mapping = mmap.mmap(fd, max(1, nbytes), access=mmap.ACCESS_COPY) if nbytes else None
     finally:
         os.close(fd)
-    holder = {"tensor": torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes)
-              if mapping is not None else torch.empty(0, dtype=torch.uint8)}
+    holder = {
+        "tensor": torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes)
+        if mapping is not None
+        else torch.empty(0, dtype=torch.uint8)
+    }
 
     def close() -> None:
-        holder.clear()    # drop the exported buffer before closing the mapping
+        holder.clear()  # drop the exported buffer before closing the mapping
         if mapping is not None:
             try:
                 mapping.close()
-            except BufferError:   # a view still lives somewhere: the mapping goes with it
+            except BufferError:  # a view still lives somewhere: the mapping goes with it
                 pass
 
     return holder["tensor"], close
@@ -143,7 +147,7 @@ def _publish_cuda(data: Any) -> tuple[dict[str, Any], Callable[[], None]]:
 def _attach_cuda(descriptor: dict[str, Any]) -> tuple[Any, Callable[[], None]]:
     # The handle comes from the prefill worker this decode worker was told to fetch from (the
     # router's bootstrap fields), on the same host: it is trusted like the KV bytes themselves.
-    rebuild, args = pickle.loads(base64.b64decode(descriptor["handle"]))  # noqa: S301
+    rebuild, args = pickle.loads(base64.b64decode(descriptor["handle"]))
     tensor = rebuild(*args)
     holder = [tensor]
     return tensor, holder.clear

@@ -27,8 +27,9 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,15 @@ class _Room:
 class BootstrapServer:
     """Prefill side: serves decode workers that come for the KV of a room."""
 
-    def __init__(self, host: str, port: int, timeout: float, link_gbps: float | None = None,
-                 on_sent: Callable[[int, float], None] | None = None, same_host: bool = True) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        link_gbps: float | None = None,
+        on_sent: Callable[[int, float], None] | None = None,
+        same_host: bool = True,
+    ) -> None:
         self.host, self.port, self.timeout, self.link_gbps = host, port, timeout, link_gbps
         self.on_sent = on_sent
         # Hand KV over through shared memory / CUDA IPC to a decode on this host (a link cap
@@ -117,8 +125,9 @@ class BootstrapServer:
         try:
             return await asyncio.wait_for(asyncio.shield(room.done), self.timeout)
         except asyncio.TimeoutError:
-            raise TransferError(f"no decode worker fetched the KV of bootstrap_room {room_id} "
-                                f"within {self.timeout:g} s") from None
+            raise TransferError(
+                f"no decode worker fetched the KV of bootstrap_room {room_id} within {self.timeout:g} s"
+            ) from None
         finally:
             self._rooms.pop(room_id, None)
 
@@ -155,14 +164,22 @@ class BootstrapServer:
                 return data, None, None
 
             data, descriptor, release = await asyncio.get_running_loop().run_in_executor(None, prepare)
-            raw = memoryview(b"") if descriptor is not None else memoryview(
-                await asyncio.get_running_loop().run_in_executor(None, _host_bytes, data))
+            raw = (
+                memoryview(b"")
+                if descriptor is not None
+                else memoryview(await asyncio.get_running_loop().run_in_executor(None, _host_bytes, data))
+            )
             nbytes = data.numel() * data.element_size()
-            header = {"ok": True, "first_token": result.first_token, "start": start,
-                      "num_tokens": result.num_tokens,
-                      "prefill_cached_tokens": result.prefill_cached_tokens,
-                      "dtype": str(data.dtype).removeprefix("torch."), "shape": list(data.shape),
-                      "nbytes": nbytes}
+            header = {
+                "ok": True,
+                "first_token": result.first_token,
+                "start": start,
+                "num_tokens": result.num_tokens,
+                "prefill_cached_tokens": result.prefill_cached_tokens,
+                "dtype": str(data.dtype).removeprefix("torch."),
+                "shape": list(data.shape),
+                "nbytes": nbytes,
+            }
             if descriptor is not None:
                 header["handoff"] = descriptor
             await write_frame(writer, header)
@@ -174,7 +191,7 @@ class BootstrapServer:
                 self.on_sent(nbytes, time.monotonic() - began)
             if not room.done.done():
                 room.done.set_result(nbytes)
-        except Exception as exc:  # noqa: BLE001 - any failure must reach the decode side now,
+        except Exception as exc:
             # not after its timeout (a TypeError from a CUDA tensor once stalled the warmup).
             message = str(exc) or type(exc).__name__
             log.warning("KV send failed: %s", message)
@@ -185,7 +202,7 @@ class BootstrapServer:
             if room is not None and not room.done.done():
                 room.done.set_exception(TransferError(f"KV transfer failed: {message}"))
                 room.done.exception()
-            if room is not None and not room.ready.done():   # the prefill never came: forget the room
+            if room is not None and not room.ready.done():  # the prefill never came: forget the room
                 self._rooms.pop(room_id, None)
         finally:
             if release is not None:
@@ -195,7 +212,7 @@ class BootstrapServer:
     async def _send_bytes(self, writer: asyncio.StreamWriter, raw: memoryview) -> None:
         began = time.monotonic()
         for offset in range(0, len(raw), _CHUNK):
-            chunk = raw[offset:offset + _CHUNK]
+            chunk = raw[offset : offset + _CHUNK]
             writer.write(chunk)
             await writer.drain()
             if self.link_gbps:
@@ -212,11 +229,18 @@ class ReceivedKV:
     num_tokens: int
     prefill_cached_tokens: int
     nbytes: int
-    data: Any   # torch tensor in KVPool.read layout
+    data: Any  # torch tensor in KVPool.read layout
 
 
-async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, timeout: float,
-                   store: Callable[[ReceivedKV], Awaitable[None]], same_host: bool = True) -> ReceivedKV:
+async def fetch_kv(
+    host: str,
+    port: int,
+    room: int,
+    decode_prefix_len: int,
+    timeout: float,
+    store: Callable[[ReceivedKV], Awaitable[None]],
+    same_host: bool = True,
+) -> ReceivedKV:
     """Decode side: fetch the KV of ``room`` from the prefill's bootstrap server and hand it
     to ``store`` (which writes it into the pool) before acknowledging. ``same_host`` offers
     the shared-memory / CUDA IPC handoff (used when the prefill is on this host). The
@@ -227,8 +251,9 @@ async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, time
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=_CHUNK * 4), timeout)
     except (OSError, asyncio.TimeoutError) as exc:
-        raise TransferError(f"cannot reach the prefill bootstrap server {host}:{port}: "
-                            f"{exc or type(exc).__name__}") from None
+        raise TransferError(
+            f"cannot reach the prefill bootstrap server {host}:{port}: {exc or type(exc).__name__}"
+        ) from None
     try:
         request: dict[str, Any] = {"room": room, "decode_prefix_len": decode_prefix_len}
         if same_host:
@@ -248,9 +273,14 @@ async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, time
             else:
                 raw = await asyncio.wait_for(_read_into_tensor(reader, nbytes), timeout)
             data = (raw.view(dtype) if raw.dtype != dtype else raw).reshape(header["shape"])
-            received = ReceivedKV(int(header["first_token"]), int(header["start"]),
-                                  int(header["num_tokens"]), int(header["prefill_cached_tokens"]),
-                                  nbytes, data)
+            received = ReceivedKV(
+                int(header["first_token"]),
+                int(header["start"]),
+                int(header["num_tokens"]),
+                int(header["prefill_cached_tokens"]),
+                nbytes,
+                data,
+            )
             del raw, data
             try:
                 await store(received)
@@ -264,12 +294,19 @@ async def fetch_kv(host: str, port: int, room: int, decode_prefix_len: int, time
                 close()
         await write_frame(writer, {"ok": True})
         return received
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError, KeyError, ValueError,
-            TypeError, AttributeError, RuntimeError) as exc:
+    except (
+        asyncio.TimeoutError,
+        asyncio.IncompleteReadError,
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        RuntimeError,
+    ) as exc:
         if isinstance(exc, TransferError):
             raise
-        raise TransferError(f"KV transfer from {host}:{port} room {room} failed: "
-                            f"{exc or type(exc).__name__}") from None
+        raise TransferError(f"KV transfer from {host}:{port} room {room} failed: {exc or type(exc).__name__}") from None
     finally:
         writer.close()
 
@@ -285,8 +322,8 @@ async def _read_into_tensor(reader: asyncio.StreamReader, nbytes: int):
     while got < nbytes:
         piece = await reader.read(min(_CHUNK * 4, nbytes - got))
         if not piece:
-            raise asyncio.IncompleteReadError(bytes(), nbytes)
-        view[got:got + len(piece)] = piece
+            raise asyncio.IncompleteReadError(b"", nbytes)
+        view[got : got + len(piece)] = piece
         got += len(piece)
     return buffer
 

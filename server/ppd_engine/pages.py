@@ -56,14 +56,14 @@ class PageAllocator:
         self._num_free = self.num_pages
 
     def _mark(self, start: int, n: int) -> list[int]:
-        self._state[start:start + n] = bytes([_USED]) * n
+        self._state[start : start + n] = bytes([_USED]) * n
         return list(range(start, start + n))
 
     def _take_run_after(self, after: int | None, n: int) -> list[int] | None:
         if after is None or after + 1 + n > self.num_pages:
             return None
         start = after + 1
-        if self._state[start:start + n] == bytes([_FREE]) * n:
+        if self._state[start : start + n] == bytes([_FREE]) * n:
             return self._mark(start, n)
         return None
 

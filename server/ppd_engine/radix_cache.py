@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 class _Node:
     key: tuple[int, ...]
     page: int
-    parent: "_Node | None"
-    children: dict[tuple[int, ...], "_Node"] = field(default_factory=dict)
+    parent: _Node | None
+    children: dict[tuple[int, ...], _Node] = field(default_factory=dict)
     lock_ref: int = 0
     last_access: int = 0
 
@@ -51,7 +51,7 @@ class RadixCache:
         limit = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
         size = self.page_size
         for start in range(0, limit - limit % size, size):
-            yield tuple(tokens[start:start + size])
+            yield tuple(tokens[start : start + size])
 
     def match(self, tokens: list[int], max_tokens: int | None = None) -> tuple[list[int], _Node]:
         """Longest cached prefix of ``tokens`` (at most ``max_tokens``): (pages, deepest node)."""

@@ -18,17 +18,17 @@ from .stopping import OutputTracker
 
 
 class Mode(enum.Enum):
-    LOCAL = "local"                # unified worker, or decode worker with do_local_prefill
+    LOCAL = "local"  # unified worker, or decode worker with do_local_prefill
     PREFILL_SEND = "prefill_send"  # prefill worker: compute prompt KV, sample 1 token, ship KV
-    DECODE_RECV = "decode_recv"    # decode worker: receive prompt KV + first token, then decode
+    DECODE_RECV = "decode_recv"  # decode worker: receive prompt KV + first token, then decode
 
 
 class State(enum.Enum):
-    WAITING = "waiting"          # queued, no pages yet
-    PREFILLING = "prefilling"    # pages allocated, prompt chunks being computed
+    WAITING = "waiting"  # queued, no pages yet
+    PREFILLING = "prefilling"  # pages allocated, prompt chunks being computed
     AWAITING_KV = "awaiting_kv"  # decode: pages allocated, KV transfer in flight
-    DECODING = "decoding"        # one token per step
-    SENDING = "sending"          # prefill: KV computed and cached, held until transferred
+    DECODING = "decoding"  # one token per step
+    SENDING = "sending"  # prefill: KV computed and cached, held until transferred
     FINISHED = "finished"
 
 
@@ -54,17 +54,17 @@ class Req:
     bootstrap: Bootstrap | None = None
     state: State = State.WAITING
     pages: list[int] = field(default_factory=list)
-    prefix_node: Any = None         # locked radix node (or None)
-    num_prefix_tokens: int = 0      # tokens whose KV came from the radix cache
-    num_computed: int = 0           # tokens whose KV is in the pool
+    prefix_node: Any = None  # locked radix node (or None)
+    num_prefix_tokens: int = 0  # tokens whose KV came from the radix cache
+    num_computed: int = 0  # tokens whose KV is in the pool
     prefill_cached_tokens: int = 0  # decode: the prefill worker's own cache hit
     kv_transfer_bytes: int = 0
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     last_token_time: float | None = None
     error: str | None = None
-    error_status: int = 503         # HTTP status reported when ``error`` is set
-    client_rid: str = ""            # the id the client gave (or ``rid``), echoed in meta_info.id
+    error_status: int = 503  # HTTP status reported when ``error`` is set
+    client_rid: str = ""  # the id the client gave (or ``rid``), echoed in meta_info.id
 
     @property
     def output_ids(self) -> list[int]:

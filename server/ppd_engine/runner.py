@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 
 class ModelRunner:
-    def __init__(self, lm: "LoadedModel", num_slots: int, page_size: int,
-                 dtype: torch.dtype, device: str = "cpu") -> None:
+    def __init__(
+        self, lm: LoadedModel, num_slots: int, page_size: int, dtype: torch.dtype, device: str = "cpu"
+    ) -> None:
         self.lm = lm
         self.page_size = page_size
         self.device = device
@@ -54,7 +55,7 @@ class ModelRunner:
             self._slots.pop(req.rid, None)
 
     @torch.inference_mode()
-    def run(self, step: "Step") -> list[int]:
+    def run(self, step: Step) -> list[int]:
         """Forward one step; returns one token per row (-1 for rows that sample nothing)."""
         ids: list[int] = []
         positions: list[int] = []
@@ -70,13 +71,15 @@ class ModelRunner:
             seqs=seqs,
         )
         logits = self.lm.model.forward(batch, self.kv)
-        wanted = [i for i, row in enumerate(step.rows)
-                  if row.req.state is State.DECODING or row.completes_prompt]
+        wanted = [i for i, row in enumerate(step.rows) if row.req.state is State.DECODING or row.completes_prompt]
         tokens = [-1] * len(step.rows)
         if wanted:
             reqs = [step.rows[i].req for i in wanted]
-            sampled = sample(logits[wanted].float(), [r.sampling for r in reqs],
-                             [token_seed(r.sampling, len(r.output_ids)) for r in reqs])
+            sampled = sample(
+                logits[wanted].float(),
+                [r.sampling for r in reqs],
+                [token_seed(r.sampling, len(r.output_ids)) for r in reqs],
+            )
             for i, token in zip(wanted, sampled):
                 tokens[i] = token
         return tokens
@@ -95,4 +98,4 @@ class ModelRunner:
         with self._transfer_lock:
             if req.finished:
                 raise RuntimeError("the request was aborted before its KV arrived")
-            self.kv.write(self.slots_of(req)[start:start + n], data)
+            self.kv.write(self.slots_of(req)[start : start + n], data)

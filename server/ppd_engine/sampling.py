@@ -20,9 +20,18 @@ DEFAULT_MAX_NEW_TOKENS = 128
 
 # Keys SGLang accepts that we honour only at their neutral value (else a clear 400).
 _NEUTRAL = {
-    "frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0, "min_p": 0.0,
-    "n": 1, "json_schema": None, "regex": None, "ebnf": None, "structural_tag": None,
-    "logit_bias": None, "stop_regex": None, "custom_params": None,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "min_p": 0.0,
+    "n": 1,
+    "json_schema": None,
+    "regex": None,
+    "ebnf": None,
+    "structural_tag": None,
+    "logit_bias": None,
+    "stop_regex": None,
+    "custom_params": None,
 }
 # Keys accepted and ignored (presentation only).
 _IGNORED = {"spaces_between_special_tokens", "stream_interval", "min_new_tokens"}
@@ -46,7 +55,7 @@ class SamplingParams:
         return self.temperature <= 1e-6 or self.top_k == 1
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any] | None, default_max_new_tokens: int | None = None) -> "SamplingParams":
+    def from_dict(cls, params: dict[str, Any] | None, default_max_new_tokens: int | None = None) -> SamplingParams:
         if params is not None and not isinstance(params, dict):
             raise InvalidRequest("sampling_params must be an object", param="sampling_params")
         params = dict(params or {})
@@ -141,7 +150,7 @@ def token_seed(params: SamplingParams, index: int) -> int | None:
     return (params.seed * 1_000_003 + index) % (1 << 63)
 
 
-def sample(logits: "torch.Tensor", params: list[SamplingParams], seeds: list[int | None]) -> list[int]:
+def sample(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int | None]) -> list[int]:
     """One token per row of ``logits`` [B, V] (float32). Greedy rows take the argmax; a row
     with a seed draws from its own generator, others from torch's default one."""
     import torch

@@ -26,8 +26,8 @@ from .request import Mode, Req, State
 @dataclass(slots=True)
 class Row:
     req: Req
-    start: int     # tokens of the sequence already in the pool
-    num_new: int   # tokens computed by this step
+    start: int  # tokens of the sequence already in the pool
+    num_new: int  # tokens computed by this step
 
     @property
     def completes_prompt(self) -> bool:
@@ -44,15 +44,21 @@ class Step:
 
 
 class Scheduler:
-    def __init__(self, num_pages: int, page_size: int, chunked_prefill_size: int,
-                 max_running_requests: int, enable_radix_cache: bool = True) -> None:
+    def __init__(
+        self,
+        num_pages: int,
+        page_size: int,
+        chunked_prefill_size: int,
+        max_running_requests: int,
+        enable_radix_cache: bool = True,
+    ) -> None:
         self.page_size = page_size
         self.chunked_prefill_size = chunked_prefill_size
         self.max_running_requests = max_running_requests
         self.allocator = PageAllocator(num_pages, page_size)
         self.cache = RadixCache(page_size) if enable_radix_cache else None
         self.waiting: deque[Req] = deque()
-        self.active: list[Req] = []   # admitted and unfinished, in admission order
+        self.active: list[Req] = []  # admitted and unfinished, in admission order
 
     # ---- queue views -------------------------------------------------------------------
     def by_state(self, state: State) -> list[Req]:
@@ -140,7 +146,7 @@ class Scheduler:
         produced = []
         for row, token in zip(step.rows, tokens):
             req = row.req
-            if req.finished:   # aborted while the forward ran
+            if req.finished:  # aborted while the forward ran
                 continue
             req.num_computed = row.start + row.num_new
             if req.state is State.PREFILLING and not row.completes_prompt:
@@ -187,12 +193,12 @@ class Scheduler:
         keep = 0
         if self.cache is not None:
             full_pages = req.num_computed // self.page_size
-            canonical, redundant, _ = self.cache.insert(req.all_ids()[:req.num_computed], req.pages[:full_pages])
+            canonical, redundant, _ = self.cache.insert(req.all_ids()[: req.num_computed], req.pages[:full_pages])
             keep = len(canonical)
             self.allocator.free(redundant)
             if req.prefix_node is not None:
                 self.cache.unlock(req.prefix_node)
-        self.allocator.free(req.pages[max(keep, num_prefix_pages):])
+        self.allocator.free(req.pages[max(keep, num_prefix_pages) :])
         req.pages, req.prefix_node = [], None
         req.state = State.FINISHED
         if req in self.active:

@@ -8,7 +8,8 @@ and returns SGLang's finish_reason when the request is done:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .sampling import SamplingParams
 
@@ -16,8 +17,9 @@ _REPLACEMENT = "\ufffd"
 
 
 class OutputTracker:
-    def __init__(self, params: SamplingParams, eos_ids: Iterable[int],
-                 decode: Callable[[list[int], bool], str]) -> None:
+    def __init__(
+        self, params: SamplingParams, eos_ids: Iterable[int], decode: Callable[[list[int], bool], str]
+    ) -> None:
         self.params = params
         self.eos_ids = frozenset(() if params.ignore_eos else eos_ids)
         self._decode = decode

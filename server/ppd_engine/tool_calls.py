@@ -25,7 +25,7 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
         call = _to_call(match.group(1))
         if call is None:
             continue
-        kept.append(text[position:match.start()])
+        kept.append(text[position : match.start()])
         position = match.end()
         calls.append(call)
     kept.append(text[position:])
@@ -43,8 +43,11 @@ def _to_call(raw: str) -> dict[str, Any] | None:
     arguments = obj.get("arguments", obj.get("parameters", {}))
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": obj["name"], "arguments": arguments}}
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": obj["name"], "arguments": arguments},
+    }
 
 
 def safe_prefix_len(text: str) -> int:

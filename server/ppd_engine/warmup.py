@@ -55,17 +55,17 @@ class Worker(Protocol):
 
     def reset_metrics(self) -> None: ...
 
+
 log = logging.getLogger(__name__)
 
 _MESSAGES = [{"role": "user", "content": "Warm-up request: name three colours of the sea."}]
 _FOLLOW_UP = [{"role": "user", "content": "And one more, please."}]
 _NEW_TOKENS = 4
 _GREEDY = SamplingParams(max_new_tokens=_NEW_TOKENS, temperature=0.0, ignore_eos=True)
-_SEEDED = SamplingParams(max_new_tokens=_NEW_TOKENS, temperature=0.7, top_p=0.9, top_k=40, seed=7,
-                         ignore_eos=True)
+_SEEDED = SamplingParams(max_new_tokens=_NEW_TOKENS, temperature=0.7, top_p=0.9, top_k=40, seed=7, ignore_eos=True)
 
 
-async def warm_up(worker: "Worker") -> None:
+async def warm_up(worker: Worker) -> None:
     tokenizer = worker.tokenizer
     # Both turns plus outputs stay within half the context (small KV pools in tests).
     limit = max(2, worker.context_limit // 2 - 2 * _NEW_TOKENS)
@@ -79,7 +79,7 @@ async def warm_up(worker: "Worker") -> None:
     await _forget(worker)
 
 
-async def _run(worker: "Worker", ids: list[int], sampling: SamplingParams, first_turn: bool) -> list[int]:
+async def _run(worker: Worker, ids: list[int], sampling: SamplingParams, first_turn: bool) -> list[int]:
     """One warmup request through this role's real path; returns its output ids."""
     cfg = worker.config
     if cfg.is_prefill:
@@ -93,16 +93,17 @@ async def _run(worker: "Worker", ids: list[int], sampling: SamplingParams, first
     return (await worker.complete(inp, warmup=True)).output_ids
 
 
-async def _prefill_and_self_fetch(worker: "Worker", ids: list[int], sampling: SamplingParams) -> list[int]:
+async def _prefill_and_self_fetch(worker: Worker, ids: list[int], sampling: SamplingParams) -> list[int]:
     assert worker.bootstrap is not None
-    room = random.randrange(2 ** 63)
+    room = random.randrange(2**63)
     inp = GenerateInput(ids, sampling, bootstrap=Bootstrap("127.0.0.1", worker.bootstrap.port, room))
 
     async def discard(_: ReceivedKV) -> None:
         return None
 
-    fetch = asyncio.ensure_future(fetch_kv("127.0.0.1", worker.bootstrap.port, room, 0,
-                                           worker.config.kv_transfer_timeout, discard))
+    fetch = asyncio.ensure_future(
+        fetch_kv("127.0.0.1", worker.bootstrap.port, room, 0, worker.config.kv_transfer_timeout, discard)
+    )
     try:
         result = await worker.complete(inp, warmup=True)
         received = await fetch
@@ -111,17 +112,21 @@ async def _prefill_and_self_fetch(worker: "Worker", ids: list[int], sampling: Sa
     return [received.first_token, *result.output_ids[1:]]
 
 
-async def _receive_from_local_bootstrap(worker: "Worker", ids: list[int], sampling: SamplingParams) -> list[int]:
+async def _receive_from_local_bootstrap(worker: Worker, ids: list[int], sampling: SamplingParams) -> list[int]:
     """Decode: receive a prompt's KV from a throwaway bootstrap server in this process. The
     KV it serves is whatever the pool holds (outputs are discarded; the cache is flushed)."""
     import torch
 
     server = BootstrapServer("127.0.0.1", 0, worker.config.kv_transfer_timeout)
     await server.start()
-    room = random.randrange(2 ** 63)
+    room = random.randrange(2**63)
     kv = worker.runner.kv
-    served = PrefillResult(first_token=ids[-1], num_tokens=len(ids), prefill_cached_tokens=0,
-                           read_kv=lambda start, end: kv.read(torch.arange(start, end)))
+    served = PrefillResult(
+        first_token=ids[-1],
+        num_tokens=len(ids),
+        prefill_cached_tokens=0,
+        read_kv=lambda start, end: kv.read(torch.arange(start, end)),
+    )
     send = asyncio.ensure_future(server.send(room, served))
     try:
         inp = GenerateInput(ids, sampling, bootstrap=Bootstrap("127.0.0.1", server.port, room))
@@ -133,7 +138,7 @@ async def _receive_from_local_bootstrap(worker: "Worker", ids: list[int], sampli
         await server.close()
 
 
-async def _forget(worker: "Worker") -> None:
+async def _forget(worker: Worker) -> None:
     def flush() -> bool:
         worker.engine.last_step_time = 0.0
         return worker.scheduler.flush_cache()

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from . import warmup
 from .config import EngineConfig
@@ -30,8 +31,17 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, config: EngineConfig, lm: Any, scheduler: Any, runner: Any, engine: Any,
-                 metrics: Any, model_path: str, dtype: str) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        lm: Any,
+        scheduler: Any,
+        runner: Any,
+        engine: Any,
+        metrics: Any,
+        model_path: str,
+        dtype: str,
+    ) -> None:
         self.config = config
         self.lm = lm
         self.tokenizer = lm.tokenizer
@@ -44,7 +54,7 @@ class Worker:
         self.served_model_name = config.served_model_name or lm.name
         self.bootstrap: BootstrapServer | None = None
         self.started_at = time.time()
-        self._live: dict[str, list[Req]] = {}   # client rid -> its unfinished requests
+        self._live: dict[str, list[Req]] = {}  # client rid -> its unfinished requests
         # Set once the startup warmup is over (or skipped): /health is 503 before, and
         # requests wait for it, so none of them shares a step, the cache or metrics with it.
         self.ready = asyncio.Event()
@@ -72,10 +82,14 @@ class Worker:
     async def start(self) -> None:
         self.engine.start()
         if self.config.is_prefill:
-            self.bootstrap = BootstrapServer(self.config.host, self.config.disaggregation_bootstrap_port,
-                                             self.config.kv_transfer_timeout, self.config.kv_link_gbps,
-                                             on_sent=self.metrics.on_kv_transfer,
-                                             same_host=self.config.kv_transfer_same_host)
+            self.bootstrap = BootstrapServer(
+                self.config.host,
+                self.config.disaggregation_bootstrap_port,
+                self.config.kv_transfer_timeout,
+                self.config.kv_link_gbps,
+                on_sent=self.metrics.on_kv_transfer,
+                same_host=self.config.kv_transfer_same_host,
+            )
             await self.bootstrap.start()
         if self.config.warmup:
             self._warmup = asyncio.create_task(self._warm_up())
@@ -119,11 +133,15 @@ class Worker:
             if not cfg.disaggregation_decode_enable_conditional_agg:
                 raise InvalidRequest(
                     "do_local_prefill needs a decode worker started with "
-                    "--disaggregation-decode-enable-conditional-agg", param="do_local_prefill")
+                    "--disaggregation-decode-enable-conditional-agg",
+                    param="do_local_prefill",
+                )
             return Mode.LOCAL
         if inp.bootstrap is None:
-            raise InvalidRequest("a decode worker needs bootstrap_host/bootstrap_port/bootstrap_room "
-                                 "(or do_local_prefill)", param="bootstrap_room")
+            raise InvalidRequest(
+                "a decode worker needs bootstrap_host/bootstrap_port/bootstrap_room (or do_local_prefill)",
+                param="bootstrap_room",
+            )
         return Mode.LOCAL if inp.bootstrap.fake else Mode.DECODE_RECV
 
     def check_capacity(self, inp: GenerateInput) -> SamplingParams:
@@ -132,20 +150,25 @@ class Worker:
         if n == 0:
             raise InvalidRequest("the prompt is empty", param="input_ids")
         if n >= limit:
-            raise InvalidRequest(f"the prompt has {n} tokens; this worker holds at most {limit - 1} "
-                                 f"prompt tokens", param="input_ids", code="context_length_exceeded")
+            raise InvalidRequest(
+                f"the prompt has {n} tokens; this worker holds at most {limit - 1} prompt tokens",
+                param="input_ids",
+                code="context_length_exceeded",
+            )
         bad = [t for t in inp.prompt_ids if not 0 <= t < self.lm.config.vocab_size]
         if bad:
-            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{self.lm.config.vocab_size - 1})",
-                                 param="input_ids")
+            raise InvalidRequest(
+                f"token id {bad[0]} is outside the vocabulary (0..{self.lm.config.vocab_size - 1})", param="input_ids"
+            )
         sampling = inp.sampling
         if sampling.max_new_tokens > limit - n:
             sampling = _replace(sampling, max_new_tokens=limit - n)
         return sampling
 
     # ---- the request flow -------------------------------------------------------------
-    async def generate(self, inp: GenerateInput, mode: Mode | None = None,
-                       warmup: bool = False) -> AsyncIterator[Result]:
+    async def generate(
+        self, inp: GenerateInput, mode: Mode | None = None, warmup: bool = False
+    ) -> AsyncIterator[Result]:
         """Run one request; yields cumulative Results, the last one finished. Raises
         InvalidRequest before anything is queued. Leaving early aborts the request.
         Waits for the startup warmup first (``warmup=True``: a warmup request itself)."""
@@ -160,8 +183,14 @@ class Worker:
         if mode is Mode.PREFILL_SEND:
             sampling = _replace(sampling, max_new_tokens=1)
         tracker = OutputTracker(sampling, self.tokenizer.eos_token_ids, self._decode)
-        req = Req(rid=uuid.uuid4().hex, prompt_ids=list(inp.prompt_ids), sampling=sampling,
-                  tracker=tracker, mode=mode, bootstrap=inp.bootstrap)
+        req = Req(
+            rid=uuid.uuid4().hex,
+            prompt_ids=list(inp.prompt_ids),
+            sampling=sampling,
+            tracker=tracker,
+            mode=mode,
+            bootstrap=inp.bootstrap,
+        )
         req.client_rid = inp.rid or req.rid
         handle = RequestHandle(req, asyncio.get_running_loop())
         transfer: asyncio.Task | None = None
@@ -208,18 +237,25 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         async def store(received: ReceivedKV) -> None:
-            if received.num_tokens != req.prompt_len:   # the two sides got different prompts
-                raise ValueError(f"the prefill worker's prompt has {received.num_tokens} tokens, "
-                                 f"this request's prompt has {req.prompt_len}")
+            if received.num_tokens != req.prompt_len:  # the two sides got different prompts
+                raise ValueError(
+                    f"the prefill worker's prompt has {received.num_tokens} tokens, "
+                    f"this request's prompt has {req.prompt_len}"
+                )
             await loop.run_in_executor(None, self.runner.write_kv, req, received.start, received.data)
 
         try:
-            received = await fetch_kv(req.bootstrap.host, port, req.bootstrap.room,
-                                      req.num_prefix_tokens, self.config.kv_transfer_timeout, store,
-                                      same_host=self.config.kv_transfer_same_host)
+            received = await fetch_kv(
+                req.bootstrap.host,
+                port,
+                req.bootstrap.room,
+                req.num_prefix_tokens,
+                self.config.kv_transfer_timeout,
+                store,
+                same_host=self.config.kv_transfer_same_host,
+            )
         except Exception as exc:  # any failure (also a malformed peer frame) must end the request
-            message = str(exc) if isinstance(exc, TransferError) else \
-                f"KV transfer failed: {type(exc).__name__}: {exc}"
+            message = str(exc) if isinstance(exc, TransferError) else f"KV transfer failed: {type(exc).__name__}: {exc}"
             req.error, req.error_status = message, 503
             self.metrics.on_transfer_failed()
             self.engine.abort(req, message)
@@ -234,8 +270,12 @@ class Worker:
         bootstrap = req.bootstrap
         try:
             if bootstrap is not None and not bootstrap.fake and self.bootstrap is not None:
-                result = PrefillResult(first_token, req.prompt_len, req.num_prefix_tokens,
-                                       lambda start, end: self.runner.read_kv(req, start, end))
+                result = PrefillResult(
+                    first_token,
+                    req.prompt_len,
+                    req.num_prefix_tokens,
+                    lambda start, end: self.runner.read_kv(req, start, end),
+                )
                 req.kv_transfer_bytes = await self.bootstrap.send(bootstrap.room, result)
             req.tracker.finish_now({"type": "length", "length": 0})
         except TransferError as exc:
@@ -287,8 +327,13 @@ def build_worker(config: EngineConfig, log_fn=print) -> Worker:
     dtype = getattr(torch, dtype_name)
     lm = load_model(source, dtype=dtype, device=config.device)
     enable_radix = not config.is_decode or config.disaggregation_decode_enable_radix_cache
-    scheduler = Scheduler(config.num_pages, config.page_size, config.chunked_prefill_size,
-                          config.max_running_requests, enable_radix_cache=enable_radix)
+    scheduler = Scheduler(
+        config.num_pages,
+        config.page_size,
+        config.chunked_prefill_size,
+        config.max_running_requests,
+        enable_radix_cache=enable_radix,
+    )
     runner = ModelRunner(lm, config.num_pages * config.page_size, config.page_size, dtype, config.device)
     metrics = EngineMetrics(config.served_model_name or lm.name)
     engine = Engine(scheduler, runner, observer=metrics)

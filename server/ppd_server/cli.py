@@ -13,8 +13,9 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Any
 
 from ppd_server.config import BACKENDS, ConfigError, RouterConfig, load_config
 
@@ -31,10 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ppd-server",
         description="PPD router: an OpenAI-compatible front door over SGLang prefill/decode workers that "
-                    "decides per turn between D-local append-prefill and P->D. With no workers given it "
-                    "starts an embedded cluster of ppd-worker processes. Subcommand: `ppd-server profile`.",
+        "decides per turn between D-local append-prefill and P->D. With no workers given it "
+        "starts an embedded cluster of ppd-worker processes. Subcommand: `ppd-server profile`.",
         epilog="Every flag can also be set as PPD_<NAME> in the environment (e.g. PPD_POLICY=pd) or in a "
-               "YAML file given with --config (keys = flag names with underscores). Flags win over env over YAML.")
+        "YAML file given with --config (keys = flag names with underscores). Flags win over env over YAML.",
+    )
     g = p.add_argument_group("front door")
     g.add_argument("--host", help="address to bind" + _d("host"))
     g.add_argument("--port", type=int, help="port to bind" + _d("port"))
@@ -42,52 +44,114 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--admin-key", help="require 'Authorization: Bearer KEY' on /admin/*")
     g.add_argument("--config", help="YAML file with settings")
     g = p.add_argument_group("workers (none given: embedded cluster)")
-    g.add_argument("--prefill", nargs="+", action="append", metavar=("URL", "BOOTSTRAP_PORT"),
-                   help="a prefill worker, optionally with its bootstrap port (else read from /server_info); repeatable")
+    g.add_argument(
+        "--prefill",
+        nargs="+",
+        action="append",
+        metavar=("URL", "BOOTSTRAP_PORT"),
+        help="a prefill worker, optionally with its bootstrap port (else read from /server_info); repeatable",
+    )
     g.add_argument("--decode", action="append", metavar="URL", help="a decode worker; repeatable")
     g.add_argument("--worker", action="append", metavar="URL", help="a unified (non-disaggregated) worker; repeatable")
     g = p.add_argument_group("routing")
     g.add_argument("--policy", help=f"routing policy: {', '.join(POLICY_SPECS)}" + _d("policy"))
-    g.add_argument("--profile", help="cost-model profile JSON saved by `ppd-server profile`, or a preset: "
-                                     "builtin (SmolLM2 on the CPU engine), h200-ppd-engine-llama8b")
-    g.add_argument("--tokenizer", help="tokenizer source (.gguf or HF dir) for exact token counts; default: "
-                                       "the workers' model when it is a local path, else a learned bytes/token ratio")
+    g.add_argument(
+        "--profile",
+        help="cost-model profile JSON saved by `ppd-server profile`, or a preset: "
+        "builtin (SmolLM2 on the CPU engine), h200-ppd-engine-llama8b",
+    )
+    g.add_argument(
+        "--tokenizer",
+        help="tokenizer source (.gguf or HF dir) for exact token counts; default: "
+        "the workers' model when it is a local path, else a learned bytes/token ratio",
+    )
     g.add_argument("--link-gbps", type=float, help="P->D KV link bandwidth the cost model assumes" + _d("link_gbps"))
     g.add_argument("--max-sessions", type=int, help="session table bound (LRU)" + _d("max_sessions"))
     g.add_argument("--session-ttl-s", type=float, help="idle conversation expiry" + _d("session_ttl_s"))
     g = p.add_argument_group("worker management")
-    g.add_argument("--load-interval", dest="load_interval_s", type=float,
-                   help="seconds between load polls (/v1/loads, else /metrics)" + _d("load_interval_s"))
-    g.add_argument("--request-timeout", dest="request_timeout_s", type=float,
-                   help="max seconds waiting for a worker's next bytes" + _d("request_timeout_s"))
-    g.add_argument("--connect-timeout", dest="connect_timeout_s", type=float, help="worker connect timeout" + _d("connect_timeout_s"))
-    g.add_argument("--max-retries", type=int, help="re-dispatches on a new pair before any byte was sent" + _d("max_retries"))
-    g.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
-                   help="on SIGTERM, seconds in-flight streams get to finish" + _d("drain_timeout_s"))
+    g.add_argument(
+        "--load-interval",
+        dest="load_interval_s",
+        type=float,
+        help="seconds between load polls (/v1/loads, else /metrics)" + _d("load_interval_s"),
+    )
+    g.add_argument(
+        "--request-timeout",
+        dest="request_timeout_s",
+        type=float,
+        help="max seconds waiting for a worker's next bytes" + _d("request_timeout_s"),
+    )
+    g.add_argument(
+        "--connect-timeout",
+        dest="connect_timeout_s",
+        type=float,
+        help="worker connect timeout" + _d("connect_timeout_s"),
+    )
+    g.add_argument(
+        "--max-retries", type=int, help="re-dispatches on a new pair before any byte was sent" + _d("max_retries")
+    )
+    g.add_argument(
+        "--drain-timeout",
+        dest="drain_timeout_s",
+        type=float,
+        help="on SIGTERM, seconds in-flight streams get to finish" + _d("drain_timeout_s"),
+    )
     g.add_argument("--max-header-bytes", type=int, help="largest request header line" + _d("max_header_bytes"))
-    g.add_argument("--max-queue-per-worker", type=int,
-                   help="requests in flight per worker before 429 + Retry-After (0 = no bound)" + _d("max_queue_per_worker"))
-    g.add_argument("--first-byte-timeout", dest="first_byte_timeout_s", type=float,
-                   help="retry a stream elsewhere when its worker is silent this long (0 = off)" + _d("first_byte_timeout_s"))
-    g.add_argument("--breaker-cooldown", dest="breaker_cooldown_s", type=float,
-                   help="a worker whose request failed stays out this long, doubling per failure" + _d("breaker_cooldown_s"))
-    g.add_argument("--breaker-max-cooldown", dest="breaker_max_cooldown_s", type=float,
-                   help="cap of that cooldown" + _d("breaker_max_cooldown_s"))
-    g.add_argument("--retry-after", dest="retry_after_s", type=int,
-                   help="Retry-After seconds on 429/503 answers" + _d("retry_after_s"))
+    g.add_argument(
+        "--max-queue-per-worker",
+        type=int,
+        help="requests in flight per worker before 429 + Retry-After (0 = no bound)" + _d("max_queue_per_worker"),
+    )
+    g.add_argument(
+        "--first-byte-timeout",
+        dest="first_byte_timeout_s",
+        type=float,
+        help="retry a stream elsewhere when its worker is silent this long (0 = off)" + _d("first_byte_timeout_s"),
+    )
+    g.add_argument(
+        "--breaker-cooldown",
+        dest="breaker_cooldown_s",
+        type=float,
+        help="a worker whose request failed stays out this long, doubling per failure" + _d("breaker_cooldown_s"),
+    )
+    g.add_argument(
+        "--breaker-max-cooldown",
+        dest="breaker_max_cooldown_s",
+        type=float,
+        help="cap of that cooldown" + _d("breaker_max_cooldown_s"),
+    )
+    g.add_argument(
+        "--retry-after",
+        dest="retry_after_s",
+        type=int,
+        help="Retry-After seconds on 429/503 answers" + _d("retry_after_s"),
+    )
     g = p.add_argument_group("embedded cluster")
     g.add_argument("--embedded", help="layout: 1P1D, 1P2D, 2P2D, 1R (unified)..." + _d("embedded"))
     g.add_argument("--model", help="ppd-worker model: smollm2, a .gguf/HF path, or synthetic[:SEED]" + _d("model"))
-    g.add_argument("--backend", choices=BACKENDS, help="ppd = ppd-worker processes; sglang = real SGLang (GPU)" + _d("backend"))
+    g.add_argument(
+        "--backend", choices=BACKENDS, help="ppd = ppd-worker processes; sglang = real SGLang (GPU)" + _d("backend")
+    )
     g.add_argument("--model-path", help="model for --backend sglang")
     g.add_argument("--tp", type=int, help="tensor parallel size per SGLang worker" + _d("tp"))
     g.add_argument("--worker-threads", type=int, help="torch threads per ppd-worker" + _d("worker_threads"))
     g.add_argument("--kv-link-gbps", type=float, help="cap the embedded P->D KV transfer rate (emulate a DC link)")
-    g.add_argument("--device", help="ppd-worker device(s): cpu, cuda, cuda:N, or a list cuda:0,cuda:1 "
-                   "(workers are placed round-robin over it)" + _d("device"))
-    g.add_argument("--gpu-memory-fraction", type=float,
-                   help="share of its GPU each ppd-worker may use (e.g. 0.45 for a 1P1D pair on one GPU)")
-    g.add_argument("--startup-timeout", dest="startup_timeout_s", type=float, help="seconds to wait for workers" + _d("startup_timeout_s"))
+    g.add_argument(
+        "--device",
+        help="ppd-worker device(s): cpu, cuda, cuda:N, or a list cuda:0,cuda:1 "
+        "(workers are placed round-robin over it)" + _d("device"),
+    )
+    g.add_argument(
+        "--gpu-memory-fraction",
+        type=float,
+        help="share of its GPU each ppd-worker may use (e.g. 0.45 for a 1P1D pair on one GPU)",
+    )
+    g.add_argument(
+        "--startup-timeout",
+        dest="startup_timeout_s",
+        type=float,
+        help="seconds to wait for workers" + _d("startup_timeout_s"),
+    )
     g.add_argument("--dry-run", action="store_true", default=None, help="print the worker commands and exit")
     g.add_argument("--log-level", help="debug|info|warning|error" + _d("log_level"))
     return p
@@ -99,29 +163,51 @@ def build_profile_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ppd-server profile",
         description="Measure an engine's step-time grid over HTTP (prefill of n new tokens over c cached; decode "
-                    "batch x context; mixed iterations: a prefill chunk riding with b decode streams), fit the cost "
-                    "model's coefficients and save them as a profile JSON for `ppd-server --profile` and "
-                    "`ppd-sim --profile`. With no --worker, an embedded unified ppd-worker is started and stopped.",
-        epilog="Grids (per-kind lists override them): " + "; ".join(
+        "batch x context; mixed iterations: a prefill chunk riding with b decode streams), fit the cost "
+        "model's coefficients and save them as a profile JSON for `ppd-server --profile` and "
+        "`ppd-sim --profile`. With no --worker, an embedded unified ppd-worker is started and stopped.",
+        epilog="Grids (per-kind lists override them): "
+        + "; ".join(
             f"{name}: prefill {list(g.prefill_lengths)}, decode batches {list(g.decode_batches)} x contexts "
-            f"{list(g.decode_contexts)}, mixed batches {list(g.mixed_batches)}, repeats {g.repeats}" for name, g in GRIDS.items()))
-    p.add_argument("--worker", help="profile this running unified worker (ppd-worker, or SGLang with its radix cache) "
-                                    "instead of starting one")
+            f"{list(g.decode_contexts)}, mixed batches {list(g.mixed_batches)}, repeats {g.repeats}"
+            for name, g in GRIDS.items()
+        ),
+    )
+    p.add_argument(
+        "--worker",
+        help="profile this running unified worker (ppd-worker, or SGLang with its radix cache) instead of starting one",
+    )
     p.add_argument("--model", default=_DEFAULTS["model"], help="embedded ppd-worker model" + _d("model"))
     p.add_argument("--threads", type=int, default=1, help="torch threads for the embedded worker (default: 1)")
-    p.add_argument("--output", "-o", default="ppd-profile.json", help="where to save the profile (default: ppd-profile.json)")
+    p.add_argument(
+        "--output", "-o", default="ppd-profile.json", help="where to save the profile (default: ppd-profile.json)"
+    )
     p.add_argument("--grid", default="default", choices=sorted(GRIDS), help="what to measure (default: default)")
-    for flag, what in (("--prefill-lengths", "fresh prefill lengths"), ("--append-prefixes", "cached prefix lengths for appends"),
-                       ("--append-lengths", "append lengths over those prefixes"), ("--decode-batches", "decode batch sizes"),
-                       ("--decode-contexts", "decode context per stream"), ("--mixed-batches", "decode streams under a prefill"),
-                       ("--mixed-lengths", "prefill lengths riding with them"), ("--mixed-cached", "cached prefix of that prefill")):
+    for flag, what in (
+        ("--prefill-lengths", "fresh prefill lengths"),
+        ("--append-prefixes", "cached prefix lengths for appends"),
+        ("--append-lengths", "append lengths over those prefixes"),
+        ("--decode-batches", "decode batch sizes"),
+        ("--decode-contexts", "decode context per stream"),
+        ("--mixed-batches", "decode streams under a prefill"),
+        ("--mixed-lengths", "prefill lengths riding with them"),
+        ("--mixed-cached", "cached prefix of that prefill"),
+    ):
         p.add_argument(flag, metavar="N,N", help=f"{what}, comma-separated (overrides the grid)")
     p.add_argument("--repeats", type=int, help="repeats of the prefill and mixed cells (overrides the grid)")
-    p.add_argument("--max-seconds", type=float, default=900.0, help="stop measuring after this long and fit what was "
-                                                                     "measured (default: 900)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=900.0,
+        help="stop measuring after this long and fit what was measured (default: 900)",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default: 120)")
-    p.add_argument("--startup-timeout", type=float, default=_DEFAULTS["startup_timeout_s"],
-                   help="seconds to wait for the embedded worker" + _d("startup_timeout_s"))
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=_DEFAULTS["startup_timeout_s"],
+        help="seconds to wait for the embedded worker" + _d("startup_timeout_s"),
+    )
     p.add_argument("--seed", type=int, default=0, help="token sampling seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
@@ -134,8 +220,16 @@ def _profile_grid(ns: argparse.Namespace):  # -> ProfileGrid; ValueError names t
 
     grid = GRIDS[ns.grid]
     changes: dict[str, Any] = {}
-    for name in ("prefill_lengths", "append_prefixes", "append_lengths", "decode_batches", "decode_contexts",
-                 "mixed_batches", "mixed_lengths", "mixed_cached"):
+    for name in (
+        "prefill_lengths",
+        "append_prefixes",
+        "append_lengths",
+        "decode_batches",
+        "decode_contexts",
+        "mixed_batches",
+        "mixed_lengths",
+        "mixed_cached",
+    ):
         text = getattr(ns, name)
         if text is None:
             continue
@@ -181,8 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(config: RouterConfig) -> int:
-    from ppd_server.http.app import create_app
     from ppd_server.fleet.launcher import Cluster, ClusterError, plan_cluster, with_workers
+    from ppd_server.http.app import create_app
 
     plans = [] if config.has_external_workers else plan_cluster(config)
     if config.dry_run:
@@ -229,11 +323,20 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def _run_app(app, config: RouterConfig, loop: asyncio.AbstractEventLoop) -> None:
     from ppd_server.http.serve import serve
 
-    print(f"[ppd-server] serving on http://{config.host}:{config.port} (policy {config.policy})",
-          file=sys.stderr, flush=True)
+    print(
+        f"[ppd-server] serving on http://{config.host}:{config.port} (policy {config.policy})",
+        file=sys.stderr,
+        flush=True,
+    )
     # SIGTERM drains in-flight streams (drain_timeout_s) before the app and its cluster stop.
-    serve(app, config.host, config.port, loop, drain_timeout_s=config.drain_timeout_s,
-          max_header_bytes=config.max_header_bytes)
+    serve(
+        app,
+        config.host,
+        config.port,
+        loop,
+        drain_timeout_s=config.drain_timeout_s,
+        max_header_bytes=config.max_header_bytes,
+    )
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -256,7 +359,11 @@ def profile_main(argv: Sequence[str]) -> int:
     ns = build_profile_parser().parse_args(list(argv))
     try:
         grid = _profile_grid(ns)
-        for flag, v in (("--max-seconds", ns.max_seconds), ("--timeout", ns.timeout), ("--startup-timeout", ns.startup_timeout)):
+        for flag, v in (
+            ("--max-seconds", ns.max_seconds),
+            ("--timeout", ns.timeout),
+            ("--startup-timeout", ns.startup_timeout),
+        ):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{flag} must be > 0, got {v}")
         if ns.threads < 1:
@@ -270,19 +377,26 @@ def profile_main(argv: Sequence[str]) -> int:
 
     def progress(done: int, total: int, label: str) -> None:
         if not ns.quiet:
-            print(f"[ppd-server profile] {done}/{total} {label} ({time.monotonic() - started:.0f}s)", file=sys.stderr, flush=True)
+            print(
+                f"[ppd-server profile] {done}/{total} {label} ({time.monotonic() - started:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     cluster = None
     url = ns.worker
     try:
         if url is None:
-            cfg = RouterConfig(embedded="1R", model=ns.model, worker_threads=ns.threads,
-                               startup_timeout_s=ns.startup_timeout).validate()
+            cfg = RouterConfig(
+                embedded="1R", model=ns.model, worker_threads=ns.threads, startup_timeout_s=ns.startup_timeout
+            ).validate()
             plans = plan_cluster(cfg)
             cluster = Cluster(plans)
             cluster.start(timeout_s=ns.startup_timeout)
             url = plans[0].url
-        profile = measure_profile(url, grid, timeout_s=ns.timeout, seed=ns.seed, max_seconds=ns.max_seconds, progress=progress)
+        profile = measure_profile(
+            url, grid, timeout_s=ns.timeout, seed=ns.seed, max_seconds=ns.max_seconds, progress=progress
+        )
         save_profile(profile, ns.output)
     except ConfigError as e:
         print(f"ppd-server profile: error: {e}", file=sys.stderr)
@@ -295,6 +409,9 @@ def profile_main(argv: Sequence[str]) -> int:
             cluster.stop()
     print(json.dumps({"coefficients": profile["coefficients"], "fit": profile["fit"]}, indent=2))
     note = f", {profile['skipped']} cell(s) skipped at --max-seconds" if profile.get("skipped") else ""
-    print(f"[ppd-server] profile saved to {ns.output} ({len(profile['samples'])} samples in "
-          f"{profile['measure_seconds']:.0f}s{note})", file=sys.stderr)
+    print(
+        f"[ppd-server] profile saved to {ns.output} ({len(profile['samples'])} samples in "
+        f"{profile['measure_seconds']:.0f}s{note})",
+        file=sys.stderr,
+    )
     return 0

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "PPD_"
@@ -142,8 +143,14 @@ class RouterConfig:
         """Raise :class:`ConfigError` naming the first invalid field; return self."""
         if not 0 < self.port < 65536:
             raise ConfigError("port", f"must be in 1..65535, got {self.port}")
-        for name in ("load_interval_s", "request_timeout_s", "connect_timeout_s", "startup_timeout_s",
-                     "session_ttl_s", "link_gbps"):
+        for name in (
+            "load_interval_s",
+            "request_timeout_s",
+            "connect_timeout_s",
+            "startup_timeout_s",
+            "session_ttl_s",
+            "link_gbps",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
         if not self.drain_timeout_s >= 0:
@@ -151,8 +158,10 @@ class RouterConfig:
         if not 8190 <= self.max_header_bytes <= 1 << 20:
             raise ConfigError("max_header_bytes", f"must be in 8190..1048576, got {self.max_header_bytes}")
         if not 0 <= self.breaker_cooldown_s <= self.breaker_max_cooldown_s:
-            raise ConfigError("breaker_cooldown_s", f"must be in 0..breaker_max_cooldown_s "
-                                                    f"({self.breaker_max_cooldown_s}), got {self.breaker_cooldown_s}")
+            raise ConfigError(
+                "breaker_cooldown_s",
+                f"must be in 0..breaker_max_cooldown_s ({self.breaker_max_cooldown_s}), got {self.breaker_cooldown_s}",
+            )
         if not self.first_byte_timeout_s >= 0:
             raise ConfigError("first_byte_timeout_s", f"must be >= 0, got {self.first_byte_timeout_s}")
         if self.max_queue_per_worker < 0:
@@ -183,8 +192,9 @@ class RouterConfig:
         for u in self.worker:
             _check_url("worker", u)
         if bool(self.prefill) != bool(self.decode):
-            raise ConfigError("prefill" if not self.prefill else "decode",
-                              "P/D needs at least one --prefill AND one --decode worker")
+            raise ConfigError(
+                "prefill" if not self.prefill else "decode", "P/D needs at least one --prefill AND one --decode worker"
+            )
         if not self.has_external_workers:
             self.embedded_layout  # noqa: B018 - raises ConfigError on a bad layout
         _check_policy(self.policy)
@@ -294,8 +304,9 @@ def from_yaml(path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in data.items()}
 
 
-def load_config(flags: Mapping[str, Any], *, yaml_path: str | None = None,
-                environ: Mapping[str, str] | None = None) -> RouterConfig:
+def load_config(
+    flags: Mapping[str, Any], *, yaml_path: str | None = None, environ: Mapping[str, str] | None = None
+) -> RouterConfig:
     """Merge defaults < YAML < env < flags (flags given as None are 'not set') and validate."""
     merged: dict[str, Any] = {}
     if yaml_path:

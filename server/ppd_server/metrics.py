@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -22,11 +22,18 @@ class RouterMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("ppd_requests", "Requests routed", ["route", "turn_bucket"], registry=r)
-        self.errors = Counter("ppd_request_errors", "Requests answered with an error (HTTP status, or \"worker\" for a worker-side failure)", ["status"], registry=r)
-        self.ttft = Histogram("ppd_ttft_seconds", "Observed time to first token (streams)", ["route"],
-                              buckets=_TTFT_BUCKETS, registry=r)
-        self.tpot = Histogram("ppd_tpot_seconds", "Observed time per output token (streams)", ["route"],
-                              buckets=_TPOT_BUCKETS, registry=r)
+        self.errors = Counter(
+            "ppd_request_errors",
+            'Requests answered with an error (HTTP status, or "worker" for a worker-side failure)',
+            ["status"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ppd_ttft_seconds", "Observed time to first token (streams)", ["route"], buckets=_TTFT_BUCKETS, registry=r
+        )
+        self.tpot = Histogram(
+            "ppd_tpot_seconds", "Observed time per output token (streams)", ["route"], buckets=_TPOT_BUCKETS, registry=r
+        )
         self.decisions = Counter("ppd_decisions", "Routing decisions", ["policy", "route"], registry=r)
         self.kv_bytes = Counter("ppd_kv_bytes", "KV bytes moved P->D (reported, else estimated)", registry=r)
         self.retries = Counter("ppd_retries", "Dispatch attempts retried on another worker", registry=r)
@@ -49,9 +56,15 @@ class _LiveCollector:
 
     def collect(self):
         healthy = GaugeMetricFamily("ppd_worker_healthy", "1 if the worker is in service", labels=["worker", "role"])
-        running = GaugeMetricFamily("ppd_worker_running_reqs", "Running requests (worker report)", labels=["worker", "role"])
-        waiting = GaugeMetricFamily("ppd_worker_waiting_reqs", "Queued requests (worker report)", labels=["worker", "role"])
-        inflight = GaugeMetricFamily("ppd_worker_inflight", "Requests the router has in flight", labels=["worker", "role"])
+        running = GaugeMetricFamily(
+            "ppd_worker_running_reqs", "Running requests (worker report)", labels=["worker", "role"]
+        )
+        waiting = GaugeMetricFamily(
+            "ppd_worker_waiting_reqs", "Queued requests (worker report)", labels=["worker", "role"]
+        )
+        inflight = GaugeMetricFamily(
+            "ppd_worker_inflight", "Requests the router has in flight", labels=["worker", "role"]
+        )
         for w in self._workers:
             labels = [w.url, w.role]
             healthy.add_metric(labels, 1.0 if w.healthy else 0.0)
@@ -59,10 +72,12 @@ class _LiveCollector:
             waiting.add_metric(labels, w.load.waiting_reqs)
             inflight.add_metric(labels, w.inflight)
         yield from (healthy, running, waiting, inflight)
-        err = GaugeMetricFamily("ppd_prediction_error_ratio",
-                                "Cost model, recent turns: mean |predicted-observed|/observed (*_abs_err) and "
-                                "mean observed/predicted (*_obs_over_pred)",
-                                labels=["route", "quantity"])
+        err = GaugeMetricFamily(
+            "ppd_prediction_error_ratio",
+            "Cost model, recent turns: mean |predicted-observed|/observed (*_abs_err) and "
+            "mean observed/predicted (*_obs_over_pred)",
+            labels=["route", "quantity"],
+        )
         for key, value in _flatten_errors(self._error_summary()):
             err.add_metric(list(key), value)
         yield err

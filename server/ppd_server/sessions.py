@@ -94,7 +94,13 @@ class SessionTable:
         if e is None or conversation_id is None:
             return None
         return SessionView(
-            conversation_id, e.decode_url, e.prefill_url, e.cached_tokens_decode, e.cached_tokens_prefill, e.turns, e.forked_from,
+            conversation_id,
+            e.decode_url,
+            e.prefill_url,
+            e.cached_tokens_decode,
+            e.cached_tokens_prefill,
+            e.turns,
+            e.forked_from,
             e.last_output_tokens,
         )
 
@@ -113,8 +119,9 @@ class SessionTable:
                 self.start_fork(conv, hints.parent_conversation_id, now)
             turn = self.turn_for(conv, hints.turn, now)
             session = self.view(conv, now)
-        request = RequestView(conv, turn, prompt_tokens, max_new_tokens, hints.weights, hints.slo,
-                              hints.parent_conversation_id)
+        request = RequestView(
+            conv, turn, prompt_tokens, max_new_tokens, hints.weights, hints.slo, hints.parent_conversation_id
+        )
         return request, session
 
     def turn_for(self, conversation_id: str | None, explicit_turn: int | None, now: float) -> int:
@@ -139,13 +146,25 @@ class SessionTable:
         if parent is None:
             return None
         entry = _Entry(
-            parent.decode_url, parent.prefill_url, parent.cached_tokens_decode, parent.cached_tokens_prefill, 0, now, parent_id
+            parent.decode_url,
+            parent.prefill_url,
+            parent.cached_tokens_decode,
+            parent.cached_tokens_prefill,
+            0,
+            now,
+            parent_id,
         )
         self._put(child_id, entry, now)
         return self.view(child_id, now)
 
     def record(
-        self, conversation_id: str | None, decision: Decision, prompt_tokens: int, cached_tokens: int, completion_tokens: int, now: float
+        self,
+        conversation_id: str | None,
+        decision: Decision,
+        prompt_tokens: int,
+        cached_tokens: int,
+        completion_tokens: int,
+        now: float,
     ) -> None:
         """A turn of ``conversation_id`` completed on ``decision``'s workers (no-op without an id)."""
         if conversation_id is None:

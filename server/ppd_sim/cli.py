@@ -23,7 +23,12 @@ from ppd_server.routing.policies import POLICY_SPECS, make_policy
 from ppd_server.routing.types import CostCoefficients
 from ppd_sim.cluster import ClusterSpec, Hardware
 from ppd_sim.engine import (
-    DEFAULT_CLIENT_MAX_TOKENS, LINK_BACKLOG_KINDS, LIVE_POLL_INTERVAL_MS, RequestHints, RouterBehaviour, Simulation,
+    DEFAULT_CLIENT_MAX_TOKENS,
+    LINK_BACKLOG_KINDS,
+    LIVE_POLL_INTERVAL_MS,
+    RequestHints,
+    RouterBehaviour,
+    Simulation,
 )
 from ppd_sim.presets import GPUS, MODELS, kv_capacity_tokens, model_preset, preset_profile
 from ppd_sim.report import DEFAULT_REQUEST_TIMEOUT_S, format_table, summarize
@@ -34,55 +39,91 @@ DEFAULT_POLICIES = "pd,local,threshold:512,ppd"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="ppd-sim", description="Simulate PPD routing policies on a GPU-scale P/D fleet (the router's own policy code)."
+        prog="ppd-sim",
+        description="Simulate PPD routing policies on a GPU-scale P/D fleet (the router's own policy code).",
     )
     p.add_argument(
-        "--policies", default=DEFAULT_POLICIES, help=f"comma-separated policy specs ({', '.join(POLICY_SPECS)}); default {DEFAULT_POLICIES}"
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help=f"comma-separated policy specs ({', '.join(POLICY_SPECS)}); default {DEFAULT_POLICIES}",
     )
-    p.add_argument("--cluster", default="1P3D", help="fleet shape: counts of P, D, R (unified), e.g. 1P3D, 2P2D, 4R; default 1P3D")
+    p.add_argument(
+        "--cluster", default="1P3D", help="fleet shape: counts of P, D, R (unified), e.g. 1P3D, 2P2D, 4R; default 1P3D"
+    )
     g = p.add_argument_group("hardware")
     g.add_argument("--model", default="llama-3.1-8b", help=f"model preset ({', '.join(MODELS)}); default llama-3.1-8b")
     g.add_argument("--gpu", default="h100", help=f"GPU preset ({', '.join(GPUS)}); default h100")
-    g.add_argument("--profile", help="a cost profile JSON (as `ppd-server profile` writes) instead of the roofline preset")
-    g.add_argument("--link-gbs", type=float, default=25.0, help="P->D KV link bandwidth in GB/s (bytes), shared FIFO; default 25")
-    g.add_argument("--chunk-tokens", type=int, default=8192, help="chunked-prefill budget per iteration; default 8192")
-    g.add_argument("--kv-capacity-tokens", type=int, help="KV slots per worker (default: GPU memory x 0.85 minus weights; 0 = unbounded)")
     g.add_argument(
-        "--no-decode-radix", action="store_true",
+        "--profile", help="a cost profile JSON (as `ppd-server profile` writes) instead of the roofline preset"
+    )
+    g.add_argument(
+        "--link-gbs", type=float, default=25.0, help="P->D KV link bandwidth in GB/s (bytes), shared FIFO; default 25"
+    )
+    g.add_argument("--chunk-tokens", type=int, default=8192, help="chunked-prefill budget per iteration; default 8192")
+    g.add_argument(
+        "--kv-capacity-tokens",
+        type=int,
+        help="KV slots per worker (default: GPU memory x 0.85 minus weights; 0 = unbounded)",
+    )
+    g.add_argument(
+        "--no-decode-radix",
+        action="store_true",
         help="decode workers keep no prefix between turns (P->D always ships the whole prompt; no D-local)",
     )
     r = p.add_argument_group("router calibration (default: the router knows the true coefficients)")
-    r.add_argument("--router-profile", help="profile JSON the router's cost model starts from, or 'builtin' (ppd-server's default, a CPU profile)")
-    r.add_argument("--online-fit", action="store_true", help="feed the router's cost model every finished turn, as the live router does")
+    r.add_argument(
+        "--router-profile",
+        help="profile JSON the router's cost model starts from, or 'builtin' (ppd-server's default, a CPU profile)",
+    )
+    r.add_argument(
+        "--online-fit",
+        action="store_true",
+        help="feed the router's cost model every finished turn, as the live router does",
+    )
     k = p.add_argument_group("what the router knows (default: what the live ppd-server knows)")
     k.add_argument(
-        "--poll-interval-ms", type=float, default=LIVE_POLL_INTERVAL_MS,
+        "--poll-interval-ms",
+        type=float,
+        default=LIVE_POLL_INTERVAL_MS,
         help="the router sees workers' load (running, waiting, KV used, context) as of its last poll, this often; "
         f"its own in-flight counts stay current; 0 = it sees every load as it is now; default {LIVE_POLL_INTERVAL_MS:g} "
         "(ppd-server's --load-interval)",
     )
     k.add_argument(
-        "--client-max-tokens", default=str(DEFAULT_CLIENT_MAX_TOKENS),
+        "--client-max-tokens",
+        default=str(DEFAULT_CLIENT_MAX_TOKENS),
         help="the max_tokens every client sends: the router decides knowing this cap, not the answer's length, and a "
         "longer answer stops at it; 'exact' = clients send each answer's true length (as a benchmark forcing lengths "
         f"does); default {DEFAULT_CLIENT_MAX_TOKENS} (no preset class's answer is longer)",
     )
     k.add_argument(
-        "--link-backlog", choices=LINK_BACKLOG_KINDS, default="router",
+        "--link-backlog",
+        choices=LINK_BACKLOG_KINDS,
+        default="router",
         help="link backlog the router sees: 'router' = predicted KV bytes of every P->D turn still open (the live "
         "router's count), 'true' = the bytes really queued on the link; default router",
     )
     w = p.add_argument_group("workload")
     w.add_argument(
-        "--qps", type=float, default=4.0,
+        "--qps",
+        type=float,
+        default=4.0,
         help="new conversations (sessions) per second, Poisson; requests/s = this x turns per conversation; default 4",
     )
     w.add_argument("--duration", type=float, default=60.0, help="seconds during which conversations start; default 60")
-    w.add_argument("--workload", default="mid_bal", help=f"turn 2+ class ({', '.join(WORKLOAD_NAMES)}); default mid_bal")
-    w.add_argument("--first-turn", default="small", help=f"turn 1 class ({', '.join(FIRST_TURN_CLASSES)}); default small")
+    w.add_argument(
+        "--workload", default="mid_bal", help=f"turn 2+ class ({', '.join(WORKLOAD_NAMES)}); default mid_bal"
+    )
+    w.add_argument(
+        "--first-turn", default="small", help=f"turn 1 class ({', '.join(FIRST_TURN_CLASSES)}); default small"
+    )
     w.add_argument("--turns", default="4", help="turns per conversation, N or MIN-MAX; default 4")
-    w.add_argument("--think-s", type=float, default=1.0, help="mean think time between turns, seconds (exponential); default 1")
-    w.add_argument("--jitter", type=float, default=0.25, help="token counts vary uniformly by +-this fraction; default 0.25")
+    w.add_argument(
+        "--think-s", type=float, default=1.0, help="mean think time between turns, seconds (exponential); default 1"
+    )
+    w.add_argument(
+        "--jitter", type=float, default=0.25, help="token counts vary uniformly by +-this fraction; default 0.25"
+    )
     w.add_argument("--trace", help="JSONL trace: one conversation per line, [[input_tokens, output_tokens], ...]")
     w.add_argument("--seed", type=int, default=0)
     s = p.add_argument_group("client hints")
@@ -91,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--w-ttft", type=float, default=1.0, help="request TTFT weight; default 1")
     s.add_argument("--w-tpot", type=float, default=1.0, help="request TPOT weight; default 1")
     s.add_argument(
-        "--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+        "--request-timeout-s",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
         help="a turn not finished this long after it was sent failed (counted in the success rate and SLO attainment; "
         f"the fleet still serves it); default {DEFAULT_REQUEST_TIMEOUT_S:g} (ppd-server's --request-timeout)",
     )
@@ -132,16 +175,22 @@ def _hardware(args: argparse.Namespace) -> tuple[Hardware, dict[str, Any]]:
     _check("--chunk-tokens", args.chunk_tokens, 1, 1_048_576, lo_open=False)
     _check("--link-gbs", args.link_gbs, 0, 10_000)
     hw = Hardware(
-        coefficients=CostCoefficients.from_dict(profile["coefficients"]), kv_bytes_per_token=kv_bytes,
-        kv_capacity_tokens=capacity, chunk_tokens=args.chunk_tokens, link_gb_per_s=args.link_gbs,
-        decode_local_prefill=not args.no_decode_radix, decode_radix_cache=not args.no_decode_radix,
+        coefficients=CostCoefficients.from_dict(profile["coefficients"]),
+        kv_bytes_per_token=kv_bytes,
+        kv_capacity_tokens=capacity,
+        chunk_tokens=args.chunk_tokens,
+        link_gb_per_s=args.link_gbs,
+        decode_local_prefill=not args.no_decode_radix,
+        decode_radix_cache=not args.no_decode_radix,
     )
     return hw, profile
 
 
 def _workload(args: argparse.Namespace) -> tuple[Conversation, ...]:
     tmin, tmax = _turns(args.turns)
-    spec = WorkloadSpec(args.qps, args.duration, args.workload, args.first_turn, tmin, tmax, args.think_s, args.jitter, args.seed)
+    spec = WorkloadSpec(
+        args.qps, args.duration, args.workload, args.first_turn, tmin, tmax, args.think_s, args.jitter, args.seed
+    )
     return load_trace(args.trace, spec) if args.trace else synthetic(spec)
 
 
@@ -155,7 +204,9 @@ def router_behaviour(args: argparse.Namespace) -> RouterBehaviour:
         try:
             cap = int(text)
         except ValueError:
-            raise ValueError(f"bad --client-max-tokens {args.client_max_tokens!r}; give a token count or 'exact'") from None
+            raise ValueError(
+                f"bad --client-max-tokens {args.client_max_tokens!r}; give a token count or 'exact'"
+            ) from None
         if not 1 <= cap <= 1_048_576:
             raise ValueError(f"--client-max-tokens must be in [1, 1048576] or 'exact', got {cap}")
     return RouterBehaviour(args.poll_interval_ms, cap, args.link_backlog)
@@ -170,7 +221,9 @@ def router_profile(args: argparse.Namespace, hardware_profile: dict[str, Any]) -
     return hardware_profile if args.online_fit else None
 
 
-def prepare(args: argparse.Namespace) -> tuple[list[Any], ClusterSpec, Hardware, dict[str, Any], tuple[Conversation, ...], RequestHints]:
+def prepare(
+    args: argparse.Namespace,
+) -> tuple[list[Any], ClusterSpec, Hardware, dict[str, Any], tuple[Conversation, ...], RequestHints]:
     """Validate everything before simulating anything; ValueError names the bad value."""
     policies = [make_policy(spec) for spec in args.policies.split(",") if spec.strip()]
     if not policies:
@@ -218,22 +271,49 @@ def main(argv: list[str] | None = None) -> int:
         def progress(now_ms: float, finished: int, name: str = policy.spec) -> None:
             if not args.quiet and time.monotonic() - last[0] >= 2.0:
                 last[0] = time.monotonic()
-                print(f"ppd-sim: {name}: {now_ms / 1000:.0f}s simulated, {finished}/{total_turns} turns done", file=sys.stderr)
+                print(
+                    f"ppd-sim: {name}: {now_ms / 1000:.0f}s simulated, {finished}/{total_turns} turns done",
+                    file=sys.stderr,
+                )
 
         result = sim.run(progress)
         if not args.quiet:
-            print(f"ppd-sim: {policy.spec}: {len(result.requests)} turns in {time.monotonic() - started:.1f}s", file=sys.stderr)
+            print(
+                f"ppd-sim: {policy.spec}: {len(result.requests)} turns in {time.monotonic() - started:.1f}s",
+                file=sys.stderr,
+            )
         summaries.append(summarize(result, args.slo_ttft_ms, args.slo_tpot_ms, args.request_timeout_s))
     config = {
-        "cluster": str(spec), "model": args.model, "gpu": args.gpu, "profile": args.profile, "coefficients": hw.coefficients.to_dict(),
-        "kv_bytes_per_token": hw.kv_bytes_per_token, "kv_capacity_tokens": hw.kv_capacity_tokens, "chunk_tokens": hw.chunk_tokens,
-        "link_gbs": hw.link_gb_per_s, "decode_radix_cache": hw.decode_radix_cache, "qps": args.qps, "duration_s": args.duration,
-        "workload": "trace:" + args.trace if args.trace else args.workload, "first_turn": args.first_turn, "turns": args.turns,
-        "think_s": args.think_s, "jitter": args.jitter, "seed": args.seed, "conversations": len(convs), "turns_total": total_turns,
-        "requests_per_s": rps, "request_timeout_s": args.request_timeout_s,
-        "slo_ttft_ms": args.slo_ttft_ms, "slo_tpot_ms": args.slo_tpot_ms, "w_ttft": args.w_ttft, "w_tpot": args.w_tpot,
-        "router_profile": args.router_profile, "online_fit": args.online_fit,
-        "poll_interval_ms": behaviour.poll_interval_ms, "client_max_tokens": behaviour.client_max_tokens,
+        "cluster": str(spec),
+        "model": args.model,
+        "gpu": args.gpu,
+        "profile": args.profile,
+        "coefficients": hw.coefficients.to_dict(),
+        "kv_bytes_per_token": hw.kv_bytes_per_token,
+        "kv_capacity_tokens": hw.kv_capacity_tokens,
+        "chunk_tokens": hw.chunk_tokens,
+        "link_gbs": hw.link_gb_per_s,
+        "decode_radix_cache": hw.decode_radix_cache,
+        "qps": args.qps,
+        "duration_s": args.duration,
+        "workload": "trace:" + args.trace if args.trace else args.workload,
+        "first_turn": args.first_turn,
+        "turns": args.turns,
+        "think_s": args.think_s,
+        "jitter": args.jitter,
+        "seed": args.seed,
+        "conversations": len(convs),
+        "turns_total": total_turns,
+        "requests_per_s": rps,
+        "request_timeout_s": args.request_timeout_s,
+        "slo_ttft_ms": args.slo_ttft_ms,
+        "slo_tpot_ms": args.slo_tpot_ms,
+        "w_ttft": args.w_ttft,
+        "w_tpot": args.w_tpot,
+        "router_profile": args.router_profile,
+        "online_fit": args.online_fit,
+        "poll_interval_ms": behaviour.poll_interval_ms,
+        "client_max_tokens": behaviour.client_max_tokens,
         "link_backlog": behaviour.link_backlog,
     }
     if args.json:
@@ -247,9 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             parser.error(f"cannot write --json {args.json!r}: {e.strerror}")
     workload = f"trace {args.trace}" if args.trace else f"{args.first_turn}->{args.workload}"
-    print(f"{spec} {args.model}@{args.gpu if not args.profile else args.profile}, link {args.link_gbs:g} GB/s, "
-          f"{len(convs)} conversations ({total_turns} turns, {workload}, turns {args.turns}) at {args.qps:g} new sessions/s "
-          f"(~{rps:.3g} requests/s) for {args.duration:g}s, seed {args.seed}")
+    print(
+        f"{spec} {args.model}@{args.gpu if not args.profile else args.profile}, link {args.link_gbs:g} GB/s, "
+        f"{len(convs)} conversations ({total_turns} turns, {workload}, turns {args.turns}) at {args.qps:g} new sessions/s "
+        f"(~{rps:.3g} requests/s) for {args.duration:g}s, seed {args.seed}"
+    )
     print(format_table(summaries))
     return 0
 

@@ -11,8 +11,9 @@ by default the true bytes still queued on the link.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, cast
+from typing import cast
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role, WorkerView
@@ -30,7 +31,7 @@ class ClusterSpec:
     unified: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> "ClusterSpec":
+    def parse(cls, text: str) -> ClusterSpec:
         """'1P3D' -> 1 prefill + 3 decode; 'R' = unified (replica) workers; case-insensitive.
         Same grammar as the router's ``--embedded`` (:func:`parse_worker_counts`), capped at
         ``MAX_WORKERS``."""
@@ -62,18 +63,38 @@ class Hardware:
 
 class SimCluster:
     def __init__(
-        self, spec: ClusterSpec, hw: Hardware, loop: EventLoop, host: WorkerHost, poll_lag: bool = False, reference: bool = False
+        self,
+        spec: ClusterSpec,
+        hw: Hardware,
+        loop: EventLoop,
+        host: WorkerHost,
+        poll_lag: bool = False,
+        reference: bool = False,
     ) -> None:
         self.spec = spec
         self.link = KVLink(hw.link_gb_per_s, loop)
-        roles: list[tuple[str, Role, int]] = [("p", "prefill", spec.prefill), ("d", "decode", spec.decode), ("r", "unified", spec.unified)]
+        roles: list[tuple[str, Role, int]] = [
+            ("p", "prefill", spec.prefill),
+            ("d", "decode", spec.decode),
+            ("r", "unified", spec.unified),
+        ]
         self.workers: dict[str, SimWorker] = {}
         for prefix, role, count in roles:
             for k in range(count):
                 url = f"sim://{prefix}{k}"
                 self.workers[url] = SimWorker(
-                    url, role, hw.coefficients, loop, host, hw.kv_capacity_tokens, hw.kv_bytes_per_token,
-                    hw.chunk_tokens, hw.decode_local_prefill, hw.decode_radix_cache, poll_lag, reference,
+                    url,
+                    role,
+                    hw.coefficients,
+                    loop,
+                    host,
+                    hw.kv_capacity_tokens,
+                    hw.kv_bytes_per_token,
+                    hw.chunk_tokens,
+                    hw.decode_local_prefill,
+                    hw.decode_radix_cache,
+                    poll_lag,
+                    reference,
                 )
         # the workers' true-coefficient views, kept up to date through the workers' ``changed``
         self._order = list(self.workers.values())

@@ -28,13 +28,14 @@ the online fit converges from a wrong profile and what miscalibration costs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from ppd_sdk.wire import SLO, Hints, Weights
 from ppd_server.config import RouterConfig
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.policies import Policy
-from ppd_sdk.wire import SLO, Hints, Weights
 from ppd_server.routing.types import Decision
 from ppd_server.sessions import SessionTable
 from ppd_sim.cluster import ClusterSpec, Hardware, SimCluster
@@ -121,8 +122,10 @@ class Simulation:
         self._decode_at_decision: dict[int, tuple[int, int]] = {}  # rid -> (running, context) the policy saw
         self.hints = hints
         self.router = router
-        self._wire_hints = Hints(weights=Weights(ttft=hints.w_ttft, tpot=hints.w_tpot),
-                                 slo=SLO(ttft_ms=hints.slo_ttft_ms, tpot_ms=hints.slo_tpot_ms))
+        self._wire_hints = Hints(
+            weights=Weights(ttft=hints.w_ttft, tpot=hints.w_tpot),
+            slo=SLO(ttft_ms=hints.slo_ttft_ms, tpot_ms=hints.slo_tpot_ms),
+        )
         self.conversations = conversations
         self.loop = EventLoop()
         self.cluster = SimCluster(spec, hw, self.loop, self, poll_lag=router.poll_interval_ms > 0, reference=reference)
@@ -209,7 +212,12 @@ class Simulation:
         req = SimRequest(len(self.requests), cid, turn, self.loop.now, prompt, new_in, out)
         req.max_new_tokens, req.cut = view.max_new_tokens, out < wanted
         req.expected_output_tokens = decision.output_tokens
-        req.route, req.decode, req.prefill, req.reason = decision.route, decision.decode, decision.prefill, decision.reason
+        req.route, req.decode, req.prefill, req.reason = (
+            decision.route,
+            decision.decode,
+            decision.prefill,
+            decision.reason,
+        )
         chosen = decision.predicted(decision.route)
         if chosen is not None:
             req.predicted_ttft_ms, req.predicted_tpot_ms = chosen.ttft_ms, chosen.tpot_ms
@@ -248,16 +256,30 @@ class Simulation:
         decision = self._decisions.pop(req.rid)
         conv, index = self._origin.pop(req.rid)
         now_s = self.loop.now / 1000.0
-        self.sessions.record(req.conversation_id, decision, req.prompt_tokens, req.cached_tokens, req.output_tokens, now_s)
+        self.sessions.record(
+            req.conversation_id, decision, req.prompt_tokens, req.cached_tokens, req.output_tokens, now_s
+        )
         running, context = self._decode_at_decision.pop(req.rid, (0, 0))
         if self.online_fit and self.cost_model is not None and req.ttft_ms is not None:
-            self.cost_model.observe(Observation(
-                route=decision.route, decode_url=decision.decode, prefill_url=decision.prefill,
-                new_tokens=req.prompt_tokens - req.cached_tokens, cached_tokens=req.cached_tokens,
-                ttft_ms=req.ttft_ms, tpot_ms=req.tpot_ms, decode_running=running, decode_context_tokens=context,
-                predicted_ttft_ms=req.predicted_ttft_ms, predicted_tpot_ms=req.predicted_tpot_ms, kv_bytes=req.kv_bytes,
-                prefill_cached_tokens=req.prefill_cached_tokens if decision.route == "pd" else None,
-                e2e_ms=req.e2e_ms, completion_tokens=req.output_tokens, decode_running_end=worker.view_running(),
-            ))
+            self.cost_model.observe(
+                Observation(
+                    route=decision.route,
+                    decode_url=decision.decode,
+                    prefill_url=decision.prefill,
+                    new_tokens=req.prompt_tokens - req.cached_tokens,
+                    cached_tokens=req.cached_tokens,
+                    ttft_ms=req.ttft_ms,
+                    tpot_ms=req.tpot_ms,
+                    decode_running=running,
+                    decode_context_tokens=context,
+                    predicted_ttft_ms=req.predicted_ttft_ms,
+                    predicted_tpot_ms=req.predicted_tpot_ms,
+                    kv_bytes=req.kv_bytes,
+                    prefill_cached_tokens=req.prefill_cached_tokens if decision.route == "pd" else None,
+                    e2e_ms=req.e2e_ms,
+                    completion_tokens=req.output_tokens,
+                    decode_running_end=worker.view_running(),
+                )
+            )
         if index + 1 < len(conv.turns):
             self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1)

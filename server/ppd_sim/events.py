@@ -4,7 +4,8 @@ in scheduling order, so a run is a deterministic function of its inputs."""
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class EventLoop:

@@ -9,7 +9,8 @@ simulator shows the policy as ``ClusterView.link_backlog_bytes``.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ppd_sim.events import EventLoop
 

@@ -29,7 +29,9 @@ class ModelPreset:
 
 GPUS: dict[str, GpuPreset] = {
     "h100": GpuPreset(989.5, 3350.0, 80.0),  # H100 SXM
-    "h200": GpuPreset(989.5, 4800.0, 141.0),  # H200 SXM: the H100's compute, HBM3e (gpu-measurements.md: 791 TFLOP/s, 4.26 TB/s measured)
+    "h200": GpuPreset(
+        989.5, 4800.0, 141.0
+    ),  # H200 SXM: the H100's compute, HBM3e (gpu-measurements.md: 791 TFLOP/s, 4.26 TB/s measured)
     "a100": GpuPreset(312.0, 2039.0, 80.0),  # A100 SXM 80GB
     "l40s": GpuPreset(362.0, 864.0, 48.0),
 }
@@ -66,5 +68,7 @@ def kv_capacity_tokens(model: str, gpu: str, kv_bytes_per_token: int | None = No
     per_token = kv_bytes_per_token or m.kv_bytes_per_token
     free = g.mem_gb * 1e9 * MEM_FRACTION - m.params_b * 1e9 * 2
     if free <= 0:
-        raise ValueError(f"--model {model} (bf16 weights {m.params_b * 2:.0f} GB) does not fit on one {gpu} ({g.mem_gb:.0f} GB)")
+        raise ValueError(
+            f"--model {model} (bf16 weights {m.params_b * 2:.0f} GB) does not fit on one {gpu} ({g.mem_gb:.0f} GB)"
+        )
     return int(free // per_token)

@@ -35,7 +35,9 @@ def _share(hits: int, total: int) -> float | None:
 
 
 def summarize(
-    result: SimResult, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None,
+    result: SimResult,
+    slo_ttft_ms: float | None = None,
+    slo_tpot_ms: float | None = None,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
 ) -> dict[str, Any]:
     reqs = result.requests
@@ -115,7 +117,10 @@ _ROWS: tuple[tuple[str, Any], ...] = (
     ("SLO attainment", lambda s: _pct(s["slo_attainment"])),
     ("SLO attainment turn-2+", lambda s: _pct(s["slo_attainment_turn2plus"])),
     ("TTFT pred. error p50", lambda s: _pct(s["turn2plus_ttft_prediction_error_p50"])),
-    ("busiest P / D / R", lambda s: f"{_max_busy(s, 'sim://p')} / {_max_busy(s, 'sim://d')} / {_max_busy(s, 'sim://r')}"),
+    (
+        "busiest P / D / R",
+        lambda s: f"{_max_busy(s, 'sim://p')} / {_max_busy(s, 'sim://d')} / {_max_busy(s, 'sim://r')}",
+    ),
 )
 
 
@@ -131,6 +136,9 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     notes = [f"{s['policy']}: {s['stop_reason']}" for s in summaries if s["stop_reason"]]
-    notes += [f"{s['policy']}: {s['timed_out']} turns finished after the {s['request_timeout_s']:g} s request timeout (failed)"
-              for s in summaries if s["timed_out"]]
+    notes += [
+        f"{s['policy']}: {s['timed_out']} turns finished after the {s['request_timeout_s']:g} s request timeout (failed)"
+        for s in summaries
+        if s["timed_out"]
+    ]
     return "\n".join(lines + [f"note: {n}" for n in notes])

@@ -49,16 +49,15 @@ from ppd_sim.events import EventLoop
 from ppd_sim.kv import KVPool
 from ppd_sim.request import SimRequest
 
-
 _COAST_MAX = 16  # iterations one coasting event stands for at most
 
 
 class WorkerHost(Protocol):
     """What a worker tells the simulation."""
 
-    def on_prefilled(self, worker: "SimWorker", req: SimRequest) -> None: ...  # prefill role: KV ready to send
-    def on_kv_slots(self, worker: "SimWorker", req: SimRequest) -> None: ...  # decode: slots pinned, send the KV
-    def on_finished(self, worker: "SimWorker", req: SimRequest) -> None: ...
+    def on_prefilled(self, worker: SimWorker, req: SimRequest) -> None: ...  # prefill role: KV ready to send
+    def on_kv_slots(self, worker: SimWorker, req: SimRequest) -> None: ...  # decode: slots pinned, send the KV
+    def on_finished(self, worker: SimWorker, req: SimRequest) -> None: ...
 
 
 def batch_prefill_ms(c: CostCoefficients, pieces: list[tuple[SimRequest, int, int]]) -> float:
@@ -171,11 +170,20 @@ class SimWorker:
         else:
             running, waiting, waiting_tokens, used, context = self.load()
         view = WorkerView(
-            url=self.url, role=self.role, healthy=True,
-            can_local_prefill=self.can_local_prefill, decode_radix_cache=self.decode_radix_cache,
-            max_total_tokens=self.kv.capacity, kv_bytes_per_token=self.kv_bytes_per_token,
-            running_reqs=running, waiting_reqs=waiting, waiting_tokens=waiting_tokens, used_tokens=used,
-            running_context_tokens=context, inflight=self.inflight, chunked_prefill_size=self.chunk_tokens,
+            url=self.url,
+            role=self.role,
+            healthy=True,
+            can_local_prefill=self.can_local_prefill,
+            decode_radix_cache=self.decode_radix_cache,
+            max_total_tokens=self.kv.capacity,
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            running_reqs=running,
+            waiting_reqs=waiting,
+            waiting_tokens=waiting_tokens,
+            used_tokens=used,
+            running_context_tokens=context,
+            inflight=self.inflight,
+            chunked_prefill_size=self.chunk_tokens,
             **self.local_load.view_fields(),
             coefficients=coefficients,
         )
@@ -296,7 +304,9 @@ class SimWorker:
             return
         c = self.coefficients
         if pieces:
-            dt = batch_prefill_ms(c, pieces) + (decode_rows_ms(c, self._running, self._context) if self._running else 0.0)
+            dt = batch_prefill_ms(c, pieces) + (
+                decode_rows_ms(c, self._running, self._context) if self._running else 0.0
+            )
         else:
             dt = decode_step_ms(c, self._running, self._context)
         self._busy = True

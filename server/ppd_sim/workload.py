@@ -122,12 +122,16 @@ class WorkloadSpec:
         if not (math.isfinite(self.duration_s) and 0 < self.duration_s <= 3600):
             raise ValueError(f"--duration must be in (0, 3600] seconds, got {self.duration_s}")
         if self.qps * self.duration_s > MAX_SESSIONS:
-            raise ValueError(f"--qps {self.qps} x --duration {self.duration_s} is {self.qps * self.duration_s:.0f} conversations; the limit is {MAX_SESSIONS}")
+            raise ValueError(
+                f"--qps {self.qps} x --duration {self.duration_s} is {self.qps * self.duration_s:.0f} conversations; the limit is {MAX_SESSIONS}"
+            )
         check_name(self.workload, "--workload")
         if self.first_turn not in FIRST_TURN_CLASSES:
             raise ValueError(f"unknown --first-turn {self.first_turn!r}; choose one of {', '.join(FIRST_TURN_CLASSES)}")
         if not 1 <= self.turns_min <= self.turns_max <= MAX_TURNS:
-            raise ValueError(f"--turns must be within 1..{MAX_TURNS} (min <= max), got {self.turns_min}..{self.turns_max}")
+            raise ValueError(
+                f"--turns must be within 1..{MAX_TURNS} (min <= max), got {self.turns_min}..{self.turns_max}"
+            )
         if not (math.isfinite(self.think_s) and 0 <= self.think_s <= 600):
             raise ValueError(f"--think-s must be in [0, 600], got {self.think_s}")
         if not 0 <= self.jitter < 1:
@@ -187,7 +191,9 @@ def _chat(in_median: float, out_median: float, in_max: int, out_max: int, max_tu
         n = 2
         while n < max_turns and rng.random() < 0.6:
             n += 1
-        turns = tuple((_lognormal(rng, in_median, 1.0, 4, in_max), _lognormal(rng, out_median, 0.7, 4, out_max)) for _ in range(n))
+        turns = tuple(
+            (_lognormal(rng, in_median, 1.0, 4, in_max), _lognormal(rng, out_median, 0.7, 4, out_max)) for _ in range(n)
+        )
         return turns, _think(rng, think_s, n - 1)
 
     return draw
@@ -199,28 +205,52 @@ def _agent(task: int, append_median: float, append_max: int, out_median: float, 
     def draw(rng: random.Random, spec: WorkloadSpec) -> tuple[Turns, tuple[float, ...]]:
         n = rng.randint(8, 16)
         turns = [(_jittered(rng, task, 0.25), _lognormal(rng, out_median, 0.5, 4, out_max))]
-        turns += [(_lognormal(rng, append_median, 0.6, 8, append_max), _lognormal(rng, out_median, 0.5, 4, out_max)) for _ in range(n - 1)]
+        turns += [
+            (_lognormal(rng, append_median, 0.6, 8, append_max), _lognormal(rng, out_median, 0.5, 4, out_max))
+            for _ in range(n - 1)
+        ]
         return tuple(turns), _think(rng, think_s, n - 1)
 
     return draw
 
 
 def _registry() -> dict[str, Generator]:
-    gens = [Generator(name, f"paper class: turn 1 --first-turn, turns 2+ {i} new -> {o} out", _paper(name)) for name, (i, o) in TURN_CLASSES.items()]
+    gens = [
+        Generator(name, f"paper class: turn 1 --first-turn, turns 2+ {i} new -> {o} out", _paper(name))
+        for name, (i, o) in TURN_CLASSES.items()
+    ]
     gens.append(Generator("mixed", "paper classes: one turn 2+ class drawn per session", _paper("mixed")))
     gens += [
-        Generator("long-context", "~10k-token first turn, ~128-token follow-ups, 100-token answers, 5 turns, think 1 s",
-                  _long_context(10_000, 128, 100, 1.0)),
-        Generator("long-context-cpu", "CPU scale: ~1.5k-token first turn, ~48-token follow-ups, 32-token answers, 5 turns, think 0.5 s",
-                  _long_context(1_500, 48, 32, 0.5)),
-        Generator("chat", "ShareGPT-like: lognormal inputs (median 80) and answers (median 200), 2-12 turns, think 3 s",
-                  _chat(80, 200, 4096, 2048, 12, 3.0)),
-        Generator("chat-cpu", "CPU scale: inputs median 40, answers median 24 (max 96), 2-6 turns, think 0.5 s",
-                  _chat(40, 24, 512, 96, 6, 0.5)),
-        Generator("agent", "8-16 turns: ~2k-token task, tool results median 250, tool-call answers median 60, think 0.2 s",
-                  _agent(2_000, 250, 2_000, 60, 300, 0.2)),
-        Generator("agent-cpu", "CPU scale: 8-16 turns, ~400-token task, tool results median 48, answers median 16, think 0.1 s",
-                  _agent(400, 48, 160, 16, 48, 0.1)),
+        Generator(
+            "long-context",
+            "~10k-token first turn, ~128-token follow-ups, 100-token answers, 5 turns, think 1 s",
+            _long_context(10_000, 128, 100, 1.0),
+        ),
+        Generator(
+            "long-context-cpu",
+            "CPU scale: ~1.5k-token first turn, ~48-token follow-ups, 32-token answers, 5 turns, think 0.5 s",
+            _long_context(1_500, 48, 32, 0.5),
+        ),
+        Generator(
+            "chat",
+            "ShareGPT-like: lognormal inputs (median 80) and answers (median 200), 2-12 turns, think 3 s",
+            _chat(80, 200, 4096, 2048, 12, 3.0),
+        ),
+        Generator(
+            "chat-cpu",
+            "CPU scale: inputs median 40, answers median 24 (max 96), 2-6 turns, think 0.5 s",
+            _chat(40, 24, 512, 96, 6, 0.5),
+        ),
+        Generator(
+            "agent",
+            "8-16 turns: ~2k-token task, tool results median 250, tool-call answers median 60, think 0.2 s",
+            _agent(2_000, 250, 2_000, 60, 300, 0.2),
+        ),
+        Generator(
+            "agent-cpu",
+            "CPU scale: 8-16 turns, ~400-token task, tool results median 48, answers median 16, think 0.1 s",
+            _agent(400, 48, 160, 16, 48, 0.1),
+        ),
     ]
     return {g.name: g for g in gens}
 
@@ -251,7 +281,9 @@ def generate_sessions(name: str, count: int, seed: int = 0, spec: WorkloadSpec |
 # -- scheduling ---------------------------------------------------------------------------------
 
 
-def poisson_arrivals(rng: random.Random, rate: float, duration_s: float | None = None, count: int | None = None) -> list[float]:
+def poisson_arrivals(
+    rng: random.Random, rate: float, duration_s: float | None = None, count: int | None = None
+) -> list[float]:
     """Poisson start times in ms, at ``rate`` per second, until ``duration_s`` or ``count``."""
     out: list[float] = []
     t = rng.expovariate(rate)
@@ -261,8 +293,16 @@ def poisson_arrivals(rng: random.Random, rate: float, duration_s: float | None =
     return out
 
 
-def schedule(sessions: Sequence[Session], rate: float, seed: int = 0, *, duration_s: float | None = None,
-             count: int | None = None, think_s: float = 1.0, start_at_zero: bool = False) -> tuple[Conversation, ...]:
+def schedule(
+    sessions: Sequence[Session],
+    rate: float,
+    seed: int = 0,
+    *,
+    duration_s: float | None = None,
+    count: int | None = None,
+    think_s: float = 1.0,
+    start_at_zero: bool = False,
+) -> tuple[Conversation, ...]:
     """Sessions with start times: their recorded ``arrival_ms`` when every one has it, else
     Poisson at ``rate`` new sessions/s (seeded), used in order, until ``duration_s`` or ``count``
     or the sessions run out (``start_at_zero``: shifted so the first starts at 0, as a bounded
@@ -287,7 +327,9 @@ def schedule(sessions: Sequence[Session], rate: float, seed: int = 0, *, duratio
             arrivals = [a - arrivals[0] for a in arrivals]
         ordered = list(sessions[: len(arrivals)])
     return tuple(
-        Conversation(s.session_id, a, s.turns, s.think_ms if s.think_ms is not None else _think(rng, think_s, len(s.turns) - 1))
+        Conversation(
+            s.session_id, a, s.turns, s.think_ms if s.think_ms is not None else _think(rng, think_s, len(s.turns) - 1)
+        )
         for s, a in zip(ordered, arrivals)
     )
 
@@ -355,19 +397,25 @@ def parse_session(data: object, where: str, default_id: str) -> Session:
     if isinstance(data, list):
         return Session(default_id, _parse_turns(data, where))
     if not isinstance(data, dict) or not isinstance(data.get("turns"), list) or not data["turns"]:
-        raise ValueError(f"{where}: expected {{\"turns\": [{{\"input_tokens\": N, \"output_tokens\": M}}, ...]}} "
-                         f"or a list of [input_tokens, output_tokens] pairs, got {data!r:.80}")
+        raise ValueError(
+            f'{where}: expected {{"turns": [{{"input_tokens": N, "output_tokens": M}}, ...]}} '
+            f"or a list of [input_tokens, output_tokens] pairs, got {data!r:.80}"
+        )
     raw_turns = data["turns"]
     if len(raw_turns) > MAX_TURNS:
         raise ValueError(f"{where}: {len(raw_turns)} turns; the limit is {MAX_TURNS}")
     turns, think, has_think = [], [], True
     for k, t in enumerate(raw_turns):
         if not isinstance(t, dict) or not _tokens(t.get("input_tokens")) or not _tokens(t.get("output_tokens")):
-            raise ValueError(f"{where}: bad turn {k + 1} {t!r:.80}; input_tokens and output_tokens are integers in 1..{MAX_TURN_TOKENS}")
+            raise ValueError(
+                f"{where}: bad turn {k + 1} {t!r:.80}; input_tokens and output_tokens are integers in 1..{MAX_TURN_TOKENS}"
+            )
         turns.append((t["input_tokens"], t["output_tokens"]))
         if k:
             if "think_ms" in t and not _number(t["think_ms"]):
-                raise ValueError(f"{where}: bad think_ms {t['think_ms']!r} in turn {k + 1}; a number of milliseconds >= 0")
+                raise ValueError(
+                    f"{where}: bad think_ms {t['think_ms']!r} in turn {k + 1}; a number of milliseconds >= 0"
+                )
             has_think = has_think and "think_ms" in t
             think.append(float(t.get("think_ms", 0.0)))
     arrival = data.get("arrival_ms")
@@ -376,7 +424,9 @@ def parse_session(data: object, where: str, default_id: str) -> Session:
     sid = data.get("id", default_id)
     if not isinstance(sid, str) or not sid or len(sid) > 200:
         raise ValueError(f"{where}: bad id {sid!r}; a non-empty string")
-    return Session(sid, tuple(turns), tuple(think) if has_think else None, float(arrival) if arrival is not None else None)
+    return Session(
+        sid, tuple(turns), tuple(think) if has_think else None, float(arrival) if arrival is not None else None
+    )
 
 
 def _parse_turns(data: object, where: str) -> Turns:
@@ -387,7 +437,9 @@ def _parse_turns(data: object, where: str) -> Turns:
     turns = []
     for pair in data:
         if not (isinstance(pair, list) and len(pair) == 2 and _tokens(pair[0]) and _tokens(pair[1])):
-            raise ValueError(f"{where}: bad turn {pair!r}; each turn is [input_tokens, output_tokens], integers in 1..{MAX_TURN_TOKENS}")
+            raise ValueError(
+                f"{where}: bad turn {pair!r}; each turn is [input_tokens, output_tokens], integers in 1..{MAX_TURN_TOKENS}"
+            )
         turns.append((pair[0], pair[1]))
     return tuple(turns)
 

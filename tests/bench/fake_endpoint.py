@@ -13,7 +13,9 @@ from aiohttp import web
 
 
 class FakeEndpoint:
-    def __init__(self, fail_turns: tuple[int, ...] = (), hang_turns: tuple[int, ...] = (), token_delay_s: float = 0.002) -> None:
+    def __init__(
+        self, fail_turns: tuple[int, ...] = (), hang_turns: tuple[int, ...] = (), token_delay_s: float = 0.002
+    ) -> None:
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.fail_turns, self.hang_turns, self.token_delay_s = fail_turns, hang_turns, token_delay_s
         self._runner: web.AppRunner | None = None
@@ -55,7 +57,10 @@ class FakeEndpoint:
         for i in range(n):
             await asyncio.sleep(self.token_delay_s)
             delta = {"content": "w "} if i else {"role": "assistant", "content": "w "}
-            chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": "length" if i == n - 1 else None}]}
+            chunk = {
+                **head,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": "length" if i == n - 1 else None}],
+            }
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
         cached = 0 if turn == 1 else prompt // 2
         usage = {"prompt_tokens": prompt, "completion_tokens": n, "prompt_tokens_details": {"cached_tokens": cached}}

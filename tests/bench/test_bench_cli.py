@@ -8,6 +8,7 @@ import json
 
 import pytest
 from ppd_bench.cli import build_parser, main
+
 from ppd_server.fleet.launcher import free_port
 
 
@@ -20,12 +21,27 @@ def _fails(capsys, argv: list[str], *needles: str) -> None:
 
 
 def test_unknown_workload(capsys):
-    _fails(capsys, ["run", "--url", "http://127.0.0.1:9", "--workload", "nope"], "unknown workload 'nope'", "long-context-cpu")
+    _fails(
+        capsys,
+        ["run", "--url", "http://127.0.0.1:9", "--workload", "nope"],
+        "unknown workload 'nope'",
+        "long-context-cpu",
+    )
     _fails(capsys, ["workload", "nope", "--out", "x"], "unknown workload 'nope'")
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--rate", "-1"), ("--rate", "nan"), ("--duration", "0"), ("--sessions", "0"),
-                                             ("--slo-ttft-ms", "-5"), ("--w-tpot", "-1"), ("--think-s", "-2")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--rate", "-1"),
+        ("--rate", "nan"),
+        ("--duration", "0"),
+        ("--sessions", "0"),
+        ("--slo-ttft-ms", "-5"),
+        ("--w-tpot", "-1"),
+        ("--think-s", "-2"),
+    ],
+)
 def test_bad_numbers_are_named(capsys, flag, value):
     _fails(capsys, ["run", "--url", "http://127.0.0.1:9", flag, value], flag, value)
 
@@ -73,17 +89,56 @@ def test_every_option_is_explained():
 
 def test_workload_command_writes_a_file_run_and_sim_read(capsys, tmp_path):
     out = tmp_path / "w.jsonl"
-    assert main(["workload", "long-context-cpu", "--sessions", "3", "--seed", "2", "--rate", "0.5", "--out", str(out)]) == 0
+    assert (
+        main(["workload", "long-context-cpu", "--sessions", "3", "--seed", "2", "--rate", "0.5", "--out", str(out)])
+        == 0
+    )
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 3 and all(len(s["turns"]) == 5 and "arrival_ms" in s for s in lines)
     assert 1300 < lines[0]["turns"][0]["input_tokens"] < 1700 and lines[0]["turns"][1]["output_tokens"] == 32
     assert "wrote 3 sessions (15 turns)" in capsys.readouterr().err
     from ppd_sim.cli import main as sim_main
 
-    assert sim_main(["--trace", str(out), "--qps", "1", "--duration", "60", "--policies", "pd", "--quiet",
-                     "--json", str(tmp_path / "s.json")]) == 0
+    assert (
+        sim_main(
+            [
+                "--trace",
+                str(out),
+                "--qps",
+                "1",
+                "--duration",
+                "60",
+                "--policies",
+                "pd",
+                "--quiet",
+                "--json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "s.json").read_text())["config"]["conversations"] == 3
     capsys.readouterr()
-    assert main(["workload", "mid_bal", "--sessions", "2", "--turns", "3", "--first-turn", "large", "--jitter", "0", "--out", "-"]) == 0
+    assert (
+        main(
+            [
+                "workload",
+                "mid_bal",
+                "--sessions",
+                "2",
+                "--turns",
+                "3",
+                "--first-turn",
+                "large",
+                "--jitter",
+                "0",
+                "--out",
+                "-",
+            ]
+        )
+        == 0
+    )
     sessions = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [[(t["input_tokens"], t["output_tokens"]) for t in s["turns"]] for s in sessions] == [[(1024, 1024), (128, 128), (128, 128)]] * 2
+    assert [[(t["input_tokens"], t["output_tokens"]) for t in s["turns"]] for s in sessions] == [
+        [(1024, 1024), (128, 128), (128, 128)]
+    ] * 2

@@ -10,10 +10,24 @@ from ppd_bench.stats import TurnRecord, summarize
 
 
 def _result(label: str, ttft2: float, tpot: float, wall: float = 10.0) -> dict:
-    recs = [TurnRecord("s0", 1, 0.0, 1.0, True, 10, 4, ttft_ms=900, tpot_ms=tpot, e2e_ms=1000, completion_tokens=4, route="pd"),
-            TurnRecord("s0", 2, 2.0, 3.0, True, 5, 4, ttft_ms=ttft2, tpot_ms=tpot, e2e_ms=500, completion_tokens=4, route="local")]
-    return {"label": label, "url": "u", "load": {"sessions": 1, "turns": 2, "sessions_per_s": 0.2}, "config": {},
-            "wall_s": wall, "hit_deadline": False, "summary": summarize(recs, wall), "records": [r.to_json() for r in recs]}
+    recs = [
+        TurnRecord(
+            "s0", 1, 0.0, 1.0, True, 10, 4, ttft_ms=900, tpot_ms=tpot, e2e_ms=1000, completion_tokens=4, route="pd"
+        ),
+        TurnRecord(
+            "s0", 2, 2.0, 3.0, True, 5, 4, ttft_ms=ttft2, tpot_ms=tpot, e2e_ms=500, completion_tokens=4, route="local"
+        ),
+    ]
+    return {
+        "label": label,
+        "url": "u",
+        "load": {"sessions": 1, "turns": 2, "sessions_per_s": 0.2},
+        "config": {},
+        "wall_s": wall,
+        "hit_deadline": False,
+        "summary": summarize(recs, wall),
+        "records": [r.to_json() for r in recs],
+    }
 
 
 def test_systems_are_validated():
@@ -26,9 +40,14 @@ def test_systems_are_validated():
 
 
 def test_rounds_pool_their_records_and_time():
-    entry = {"system": "ppd", "rounds": [{"round": 1, "result": _result("ppd", 100, 50)},
-                                         {"round": 2, "error": "did not start"},
-                                         {"round": 3, "result": _result("ppd", 300, 70, wall=30.0)}]}
+    entry = {
+        "system": "ppd",
+        "rounds": [
+            {"round": 1, "result": _result("ppd", 100, 50)},
+            {"round": 2, "error": "did not start"},
+            {"round": 3, "result": _result("ppd", 300, 70, wall=30.0)},
+        ],
+    }
     _pool(entry, RunConfig(url="http://x"))
     res = entry["result"]
     assert res["rounds"] == 2 and res["wall_s"] == 40.0 and res["load"]["sessions"] == 2
@@ -40,8 +59,11 @@ def test_rounds_pool_their_records_and_time():
 
 
 def test_table_has_ratios_against_the_baseline():
-    systems = [{"system": "ppd", "result": _result("ppd", 100, 50)}, {"system": "sglang-router", "result": _result("sr", 400, 50)},
-               {"system": "smg", "error": "smg is not installed"}]
+    systems = [
+        {"system": "ppd", "result": _result("ppd", 100, 50)},
+        {"system": "sglang-router", "result": _result("sr", 400, 50)},
+        {"system": "smg", "error": "smg is not installed"},
+    ]
     table = compare_table(systems, "sglang-router")
     ppd_row = next(line for line in table.splitlines() if line.startswith("ppd "))
     assert ppd_row.split()[-2:] == ["0.25", "1.00"]
@@ -52,6 +74,10 @@ def test_front_ends_are_put_in_front_of_the_same_workers():
     for system in ("ppd", "sglang-router", "smg"):
         argv, _env, _ready = _front_argv(system, 8000, "http://127.0.0.1:1", 9, "http://127.0.0.1:2", 8001)
         joined = " ".join(argv)
-        assert "--prefill http://127.0.0.1:1 9" in joined and "--decode http://127.0.0.1:2" in joined and "--port 8000" in joined
+        assert (
+            "--prefill http://127.0.0.1:1 9" in joined
+            and "--decode http://127.0.0.1:2" in joined
+            and "--port 8000" in joined
+        )
     assert "--pd-disaggregation" in " ".join(_front_argv("sglang-router", 1, "p", 2, "d", 3)[0])
     assert "--policy threshold:64" in " ".join(_front_argv("threshold:64", 1, "p", 2, "d", 3)[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from fake_endpoint import FakeEndpoint
 from ppd_bench.driver import BenchError, RunConfig, arun, sessions_from_result
+
 from ppd_sim.workload import Session
 
 
@@ -39,7 +40,9 @@ async def test_every_turn_carries_the_hints_and_the_history():
     assert s["turn2plus"]["routes"] == {"local": 2} and s["turn1"]["routes"] == {"pd": 1}
     assert s["turn2plus"]["cached_tokens"] > 0 and s["turn1"]["cached_tokens"] == 0
     rec = res["records"][0]
-    assert rec["completion_tokens"] == 5 and rec["ttft_ms"] > 0 and rec["tpot_ms"] > 0 and rec["e2e_ms"] >= rec["ttft_ms"]
+    assert (
+        rec["completion_tokens"] == 5 and rec["ttft_ms"] > 0 and rec["tpot_ms"] > 0 and rec["e2e_ms"] >= rec["ttft_ms"]
+    )
     assert res["load"] == {**res["load"], "sessions": 1, "turns": 3, "sessions_per_s": 50.0}
 
 

@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from ppd_sim.workload import Session, write_sessions
 from processes import STARTUP_TIMEOUT_S, free_port, router_argv, started
+
+from ppd_sim.workload import Session, write_sessions
 
 pytestmark = pytest.mark.e2e
 
@@ -18,8 +19,17 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def router_url():
     port = free_port()
-    argv = router_argv(port, "--policy", "ppd", "--embedded", "1P1D", "--load-interval", "0.5",
-                       "--startup-timeout", str(STARTUP_TIMEOUT_S))
+    argv = router_argv(
+        port,
+        "--policy",
+        "ppd",
+        "--embedded",
+        "1P1D",
+        "--load-interval",
+        "0.5",
+        "--startup-timeout",
+        str(STARTUP_TIMEOUT_S),
+    )
     with started("ppd-server", argv, port, timeout=STARTUP_TIMEOUT_S) as router:
         yield router.url
 
@@ -30,10 +40,35 @@ def test_run_against_a_real_router_shows_progress_and_writes_json(router_url, tm
     out = tmp_path / "res.json"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "ppd_bench", "run", "--url", router_url, "--workload", str(workload), "--rate", "2",
-         "--sessions", "2", "--deadline", "120", "--slo-ttft-ms", "60000", "--label", "ppd", "--out", str(out),
-         "--save-workload", str(tmp_path / "ran.jsonl")],
-        capture_output=True, text=True, timeout=180, env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "ppd_bench",
+            "run",
+            "--url",
+            router_url,
+            "--workload",
+            str(workload),
+            "--rate",
+            "2",
+            "--sessions",
+            "2",
+            "--deadline",
+            "120",
+            "--slo-ttft-ms",
+            "60000",
+            "--label",
+            "ppd",
+            "--out",
+            str(out),
+            "--save-workload",
+            str(tmp_path / "ran.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ppd:" in proc.stderr and "6/6" in proc.stderr and "turn" in proc.stderr  # the progress bar

@@ -6,10 +6,26 @@ import pytest
 from ppd_bench.stats import TurnRecord, percentile, summarize
 
 
-def _rec(turn: int, ttft: float, tpot: float, ok: bool = True, route: str | None = "local", cached: int = 0) -> TurnRecord:
-    return TurnRecord("s", turn, 0.0, 1.0, ok, 10, 5, error=None if ok else "HTTP 500: x", ttft_ms=ttft if ok else None,
-                      tpot_ms=tpot if ok else None, e2e_ms=ttft + 4 * tpot if ok else None, prompt_tokens=100 if ok else None,
-                      completion_tokens=5 if ok else None, cached_tokens=cached if ok else None, route=route if ok else None)
+def _rec(
+    turn: int, ttft: float, tpot: float, ok: bool = True, route: str | None = "local", cached: int = 0
+) -> TurnRecord:
+    return TurnRecord(
+        "s",
+        turn,
+        0.0,
+        1.0,
+        ok,
+        10,
+        5,
+        error=None if ok else "HTTP 500: x",
+        ttft_ms=ttft if ok else None,
+        tpot_ms=tpot if ok else None,
+        e2e_ms=ttft + 4 * tpot if ok else None,
+        prompt_tokens=100 if ok else None,
+        completion_tokens=5 if ok else None,
+        cached_tokens=cached if ok else None,
+        route=route if ok else None,
+    )
 
 
 def test_percentile_interpolates_like_numpy():
@@ -22,8 +38,11 @@ def test_percentile_interpolates_like_numpy():
 
 def test_summary_splits_turn_classes_and_counts_goodput():
     records = [
-        _rec(1, 1000, 50, route="pd"), _rec(1, 3000, 50, route="pd"),
-        _rec(2, 100, 40, cached=90), _rec(3, 200, 80, cached=95), _rec(2, 150, 45, route="pd", cached=50),
+        _rec(1, 1000, 50, route="pd"),
+        _rec(1, 3000, 50, route="pd"),
+        _rec(2, 100, 40, cached=90),
+        _rec(3, 200, 80, cached=95),
+        _rec(2, 150, 45, route="pd", cached=50),
         _rec(3, 0, 0, ok=False),
     ]
     s = summarize(records, wall_s=10.0, slo_ttft_ms=500.0, slo_tpot_ms=60.0)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 from ppd_bench.importer import import_trace
+
 from ppd_sim.workload import (
     GENERATORS,
     WORKLOAD_NAMES,
@@ -24,9 +25,14 @@ from ppd_sim.workload import (
 
 @pytest.mark.parametrize(
     ("name", "turns", "first", "out"),
-    [("long-context", (5, 5), (9_000, 11_000), (100, 100)), ("long-context-cpu", (5, 5), (1_350, 1_650), (32, 32)),
-     ("agent", (8, 16), (1_500, 2_500), (4, 300)), ("agent-cpu", (8, 16), (300, 500), (4, 48)),
-     ("chat", (2, 12), (4, 4096), (4, 2048)), ("chat-cpu", (2, 6), (4, 512), (4, 96))],
+    [
+        ("long-context", (5, 5), (9_000, 11_000), (100, 100)),
+        ("long-context-cpu", (5, 5), (1_350, 1_650), (32, 32)),
+        ("agent", (8, 16), (1_500, 2_500), (4, 300)),
+        ("agent-cpu", (8, 16), (300, 500), (4, 48)),
+        ("chat", (2, 12), (4, 4096), (4, 2048)),
+        ("chat-cpu", (2, 6), (4, 512), (4, 96)),
+    ],
 )
 def test_named_generators_keep_their_shapes(name, turns, first, out):
     sessions = generate_sessions(name, 200, seed=1)
@@ -67,11 +73,17 @@ def test_files_round_trip_and_the_old_pair_format_still_loads(tmp_path):
 
 @pytest.mark.parametrize(
     ("line", "needle"),
-    [("not json", "line 2 is not valid JSON"), ('{"turns": []}', "line 2: expected"),
-     ('{"turns": [{"input_tokens": 0, "output_tokens": 5}]}', "bad turn 1"),
-     ('{"turns": [{"input_tokens": 5, "output_tokens": 5}, {"input_tokens": 5, "output_tokens": 5, "think_ms": -1}]}', "bad think_ms -1"),
-     ('{"turns": [{"input_tokens": 5, "output_tokens": 5}], "arrival_ms": "soon"}', "bad arrival_ms 'soon'"),
-     ("[[1, -2]]", "bad turn \\[1, -2\\]")],
+    [
+        ("not json", "line 2 is not valid JSON"),
+        ('{"turns": []}', "line 2: expected"),
+        ('{"turns": [{"input_tokens": 0, "output_tokens": 5}]}', "bad turn 1"),
+        (
+            '{"turns": [{"input_tokens": 5, "output_tokens": 5}, {"input_tokens": 5, "output_tokens": 5, "think_ms": -1}]}',
+            "bad think_ms -1",
+        ),
+        ('{"turns": [{"input_tokens": 5, "output_tokens": 5}], "arrival_ms": "soon"}', "bad arrival_ms 'soon'"),
+        ("[[1, -2]]", "bad turn \\[1, -2\\]"),
+    ],
 )
 def test_bad_lines_are_named(tmp_path, line, needle):
     path = tmp_path / "bad.jsonl"
@@ -105,12 +117,44 @@ def test_the_simulator_loads_the_new_format_with_its_arrivals(tmp_path):
 def test_ppd_sim_runs_a_named_workload_and_a_file(tmp_path):
     from ppd_sim.cli import main
 
-    assert main(["--workload", "long-context-cpu", "--qps", "0.5", "--duration", "4", "--policies", "pd", "--quiet",
-                 "--json", str(tmp_path / "a.json")]) == 0
+    assert (
+        main(
+            [
+                "--workload",
+                "long-context-cpu",
+                "--qps",
+                "0.5",
+                "--duration",
+                "4",
+                "--policies",
+                "pd",
+                "--quiet",
+                "--json",
+                str(tmp_path / "a.json"),
+            ]
+        )
+        == 0
+    )
     path = tmp_path / "w.jsonl"
     write_sessions(path, generate_sessions("agent-cpu", 3))
-    assert main(["--trace", str(path), "--qps", "2", "--duration", "10", "--policies", "pd", "--quiet",
-                 "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        main(
+            [
+                "--trace",
+                str(path),
+                "--qps",
+                "2",
+                "--duration",
+                "10",
+                "--policies",
+                "pd",
+                "--quiet",
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["config"]["conversations"] == 3
 
@@ -118,7 +162,13 @@ def test_ppd_sim_runs_a_named_workload_and_a_file(tmp_path):
 def test_request_log_import_recovers_new_inputs_and_think_times(tmp_path):
     log = tmp_path / "log.jsonl"
     rows = [
-        {"conversation_id": "c1", "timestamp": 100.0, "prompt_tokens": 500, "completion_tokens": 50, "latency_ms": 1000},
+        {
+            "conversation_id": "c1",
+            "timestamp": 100.0,
+            "prompt_tokens": 500,
+            "completion_tokens": 50,
+            "latency_ms": 1000,
+        },
         {"conversation_id": "c2", "timestamp": 101.0, "prompt_tokens": 80, "completion_tokens": 20},
         {"conversation_id": "c1", "timestamp": 103.0, "prompt_tokens": 600, "completion_tokens": 40, "latency_ms": 500},
     ]
@@ -134,8 +184,20 @@ def test_request_log_import_recovers_new_inputs_and_think_times(tmp_path):
 
 def test_sharegpt_import(tmp_path):
     path = tmp_path / "sg.json"
-    path.write_text(json.dumps([{"id": "q", "conversations": [
-        {"from": "human", "value": "a b c d e f g h i j"}, {"from": "gpt", "value": "x " * 20},
-        {"from": "human", "value": "more words"}, {"from": "gpt", "value": "ok"}]}]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "q",
+                    "conversations": [
+                        {"from": "human", "value": "a b c d e f g h i j"},
+                        {"from": "gpt", "value": "x " * 20},
+                        {"from": "human", "value": "more words"},
+                        {"from": "gpt", "value": "ok"},
+                    ],
+                }
+            ]
+        )
+    )
     (s,) = import_trace(path)
     assert s.session_id == "q" and s.turns == ((13, 26), (3, 1))

@@ -18,9 +18,29 @@ import validate_sim  # noqa: E402
 
 
 def test_report_renders_a_tiny_sim_grid_with_plots_and_commands(tmp_path):
-    rc = report.main(["--out-dir", str(tmp_path), "--skip-live", "--clusters", "1P3D", "--workloads", "mid_bal",
-                      "--policies", "pd,local,threshold:512,ppd", "--qps", "1,2", "--duration", "3", "--workers", "1",
-                      "--weights", "1,4", "--weights-cell", "1P3D,mid_bal"])
+    rc = report.main(
+        [
+            "--out-dir",
+            str(tmp_path),
+            "--skip-live",
+            "--clusters",
+            "1P3D",
+            "--workloads",
+            "mid_bal",
+            "--policies",
+            "pd,local,threshold:512,ppd",
+            "--qps",
+            "1,2",
+            "--duration",
+            "3",
+            "--workers",
+            "1",
+            "--weights",
+            "1,4",
+            "--weights-cell",
+            "1P3D,mid_bal",
+        ]
+    )
     assert rc == 0
     md = (tmp_path / "REPORT.md").read_text()
     assert "python benchmarks/sim_grid.py --clusters 1P3D --workloads mid_bal" in md  # every figure names its command
@@ -42,18 +62,47 @@ def test_report_rejects_bad_options_with_exit_2(capsys):
     assert e.value.code == 2 and "--loads" in capsys.readouterr().err
 
 
-FAKE_COMPARE = {"systems": [  # the shape ppd-bench compare writes
-    {"system": "ppd", "result": {"summary": {"turn2plus": {"ok": 8, "ttft_ms": {"p50": 100.0, "p90": 300.0}, "tpot_ms": {"p50": 40.0},
-                                                           "route_share": {"local": 0.9}}, "all": {"success_rate": 1.0}}}},
-    {"system": "sglang-router", "result": {"summary": {"turn2plus": {"ok": 8, "ttft_ms": {"p50": 400.0, "p90": 900.0},
-                                                                     "tpot_ms": {"p50": 42.0}, "route_share": {"pd": 1.0}},
-                                                       "all": {"success_rate": 1.0}}}},
-    {"system": "smg", "error": "smg not installed"},
-]}
+FAKE_COMPARE = {
+    "systems": [  # the shape ppd-bench compare writes
+        {
+            "system": "ppd",
+            "result": {
+                "summary": {
+                    "turn2plus": {
+                        "ok": 8,
+                        "ttft_ms": {"p50": 100.0, "p90": 300.0},
+                        "tpot_ms": {"p50": 40.0},
+                        "route_share": {"local": 0.9},
+                    },
+                    "all": {"success_rate": 1.0},
+                }
+            },
+        },
+        {
+            "system": "sglang-router",
+            "result": {
+                "summary": {
+                    "turn2plus": {
+                        "ok": 8,
+                        "ttft_ms": {"p50": 400.0, "p90": 900.0},
+                        "tpot_ms": {"p50": 42.0},
+                        "route_share": {"pd": 1.0},
+                    },
+                    "all": {"success_rate": 1.0},
+                }
+            },
+        },
+        {"system": "smg", "error": "smg not installed"},
+    ]
+}
 
 
 def test_the_live_section_shows_ratios_against_sglang_router(tmp_path):
-    md = "\n".join(report_render.render_live({"command": "ppd-bench compare --sessions 4", "seconds": 60, "doc": FAKE_COMPARE}, tmp_path))
+    md = "\n".join(
+        report_render.render_live(
+            {"command": "ppd-bench compare --sessions 4", "seconds": 60, "doc": FAKE_COMPARE}, tmp_path
+        )
+    )
     assert "| ppd | 100 / 300 | 40.0 | 90.0% | 100.0% | 0.25 | 0.95 |" in md
     assert "| sglang-router | 400 / 900 | 42.0 | 0.0% | 100.0% | 1.00 | 1.00 |" in md
     assert "| smg | not run: smg not installed |" in md
@@ -61,22 +110,45 @@ def test_the_live_section_shows_ratios_against_sglang_router(tmp_path):
 
 
 def test_validate_sim_compares_side_by_side_within_the_tolerance():
-    measured = {"summary": {"turn1": {"ttft_ms": {"p50": 500.0}}, "all": {"tpot_ms": {"p50": 40.0}, "e2e_ms": {"p50": 2000.0}},
-                            "turn2plus": {"ttft_ms": {"p50": 100.0, "p90": 200.0}, "route_share": {"local": 0.8}}}}
-    sim = {"results": [{"turn1_ttft_ms": {"p50": 450.0}, "turn2plus_ttft_ms": {"p50": 120.0, "p90": 300.0}, "tpot_ms": {"p50": 38.0},
-                        "e2e_ms": {"p50": 1900.0}, "turn2plus_local_share": 0.8}]}
+    measured = {
+        "summary": {
+            "turn1": {"ttft_ms": {"p50": 500.0}},
+            "all": {"tpot_ms": {"p50": 40.0}, "e2e_ms": {"p50": 2000.0}},
+            "turn2plus": {"ttft_ms": {"p50": 100.0, "p90": 200.0}, "route_share": {"local": 0.8}},
+        }
+    }
+    sim = {
+        "results": [
+            {
+                "turn1_ttft_ms": {"p50": 450.0},
+                "turn2plus_ttft_ms": {"p50": 120.0, "p90": 300.0},
+                "tpot_ms": {"p50": 38.0},
+                "e2e_ms": {"p50": 1900.0},
+                "turn2plus_local_share": 0.8,
+            }
+        ]
+    }
     rows = {r["name"]: r for r in validate_sim.compare(measured, sim, 0.25)}
     assert rows["turn-2+ TTFT p50"]["ratio"] == pytest.approx(1.2) and rows["turn-2+ TTFT p50"]["ok"]
     assert rows["turn-2+ TTFT p90"]["ratio"] == pytest.approx(1.5) and rows["turn-2+ TTFT p90"]["ok"] is False
     assert rows["TPOT p50"]["ok"] and rows["turn-1 TTFT p50"]["ok"] is None  # informational, not gated
-    md = "\n".join(report_render.render_validation(
-        {"command": "python benchmarks/validate_sim.py", "seconds": 300,
-         "doc": {"metrics": [r for r in rows.values() if r["gated"]], "conditions": "1P1D", "notes": []}}, Path("/tmp")))
+    md = "\n".join(
+        report_render.render_validation(
+            {
+                "command": "python benchmarks/validate_sim.py",
+                "seconds": 300,
+                "doc": {"metrics": [r for r in rows.values() if r["gated"]], "conditions": "1P1D", "notes": []},
+            },
+            Path("/tmp"),
+        )
+    )
     assert "| turn-2+ TTFT p90 | 200 | 300 | 1.50 | **no** |" in md
 
 
-@pytest.mark.parametrize("argv,needle", [(["--rate", "0"], "--rate"), (["--link-gbs", "fast"], "--link-gbs"),
-                                          (["--reuse", "/nonexistent-dir"], "--reuse")])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [(["--rate", "0"], "--rate"), (["--link-gbs", "fast"], "--link-gbs"), (["--reuse", "/nonexistent-dir"], "--reuse")],
+)
 def test_validate_sim_rejects_bad_options_with_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         validate_sim.main(argv)

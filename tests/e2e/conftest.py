@@ -15,7 +15,7 @@ holds its workers) if it did not exit.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from processes import STARTUP_TIMEOUT_S, Process, free_port, router_argv
@@ -27,8 +27,20 @@ def ppd_router_factory() -> Iterator[Callable[..., str]]:
 
     def start(policy: str = "ppd", embedded: str = "1P1D", model: str = "smollm2", args: tuple[str, ...] = ()) -> str:
         port = free_port()
-        argv = router_argv(port, "--policy", policy, "--embedded", embedded, "--model", model,
-                           "--load-interval", "0.5", "--startup-timeout", str(STARTUP_TIMEOUT_S), *args)
+        argv = router_argv(
+            port,
+            "--policy",
+            policy,
+            "--embedded",
+            embedded,
+            "--model",
+            model,
+            "--load-interval",
+            "0.5",
+            "--startup-timeout",
+            str(STARTUP_TIMEOUT_S),
+            *args,
+        )
         router = Process("ppd-server", argv, port)
         started.append(router)
         router.wait_healthy(timeout=STARTUP_TIMEOUT_S)

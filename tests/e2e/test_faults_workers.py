@@ -33,17 +33,27 @@ MAX_TOKENS = 24
 
 
 def _worker(tmp: Path, name: str, port: int, *args: str) -> Process:
-    return Process(name, worker_argv(port, "--model", "smollm2", *args), port, tmp / f"{name}-{time.monotonic_ns()}.log")
+    return Process(
+        name, worker_argv(port, "--model", "smollm2", *args), port, tmp / f"{name}-{time.monotonic_ns()}.log"
+    )
 
 
 def _prefill(tmp: Path, port: int, bootstrap: int) -> Process:
-    return _worker(tmp, "prefill", port, "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port",
-                   str(bootstrap))
+    return _worker(
+        tmp, "prefill", port, "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", str(bootstrap)
+    )
 
 
 def _decode(tmp: Path, name: str, port: int) -> Process:
-    return _worker(tmp, name, port, "--disaggregation-mode", "decode", "--disaggregation-decode-enable-radix-cache",
-                   "--disaggregation-decode-enable-conditional-agg")
+    return _worker(
+        tmp,
+        name,
+        port,
+        "--disaggregation-mode",
+        "decode",
+        "--disaggregation-decode-enable-radix-cache",
+        "--disaggregation-decode-enable-conditional-agg",
+    )
 
 
 def _router(prefill: Process, bootstrap: int, decodes: list[Process]) -> Process:
@@ -88,8 +98,9 @@ def test_decode_sigkilled_mid_conversation(tmp_path: Path) -> None:
         router = _router(prefill, bootstrap, [d1, d2])
         stack.callback(router.stop)
 
-        chats = [stack.enter_context(ChatSession(base_url=router.url + "/v1", system=SYSTEM, timeout=120))
-                 for _ in range(4)]
+        chats = [
+            stack.enter_context(ChatSession(base_url=router.url + "/v1", system=SYSTEM, timeout=120)) for _ in range(4)
+        ]
         for i, chat in enumerate(chats):
             chat.send(f"Name a colour, number {i}.", max_tokens=8)
         sessions = httpx.get(router.url + "/admin/sessions", params={"limit": 100}, timeout=5).json()
@@ -146,11 +157,13 @@ def test_decode_sigkilled_mid_conversation(tmp_path: Path) -> None:
         back.wait_healthy(timeout=180)
         rejoin_s = _wait(lambda: _healthy(router, victim.url), 30)
         assert rejoin_s is not None
-        print(f"\nfault decode-SIGKILL: sessions={len(chats)} on-victim={len(affected)} "
-              f"streams-cut-after-tokens={len(cut)} (SSE error+[DONE], typed SDK error) "
-              f"router retries before the first byte={retried:.0f} "
-              f"next-turn failures={failures} first next-turn ok {first_ok:.2f}s after kill, "
-              f"routes after={routes}, restarted worker healthy {rejoin_s:.2f}s after its /health")
+        print(
+            f"\nfault decode-SIGKILL: sessions={len(chats)} on-victim={len(affected)} "
+            f"streams-cut-after-tokens={len(cut)} (SSE error+[DONE], typed SDK error) "
+            f"router retries before the first byte={retried:.0f} "
+            f"next-turn failures={failures} first next-turn ok {first_ok:.2f}s after kill, "
+            f"routes after={routes}, restarted worker healthy {rejoin_s:.2f}s after its /health"
+        )
 
 
 def test_prefill_sigkilled_then_restarted(tmp_path: Path) -> None:
@@ -165,8 +178,9 @@ def test_prefill_sigkilled_then_restarted(tmp_path: Path) -> None:
         router = _router(prefill, bootstrap, [decode])
         stack.callback(router.stop)
 
-        chats = [stack.enter_context(ChatSession(base_url=router.url + "/v1", system=SYSTEM, timeout=120))
-                 for _ in range(3)]
+        chats = [
+            stack.enter_context(ChatSession(base_url=router.url + "/v1", system=SYSTEM, timeout=120)) for _ in range(3)
+        ]
         for chat in chats:
             chat.send("Say hello.", max_tokens=8)
 
@@ -184,8 +198,11 @@ def test_prefill_sigkilled_then_restarted(tmp_path: Path) -> None:
         decode_port = int(decode.url.rsplit(":", 1)[1])
         decode.popen.kill()
         assert _wait(lambda: not _healthy(router, decode.url), 10) is not None
-        r = httpx.post(router.url + "/v1/chat/completions", timeout=60, json={
-            "model": "default", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            router.url + "/v1/chat/completions",
+            timeout=60,
+            json={"model": "default", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 503, r.text
         assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["message"]
 
@@ -202,7 +219,9 @@ def test_prefill_sigkilled_then_restarted(tmp_path: Path) -> None:
         # A session whose decode worker restarted (its KV is gone) carries on: history re-prefilled.
         again = chats[0].send("One more word.", max_tokens=4)
         _history_is_consistent(chats[0], 3)
-        print(f"\nfault prefill-SIGKILL: turn-2 sessions={len(chats)} served local, failures=0; turn 1 served "
-              f"local (full prefill on decode); with decode also down: 503 Retry-After={r.headers['Retry-After']}; "
-              f"restarted workers healthy {rejoin_s:.2f}s after their /health; session after restart: "
-              f"route {again.route.route}; {time.monotonic() - killed_at:.1f}s from kill to recovery")
+        print(
+            f"\nfault prefill-SIGKILL: turn-2 sessions={len(chats)} served local, failures=0; turn 1 served "
+            f"local (full prefill on decode); with decode also down: 503 Retry-After={r.headers['Retry-After']}; "
+            f"restarted workers healthy {rejoin_s:.2f}s after their /health; session after restart: "
+            f"route {again.route.route}; {time.monotonic() - killed_at:.1f}s from kill to recovery"
+        )

@@ -59,8 +59,9 @@ def _start_nginx(tmp: Path, replicas: list[str], port: int) -> subprocess.Popen:
     (tmp / "nginx.conf").write_text(MAIN.format(tmp=tmp))
     check = subprocess.run([NGINX, "-t", "-p", str(tmp), "-c", str(tmp / "nginx.conf")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    return subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _tables(replicas: list[Process]) -> dict[str, dict[str, int]]:
@@ -80,9 +81,21 @@ def test_replicas_behind_nginx_keep_affinity_and_survive_a_replica_loss(tmp_path
         replicas = []
         for _ in range(2):
             port = free_port()
-            r = Process(f"replica{len(replicas)}", router_argv(port, "--load-interval", "0.3", "--prefill", prefill.url,
-                                                               str(prefill.bootstrap_port), "--decode", decode.url), port,
-                        tmp_path / f"replica{len(replicas)}.log")
+            r = Process(
+                f"replica{len(replicas)}",
+                router_argv(
+                    port,
+                    "--load-interval",
+                    "0.3",
+                    "--prefill",
+                    prefill.url,
+                    str(prefill.bootstrap_port),
+                    "--decode",
+                    decode.url,
+                ),
+                port,
+                tmp_path / f"replica{len(replicas)}.log",
+            )
             stack.callback(r.stop)
             replicas.append(r)
         for r in replicas:
@@ -96,6 +109,7 @@ def test_replicas_behind_nginx_keep_affinity_and_survive_a_replica_loss(tmp_path
                 nginx.wait(10)
             except subprocess.TimeoutExpired:
                 nginx.kill()
+
         stack.callback(stop_nginx)
         front = f"http://127.0.0.1:{front_port}"
         for _ in range(100):
@@ -105,8 +119,10 @@ def test_replicas_behind_nginx_keep_affinity_and_survive_a_replica_loss(tmp_path
             except httpx.HTTPError:
                 time.sleep(0.1)
 
-        chats = [stack.enter_context(ChatSession(base_url=front + "/v1", model="default", timeout=60))
-                 for _ in range(SESSIONS)]
+        chats = [
+            stack.enter_context(ChatSession(base_url=front + "/v1", model="default", timeout=60))
+            for _ in range(SESSIONS)
+        ]
         for turn in range(TURNS_BEFORE_KILL):
             for i, chat in enumerate(chats):
                 chat.send(f"turn {turn} of {i}", max_tokens=4)
@@ -140,6 +156,8 @@ def test_replicas_behind_nginx_keep_affinity_and_survive_a_replica_loss(tmp_path
             assert chat.conversation_id in after and chat.turn == TURNS_BEFORE_KILL + 1
         log = (tmp_path / "access.log").read_text().splitlines()
         nginx_retries = sum(1 for line in log if re.search(r", ", line))  # "addrA, addrB" = next upstream
-        print(f"\nreplicas behind nginx: {SESSIONS} conversations x {TURNS_BEFORE_KILL} turns, split {sorted(spread.values())}, "
-              f"affinity kept 100%; replica SIGKILLed with {len(moved)} conversations: next turn failures={failures}, "
-              f"nginx next-upstream retries={nginx_retries}, routes after={routes}")
+        print(
+            f"\nreplicas behind nginx: {SESSIONS} conversations x {TURNS_BEFORE_KILL} turns, split {sorted(spread.values())}, "
+            f"affinity kept 100%; replica SIGKILLed with {len(moved)} conversations: next turn failures={failures}, "
+            f"nginx next-upstream retries={nginx_retries}, routes after={routes}"
+        )

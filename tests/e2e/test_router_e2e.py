@@ -26,11 +26,18 @@ def _turn(client: openai.OpenAI, model: str, conv: str, messages: list[dict], st
     # 48-token answers (ignore_eos): like real agent turns, each answer is KV the decode worker
     # generated and holds while a prefill worker would have to recompute it. With 5-token answers
     # the two routes cost nearly the same on this tiny model and timing noise decides.
-    kw = dict(model=model, messages=messages, max_tokens=48, temperature=0, extra_body={"ignore_eos": True},
-              extra_headers={"X-PPD-Conversation-Id": conv})
+    kw = dict(
+        model=model,
+        messages=messages,
+        max_tokens=48,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+        extra_headers={"X-PPD-Conversation-Id": conv},
+    )
     if stream:
         with client.chat.completions.with_streaming_response.create(
-                stream=True, stream_options={"include_usage": True}, **kw) as raw:
+            stream=True, stream_options={"include_usage": True}, **kw
+        ) as raw:
             headers = dict(raw.headers)
             text, last = "", None
             for chunk in raw.parse():
@@ -92,16 +99,19 @@ def test_streaming_and_non_streaming_give_the_same_greedy_answer(ppd_router):
 def test_bad_requests_against_the_real_cluster_are_openai_errors(ppd_router):
     client = _client(ppd_router)
     # One model served: any name selects it, as in SGLang ("default" is what SGLang's docs send).
-    reply = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}],
-                                           max_tokens=2)
+    reply = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert reply.choices[0].message.content is not None
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=_model(ppd_router), messages=[{"role": "user", "content": "hi"}],
-                                       extra_headers={"X-SLO-TPOT-Ms": "-1"})
+        client.chat.completions.create(
+            model=_model(ppd_router),
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-SLO-TPOT-Ms": "-1"},
+        )
     assert e.value.body["param"] == "X-SLO-TPOT-Ms"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=_model(ppd_router),
-                                       messages=[{"role": "user", "content": "word " * 200_000}], max_tokens=1)
+        client.chat.completions.create(
+            model=_model(ppd_router), messages=[{"role": "user", "content": "word " * 200_000}], max_tokens=1
+        )
     assert e.value.status_code == 400
     status, workers = http_json("GET", f"{ppd_router}/admin/workers")
     assert status == 200 and all(w["healthy"] for w in workers["workers"])

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from processes import http_json
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from processes import http_json
 
-from ppd_server.http.app import create_app
 from ppd_server.config import PrefillSpec, RouterConfig
+from ppd_server.http.app import create_app
 
 pytestmark = pytest.mark.e2e
 
@@ -26,17 +26,20 @@ async def test_span_tree_of_a_two_turn_conversation_has_the_decision(ppd_router)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    cfg = RouterConfig(prefill=(PrefillSpec(prefill["url"], prefill["bootstrap_port"]),), decode=(decode["url"],),
-                       load_interval_s=0.5)
+    cfg = RouterConfig(
+        prefill=(PrefillSpec(prefill["url"], prefill["bootstrap_port"]),), decode=(decode["url"],), load_interval_s=0.5
+    )
     client = TestClient(TestServer(create_app(cfg, tracer_provider=provider), host="127.0.0.1"))
     await client.start_server()
     try:
         model = (await (await client.get("/v1/models")).json())["data"][0]["id"]
         messages = [{"role": "user", "content": "Name a colour."}]
         for turn in (1, 2):
-            r = await client.post("/v1/chat/completions", json={
-                "model": model, "messages": messages, "max_tokens": 8, "temperature": 0, "stream": True},
-                headers={"X-PPD-Conversation-Id": "trace-e2e"})
+            r = await client.post(
+                "/v1/chat/completions",
+                json={"model": model, "messages": messages, "max_tokens": 8, "temperature": 0, "stream": True},
+                headers={"X-PPD-Conversation-Id": "trace-e2e"},
+            )
             assert r.status == 200
             await r.read()
             messages += [{"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another one."}]
@@ -53,7 +56,9 @@ async def test_span_tree_of_a_two_turn_conversation_has_the_decision(ppd_router)
     assert routes[0].attributes["ppd.prefill"] == prefill["url"] and routes[0].attributes["ppd.kv_bytes"] > 0
     assert routes[1].attributes["ppd.cached_tokens"] > 0 and "ppd.candidate.local.score" in routes[1].attributes
     children = [s for s in spans if s.kind == SpanKind.CLIENT]
-    by_parent = {r.context.span_id: [c.attributes["ppd.worker.role"] for c in children if c.parent.span_id == r.context.span_id]
-                 for r in routes}
+    by_parent = {
+        r.context.span_id: [c.attributes["ppd.worker.role"] for c in children if c.parent.span_id == r.context.span_id]
+        for r in routes
+    }
     assert sorted(by_parent[routes[0].context.span_id]) == ["decode", "prefill"]
     assert by_parent[routes[1].context.span_id] == ["decode"]

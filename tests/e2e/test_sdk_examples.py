@@ -16,7 +16,9 @@ EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 
 def _run(script: str, base_url: str, *args: str) -> str:
     env = {**os.environ, "PPD_BASE_URL": base_url}
-    done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from processes import free_port, started, worker_argv
 
 from ppd_sdk import AsyncChatSession, ChatSession
@@ -60,9 +59,13 @@ def test_chat_ppd_works_without_routing_info(plain_worker: str) -> None:
     assert chunks[-1].usage_metadata is not None or any(c.usage_metadata for c in chunks)
 
 
-@pytest.mark.parametrize("script", ["three_turn_session.py", "async_sessions.py", "route_report.py", "langgraph_agent.py"])
+@pytest.mark.parametrize(
+    "script", ["three_turn_session.py", "async_sessions.py", "route_report.py", "langgraph_agent.py"]
+)
 def test_examples_run_unchanged(plain_worker: str, script: str) -> None:
     env = {**os.environ, "PPD_BASE_URL": plain_worker}
-    done = subprocess.run([sys.executable, str(EXAMPLES / script)], env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)], env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip()

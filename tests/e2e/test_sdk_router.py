@@ -27,8 +27,10 @@ def _report(label: str, replies: list[Reply]) -> None:
     for r in replies:
         info = r.route
         ttft = f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s is not None else "-"
-        print(f"{label} turn {r.turn}: route={info.route if info else None} decode={info.decode if info else None} "
-              f"prefill={info.prefill if info else None} prompt={r.usage.prompt_tokens} cached={r.usage.cached_tokens} ttft={ttft}")
+        print(
+            f"{label} turn {r.turn}: route={info.route if info else None} decode={info.decode if info else None} "
+            f"prefill={info.prefill if info else None} prompt={r.usage.prompt_tokens} cached={r.usage.cached_tokens} ttft={ttft}"
+        )
 
 
 def _stream_turn(chat: ChatSession, prompt: str) -> Reply:

@@ -5,8 +5,8 @@ router's ``ppd.route`` span and its worker-call CLIENT spans (exported over OTLP
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,10 +15,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "sdk"))
 
-from otlp_collector import CollectedSpan, OTLPCollector  # noqa: E402
-from processes import free_port, router_argv, started  # noqa: E402
+from otlp_collector import CollectedSpan, OTLPCollector
+from processes import free_port, router_argv, started
 
-from ppd_sdk import ChatSession  # noqa: E402
+from ppd_sdk import ChatSession
 
 pytestmark = pytest.mark.e2e
 SPAN_KIND_CLIENT = 3  # OTLP enum value
@@ -56,7 +56,11 @@ def _complete(trace_id: int, root_id: int, spans: list[CollectedSpan]) -> bool:
     mine = [s for s in spans if s.trace_id == trace_id]
     by_id = {s.span_id: s for s in mine}
     route = [s for s in mine if s.name == "ppd.route" and _chain_reaches(s, root_id, by_id)]
-    calls = [s for s in mine if s.kind == SPAN_KIND_CLIENT and "server.address" in s.attributes and _chain_reaches(s, root_id, by_id)]
+    calls = [
+        s
+        for s in mine
+        if s.kind == SPAN_KIND_CLIENT and "server.address" in s.attributes and _chain_reaches(s, root_id, by_id)
+    ]
     return bool(route) and bool(calls)
 
 
@@ -83,7 +87,14 @@ def test_each_turn_is_one_trace_with_client_route_and_worker_spans(traced_router
         print(f"trace {trace_id:032x}: client '{client.name}' -> server spans {names}")
         # The client span carries the same decision the server recorded.
         assert client.attributes["ppd.route"] == route_span.attributes["ppd.route"]
-        for key in ("ppd.turn", "ppd.decode", "ppd.policy", "ppd.weights.ttft", "ppd.weights.tpot", "gen_ai.conversation.id"):
+        for key in (
+            "ppd.turn",
+            "ppd.decode",
+            "ppd.policy",
+            "ppd.weights.ttft",
+            "ppd.weights.tpot",
+            "gen_ai.conversation.id",
+        ):
             assert client.attributes[key] == route_span.attributes[key], key  # one name per attribute, both sides
         assert route_span.attributes["ppd.policy.weights.ttft"] == 1.0  # what the policy scored with
         assert client.attributes["gen_ai.conversation.id"] == chat.conversation_id

@@ -19,8 +19,13 @@ def decode_bytes(ids: list[int], skip_special_tokens: bool = True) -> str:
 
 def make_req(prompt: list[int], max_new: int = 4, mode: Mode = Mode.LOCAL, **sampling) -> Req:
     params = SamplingParams(max_new_tokens=max_new, temperature=0.0, **sampling)
-    return Req(rid=f"r{next(_ids)}", prompt_ids=list(prompt), sampling=params,
-               tracker=OutputTracker(params, [EOS], decode_bytes), mode=mode)
+    return Req(
+        rid=f"r{next(_ids)}",
+        prompt_ids=list(prompt),
+        sampling=params,
+        tracker=OutputTracker(params, [EOS], decode_bytes),
+        mode=mode,
+    )
 
 
 def run_step(scheduler: Scheduler, token: int = 1) -> Step:

@@ -32,15 +32,24 @@ def chat_body(i: int) -> dict:
     topic = TOPICS[i % len(TOPICS)]
     # Own system prompt: the template's default one would be a shared cached prefix, making
     # request 2+ cheaper than request 1 for a reason that has nothing to do with a cold start.
-    return {"messages": [{"role": "system", "content": f"{topic.capitalize()} are your only subject."},
-                         {"role": "user", "content": f"Write two sentences about {topic} for a child."}],
-            "max_tokens": 8, "temperature": 0, "stream": True}
+    return {
+        "messages": [
+            {"role": "system", "content": f"{topic.capitalize()} are your only subject."},
+            {"role": "user", "content": f"Write two sentences about {topic} for a child."},
+        ],
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+    }
 
 
 def generate_body(i: int) -> dict:
     topic = TOPICS[(i + 3) % len(TOPICS)]
-    return {"text": f"<|im_start|>user\nTell me one fact about {topic}.<|im_end|>\n<|im_start|>assistant\n",
-            "sampling_params": {"temperature": 0, "max_new_tokens": 8}, "stream": True}
+    return {
+        "text": f"<|im_start|>user\nTell me one fact about {topic}.<|im_end|>\n<|im_start|>assistant\n",
+        "sampling_params": {"temperature": 0, "max_new_tokens": 8},
+        "stream": True,
+    }
 
 
 def timed_stream(client: httpx.Client, url: str, body: dict) -> tuple[float, float]:
@@ -54,11 +63,16 @@ def timed_stream(client: httpx.Client, url: str, body: dict) -> tuple[float, flo
     return (ttft or 0.0) * 1000, (time.perf_counter() - began) * 1000
 
 
-def timed_pd(client: httpx.Client, prefill: str, bootstrap_port: int, decode: str, path: str,
-             body: dict) -> tuple[float, float]:
+def timed_pd(
+    client: httpx.Client, prefill: str, bootstrap_port: int, decode: str, path: str, body: dict
+) -> tuple[float, float]:
     """Prefill and decode requests sent together, like a router does; times the decode stream."""
-    body = {**body, "bootstrap_host": "127.0.0.1", "bootstrap_port": bootstrap_port,
-            "bootstrap_room": random.randrange(2 ** 63)}
+    body = {
+        **body,
+        "bootstrap_host": "127.0.0.1",
+        "bootstrap_port": bootstrap_port,
+        "bootstrap_room": random.randrange(2**63),
+    }
     with httpx.Client(timeout=60) as side:
         errors: list[BaseException] = []
 
@@ -122,19 +136,23 @@ def router_round(extra: list[str], n: int) -> dict[str, list[tuple[float, float]
                     for turn in (1, 2):
                         ttft, e2e, route, answer = timed_turn(client, router.url, f"conv-{i}", messages)
                         turns.setdefault(f"router turn {turn} {route}", []).append((ttft, e2e))
-                        messages = messages + [{"role": "assistant", "content": answer},
-                                               {"role": "user", "content": "Now one more sentence, please."}]
+                        messages = messages + [
+                            {"role": "assistant", "content": answer},
+                            {"role": "user", "content": "Now one more sentence, please."},
+                        ]
                 out.update(turns)
     return out
 
 
-def timed_turn(client: httpx.Client, url: str, conversation: str,
-               messages: list[dict]) -> tuple[float, float, str, str]:
+def timed_turn(
+    client: httpx.Client, url: str, conversation: str, messages: list[dict]
+) -> tuple[float, float, str, str]:
     body = {"messages": messages, "max_tokens": 8, "temperature": 0, "stream": True}
     began = time.perf_counter()
     ttft, answer = None, []
-    with client.stream("POST", url + "/v1/chat/completions", json=body,
-                       headers={"X-PPD-Conversation-Id": conversation}) as response:
+    with client.stream(
+        "POST", url + "/v1/chat/completions", json=body, headers={"X-PPD-Conversation-Id": conversation}
+    ) as response:
         response.raise_for_status()
         route = response.headers.get("X-PPD-Route", "?")
         for line in response.iter_lines():
@@ -151,19 +169,28 @@ def one_round(extra: list[str], n: int) -> dict[str, list[tuple[float, float]]]:
     with tempfile.TemporaryDirectory() as tmp, httpx.Client(timeout=60) as client:
         tmp_dir = Path(tmp)
         with worker_process(tmp_dir, "unified", *extra) as unified:
-            out["unified chat"] = [timed_stream(client, unified.url + "/v1/chat/completions", chat_body(i))
-                                   for i in range(n)]
-            out["unified /generate"] = [timed_stream(client, unified.url + "/generate", generate_body(i))
-                                        for i in range(n)]
+            out["unified chat"] = [
+                timed_stream(client, unified.url + "/v1/chat/completions", chat_body(i)) for i in range(n)
+            ]
+            out["unified /generate"] = [
+                timed_stream(client, unified.url + "/generate", generate_body(i)) for i in range(n)
+            ]
         with pd_pair(tmp_dir, *extra) as (prefill, decode):
             bootstrap = prefill.bootstrap_port
-            out["P->D chat"] = [timed_pd(client, prefill.url, bootstrap, decode.url, "/v1/chat/completions",
-                                         chat_body(i + 3)) for i in range(n)]
-            out["P->D /generate"] = [timed_pd(client, prefill.url, bootstrap, decode.url, "/generate",
-                                              generate_body(i + 3)) for i in range(n)]
-            out["D-local chat"] = [timed_stream(client, decode.url + "/v1/chat/completions",
-                                                {**chat_body(i + 6), "do_local_prefill": True})
-                                   for i in range(n)]
+            out["P->D chat"] = [
+                timed_pd(client, prefill.url, bootstrap, decode.url, "/v1/chat/completions", chat_body(i + 3))
+                for i in range(n)
+            ]
+            out["P->D /generate"] = [
+                timed_pd(client, prefill.url, bootstrap, decode.url, "/generate", generate_body(i + 3))
+                for i in range(n)
+            ]
+            out["D-local chat"] = [
+                timed_stream(
+                    client, decode.url + "/v1/chat/completions", {**chat_body(i + 6), "do_local_prefill": True}
+                )
+                for i in range(n)
+            ]
     return out
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import torch
@@ -15,8 +16,15 @@ from ppd_engine.worker import Worker, build_worker
 
 torch.set_num_threads(1)
 
-SYNTHETIC = dict(model="synthetic:7", dtype="float32", max_total_tokens=4096, page_size=8,
-                 chunked_prefill_size=64, disaggregation_bootstrap_port=0, kv_transfer_timeout=5.0)
+SYNTHETIC = dict(
+    model="synthetic:7",
+    dtype="float32",
+    max_total_tokens=4096,
+    page_size=8,
+    chunked_prefill_size=64,
+    disaggregation_bootstrap_port=0,
+    kv_transfer_timeout=5.0,
+)
 
 
 @asynccontextmanager
@@ -45,6 +53,9 @@ async def prefill():
 
 @pytest.fixture(scope="module")
 async def decode():
-    async with serve_worker(disaggregation_mode="decode", disaggregation_decode_enable_radix_cache=True,
-                            disaggregation_decode_enable_conditional_agg=True) as pair:
+    async with serve_worker(
+        disaggregation_mode="decode",
+        disaggregation_decode_enable_radix_cache=True,
+        disaggregation_decode_enable_conditional_agg=True,
+    ) as pair:
         yield pair

@@ -12,12 +12,35 @@ from ppd_engine.model_source import ModelSourceError, resolve_dtype, resolve_mod
 
 
 def test_sglang_flag_names_map_to_config():
-    cfg = parse_config(["--disaggregation-mode", "decode", "--disaggregation-bootstrap-port", "9000",
-                        "--disaggregation-decode-enable-radix-cache",
-                        "--disaggregation-decode-enable-conditional-agg", "--model-path", "synthetic:3",
-                        "--dtype", "float32", "--threads", "1", "--max-total-tokens", "4096", "--page-size", "8",
-                        "--kv-link-gbps", "25", "--chunked-prefill-size", "128", "--served-model-name", "m",
-                        "--enable-cache-report", "--port", "1234"])
+    cfg = parse_config(
+        [
+            "--disaggregation-mode",
+            "decode",
+            "--disaggregation-bootstrap-port",
+            "9000",
+            "--disaggregation-decode-enable-radix-cache",
+            "--disaggregation-decode-enable-conditional-agg",
+            "--model-path",
+            "synthetic:3",
+            "--dtype",
+            "float32",
+            "--threads",
+            "1",
+            "--max-total-tokens",
+            "4096",
+            "--page-size",
+            "8",
+            "--kv-link-gbps",
+            "25",
+            "--chunked-prefill-size",
+            "128",
+            "--served-model-name",
+            "m",
+            "--enable-cache-report",
+            "--port",
+            "1234",
+        ]
+    )
     assert (cfg.disaggregation_mode, cfg.disaggregation_bootstrap_port, cfg.model) == ("decode", 9000, "synthetic:3")
     assert cfg.disaggregation_decode_enable_radix_cache and cfg.disaggregation_decode_enable_conditional_agg
     assert (cfg.page_size, cfg.kv_link_gbps, cfg.chunked_prefill_size, cfg.num_pages) == (8, 25.0, 128, 512)
@@ -26,8 +49,12 @@ def test_sglang_flag_names_map_to_config():
 
 def test_defaults_match_sglang():
     cfg = parse_config([])
-    assert (cfg.host, cfg.disaggregation_mode, cfg.disaggregation_bootstrap_port, cfg.model) == \
-        ("127.0.0.1", "null", 8998, "smollm2")
+    assert (cfg.host, cfg.disaggregation_mode, cfg.disaggregation_bootstrap_port, cfg.model) == (
+        "127.0.0.1",
+        "null",
+        8998,
+        "smollm2",
+    )
 
 
 def test_help_explains_every_flag():
@@ -36,13 +63,16 @@ def test_help_explains_every_flag():
         assert flag in text
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--disaggregation-mode", "both"], "invalid choice"),
-    (["--page-size", "0"], "--page-size=0"),
-    (["--kv-link-gbps", "-1"], "--kv-link-gbps"),
-    (["--max-total-tokens", "3", "--page-size", "16"], "--max-total-tokens"),
-    (["--port", "70000"], "--port"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--disaggregation-mode", "both"], "invalid choice"),
+        (["--page-size", "0"], "--page-size=0"),
+        (["--kv-link-gbps", "-1"], "--kv-link-gbps"),
+        (["--max-total-tokens", "3", "--page-size", "16"], "--max-total-tokens"),
+        (["--port", "70000"], "--port"),
+    ],
+)
 def test_bad_flags_exit_with_a_message_naming_the_value(argv, fragment, capsys):
     with pytest.raises(SystemExit) as info:
         parse_config(argv)

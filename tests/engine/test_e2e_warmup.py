@@ -9,10 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from processes import pd_pair
 
 from ppd_engine.warmup import _MESSAGES
-
-from processes import pd_pair
 
 pytestmark = pytest.mark.e2e
 
@@ -28,9 +27,15 @@ def test_fresh_pd_pair_is_warm_and_clean(tmp_path):
             assert loads["last_step_ms"] == 0 and loads["num_used_tokens"] == 0
             assert loads["disaggregation"]["kv_transfer_total_bytes"] == 0
             metrics = httpx.get(proc.url + "/metrics").text
-            assert "sglang:num_requests_total{" not in metrics   # no labelled sample yet: nothing counted
-        body = {"messages": _MESSAGES, "max_tokens": 4, "temperature": 0, "bootstrap_host": "127.0.0.1",
-                "bootstrap_port": bootstrap, "bootstrap_room": random.randrange(2 ** 63)}
+            assert "sglang:num_requests_total{" not in metrics  # no labelled sample yet: nothing counted
+        body = {
+            "messages": _MESSAGES,
+            "max_tokens": 4,
+            "temperature": 0,
+            "bootstrap_host": "127.0.0.1",
+            "bootstrap_port": bootstrap,
+            "bootstrap_room": random.randrange(2**63),
+        }
         with ThreadPoolExecutor(2) as pool:
             p_future = pool.submit(httpx.post, prefill.url + "/v1/chat/completions", json=body, timeout=60)
             d_future = pool.submit(httpx.post, decode.url + "/v1/chat/completions", json=body, timeout=60)

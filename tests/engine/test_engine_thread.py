@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+
 from ppd_engine.engine import Engine, RequestHandle
 from ppd_engine.request import Mode
 from ppd_engine.scheduler import Scheduler
@@ -60,7 +61,7 @@ async def test_request_runs_to_completion_and_thread_idles_after():
         assert seen[-1].finish_reason == {"type": "length", "length": 5}
         before = sched.schedules
         await asyncio.sleep(0.3)
-        assert sched.schedules - before <= 2           # blocked on its inbox, not spinning
+        assert sched.schedules - before <= 2  # blocked on its inbox, not spinning
     finally:
         engine.stop()
     assert not engine.alive
@@ -76,7 +77,7 @@ async def test_awaiting_kv_does_not_spin_and_kv_arrival_resumes_decoding():
         engine.submit(handle)
         first = await asyncio.wait_for(handle.updates.get(), 10)
         assert first.kind == "need_kv"
-        blocked = make_req(range(1, 200), max_new=50)     # cannot be admitted until req finishes
+        blocked = make_req(range(1, 200), max_new=50)  # cannot be admitted until req finishes
         engine.submit(RequestHandle(blocked, asyncio.get_running_loop()))
         await asyncio.sleep(0.05)
         before = sched.schedules
@@ -94,7 +95,7 @@ async def test_abort_finishes_a_running_request():
     engine = Engine(sched, CountingRunner(step_seconds=0.01))
     engine.start()
     try:
-        req = make_req(range(1, 10), max_new=200, ignore_eos=True)   # ~2 s of steps
+        req = make_req(range(1, 10), max_new=200, ignore_eos=True)  # ~2 s of steps
         handle = RequestHandle(req, asyncio.get_running_loop())
         engine.submit(handle)
         await asyncio.wait_for(handle.updates.get(), 10)
@@ -109,6 +110,7 @@ async def test_abort_finishes_a_running_request():
 # --- when the engine thread dies, requests submitted while its fatal step ran
 # (still in the inbox) and requests submitted afterwards must be failed, not left waiting
 # forever; ``Engine.call`` (``/flush_cache``) must fail too.
+
 
 class FailingRunner:
     """Blocks in its first step until ``go`` is set, then raises (a broken engine)."""
@@ -144,7 +146,7 @@ async def test_requests_queued_during_and_after_the_fatal_step_are_failed():
         engine.submit(first)
         assert await loop.run_in_executor(None, runner.entered.wait, 10)
         queued = RequestHandle(make_req(range(1, 10), max_new=5), loop)
-        engine.submit(queued)          # sits in the inbox while the step runs
+        engine.submit(queued)  # sits in the inbox while the step runs
         runner.go.set()
         for handle in (first, queued):
             update = await final_update(handle)
@@ -164,6 +166,7 @@ async def test_flush_cache_on_a_dead_engine_is_503_not_500():
     from .conftest import serve_worker
 
     async with serve_worker(warmup=False) as (client, worker):
+
         def broken(step):
             raise RuntimeError("boom")
 

@@ -11,6 +11,7 @@ import struct
 
 import pytest
 import torch
+
 from ppd_engine.kv_transfer import (
     BootstrapServer,
     PrefillResult,
@@ -20,12 +21,12 @@ from ppd_engine.kv_transfer import (
 
 from .conftest import serve_worker
 
-TIMEOUT = 60.0   # the configured transfer timeout; a failure must surface long before it
+TIMEOUT = 60.0  # the configured transfer timeout; a failure must surface long before it
 
 
 def kv_blob(tokens: int = 37) -> torch.Tensor:
     torch.manual_seed(tokens)
-    return torch.randn(2, 2, 3, tokens, 8).to(torch.bfloat16)   # KVPool.read layout
+    return torch.randn(2, 2, 3, tokens, 8).to(torch.bfloat16)  # KVPool.read layout
 
 
 async def transfer(blob: torch.Tensor, server_same_host: bool, fetch_same_host: bool):
@@ -39,23 +40,30 @@ async def transfer(blob: torch.Tensor, server_same_host: bool, fetch_same_host: 
 
     try:
         result = PrefillResult(5, blob.shape[3], 2, lambda start, end: blob[:, :, :, start:end].clone())
-        sent, received = await asyncio.wait_for(asyncio.gather(
-            server.send(11, result),
-            fetch_kv("127.0.0.1", server.port, 11, 4, TIMEOUT, store, same_host=fetch_same_host)), 20)
+        sent, received = await asyncio.wait_for(
+            asyncio.gather(
+                server.send(11, result),
+                fetch_kv("127.0.0.1", server.port, 11, 4, TIMEOUT, store, same_host=fetch_same_host),
+            ),
+            20,
+        )
     finally:
         await server.close()
     return sent, received, stored
 
 
-@pytest.mark.parametrize("server_same_host,fetch_same_host", [(True, True), (False, True), (True, False)],
-                         ids=["shared-memory", "prefill-forces-tcp", "decode-asks-tcp"])
+@pytest.mark.parametrize(
+    "server_same_host,fetch_same_host",
+    [(True, True), (False, True), (True, False)],
+    ids=["shared-memory", "prefill-forces-tcp", "decode-asks-tcp"],
+)
 async def test_kv_arrives_intact_over_either_path(server_same_host, fetch_same_host):
     blob = kv_blob()
     sent, received, stored = await transfer(blob, server_same_host, fetch_same_host)
     assert torch.equal(stored["data"], blob[:, :, :, 4:])
     assert received.start == 4 and received.num_tokens == 37 and received.first_token == 5
     assert sent == received.nbytes == blob[:, :, :, 4:].numel() * 2
-    assert received.data is None   # only valid inside store (it may map shared memory)
+    assert received.data is None  # only valid inside store (it may map shared memory)
 
 
 async def test_same_host_handoff_uses_shared_memory_and_frees_it(monkeypatch):
@@ -103,14 +111,25 @@ async def test_a_failing_kv_read_fails_both_sides_fast():
 async def test_an_unreadable_handoff_fails_the_fetch_fast():
     """The header names a shared-memory segment that does not exist (e.g. another /dev/shm):
     a TransferError, not a hang or a traceback."""
+
     async def serve(reader, writer):
         from ppd_engine.kv_transfer import read_frame, write_frame
 
         await read_frame(reader)
-        await write_frame(writer, {"ok": True, "first_token": 1, "start": 0, "num_tokens": 4,
-                                   "prefill_cached_tokens": 0, "dtype": "bfloat16", "shape": [4],
-                                   "nbytes": 8, "handoff": {"kind": "shm", "name": "ppd-no-such-seg",
-                                                            "nbytes": 8}})
+        await write_frame(
+            writer,
+            {
+                "ok": True,
+                "first_token": 1,
+                "start": 0,
+                "num_tokens": 4,
+                "prefill_cached_tokens": 0,
+                "dtype": "bfloat16",
+                "shape": [4],
+                "nbytes": 8,
+                "handoff": {"kind": "shm", "name": "ppd-no-such-seg", "nbytes": 8},
+            },
+        )
         await reader.read()
         writer.close()
 
@@ -138,11 +157,16 @@ GREEDY = {"temperature": 0, "max_new_tokens": 4}
 async def test_decode_refuses_kv_of_a_different_prompt_length(prefill):
     p_client, p_worker = prefill
     async with serve_worker(disaggregation_mode="decode") as (d_client, _):
-        boot = {"bootstrap_host": "127.0.0.1", "bootstrap_port": p_worker.bootstrap.port,
-                "bootstrap_room": random.randrange(2 ** 63), "sampling_params": GREEDY}
+        boot = {
+            "bootstrap_host": "127.0.0.1",
+            "bootstrap_port": p_worker.bootstrap.port,
+            "bootstrap_room": random.randrange(2**63),
+            "sampling_params": GREEDY,
+        }
         p_resp, d_resp = await asyncio.gather(
             p_client.post("/generate", json={"text": "short prompt", **boot}),
-            d_client.post("/generate", json={"text": "a considerably longer prompt on the decode side", **boot}))
+            d_client.post("/generate", json={"text": "a considerably longer prompt on the decode side", **boot}),
+        )
         assert d_resp.status == 503, await d_resp.text()
         assert "prompt" in (await d_resp.json())["error"]["message"]
         assert p_resp.status == 503, await p_resp.text()
@@ -151,13 +175,23 @@ async def test_decode_refuses_kv_of_a_different_prompt_length(prefill):
 # --- a decode request whose KV fetch fails in an unexpected way (a malformed
 # header from the prefill peer) must end with a 503, not hang in AWAITING_KV forever.
 
+
 async def _malformed_prefill_peer():
     async def serve(reader, writer):
         (size,) = struct.unpack(">I", await reader.readexactly(4))
         await reader.readexactly(size)
-        header = json.dumps({"ok": True, "first_token": 1, "start": 0, "num_tokens": 4,
-                             "prefill_cached_tokens": 0, "dtype": "no_such_dtype", "shape": [4],
-                             "nbytes": 4}).encode()
+        header = json.dumps(
+            {
+                "ok": True,
+                "first_token": 1,
+                "start": 0,
+                "num_tokens": 4,
+                "prefill_cached_tokens": 0,
+                "dtype": "no_such_dtype",
+                "shape": [4],
+                "nbytes": 4,
+            }
+        ).encode()
         writer.write(struct.pack(">I", len(header)) + header + b"\0" * 4)
         await writer.drain()
         try:
@@ -173,8 +207,13 @@ async def test_malformed_kv_header_fails_the_request_with_503():
     port = server.sockets[0].getsockname()[1]
     try:
         async with serve_worker(disaggregation_mode="decode") as (client, worker):
-            body = {"text": "hello there", "sampling_params": {"temperature": 0, "max_new_tokens": 4},
-                    "bootstrap_host": "127.0.0.1", "bootstrap_port": port, "bootstrap_room": 7}
+            body = {
+                "text": "hello there",
+                "sampling_params": {"temperature": 0, "max_new_tokens": 4},
+                "bootstrap_host": "127.0.0.1",
+                "bootstrap_port": port,
+                "bootstrap_room": 7,
+            }
             # bounded so a hang fails the test instead of blocking the suite
             r = await asyncio.wait_for(client.post("/generate", json=body), 30)
             assert r.status == 503, await r.text()

@@ -16,10 +16,10 @@ def test_alloc_prefers_one_contiguous_run():
 
 def test_alloc_extends_right_after_a_given_page():
     pages = PageAllocator(num_pages=16, page_size=4)
-    pages.alloc(2)                       # 0, 1
-    pages.alloc(1)                       # 2
+    pages.alloc(2)  # 0, 1
+    pages.alloc(1)  # 2
     pages.free([0, 1])
-    assert pages.alloc(2, after=2) == [3, 4]   # follows page 2 although 0-1 is free first
+    assert pages.alloc(2, after=2) == [3, 4]  # follows page 2 although 0-1 is free first
 
 
 def test_alloc_skips_holes_too_small_for_a_run():

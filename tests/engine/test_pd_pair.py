@@ -13,8 +13,14 @@ GREEDY = {"temperature": 0, "max_new_tokens": 10}
 
 
 def pd_body(worker_prefill, text: str, **extra) -> dict:
-    return {"text": text, "sampling_params": GREEDY, "bootstrap_host": "127.0.0.1",
-            "bootstrap_port": worker_prefill.bootstrap.port, "bootstrap_room": random.randrange(2 ** 63), **extra}
+    return {
+        "text": text,
+        "sampling_params": GREEDY,
+        "bootstrap_host": "127.0.0.1",
+        "bootstrap_port": worker_prefill.bootstrap.port,
+        "bootstrap_room": random.randrange(2**63),
+        **extra,
+    }
 
 
 async def via_pd(prefill, decode, text: str, path: str = "/generate", body: dict | None = None):
@@ -48,7 +54,7 @@ async def test_second_turn_transfers_only_the_uncached_suffix(prefill, decode):
     _, d2 = await via_pd(prefill, decode, second_text)
     meta = d2["meta_info"]
     decode_hit = meta["cached_tokens_details"]["device"]
-    assert decode_hit > d1["meta_info"]["prompt_tokens"] - 8   # turn 1's prompt (and some output) is on D
+    assert decode_hit > d1["meta_info"]["prompt_tokens"] - 8  # turn 1's prompt (and some output) is on D
     bpt = decode[1].runner.kv_bytes_per_token
     assert meta["kv_transfer_bytes"] == (meta["prompt_tokens"] - decode_hit) * bpt
     assert meta["cached_tokens"] >= decode_hit
@@ -59,8 +65,11 @@ async def test_do_local_prefill_on_decode_hits_its_cache_and_matches_unified(pre
     _, d1 = await via_pd(prefill, decode, first_text)
     second_text = first_text + d1["text"] + " Next?"
     d_client = decode[0]
-    d2 = await (await d_client.post("/generate", json={"text": second_text, "sampling_params": GREEDY,
-                                                       "do_local_prefill": True})).json()
+    d2 = await (
+        await d_client.post(
+            "/generate", json={"text": second_text, "sampling_params": GREEDY, "do_local_prefill": True}
+        )
+    ).json()
     assert d2["meta_info"]["cached_tokens"] > d1["meta_info"]["prompt_tokens"] - 8
     assert d2["meta_info"]["kv_transfer_bytes"] == 0
     u = await (await unified[0].post("/generate", json={"text": second_text, "sampling_params": GREEDY})).json()
@@ -69,11 +78,19 @@ async def test_do_local_prefill_on_decode_hits_its_cache_and_matches_unified(pre
 
 async def test_pd_chat_completions_stream(prefill, decode):
     p_worker = prefill[1]
-    body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}, "bootstrap_host": "127.0.0.1",
-            "bootstrap_port": p_worker.bootstrap.port, "bootstrap_room": random.randrange(2 ** 63)}
-    p_resp, d_resp = await asyncio.gather(prefill[0].post("/v1/chat/completions", json=body),
-                                          decode[0].post("/v1/chat/completions", json=body))
+    body = {
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 5,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "bootstrap_host": "127.0.0.1",
+        "bootstrap_port": p_worker.bootstrap.port,
+        "bootstrap_room": random.randrange(2**63),
+    }
+    p_resp, d_resp = await asyncio.gather(
+        prefill[0].post("/v1/chat/completions", json=body), decode[0].post("/v1/chat/completions", json=body)
+    )
     assert p_resp.status == 200 and d_resp.status == 200
     text = await d_resp.text()
     assert text.rstrip().endswith("data: [DONE]") and '"usage"' in text
@@ -89,8 +106,13 @@ async def test_prefill_without_a_decode_fetch_times_out_with_503():
 
 async def test_decode_with_unreachable_prefill_fails_with_503(decode):
     client, worker = decode
-    body = {"text": "x", "sampling_params": GREEDY, "bootstrap_host": "127.0.0.1", "bootstrap_port": 9,
-            "bootstrap_room": 1}
+    body = {
+        "text": "x",
+        "sampling_params": GREEDY,
+        "bootstrap_host": "127.0.0.1",
+        "bootstrap_port": 9,
+        "bootstrap_room": 1,
+    }
     r = await client.post("/generate", json=body)
     assert r.status == 503 and "bootstrap" in (await r.json())["error"]["message"]
     assert worker.scheduler.num_running == 0
@@ -98,8 +120,13 @@ async def test_decode_with_unreachable_prefill_fails_with_503(decode):
 
 async def test_fake_bootstrap_host_never_connects(prefill):
     client, worker = prefill
-    body = {"text": "warmup", "sampling_params": GREEDY, "bootstrap_host": "2.2.2.2", "bootstrap_port": 1,
-            "bootstrap_room": 0}
+    body = {
+        "text": "warmup",
+        "sampling_params": GREEDY,
+        "bootstrap_host": "2.2.2.2",
+        "bootstrap_port": 1,
+        "bootstrap_room": 0,
+    }
     r = await client.post("/generate", json=body)
     assert r.status == 200 and (await r.json())["meta_info"]["kv_transfer_bytes"] == 0
 

@@ -11,7 +11,7 @@ P = 4
 
 def test_match_returns_full_pages_only():
     cache = RadixCache(P)
-    cache.insert(list(range(10)), [7, 8])      # 2 full pages; the 2-token tail is not cached
+    cache.insert(list(range(10)), [7, 8])  # 2 full pages; the 2-token tail is not cached
     pages, _ = cache.match(list(range(12)))
     assert pages == [7, 8]
     assert cache.match(list(range(7)))[0] == [7]
@@ -57,9 +57,9 @@ def test_eviction_is_lru_leaves_first():
     cache = RadixCache(P)
     cache.insert([1] * 8, [10, 11])
     cache.insert([2] * 8, [20, 21])
-    cache.match([1] * 8)                   # touch the first branch: the second is now LRU
-    assert cache.evict(1) == [21]          # a leaf of the least recently used branch
-    assert cache.evict(1) == [20]          # its parent became a leaf
+    cache.match([1] * 8)  # touch the first branch: the second is now LRU
+    assert cache.evict(1) == [21]  # a leaf of the least recently used branch
+    assert cache.evict(1) == [20]  # its parent became a leaf
     assert cache.match([1] * 8)[0] == [10, 11]
 
 

@@ -13,30 +13,52 @@ from .bookkeeping import decode_bytes
 
 
 def test_defaults_and_sglang_names():
-    p = SamplingParams.from_dict({"max_new_tokens": 5, "temperature": 0, "top_k": 3, "top_p": 0.5,
-                                  "stop": "x", "stop_token_ids": [7], "sampling_seed": 9,
-                                  "ignore_eos": True, "n": 1, "frequency_penalty": 0.0})
-    assert (p.max_new_tokens, p.greedy, p.top_k, p.top_p, p.stop, p.seed, p.ignore_eos) == \
-        (5, True, 3, 0.5, ("x",), 9, True)
+    p = SamplingParams.from_dict(
+        {
+            "max_new_tokens": 5,
+            "temperature": 0,
+            "top_k": 3,
+            "top_p": 0.5,
+            "stop": "x",
+            "stop_token_ids": [7],
+            "sampling_seed": 9,
+            "ignore_eos": True,
+            "n": 1,
+            "frequency_penalty": 0.0,
+        }
+    )
+    assert (p.max_new_tokens, p.greedy, p.top_k, p.top_p, p.stop, p.seed, p.ignore_eos) == (
+        5,
+        True,
+        3,
+        0.5,
+        ("x",),
+        9,
+        True,
+    )
     assert p.stop_token_ids == frozenset({7})
     assert SamplingParams.from_dict(None).max_new_tokens == 128
 
 
-@pytest.mark.parametrize("params, param", [
-    ({"bogus": 1}, "sampling_params"),
-    ({"temperature": -1}, "temperature"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"top_k": 0}, "top_k"),
-    ({"max_new_tokens": -1}, "max_new_tokens"),
-    ({"max_new_tokens": 1.5}, "max_new_tokens"),
-    ({"stop": [1]}, "stop"),
-    ({"stop_token_ids": "a"}, "stop_token_ids"),
-    ({"n": 2}, "n"),
-    ({"json_schema": "{}"}, "json_schema"),
-    ({"ignore_eos": "yes"}, "ignore_eos"),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        ({"bogus": 1}, "sampling_params"),
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"max_new_tokens": 1.5}, "max_new_tokens"),
+        ({"stop": [1]}, "stop"),
+        ({"stop_token_ids": "a"}, "stop_token_ids"),
+        ({"n": 2}, "n"),
+        ({"json_schema": "{}"}, "json_schema"),
+        ({"ignore_eos": "yes"}, "ignore_eos"),
+    ],
+    ids=lambda v: str(v),
+)
 def test_invalid_params_are_rejected_with_the_field_named(params, param):
     with pytest.raises(InvalidRequest) as info:
         SamplingParams.from_dict(params)
@@ -97,7 +119,7 @@ def test_stop_token_ids():
 
 
 def test_stop_string_spanning_tokens_is_trimmed():
-    t = tracker(stop=("cd",))                          # tokens 1..4 -> "a b c d"
+    t = tracker(stop=("cd",))  # tokens 1..4 -> "a b c d"
     assert t.append(1) is None and t.append(2) is None and t.append(3) is None
     assert t.append(4) == {"type": "stop", "matched": "cd"}
     assert t.text == "ab"

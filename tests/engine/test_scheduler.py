@@ -27,7 +27,7 @@ def test_long_prefill_is_chunked_and_interleaved_with_decode_rows():
     for _ in range(3):
         step = run_step(s)
         kinds = {row.req.rid: row.num_new for row in step.rows}
-        assert kinds[a.rid] == 1                    # the decode stream advances every step
+        assert kinds[a.rid] == 1  # the decode stream advances every step
         chunks.append(kinds.get(b.rid, 0))
     assert chunks == [16, 16, 8]
     assert len(a.output_ids) == 4 and b.state is State.DECODING and len(b.output_ids) == 1
@@ -44,10 +44,10 @@ def test_several_prefills_share_the_chunk_budget_fcfs():
 
 def test_admission_waits_for_capacity_then_proceeds():
     s = sched(num_pages=6, radix=False)
-    big = make_req(range(1, 13), max_new=9)          # 20 tokens -> 5 pages
+    big = make_req(range(1, 13), max_new=9)  # 20 tokens -> 5 pages
     s.add(big)
     run_step(s)
-    other = make_req(range(1, 9), max_new=1)         # 8 tokens -> 2 pages: does not fit
+    other = make_req(range(1, 9), max_new=1)  # 8 tokens -> 2 pages: does not fit
     s.add(other)
     run_step(s)
     assert other.state is State.WAITING and s.num_waiting == 1
@@ -73,11 +73,11 @@ def test_finished_prompt_and_output_are_cached_for_the_next_turn():
     s.add(turn1)
     while not turn1.finished:
         run_step(s)
-    history = turn1.all_ids()                        # 10 prompt + 7 output tokens
+    history = turn1.all_ids()  # 10 prompt + 7 output tokens
     turn2 = make_req(history + [5, 6, 7], max_new=2)
     s.add(turn2)
     step = run_step(s)
-    assert turn2.num_prefix_tokens == 16              # prompt+output[:-1] = 16 tokens = 4 pages
+    assert turn2.num_prefix_tokens == 16  # prompt+output[:-1] = 16 tokens = 4 pages
     assert step.rows[0].start == 16 and step.rows[0].num_new == 4
     assert turn2.cached_tokens == 16
 
@@ -100,7 +100,7 @@ def test_cache_pages_are_evicted_to_admit_new_requests():
         s.add(r)
         run_step(s)
     assert s.cache.num_pages == 6 and s.allocator.num_free == 2
-    big = make_req(range(300, 320), max_new=5)        # 24 tokens -> 6 pages
+    big = make_req(range(300, 320), max_new=5)  # 24 tokens -> 6 pages
     s.add(big)
     run_step(s)
     assert big.state is State.DECODING
@@ -129,7 +129,7 @@ def test_decode_recv_matches_the_whole_prompt_in_its_cache():
     r = make_req(range(1, 9), max_new=3, mode=Mode.DECODE_RECV)
     s.add(r)
     s.schedule()
-    assert r.num_prefix_tokens == 8                   # all of it: only the first token comes over
+    assert r.num_prefix_tokens == 8  # all of it: only the first token comes over
 
 
 def test_prefill_send_holds_pages_until_released():
@@ -138,7 +138,7 @@ def test_prefill_send_holds_pages_until_released():
     s.add(r)
     run_step(s)
     assert r.state is State.SENDING and r.output_ids == [1]
-    assert s.schedule().rows == []                     # nothing to compute while it waits to send
+    assert s.schedule().rows == []  # nothing to compute while it waits to send
     s.finish(r)
     assert r.finished and s.cache.num_pages == 2 and pages_accounted(s) == 64
 
@@ -160,7 +160,7 @@ def test_stop_token_finishes_and_radix_disabled_frees_everything():
     s = sched(radix=False)
     r = make_req(range(1, 9), max_new=20)
     s.add(r)
-    run_step(s, token=0)                               # EOS
+    run_step(s, token=0)  # EOS
     assert r.finished and r.finish_reason == {"type": "stop", "matched": 0}
     assert s.allocator.num_free == 64
 

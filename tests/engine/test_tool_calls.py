@@ -55,7 +55,12 @@ def test_stream_deltas_hold_back_tool_markup_then_emit_tool_calls():
     from ppd_engine.openai_api import ChatDeltas
 
     deltas = ChatDeltas(tools=True)
-    steps = ["Ok", "Ok <tool", 'Ok <tool_call>{"name": "f",', 'Ok <tool_call>{"name": "f", "arguments": {}}</tool_call>']
+    steps = [
+        "Ok",
+        "Ok <tool",
+        'Ok <tool_call>{"name": "f",',
+        'Ok <tool_call>{"name": "f", "arguments": {}}</tool_call>',
+    ]
     out = [deltas.next(text, finished=(i == len(steps) - 1)) for i, text in enumerate(steps)]
     assert out[0] == ({"role": "assistant", "content": "Ok"}, False)
     assert out[1] == ({"content": " "}, False)

@@ -5,8 +5,9 @@ and --no-warmup skips it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -20,8 +21,11 @@ from ppd_engine.worker import Worker, build_worker
 
 from .conftest import SYNTHETIC
 
-DECODE_AGG = dict(disaggregation_mode="decode", disaggregation_decode_enable_radix_cache=True,
-                  disaggregation_decode_enable_conditional_agg=True)
+DECODE_AGG = dict(
+    disaggregation_mode="decode",
+    disaggregation_decode_enable_radix_cache=True,
+    disaggregation_decode_enable_conditional_agg=True,
+)
 
 
 @asynccontextmanager
@@ -54,25 +58,33 @@ def assert_nothing_left(worker: Worker) -> None:
     assert worker.engine.last_step_time == 0.0
 
 
-@pytest.mark.parametrize("overrides, modes, transfers, appends", [
-    ({}, [Mode.LOCAL, Mode.LOCAL], [False, False], True),
-    ({"disaggregation_mode": "prefill"}, [Mode.PREFILL_SEND, Mode.PREFILL_SEND], [True, True], True),
-    (DECODE_AGG, [Mode.DECODE_RECV, Mode.LOCAL], [True, False], True),
-    ({"disaggregation_mode": "decode"}, [Mode.DECODE_RECV, Mode.LOCAL], [True, False], False),
-], ids=["unified", "prefill", "decode-agg", "decode-plain"])
+@pytest.mark.parametrize(
+    "overrides, modes, transfers, appends",
+    [
+        ({}, [Mode.LOCAL, Mode.LOCAL], [False, False], True),
+        ({"disaggregation_mode": "prefill"}, [Mode.PREFILL_SEND, Mode.PREFILL_SEND], [True, True], True),
+        (DECODE_AGG, [Mode.DECODE_RECV, Mode.LOCAL], [True, False], True),
+        ({"disaggregation_mode": "decode"}, [Mode.DECODE_RECV, Mode.LOCAL], [True, False], False),
+    ],
+    ids=["unified", "prefill", "decode-agg", "decode-plain"],
+)
 async def test_warmup_runs_the_roles_paths_and_leaves_nothing_behind(overrides, modes, transfers, appends):
     async with spied_worker(**overrides) as (client, worker, submitted):
         await asyncio.wait_for(worker.ready.wait(), 60)
         assert [r.mode for r in submitted] == modes
         assert all(r.error is None and r.finish_reason["type"] == "length" for r in submitted)
         assert [r.kv_transfer_bytes > 0 for r in submitted] == transfers
-        assert (submitted[1].num_prefix_tokens > 0) == appends   # append over the cached first turn
+        assert (submitted[1].num_prefix_tokens > 0) == appends  # append over the cached first turn
         assert submitted[1].sampling.temperature > 0 and submitted[1].sampling.seed is not None
         assert_nothing_left(worker)
         metrics = await (await client.get("/metrics")).text()
-        counted = [line for line in metrics.splitlines()
-                   if line.startswith(("sglang:num_requests_total{", "sglang:prompt_tokens_total{",
-                                       "sglang:forward_step_seconds_count{"))]
+        counted = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith(
+                ("sglang:num_requests_total{", "sglang:prompt_tokens_total{", "sglang:forward_step_seconds_count{")
+            )
+        ]
         assert all(line.endswith(" 0.0") for line in counted), counted
         loads = (await (await client.get("/v1/loads")).json())["loads"][0]
         assert loads["last_step_ms"] == 0 and loads["disaggregation"]["kv_transfer_total_bytes"] == 0
@@ -85,7 +97,7 @@ async def test_first_real_request_with_the_warmup_prompt_gets_no_cache_hit():
         assert r.status == 200
         usage = (await r.json())["usage"]
         assert usage["prompt_tokens_details"]["cached_tokens"] == 0
-        assert worker.metrics.prompt_tokens == usage["prompt_tokens"]   # only the real request counted
+        assert worker.metrics.prompt_tokens == usage["prompt_tokens"]  # only the real request counted
 
 
 async def test_decode_local_prefill_after_warmup_gets_no_cache_hit():
@@ -109,16 +121,17 @@ async def test_health_is_503_and_requests_wait_until_warm(monkeypatch):
         for path in ("/health", "/health_generate"):
             r = await client.get(path)
             assert r.status == 503 and (await r.json())["error"]["message"] == "warming up"
-        pending = asyncio.ensure_future(client.post("/generate", json={
-            "text": "held", "sampling_params": {"temperature": 0, "max_new_tokens": 2}}))
+        pending = asyncio.ensure_future(
+            client.post("/generate", json={"text": "held", "sampling_params": {"temperature": 0, "max_new_tokens": 2}})
+        )
         for _ in range(20):
             await asyncio.sleep(0)
-        assert not pending.done() and submitted == []   # held before reaching the engine
+        assert not pending.done() and submitted == []  # held before reaching the engine
         release.set()
         r = await asyncio.wait_for(pending, 60)
         assert r.status == 200
         assert [req.prompt_ids for req in submitted][-1] == worker.tokenizer.encode("held")
-        assert len(submitted) == 3   # two warmup requests, then the held one
+        assert len(submitted) == 3  # two warmup requests, then the held one
         assert (await client.get("/health")).status == 200
 
 

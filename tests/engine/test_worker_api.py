@@ -34,8 +34,10 @@ async def test_generate_text_and_input_ids_agree(unified):
     assert meta["finish_reason"] == {"type": "length", "length": 8}
     assert meta["prompt_tokens"] == len(worker.tokenizer.encode("hello there"))
     assert meta["completion_tokens"] == 8 and "cached_tokens" in meta and "e2e_latency" in meta
-    r2 = await client.post("/generate", json={"input_ids": worker.tokenizer.encode("hello there"),
-                                              "sampling_params": GREEDY, "rid": "mine"})
+    r2 = await client.post(
+        "/generate",
+        json={"input_ids": worker.tokenizer.encode("hello there"), "sampling_params": GREEDY, "rid": "mine"},
+    )
     body2 = await r2.json()
     assert body2["output_ids"] == body["output_ids"] and body2["meta_info"]["id"] == "mine"
 
@@ -64,26 +66,52 @@ async def test_second_turn_reports_cached_tokens(unified):
 
 async def test_router_injected_and_unknown_top_level_keys_are_ignored(unified):
     client, _ = unified
-    body = {"text": "Hello world", "model": None, "sampling_params": {"temperature": 0.0, "max_new_tokens": 3},
-            "return_text_in_logprobs": False, "stream": False, "log_metrics": True, "return_hidden_states": False,
-            "background": False, "no_logs": False, "return_bytes": False, "return_entropy": False,
-            "rid": "my-rid-1", "custom_field_xyz": 5, "lora_path": "", "logprob_start_len": -1}
+    body = {
+        "text": "Hello world",
+        "model": None,
+        "sampling_params": {"temperature": 0.0, "max_new_tokens": 3},
+        "return_text_in_logprobs": False,
+        "stream": False,
+        "log_metrics": True,
+        "return_hidden_states": False,
+        "background": False,
+        "no_logs": False,
+        "return_bytes": False,
+        "return_entropy": False,
+        "rid": "my-rid-1",
+        "custom_field_xyz": 5,
+        "lora_path": "",
+        "logprob_start_len": -1,
+    }
     r = await client.post("/generate", json=body)
     assert r.status == 200 and (await r.json())["meta_info"]["id"] == "my-rid-1"
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"text": "x", "sampling_params": {"nope": 1}}, "sampling_params"),
-    ({"text": "x", "sampling_params": {"temperature": -2}}, "temperature"),
-    ({"sampling_params": {}}, "text"),
-    ({"text": ["a", "b"]}, "text"),
-    ({"input_ids": [[1, 2], [3]]}, "input_ids"),
-    ({"input_ids": [1, 10 ** 9]}, "input_ids"),
-    ({"input_ids": list(range(1, 200)) * 30}, "input_ids"),
-    ({"text": "x", "bootstrap_host": "h", "bootstrap_room": "r"}, "bootstrap_room"),
-    ({"text": "x", "return_logprob": True}, "return_logprob"),
-], ids=["unknown-sampling-key", "bad-temperature", "no-prompt", "text-batch", "ids-batch",
-        "id-out-of-vocab", "over-capacity", "bad-room", "logprob"])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"text": "x", "sampling_params": {"nope": 1}}, "sampling_params"),
+        ({"text": "x", "sampling_params": {"temperature": -2}}, "temperature"),
+        ({"sampling_params": {}}, "text"),
+        ({"text": ["a", "b"]}, "text"),
+        ({"input_ids": [[1, 2], [3]]}, "input_ids"),
+        ({"input_ids": [1, 10**9]}, "input_ids"),
+        ({"input_ids": list(range(1, 200)) * 30}, "input_ids"),
+        ({"text": "x", "bootstrap_host": "h", "bootstrap_room": "r"}, "bootstrap_room"),
+        ({"text": "x", "return_logprob": True}, "return_logprob"),
+    ],
+    ids=[
+        "unknown-sampling-key",
+        "bad-temperature",
+        "no-prompt",
+        "text-batch",
+        "ids-batch",
+        "id-out-of-vocab",
+        "over-capacity",
+        "bad-room",
+        "logprob",
+    ],
+)
 async def test_bad_generate_requests_are_400_with_openai_error_body(unified, body, param):
     client, _ = unified
     r = await client.post("/generate", json=body)
@@ -109,7 +137,9 @@ async def test_chat_completion_shape_and_usage(unified):
     choice = data["choices"][0]
     assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("length", "stop")
     usage = data["usage"]
-    assert usage["completion_tokens"] <= 5 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert (
+        usage["completion_tokens"] <= 5 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    )
     assert "cached_tokens" in usage["prompt_tokens_details"]
     r2 = await client.post("/v1/chat/completions", json={**body, "max_tokens": None, "max_completion_tokens": 3})
     assert (await r2.json())["usage"]["completion_tokens"] <= 3
@@ -117,8 +147,13 @@ async def test_chat_completion_shape_and_usage(unified):
 
 async def test_chat_stream_with_usage_chunk(unified):
     client, _ = unified
-    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 6,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     r = await client.post("/v1/chat/completions", json=body)
     chunks = await sse_chunks(r)
     assert chunks[-1] == "[DONE]"
@@ -132,14 +167,18 @@ async def test_chat_stream_with_usage_chunk(unified):
     assert streamed == plain["choices"][0]["message"]["content"]
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0]"),
-    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "bad"}]}, "tools"),
-    ({"messages": [{"role": "user", "content": "x"}], "top_k": 0}, "top_k"),
-    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
-], ids=["n2", "empty", "bad-role", "bad-tools", "bad-top-k", "logprobs"])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0]"),
+        ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "bad"}]}, "tools"),
+        ({"messages": [{"role": "user", "content": "x"}], "top_k": 0}, "top_k"),
+        ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+    ],
+    ids=["n2", "empty", "bad-role", "bad-tools", "bad-top-k", "logprobs"],
+)
 async def test_bad_chat_requests_are_400(unified, body, param):
     client, _ = unified
     r = await client.post("/v1/chat/completions", json=body)
@@ -148,13 +187,34 @@ async def test_bad_chat_requests_are_400(unified, body, param):
 
 async def test_chat_with_tools_renders_and_answers(unified):
     client, _ = unified
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-    messages = [{"role": "user", "content": "Weather in Berlin?"},
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Berlin\"}"}}]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
-    r = await client.post("/v1/chat/completions", json={"messages": messages, "tools": tools, "max_tokens": 4, "temperature": 0})
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    messages = [
+        {"role": "user", "content": "Weather in Berlin?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Berlin"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    r = await client.post(
+        "/v1/chat/completions", json={"messages": messages, "tools": tools, "max_tokens": 4, "temperature": 0}
+    )
     assert r.status == 200 and (await r.json())["choices"][0]["finish_reason"] in ("length", "stop", "tool_calls")
 
 
@@ -163,8 +223,9 @@ async def test_completions_plain_stream_and_echo(unified):
     body = {"prompt": "Once upon", "max_tokens": 5, "temperature": 0}
     data = await (await client.post("/v1/completions", json=body)).json()
     assert data["object"] == "text_completion" and data["usage"]["completion_tokens"] == 5
-    chunks = await sse_chunks(await client.post("/v1/completions", json={**body, "stream": True,
-                                                                         "stream_options": {"include_usage": True}}))
+    chunks = await sse_chunks(
+        await client.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    )
     assert "".join(c["choices"][0]["text"] for c in chunks[:-2]) == data["choices"][0]["text"]
     assert chunks[-2]["usage"]["completion_tokens"] == 5
     echoed = await (await client.post("/v1/completions", json={**body, "echo": True})).json()
@@ -173,15 +234,23 @@ async def test_completions_plain_stream_and_echo(unified):
 
 async def test_stop_string_trims_output(unified):
     client, _ = unified
-    free = await (await client.post("/generate", json={"text": "abc", "sampling_params": {"temperature": 0, "max_new_tokens": 12}})).json()
+    free = await (
+        await client.post(
+            "/generate", json={"text": "abc", "sampling_params": {"temperature": 0, "max_new_tokens": 12}}
+        )
+    ).json()
     text = free["text"]
     if len(text) < 3:
         pytest.skip("synthetic output too short to pick a stop string")
     stop = text[2:4]
-    stopped = await (await client.post("/generate", json={"text": "abc", "sampling_params": {
-        "temperature": 0, "max_new_tokens": 12, "stop": [stop]}})).json()
+    stopped = await (
+        await client.post(
+            "/generate",
+            json={"text": "abc", "sampling_params": {"temperature": 0, "max_new_tokens": 12, "stop": [stop]}},
+        )
+    ).json()
     assert stopped["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
-    assert stopped["text"] == text[:text.find(stop)]
+    assert stopped["text"] == text[: text.find(stop)]
 
 
 async def test_info_and_health_endpoints(unified):
@@ -190,9 +259,18 @@ async def test_info_and_health_endpoints(unified):
     assert (await client.get("/health_generate")).status == 200
     for path in ("/server_info", "/get_server_info"):
         info = await (await client.get(path)).json()
-        for key in ("disaggregation_mode", "disaggregation_bootstrap_port", "disaggregation_decode_enable_radix_cache",
-                    "disaggregation_decode_enable_conditional_agg", "page_size", "max_total_num_tokens",
-                    "model_path", "served_model_name", "kv_bytes_per_token", "dtype"):
+        for key in (
+            "disaggregation_mode",
+            "disaggregation_bootstrap_port",
+            "disaggregation_decode_enable_radix_cache",
+            "disaggregation_decode_enable_conditional_agg",
+            "page_size",
+            "max_total_num_tokens",
+            "model_path",
+            "served_model_name",
+            "kv_bytes_per_token",
+            "dtype",
+        ):
             assert key in info, key
         assert info["disaggregation_mode"] == "null" and info["page_size"] == 8
     for path in ("/model_info", "/get_model_info"):
@@ -206,8 +284,16 @@ async def test_loads_get_load_and_metrics(unified):
     await client.post("/generate", json={"text": "count me", "sampling_params": GREEDY})
     loads = await (await client.get("/v1/loads?include=core,disagg,queues,memory")).json()
     load = loads["loads"][0]
-    for key in ("num_running_reqs", "num_waiting_reqs", "token_usage", "cache_hit_rate", "running_context_tokens",
-                "disaggregation", "queues", "memory"):
+    for key in (
+        "num_running_reqs",
+        "num_waiting_reqs",
+        "token_usage",
+        "cache_hit_rate",
+        "running_context_tokens",
+        "disaggregation",
+        "queues",
+        "memory",
+    ):
         assert key in load, key
     assert load["memory"]["weight_gb"] > 0 and load["memory"]["token_capacity"] == 4096
     core_only = (await (await client.get("/v1/loads?include=core")).json())["loads"][0]
@@ -215,10 +301,19 @@ async def test_loads_get_load_and_metrics(unified):
     legacy = await (await client.get("/get_load")).json()
     assert isinstance(legacy, list) and "num_tokens" in legacy[0]
     text = await (await client.get("/metrics")).text()
-    for name in ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage", "sglang:cache_hit_rate",
-                 "sglang:prompt_tokens_total", "sglang:generation_tokens_total", "sglang:cached_tokens_total",
-                 "sglang:kv_transfer_total_mb", "sglang:time_to_first_token_seconds",
-                 "sglang:e2e_request_latency_seconds", "sglang:inter_token_latency_seconds"):
+    for name in (
+        "sglang:num_running_reqs",
+        "sglang:num_queue_reqs",
+        "sglang:token_usage",
+        "sglang:cache_hit_rate",
+        "sglang:prompt_tokens_total",
+        "sglang:generation_tokens_total",
+        "sglang:cached_tokens_total",
+        "sglang:kv_transfer_total_mb",
+        "sglang:time_to_first_token_seconds",
+        "sglang:e2e_request_latency_seconds",
+        "sglang:inter_token_latency_seconds",
+    ):
         assert name in text, name
 
 
@@ -233,11 +328,13 @@ async def test_flush_cache_then_no_hit(unified):
 
 async def test_client_disconnect_aborts_the_stream(unified):
     client, worker = unified
-    r = await client.post("/generate", json={"text": "never ending", "stream": True,
-                                             "sampling_params": {"max_new_tokens": 3000, "ignore_eos": True}})
+    r = await client.post(
+        "/generate",
+        json={"text": "never ending", "stream": True, "sampling_params": {"max_new_tokens": 3000, "ignore_eos": True}},
+    )
     await r.content.readline()
     r.close()
-    for _ in range(200):   # bounded wait for the engine to see the abort
+    for _ in range(200):  # bounded wait for the engine to see the abort
         if worker.scheduler.num_running == 0:
             break
         await asyncio.sleep(0.05)
@@ -250,8 +347,16 @@ async def test_decode_worker_rejects_requests_it_cannot_serve():
         assert r.status == 400 and (await r.json())["error"]["param"] == "bootstrap_room"
         r = await client.post("/generate", json={"text": "x", "do_local_prefill": True})
         assert r.status == 400 and (await r.json())["error"]["param"] == "do_local_prefill"
-        r = await client.post("/generate", json={"text": "x", "bootstrap_host": "2.2.2.2", "bootstrap_port": 1,
-                                                 "bootstrap_room": 5, "sampling_params": GREEDY})
+        r = await client.post(
+            "/generate",
+            json={
+                "text": "x",
+                "bootstrap_host": "2.2.2.2",
+                "bootstrap_port": 1,
+                "bootstrap_room": 5,
+                "sampling_params": GREEDY,
+            },
+        )
         assert r.status == 200 and len((await r.json())["output_ids"]) == 8
 
 
@@ -263,7 +368,9 @@ async def test_concurrent_requests_match_their_solo_outputs(unified):
     params = {"temperature": 0, "max_new_tokens": 12}
 
     async def run(text):
-        return (await (await client.post("/generate", json={"text": text, "sampling_params": params})).json())["output_ids"]
+        return (await (await client.post("/generate", json={"text": text, "sampling_params": params})).json())[
+            "output_ids"
+        ]
 
     solo = [await run(p) for p in prompts]
     assert (await client.post("/flush_cache")).status == 200
@@ -275,7 +382,7 @@ async def test_abort_request_by_rid_ends_the_request_with_abort(unified):
     client, worker = unified
     body = {"text": "abort me", "rid": "to-abort", "sampling_params": {"max_new_tokens": 3000, "ignore_eos": True}}
     task = asyncio.ensure_future(client.post("/generate", json=body))
-    for _ in range(200):   # bounded wait until the request is running
+    for _ in range(200):  # bounded wait until the request is running
         if worker.scheduler.num_running:
             break
         await asyncio.sleep(0.02)
@@ -299,11 +406,16 @@ async def test_survives_an_http2_preface(unified):
 
 # --- malformed chat messages must be a 400 with an OpenAI error body, never a 500.
 
-@pytest.mark.parametrize("message", [
-    {"role": ["user"], "content": "x"},
-    {"role": "user", "content": [{"type": "text", "text": 5}]},
-    {"role": "assistant", "content": "x", "tool_calls": 7},
-], ids=["unhashable-role", "non-string-text-part", "non-list-tool-calls"])
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": ["user"], "content": "x"},
+        {"role": "user", "content": [{"type": "text", "text": 5}]},
+        {"role": "assistant", "content": "x", "tool_calls": 7},
+    ],
+    ids=["unhashable-role", "non-string-text-part", "non-list-tool-calls"],
+)
 async def test_malformed_chat_message_is_400_not_500(unified, message):
     client, _ = unified
     r = await client.post("/v1/chat/completions", json={"messages": [message], "max_tokens": 2})
@@ -314,16 +426,23 @@ async def test_malformed_chat_message_is_400_not_500(unified, message):
 
 async def test_tool_call_with_a_non_object_function_is_not_a_500(unified):
     client, _ = unified
-    messages = [{"role": "user", "content": "x"},
-                {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": "x"}]}]
+    messages = [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": "x"}]},
+    ]
     r = await client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
     assert r.status in (200, 400), await r.text()
 
 
 async def test_null_max_completion_tokens_falls_back_to_max_tokens(unified):
     client, _ = unified
-    body = {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": None, "max_tokens": 3,
-            "temperature": 0, "ignore_eos": True}
+    body = {
+        "messages": [{"role": "user", "content": "x"}],
+        "max_completion_tokens": None,
+        "max_tokens": 3,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     r = await client.post("/v1/chat/completions", json=body)
     assert r.status == 200
     assert (await r.json())["usage"]["completion_tokens"] == 3
@@ -332,11 +451,11 @@ async def test_null_max_completion_tokens_falls_back_to_max_tokens(unified):
 # --- a deeply nested JSON body (json.loads raises RecursionError, not
 # ValueError) must be a 400 like any other unparsable body, not a 500.
 
+
 @pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions", "/v1/completions", "/abort_request"])
 async def test_deeply_nested_json_body_is_400(unified, path):
     client, _ = unified
-    r = await client.post(path, data="[" * 100_000 + "]" * 100_000,
-                          headers={"Content-Type": "application/json"})
+    r = await client.post(path, data="[" * 100_000 + "]" * 100_000, headers={"Content-Type": "application/json"})
     assert r.status == 400, await r.text()
     assert (await r.json())["error"]["type"] == "invalid_request_error"
 
@@ -354,13 +473,17 @@ async def _stop_inside_free_output(client, path: str, body: dict) -> str:
     text = choice["message"]["content"] if "message" in choice else choice["text"]
     if len(text) < 2:
         pytest.skip("synthetic output too short for a two-character stop string")
-    return text[:2]   # two characters = two tokens of the synthetic byte-level tokenizer
+    return text[:2]  # two characters = two tokens of the synthetic byte-level tokenizer
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}]}),
-    ("/v1/completions", {"prompt": PROMPT}),
-], ids=["chat", "completions"])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}]}),
+        ("/v1/completions", {"prompt": PROMPT}),
+    ],
+    ids=["chat", "completions"],
+)
 async def test_streamed_text_equals_the_non_streamed_text_with_a_multi_token_stop(unified, path, body):
     client, _ = unified
     stop = await _stop_inside_free_output(client, path, body)
@@ -370,13 +493,17 @@ async def test_streamed_text_equals_the_non_streamed_text_with_a_multi_token_sto
     expected = choice["message"]["content"] if "message" in choice else choice["text"]
     assert choice["finish_reason"] == "stop" and expected == ""
     chunks = await sse_chunks(await client.post(path, json={**request, "stream": True}))
-    pieces = [c["choices"][0]["delta"].get("content") or "" if "delta" in c["choices"][0]
-              else c["choices"][0]["text"] for c in chunks if c != "[DONE]" and c["choices"]]
+    pieces = [
+        c["choices"][0]["delta"].get("content") or "" if "delta" in c["choices"][0] else c["choices"][0]["text"]
+        for c in chunks
+        if c != "[DONE]" and c["choices"]
+    ]
     assert "".join(pieces) == expected, json.dumps(pieces)
 
 
 # --- max_new_tokens=0 (SGLang: prefill only) must produce no output token;
 # the engine sampled and returned one, exceeding the client's limit.
+
 
 async def test_zero_max_new_tokens_returns_no_token(unified):
     client, _ = unified
@@ -397,11 +524,16 @@ async def test_zero_max_tokens_completion_is_empty(unified):
 async def test_zero_max_new_tokens_through_pd_returns_no_token(prefill):
     p_client, p_worker = prefill
     async with serve_worker(disaggregation_mode="decode") as (d_client, _):
-        body = {"text": "hello there", "sampling_params": {"max_new_tokens": 0},
-                "bootstrap_host": "127.0.0.1", "bootstrap_port": p_worker.bootstrap.port,
-                "bootstrap_room": random.randrange(2 ** 63)}
-        p_resp, d_resp = await asyncio.gather(p_client.post("/generate", json=body),
-                                              d_client.post("/generate", json=body))
+        body = {
+            "text": "hello there",
+            "sampling_params": {"max_new_tokens": 0},
+            "bootstrap_host": "127.0.0.1",
+            "bootstrap_port": p_worker.bootstrap.port,
+            "bootstrap_room": random.randrange(2**63),
+        }
+        p_resp, d_resp = await asyncio.gather(
+            p_client.post("/generate", json=body), d_client.post("/generate", json=body)
+        )
         assert p_resp.status == 200, await p_resp.text()
         d_body = await d_resp.json()
         assert d_resp.status == 200, d_body

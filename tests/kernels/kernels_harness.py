@@ -39,7 +39,7 @@ def allocate_slots(lengths: list[int], layout: str, rng: random.Random) -> list[
         pages = rng.sample(range(POOL_SLOTS // 4), sum((n + 3) // 4 for n in lengths))
         slots = []
         for n in lengths:
-            own, pages = pages[:(n + 3) // 4], pages[(n + 3) // 4:]
+            own, pages = pages[: (n + 3) // 4], pages[(n + 3) // 4 :]
             slots.append([page * 4 + i for page in own for i in range(4)][:n])
         return slots
     free = rng.sample(range(POOL_SLOTS), sum(lengths))
@@ -64,14 +64,22 @@ def run_mixed_batch(model: LlamaModel, shape: list[tuple[int, int]], layout: str
     kv = KVPool(model.config, POOL_SLOTS, dtype=model.dtype)
     with_prefix = [i for i, (c, _) in enumerate(shape) if c > 0]
     if with_prefix:
-        model.forward(ForwardBatch.build([tokens[i][:shape[i][0]] for i in with_prefix],
-                                         [0] * len(with_prefix),
-                                         [slots[i][:shape[i][0]] for i in with_prefix]), kv)
+        model.forward(
+            ForwardBatch.build(
+                [tokens[i][: shape[i][0]] for i in with_prefix],
+                [0] * len(with_prefix),
+                [slots[i][: shape[i][0]] for i in with_prefix],
+            ),
+            kv,
+        )
     order = list(range(len(shape)))
     rng.shuffle(order)
-    logits = model.forward(ForwardBatch.build([tokens[i][shape[i][0]:] for i in order],
-                                              [shape[i][0] for i in order],
-                                              [slots[i] for i in order]), kv)
+    logits = model.forward(
+        ForwardBatch.build(
+            [tokens[i][shape[i][0] :] for i in order], [shape[i][0] for i in order], [slots[i] for i in order]
+        ),
+        kv,
+    )
     return [(logits[order.index(i)], dense_logits(model, tokens[i])[-1]) for i in range(len(shape))]
 
 
@@ -82,10 +90,11 @@ def dense_logits(model: LlamaModel, token_ids: list[int]) -> torch.Tensor:
     x = model.embed[torch.tensor(token_ids)].float()
     positions = torch.arange(n, dtype=torch.float64)
     inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
-    rotation = torch.polar(torch.ones(n, cfg.head_dim // 2, dtype=torch.float64),
-                           positions[:, None] * inv_freq[None, :])[:, None, :]
+    rotation = torch.polar(
+        torch.ones(n, cfg.head_dim // 2, dtype=torch.float64), positions[:, None] * inv_freq[None, :]
+    )[:, None, :]
 
-    def rotate(t: torch.Tensor) -> torch.Tensor:   # t: [n, heads, hd]
+    def rotate(t: torch.Tensor) -> torch.Tensor:  # t: [n, heads, hd]
         t = t.double()
         if cfg.rope_interleaved:
             pairs = torch.view_as_complex(t.unflatten(-1, (cfg.head_dim // 2, 2)).contiguous())
@@ -105,7 +114,7 @@ def dense_logits(model: LlamaModel, token_ids: list[int]) -> torch.Tensor:
         q = rotate(q.view(n, cfg.num_heads, cfg.head_dim))
         k = rotate(k.view(n, cfg.num_kv_heads, cfg.head_dim)).repeat_interleave(group, dim=1)
         v = v.view(n, cfg.num_kv_heads, cfg.head_dim).repeat_interleave(group, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q, k) / cfg.head_dim ** 0.5
+        scores = torch.einsum("qhd,khd->hqk", q, k) / cfg.head_dim**0.5
         scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
         attended = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, cfg.q_size)
         x = x + attended @ layer.w_o.float().T

@@ -16,22 +16,39 @@ from ppd_kernels.tokenizer_sources import SYNTHETIC_SPECIAL_TOKENS, byte_to_unic
 GGUF_TOKENS = [*byte_to_unicode().values(), "he", *SYNTHETIC_SPECIAL_TOKENS]
 GGUF_VOCAB = len(GGUF_TOKENS)
 
-_GGUF_LAYER_NAMES = {"attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v",
-                     "bq": "attn_q", "bk": "attn_k", "bv": "attn_v", "wo": "attn_output",
-                     "ffn_norm": "ffn_norm", "w_gate": "ffn_gate", "w_up": "ffn_up",
-                     "w_down": "ffn_down"}
-_HF_LAYER_NAMES = {"attn_norm": "input_layernorm.weight", "wq": "self_attn.q_proj.weight",
-                   "wk": "self_attn.k_proj.weight", "wv": "self_attn.v_proj.weight",
-                   "bq": "self_attn.q_proj.bias", "bk": "self_attn.k_proj.bias",
-                   "bv": "self_attn.v_proj.bias", "wo": "self_attn.o_proj.weight",
-                   "ffn_norm": "post_attention_layernorm.weight", "w_gate": "mlp.gate_proj.weight",
-                   "w_up": "mlp.up_proj.weight", "w_down": "mlp.down_proj.weight"}
+_GGUF_LAYER_NAMES = {
+    "attn_norm": "attn_norm",
+    "wq": "attn_q",
+    "wk": "attn_k",
+    "wv": "attn_v",
+    "bq": "attn_q",
+    "bk": "attn_k",
+    "bv": "attn_v",
+    "wo": "attn_output",
+    "ffn_norm": "ffn_norm",
+    "w_gate": "ffn_gate",
+    "w_up": "ffn_up",
+    "w_down": "ffn_down",
+}
+_HF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm.weight",
+    "wq": "self_attn.q_proj.weight",
+    "wk": "self_attn.k_proj.weight",
+    "wv": "self_attn.v_proj.weight",
+    "bq": "self_attn.q_proj.bias",
+    "bk": "self_attn.k_proj.bias",
+    "bv": "self_attn.v_proj.bias",
+    "wo": "self_attn.o_proj.weight",
+    "ffn_norm": "post_attention_layernorm.weight",
+    "w_gate": "mlp.gate_proj.weight",
+    "w_up": "mlp.up_proj.weight",
+    "w_down": "mlp.down_proj.weight",
+}
 
 
 def gguf_tensor_name(canonical: str) -> str:
     if canonical in ("embed", "norm", "lm_head"):
-        return {"embed": "token_embd.weight", "norm": "output_norm.weight",
-                "lm_head": "output.weight"}[canonical]
+        return {"embed": "token_embd.weight", "norm": "output_norm.weight", "lm_head": "output.weight"}[canonical]
     _, index, short = canonical.split(".")
     suffix = "bias" if short in ("bq", "bk", "bv") else "weight"
     return f"blk.{index}.{_GGUF_LAYER_NAMES[short]}.{suffix}"
@@ -80,8 +97,9 @@ def to_rotate_half(rows: torch.Tensor, num_heads: int) -> torch.Tensor:
     return rows.reshape(num_heads, head_dim // 2, 2, *rows.shape[1:]).transpose(1, 2).reshape(rows.shape)
 
 
-def write_hf_dir(directory: Path, config: ModelConfig, weights: dict[str, torch.Tensor],
-                 model_type: str = "llama") -> None:
+def write_hf_dir(
+    directory: Path, config: ModelConfig, weights: dict[str, torch.Tensor], model_type: str = "llama"
+) -> None:
     """HF layout of an interleaved-rope model (synthetic weights): Q/K converted to rotate-half,
     plus the synthetic tokenizer as tokenizer.json with a ChatML tokenizer_config.json."""
     from safetensors.torch import save_file
@@ -90,8 +108,9 @@ def write_hf_dir(directory: Path, config: ModelConfig, weights: dict[str, torch.
     tensors = {}
     for name, tensor in weights.items():
         if name in ("embed", "norm", "lm_head"):
-            hf_name = {"embed": "model.embed_tokens.weight", "norm": "model.norm.weight",
-                       "lm_head": "lm_head.weight"}[name]
+            hf_name = {"embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "lm_head": "lm_head.weight"}[
+                name
+            ]
         else:
             _, index, short = name.split(".")
             hf_name = f"model.layers.{index}.{_HF_LAYER_NAMES[short]}"
@@ -101,13 +120,25 @@ def write_hf_dir(directory: Path, config: ModelConfig, weights: dict[str, torch.
                 tensor = to_rotate_half(tensor, config.num_kv_heads)
         tensors[hf_name] = tensor.contiguous()
     save_file(tensors, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps({
-        "model_type": model_type, "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads, "intermediate_size": config.intermediate_size,
-        "rope_theta": config.rope_theta, "rms_norm_eps": config.rms_eps,
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "max_position_embeddings": config.max_position_embeddings, "eos_token_id": 256}))
+    (directory / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": model_type,
+                "vocab_size": config.vocab_size,
+                "hidden_size": config.hidden_size,
+                "num_hidden_layers": config.num_layers,
+                "num_attention_heads": config.num_heads,
+                "num_key_value_heads": config.num_kv_heads,
+                "intermediate_size": config.intermediate_size,
+                "rope_theta": config.rope_theta,
+                "rms_norm_eps": config.rms_eps,
+                "tie_word_embeddings": config.tie_word_embeddings,
+                "max_position_embeddings": config.max_position_embeddings,
+                "eos_token_id": 256,
+            }
+        )
+    )
     synthetic_tokenizer().backend.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "chat_template": CHATML_TEMPLATE, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": CHATML_TEMPLATE, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"})
+    )

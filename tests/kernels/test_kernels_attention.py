@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+
 from ppd_kernels import batch as batch_module
 from ppd_kernels.attention import PATHS, paged_attention
 from ppd_kernels.attention_reference import reference_attention
@@ -27,20 +28,20 @@ def random_batch(shape, rng: random.Random, split_runs: bool) -> ForwardBatch:
         runs, i = [], 0
         while i < NUM_SLOTS:
             n = rng.randint(1, 6)
-            runs.append(free[i:i + n])
+            runs.append(free[i : i + n])
             i += n
         rng.shuffle(runs)
         free = [s for run in runs for s in run]
     slots, start = [], 0
     for cached, new in shape:
-        slots.append(free[start:start + cached + new])
+        slots.append(free[start : start + cached + new])
         start += cached + new
     return ForwardBatch.build([[0] * new for _, new in shape], [c for c, _ in shape], slots)
 
 
 @pytest.fixture(params=["one-block", "small-blocks"])
 def query_blocking(request, monkeypatch):
-    """"small-blocks" forces the row-blocked path (with its diagonal masks) on short contexts."""
+    """ "small-blocks" forces the row-blocked path (with its diagonal masks) on short contexts."""
     if request.param == "small-blocks":
         monkeypatch.setattr(batch_module, "SCORE_TILE", 64)
         monkeypatch.setattr(batch_module, "MIN_QUERY_BLOCK", 3)
@@ -60,7 +61,7 @@ def test_fast_attention_matches_reference(shape, num_heads, split_runs, dtype, a
     q = torch.randn(batch.input_ids.numel(), num_heads, HEAD_DIM).to(dtype)
     k_cache = torch.randn(KV_HEADS, NUM_SLOTS, HEAD_DIM).to(dtype)
     v_cache = torch.randn(KV_HEADS, NUM_SLOTS, HEAD_DIM).to(dtype)
-    scale = HEAD_DIM ** -0.5
+    scale = HEAD_DIM**-0.5
     expected = reference_attention(q, k_cache, v_cache, plan, scale)
     got = paged_attention(q, k_cache, v_cache, plan, scale, path=path)
     assert got.shape == expected.shape and got.dtype == dtype
@@ -73,12 +74,15 @@ def test_small_blocks_really_split_queries(monkeypatch):
     assert batch_module.query_blocks(8, 20) == [(0, 3), (3, 6), (6, 8)]
 
 
-@pytest.mark.parametrize("slots,runs", [
-    ([5], [(5, 1)]),
-    ([0, 1, 2, 3], [(0, 4)]),
-    ([8, 9, 2, 3, 4, 11], [(8, 2), (2, 3), (11, 1)]),
-    ([3, 2, 1], [(3, 1), (2, 1), (1, 1)]),
-])
+@pytest.mark.parametrize(
+    "slots,runs",
+    [
+        ([5], [(5, 1)]),
+        ([0, 1, 2, 3], [(0, 4)]),
+        ([8, 9, 2, 3, 4, 11], [(8, 2), (2, 3), (11, 1)]),
+        ([3, 2, 1], [(3, 1), (2, 1), (1, 1)]),
+    ],
+)
 def test_contiguous_runs(slots, runs):
     assert contiguous_runs(torch.tensor(slots)) == runs
 
@@ -92,7 +96,7 @@ def paged_batch(shape, rng: random.Random, page: int, num_slots: int) -> Forward
     for cached, new in shape:
         count = -(-(cached + new) // page)
         own, pages = pages[:count], pages[count:]
-        slots.append([p * page + j for p in own for j in range(page)][:cached + new])
+        slots.append([p * page + j for p in own for j in range(page)][: cached + new])
     return ForwardBatch.build([[0] * new for _, new in shape], [c for c, _ in shape], slots)
 
 
@@ -110,8 +114,8 @@ def test_block_gather_matches_reference(shape, num_slots, path):
     assert any(g.block == 8 for g in groups if g.view is None) or all(g.view for g in groups)
     q = torch.randn(batch.input_ids.numel(), 6, HEAD_DIM)
     k_cache, v_cache = torch.randn(KV_HEADS, num_slots, HEAD_DIM), torch.randn(KV_HEADS, num_slots, HEAD_DIM)
-    expected = reference_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5)
-    got = paged_attention(q, k_cache, v_cache, plan, HEAD_DIM ** -0.5, path=path)
+    expected = reference_attention(q, k_cache, v_cache, plan, HEAD_DIM**-0.5)
+    got = paged_attention(q, k_cache, v_cache, plan, HEAD_DIM**-0.5, path=path)
     assert (got - expected).abs().max().item() < 1e-5
 
 
@@ -141,7 +145,7 @@ def test_choose_path_per_device():
     split = decode_group([(30, 1)] * 4, split_runs=True)
     single = decode_group([(30, 1)])
     assert contiguous.one_run and not split.one_run
-    assert choose_path(contiguous, cpu) == "batched"      # short contexts: gather is cheaper
+    assert choose_path(contiguous, cpu) == "batched"  # short contexts: gather is cheaper
     assert choose_path(single, cpu) == "per_sequence"
     assert choose_path(split, cpu) == "batched"
     with pytest.MonkeyPatch.context() as patch:

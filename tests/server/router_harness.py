@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from fake_sglang import FakeWorker
 
-from ppd_server.http.app import STATE, AppState, create_app
 from ppd_server.config import PrefillSpec, RouterConfig
+from ppd_server.http.app import STATE, AppState, create_app
 
 
 @asynccontextmanager
-async def router_over(workers: list[FakeWorker], *, tracer_provider: Any = None, tokens: Any = None,
-                      **config: Any) -> AsyncIterator[tuple[TestClient, AppState]]:
+async def router_over(
+    workers: list[FakeWorker], *, tracer_provider: Any = None, tokens: Any = None, **config: Any
+) -> AsyncIterator[tuple[TestClient, AppState]]:
     """Start the fakes, then a router app over them (no background polling unless asked)."""
     for w in workers:
         await w.start()
@@ -23,7 +25,9 @@ async def router_over(workers: list[FakeWorker], *, tracer_provider: Any = None,
         prefill=tuple(PrefillSpec(w.url, w.bootstrap_port) for w in workers if w.role == "prefill"),
         decode=tuple(w.url for w in workers if w.role == "decode"),
         worker=tuple(w.url for w in workers if w.role == "unified"),
-        load_interval_s=config.pop("load_interval_s", 3600.0), **config)
+        load_interval_s=config.pop("load_interval_s", 3600.0),
+        **config,
+    )
     app = create_app(cfg, tracer_provider=tracer_provider, tokens=tokens)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()

@@ -9,6 +9,7 @@ from router_harness import chat_body, router_over
 from ppd_sdk import wire
 from ppd_server.request_path.token_count import TokenCounter
 
+
 class WordTokenizer:
     """One token per whitespace-separated word: an exact counter for the capacity check."""
 
@@ -25,20 +26,63 @@ CASES = [
     ("json-not-object", "/v1/chat/completions", b"[1, 2]", {}, 400, None, "invalid_json"),
     ("missing-messages", "/v1/chat/completions", {"model": "fake-model"}, {}, 400, "messages", None),
     ("empty-messages", "/v1/chat/completions", {"model": "fake-model", "messages": []}, {}, 400, "messages", None),
-    ("messages-not-objects", "/v1/chat/completions", {"model": "fake-model", "messages": ["hi"]}, {}, 400, "messages", None),
+    (
+        "messages-not-objects",
+        "/v1/chat/completions",
+        {"model": "fake-model", "messages": ["hi"]},
+        {},
+        400,
+        "messages",
+        None,
+    ),
     ("bad-max-tokens", "/v1/chat/completions", chat_body(max_tokens=-3), {}, 400, "max_tokens", None),
     ("missing-prompt", "/v1/completions", {"model": "fake-model"}, {}, 400, "prompt", None),
     ("generate-no-input", "/generate", {"sampling_params": {}}, {}, 400, "text", None),
-    ("slo-header-not-a-number", "/v1/chat/completions", chat_body(), {"X-SLO-TTFT-Ms": "fast"}, 400, "X-SLO-TTFT-Ms",
-     "invalid_ppd_hints"),
-    ("slo-negative", "/v1/chat/completions", chat_body(ppd={"slo": {"tpot_ms": -5}}), {}, 400, "ppd.slo",
-     "invalid_ppd_hints"),
-    ("ppd-unknown-field", "/v1/chat/completions", chat_body(ppd={"colour": "red"}), {}, 400, "ppd.colour",
-     "invalid_ppd_hints"),
-    ("bad-turn-header", "/v1/chat/completions", chat_body(), {"X-PPD-Turn": "zero"}, 400, "X-PPD-Turn",
-     "invalid_ppd_hints"),
-    ("prompt-beyond-capacity", "/v1/chat/completions", chat_body("word " * 80), {}, 400, "messages",
-     "context_length_exceeded"),
+    (
+        "slo-header-not-a-number",
+        "/v1/chat/completions",
+        chat_body(),
+        {"X-SLO-TTFT-Ms": "fast"},
+        400,
+        "X-SLO-TTFT-Ms",
+        "invalid_ppd_hints",
+    ),
+    (
+        "slo-negative",
+        "/v1/chat/completions",
+        chat_body(ppd={"slo": {"tpot_ms": -5}}),
+        {},
+        400,
+        "ppd.slo",
+        "invalid_ppd_hints",
+    ),
+    (
+        "ppd-unknown-field",
+        "/v1/chat/completions",
+        chat_body(ppd={"colour": "red"}),
+        {},
+        400,
+        "ppd.colour",
+        "invalid_ppd_hints",
+    ),
+    (
+        "bad-turn-header",
+        "/v1/chat/completions",
+        chat_body(),
+        {"X-PPD-Turn": "zero"},
+        400,
+        "X-PPD-Turn",
+        "invalid_ppd_hints",
+    ),
+    (
+        "prompt-beyond-capacity",
+        "/v1/chat/completions",
+        chat_body("word " * 80),
+        {},
+        400,
+        "messages",
+        "context_length_exceeded",
+    ),
 ]
 
 
@@ -54,8 +98,11 @@ async def small_cluster():
 async def test_bad_input_is_a_4xx_openai_error(small_cluster, case):
     client, p, d = small_cluster
     _, path, body, headers, status, param, code = case
-    kw = {"data": body, "headers": {"Content-Type": "application/json", **headers}} if isinstance(body, bytes) \
+    kw = (
+        {"data": body, "headers": {"Content-Type": "application/json", **headers}}
+        if isinstance(body, bytes)
         else {"json": body, "headers": headers}
+    )
     r = await client.post(path, **kw)
     assert r.status == status, await r.text()
     err = (await r.json())["error"]
@@ -104,6 +151,7 @@ async def test_an_estimated_prompt_far_beyond_capacity_is_refused_without_touchi
 # ------------------------------------------------------------------------------------------------
 # A ``model`` field that is not a string (list, object) is a 400 naming ``model``, not a 500.
 
+
 @pytest.mark.parametrize("model", [["fake-model"], {"name": "fake-model"}, 5])
 async def test_a_model_that_is_not_a_string_is_a_400(model):
     async with router_over([FakeWorker(role="prefill"), FakeWorker(role="decode")]) as (client, state):
@@ -117,12 +165,15 @@ async def test_a_model_that_is_not_a_string_is_a_400(model):
 # A conversation that names itself as its own parent is a 400 naming the parent field, not a
 # 500 (SessionTable.start_fork raised ValueError out of the request handler).
 
+
 @pytest.mark.parametrize("via", ["headers", "body"])
 async def test_a_self_fork_is_a_400(via):
     async with router_over([FakeWorker(role="prefill"), FakeWorker(role="decode")]) as (client, state):
         if via == "headers":
-            kw = {"json": chat_body(), "headers": {wire.HEADER_CONVERSATION_ID: "a",
-                                                   wire.HEADER_PARENT_CONVERSATION_ID: "a"}}
+            kw = {
+                "json": chat_body(),
+                "headers": {wire.HEADER_CONVERSATION_ID: "a", wire.HEADER_PARENT_CONVERSATION_ID: "a"},
+            }
             param = wire.HEADER_PARENT_CONVERSATION_ID
         else:
             kw = {"json": chat_body(ppd={"conversation_id": "a", "parent_conversation_id": "a"})}
@@ -136,6 +187,7 @@ async def test_a_self_fork_is_a_400(via):
 # ------------------------------------------------------------------------------------------------
 # ``max_completion_tokens: null`` beside ``max_tokens`` must not hide ``max_tokens``: the cost
 # model is asked about the answer length the client set, not the 128 default.
+
 
 async def test_a_null_max_completion_tokens_leaves_max_tokens_in_force():
     async with router_over([FakeWorker(role="prefill"), FakeWorker(role="decode")]) as (client, state):

@@ -19,8 +19,18 @@ def test_defaults_come_from_the_dataclass():
 
 
 def test_prefill_flag_takes_an_optional_bootstrap_port_like_sglang_router():
-    cfg = load_config(parse("--prefill", "http://127.0.0.1:31001", "31998", "--prefill", "http://127.0.0.1:31003",
-                            "--decode", "http://127.0.0.1:31002"), environ={})
+    cfg = load_config(
+        parse(
+            "--prefill",
+            "http://127.0.0.1:31001",
+            "31998",
+            "--prefill",
+            "http://127.0.0.1:31003",
+            "--decode",
+            "http://127.0.0.1:31002",
+        ),
+        environ={},
+    )
     assert cfg.prefill == (PrefillSpec("http://127.0.0.1:31001", 31998), PrefillSpec("http://127.0.0.1:31003", None))
     assert cfg.decode == ("http://127.0.0.1:31002",) and cfg.has_external_workers
 
@@ -34,18 +44,31 @@ def test_precedence_yaml_then_env_then_flags(tmp_path):
     assert cfg.policy == "pd" and cfg.prefill == (PrefillSpec("http://b:2", 9000),)
 
 
-@pytest.mark.parametrize("flags, env, field", [
-    ({"policy": "fastest"}, {}, "policy"),
-    ({"port": 0}, {}, "port"),
-    ({"load_interval_s": 0.0}, {}, "load_interval_s"),
-    ({"embedded": "3X"}, {}, "embedded"),
-    ({"decode": ["http://127.0.0.1:1"]}, {}, "prefill"),
-    ({"worker": ["ftp://x"]}, {}, "worker"),
-    ({}, {"PPD_MAX_RETRIES": "many"}, "max_retries"),
-    ({"backend": "sglang"}, {}, "model_path"),
-    ({"max_retries": 99}, {}, "max_retries"),
-], ids=["policy", "port", "load-interval", "embedded", "prefill-missing", "worker-url", "env-type", "sglang-model",
-        "retries"])
+@pytest.mark.parametrize(
+    "flags, env, field",
+    [
+        ({"policy": "fastest"}, {}, "policy"),
+        ({"port": 0}, {}, "port"),
+        ({"load_interval_s": 0.0}, {}, "load_interval_s"),
+        ({"embedded": "3X"}, {}, "embedded"),
+        ({"decode": ["http://127.0.0.1:1"]}, {}, "prefill"),
+        ({"worker": ["ftp://x"]}, {}, "worker"),
+        ({}, {"PPD_MAX_RETRIES": "many"}, "max_retries"),
+        ({"backend": "sglang"}, {}, "model_path"),
+        ({"max_retries": 99}, {}, "max_retries"),
+    ],
+    ids=[
+        "policy",
+        "port",
+        "load-interval",
+        "embedded",
+        "prefill-missing",
+        "worker-url",
+        "env-type",
+        "sglang-model",
+        "retries",
+    ],
+)
 def test_invalid_settings_name_the_field(flags, env, field):
     with pytest.raises(ConfigError) as e:
         load_config(flags, environ=env)

@@ -15,6 +15,7 @@ from ppd_sdk import wire
 from ppd_server.config import RouterConfig
 from ppd_server.http.app import STATE, create_app
 
+
 async def test_turn1_goes_pd_with_identical_body_and_bootstrap_fields(pd_pair):
     client, state, p, d = pd_pair
     body = chat_body(ppd={"weights": {"ttft": 2, "tpot": 1}}, custom_field_xyz=5)
@@ -37,8 +38,9 @@ async def test_turn2_goes_local_with_do_local_prefill_when_decode_idle(pd_pair):
     client, state, p, d = pd_pair
     d.cached_tokens = 7
     for turn in (1, 2):
-        r = await client.post("/v1/chat/completions", json=chat_body(f"turn {turn}"),
-                              headers={"X-PPD-Conversation-Id": "c2"})
+        r = await client.post(
+            "/v1/chat/completions", json=chat_body(f"turn {turn}"), headers={"X-PPD-Conversation-Id": "c2"}
+        )
         assert r.status == 200
     assert r.headers[wire.HEADER_ROUTE] == "local" and r.headers[wire.HEADER_TURN] == "2"
     assert wire.HEADER_PREFILL not in r.headers
@@ -63,8 +65,12 @@ async def test_policy_pd_keeps_every_turn_on_pd():
 async def test_replica_route_forwards_body_untouched_except_ppd():
     u = FakeWorker(role="unified")
     async with router_over([u]) as (client, state):
-        body = chat_body(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}], n=1,
-                         prompt_cache_key="conv-x", ppd={"turn": 1})
+        body = chat_body(
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            n=1,
+            prompt_cache_key="conv-x",
+            ppd={"turn": 1},
+        )
         r = await client.post("/v1/chat/completions", json=body)
         assert r.status == 200 and r.headers[wire.HEADER_ROUTE] == "replica"
         sent = u.seen[0].body
@@ -78,7 +84,9 @@ async def test_completions_and_generate_paths():
     async with router_over([p, d]) as (client, state):
         r = await client.post("/v1/completions", json={"model": "fake-model", "prompt": "Once", "max_tokens": 2})
         assert r.status == 200 and (await r.json())["ppd"]["route"] == "pd"
-        r = await client.post("/generate", json={"text": "Hello", "sampling_params": {"max_new_tokens": 2}, "rid": "r1"})
+        r = await client.post(
+            "/generate", json={"text": "Hello", "sampling_params": {"max_new_tokens": 2}, "rid": "r1"}
+        )
         out = await r.json()
         assert r.status == 200 and out["ppd"]["route"] == "pd" and out["meta_info"]["prompt_tokens"] > 0
         assert d.seen[-1].body["rid"] == "r1" and d.seen[-1].path == "/generate"
@@ -107,9 +115,14 @@ async def test_models_health_and_admin_workers(pd_pair):
 async def test_fork_starts_on_the_parents_decode_worker_as_a_continuation(pd_pair):
     client, state, p, d = pd_pair
     d.cached_tokens = 5
-    await client.post("/v1/chat/completions", json=chat_body("parent turn"), headers={"X-PPD-Conversation-Id": "parent"})
-    r = await client.post("/v1/chat/completions", json=chat_body("parent turn, then a branch"),
-                          headers={"X-PPD-Conversation-Id": "child", "X-PPD-Parent-Conversation-Id": "parent"})
+    await client.post(
+        "/v1/chat/completions", json=chat_body("parent turn"), headers={"X-PPD-Conversation-Id": "parent"}
+    )
+    r = await client.post(
+        "/v1/chat/completions",
+        json=chat_body("parent turn, then a branch"),
+        headers={"X-PPD-Conversation-Id": "child", "X-PPD-Parent-Conversation-Id": "parent"},
+    )
     info = (await r.json())["ppd"]
     assert info["conversation_id"] == "child" and info["decode"] == d.url
     assert info["route"] == "local", info["reason"]
@@ -127,7 +140,9 @@ async def test_without_tracing_the_callers_traceparent_is_forwarded_verbatim(pd_
 
 async def test_batches_get_one_bootstrap_room_per_sequence(pd_pair):
     client, state, p, d = pd_pair
-    r = await client.post("/generate", json={"input_ids": [[1, 2, 3], [4, 5]], "sampling_params": {"max_new_tokens": 1}})
+    r = await client.post(
+        "/generate", json={"input_ids": [[1, 2, 3], [4, 5]], "sampling_params": {"max_new_tokens": 1}}
+    )
     assert r.status == 200
     body = d.seen[0].body
     assert body == p.seen[0].body
@@ -150,6 +165,7 @@ async def test_every_completed_turn_feeds_the_cost_model_streamed_or_not(pd_pair
 # ------------------------------------------------------------------------------------------------
 # A client that leaves while a P->D turn waits on its workers aborts both worker requests
 # (the handler is cancelled - aiohttp's handler_cancellation - and must not orphan the two legs).
+
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_client_leaving_during_pd_aborts_prefill_and_decode(stream):
@@ -187,6 +203,7 @@ async def _leave_and_check(client, state, p: FakeWorker, d: FakeWorker, stream: 
 # decode answer) aborts the prefill request too, not only the decode one: the prefill leg was left
 # running in the background for a turn nobody waits for.
 
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_client_leaving_mid_answer_aborts_the_prefill_leg(stream):
     p = HeadersThenHold(role="prefill", hold=asyncio.Event())
@@ -215,6 +232,7 @@ async def test_client_leaving_mid_answer_aborts_the_prefill_leg(stream):
 # unexpected router error - the worker call is closed (its request aborted) and the turn is
 # recorded as failed, with no traceback.
 
+
 async def test_stream_client_gone_before_the_first_byte_closes_the_worker_call(caplog):
     u = FakeWorker(role="unified", n_tokens=200, hold=asyncio.Event())
     await u.start()
@@ -226,10 +244,13 @@ async def test_stream_client_gone_before_the_first_byte_closes_the_worker_call(c
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-        body = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
-                           "max_tokens": 200, "stream": True}).encode()
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        body = json.dumps(
+            {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
+        ).encode()
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
         await writer.drain()
         await eventually(lambda: u.seen)
         assert u.seen

@@ -71,9 +71,18 @@ async def test_all_workers_failing_ends_in_503_not_a_hang():
 
 async def test_decode_4xx_is_relayed_with_its_message():
     p = FakeWorker(role="prefill")
-    d = FakeWorker(role="decode", fail_status=400, fail_body={"error": {
-        "message": "The input (9999 tokens) is longer than the model's context length", "type": "BadRequestError",
-        "param": None, "code": 400}})
+    d = FakeWorker(
+        role="decode",
+        fail_status=400,
+        fail_body={
+            "error": {
+                "message": "The input (9999 tokens) is longer than the model's context length",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+        },
+    )
     async with router_over([p, d]) as (client, state):
         r = await client.post("/v1/chat/completions", json=chat_body())
         assert r.status == 400 and "context length" in (await r.json())["error"]["message"]

@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 from fake_sglang import FakeWorker
-from ppd_server.config import ConfigError, RouterConfig
 from router_harness import chat_body, eventually, router_over
 
 from ppd_sdk import AsyncChatSession
+from ppd_server.config import ConfigError, RouterConfig
 
 
 async def test_a_full_worker_queue_is_a_429_with_retry_after():
@@ -47,9 +47,17 @@ async def test_the_sdk_honours_retry_after_and_the_turn_succeeds():
         assert 'ppd_request_errors_total{status="429"} 1.0' in state.metrics.render().decode()
 
 
-@pytest.mark.parametrize("field,value", [
-    ("max_queue_per_worker", -1), ("retry_after_s", 0), ("drain_timeout_s", -1.0), ("max_header_bytes", 100),
-    ("first_byte_timeout_s", -0.5), ("breaker_cooldown_s", 120.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("max_queue_per_worker", -1),
+        ("retry_after_s", 0),
+        ("drain_timeout_s", -1.0),
+        ("max_header_bytes", 100),
+        ("first_byte_timeout_s", -0.5),
+        ("breaker_cooldown_s", 120.0),
+    ],
+)
 def test_bad_hardening_knobs_are_config_errors_naming_the_field(field, value):
     with pytest.raises(ConfigError) as e:
         RouterConfig(**{field: value}).validate()

@@ -29,15 +29,21 @@ class DiesMidRequest(FakeWorker):
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_a_worker_dying_before_the_first_byte_is_retried_on_another(stream):
-    dying = DiesMidRequest(role="unified", n_tokens=5) if not stream else \
-        FakeWorker(role="unified", n_tokens=5, die_after_chunks=0)
-    healthy = FakeWorker(role="unified", n_tokens=5, load={"num_running_reqs": 40, "num_waiting_reqs": 20})  # looks busy
+    dying = (
+        DiesMidRequest(role="unified", n_tokens=5)
+        if not stream
+        else FakeWorker(role="unified", n_tokens=5, die_after_chunks=0)
+    )
+    healthy = FakeWorker(
+        role="unified", n_tokens=5, load={"num_running_reqs": 40, "num_waiting_reqs": 20}
+    )  # looks busy
     async with router_over([dying, healthy], policy="replica") as (client, state):
         for i in range(40):  # the tie-break hashes conversation id and URLs: some go to the dying one first
             if dying.seen and i >= 4:
                 break
-            r = await client.post("/v1/chat/completions", json=chat_body(stream=stream),
-                                  headers={"X-PPD-Conversation-Id": f"conv-{i}"})
+            r = await client.post(
+                "/v1/chat/completions", json=chat_body(stream=stream), headers={"X-PPD-Conversation-Id": f"conv-{i}"}
+            )
             assert r.status == 200
             if stream:
                 evs = events(await r.read())

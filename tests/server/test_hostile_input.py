@@ -18,10 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 from fake_sglang import FakeWorker
+from router_harness import chat_body
+
 from ppd_server.config import PrefillSpec, RouterConfig
 from ppd_server.http.app import create_app
 from ppd_server.http.serve import make_runner
-from router_harness import chat_body
 
 
 @asynccontextmanager
@@ -30,8 +31,9 @@ async def served_router(port: int = 0, **config: Any) -> AsyncIterator[str]:
     p, d = FakeWorker(role="prefill"), FakeWorker(role="decode")
     for w in (p, d):
         await w.start()
-    cfg = RouterConfig(prefill=(PrefillSpec(p.url, p.bootstrap_port),), decode=(d.url,),
-                       load_interval_s=3600.0, **config)
+    cfg = RouterConfig(
+        prefill=(PrefillSpec(p.url, p.bootstrap_port),), decode=(d.url,), load_interval_s=3600.0, **config
+    )
     runner = make_runner(create_app(cfg), drain_timeout_s=2.0, max_header_bytes=cfg.max_header_bytes)
     await runner.setup()
     from aiohttp import web
@@ -78,13 +80,20 @@ CASES: list[tuple[str, dict[str, Any], int, str | None]] = [
     ("slo-header-nan", {"json": chat_body(), "headers": {"X-SLO-TTFT-Ms": "nan"}}, 400, "X-SLO-TTFT-Ms"),
     ("slo-header-inf", {"json": chat_body(), "headers": {"X-SLO-TPOT-Ms": "inf"}}, 400, "X-SLO-TPOT-Ms"),
     ("slo-header-negative", {"json": chat_body(), "headers": {"X-SLO-TPOT-Ms": "-3"}}, 400, "X-SLO-TPOT-Ms"),
-    ("conv-id-20000-bytes", {"json": chat_body(), "headers": {"X-PPD-Conversation-Id": "a" * 20_000}}, 400,
-     "X-PPD-Conversation-Id"),
+    (
+        "conv-id-20000-bytes",
+        {"json": chat_body(), "headers": {"X-PPD-Conversation-Id": "a" * 20_000}},
+        400,
+        "X-PPD-Conversation-Id",
+    ),
     ("conv-id-crlf-in-body", {"json": chat_body(prompt_cache_key="a\r\nSet-Cookie: x=y")}, 400, None),
-    ("conv-id-lf-in-ppd", {"json": chat_body(ppd={"conversation_id": "a\nX-Evil: 1"})}, 400,
-     "ppd.conversation_id"),
-    ("parent-id-nul", {"json": chat_body(ppd={"conversation_id": "c", "parent_conversation_id": "p\x00"})}, 400,
-     "ppd.parent_conversation_id"),
+    ("conv-id-lf-in-ppd", {"json": chat_body(ppd={"conversation_id": "a\nX-Evil: 1"})}, 400, "ppd.conversation_id"),
+    (
+        "parent-id-nul",
+        {"json": chat_body(ppd={"conversation_id": "c", "parent_conversation_id": "p\x00"})},
+        400,
+        "ppd.parent_conversation_id",
+    ),
     ("body-not-object", _raw(b'"hello"'), 400, None),
 ]
 
@@ -118,14 +127,21 @@ async def _raw_http(url: str, request: bytes) -> tuple[int, dict[str, str], byte
     return int(lines[0].split()[1]), headers, body
 
 
-@pytest.mark.parametrize("what,request_bytes,status", [
-    ("header-line-over-limit",
-     b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-PPD-Conversation-Id: " + b"a" * 40_000
-     + b"\r\nContent-Length: 2\r\n\r\n{}", 431),
-    ("request-line-over-limit", b"GET /" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
-    ("malformed-request-line", b"GARBAGE\r\n\r\n", 400),
-    ("bad-content-length", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
-])
+@pytest.mark.parametrize(
+    "what,request_bytes,status",
+    [
+        (
+            "header-line-over-limit",
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-PPD-Conversation-Id: "
+            + b"a" * 40_000
+            + b"\r\nContent-Length: 2\r\n\r\n{}",
+            431,
+        ),
+        ("request-line-over-limit", b"GET /" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
+        ("malformed-request-line", b"GARBAGE\r\n\r\n", 400),
+        ("bad-content-length", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+    ],
+)
 async def test_aiohttp_protocol_errors_are_openai_shaped(what, request_bytes, status):
     async with served_router() as url:
         code, headers, body = await _raw_http(url, request_bytes)
@@ -144,11 +160,10 @@ async def test_body_over_the_size_limit_is_an_openai_413():
 
 async def test_a_legal_20kb_header_elsewhere_is_accepted():
     """The raised header limit lets a long legal header through (aiohttp's default is 8 KiB)."""
-    async with served_router() as url, aiohttp.ClientSession() as http:
-        async with http.post(url + "/v1/chat/completions", json=chat_body(),
-                             headers={"X-Client-Note": "c" * 20_000}) as r:  # not forwarded
-            assert r.status == 200
-
+    async with served_router() as url, aiohttp.ClientSession() as http, http.post(
+        url + "/v1/chat/completions", json=chat_body(), headers={"X-Client-Note": "c" * 20_000}
+    ) as r:  # not forwarded
+        assert r.status == 200
 
 
 async def test_openapi_json_describes_the_front_door():
@@ -168,7 +183,6 @@ async def test_protocol_garbage_is_not_logged_with_a_traceback(caplog):
         code, _, _ = await _raw_http(url, b"GARBAGE\r\n\r\n")
     assert code == 400
     assert not [r for r in caplog.records if r.exc_info]
-
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from ppd_sdk import wire
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import (
     ClusterView,
@@ -35,23 +37,54 @@ from ppd_server.routing.types import (
     WorkerView,
 )
 
-from ppd_sdk import wire
-
-HEADER_NAMES = [wire.HEADER_CONVERSATION_ID, wire.HEADER_PARENT_CONVERSATION_ID, wire.HEADER_TURN,
-                wire.HEADER_SLO_TTFT_MS, wire.HEADER_SLO_TPOT_MS]
+HEADER_NAMES = [
+    wire.HEADER_CONVERSATION_ID,
+    wire.HEADER_PARENT_CONVERSATION_ID,
+    wire.HEADER_TURN,
+    wire.HEADER_SLO_TTFT_MS,
+    wire.HEADER_SLO_TPOT_MS,
+]
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
-ppd_keys = st.sampled_from(["conversation_id", "parent_conversation_id", "turn", "weights", "slo", "preset",
-                            "ttft", "tpot", "ttft_ms", "tpot_ms", "other"])
-ppd_objects = st.recursive(json_scalars, lambda inner: st.dictionaries(ppd_keys, inner, max_size=5)
-                           | st.lists(inner, max_size=3), max_leaves=10)
-header_text = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_characters="\x7f"),
-                      max_size=30) | st.sampled_from(["1", "0", "-1", "nan", "inf", "1e400", "²", "٣", " 7 ", ""])
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+ppd_keys = st.sampled_from(
+    [
+        "conversation_id",
+        "parent_conversation_id",
+        "turn",
+        "weights",
+        "slo",
+        "preset",
+        "ttft",
+        "tpot",
+        "ttft_ms",
+        "tpot_ms",
+        "other",
+    ]
+)
+ppd_objects = st.recursive(
+    json_scalars,
+    lambda inner: st.dictionaries(ppd_keys, inner, max_size=5) | st.lists(inner, max_size=3),
+    max_leaves=10,
+)
+header_text = st.text(
+    st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_characters="\x7f"), max_size=30
+) | st.sampled_from(["1", "0", "-1", "nan", "inf", "1e400", "²", "٣", " 7 ", ""])
 headers_strategy = st.dictionaries(st.sampled_from(HEADER_NAMES), header_text, max_size=5)
-bodies = st.fixed_dictionaries({}, optional={
-    "ppd": ppd_objects, "prompt_cache_key": json_values, "model": json_values, "stream": json_values,
-    "max_tokens": json_values, "messages": json_values})
+bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "ppd": ppd_objects,
+        "prompt_cache_key": json_values,
+        "model": json_values,
+        "stream": json_values,
+        "max_tokens": json_values,
+        "messages": json_values,
+    },
+)
 
 COUNTS: dict[str, int] = {}
 
@@ -80,15 +113,25 @@ positive_ms = st.floats(min_value=0.001, max_value=1e9, allow_nan=False, allow_i
 
 
 @settings(max_examples=300, deadline=None)
-@given(conv=st.none() | ids, parent=st.none() | ids, turn=st.none() | st.integers(1, 10**6),
-       ttft=st.none() | positive_ms, tpot=st.none() | positive_ms,
-       w=st.tuples(st.floats(0, 1000), st.floats(0, 1000)))
+@given(
+    conv=st.none() | ids,
+    parent=st.none() | ids,
+    turn=st.none() | st.integers(1, 10**6),
+    ttft=st.none() | positive_ms,
+    tpot=st.none() | positive_ms,
+    w=st.tuples(st.floats(0, 1000), st.floats(0, 1000)),
+)
 def test_hints_the_sdk_writes_parse_back_unchanged(conv, parent, turn, ttft, tpot, w):
     _count("round_trip")
     if parent is not None and parent == conv:
         parent = None  # a conversation cannot be its own parent (a WireError by contract)
-    hints = wire.Hints(conversation_id=conv, parent_conversation_id=parent, turn=turn,
-                       weights=wire.Weights(ttft=w[0], tpot=w[1]), slo=wire.SLO(ttft_ms=ttft, tpot_ms=tpot))
+    hints = wire.Hints(
+        conversation_id=conv,
+        parent_conversation_id=parent,
+        turn=turn,
+        weights=wire.Weights(ttft=w[0], tpot=w[1]),
+        slo=wire.SLO(ttft_ms=ttft, tpot_ms=tpot),
+    )
     headers, body = hints.apply({}, {})
     assert wire.parse_hints(headers, body) == hints
 
@@ -96,8 +139,14 @@ def test_hints_the_sdk_writes_parse_back_unchanged(conv, parent, turn, ttft, tpo
 # --- the policies --------------------------------------------------------------------------
 
 finite = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
-coefficients = st.builds(CostCoefficients, prefill_base_ms=finite, prefill_per_token_ms=finite,
-                         decode_base_ms=finite, decode_per_seq_ms=finite, decode_per_kctx_ms=finite)
+coefficients = st.builds(
+    CostCoefficients,
+    prefill_base_ms=finite,
+    prefill_per_token_ms=finite,
+    decode_base_ms=finite,
+    decode_per_seq_ms=finite,
+    decode_per_kctx_ms=finite,
+)
 counts = st.integers(0, 10**6)
 
 
@@ -106,26 +155,49 @@ def fleets(draw: Any) -> ClusterView:
     workers = []
     for i in range(draw(st.integers(0, 5))):
         role = draw(st.sampled_from(["prefill", "decode", "unified"]))
-        workers.append(WorkerView(
-            url=f"http://w{i}", role=role, healthy=draw(st.booleans()),
-            can_local_prefill=role == "decode" and draw(st.booleans()), decode_radix_cache=draw(st.booleans()),
-            bootstrap_port=8998 if role == "prefill" else None, max_total_tokens=draw(counts),
-            kv_bytes_per_token=draw(counts), running_reqs=draw(counts), waiting_reqs=draw(counts),
-            waiting_tokens=draw(counts), used_tokens=draw(counts), running_context_tokens=draw(counts),
-            inflight=draw(counts), chunked_prefill_size=draw(counts), coefficients=draw(coefficients)))
-    return ClusterView(workers=tuple(workers), link_gbps=draw(st.floats(0.001, 1e4)),
-                       link_backlog_bytes=draw(st.integers(0, 10**12)))
+        workers.append(
+            WorkerView(
+                url=f"http://w{i}",
+                role=role,
+                healthy=draw(st.booleans()),
+                can_local_prefill=role == "decode" and draw(st.booleans()),
+                decode_radix_cache=draw(st.booleans()),
+                bootstrap_port=8998 if role == "prefill" else None,
+                max_total_tokens=draw(counts),
+                kv_bytes_per_token=draw(counts),
+                running_reqs=draw(counts),
+                waiting_reqs=draw(counts),
+                waiting_tokens=draw(counts),
+                used_tokens=draw(counts),
+                running_context_tokens=draw(counts),
+                inflight=draw(counts),
+                chunked_prefill_size=draw(counts),
+                coefficients=draw(coefficients),
+            )
+        )
+    return ClusterView(
+        workers=tuple(workers), link_gbps=draw(st.floats(0.001, 1e4)), link_backlog_bytes=draw(st.integers(0, 10**12))
+    )
 
 
 requests_ = st.builds(
-    RequestView, conversation_id=st.none() | st.just("c1"), turn=st.integers(1, 10**4),
-    prompt_tokens=st.integers(0, 10**7), max_new_tokens=st.integers(1, 2**31 - 1),
+    RequestView,
+    conversation_id=st.none() | st.just("c1"),
+    turn=st.integers(1, 10**4),
+    prompt_tokens=st.integers(0, 10**7),
+    max_new_tokens=st.integers(1, 2**31 - 1),
     weights=st.builds(wire.Weights, ttft=st.floats(0, 1000), tpot=st.floats(0, 1000)),
-    slo=st.builds(wire.SLO, ttft_ms=st.none() | positive_ms, tpot_ms=st.none() | positive_ms))
+    slo=st.builds(wire.SLO, ttft_ms=st.none() | positive_ms, tpot_ms=st.none() | positive_ms),
+)
 sessions = st.none() | st.builds(
-    SessionView, conversation_id=st.just("c1"), decode_url=st.none() | st.sampled_from([f"http://w{i}" for i in range(6)]),
-    prefill_url=st.none() | st.sampled_from([f"http://w{i}" for i in range(6)]), cached_tokens_decode=counts,
-    cached_tokens_prefill=counts, turns=st.integers(0, 10**4))
+    SessionView,
+    conversation_id=st.just("c1"),
+    decode_url=st.none() | st.sampled_from([f"http://w{i}" for i in range(6)]),
+    prefill_url=st.none() | st.sampled_from([f"http://w{i}" for i in range(6)]),
+    cached_tokens_decode=counts,
+    cached_tokens_prefill=counts,
+    turns=st.integers(0, 10**4),
+)
 POLICIES = ["ppd", "pd", "local", "replica", "ratio:0.5", "threshold:256"]
 
 
@@ -157,6 +229,7 @@ def test_policies_decide_or_raise_no_worker_available_only(spec):
 
 # --- the front door over fake workers ------------------------------------------------------
 
+
 class _RouterThread:
     """A router app over fake P/D workers, served on a loopback port from a background loop."""
 
@@ -174,6 +247,7 @@ class _RouterThread:
 
     async def _start(self) -> None:
         from fake_sglang import FakeWorker
+
         from ppd_server.config import PrefillSpec, RouterConfig
         from ppd_server.http.app import create_app
         from ppd_server.http.serve import make_runner
@@ -215,21 +289,34 @@ def router_port():
 
 chat_bodies = st.fixed_dictionaries(
     {"messages": st.one_of(st.just([{"role": "user", "content": "hi"}]), json_values)},
-    optional={"model": json_values, "stream": json_values, "max_tokens": json_values,
-              "max_completion_tokens": json_values, "ppd": ppd_objects, "prompt_cache_key": json_values,
-              "stream_options": json_values, "tools": json_values})
+    optional={
+        "model": json_values,
+        "stream": json_values,
+        "max_tokens": json_values,
+        "max_completion_tokens": json_values,
+        "ppd": ppd_objects,
+        "prompt_cache_key": json_values,
+        "stream_options": json_values,
+        "tools": json_values,
+    },
+)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(body=chat_bodies, headers=headers_strategy)
 def test_front_door_never_answers_5xx(router_port, body, headers):
     _count("front_door")
     conn = http.client.HTTPConnection("127.0.0.1", router_port, timeout=30)
     try:
         safe_headers = {k: v.encode("utf-8").decode("latin-1") for k, v in headers.items()}
-        conn.request("POST", "/v1/chat/completions", body=json.dumps(body, allow_nan=True),
-                     headers={"Content-Type": "application/json", **safe_headers})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps(body, allow_nan=True),
+            headers={"Content-Type": "application/json", **safe_headers},
+        )
         r = conn.getresponse()
         data = r.read()
     finally:

@@ -19,15 +19,44 @@ def test_sglang_backend_builds_the_real_sglang_commands():
     assert [p.role for p in plans] == ["prefill", "decode", "decode"]
     py = plans[0].argv[0]
     assert list(plans[0].argv) == [
-        py, "-m", "sglang.launch_server", "--model-path", "meta-llama/Llama-3.1-8B-Instruct",
-        "--host", "127.0.0.1", "--port", "41000", "--base-gpu-id", "0", "--tp", "2",
-        "--enable-cache-report", "--enable-metrics",
-        "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", "41001"]
+        py,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "41000",
+        "--base-gpu-id",
+        "0",
+        "--tp",
+        "2",
+        "--enable-cache-report",
+        "--enable-metrics",
+        "--disaggregation-mode",
+        "prefill",
+        "--disaggregation-bootstrap-port",
+        "41001",
+    ]
     assert list(plans[1].argv[3:]) == [
-        "--model-path", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1", "--port", "41002",
-        "--base-gpu-id", "2", "--tp", "2", "--enable-cache-report", "--enable-metrics",
-        "--disaggregation-mode", "decode", "--disaggregation-decode-enable-radix-cache",
-        "--disaggregation-decode-enable-conditional-agg"]
+        "--model-path",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "41002",
+        "--base-gpu-id",
+        "2",
+        "--tp",
+        "2",
+        "--enable-cache-report",
+        "--enable-metrics",
+        "--disaggregation-mode",
+        "decode",
+        "--disaggregation-decode-enable-radix-cache",
+        "--disaggregation-decode-enable-conditional-agg",
+    ]
     assert plans[2].argv[plans[2].argv.index("--base-gpu-id") + 1] == "4"
     assert all(p.cpu is None for p in plans), "GPU workers are not pinned to a CPU core"
 
@@ -95,8 +124,10 @@ def _flag(argv, name):
 def test_embedded_workers_on_one_gpu_share_it_by_memory_fraction():
     cfg = RouterConfig(embedded="1P1D", device="cuda", gpu_memory_fraction=0.45).validate()
     plans = plan_cluster(cfg, ports(), cpus=[0, 1])
-    assert [(_flag(list(p.argv), "--device"), _flag(list(p.argv), "--memory-fraction")) for p in plans] \
-        == [("cuda", "0.45"), ("cuda", "0.45")]
+    assert [(_flag(list(p.argv), "--device"), _flag(list(p.argv), "--memory-fraction")) for p in plans] == [
+        ("cuda", "0.45"),
+        ("cuda", "0.45"),
+    ]
     assert all(p.cpu is None for p in plans), "GPU workers are not pinned to a CPU core"
 
 
@@ -104,7 +135,11 @@ def test_embedded_workers_round_robin_over_a_device_list():
     cfg = RouterConfig(embedded="2P2D", device="cuda:0,cuda:1").validate()
     plans = plan_cluster(cfg, ports(), cpus=[0, 1])
     assert [(p.role, _flag(list(p.argv), "--device")) for p in plans] == [
-        ("prefill", "cuda:0"), ("prefill", "cuda:1"), ("decode", "cuda:0"), ("decode", "cuda:1")]
+        ("prefill", "cuda:0"),
+        ("prefill", "cuda:1"),
+        ("decode", "cuda:0"),
+        ("decode", "cuda:1"),
+    ]
     assert all("--memory-fraction" not in p.argv for p in plans)
 
 

@@ -7,15 +7,23 @@ from __future__ import annotations
 from fake_sglang import FakeWorker
 from router_harness import router_over
 
-HEAVY = {"num_running_reqs": 48, "num_waiting_reqs": 6, "num_used_tokens": 60_000,
-         "running_context_tokens": 60_000, "max_total_num_tokens": 131_072}
+HEAVY = {
+    "num_running_reqs": 48,
+    "num_waiting_reqs": 6,
+    "num_used_tokens": 60_000,
+    "running_context_tokens": 60_000,
+    "max_total_num_tokens": 131_072,
+}
 
 
 async def _turn(client, history: list[dict], text: str, headers: dict | None = None) -> tuple[str, dict]:
     """One turn of a growing conversation (history + the new user message), as a chat app sends it."""
     history.append({"role": "user", "content": text})
-    r = await client.post("/v1/chat/completions", json={"model": "fake-model", "messages": history, "max_tokens": 4},
-                          headers={"X-PPD-Conversation-Id": "flip", **(headers or {})})
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"model": "fake-model", "messages": history, "max_tokens": 4},
+        headers={"X-PPD-Conversation-Id": "flip", **(headers or {})},
+    )
     assert r.status == 200, await r.text()
     body = await r.json()
     history.append(body["choices"][0]["message"])

@@ -39,10 +39,23 @@ TRUE = CostCoefficients(
 def synthetic_samples(noise: float, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     jitter = lambda: 1 + rng.uniform(-noise, noise)  # noqa: E731
-    out = [{"kind": "prefill", "new": n, "cached": 0, "ms": prefill_ms(TRUE, n, 0) * jitter()} for n in (16, 64, 128, 256, 512) for _ in range(2)]
-    out += [{"kind": "prefill", "new": m, "cached": c, "ms": prefill_ms(TRUE, m, c) * jitter()} for c in (256, 512) for m in (16, 64, 128)]
+    out = [
+        {"kind": "prefill", "new": n, "cached": 0, "ms": prefill_ms(TRUE, n, 0) * jitter()}
+        for n in (16, 64, 128, 256, 512)
+        for _ in range(2)
+    ]
     out += [
-        {"kind": "decode", "batch": b, "context": b * (ctx + 6), "ms": decode_step_ms(TRUE, b, b * (ctx + 6)) * jitter()}
+        {"kind": "prefill", "new": m, "cached": c, "ms": prefill_ms(TRUE, m, c) * jitter()}
+        for c in (256, 512)
+        for m in (16, 64, 128)
+    ]
+    out += [
+        {
+            "kind": "decode",
+            "batch": b,
+            "context": b * (ctx + 6),
+            "ms": decode_step_ms(TRUE, b, b * (ctx + 6)) * jitter(),
+        }
         for ctx in (32, 256)
         for b in (1, 2, 4, 8)
     ]
@@ -95,12 +108,20 @@ def test_profiles_round_trip_through_files_and_feed_the_cost_model(tmp_path):
     loaded = load_profile(path)
     assert loaded == json.loads(json.dumps(prof))
     assert CostModel(loaded).coefficients("http://w", "unified") == coefs
-    assert CostModel(DEFAULT_PROFILE).coefficients("http://w", "decode").decode_base_ms == DEFAULT_PROFILE["coefficients"]["decode_base_ms"]
+    assert (
+        CostModel(DEFAULT_PROFILE).coefficients("http://w", "decode").decode_base_ms
+        == DEFAULT_PROFILE["coefficients"]["decode_base_ms"]
+    )
 
 
 @pytest.mark.parametrize(
     "content,needle",
-    [(None, "cannot read"), ("{not json", "not valid JSON"), ('{"model": "m"}', "coefficients"), ('{"coefficients": {"x": 1}}', "'x'")],
+    [
+        (None, "cannot read"),
+        ("{not json", "not valid JSON"),
+        ('{"model": "m"}', "coefficients"),
+        ('{"coefficients": {"x": 1}}', "'x'"),
+    ],
 )
 def test_bad_profile_files_name_the_file_and_problem(tmp_path, content, needle):
     path = tmp_path / "bad.json"
@@ -139,7 +160,13 @@ def test_mixed_samples_alone_recover_the_prefill_and_decode_row_coefficients():
     # no plain decode step was timed: decode_base has no evidence and keeps the fallback
     coefs, fit = fit_coefficients(mixed_samples(), fallback=CostCoefficients(decode_base_ms=42.0))
     assert coefs.decode_base_ms == 42.0
-    for name in ("prefill_base_ms", "prefill_per_token_ms", "prefill_attn_ms_per_ktok2", "decode_per_seq_ms", "decode_per_kctx_ms"):
+    for name in (
+        "prefill_base_ms",
+        "prefill_per_token_ms",
+        "prefill_attn_ms_per_ktok2",
+        "decode_per_seq_ms",
+        "decode_per_kctx_ms",
+    ):
         assert getattr(coefs, name) == pytest.approx(getattr(TRUE, name), rel=1e-6), name
     assert fit["mixed_abs_pct_err"] < 1e-6
 
@@ -202,8 +229,26 @@ def test_an_unknown_name_lists_the_presets():
 def test_ppd_sim_runs_from_the_h200_preset_and_the_builtin_router_profile(capsys):
     from ppd_sim.cli import main as sim_main
 
-    rc = sim_main(["--profile", "h200-ppd-engine-llama8b", "--router-profile", "builtin", "--online-fit", "--policies", "pd,ppd",
-                   "--cluster", "1P1D", "--qps", "0.5", "--duration", "6", "--quiet", "--json", "-"])
+    rc = sim_main(
+        [
+            "--profile",
+            "h200-ppd-engine-llama8b",
+            "--router-profile",
+            "builtin",
+            "--online-fit",
+            "--policies",
+            "pd,ppd",
+            "--cluster",
+            "1P1D",
+            "--qps",
+            "0.5",
+            "--duration",
+            "6",
+            "--quiet",
+            "--json",
+            "-",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["config"]["coefficients"] == pytest.approx(H200_PPD_ENGINE_LLAMA8B["coefficients"])
     assert all(r["finished"] > 0 and not r["unfinished"] for r in out["results"])
@@ -215,13 +260,16 @@ def test_grid_validation_names_the_field(kw):
         ProfileGrid(**kw).validate()
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--decode-batches", "1,x"], "--decode-batches"),
-    (["--decode-batches", "0"], "decode_batches"),
-    (["--max-seconds", "-3"], "--max-seconds"),
-    (["--worker", "localhost:1"], "--worker"),
-    (["--repeats", "0"], "repeats"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--decode-batches", "1,x"], "--decode-batches"),
+        (["--decode-batches", "0"], "decode_batches"),
+        (["--max-seconds", "-3"], "--max-seconds"),
+        (["--worker", "localhost:1"], "--worker"),
+        (["--repeats", "0"], "repeats"),
+    ],
+)
 def test_profile_cli_rejects_bad_values_with_exit_2(argv, needle, capsys):
     assert server_main(["profile", *argv]) == 2
     err = capsys.readouterr().err

@@ -11,20 +11,37 @@ import sys
 
 import pytest
 
+# tests/ is on sys.path (rootdir conftest): the one test process launcher
+from processes import free_port
+
 from ppd_server.profiling import ProfileError, load_profile, measure_profile
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.types import COEFFICIENT_NAMES
-
-# tests/ is on sys.path (rootdir conftest): the one test process launcher
-from processes import free_port
 
 pytestmark = pytest.mark.e2e
 
 
 def test_ppd_server_profile_measures_an_embedded_worker_and_writes_a_loadable_profile(tmp_path):
     out = tmp_path / "p.json"
-    proc = subprocess.run([sys.executable, "-c", "import sys; from ppd_server.cli import main; sys.exit(main())", "profile", "--grid", "tiny", "--threads", "1",
-                           "--max-seconds", "60", "-o", str(out)], capture_output=True, text=True, timeout=150)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from ppd_server.cli import main; sys.exit(main())",
+            "profile",
+            "--grid",
+            "tiny",
+            "--threads",
+            "1",
+            "--max-seconds",
+            "60",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[ppd-server profile] 0/8 prefill" in proc.stderr and "8/8 fit" in proc.stderr  # progress
     prof = load_profile(out)

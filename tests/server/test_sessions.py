@@ -25,14 +25,32 @@ def test_turns_place_the_kv_where_the_workers_hold_it():
     st = SessionTable()
     st.record("c", PD, 100, 0, 20, now=1.0)
     v = st.view("c", 1.0)
-    assert (v.decode_url, v.prefill_url, v.cached_tokens_decode, v.cached_tokens_prefill, v.turns) == ("http://d0", "http://p0", 120, 100, 1)
+    assert (v.decode_url, v.prefill_url, v.cached_tokens_decode, v.cached_tokens_prefill, v.turns) == (
+        "http://d0",
+        "http://p0",
+        120,
+        100,
+        1,
+    )
     st.record("c", LOCAL, 150, 120, 30, now=2.0)
     v = st.view("c", 2.0)
     # a local turn grows the decode side only; the prefill worker keeps its older prefix
-    assert (v.decode_url, v.prefill_url, v.cached_tokens_decode, v.cached_tokens_prefill, v.turns) == ("http://d0", "http://p0", 180, 100, 2)
+    assert (v.decode_url, v.prefill_url, v.cached_tokens_decode, v.cached_tokens_prefill, v.turns) == (
+        "http://d0",
+        "http://p0",
+        180,
+        100,
+        2,
+    )
     st.record("c", Decision("pd", "http://d1", "http://p1", "", "pd"), 200, 100, 5, now=3.0)
     v = st.view("c", 3.0)
-    assert (v.decode_url, v.prefill_url, v.cached_tokens_decode, v.cached_tokens_prefill, v.turns) == ("http://d1", "http://p1", 205, 200, 3)
+    assert (v.decode_url, v.prefill_url, v.cached_tokens_decode, v.cached_tokens_prefill, v.turns) == (
+        "http://d1",
+        "http://p1",
+        205,
+        200,
+        3,
+    )
 
 
 def test_replica_turns_have_no_prefill_placement():
@@ -98,7 +116,12 @@ def test_fork_starts_on_the_parents_workers_with_its_cache():
     st = SessionTable()
     st.record("parent", PD, 400, 0, 100, now=0.0)
     child = st.start_fork("child", "parent", now=1.0)
-    assert (child.decode_url, child.prefill_url, child.cached_tokens_decode, child.cached_tokens_prefill) == ("http://d0", "http://p0", 500, 400)
+    assert (child.decode_url, child.prefill_url, child.cached_tokens_decode, child.cached_tokens_prefill) == (
+        "http://d0",
+        "http://p0",
+        500,
+        400,
+    )
     assert (child.turns, child.forked_from) == (0, "parent")
     assert st.turn_for("child", None, 1.0) == 1
     st.record("child", LOCAL, 520, 500, 10, now=2.0)
@@ -135,7 +158,9 @@ def test_snapshot_lists_newest_first_with_limit():
         st.record(f"c{i}", PD, 100, 7, 10, now=float(i))
     snap = st.snapshot(limit=3)
     assert [s["conversation_id"] for s in snap] == ["c4", "c3", "c2"]
-    assert snap[0]["decode_url"] == "http://d0" and snap[0]["last_reported_cached"] == 7 and snap[0]["last_route"] == "pd"
+    assert (
+        snap[0]["decode_url"] == "http://d0" and snap[0]["last_reported_cached"] == 7 and snap[0]["last_route"] == "pd"
+    )
 
 
 @pytest.mark.parametrize("kw", [{"max_sessions": 0}, {"idle_ttl_s": 0}])

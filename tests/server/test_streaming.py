@@ -9,15 +9,19 @@ from aiohttp import web
 from fake_sglang import FakeWorker
 from router_harness import chat_body, router_over
 
+
 def events(raw: bytes) -> list[str]:
-    return [e[len("data: "):] for e in raw.decode().split("\n\n") if e.startswith("data: ")]
+    return [e[len("data: ") :] for e in raw.decode().split("\n\n") if e.startswith("data: ")]
 
 
 async def test_chat_stream_with_usage_carries_ppd_on_the_usage_chunk(pd_pair):
     client, state, p, d = pd_pair
     d.n_tokens, d.cached_tokens = 4, 2
-    r = await client.post("/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True}),
-                          headers={"X-PPD-Conversation-Id": "s1"})
+    r = await client.post(
+        "/v1/chat/completions",
+        json=chat_body(stream=True, stream_options={"include_usage": True}),
+        headers={"X-PPD-Conversation-Id": "s1"},
+    )
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
     assert r.headers["X-PPD-Route"] == "pd"
     evs = events(await r.read())
@@ -44,8 +48,9 @@ async def test_stream_without_include_usage_drops_the_extra_usage_chunk(pd_pair)
 async def test_generate_stream_final_chunk_carries_ppd():
     u = FakeWorker(role="unified", n_tokens=3)
     async with router_over([u]) as (client, state):
-        r = await client.post("/generate", json={"input_ids": [1, 2, 3, 4], "stream": True,
-                                                  "sampling_params": {"max_new_tokens": 3}})
+        r = await client.post(
+            "/generate", json={"input_ids": [1, 2, 3, 4], "stream": True, "sampling_params": {"max_new_tokens": 3}}
+        )
         evs = events(await r.read())
         chunks = [json.loads(e) for e in evs[:-1]]
         assert evs[-1] == "[DONE]" and "ppd" not in chunks[0] and chunks[-1]["ppd"]["route"] == "replica"
@@ -79,6 +84,7 @@ async def test_worker_dying_before_answering_non_streaming_is_a_clean_error():
 # terminator) must not append an error event and a second [DONE]: the client already has the whole
 # answer, and nothing may follow [DONE] in an OpenAI stream.
 
+
 class DropsAfterDone(FakeWorker):
     """A unified worker that streams a whole answer, then drops the connection instead of ending it."""
 
@@ -86,8 +92,11 @@ class DropsAfterDone(FakeWorker):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for i in range(n):
-            chunk = {"id": "c1", "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}]}
+            chunk = {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}],
+            }
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         request.transport.close()  # no terminating zero-length chunk
@@ -97,11 +106,12 @@ class DropsAfterDone(FakeWorker):
 async def test_a_connection_lost_after_done_adds_nothing_after_done():
     u = DropsAfterDone(role="unified", n_tokens=3)
     async with router_over([u]) as (client, state):
-        r = await client.post("/v1/chat/completions", json=chat_body(stream=True),
-                              headers={"X-PPD-Conversation-Id": "after-done"})
+        r = await client.post(
+            "/v1/chat/completions", json=chat_body(stream=True), headers={"X-PPD-Conversation-Id": "after-done"}
+        )
         assert r.status == 200
         raw = (await r.read()).decode()
-        evs = [e[len("data: "):] for e in raw.split("\n\n") if e.startswith("data: ")]
+        evs = [e[len("data: ") :] for e in raw.split("\n\n") if e.startswith("data: ")]
         assert evs.count("[DONE]") == 1 and evs[-1] == "[DONE]", raw
         assert not any('"error"' in e for e in evs), raw
         assert state.metrics.errors.labels("worker")._value.get() == 0

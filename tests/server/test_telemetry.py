@@ -25,8 +25,11 @@ async def test_route_span_carries_the_decision_and_parents_the_worker_calls():
     p, d = FakeWorker(role="prefill"), FakeWorker(role="decode", cached_tokens=9)
     async with router_over([p, d], tracer_provider=provider) as (client, state):
         for turn in (1, 2):
-            r = await client.post("/v1/chat/completions", json=chat_body(f"turn {turn}", ppd={"slo": {"ttft_ms": 900}}),
-                                  headers={"X-PPD-Conversation-Id": "t1", "traceparent": TRACEPARENT})
+            r = await client.post(
+                "/v1/chat/completions",
+                json=chat_body(f"turn {turn}", ppd={"slo": {"ttft_ms": 900}}),
+                headers={"X-PPD-Conversation-Id": "t1", "traceparent": TRACEPARENT},
+            )
             assert r.status == 200
     spans = exporter.get_finished_spans()
     routes = [s for s in spans if s.name == "ppd.route"]
@@ -54,8 +57,11 @@ async def test_route_span_carries_the_decision_and_parents_the_worker_calls():
 async def test_prometheus_metrics_count_routes_decisions_and_worker_health(pd_pair):
     client, state, p, d = pd_pair
     for _ in range(2):
-        await client.post("/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True}),
-                          headers={"X-PPD-Conversation-Id": "m1"})
+        await client.post(
+            "/v1/chat/completions",
+            json=chat_body(stream=True, stream_options={"include_usage": True}),
+            headers={"X-PPD-Conversation-Id": "m1"},
+        )
     text = await (await client.get("/metrics")).text()
     assert 'ppd_requests_total{route="pd",turn_bucket="1"} 1.0' in text
     assert 'ppd_requests_total{route="local",turn_bucket="2-3"} 1.0' in text
@@ -67,8 +73,11 @@ async def test_prometheus_metrics_count_routes_decisions_and_worker_health(pd_pa
 
 async def test_prediction_error_metric_reflects_the_cost_models_summary(pd_pair, monkeypatch):
     client, state, p, d = pd_pair
-    monkeypatch.setattr(state.turns.cost_model, "error_summary", lambda: {
-        "local": {"count": 4.0, "ttft_abs_pct_err": 25.0, "ttft_obs_over_pred": 1.2}})
+    monkeypatch.setattr(
+        state.turns.cost_model,
+        "error_summary",
+        lambda: {"local": {"count": 4.0, "ttft_abs_pct_err": 25.0, "ttft_obs_over_pred": 1.2}},
+    )
     text = await (await client.get("/metrics")).text()
     assert 'ppd_prediction_error_ratio{quantity="ttft_abs_err",route="local"} 0.25' in text
     assert 'ppd_prediction_error_ratio{quantity="ttft_obs_over_pred",route="local"} 1.2' in text
@@ -82,8 +91,12 @@ def test_tracer_provider_follows_the_standard_otel_env():
     from ppd_server.telemetry import make_tracer, tracer_provider_from_env
 
     assert isinstance(tracer_provider_from_env({}), NoOpTracerProvider)
-    assert isinstance(tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "none",
-                                                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}), NoOpTracerProvider)
+    assert isinstance(
+        tracer_provider_from_env(
+            {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+        ),
+        NoOpTracerProvider,
+    )
     otlp = tracer_provider_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
     assert isinstance(otlp, SdkProvider)
     otlp.shutdown()
@@ -97,7 +110,8 @@ def test_tracer_provider_follows_the_standard_otel_env():
 
 # a non-streamed answer whose body never comes: the router waits in read()
 JsonHeadersThenHold = functools.partial(
-    HeadersThenHold, answer_headers={"Content-Type": "application/json", "Content-Length": "100"})
+    HeadersThenHold, answer_headers={"Content-Type": "application/json", "Content-Length": "100"}
+)
 
 
 LAYOUTS = {  # which fake answers each role: held before its headers, or held after them (in read())

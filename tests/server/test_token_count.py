@@ -52,7 +52,13 @@ def test_the_router_brain_does_not_import_torch():
 
 
 def test_tools_add_tokens():
-    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
     for tc in (TokenCounter.from_source("synthetic"), TokenCounter()):
         assert tc.count_chat(CHAT, tools=[tool]) > tc.count_chat(CHAT)
 
@@ -97,9 +103,22 @@ def test_estimate_is_close_to_the_real_tokenizer_after_learning(synthetic_tokeni
 
 def test_chat_bytes_counts_text_parts_and_tool_calls():
     plain = TokenCounter.chat_bytes([{"role": "user", "content": "abc"}])
-    parts = TokenCounter.chat_bytes([{"role": "user", "content": [{"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "x"}}]}])
+    parts = TokenCounter.chat_bytes(
+        [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "x"}}],
+            }
+        ]
+    )
     assert plain == parts
-    call = [{"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]
+    call = [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        }
+    ]
     assert TokenCounter.chat_bytes(call) > TokenCounter.chat_bytes([{"role": "assistant", "content": None}])
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from ppd_server.request_path.token_count import TokenCounter
-
 # tests/ is on sys.path (rootdir conftest): the shared launcher ends its process by PID.
 from processes import worker_process
+
+from ppd_server.request_path.token_count import TokenCounter
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,11 @@ CHATS = [
 ]
 TOOL = {
     "type": "function",
-    "function": {"name": "get_weather", "description": "Weather of a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
 }
 
 
@@ -52,7 +56,11 @@ def test_learned_ratio_gets_close_to_the_worker(smollm2_worker):
     learned = TokenCounter()
     reported = []
     for chat in CHATS:
-        r = httpx.post(smollm2_worker + "/v1/chat/completions", json={"model": "default", "messages": chat, "max_tokens": 1}, timeout=120)
+        r = httpx.post(
+            smollm2_worker + "/v1/chat/completions",
+            json={"model": "default", "messages": chat, "max_tokens": 1},
+            timeout=120,
+        )
         reported.append(r.json()["usage"]["prompt_tokens"])
         learned.observe(TokenCounter.chat_bytes(chat), reported[-1])
     # after two observations the estimate is within a third of the truth for either chat

@@ -14,6 +14,7 @@ from router_harness import chat_body, router_over
 
 from ppd_server.request_path.upstream import UpstreamError, UpstreamPool
 
+
 class RawServer:
     """A loopback server whose answers are given as raw bytes per request (in order)."""
 
@@ -30,7 +31,9 @@ class RawServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+                length = int(
+                    next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1]
+                )
                 self.requests.append(head + await reader.readexactly(length))
                 self.got_request.set()
                 answer = self.answers.pop(0)
@@ -133,15 +136,20 @@ async def test_close_aborts_the_request_at_the_worker():
 # carry non-latin-1 UTF-8 bytes reach the worker byte for byte instead of failing the request with
 # a 500 (the upstream client encoded its request head as latin-1).
 
+
 @pytest.mark.parametrize("name", ["x-request-id", "x-correlation-id", "traceparent"])
 async def test_a_utf8_forwarded_header_is_relayed_not_a_500(name):
     u = FakeWorker(role="unified")
     async with router_over([u]) as (client, state):
         reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
         body = json.dumps(chat_body()).encode()
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
-                     + name.encode() + b": id-\xe2\x82\xac\r\n"  # the euro sign, UTF-8
-                     + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+            + name.encode()
+            + b": id-\xe2\x82\xac\r\n"  # the euro sign, UTF-8
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body
+        )
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), timeout=10)
         writer.close()
@@ -153,6 +161,7 @@ async def test_a_utf8_forwarded_header_is_relayed_not_a_500(name):
 # A worker URL with a path prefix (a worker behind a path-routing proxy, e.g.
 # http://host:port/w1 - accepted by the config, and kept by the poller's /server_info and load
 # calls) keeps that prefix on the request path too; it was dropped, so requests hit /v1/... and 404'd.
+
 
 async def test_the_worker_urls_path_prefix_is_kept():
     seen: list[str] = []

@@ -63,6 +63,7 @@ def test_more_finishes_than_polled_streams_floor_at_zero() -> None:
 # where a string belongs, an infinite number) is a failed poll of THAT worker: the poll round must
 # not raise (the background poller would die, freezing load and health for every worker).
 
+
 class OddInfo(FakeWorker):
     info: object = None
     loads: str | None = None

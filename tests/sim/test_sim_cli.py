@@ -13,11 +13,20 @@ SMALL = ["--qps", "2", "--duration", "5", "--quiet"]
 
 
 def test_table_has_a_column_per_policy_and_the_promised_rows(capsys):
-    assert main(["--policies", "pd,local,threshold:512,ppd", "--slo-ttft-ms", "200", "--slo-tpot-ms", "30", *SMALL]) == 0
+    assert (
+        main(["--policies", "pd,local,threshold:512,ppd", "--slo-ttft-ms", "200", "--slo-tpot-ms", "30", *SMALL]) == 0
+    )
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if "threshold:512" in line)
     assert header.split() == ["pd", "local", "threshold:512", "ppd"]
-    for row in ("turn-1 TTFT p50 ms", "turn-2+ TTFT p99 ms", "TPOT p99 ms", "turn-2+ routed local", "KV moved GB", "SLO attainment"):
+    for row in (
+        "turn-1 TTFT p50 ms",
+        "turn-2+ TTFT p99 ms",
+        "TPOT p99 ms",
+        "turn-2+ routed local",
+        "KV moved GB",
+        "SLO attainment",
+    ):
         assert row in out
     assert "1P3D llama-3.1-8b@h100" in out and "new sessions/s (~" in out and "requests/s)" in out
     assert "success (in timeout)" in out
@@ -88,7 +97,7 @@ def test_bad_values_exit_2_with_a_message_naming_them(args, needle, capsys):
 
 def test_bad_trace_line_is_named(tmp_path, capsys):
     trace = tmp_path / "t.jsonl"
-    trace.write_text("[[10, 5]]\n{\"turns\": 3}\n")
+    trace.write_text('[[10, 5]]\n{"turns": 3}\n')
     with pytest.raises(SystemExit):
         main(["--trace", str(trace), *SMALL])
     assert "line 2" in capsys.readouterr().err

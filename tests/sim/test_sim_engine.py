@@ -10,7 +10,16 @@ import pytest
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import CostCoefficients
-from ppd_sim import ClusterSpec, Conversation, Hardware, RequestHints, RouterBehaviour, Simulation, WorkloadSpec, synthetic
+from ppd_sim import (
+    ClusterSpec,
+    Conversation,
+    Hardware,
+    RequestHints,
+    RouterBehaviour,
+    Simulation,
+    WorkloadSpec,
+    synthetic,
+)
 from ppd_sim.presets import kv_capacity_tokens, preset_profile
 
 # Round numbers so the expected times can be worked out by hand.
@@ -69,7 +78,9 @@ def test_without_decode_radix_cache_pd_ships_the_whole_prompt_and_local_is_never
 def test_a_local_append_prefill_slows_the_streams_running_on_that_decode_worker():
     streamer = Conversation("a", 1000.0, ((100, 400),), ())
     appender = Conversation("b", 0.0, ((100, 4), (2000, 4)), (1100.0,))
-    by_policy = {p: {r.conversation_id + str(r.turn): r for r in run(p, [streamer, appender]).requests} for p in ("pd", "local")}
+    by_policy = {
+        p: {r.conversation_id + str(r.turn): r for r in run(p, [streamer, appender]).requests} for p in ("pd", "local")
+    }
     assert by_policy["local"]["b2"].route == "local" and by_policy["pd"]["b2"].route == "pd"
     assert by_policy["local"]["b2"].first_token_ms < by_policy["local"]["a1"].finish_ms  # they overlapped
     # a 2000-token prefill stalls one iteration by ~2 s: ~5 ms more per token over 399 tokens
@@ -77,12 +88,17 @@ def test_a_local_append_prefill_slows_the_streams_running_on_that_decode_worker(
 
 
 def mixed_load(seed: int = 1):
-    return synthetic(WorkloadSpec(qps=8, duration_s=8, workload="mixed", turns_min=2, turns_max=5, think_s=0.5, seed=seed))
+    return synthetic(
+        WorkloadSpec(qps=8, duration_s=8, workload="mixed", turns_min=2, turns_max=5, think_s=0.5, seed=seed)
+    )
 
 
 def test_a_run_is_a_function_of_its_inputs():
     def trace(result):
-        return [(r.rid, r.conversation_id, r.turn, r.route, r.decode, r.first_token_ms, r.finish_ms) for r in result.requests]
+        return [
+            (r.rid, r.conversation_id, r.turn, r.route, r.decode, r.first_token_ms, r.finish_ms)
+            for r in result.requests
+        ]
 
     convs = mixed_load()
     assert trace(run("ppd", convs, "1P2D", llama_h100())) == trace(run("ppd", convs, "1P2D", llama_h100()))
@@ -130,7 +146,7 @@ def test_prefill_starved_fleet_ppd_beats_pd_on_turn2_ttft():
     convs = synthetic(WorkloadSpec(qps=20, duration_s=15, workload="big_paste", seed=0))
     pd, ppd = run("pd", convs, "1P3D", llama_h100()), run("ppd", convs, "1P3D", llama_h100())
     assert later_ttft_p50(ppd) < 0.5 * later_ttft_p50(pd)
-    assert 0 < sum(r.route == "local" for r in ppd.requests if r.turn > 1)
+    assert sum(r.route == "local" for r in ppd.requests if r.turn > 1) > 0
 
 
 def test_idle_fleet_ppd_and_local_agree():
@@ -163,7 +179,9 @@ def test_the_policy_sees_load_the_way_sglang_reports_it():
     """Mid-prefill of a P->D turn: P has it running with its uncached tokens, D has it waiting
     (prealloc queue) and in flight; once it streams, D reports it running with its context."""
     instant = RouterBehaviour(poll_interval_ms=0)
-    sim = Simulation(make_policy("pd"), ClusterSpec.parse("1P1D"), HAND, (Conversation("c0", 0.0, ((100, 40),), ()),), router=instant)
+    sim = Simulation(
+        make_policy("pd"), ClusterSpec.parse("1P1D"), HAND, (Conversation("c0", 0.0, ((100, 40),), ()),), router=instant
+    )
     seen = {}
     sim.loop.at(50.0, lambda: seen.setdefault("prefill", sim.cluster.view()))  # prefill takes ~105 ms
     sim.loop.at(300.0, lambda: seen.setdefault("decode", sim.cluster.view()))  # TTFT ~138 ms, 40 tokens ~0.9 s
@@ -183,7 +201,9 @@ def test_the_policy_predicts_with_the_router_cost_model_beliefs():
     from ppd_server.routing.cost_model import CostModel
 
     slow = {"coefficients": {**COEFS.to_dict(), "prefill_per_token_ms": 10.0}}  # believes prefill 10x slower
-    sim = Simulation(make_policy("ppd"), ClusterSpec.parse("1P1D"), HAND, (one_conversation(),), cost_model=CostModel(slow))
+    sim = Simulation(
+        make_policy("ppd"), ClusterSpec.parse("1P1D"), HAND, (one_conversation(),), cost_model=CostModel(slow)
+    )
     t1, _ = sim.run().requests
     assert t1.ttft_ms == pytest.approx(138.102)  # the hardware did not change
     assert t1.predicted_ttft_ms == pytest.approx(138.102 + 9.0 * 100)
@@ -195,7 +215,9 @@ def test_online_fit_feeds_the_cost_model_like_the_router():
     convs = mixed_load()
     hw = llama_h100()
     profile = {"coefficients": hw.coefficients.to_dict()}
-    result = Simulation(make_policy("ppd"), ClusterSpec.parse("1P2D"), hw, convs, cost_model=CostModel(profile), online_fit=True).run()
+    result = Simulation(
+        make_policy("ppd"), ClusterSpec.parse("1P2D"), hw, convs, cost_model=CostModel(profile), online_fit=True
+    ).run()
     report = result.cost_model
     assert report is not None and report["online_fit"]
     assert sum(row["count"] for row in report["errors"].values()) == len(result.requests)

@@ -4,6 +4,7 @@ event each) gives exactly the results of the plain path, request by request."""
 from __future__ import annotations
 
 import pytest
+
 from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import CostCoefficients
@@ -21,8 +22,22 @@ from ppd_sim.report import summarize
 
 def trace(result):
     return [
-        (r.rid, r.conversation_id, r.turn, r.route, r.decode, r.prefill, r.arrival_ms, r.first_token_ms, r.finish_ms,
-         r.cached_tokens, r.prefill_cached_tokens, r.kv_bytes, r.predicted_ttft_ms, r.predicted_tpot_ms)
+        (
+            r.rid,
+            r.conversation_id,
+            r.turn,
+            r.route,
+            r.decode,
+            r.prefill,
+            r.arrival_ms,
+            r.first_token_ms,
+            r.finish_ms,
+            r.cached_tokens,
+            r.prefill_cached_tokens,
+            r.kv_bytes,
+            r.predicted_ttft_ms,
+            r.predicted_tpot_ms,
+        )
         for r in result.requests
     ]
 
@@ -43,13 +58,23 @@ def hardware(capacity: int | None = None) -> Hardware:
     ],
 )
 def test_fast_path_equals_the_plain_path(policy, cluster, router, fit, capacity):
-    convs = synthetic(WorkloadSpec(qps=12, duration_s=10, workload="mixed", turns_min=2, turns_max=5, think_s=0.3, seed=3))
+    convs = synthetic(
+        WorkloadSpec(qps=12, duration_s=10, workload="mixed", turns_min=2, turns_max=5, think_s=0.3, seed=3)
+    )
     hw = hardware(capacity)
     results = []
     for reference in (True, False):
         cm = CostModel({"coefficients": hw.coefficients.to_dict()}) if fit else None
-        sim = Simulation(make_policy(policy), ClusterSpec.parse(cluster), hw, convs, cost_model=cm, online_fit=fit,
-                         router=router, reference=reference)
+        sim = Simulation(
+            make_policy(policy),
+            ClusterSpec.parse(cluster),
+            hw,
+            convs,
+            cost_model=cm,
+            online_fit=fit,
+            router=router,
+            reference=reference,
+        )
         results.append(sim.run())
     plain, fast = results
     assert plain.stop_reason is None and len(plain.requests) == sum(len(c.turns) for c in convs)

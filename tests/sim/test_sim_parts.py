@@ -17,11 +17,17 @@ from ppd_sim.workload import Conversation, WorkloadSpec, load_trace, synthetic
 def test_synthetic_is_a_function_of_the_seed():
     spec = WorkloadSpec(qps=5, duration_s=10, workload="mixed", turns_min=2, turns_max=6, seed=3)
     assert synthetic(spec) == synthetic(spec)
-    assert synthetic(spec) != synthetic(WorkloadSpec(qps=5, duration_s=10, workload="mixed", turns_min=2, turns_max=6, seed=4))
+    assert synthetic(spec) != synthetic(
+        WorkloadSpec(qps=5, duration_s=10, workload="mixed", turns_min=2, turns_max=6, seed=4)
+    )
 
 
 def test_presets_without_jitter_are_exact():
-    convs = synthetic(WorkloadSpec(qps=2, duration_s=5, workload="big_paste", first_turn="large", jitter=0.0, turns_min=3, turns_max=3))
+    convs = synthetic(
+        WorkloadSpec(
+            qps=2, duration_s=5, workload="big_paste", first_turn="large", jitter=0.0, turns_min=3, turns_max=3
+        )
+    )
     assert convs and all(c.turns == ((1024, 1024), (512, 64), (512, 64)) for c in convs)
     assert all(len(c.think_ms) == 2 for c in convs)
     assert all(0 <= c.arrival_ms < 5000 for c in convs)
@@ -36,9 +42,15 @@ def test_prompt_is_the_history_plus_the_new_input():
 
 @pytest.mark.parametrize(
     ("kw", "needle"),
-    [({"qps": 0}, "--qps"), ({"duration_s": -1}, "--duration"), ({"workload": "nope"}, "'nope'"),
-     ({"first_turn": "huge"}, "'huge'"), ({"turns_min": 5, "turns_max": 2}, "--turns"),
-     ({"qps": 1000, "duration_s": 3600}, "limit is 100000"), ({"jitter": 1.5}, "--jitter")],
+    [
+        ({"qps": 0}, "--qps"),
+        ({"duration_s": -1}, "--duration"),
+        ({"workload": "nope"}, "'nope'"),
+        ({"first_turn": "huge"}, "'huge'"),
+        ({"turns_min": 5, "turns_max": 2}, "--turns"),
+        ({"qps": 1000, "duration_s": 3600}, "limit is 100000"),
+        ({"jitter": 1.5}, "--jitter"),
+    ],
 )
 def test_workload_spec_errors_name_the_value(kw, needle):
     base = {"qps": 1.0, "duration_s": 10.0}
@@ -88,7 +100,9 @@ def test_link_is_fifo_at_its_bandwidth():
     assert link.bytes_moved == 3_000_000 and link.link_gbps == 8.0
 
 
-@pytest.mark.parametrize(("text", "expected"), [("1P3D", (1, 3, 0)), ("2p2d", (2, 2, 0)), ("4R", (0, 0, 4)), ("1P2D1R", (1, 2, 1))])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("1P3D", (1, 3, 0)), ("2p2d", (2, 2, 0)), ("4R", (0, 0, 4)), ("1P2D1R", (1, 2, 1))]
+)
 def test_cluster_spec_parses(text, expected):
     s = ClusterSpec.parse(text)
     assert (s.prefill, s.decode, s.unified) == expected

@@ -5,6 +5,7 @@ of open P->D turns as link backlog. Each can be idealised; the policy's inputs s
 from __future__ import annotations
 
 import pytest
+
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import (
     ClusterView,
@@ -87,7 +88,9 @@ def test_the_router_sees_the_clients_max_tokens_not_the_answers_length():
     assert result.requests[1].finish_ms is not None
     result, spy = simulate([conv], RouterBehaviour(client_max_tokens=None), policy="local")
     assert [r.max_new_tokens for _, r, _ in spy.seen] == [40, 300, 5]
-    assert [r.cut for r in result.requests] == [False] * 3 and result.requests[2].prompt_tokens == 100 + 40 + 20 + 300 + 10
+    assert [r.cut for r in result.requests] == [False] * 3 and result.requests[
+        2
+    ].prompt_tokens == 100 + 40 + 20 + 300 + 10
 
 
 def test_the_router_counts_the_predicted_kv_of_open_pd_turns_as_link_backlog():

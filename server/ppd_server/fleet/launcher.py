@@ -20,8 +20,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 from ppd_server.config import PrefillSpec, RouterConfig
 
@@ -82,8 +82,9 @@ def _cpus() -> list[int]:
         return []
 
 
-def plan_cluster(config: RouterConfig, ports: Iterator[int] | None = None,
-                 cpus: list[int] | None = None) -> list[WorkerLaunch]:
+def plan_cluster(
+    config: RouterConfig, ports: Iterator[int] | None = None, cpus: list[int] | None = None
+) -> list[WorkerLaunch]:
     ports = ports or ports_from_os(exclude={config.port})  # the router binds its own port after the workers start
     cpus = _cpus() if cpus is None else cpus
     plans = []
@@ -103,10 +104,19 @@ def plan_cluster(config: RouterConfig, ports: Iterator[int] | None = None,
     return plans
 
 
-def ppd_worker_argv(role: str, config: RouterConfig, port: int, bootstrap_port: int | None,
-                    device: str = "cpu") -> list[str]:
-    argv = ppd_worker_command() + ["--host", "127.0.0.1", "--port", str(port), "--model", config.model,
-                                   "--threads", str(config.worker_threads)]
+def ppd_worker_argv(
+    role: str, config: RouterConfig, port: int, bootstrap_port: int | None, device: str = "cpu"
+) -> list[str]:
+    argv = ppd_worker_command() + [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        config.model,
+        "--threads",
+        str(config.worker_threads),
+    ]
     if device != "cpu":
         argv += ["--device", device]
         if config.gpu_memory_fraction is not None:
@@ -123,12 +133,34 @@ def ppd_worker_argv(role: str, config: RouterConfig, port: int, bootstrap_port: 
     return argv
 
 
-def sglang_argv(role: str, model_path: str, port: int, bootstrap_port: int | None, *,
-                base_gpu_id: int, tp: int, python: str | None = None) -> list[str]:
+def sglang_argv(
+    role: str,
+    model_path: str,
+    port: int,
+    bootstrap_port: int | None,
+    *,
+    base_gpu_id: int,
+    tp: int,
+    python: str | None = None,
+) -> list[str]:
     """The real SGLang worker command for one role (GPU box)."""
-    argv = [python or sys.executable, "-m", "sglang.launch_server", "--model-path", model_path,
-            "--host", "127.0.0.1", "--port", str(port), "--base-gpu-id", str(base_gpu_id), "--tp", str(tp),
-            "--enable-cache-report", "--enable-metrics"]
+    argv = [
+        python or sys.executable,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        model_path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-gpu-id",
+        str(base_gpu_id),
+        "--tp",
+        str(tp),
+        "--enable-cache-report",
+        "--enable-metrics",
+    ]
     mode = _ROLE_MODE[role]
     if mode:
         argv += ["--disaggregation-mode", mode]
@@ -146,7 +178,9 @@ def with_workers(config: RouterConfig, plans: list[WorkerLaunch]) -> RouterConfi
     return config.replace(
         prefill=tuple(PrefillSpec(p.url, p.bootstrap_port) for p in plans if p.role == "prefill"),
         decode=tuple(p.url for p in plans if p.role == "decode"),
-        worker=tuple(p.url for p in plans if p.role == "unified"), link_gbps=link)
+        worker=tuple(p.url for p in plans if p.role == "unified"),
+        link_gbps=link,
+    )
 
 
 class ClusterError(RuntimeError):
@@ -156,8 +190,9 @@ class ClusterError(RuntimeError):
 class Cluster:
     """Runs a plan. Use as a context manager, or call start() / wait_healthy() / stop()."""
 
-    def __init__(self, plans: list[WorkerLaunch], log_dir: str | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, plans: list[WorkerLaunch], log_dir: str | None = None, progress: Callable[[str], None] | None = None
+    ) -> None:
         self.plans = plans
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="ppd-workers-")
         self.progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -191,9 +226,11 @@ class Cluster:
                     os.sched_setaffinity(proc.pid, {plan.cpu})
                 except (AttributeError, OSError):
                     pass
-        self.progress(f"[ppd-server] started {len(self.plans)} worker(s): "
-                      + ", ".join(f"{p.role} {p.url}" + (f" (core {p.cpu})" if p.cpu is not None else "")
-                                  for p in self.plans) + f"; logs in {self.log_dir}")
+        self.progress(
+            f"[ppd-server] started {len(self.plans)} worker(s): "
+            + ", ".join(f"{p.role} {p.url}" + (f" (core {p.cpu})" if p.cpu is not None else "") for p in self.plans)
+            + f"; logs in {self.log_dir}"
+        )
         self.wait_healthy(timeout_s)
 
     def wait_healthy(self, timeout_s: float) -> None:
@@ -204,20 +241,21 @@ class Cluster:
             for name, plan in list(pending.items()):
                 proc = self.procs[name]
                 if proc.poll() is not None:
-                    raise ClusterError(f"worker {name} exited with code {proc.returncode}; "
-                                       f"last log lines:\n{self._tail(plan)}")
+                    raise ClusterError(
+                        f"worker {name} exited with code {proc.returncode}; last log lines:\n{self._tail(plan)}"
+                    )
                 if _healthy(plan.url):
                     del pending[name]
             elapsed = time.monotonic() - t0
             if not pending:
                 break
             if elapsed > timeout_s:
-                raise ClusterError(f"workers not healthy after {timeout_s:.0f}s: {', '.join(pending)}; "
-                                   f"logs in {self.log_dir}")
+                raise ClusterError(
+                    f"workers not healthy after {timeout_s:.0f}s: {', '.join(pending)}; logs in {self.log_dir}"
+                )
             if elapsed - last_report >= 5.0:
                 last_report = elapsed
-                self.progress(f"[ppd-server] waiting for {len(pending)} worker(s) to load the model... "
-                              f"{elapsed:.0f}s")
+                self.progress(f"[ppd-server] waiting for {len(pending)} worker(s) to load the model... {elapsed:.0f}s")
             time.sleep(0.2)
         self.progress(f"[ppd-server] all {len(self.plans)} worker(s) healthy after {time.monotonic() - t0:.1f}s")
 

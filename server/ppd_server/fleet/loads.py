@@ -7,8 +7,9 @@ the core fields flat in each rank or under ``"core"``), else Prometheus ``GET /m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +44,16 @@ def parse_v1_loads(payload: Any) -> LoadReport:
             if isinstance(sub, Mapping):
                 flat.update({k: v for k, v in sub.items() if k not in flat or not isinstance(flat[k], (int, float))})
         tot["run"] += _num(flat, "num_running_reqs")
-        tot["wait"] += _num(flat, "num_waiting_reqs") + _num(flat, "prefill_bootstrap_queue_reqs", "decode_prealloc_queue_reqs")
+        tot["wait"] += _num(flat, "num_waiting_reqs") + _num(
+            flat, "prefill_bootstrap_queue_reqs", "decode_prealloc_queue_reqs"
+        )
         tot["wtok"] += _num(flat, "num_waiting_uncached_tokens", "num_waiting_tokens")
         tot["used"] += _num(flat, "num_used_tokens")
         tot["ctx"] += _num(flat, "running_context_tokens", "num_running_context_tokens", "sum_running_context_tokens")
         tot["max"] += _num(flat, "max_total_num_tokens", "token_capacity")
-    return LoadReport(int(tot["run"]), int(tot["wait"]), int(tot["wtok"]), int(tot["used"]), int(tot["ctx"]), int(tot["max"]))
+    return LoadReport(
+        int(tot["run"]), int(tot["wait"]), int(tot["wtok"]), int(tot["used"]), int(tot["ctx"]), int(tot["max"])
+    )
 
 
 def parse_prometheus(text: str) -> LoadReport:
@@ -57,7 +62,11 @@ def parse_prometheus(text: str) -> LoadReport:
 
     vals: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
-        name = fam.name.replace("sglang:", "").replace("sglang_", "", 1) if fam.name.startswith(("sglang:", "sglang_")) else None
+        name = (
+            fam.name.replace("sglang:", "").replace("sglang_", "", 1)
+            if fam.name.startswith(("sglang:", "sglang_"))
+            else None
+        )
         if name is None:
             continue
         for s in fam.samples:

@@ -22,8 +22,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import aiohttp
 
@@ -88,25 +89,45 @@ class Worker:
         running = max(0, polled - len(self.recent_finishes))
         context = self.load.running_context_tokens * running // polled if polled else 0
         return WorkerView(
-            url=self.url, role=self.role, healthy=self.healthy,
-            can_local_prefill=self.can_local_prefill, decode_radix_cache=self.decode_radix_cache,
-            bootstrap_port=self.bootstrap_port, max_total_tokens=self.max_total_tokens,
-            kv_bytes_per_token=self.kv_bytes_per_token, chunked_prefill_size=self.chunked_prefill_size,
-            running_reqs=running, waiting_reqs=self.load.waiting_reqs,
-            waiting_tokens=self.load.waiting_tokens, used_tokens=self.load.used_tokens,
-            running_context_tokens=context, inflight=self.inflight, **self.local_load.view_fields(),
+            url=self.url,
+            role=self.role,
+            healthy=self.healthy,
+            can_local_prefill=self.can_local_prefill,
+            decode_radix_cache=self.decode_radix_cache,
+            bootstrap_port=self.bootstrap_port,
+            max_total_tokens=self.max_total_tokens,
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            chunked_prefill_size=self.chunked_prefill_size,
+            running_reqs=running,
+            waiting_reqs=self.load.waiting_reqs,
+            waiting_tokens=self.load.waiting_tokens,
+            used_tokens=self.load.used_tokens,
+            running_context_tokens=context,
+            inflight=self.inflight,
+            **self.local_load.view_fields(),
             coefficients=coefficients,
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "url": self.url, "role": self.role, "healthy": self.healthy, "bootstrap_port": self.bootstrap_port,
-            "can_local_prefill": self.can_local_prefill, "decode_radix_cache": self.decode_radix_cache,
-            "max_total_tokens": self.max_total_tokens, "kv_bytes_per_token": self.kv_bytes_per_token,
-            "served_model_name": self.served_model_name, "inflight": self.inflight,
-            "load": {"running_reqs": self.load.running_reqs, "waiting_reqs": self.load.waiting_reqs,
-                     "waiting_tokens": self.load.waiting_tokens, "used_tokens": self.load.used_tokens,
-                     "running_context_tokens": self.load.running_context_tokens, "source": self.load_source},
+            "url": self.url,
+            "role": self.role,
+            "healthy": self.healthy,
+            "bootstrap_port": self.bootstrap_port,
+            "can_local_prefill": self.can_local_prefill,
+            "decode_radix_cache": self.decode_radix_cache,
+            "max_total_tokens": self.max_total_tokens,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "served_model_name": self.served_model_name,
+            "inflight": self.inflight,
+            "load": {
+                "running_reqs": self.load.running_reqs,
+                "waiting_reqs": self.load.waiting_reqs,
+                "waiting_tokens": self.load.waiting_tokens,
+                "used_tokens": self.load.used_tokens,
+                "running_context_tokens": self.load.running_context_tokens,
+                "source": self.load_source,
+            },
             "last_error": self.last_error,
         }
 
@@ -119,7 +140,9 @@ class Worker:
             port = info.get("disaggregation_bootstrap_port")
             self.bootstrap_port = int(port) if isinstance(port, int) else None
         self.decode_radix_cache = bool(info.get("disaggregation_decode_enable_radix_cache"))
-        self.can_local_prefill = self.role == "decode" and bool(info.get("disaggregation_decode_enable_conditional_agg"))
+        self.can_local_prefill = self.role == "decode" and bool(
+            info.get("disaggregation_decode_enable_conditional_agg")
+        )
         self.max_total_tokens = int(info.get("max_total_num_tokens") or 0)
         self.kv_bytes_per_token = int(info.get("kv_bytes_per_token") or 0)
         self.chunked_prefill_size = max(0, int(info.get("chunked_prefill_size") or 0))
@@ -129,8 +152,9 @@ class Worker:
 
 
 class WorkerRegistry:
-    def __init__(self, workers: Iterable[Worker], *, breaker_cooldown_s: float = 1.0,
-                 breaker_max_cooldown_s: float = 60.0) -> None:
+    def __init__(
+        self, workers: Iterable[Worker], *, breaker_cooldown_s: float = 1.0, breaker_max_cooldown_s: float = 60.0
+    ) -> None:
         self.workers: dict[str, Worker] = {w.url: w for w in workers}
         self.breaker_cooldown_s = breaker_cooldown_s
         self.breaker_max_cooldown_s = breaker_max_cooldown_s
@@ -218,11 +242,13 @@ class WorkerRegistry:
             if w.poll_failures >= _POLL_FAILURES_TO_DOWN or not w.healthy:
                 self.mark_down(w.url, f"poll failed: {type(e).__name__}: {e}")
 
-    async def _fetch_load(self, session: aiohttp.ClientSession, w: Worker,
-                          timeout: aiohttp.ClientTimeout) -> tuple[LoadReport, str]:
+    async def _fetch_load(
+        self, session: aiohttp.ClientSession, w: Worker, timeout: aiohttp.ClientTimeout
+    ) -> tuple[LoadReport, str]:
         if w.load_source != "metrics":
-            async with session.get(w.url + "/v1/loads", params={"include": "core,disagg,queues,memory"},
-                                   timeout=timeout) as r:
+            async with session.get(
+                w.url + "/v1/loads", params={"include": "core,disagg,queues,memory"}, timeout=timeout
+            ) as r:
                 if r.status == 200:
                     try:
                         return parse_v1_loads(await r.json(content_type=None)), "v1/loads"

@@ -33,8 +33,9 @@ def add_admin_routes(app: web.Application, state: AppState) -> None:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
             return error_response(bad_request("limit must be an integer", param="limit"))
-        return web.json_response({"count": len(state.turns.sessions),
-                                  "sessions": state.turns.sessions.snapshot(max(0, min(limit, 10_000)))})
+        return web.json_response(
+            {"count": len(state.turns.sessions), "sessions": state.turns.sessions.snapshot(max(0, min(limit, 10_000)))}
+        )
 
     async def get_policy(request: web.Request) -> web.Response:
         return web.json_response(_policy_body(state))
@@ -64,9 +65,13 @@ def add_admin_routes(app: web.Application, state: AppState) -> None:
 
     async def cost_model(request: web.Request) -> web.Response:
         cm = state.turns.cost_model
-        return web.json_response({"error_summary": cm.error_summary(),
-                                  "coefficients": {w.url: _coeffs(cm.coefficients(w.url, w.role)) for w in state.registry},
-                                  "time": time.time()})
+        return web.json_response(
+            {
+                "error_summary": cm.error_summary(),
+                "coefficients": {w.url: _coeffs(cm.coefficients(w.url, w.role)) for w in state.registry},
+                "time": time.time(),
+            }
+        )
 
     app.router.add_get("/admin/workers", workers)
     app.router.add_get("/admin/sessions", sessions)
@@ -79,5 +84,3 @@ def _coeffs(c: Any) -> dict[str, float]:
     from dataclasses import asdict
 
     return asdict(c)
-
-

@@ -28,8 +28,11 @@ def make_auth_middleware(api_key: str | None, admin_key: str | None):
         path = request.path
         if path.startswith("/admin"):
             if admin_key is not None and not _bearer_ok(request, admin_key):
-                return error_response(RouterError(401, "A valid admin key is required (Authorization: Bearer ...).",
-                                                  code="invalid_admin_key"))
+                return error_response(
+                    RouterError(
+                        401, "A valid admin key is required (Authorization: Bearer ...).", code="invalid_admin_key"
+                    )
+                )
         elif api_key is not None and path.startswith(_API_PREFIXES) and not _bearer_ok(request, api_key):
             return error_response(RouterError(401, "Incorrect API key provided.", code="invalid_api_key"))
         return await handler(request)

@@ -26,9 +26,17 @@ _TYPES = {
 class RouterError(Exception):
     """An error the router answers with a given status and OpenAI-style body."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type_: str | None = None, retryable: bool = False,
-                 retry_after_s: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str | None = None,
+        retryable: bool = False,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -45,8 +53,9 @@ class RouterError(Exception):
 def error_response(err: RouterError, headers: dict[str, str] | None = None) -> web.Response:
     if err.retry_after_s is not None:
         headers = {**(headers or {}), "Retry-After": str(max(1, int(err.retry_after_s)))}
-    return web.Response(status=err.status, body=json.dumps(err.body()).encode(),
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        status=err.status, body=json.dumps(err.body()).encode(), content_type="application/json", headers=headers
+    )
 
 
 def sse_error_event(err: RouterError) -> bytes:
@@ -67,8 +76,13 @@ def make_error_middleware(log):
         except web.HTTPException as e:
             if e.status < 400:
                 raise
-            return error_response(RouterError(e.status, f"{e.reason}: {request.method} {request.path}",
-                                              code="not_found" if e.status == 404 else None))
+            return error_response(
+                RouterError(
+                    e.status,
+                    f"{e.reason}: {request.method} {request.path}",
+                    code="not_found" if e.status == 404 else None,
+                )
+            )
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.path)
             return error_response(RouterError(500, "internal router error (see the router log)", code="internal_error"))

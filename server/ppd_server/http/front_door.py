@@ -18,13 +18,13 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ppd_sdk import wire
-from ppd_server.request_path.dispatch import Plan, RetryableFailure
 from ppd_server.http.errors import RouterError, bad_request, error_response
 from ppd_server.metrics import turn_bucket
+from ppd_server.request_path.dispatch import Plan, RetryableFailure
 from ppd_server.request_path.relay import Kind, TurnUsage
+from ppd_server.request_path.turns import Turn
 from ppd_server.routing.types import NoWorkerAvailable
 from ppd_server.telemetry import decision_attributes, extract_context
-from ppd_server.request_path.turns import Turn
 
 if TYPE_CHECKING:
     from ppd_server.http.state import AppState
@@ -97,9 +97,12 @@ class FrontDoor:
             raise bad_request(f"'model' must be a string, got {model!r}", param="model")
         registry = self.state.registry
         if not registry.accepts_model(model):
-            raise RouterError(404, f"The model `{model[:200]}` does not exist. Available: "
-                                   f"{', '.join(sorted(registry.model_names()))}",
-                              param="model", code="model_not_found")
+            raise RouterError(
+                404,
+                f"The model `{model[:200]}` does not exist. Available: {', '.join(sorted(registry.model_names()))}",
+                param="model",
+                code="model_not_found",
+            )
 
     def _measure(self, kind: Kind, body: dict[str, Any]) -> tuple[int, int, int]:
         """(prompt tokens, prompt bytes, max new tokens); raises 400 on a malformed prompt."""
@@ -123,8 +126,9 @@ class FrontDoor:
             elif isinstance(prompt, list) and prompt and all(isinstance(t, str) for t in prompt):
                 tokens = sum(tc.count_text(p) for p in prompt)
             else:
-                raise bad_request("'prompt' must be a non-empty string, array of strings or array of token ids",
-                                  param="prompt")
+                raise bad_request(
+                    "'prompt' must be a non-empty string, array of strings or array of token ids", param="prompt"
+                )
             return tokens, _text_bytes(prompt), _positive_int(body.get("max_tokens"), "max_tokens", 16)
         text, ids = body.get("text"), body.get("input_ids")
         if isinstance(text, str) and text:
@@ -153,7 +157,9 @@ class FrontDoor:
             about = "" if exact else "about "
             raise bad_request(
                 f"This prompt has {about}{prompt_tokens} tokens; the workers hold at most {cap} tokens of context.",
-                param=_PROMPT_PARAM[kind], code="context_length_exceeded")
+                param=_PROMPT_PARAM[kind],
+                code="context_length_exceeded",
+            )
 
     # --- the handler ---------------------------------------------------------------------
 
@@ -161,8 +167,12 @@ class FrontDoor:
         st = self.state
         request_id = request.headers.get("x-request-id") or f"ppd-{uuid.uuid4().hex}"
         parent = extract_context(request.headers) if st.tracing else None
-        span = st.tracer.start_span("ppd.route", context=parent, kind=SpanKind.SERVER,
-                                    attributes={"http.route": request.path, "http.request.method": "POST"})
+        span = st.tracer.start_span(
+            "ppd.route",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.route": request.path, "http.request.method": "POST"},
+        )
         try:
             return await self._handle(request, kind, request_id, span)
         except RouterError as e:
@@ -183,9 +193,10 @@ class FrontDoor:
             hints = wire.parse_hints(request.headers, body)  # the one parse: Hints flow as they are from here
         except wire.WireError as e:
             raise bad_request(e.message, param=e.param, code="invalid_ppd_hints") from None
-        for value, header, field in ((hints.conversation_id, wire.HEADER_CONVERSATION_ID, "conversation_id"),
-                                     (hints.parent_conversation_id, wire.HEADER_PARENT_CONVERSATION_ID,
-                                      "parent_conversation_id")):
+        for value, header, field in (
+            (hints.conversation_id, wire.HEADER_CONVERSATION_ID, "conversation_id"),
+            (hints.parent_conversation_id, wire.HEADER_PARENT_CONVERSATION_ID, "parent_conversation_id"),
+        ):
             _check_header_safe(value, header if header in request.headers else f"{wire.BODY_FIELD}.{field}")
         self._check_capacity(kind, prompt_tokens)
 
@@ -215,15 +226,17 @@ class FrontDoor:
                 decision = st.turns.decide(turn)
             except NoWorkerAvailable as e:
                 msg = str(e) + (f" (last failure: {last_failure})" if last_failure else "")
-                raise RouterError(503, msg or "no worker available", code="no_worker_available",
-                                  retry_after_s=st.config.retry_after_s) from None
+                raise RouterError(
+                    503, msg or "no worker available", code="no_worker_available", retry_after_s=st.config.retry_after_s
+                ) from None
             if st.tracing:
                 span.set_attributes(decision_attributes(decision))
             span.set_attribute("ppd.attempt", attempt)
             self._admit(decision)
             st.metrics.decisions.labels(decision.policy, decision.route).inc()
-            plan = self._plan(kind, request.path, body, turn, stream, client_wants_usage, request_id,
-                              worker_headers, span)
+            plan = self._plan(
+                kind, request.path, body, turn, stream, client_wants_usage, request_id, worker_headers, span
+            )
             kv_predicted = st.turns.predicted_kv_bytes(turn) if decision.route == "pd" else 0
             st.turns.link_backlog_bytes += kv_predicted
             try:
@@ -234,8 +247,12 @@ class FrontDoor:
                 st.metrics.retries.inc()
             finally:
                 st.turns.link_backlog_bytes -= kv_predicted
-        raise RouterError(503, f"no worker could serve the request after {st.config.max_retries + 1} attempts: "
-                               f"{last_failure}", code="workers_unavailable", retry_after_s=st.config.retry_after_s)
+        raise RouterError(
+            503,
+            f"no worker could serve the request after {st.config.max_retries + 1} attempts: {last_failure}",
+            code="workers_unavailable",
+            retry_after_s=st.config.retry_after_s,
+        )
 
     def _admit(self, decision: Any) -> None:
         """Admission control: a bounded queue per worker (the router's own in-flight count).
@@ -247,12 +264,25 @@ class FrontDoor:
         for url in (decision.decode, decision.prefill):
             w = self.state.registry.get(url)
             if w is not None and w.inflight >= limit:
-                raise RouterError(429, f"the router's queue for worker {w.url} is full ({limit} requests in "
-                                       f"flight); retry later", code="queue_full",
-                                  retry_after_s=self.state.config.retry_after_s)
+                raise RouterError(
+                    429,
+                    f"the router's queue for worker {w.url} is full ({limit} requests in flight); retry later",
+                    code="queue_full",
+                    retry_after_s=self.state.config.retry_after_s,
+                )
 
-    def _plan(self, kind: Kind, path: str, body: dict[str, Any], turn: Turn, stream: bool,
-              client_wants_usage: bool, request_id: str, worker_headers: dict[str, str], span: Any) -> Plan:
+    def _plan(
+        self,
+        kind: Kind,
+        path: str,
+        body: dict[str, Any],
+        turn: Turn,
+        stream: bool,
+        client_wants_usage: bool,
+        request_id: str,
+        worker_headers: dict[str, str],
+        span: Any,
+    ) -> Plan:
         st = self.state
         d = turn.decision
         assert d is not None
@@ -282,10 +312,20 @@ class FrontDoor:
                 span.set_status(Status(StatusCode.ERROR))
                 st.metrics.errors.labels("worker").inc()
 
-        return Plan(kind=kind, path=path, body=body, decision=d, stream=stream,
-                    client_wants_usage=client_wants_usage, client_headers=client_headers,
-                    worker_headers=worker_headers, route_info=lambda usage: st.turns.route_info(turn, usage),
-                    finish=finish, parent_context=_span_context(span), started_at=time.perf_counter())
+        return Plan(
+            kind=kind,
+            path=path,
+            body=body,
+            decision=d,
+            stream=stream,
+            client_wants_usage=client_wants_usage,
+            client_headers=client_headers,
+            worker_headers=worker_headers,
+            route_info=lambda usage: st.turns.route_info(turn, usage),
+            finish=finish,
+            parent_context=_span_context(span),
+            started_at=time.perf_counter(),
+        )
 
 
 def _span_context(span: Any) -> Any:

@@ -36,8 +36,9 @@ log = logging.getLogger("ppd_server")
 class _OpenAIErrorsRequestHandler(RequestHandler):
     """aiohttp's connection handler, answering its own parse errors with OpenAI error bodies."""
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         if status >= 500:
             plain = super().handle_error(request, status, exc, message)  # logs the traceback
             del plain
@@ -78,13 +79,26 @@ class RouterRunner(web.AppRunner):
 def make_runner(app: web.Application, *, drain_timeout_s: float, max_header_bytes: int) -> RouterRunner:
     # handler_cancellation: a client that disconnects cancels its handler, which aborts the worker
     # calls (aiohttp's default leaves a non-streamed turn generating to the end on the workers).
-    return RouterRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
-                        shutdown_timeout=drain_timeout_s, max_line_size=max_header_bytes,
-                        max_field_size=max_header_bytes)
+    return RouterRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=drain_timeout_s,
+        max_line_size=max_header_bytes,
+        max_field_size=max_header_bytes,
+    )
 
 
-def serve(app: web.Application, host: str, port: int, loop: asyncio.AbstractEventLoop, *,
-          drain_timeout_s: float, max_header_bytes: int) -> None:
+def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    drain_timeout_s: float,
+    max_header_bytes: int,
+) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests (at most ``drain_timeout_s``)."""
     runner = make_runner(app, drain_timeout_s=drain_timeout_s, max_header_bytes=max_header_bytes)
     loop.run_until_complete(runner.setup())

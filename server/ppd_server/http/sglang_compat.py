@@ -53,11 +53,17 @@ def add_sglang_routes(app: web.Application, state: AppState) -> None:
 
     async def server_info(request: web.Request) -> web.Response:
         cfg = state.config
-        return web.json_response({
-            "router": "ppd-server", "policy": state.turns.policy.spec, "policy_params": state.turns.policy.params,
-            "load_interval_s": cfg.load_interval_s, "max_retries": cfg.max_retries,
-            "token_count": "exact" if state.turns.tokens.exact else "learned bytes/token",
-            "workers": [w.as_dict() for w in state.registry]})
+        return web.json_response(
+            {
+                "router": "ppd-server",
+                "policy": state.turns.policy.spec,
+                "policy_params": state.turns.policy.params,
+                "load_interval_s": cfg.load_interval_s,
+                "max_retries": cfg.max_retries,
+                "token_count": "exact" if state.turns.tokens.exact else "learned bytes/token",
+                "workers": [w.as_dict() for w in state.registry],
+            }
+        )
 
     app.router.add_post("/flush_cache", flush_cache)
     app.router.add_get("/model_info", model_info)

@@ -22,7 +22,17 @@ from ppd_server.profiling.roofline import roofline_profile
 from ppd_server.profiling.store import load_profile, save_profile, validate_profile
 
 __all__ = [
-    "DEFAULT_PROFILE", "GRIDS", "H200_PPD_ENGINE_LLAMA8B", "PRESET_NAMES", "ProfileError", "ProfileGrid",
-    "fit_coefficients", "load_profile", "measure_profile", "preset", "roofline_profile", "save_profile",
+    "DEFAULT_PROFILE",
+    "GRIDS",
+    "H200_PPD_ENGINE_LLAMA8B",
+    "PRESET_NAMES",
+    "ProfileError",
+    "ProfileGrid",
+    "fit_coefficients",
+    "load_profile",
+    "measure_profile",
+    "preset",
+    "roofline_profile",
+    "save_profile",
     "validate_profile",
 ]

@@ -57,7 +57,11 @@ def sample_row(s: dict[str, Any]) -> list[float]:
     if kind == "decode":
         return [0.0, 0.0, 0.0, 1.0, float(s["batch"]), float(s["context"]) / 1000.0]
     if kind == "mixed":
-        return _prefill_part(float(s["new"]), float(s.get("cached", 0))) + [0.0, float(s["batch"]), float(s["context"]) / 1000.0]
+        return _prefill_part(float(s["new"]), float(s.get("cached", 0))) + [
+            0.0,
+            float(s["batch"]),
+            float(s["context"]) / 1000.0,
+        ]
     if kind == "stall":
         part = _prefill_part(float(s["new"]), float(s.get("cached", 0)), s.get("chunk"))
         return part + [-part[0], 0.0, 0.0]
@@ -99,7 +103,11 @@ def fit_errors(coefficients: CostCoefficients, samples: Sequence[dict[str, Any]]
     """Mean absolute % error of ``coefficients`` on ``samples``, per kind present."""
     out: dict[str, float] = {}
     for kind in KINDS:
-        errs = [abs(predict_ms(coefficients, s) - s["ms"]) / s["ms"] for s in samples if s.get("kind") == kind and s["ms"] > 0]
+        errs = [
+            abs(predict_ms(coefficients, s) - s["ms"]) / s["ms"]
+            for s in samples
+            if s.get("kind") == kind and s["ms"] > 0
+        ]
         if errs:
             out[f"{kind}_abs_pct_err"] = round(100.0 * sum(errs) / len(errs), 2)
     return out

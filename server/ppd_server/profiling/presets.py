@@ -60,7 +60,7 @@ H200_SAMPLES: tuple[dict[str, Any], ...] = (
 H200_PPD_ENGINE_LLAMA8B: dict[str, Any] = {
     "model": "llama-3.1-8b-shaped@h200 (ppd-worker, cuda, bf16)",
     "source": "shared/reference/gpu-measurements.md: ppd-worker --device cuda at commit a038745 on one NVIDIA H200 "
-              "(torch 2.11.0+cu130), Llama-3.1-8B-shaped random bf16 weights; fit_coefficients of the listed samples",
+    "(torch 2.11.0+cu130), Llama-3.1-8B-shaped random bf16 weights; fit_coefficients of the listed samples",
     "coefficients": {
         "prefill_base_ms": 16.0648,
         "prefill_per_token_ms": 0.0,
@@ -75,11 +75,13 @@ H200_PPD_ENGINE_LLAMA8B: dict[str, Any] = {
     "samples": list(H200_SAMPLES),
 }
 
-_PRESETS: Mapping[str, Callable[[], dict[str, Any]]] = MappingProxyType({
-    "builtin": lambda: DEFAULT_PROFILE,
-    "smollm2-cpu": lambda: DEFAULT_PROFILE,
-    "h200-ppd-engine-llama8b": lambda: H200_PPD_ENGINE_LLAMA8B,
-})
+_PRESETS: Mapping[str, Callable[[], dict[str, Any]]] = MappingProxyType(
+    {
+        "builtin": lambda: DEFAULT_PROFILE,
+        "smollm2-cpu": lambda: DEFAULT_PROFILE,
+        "h200-ppd-engine-llama8b": lambda: H200_PPD_ENGINE_LLAMA8B,
+    }
+)
 PRESET_NAMES: tuple[str, ...] = tuple(_PRESETS)
 
 

@@ -57,18 +57,26 @@ class ProfileGrid:
     repeats: int = 2
 
     def validate(self) -> ProfileGrid:
-        for name, values in (("prefill_lengths", self.prefill_lengths), ("append_prefixes", self.append_prefixes),
-                             ("append_lengths", self.append_lengths), ("decode_batches", self.decode_batches),
-                             ("decode_contexts", self.decode_contexts), ("mixed_batches", self.mixed_batches),
-                             ("mixed_lengths", self.mixed_lengths)):
+        for name, values in (
+            ("prefill_lengths", self.prefill_lengths),
+            ("append_prefixes", self.append_prefixes),
+            ("append_lengths", self.append_lengths),
+            ("decode_batches", self.decode_batches),
+            ("decode_contexts", self.decode_contexts),
+            ("mixed_batches", self.mixed_batches),
+            ("mixed_lengths", self.mixed_lengths),
+        ):
             if any(not isinstance(v, int) or v < 1 or v > 131072 for v in values):
                 raise ValueError(f"{name} must be integers in [1, 131072], got {list(values)}")
         if any(not isinstance(v, int) or v < 0 or v > 131072 for v in self.mixed_cached):
             raise ValueError(f"mixed_cached must be integers in [0, 131072], got {list(self.mixed_cached)}")
         if any(b > 256 for b in (*self.decode_batches, *self.mixed_batches)):
             raise ValueError("decode/mixed batches must be <= 256")
-        for name, v, lo, hi in (("decode_steps", self.decode_steps, 4, 4096), ("mixed_context", self.mixed_context, 1, 131072),
-                                ("repeats", self.repeats, 1, 100)):
+        for name, v, lo, hi in (
+            ("decode_steps", self.decode_steps, 4, 4096),
+            ("mixed_context", self.mixed_context, 1, 131072),
+            ("repeats", self.repeats, 1, 100),
+        ):
             if not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
         return self
@@ -81,7 +89,9 @@ class ProfileGrid:
             out += [("append", (c, m)) for c in self.append_prefixes for m in self.append_lengths]
         out += [("decode", (b, ctx)) for ctx in self.decode_contexts for b in self.decode_batches]
         for _ in range(self.repeats):
-            out += [("mixed", (b, m, c)) for c in self.mixed_cached for m in self.mixed_lengths for b in self.mixed_batches]
+            out += [
+                ("mixed", (b, m, c)) for c in self.mixed_cached for m in self.mixed_lengths for b in self.mixed_batches
+            ]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,18 +99,47 @@ class ProfileGrid:
 
 
 #: a grid for tests and smoke runs: one sample per kind and shape that the fit needs (~10 s on CPU)
-TINY_GRID = ProfileGrid(prefill_lengths=(16, 64, 160), append_prefixes=(64,), append_lengths=(16,), decode_batches=(1, 2, 3),
-                        decode_contexts=(32,), decode_steps=6, mixed_batches=(2,), mixed_lengths=(32,), mixed_cached=(0,),
-                        mixed_context=32, repeats=1)
+TINY_GRID = ProfileGrid(
+    prefill_lengths=(16, 64, 160),
+    append_prefixes=(64,),
+    append_lengths=(16,),
+    decode_batches=(1, 2, 3),
+    decode_contexts=(32,),
+    decode_steps=6,
+    mixed_batches=(2,),
+    mixed_lengths=(32,),
+    mixed_cached=(0,),
+    mixed_context=32,
+    repeats=1,
+)
 #: the default grid minus repeats and the largest shapes (~half the time)
-QUICK_GRID = ProfileGrid(prefill_lengths=(16, 64, 256, 512), append_prefixes=(256,), append_lengths=(16, 128),
-                         decode_batches=(1, 2, 4, 8), decode_contexts=(32, 256), decode_steps=16, mixed_batches=(2, 4),
-                         mixed_lengths=(32, 128), mixed_cached=(0, 256), repeats=1)
+QUICK_GRID = ProfileGrid(
+    prefill_lengths=(16, 64, 256, 512),
+    append_prefixes=(256,),
+    append_lengths=(16, 128),
+    decode_batches=(1, 2, 4, 8),
+    decode_contexts=(32, 256),
+    decode_steps=16,
+    mixed_batches=(2, 4),
+    mixed_lengths=(32, 128),
+    mixed_cached=(0, 256),
+    repeats=1,
+)
 #: long prompts (a ~1.5k-token first turn, short appends over it): what ppd-bench's
 #: long-context-cpu workload runs on the embedded cluster (benchmarks/validate_sim.py)
-LONG_GRID = ProfileGrid(prefill_lengths=(32, 384, 1536), append_prefixes=(1536,), append_lengths=(16, 64),
-                        decode_batches=(1, 2, 4), decode_contexts=(64, 1600), decode_steps=12, mixed_batches=(1, 3),
-                        mixed_lengths=(48, 256), mixed_cached=(1536,), mixed_context=1600, repeats=1)
+LONG_GRID = ProfileGrid(
+    prefill_lengths=(32, 384, 1536),
+    append_prefixes=(1536,),
+    append_lengths=(16, 64),
+    decode_batches=(1, 2, 4),
+    decode_contexts=(64, 1600),
+    decode_steps=12,
+    mixed_batches=(1, 3),
+    mixed_lengths=(48, 256),
+    mixed_cached=(1536,),
+    mixed_context=1600,
+    repeats=1,
+)
 GRIDS = {"default": ProfileGrid(), "quick": QUICK_GRID, "tiny": TINY_GRID, "long": LONG_GRID}
 
 
@@ -109,8 +148,9 @@ class _Probe:
         import httpx  # light, but only needed here
 
         self.url = url.rstrip("/")
-        self.client = httpx.Client(timeout=timeout_s, trust_env=False,
-                                   limits=httpx.Limits(max_connections=300, max_keepalive_connections=300))
+        self.client = httpx.Client(
+            timeout=timeout_s, trust_env=False, limits=httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        )
         self.rng = random.Random(seed)
         self._prefixes: dict[int, list[int]] = {}
 
@@ -134,8 +174,13 @@ class _Probe:
         prefix = self.cached_prefix(context - 16)
         return [prefix + self.tokens(16) for _ in range(batch)]
 
-    def stream(self, input_ids: list[int], max_new_tokens: int, arrivals: list[float] | None = None,
-               stop: threading.Event | None = None) -> tuple[float, list[float], dict[str, Any]]:
+    def stream(
+        self,
+        input_ids: list[int],
+        max_new_tokens: int,
+        arrivals: list[float] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[float, list[float], dict[str, Any]]:
         """(ttft_ms, absolute arrival times (perf_counter s), last meta_info). ``arrivals`` is
         filled as tokens arrive (other threads may watch it); ``stop`` set ends the stream early
         (closing it aborts the request on the worker)."""
@@ -172,8 +217,14 @@ class _Probe:
         return r.json() if r.status_code == 200 else {}
 
 
-def measure_profile(worker_url: str, grid: ProfileGrid | None = None, timeout_s: float = 120.0, seed: int = 0,
-                    max_seconds: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
+def measure_profile(
+    worker_url: str,
+    grid: ProfileGrid | None = None,
+    timeout_s: float = 120.0,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Measure a running unified worker (radix cache on) over HTTP and fit a profile.
 
     ``max_seconds`` bounds the measuring: cells not started by then are skipped (listed in
@@ -220,7 +271,9 @@ def _measure(probe: _Probe, grid: ProfileGrid, max_seconds: float | None, progre
         elif kind == "decode":
             samples.append(_decode_sample(probe, params[0], params[1], grid.decode_steps))
         else:
-            samples.extend(_mixed_samples(probe, *params, context=grid.mixed_context, timeout_s=probe.client.timeout.read or 120.0))
+            samples.extend(
+                _mixed_samples(probe, *params, context=grid.mixed_context, timeout_s=probe.client.timeout.read or 120.0)
+            )
     if progress is not None:
         progress(len(cells) - skipped, len(cells), "fit")
     coefs, fit = fit_coefficients(samples)
@@ -228,7 +281,7 @@ def _measure(probe: _Probe, grid: ProfileGrid, max_seconds: float | None, progre
     return {
         "model": info.get("served_model_name") or info.get("model_path") or "unknown",
         "source": f"ppd-server profile of {probe.url} ({info.get('version', 'unknown version')}, "
-                  f"{info.get('device', 'cpu?')}, threads {info.get('threads', '?')}) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"{info.get('device', 'cpu?')}, threads {info.get('threads', '?')}) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "coefficients": {k: round(v, 6) for k, v in coefs.to_dict().items()},
         "kv_bytes_per_token": int(info.get("kv_bytes_per_token", 0) or 0),
         "chunked_prefill_size": chunk,
@@ -240,8 +293,13 @@ def _measure(probe: _Probe, grid: ProfileGrid, max_seconds: float | None, progre
     }
 
 
-def _run_streams(probe: _Probe, prompts: list[list[int]], steps: int, stop: threading.Event | None = None,
-                 arrivals: list[list[float]] | None = None) -> list[tuple[float, list[float], dict[str, Any]]]:
+def _run_streams(
+    probe: _Probe,
+    prompts: list[list[int]],
+    steps: int,
+    stop: threading.Event | None = None,
+    arrivals: list[list[float]] | None = None,
+) -> list[tuple[float, list[float], dict[str, Any]]]:
     arrivals = arrivals if arrivals is not None else [[] for _ in prompts]
     with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
         futs = [pool.submit(probe.stream, p, steps, a, stop) for p, a in zip(prompts, arrivals)]
@@ -262,10 +320,17 @@ def _decode_sample(probe: _Probe, batch: int, context: int, steps: int) -> dict[
     if not rates:  # the streams did not overlap long enough: use whole streams
         rates = [(arr[-1] - arr[0]) / (len(arr) - 1) for _, arr, _ in results if len(arr) > 1]
     mid_context = batch * (context + steps // 2)
-    return {"kind": "decode", "batch": batch, "context": mid_context, "ms": round(_median(rates) * 1e3, 3) if rates else 0.0}
+    return {
+        "kind": "decode",
+        "batch": batch,
+        "context": mid_context,
+        "ms": round(_median(rates) * 1e3, 3) if rates else 0.0,
+    }
 
 
-def _mixed_samples(probe: _Probe, batch: int, new: int, cached: int, context: int, timeout_s: float) -> list[dict[str, Any]]:
+def _mixed_samples(
+    probe: _Probe, batch: int, new: int, cached: int, context: int, timeout_s: float
+) -> list[dict[str, Any]]:
     """One mixed iteration (and the plain decode step beside it, as a decode sample)."""
     prefix = probe.cached_prefix(cached) if cached else []
     stop = threading.Event()
@@ -278,7 +343,9 @@ def _mixed_samples(probe: _Probe, batch: int, new: int, cached: int, context: in
             while min(len(a) for a in arrivals) < 5:  # every stream decoding, a few steps in
                 if fut.done() or time.monotonic() > deadline:
                     fut.result()
-                    raise ProfileError(f"worker {probe.url}: {batch} streams did not start decoding within {timeout_s:.0f}s")
+                    raise ProfileError(
+                        f"worker {probe.url}: {batch} streams did not start decoding within {timeout_s:.0f}s"
+                    )
                 time.sleep(0.002)
             t_send = time.perf_counter()
             _, p_arr, meta = probe.stream(prefix + probe.tokens(new), 1)
@@ -307,8 +374,16 @@ def _mixed_samples(probe: _Probe, batch: int, new: int, cached: int, context: in
     prompt = int(meta.get("prompt_tokens", len(prefix) + new) or len(prefix) + new)
     steps_in = _median([len([t for t in arr if t <= t_first]) for arr in arrivals])
     k_ctx = int(batch * (context + steps_in))
-    out.append({"kind": "mixed", "new": prompt - got_cached, "cached": got_cached, "batch": batch, "context": k_ctx,
-                "ms": round(_median(gaps) * 1e3, 3)})
+    out.append(
+        {
+            "kind": "mixed",
+            "new": prompt - got_cached,
+            "cached": got_cached,
+            "batch": batch,
+            "context": k_ctx,
+            "ms": round(_median(gaps) * 1e3, 3),
+        }
+    )
     if len(plain) >= 3:
         out.append({"kind": "decode", "batch": batch, "context": k_ctx, "ms": round(_median(plain) * 1e3, 3)})
     return out

@@ -14,8 +14,13 @@ from ppd_server.routing.types import CostCoefficients
 
 
 def roofline_profile(
-    params_b: float, flops_tflops: float, mem_bw_gbs: float, kv_bytes_per_token: int, mfu: float = 0.55,
-    bw_efficiency: float = 0.8, bytes_per_param: float = 2.0,
+    params_b: float,
+    flops_tflops: float,
+    mem_bw_gbs: float,
+    kv_bytes_per_token: int,
+    mfu: float = 0.55,
+    bw_efficiency: float = 0.8,
+    bytes_per_param: float = 2.0,
 ) -> dict[str, Any]:
     """Coefficients from first principles for a dense model on an accelerator.
 

@@ -20,19 +20,20 @@ import asyncio
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from ppd_server.fleet.workers import WorkerRegistry
 from ppd_server.http.errors import RouterError, error_response, sse_error_event
 from ppd_server.request_path.relay import Kind, RouteInfoFn, SSEShaper, TurnUsage, shape_json
-from ppd_server.routing.types import Decision
 from ppd_server.request_path.upstream import UpstreamPool, UpstreamResponse
-from ppd_server.fleet.workers import WorkerRegistry
+from ppd_server.routing.types import Decision
 
 _CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 _UPSTREAM_BROKE = (asyncio.TimeoutError, OSError)  # UpstreamError is an OSError
@@ -77,8 +78,14 @@ class _Call:
 
 
 class Dispatcher:
-    def __init__(self, pool: UpstreamPool, registry: WorkerRegistry, tracer: Tracer | None,
-                 background: set[asyncio.Task], first_byte_timeout_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        registry: WorkerRegistry,
+        tracer: Tracer | None,
+        background: set[asyncio.Task],
+        first_byte_timeout_s: float = 0.0,
+    ) -> None:
         """``tracer`` None = tracing off: no CLIENT spans, the caller's trace headers pass through.
         ``first_byte_timeout_s`` > 0: a stream whose worker sends nothing for that long after its
         headers (a hung worker) is abandoned and retried elsewhere, since the client has no byte yet."""
@@ -100,7 +107,9 @@ class Dispatcher:
             if d.route == "pd":
                 return await self._pd(request, plan)
             body = dict(plan.body, do_local_prefill=True) if d.route == "local" else plan.body
-            call = await self._open(decode.url, plan, json.dumps(body).encode(), "decode" if d.route == "local" else "unified")
+            call = await self._open(
+                decode.url, plan, json.dumps(body).encode(), "decode" if d.route == "local" else "unified"
+            )
             return await self._answer(request, plan, call, prefill=None)
         finally:
             decode.release(time.monotonic())
@@ -115,11 +124,19 @@ class Dispatcher:
             raise RetryableFailure(str(d.prefill), "unknown prefill worker")
         n = batch_size(plan.kind, plan.body)
         if n == 1:
-            body = dict(plan.body, bootstrap_host=prefill.host, bootstrap_port=prefill.bootstrap_port,
-                        bootstrap_room=secrets.randbits(63))
+            body = dict(
+                plan.body,
+                bootstrap_host=prefill.host,
+                bootstrap_port=prefill.bootstrap_port,
+                bootstrap_room=secrets.randbits(63),
+            )
         else:  # SGLang pairs each item of a batch through its own room
-            body = dict(plan.body, bootstrap_host=[prefill.host] * n, bootstrap_port=[prefill.bootstrap_port] * n,
-                        bootstrap_room=[secrets.randbits(63) for _ in range(n)])
+            body = dict(
+                plan.body,
+                bootstrap_host=[prefill.host] * n,
+                bootstrap_port=[prefill.bootstrap_port] * n,
+                bootstrap_room=[secrets.randbits(63) for _ in range(n)],
+            )
         data = json.dumps(body).encode()
         prefill_task = asyncio.create_task(self._prefill(prefill.url, plan, data))
         decode_task = asyncio.create_task(self._open(str(d.decode), plan, data, "decode"))
@@ -173,10 +190,17 @@ class Dispatcher:
         else:
             host, _, port = url.split("//", 1)[-1].rpartition(":")
             span = self.tracer.start_span(
-                f"POST {plan.path}", context=plan.parent_context, kind=SpanKind.CLIENT,
-                attributes={"http.request.method": "POST", "server.address": host,
-                            "server.port": int(port) if port.isdigit() else 80,
-                            "url.full": url + plan.path, "ppd.worker.role": role})
+                f"POST {plan.path}",
+                context=plan.parent_context,
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "http.request.method": "POST",
+                    "server.address": host,
+                    "server.port": int(port) if port.isdigit() else 80,
+                    "url.full": url + plan.path,
+                    "ppd.worker.role": role,
+                },
+            )
             headers = dict(plan.worker_headers)
             propagate.inject(headers, context=trace.set_span_in_context(span, plan.parent_context))
         try:
@@ -198,8 +222,9 @@ class Dispatcher:
             raise RetryableFailure(url, f"answered HTTP {resp.status}")
         return call
 
-    async def _answer(self, request: web.Request, plan: Plan, call: _Call,
-                      prefill: asyncio.Task | None) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, plan: Plan, call: _Call, prefill: asyncio.Task | None
+    ) -> web.StreamResponse:
         if call.resp.status != 200:
             raw = await _read_quietly(call.resp)
             call.close(ok=False)
@@ -207,10 +232,12 @@ class Dispatcher:
             return error_response(_worker_error(call.resp.status, raw, "decode"), plan.client_headers)
         prefill_error: list[BaseException] = []
         if prefill is not None:
+
             def on_prefill_done(t: asyncio.Task) -> None:
                 if not t.cancelled() and t.exception() is not None:
                     prefill_error.append(t.exception())  # type: ignore[arg-type]
                     call.resp.close()  # abort the paired decode request
+
             prefill.add_done_callback(on_prefill_done)
             self.background.add(prefill)
             prefill.add_done_callback(self.background.discard)
@@ -225,8 +252,7 @@ class Dispatcher:
             if not prefill_error:  # nothing reached the client: the turn is retried on another pair
                 if prefill is not None:
                     prefill.cancel()
-                raise RetryableFailure(str(plan.decision.decode),
-                                       f"failed mid-request: {type(e).__name__}") from None
+                raise RetryableFailure(str(plan.decision.decode), f"failed mid-request: {type(e).__name__}") from None
             err = _as_router_error(prefill_error[0])
             plan.finish(TurnUsage(), plan.started_at, False)
             return error_response(err, plan.client_headers)
@@ -245,14 +271,22 @@ class Dispatcher:
         plan.finish(usage, plan.started_at, True)
         return web.Response(body=body, status=200, content_type="application/json", headers=plan.client_headers)
 
-    async def _relay_stream(self, request: web.Request, plan: Plan, call: _Call,
-                            prefill_error: list[BaseException], prefill: asyncio.Task | None) -> web.StreamResponse:
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        plan: Plan,
+        call: _Call,
+        prefill_error: list[BaseException],
+        prefill: asyncio.Task | None,
+    ) -> web.StreamResponse:
         """Relay the worker's SSE. The client's response starts with the first bytes to send, not
         before: a worker that dies before that (killed, stream cut, prefill lost) raises
         RetryableFailure and the turn is re-dispatched on another pair, invisibly to the client.
         Once bytes went out, a failure ends the stream with an SSE error event and ``[DONE]``."""
-        out = web.StreamResponse(status=200, headers={**plan.client_headers, "Content-Type": "text/event-stream",
-                                                      "Cache-Control": "no-cache"})
+        out = web.StreamResponse(
+            status=200,
+            headers={**plan.client_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
         shaper = SSEShaper(plan.kind, plan.client_wants_usage, plan.route_info)
         finished = False
 
@@ -283,15 +317,26 @@ class Dispatcher:
                         await out.prepare(request)
                     await out.write(tail)
                 if not shaper.saw_done:
-                    broke = RouterError(502, f"worker {plan.decision.decode} ended the stream early",
-                                        code="worker_failed", retryable=True)
+                    broke = RouterError(
+                        502,
+                        f"worker {plan.decision.decode} ended the stream early",
+                        code="worker_failed",
+                        retryable=True,
+                    )
             except _CLIENT_GONE:
                 raise
             except _UPSTREAM_BROKE as e:
                 # after [DONE] the client has the whole answer and nothing may follow it
-                broke = None if shaper.saw_done else RouterError(
-                    502, f"worker {plan.decision.decode} failed mid-stream: {type(e).__name__}",
-                    code="worker_failed", retryable=True)
+                broke = (
+                    None
+                    if shaper.saw_done
+                    else RouterError(
+                        502,
+                        f"worker {plan.decision.decode} failed mid-stream: {type(e).__name__}",
+                        code="worker_failed",
+                        retryable=True,
+                    )
+                )
             if prefill_error and not shaper.saw_done:
                 broke = _as_router_error(prefill_error[0])
             if broke is not None and not out.prepared:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 Kind = Literal["chat", "completion", "generate"]
 
@@ -84,8 +85,13 @@ def shape_json(kind: Kind, raw: bytes, route_info: RouteInfoFn) -> tuple[bytes, 
 class SSEShaper:
     """Incremental SSE relay: ``feed(bytes) -> bytes to send``; ``flush()`` at the end."""
 
-    def __init__(self, kind: Kind, client_wants_usage: bool, route_info: RouteInfoFn,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        client_wants_usage: bool,
+        route_info: RouteInfoFn,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.kind = kind
         self.client_wants_usage = client_wants_usage
         self.route_info = route_info

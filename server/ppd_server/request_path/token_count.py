@@ -37,7 +37,9 @@ _MESSAGE_OVERHEAD_BYTES = 12  # role markers and separators a chat template adds
 class _Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True) -> str: ...
+    def apply_chat_template(
+        self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True
+    ) -> str: ...
 
 
 def _text_of(content: Any) -> str:
@@ -74,10 +76,12 @@ class TokenCounter:
         self._tokenizer = tokenizer
         self.observations = 0
         # tokens = overhead + (bytes / 1000) * tokens_per_kbyte
-        self._fit = RecursiveLeastSquares([0.0, 1000.0 / bytes_per_token], [64.0, 1000.0 / bytes_per_token], noise_std=4.0, lam=_FORGET)
+        self._fit = RecursiveLeastSquares(
+            [0.0, 1000.0 / bytes_per_token], [64.0, 1000.0 / bytes_per_token], noise_std=4.0, lam=_FORGET
+        )
 
     @classmethod
-    def from_source(cls, source: str | None) -> "TokenCounter":
+    def from_source(cls, source: str | None) -> TokenCounter:
         """A counter with the tokenizer at ``source`` (exact), or the learned ratio when None.
         A source that cannot be loaded raises ValueError naming it."""
         if source is None:
@@ -125,10 +129,14 @@ class TokenCounter:
             return len(self._tokenizer.encode(text))
         return self._estimate(len(text.encode()))
 
-    def count_chat(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> int:
+    def count_chat(
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> int:
         """Prompt tokens of a chat request as the worker will see them (with the generation prompt)."""
         if self._tokenizer is not None:
-            rendered = self._tokenizer.apply_chat_template(_plain_messages(messages), tools=list(tools) if tools else None, add_generation_prompt=True)
+            rendered = self._tokenizer.apply_chat_template(
+                _plain_messages(messages), tools=list(tools) if tools else None, add_generation_prompt=True
+            )
             return len(self._tokenizer.encode(rendered))
         return self._estimate(self.chat_bytes(messages, tools), self.chat_overhead_tokens)
 
