@@ -222,13 +222,13 @@ def measure(b: Bench, backends: list[str], rounds: int) -> dict[str, list[tuple[
     for n in (512, 2048):
         add(
             f"prefill {n} tok, one step",
-            best_of(lambda: bench_prefill(b, n, chunk=n)),
+            best_of(lambda n=n: bench_prefill(b, n, chunk=n)),
             "target >= 700 at 512" if n == 512 else "",
         )
     add(f"prefill 2048 tok, chunks of {chunk}", best_of(lambda: bench_prefill(b, 2048, chunk)), "as served")
     decode = {}
     for batch in (1, 8, 32):
-        decode[batch] = best_of(lambda: bench_decode(b, batch, 1024))
+        decode[batch] = best_of(lambda batch=batch: bench_decode(b, batch, 1024))
         add(f"decode batch {batch}, ctx 1024", decode[batch], "target >= 100" if batch == 8 else "")
     for name in backends:
         # step-time ratio batch 32 / batch 1 from the best steps: (32 / tok32) / (1 / tok1)

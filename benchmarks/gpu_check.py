@@ -197,7 +197,7 @@ def section_engine(lm, device: torch.device, clock: Clock, env: dict[str, Any], 
         kv = KVPool(cfg, n, dtype=dtype, device=device)
         batch = ForwardBatch.build([ids(n)], [0], [list(range(n))], device=device)
         seconds = clock.best(
-            lambda: lm.model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
+            lambda batch=batch, kv=kv: lm.model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
             repeats=1 if quick else 2,
         )
         flops = 2 * params * n + 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * n * n  # causal QK + PV
@@ -212,7 +212,7 @@ def section_engine(lm, device: torch.device, clock: Clock, env: dict[str, Any], 
         kv.data.normal_()
         batch = ForwardBatch.build([ids(1) for _ in range(b)], [ctx] * b, slots, device=device)
         seconds = clock.best(
-            lambda: lm.model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
+            lambda batch=batch, kv=kv: lm.model.forward(ForwardBatch(batch.input_ids, batch.positions, batch.seqs), kv),
             repeats=3 if quick else 5,
         )
         roof = (weight_bytes + b * (ctx + 1) * kv_token) / bandwidth
@@ -257,7 +257,7 @@ def _stall(lm, device, clock, ids, quick: bool) -> dict[str, Any]:
     # interleaved rounds, best of each: a shared machine's load hits the three alike
     steps = {"alone": step(0, 0), "full": step(ctx, 0), "append": step(append, ctx)}
     best = dict.fromkeys(steps, float("inf"))
-    for _ in range(3 if quick else 3):
+    for _ in range(3):
         for name, fn in steps.items():
             best[name] = min(best[name], clock.best(fn, 1 if quick else 2))
     alone, full, appended = best["alone"], best["full"], best["append"]
@@ -439,9 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         run_section(results, "correctness", lambda: section_correctness(device, args.quick))
     lm = load_model(model_name, dtype=dtype, device=device)
     if "engine" not in skip and "error" not in results["env"]:
-        run_section(results, "engine", lambda: section_engine(lm, device, clock, results["env"], args.quick))
+        run_section(results, "engine", lambda lm=lm: section_engine(lm, device, clock, results["env"], args.quick))
     if "kv_transfer" not in skip:
-        run_section(results, "kv_transfer", lambda: section_kv_transfer(lm, device, args.quick))
+        run_section(results, "kv_transfer", lambda lm=lm: section_kv_transfer(lm, device, args.quick))
     del lm
     if device.type == "cuda":
         torch.cuda.empty_cache()

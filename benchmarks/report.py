@@ -162,7 +162,10 @@ def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str,
         "points": points,
         "violations": bad,
         "seconds": round(time.monotonic() - started, 1),
-        "command": f"python benchmarks/sim_grid.py --weights-sweep {cluster}:{workload}:{qps:g} --duration {a.duration:g} {a.sim_args}".strip(),
+        "command": (
+            f"python benchmarks/sim_grid.py --weights-sweep {cluster}:{workload}:{qps:g} --duration {a.duration:g} "
+            f"{a.sim_args}"
+        ).strip(),
     }
 
 

@@ -157,7 +157,8 @@ def profile_beside_a_busy_worker(a: argparse.Namespace, out: Path) -> None:
         thread = threading.Thread(target=keep_busy, daemon=True)
         thread.start()
         _log(
-            f"profile --grid {a.profile_grid} of {plans[0].url} while {plans[1].url} prefills {100 * a.neighbor_duty:.0f}% of the time"
+            f"profile --grid {a.profile_grid} of {plans[0].url} while {plans[1].url} prefills "
+            f"{100 * a.neighbor_duty:.0f}% of the time"
         )
         profile = measure_profile(
             plans[0].url,
@@ -202,7 +203,7 @@ def measure(a: argparse.Namespace, d: Path) -> dict[str, Any]:
             "profile",
         )
     port = _free_port()
-    log = open(d / "router.log", "wb")
+    log = open(d / "router.log", "wb")  # noqa: SIM115 - closed in the finally below, once the router has exited
     router = subprocess.Popen(
         [
             sys.executable,
@@ -443,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
         print(f"{r['name']:<24} {fmt(r['measured']):>10} {fmt(r['simulated']):>10} {ratio:>9}{flag}")
     load = measured.get("load", {})
+    profile_setting = (
+        " (one worker alone)"
+        if a.isolated_profile
+        else f" beside a second worker prefilling on the other core {100 * a.neighbor_duty:.0f}% of the time"
+    )
     doc = {
         "metrics": [r for r in rows if r["gated"]],
         "extra": [r for r in rows if not r["gated"]],
@@ -451,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "conditions": (
             f"Workload {measured.get('workload')}: {load.get('sessions')} sessions ({load.get('turns')} turns) at "
-            f"{load.get('sessions_per_s')} new sessions/s (~{load.get('offered_requests_per_s')} requests/s), policy {a.policy}, "
+            f"{load.get('sessions_per_s')} new sessions/s (~{load.get('offered_requests_per_s')} requests/s), "
+            f"policy {a.policy}, "
             f"embedded 1P1D ppd-workers (SmolLM2-135M, {a.threads} thread(s) each) on this machine; profile "
-            f"grid `{a.profile_grid}`{' (one worker alone)' if a.isolated_profile else f' beside a second worker prefilling on the other core {100 * a.neighbor_duty:.0f}% of the time'}"
+            f"grid `{a.profile_grid}`{profile_setting}"
             f" (fit error % {profile.get('fit')}); simulated as "
             f"`ppd-sim {' '.join(sim_argv)}`."
         ),

@@ -194,7 +194,7 @@ async def flush_caches(urls: Sequence[str], attempts: int = 20) -> None:
     """``POST /flush_cache`` on every worker, retried while a worker is still busy."""
     async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
         for url in urls:
-            for i in range(attempts):
+            for _ in range(attempts):
                 try:
                     r = await client.post(url + "/flush_cache")
                     if r.status_code == 200:

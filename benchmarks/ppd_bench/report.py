@@ -35,9 +35,11 @@ def run_table(result: dict[str, Any]) -> str:
     for name in ("turn1", "turn2plus", "all"):
         s = result["summary"][name]
         rows.append(
-            f"{name:<10} {s['turns']:>5} {_pct(s['success_rate']):>5} {_f(s['ttft_ms']['p50']):>9} {_f(s['ttft_ms']['p90']):>7} "
+            f"{name:<10} {s['turns']:>5} {_pct(s['success_rate']):>5} {_f(s['ttft_ms']['p50']):>9} "
+            f"{_f(s['ttft_ms']['p90']):>7} "
             f"{_f(s['ttft_ms']['p99']):>7} {_f(s['tpot_ms']['p50'], 1):>9} {_f(s['tpot_ms']['p90'], 1):>7} "
-            f"{_f(s['e2e_ms']['p50']):>8} {_pct(s['slo_attainment']):>5} {_pct(s['route_share'].get('local', 0.0) if s['ok'] else None):>6} "
+            f"{_f(s['e2e_ms']['p50']):>8} {_pct(s['slo_attainment']):>5} "
+            f"{_pct(s['route_share'].get('local', 0.0) if s['ok'] else None):>6} "
             f"{_pct(s['cached_share']):>7} {_f(s['output_tokens_per_s'], 1):>9}"
         )
     return "\n".join(rows)
@@ -64,7 +66,8 @@ def compare_table(systems: Sequence[dict[str, Any]], baseline: str | None = None
         a, t2 = res["summary"]["all"], res["summary"]["turn2plus"]
         t1 = res["summary"]["turn1"]
         row = (
-            f"{s['system']:<16} {_pct(a['success_rate']):>5} {_f(t1['ttft_ms']['p50']):>11} {_f(t2['ttft_ms']['p50']):>12} "
+            f"{s['system']:<16} {_pct(a['success_rate']):>5} {_f(t1['ttft_ms']['p50']):>11} "
+            f"{_f(t2['ttft_ms']['p50']):>12} "
             f"{_f(t2['ttft_ms']['p90']):>7} {_f(t2['ttft_ms']['p99']):>7} {_f(t2['tpot_ms']['p50'], 1):>9} "
             f"{_f(t2['tpot_ms']['p90'], 1):>7} {_f(t2['e2e_ms']['p50']):>8} "
             f"{_pct(t2['route_share'].get('local', 0.0) if t2['ok'] else None):>6} {_pct(t2['cached_share']):>7} "

@@ -62,10 +62,13 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ppd_kernels.batch import ForwardBatch, SeqChunk
-    from ppd_kernels.config import ModelConfig
-    from ppd_kernels.kv_pool import KVPool
-    from ppd_kernels.loader import LoadedModel, load_model
+    # explicit re-exports (``X as X``) for type checkers; at run time __getattr__ loads them lazily
+    from ppd_kernels.batch import ForwardBatch as ForwardBatch
+    from ppd_kernels.batch import SeqChunk as SeqChunk
+    from ppd_kernels.config import ModelConfig as ModelConfig
+    from ppd_kernels.kv_pool import KVPool as KVPool
+    from ppd_kernels.loader import LoadedModel as LoadedModel
+    from ppd_kernels.loader import load_model as load_model
 
 _EXPORTS = {
     "ModelConfig": "ppd_kernels.config",

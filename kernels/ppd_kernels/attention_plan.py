@@ -143,7 +143,10 @@ def _group(
             mask = keys[None, None, :] > queries[:, :, None]  # [G, rows, keys]
             query_blocks.append((start, end))
             block_masks.append((first, mask.to(device)))
-    move = lambda t: None if t is None else t.to(device, non_blocking=True)
+
+    def move(t):
+        return None if t is None else t.to(device, non_blocking=True)
+
     return AttentionGroup(
         num_seqs=g,
         members=members,

@@ -62,10 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     if config.device.startswith("cuda"):
         import torch
 
-        if (
-            not torch.cuda.is_available()
-            or (torch.device(config.device).index is not None
-            and torch.device(config.device).index >= torch.cuda.device_count())
+        if not torch.cuda.is_available() or (
+            torch.device(config.device).index is not None
+            and torch.device(config.device).index >= torch.cuda.device_count()
         ):
             print(
                 f"ppd-worker: error: --device {config.device}: no such CUDA device "

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=LIVE_POLL_INTERVAL_MS,
         help="the router sees workers' load (running, waiting, KV used, context) as of its last poll, this often; "
-        f"its own in-flight counts stay current; 0 = it sees every load as it is now; default {LIVE_POLL_INTERVAL_MS:g} "
+        "its own in-flight counts stay current; 0 = it sees every load as it is now; default "
+        f"{LIVE_POLL_INTERVAL_MS:g} "
         "(ppd-server's --load-interval)",
     )
     k.add_argument(
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         last = [started]
 
-        def progress(now_ms: float, finished: int, name: str = policy.spec) -> None:
+        def progress(now_ms: float, finished: int, name: str = policy.spec, last: list[float] = last) -> None:
             if not args.quiet and time.monotonic() - last[0] >= 2.0:
                 last[0] = time.monotonic()
                 print(
@@ -329,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     workload = f"trace {args.trace}" if args.trace else f"{args.first_turn}->{args.workload}"
     print(
         f"{spec} {args.model}@{args.gpu if not args.profile else args.profile}, link {args.link_gbs:g} GB/s, "
-        f"{len(convs)} conversations ({total_turns} turns, {workload}, turns {args.turns}) at {args.qps:g} new sessions/s "
+        f"{len(convs)} conversations ({total_turns} turns, {workload}, turns {args.turns}) at {args.qps:g} new "
+        "sessions/s "
         f"(~{rps:.3g} requests/s) for {args.duration:g}s, seed {args.seed}"
     )
     print(format_table(summaries))

@@ -137,7 +137,8 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
             lines.append("  ".join("-" * w for w in widths))
     notes = [f"{s['policy']}: {s['stop_reason']}" for s in summaries if s["stop_reason"]]
     notes += [
-        f"{s['policy']}: {s['timed_out']} turns finished after the {s['request_timeout_s']:g} s request timeout (failed)"
+        f"{s['policy']}: {s['timed_out']} turns finished after the {s['request_timeout_s']:g} s request timeout "
+        "(failed)"
         for s in summaries
         if s["timed_out"]
     ]

@@ -123,7 +123,8 @@ class WorkloadSpec:
             raise ValueError(f"--duration must be in (0, 3600] seconds, got {self.duration_s}")
         if self.qps * self.duration_s > MAX_SESSIONS:
             raise ValueError(
-                f"--qps {self.qps} x --duration {self.duration_s} is {self.qps * self.duration_s:.0f} conversations; the limit is {MAX_SESSIONS}"
+                f"--qps {self.qps} x --duration {self.duration_s} is {self.qps * self.duration_s:.0f} conversations; "
+                f"the limit is {MAX_SESSIONS}"
             )
         check_name(self.workload, "--workload")
         if self.first_turn not in FIRST_TURN_CLASSES:
@@ -408,7 +409,8 @@ def parse_session(data: object, where: str, default_id: str) -> Session:
     for k, t in enumerate(raw_turns):
         if not isinstance(t, dict) or not _tokens(t.get("input_tokens")) or not _tokens(t.get("output_tokens")):
             raise ValueError(
-                f"{where}: bad turn {k + 1} {t!r:.80}; input_tokens and output_tokens are integers in 1..{MAX_TURN_TOKENS}"
+                f"{where}: bad turn {k + 1} {t!r:.80}; input_tokens and output_tokens are integers in "
+                f"1..{MAX_TURN_TOKENS}"
             )
         turns.append((t["input_tokens"], t["output_tokens"]))
         if k:
@@ -438,7 +440,8 @@ def _parse_turns(data: object, where: str) -> Turns:
     for pair in data:
         if not (isinstance(pair, list) and len(pair) == 2 and _tokens(pair[0]) and _tokens(pair[1])):
             raise ValueError(
-                f"{where}: bad turn {pair!r}; each turn is [input_tokens, output_tokens], integers in 1..{MAX_TURN_TOKENS}"
+                f"{where}: bad turn {pair!r}; each turn is [input_tokens, output_tokens], integers in "
+                f"1..{MAX_TURN_TOKENS}"
             )
         turns.append((pair[0], pair[1]))
     return tuple(turns)

@@ -82,7 +82,7 @@ def test_plots_are_drawn_from_runs_and_comparisons(tmp_path):
 
 def test_bad_inputs_are_named(tmp_path):
     (tmp_path / "x.json").write_text("{nope")
-    with pytest.raises(ValueError, match="x.json' is not JSON"):
+    with pytest.raises(ValueError, match=r"x\.json' is not JSON"):
         load_results([str(tmp_path / "x.json")])
     with pytest.raises(ValueError, match="not a ppd-bench result"):
         expand({"foo": 1}, "y.json")

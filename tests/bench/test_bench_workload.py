@@ -78,7 +78,8 @@ def test_files_round_trip_and_the_old_pair_format_still_loads(tmp_path):
         ('{"turns": []}', "line 2: expected"),
         ('{"turns": [{"input_tokens": 0, "output_tokens": 5}]}', "bad turn 1"),
         (
-            '{"turns": [{"input_tokens": 5, "output_tokens": 5}, {"input_tokens": 5, "output_tokens": 5, "think_ms": -1}]}',
+            '{"turns": [{"input_tokens": 5, "output_tokens": 5}, {"input_tokens": 5, "output_tokens": 5, "think_ms": '
+            "-1}]}",
             "bad think_ms -1",
         ),
         ('{"turns": [{"input_tokens": 5, "output_tokens": 5}], "arrival_ms": "soon"}', "bad arrival_ms 'soon'"),

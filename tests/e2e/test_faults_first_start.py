@@ -120,7 +120,8 @@ def test_concurrent_first_start_all_resolvers_come_up(tmp_path: Path) -> None:
     leftovers = [p.name for p in cache.rglob("*") if p.name.startswith(".download-") or p.suffix == ".partial"]
     assert leftovers == []
     print(
-        f"\nfirst start: 8 resolvers started 0.15 s apart on an empty cache -> 8/8 ok, one verified {final.stat().st_size} B file"
+        "\nfirst start: 8 resolvers started 0.15 s apart on an empty cache -> 8/8 ok, one verified "
+        f"{final.stat().st_size} B file"
     )
 
 

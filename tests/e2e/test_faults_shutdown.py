@@ -54,7 +54,7 @@ ROUTER = textwrap.dedent("""
 
 def test_sigterm_drains_in_flight_streams_before_exit(tmp_path: Path) -> None:
     port = free_port()
-    log = open(tmp_path / "router.log", "wb")
+    log = open(tmp_path / "router.log", "wb")  # noqa: SIM115 - closed in the finally below, once the router has exited
     proc = subprocess.Popen(
         [sys.executable, "-c", ROUTER, str(port), str(TESTS_SERVER)],
         stdout=log,

@@ -157,7 +157,8 @@ def test_replicas_behind_nginx_keep_affinity_and_survive_a_replica_loss(tmp_path
         log = (tmp_path / "access.log").read_text().splitlines()
         nginx_retries = sum(1 for line in log if re.search(r", ", line))  # "addrA, addrB" = next upstream
         print(
-            f"\nreplicas behind nginx: {SESSIONS} conversations x {TURNS_BEFORE_KILL} turns, split {sorted(spread.values())}, "
+            f"\nreplicas behind nginx: {SESSIONS} conversations x {TURNS_BEFORE_KILL} turns, split "
+            f"{sorted(spread.values())}, "
             f"affinity kept 100%; replica SIGKILLed with {len(moved)} conversations: next turn failures={failures}, "
             f"nginx next-upstream retries={nginx_retries}, routes after={routes}"
         )

@@ -34,7 +34,7 @@ async def test_span_tree_of_a_two_turn_conversation_has_the_decision(ppd_router)
     try:
         model = (await (await client.get("/v1/models")).json())["data"][0]["id"]
         messages = [{"role": "user", "content": "Name a colour."}]
-        for turn in (1, 2):
+        for _turn in (1, 2):
             r = await client.post(
                 "/v1/chat/completions",
                 json={"model": model, "messages": messages, "max_tokens": 8, "temperature": 0, "stream": True},

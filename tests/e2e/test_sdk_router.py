@@ -29,7 +29,8 @@ def _report(label: str, replies: list[Reply]) -> None:
         ttft = f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s is not None else "-"
         print(
             f"{label} turn {r.turn}: route={info.route if info else None} decode={info.decode if info else None} "
-            f"prefill={info.prefill if info else None} prompt={r.usage.prompt_tokens} cached={r.usage.cached_tokens} ttft={ttft}"
+            f"prefill={info.prefill if info else None} prompt={r.usage.prompt_tokens} cached={r.usage.cached_tokens} "
+            f"ttft={ttft}"
         )
 
 

@@ -6,8 +6,8 @@ Starts a unified worker, then a fresh prefill + decode pair (conditional agg on)
 three requests of the same shape (different words, so no cached prefix) per path, in the order
 a fresh cluster sees them: unified chat, unified /generate; P->D chat, P->D /generate,
 D-local chat; with ``--router``, the same fresh pair behind a real ``ppd-server`` (explicit
---prefill/--decode) serving three two-turn conversations. Prints TTFT (first streamed chunk) and end-to-end ms per request: the median
-over ``--rounds`` fresh starts (a shared machine is noisy).
+--prefill/--decode) serving three two-turn conversations. Prints TTFT (first streamed chunk) and
+end-to-end ms per request: the median over ``--rounds`` fresh starts (a shared machine is noisy).
 """
 
 from __future__ import annotations

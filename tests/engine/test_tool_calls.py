@@ -16,7 +16,10 @@ def test_single_call_with_dict_arguments():
 
 
 def test_text_around_calls_and_multiple_calls():
-    text = 'Let me check.\n<tool_call>{"name": "a", "arguments": {}}</tool_call>\n<tool_call>{"name": "b", "arguments": "{\\"x\\": 1}"}</tool_call>'
+    text = (
+        'Let me check.\n<tool_call>{"name": "a", "arguments": {}}</tool_call>\n'
+        '<tool_call>{"name": "b", "arguments": "{\\"x\\": 1}"}</tool_call>'
+    )
     content, calls = parse_tool_calls(text)
     assert content == "Let me check."
     assert [c["function"]["name"] for c in calls] == ["a", "b"]

@@ -160,17 +160,22 @@ async def test_body_over_the_size_limit_is_an_openai_413():
 
 async def test_a_legal_20kb_header_elsewhere_is_accepted():
     """The raised header limit lets a long legal header through (aiohttp's default is 8 KiB)."""
-    async with served_router() as url, aiohttp.ClientSession() as http, http.post(
-        url + "/v1/chat/completions", json=chat_body(), headers={"X-Client-Note": "c" * 20_000}
-    ) as r:  # not forwarded
+    async with (
+        served_router() as url,
+        aiohttp.ClientSession() as http,
+        http.post(url + "/v1/chat/completions", json=chat_body(), headers={"X-Client-Note": "c" * 20_000}) as r,
+    ):  # not forwarded
         assert r.status == 200
 
 
 async def test_openapi_json_describes_the_front_door():
-    async with served_router(api_key="k") as url, aiohttp.ClientSession() as http:
-        async with http.get(url + "/openapi.json") as r:  # public: no key needed to read the schema
-            assert r.status == 200
-            doc = await r.json()
+    async with (
+        served_router(api_key="k") as url,
+        aiohttp.ClientSession() as http,
+        http.get(url + "/openapi.json") as r,  # public: no key needed to read the schema
+    ):
+        assert r.status == 200
+        doc = await r.json()
     assert doc["openapi"].startswith("3.")
     assert {"/v1/chat/completions", "/v1/completions", "/generate", "/v1/models", "/health"} <= set(doc["paths"])
     chat = doc["paths"]["/v1/chat/completions"]["post"]

@@ -22,10 +22,6 @@ from typing import Any
 
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from ppd_sdk import wire
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import (
@@ -36,6 +32,11 @@ from ppd_server.routing.types import (
     SessionView,
     WorkerView,
 )
+
+hypothesis = pytest.importorskip("hypothesis")
+# after the importorskip on purpose: without hypothesis the module is skipped, not an import error
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 HEADER_NAMES = [
     wire.HEADER_CONVERSATION_ID,

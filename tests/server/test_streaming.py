@@ -91,7 +91,7 @@ class DropsAfterDone(FakeWorker):
     async def _stream(self, request: web.Request, body, n: int, prompt: int) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for i in range(n):
+        for _ in range(n):
             chunk = {
                 "id": "c1",
                 "object": "chat.completion.chunk",

@@ -43,7 +43,8 @@ def test_exact_counter_ignores_observations():
 
 def test_the_router_brain_does_not_import_torch():
     code = (
-        "import sys; from ppd_server.request_path.token_count import TokenCounter; TokenCounter.from_source('synthetic').count_text('x');"
+        "import sys; from ppd_server.request_path.token_count import TokenCounter; "
+        "TokenCounter.from_source('synthetic').count_text('x');"
         "import ppd_server.sessions, ppd_server.profiling, ppd_server.routing.policies, ppd_server.routing.cost_model;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -31,9 +31,8 @@ class RawServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = int(
-                    next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1]
-                )
+                header = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+                length = int(header.split(b":")[1])
                 self.requests.append(head + await reader.readexactly(length))
                 self.got_request.set()
                 answer = self.answers.pop(0)

@@ -33,7 +33,10 @@ def llama_h100() -> Hardware:
     return Hardware(c, 131072, kv_capacity_tokens("llama-3.1-8b", "h100"), 8192, 25.0)
 
 
-def run(policy: str, convs, cluster: str = "1P1D", hw: Hardware = HAND, hints: RequestHints = RequestHints()):
+NO_HINTS = RequestHints()
+
+
+def run(policy: str, convs, cluster: str = "1P1D", hw: Hardware = HAND, hints: RequestHints = NO_HINTS):
     return Simulation(make_policy(policy), ClusterSpec.parse(cluster), hw, tuple(convs), hints).run()
 
 

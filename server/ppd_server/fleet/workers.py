@@ -12,8 +12,9 @@ worker whose *requests* fail out for a cooldown even when its polls succeed (a w
 answers ``/health`` but garbles generations would otherwise flap back in every poll): the
 cooldown doubles with each consecutive request failure (``breaker_cooldown_s`` up to
 ``breaker_max_cooldown_s``); after it the worker is half-open (back in, the next request is the
-probe) and one successful request closes the breaker. ``on_down`` callbacks fire once per transition (the session table forgets the
-worker's placements, so the next turn of its conversations goes P->D).
+probe) and one successful request closes the breaker. ``on_down`` callbacks fire once per
+transition (the session table forgets the worker's placements, so the next turn of its
+conversations goes P->D).
 """
 
 from __future__ import annotations

@@ -19,7 +19,10 @@ from typing import Any
 #: Replace it with `ppd-server profile` output for other hardware (or a roofline for GPUs).
 DEFAULT_PROFILE: dict[str, Any] = {
     "model": "SmolLM2-135M-Instruct",
-    "source": "measure_profile on the embedded ppd-worker (smollm2, bf16, --threads 1, pinned core), 2-core dev box, load avg ~3",
+    "source": (
+        "measure_profile on the embedded ppd-worker (smollm2, bf16, --threads 1, pinned core), 2-core dev box, "
+        "load avg ~3"
+    ),
     "coefficients": {
         "prefill_base_ms": 57.1,
         "prefill_per_token_ms": 1.398,

@@ -19,6 +19,7 @@ model predicts. Bounded: every request has a timeout, the grid fixes the sample 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -281,7 +282,8 @@ def _measure(probe: _Probe, grid: ProfileGrid, max_seconds: float | None, progre
     return {
         "model": info.get("served_model_name") or info.get("model_path") or "unknown",
         "source": f"ppd-server profile of {probe.url} ({info.get('version', 'unknown version')}, "
-        f"{info.get('device', 'cpu?')}, threads {info.get('threads', '?')}) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"{info.get('device', 'cpu?')}, threads {info.get('threads', '?')}) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "coefficients": {k: round(v, 6) for k, v in coefs.to_dict().items()},
         "kv_bytes_per_token": int(info.get("kv_bytes_per_token", 0) or 0),
         "chunked_prefill_size": chunk,
@@ -366,7 +368,7 @@ def _mixed_samples(
             continue
         i = min(range(1, len(arr)), key=lambda k: abs(arr[k] - t_first))
         gaps.append(arr[i] - arr[i - 1])
-        before = [b - a for a, b in zip(arr[1:], arr[2:]) if b <= t_send]
+        before = [b - a for a, b in itertools.pairwise(arr[1:]) if b <= t_send]
         plain += before
     if not gaps:
         return out

@@ -49,7 +49,10 @@ def roofline_profile(
     )
     return {
         "model": f"roofline:{params_b:g}B",
-        "source": f"roofline_profile(params_b={params_b}, tflops={flops_tflops}, gbs={mem_bw_gbs}, mfu={mfu}, bw_eff={bw_efficiency})",
+        "source": (
+            f"roofline_profile(params_b={params_b}, tflops={flops_tflops}, gbs={mem_bw_gbs}, mfu={mfu}, "
+            f"bw_eff={bw_efficiency})"
+        ),
         "coefficients": coefs.to_dict(),
         "kv_bytes_per_token": int(kv_bytes_per_token),
         "samples": [],
