@@ -78,7 +78,7 @@ def paged_attention(
     already holding this step's new K/V. Returns [T, num_heads, head_dim]. ``path`` forces
     one kernel for every group (tests); None: ``choose_path`` per group."""
     q = q * scale
-    results = []
+    results: list[tuple[AttentionGroup, torch.Tensor | None, torch.Tensor]] = []
     for group, kernel in ((plan.decode, _decode), (plan.extend, _extend)):
         if group is None:
             continue

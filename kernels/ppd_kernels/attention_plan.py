@@ -63,7 +63,7 @@ def plan_groups(
     total_rows = row
     decode = [i for i, n in enumerate(num_new) if n == 1]
     extend = [i for i, n in enumerate(num_new) if n > 1]
-    groups = []
+    groups: list[AttentionGroup | None] = []
     for members, is_decode in ((decode, True), (extend, False)):
         if not members:
             groups.append(None)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -59,7 +59,7 @@ def parse_common(body: dict[str, Any], prompt_ids: list[int], sampling: Sampling
     return GenerateInput(prompt_ids, sampling, rid, parse_bootstrap(body), local)
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -92,11 +92,11 @@ def raise_if_failed(result: Result) -> None:
 
 
 async def stream_sse(
-    request: web.Request, results: AsyncIterator[Result], shape, final_chunks=None
+    request: web.Request, results: AsyncGenerator[Result, None], shape, final_chunks=None
 ) -> web.StreamResponse:
     """Relay ``results`` as SSE (``shape(result)`` -> chunk dict, or None to skip). The first
     result is awaited before the 200 is sent, so validation errors still become 4xx."""
-    iterator = results.__aiter__()
+    iterator = results  # an async generator is its own iterator; aclose() below aborts the request
     try:
         first = await iterator.__anext__()
     except StopAsyncIteration:

@@ -139,7 +139,7 @@ class BootstrapServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         room: _Room | None = None
-        room_id = None
+        room_id: int | None = None
         release: Callable[[], None] | None = None
         try:
             request = await asyncio.wait_for(read_frame(reader), self.timeout)
@@ -202,7 +202,7 @@ class BootstrapServer:
             if room is not None and not room.done.done():
                 room.done.set_exception(TransferError(f"KV transfer failed: {message}"))
                 room.done.exception()
-            if room is not None and not room.ready.done():  # the prefill never came: forget the room
+            if room is not None and room_id is not None and not room.ready.done():  # the prefill never came: forget it
                 self._rooms.pop(room_id, None)
         finally:
             if release is not None:
@@ -317,7 +317,7 @@ async def _read_into_tensor(reader: asyncio.StreamReader, nbytes: int):
     import torch
 
     buffer = torch.empty(nbytes, dtype=torch.uint8)
-    view = memoryview(buffer.numpy()) if nbytes else memoryview(b"")
+    view = buffer.numpy().data if nbytes else memoryview(b"")  # ndarray.data: a writable memoryview of it
     got = 0
     while got < nbytes:
         piece = await reader.read(min(_CHUNK * 4, nbytes - got))

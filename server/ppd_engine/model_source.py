@@ -94,7 +94,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
     """An inter-process exclusive lock (flock on POSIX, msvcrt on Windows); released on exit,
     and by the OS if the holder dies."""
     with open(lock_path, "a+b") as handle:
-        if os.name == "nt":  # pragma: no cover - exercised on Windows only
+        if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
             import msvcrt
 
             msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)

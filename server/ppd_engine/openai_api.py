@@ -80,7 +80,7 @@ def _finish(result: Result, has_tool_calls: bool = False) -> str | None:
         return None
     if has_tool_calls:
         return "tool_calls"
-    return {"stop": "stop", "length": "length"}.get(reason.get("type"), "abort")
+    return {"stop": "stop", "length": "length"}.get(reason.get("type") or "", "abort")
 
 
 def _meta(result: Result) -> dict[str, Any]:

@@ -120,7 +120,8 @@ class Scheduler:
         return budget - take
 
     def _admit(self, req: Req) -> bool:
-        prefix_pages, node = [], None
+        prefix_pages: list[int] = []
+        node = None
         if self.cache is not None:
             limit = req.prompt_len if req.mode is Mode.DECODE_RECV else req.prompt_len - 1
             prefix_pages, node = self.cache.match(req.prompt_ids, limit)
@@ -129,7 +130,7 @@ class Scheduler:
         deficit = needed - self.allocator.num_free
         if deficit > 0:
             if self.cache is None or self.cache.num_evictable_pages < deficit:
-                if node is not None:
+                if self.cache is not None and node is not None:
                     self.cache.unlock(node)
                 return False
             self.allocator.free(self.cache.evict(deficit))

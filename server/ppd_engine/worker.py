@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import warmup
@@ -168,7 +168,7 @@ class Worker:
     # ---- the request flow -------------------------------------------------------------
     async def generate(
         self, inp: GenerateInput, mode: Mode | None = None, warmup: bool = False
-    ) -> AsyncIterator[Result]:
+    ) -> AsyncGenerator[Result, None]:
         """Run one request; yields cumulative Results, the last one finished. Raises
         InvalidRequest before anything is queued. Leaving early aborts the request.
         Waits for the startup warmup first (``warmup=True``: a warmup request itself)."""

@@ -23,12 +23,13 @@ _TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 def add_sglang_routes(app: web.Application, state: AppState) -> None:
     async def flush_cache(request: web.Request) -> web.Response:
-        assert state.session is not None
+        session = state.session
+        assert session is not None
         workers = [w for w in state.registry if w.healthy]
 
         async def flush(url: str) -> tuple[str, int]:
             try:
-                async with state.session.post(url + "/flush_cache", timeout=_TIMEOUT) as r:
+                async with session.post(url + "/flush_cache", timeout=_TIMEOUT) as r:
                     await r.read()
                     return url, r.status
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):

@@ -272,8 +272,16 @@ def _measure(probe: _Probe, grid: ProfileGrid, max_seconds: float | None, progre
         elif kind == "decode":
             samples.append(_decode_sample(probe, params[0], params[1], grid.decode_steps))
         else:
+            batch, new, cached = params
             samples.extend(
-                _mixed_samples(probe, *params, context=grid.mixed_context, timeout_s=probe.client.timeout.read or 120.0)
+                _mixed_samples(
+                    probe,
+                    batch,
+                    new,
+                    cached,
+                    context=grid.mixed_context,
+                    timeout_s=probe.client.timeout.read or 120.0,
+                )
             )
     if progress is not None:
         progress(len(cells) - skipped, len(cells), "fit")

@@ -135,7 +135,7 @@ class TokenCounter:
         """Prompt tokens of a chat request as the worker will see them (with the generation prompt)."""
         if self._tokenizer is not None:
             rendered = self._tokenizer.apply_chat_template(
-                _plain_messages(messages), tools=list(tools) if tools else None, add_generation_prompt=True
+                _plain_messages(messages), tools=[dict(t) for t in tools] if tools else None, add_generation_prompt=True
             )
             return len(self._tokenizer.encode(rendered))
         return self._estimate(self.chat_bytes(messages, tools), self.chat_overhead_tokens)
