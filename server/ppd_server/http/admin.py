@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ppd_server.http.errors import bad_request, error_response
+from ppd_server.errors import bad_request, error_response
 from ppd_server.routing.policies import POLICY_NAMES, make_policy
 
 if TYPE_CHECKING:

@@ -17,10 +17,10 @@ from aiohttp import web
 from opentelemetry.trace import TracerProvider
 
 from ppd_server.config import RouterConfig
+from ppd_server.errors import make_error_middleware
 from ppd_server.fleet.workers import Worker, WorkerRegistry
 from ppd_server.http.admin import add_admin_routes
 from ppd_server.http.auth import make_auth_middleware
-from ppd_server.http.errors import make_error_middleware
 from ppd_server.http.front_door import FrontDoor
 from ppd_server.http.openapi import openapi_document
 from ppd_server.http.sglang_compat import add_sglang_routes

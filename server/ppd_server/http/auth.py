@@ -9,7 +9,7 @@ import hmac
 
 from aiohttp import web
 
-from ppd_server.http.errors import RouterError, error_response
+from ppd_server.errors import RouterError, error_response
 
 _API_PREFIXES = ("/v1/", "/generate")
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ppd_sdk import wire
-from ppd_server.http.errors import RouterError, bad_request, error_response
+from ppd_server.errors import RouterError, bad_request, error_response
 from ppd_server.metrics import turn_bucket
 from ppd_server.request_path.dispatch import Plan, RetryableFailure
 from ppd_server.request_path.relay import Kind, TurnUsage

@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from ppd_server.http.errors import RouterError
+from ppd_server.errors import RouterError
 
 log = logging.getLogger("ppd_server")
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from ppd_server.http.errors import RouterError, error_response
+from ppd_server.errors import RouterError, error_response
 
 if TYPE_CHECKING:
     from ppd_server.http.state import AppState

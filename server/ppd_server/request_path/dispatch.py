@@ -29,8 +29,8 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from ppd_server.errors import RouterError, error_response, sse_error_event
 from ppd_server.fleet.workers import WorkerRegistry
-from ppd_server.http.errors import RouterError, error_response, sse_error_event
 from ppd_server.request_path.relay import Kind, RouteInfoFn, SSEShaper, TurnUsage, shape_json
 from ppd_server.request_path.upstream import UpstreamPool, UpstreamResponse
 from ppd_server.routing.types import Decision
