@@ -186,26 +186,22 @@ def render_sim(sim: dict[str, Any] | None, data_dir: Path) -> list[str]:
     md.append(
         f"**{h['cells']} cells, {h['violating']} where ppd loses** (SLO attainment below the best of pd, local and "
         "threshold:512 minus 2 points, or turn-2+ TTFT p50 above pd's). Median turn-2+ TTFT p50 ppd/pd over all "
-        "cells: "
-        f"{h['ttft2_ratio_median']:.2f}."
+        f"cells: {h['ttft2_ratio_median']:.2f}."
         if h["ttft2_ratio_median"] is not None
         else ""
     )
     md.append("")
     for g in sim["grids"]:
         md.append(
-            f"- `{g['command']}` ({g['seconds']:.0f} s here; SLO {g['slo_ttft_ms']:g} ms TTFT / {g['slo_tpot_ms']:g} "
-            "ms TPOT, "
-            f"{g['duration_s']:g} s of arrivals per run, ppd-sim {' '.join(g['sim_args'])} "
-            f"{' '.join(g['router_args'])})"
+            f"- `{g['command']}` ({g['seconds']:.0f} s here; SLO {g['slo_ttft_ms']:g} ms TTFT / "
+            f"{g['slo_tpot_ms']:g} ms TPOT, {g['duration_s']:g} s of arrivals per run, "
+            f"ppd-sim {' '.join(g['sim_args'])} {' '.join(g['router_args'])})"
         )
     md += [
         "",
         "Loads: pd runs at 1, 2, 4, ... new conversations/s until its SLO attainment drops below 90%; the last rate "
-        "that "
-        "held is pd's saturation, and the grid runs at the listed multiples of it. Simulated figures (roofline "
-        "step-time "
-        "model), not measurements.",
+        "that held is pd's saturation, and the grid runs at the listed multiples of it. Simulated figures (roofline "
+        "step-time model), not measurements.",
         "",
     ]
     for cluster, name in plot_grid(sim, data_dir):
@@ -298,17 +294,15 @@ def render_live(live: dict[str, Any] | None, data_dir: Path) -> list[str]:
     base = next((r for r in rows if r["system"] == "sglang-router"), None)
     md += [
         f"`{live['command']}` ({live['seconds']:.0f} s here). One pair of ppd-worker processes (SmolLM2-135M, one "
-        "core each), "
-        "every system in front of the same workers, the same sessions and arrivals; measured, noisy (2-core box "
-        "shared with "
-        "other jobs).",
+        "core each), every system in front of the same workers, the same sessions and arrivals; measured, noisy "
+        "(2-core box shared with other jobs).",
         "",
     ]
     if any(r["ttft2_p50"] is not None for r in rows):
         md += [f"![live](report/{plot_live(rows, data_dir)})", ""]
     md += [
-        "| system | turn-2+ TTFT p50 / p90 ms | TPOT p50 ms | turns 2+ local | success | TTFT p50 / baseline | TPOT "
-        "p50 / baseline |",
+        "| system | turn-2+ TTFT p50 / p90 ms | TPOT p50 ms | turns 2+ local | success "
+        "| TTFT p50 / baseline | TPOT p50 / baseline |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -393,8 +387,8 @@ def render(
         + (" Live figures (b, c) reused from a saved run." if meta["reused"]["live"] and (live or validation) else ""),
         "",
         "Three parts: (a) the PPD paper's experiments in `ppd-sim` (simulated GPU fleets), (b) the same policies "
-        "measured "
-        "on the embedded CPU cluster against sglang-router, (c) how far the simulator is from the measurements.",
+        "measured on the embedded CPU cluster against sglang-router, (c) how far the simulator is from the "
+        "measurements.",
         "",
     ]
     md += render_sim(sim, data_dir)
