@@ -32,7 +32,8 @@ def test_committed_local_load_raises_the_predicted_tpot(reqs):
     cl = cluster(prefill(), decode(**loaded(8), **_committed(reqs, 300)))
     opts = build_options(request(), cl, session())
     base = build_options(request(), cluster(prefill(), decode(**loaded(8))), session())
-    per_step = reqs * (COEFS.prefill_base_ms + COEFS.prefill_per_token_ms * 300) / 32
+    # each rides in decode iterations that run anyway: its base counts only beyond the decode base
+    per_step = reqs * (max(COEFS.prefill_base_ms - COEFS.decode_base_ms, 0.0) + COEFS.prefill_per_token_ms * 300) / 32
     assert committed_local_ms_per_step(cl.workers[1]) == pytest.approx(per_step)
     # every stream on the worker absorbs the committed prefill, whichever route this turn takes
     assert opts.local.tpot_ms == pytest.approx(base.local.tpot_ms + per_step)
