@@ -69,6 +69,10 @@ DECODE_SATURATED = 0.9
 #: the prefill side is the bottleneck when P->D breaks the TTFT target and local's TTFT is at most
 #: this share of P->D's: then local, whatever S says (within the TPOT budget: decode streams first)
 PREFILL_BOUND = 0.5
+#: P->D is hopeless when, prefill-bound, its predicted TTFT is past this multiple of the target
+HOPELESS = 3.0
+#: ... and then an append of at most this many uncached tokens goes local over the TPOT budget
+STATIC_LOCAL_TOKENS = 512
 
 
 class PPDPolicy(Policy):
@@ -107,12 +111,16 @@ class PPDPolicy(Policy):
             # the holder's local-prefill budget keeps all its streams under the target (with headroom:
             # the target binds every request, the prediction is a mean)
             need, budget = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * slo.tpot_ms)
+            if need > budget and self._hopeless_pd(local, pd, req):
+                return "local", s, (f"local: P->D hopeless (TTFT {fmt_ms(pd.ttft_ms)} > {HOPELESS:g}x SLO) and the append is short "
+                                    f"({local.prefill_tokens} <= {STATIC_LOCAL_TOKENS} tokens), over the TPOT budget "
+                                    f"(local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}")
             if need > budget:
                 return "pd", s, f"pd: over {holder.url}'s TPOT budget for the SLO (local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}"
             bottleneck = self._decode_bound(opts)
             if bottleneck:
                 return "pd", s, f"pd: decode side is the bottleneck ({bottleneck}); {detail}"
-        if slo.ttft_ms is not None and pd.ttft_ms > slo.ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms:
+        if self._prefill_bound(local, pd, req):
             return "local", s, f"local: prefill side is the bottleneck (P->D TTFT {fmt_ms(pd.ttft_ms)} > SLO {fmt_ms(slo.ttft_ms)}); {detail}"
         local_breaks = slo_breaches(local, req)
         pd_breaks = slo_breaches(pd, req)
@@ -124,6 +132,21 @@ class PPDPolicy(Policy):
         if s > self._params["margin"]:
             return "local", s, f"local: {detail}{suffix}"
         return "pd", s, f"pd: {detail}{suffix}"
+
+    @classmethod
+    def _hopeless_pd(cls, local: Candidate, pd: Candidate, req: RequestView) -> bool:
+        """The model's own figures cannot rank the routes: P->D is prefill-bound and predicted far
+        past the TTFT target, local far over the TPOT budget. Then the static rule the policy grid
+        favours in such cells (``threshold:512``) decides: a short append goes local."""
+        slo = req.slo
+        return (slo.ttft_ms is not None and cls._prefill_bound(local, pd, req) and pd.ttft_ms > HOPELESS * slo.ttft_ms
+                and local.prefill_tokens <= STATIC_LOCAL_TOKENS)
+
+    @staticmethod
+    def _prefill_bound(local: Candidate, pd: Candidate, req: RequestView) -> bool:
+        """P->D breaks the TTFT target and local's TTFT is at most PREFILL_BOUND of P->D's."""
+        slo = req.slo
+        return slo.ttft_ms is not None and pd.ttft_ms > slo.ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms
 
     def _decode_bound(self, opts: Options) -> str:
         """Why the decode side is the bottleneck while prefill has slack ('' when it is not).
