@@ -18,7 +18,10 @@ With a TPOT target (``slo.tpot_ms``), before S is looked at:
 
 1. the holder's local-prefill budget per iteration (``latency.local_tpot_budget``, at ``headroom``
    x the target: the target binds every request, the prediction is a mean) must take the
-   committed local prefill plus this append, or the turn goes P->D;
+   committed local prefill plus this append, or the turn goes P->D - unless P->D is hopeless
+   (prefill-bound and predicted past ``HOPELESS`` x the TTFT target: the model cannot rank two
+   routes that both miss) and the append short (``STATIC_LOCAL_TOKENS``): then local, the
+   static ``threshold:512`` rule;
 2. when the decode side is the bottleneck - every decode worker near the target while the P->D
    route has TTFT to spare - the turn goes P->D: prefill workers have the slack, decode does not.
 
