@@ -5,14 +5,19 @@ from __future__ import annotations
 import pytest
 
 from ppd_server.routing.latency import (
+    append_riding_ms,
+    committed_local_ms_per_step,
     decode_step_ms,
     estimate_local,
     estimate_pd,
     estimate_replica,
+    local_tpot_budget,
     prefill_ms,
     queue_wait_ms,
+    riding_base_ms,
     transfer_ms,
 )
+from ppd_server.routing.types import CostCoefficients
 
 from routing_views import COEFS, cluster, decode, loaded, prefill, request, session, unified
 
@@ -71,9 +76,6 @@ def test_local_pays_queue_append_and_chunk_mixing_and_taxes_running_streams():
 
 
 def test_a_riding_prefill_costs_its_base_only_beyond_the_decode_steps():
-    from ppd_server.routing.latency import append_riding_ms, committed_local_ms_per_step, riding_base_ms
-    from ppd_server.routing.types import CostCoefficients
-
     heavy = CostCoefficients(prefill_base_ms=12.0, prefill_per_token_ms=0.02, prefill_attn_ms_per_ktok2=0.0,
                              decode_base_ms=8.0, decode_per_seq_ms=0.1, decode_per_kctx_ms=0.01)
     assert riding_base_ms(heavy) == pytest.approx(4.0)
@@ -107,9 +109,6 @@ def test_a_cache_hit_always_leaves_the_last_token_to_compute(prompt):
 
 
 def test_the_tpot_budget_prices_the_append_without_a_second_base():
-    from ppd_server.routing.latency import local_tpot_budget
-    from ppd_server.routing.types import CostCoefficients
-
     heavy = CostCoefficients(prefill_base_ms=12.0, prefill_per_token_ms=0.02, prefill_attn_ms_per_ktok2=0.0,
                              decode_base_ms=8.0, decode_per_seq_ms=0.1, decode_per_kctx_ms=0.0)
     d = decode(coefficients=heavy, **loaded(4))
