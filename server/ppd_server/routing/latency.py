@@ -21,7 +21,8 @@ linear decode step):
 
 *Committed* local prefill (:func:`committed_local_ms_per_step`) covers every D-local request the
 router has in flight on that worker (queued, prefilling or already decoding), each spread over
-its own answer: ``sum prefill(n_i) / N_i``. Why all of them: a stream's TPOT is its decode step
+its own answer: ``sum riding(n_i) / N_i``, where ``riding`` is the prefill less the part of its
+base the decode step already pays (a mixed iteration is one forward pass: :func:`riding_base_ms`). Why all of them: a stream's TPOT is its decode step
 plus the prefill work that runs during its life, per token; the local requests in flight were
 prefilled (or will be) within about one answer's time, so they sample exactly that window (by
 Little's law the sum is the rate of local prefill per step). Each local turn looks cheap alone;
@@ -89,12 +90,27 @@ def transfer_ms(kv_bytes: int, link_gbps: float, backlog_bytes: int = 0) -> floa
     return (kv_bytes + max(backlog_bytes, 0)) * 8.0 / (link_gbps * 1e9) * 1e3
 
 
+def riding_base_ms(c: CostCoefficients) -> float:
+    """The fixed cost a prefill adds to a decode iteration that runs anyway: a mixed iteration is
+    one forward pass, so the prefill's base overlaps the decode step's (``ppd_sim.worker`` times a
+    mixed iteration as ``prefill_ms`` + the decode rows, without the decode base)."""
+    return max(c.prefill_base_ms - c.decode_base_ms, 0.0)
+
+
+def append_riding_ms(c: CostCoefficients, new_tokens: int, cached_tokens: int = 0) -> float:
+    """What an append-prefill adds to the decode iterations it rides in (no second base)."""
+    if new_tokens <= 0:
+        return 0.0
+    return prefill_ms(c, new_tokens, cached_tokens) - c.prefill_base_ms + riding_base_ms(c)
+
+
 def committed_local_ms_per_step(w: WorkerView) -> float:
     """Local-prefill time per decode step that ``w``'s streams absorb from the D-local requests the
-    router has in flight there: ``sum prefill(n_i) / N_i`` (routing.local_load; the attention term
-    of those prefills is left out: their cached context is not tracked)."""
+    router has in flight there: ``sum riding(n_i) / N_i`` (routing.local_load; the attention term
+    of those prefills is left out: their cached context is not tracked). Each prefill rides in
+    iterations that run anyway, so its base counts only beyond the decode step's (:func:`riding_base_ms`)."""
     c = w.coefficients
-    return c.prefill_base_ms * max(w.local_prefill_reqs_per_step, 0.0) + c.prefill_per_token_ms * max(w.local_prefill_tokens_per_step, 0.0)
+    return riding_base_ms(c) * max(w.local_prefill_reqs_per_step, 0.0) + c.prefill_per_token_ms * max(w.local_prefill_tokens_per_step, 0.0)
 
 
 def decode_batch(w: WorkerView) -> int:
@@ -223,7 +239,7 @@ def local_tpot_budget(request: RequestView, session: SessionView | None, decode:
     n_out = expected_output_tokens(request, session)
     step = decode_step_ms(c, b + 1, max(decode.running_context_tokens, 0) + prompt + n_out // 2)
     committed = committed_local_ms_per_step(decode)
-    append = prefill_ms(c, prompt - cached, cached) / n_out if b > 0 or committed > 0 else 0.0
+    append = append_riding_ms(c, prompt - cached, cached) / n_out if b > 0 or committed > 0 else 0.0
     return committed + append, max(0.0, target_ms - step)
 
 

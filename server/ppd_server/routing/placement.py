@@ -18,7 +18,20 @@ from __future__ import annotations
 
 import hashlib
 
-from ppd_server.routing.latency import cached_on_prefill, estimate_pd, estimate_replica, kv_fits, prefill_ms, queue_wait_ms
+from ppd_server.routing.latency import (
+    cached_on_decode,
+    cached_on_prefill,
+    committed_local_ms_per_step,
+    decode_batch,
+    decode_step_ms,
+    estimate_replica,
+    expected_output_tokens,
+    kv_bytes_per_token,
+    kv_fits,
+    prefill_ms,
+    queue_wait_ms,
+    transfer_ms,
+)
 from ppd_server.routing.types import Candidate, ClusterView, RequestView, SessionView, WorkerView
 
 _TIE_REL = 1e-9
@@ -47,16 +60,61 @@ def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | N
     """The best P->D pair, or None when the cluster has no healthy prefill or decode worker.
 
     TTFT(pd) is additive in a P part and a D part, so P and D are chosen separately (O(P+D)).
+    The hot path of every decision (router and simulator): the P part is computed once, a
+    :class:`Candidate` is built only for the winner, and tie-break hashes only on ties. It
+    decides exactly as ``estimate_pd`` for every roomy decode worker then :func:`_pick` would
+    (``tests/server/routing/test_placement_fast.py`` compares the two on random views).
     """
-    prefills = cluster.by_role("prefill")
-    decodes = cluster.by_role("decode")
+    workers = cluster.workers
+    prefills = [w for w in workers if w.role == "prefill" and w.healthy]
+    decodes = [w for w in workers if w.role == "decode" and w.healthy]
     if not prefills or not decodes:
         return None
-    prefill = min(prefills, key=lambda p: (_prefill_side_ms(request, session, p), stable_fraction(request.conversation_id, request.turn, p.url)))
+    prefill = _best_prefill(request, session, prefills)
     # a decode worker whose KV pool cannot take the request would make it wait: avoid it if we can
-    roomy = [d for d in decodes if kv_fits(request, session, d)] or list(decodes)
-    cands = [estimate_pd(request, cluster, session, prefill, d) for d in roomy]
-    return _pick(request, session, cands, AFFINITY_SLACK)
+    roomy = [d for d in decodes if kv_fits(request, session, d)] or decodes
+    prompt = max(request.prompt_tokens, 0)
+    cached_p = cached_on_prefill(session, prefill, prompt)
+    p_ms = queue_wait_ms(prefill, prompt - cached_p) + prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
+    n_out = expected_output_tokens(request, session)
+    link_gbps, backlog = cluster.link_gbps, cluster.link_backlog_bytes
+    # the same arithmetic, in the same order, as latency.estimate_pd
+    preds: list[tuple[float, float, int, WorkerView]] = []
+    for d in roomy:
+        cached_d = cached_on_decode(session, d, prompt) if d.decode_radix_cache else 0
+        kv_bytes = (prompt - cached_d) * kv_bytes_per_token(d, prefill)
+        x_ms = transfer_ms(kv_bytes, link_gbps, backlog)
+        b = decode_batch(d)
+        context = max(d.running_context_tokens, 0) + prompt
+        first_step = decode_step_ms(d.coefficients, b + 1, context)
+        tpot = decode_step_ms(d.coefficients, b + 1, context + n_out // 2) + committed_local_ms_per_step(d)
+        preds.append((p_ms + x_ms + first_step, tpot, kv_bytes, d))
+    best_ttft = min(t for t, _, _, _ in preds)
+    best_tpot = min(t for _, t, _, _ in preds)
+    scores = [_weighted(t, tp, best_ttft, best_tpot, request) for t, tp, _, _ in preds]
+    floor = min(scores)
+    cut = floor * (1 + _TIE_REL) + 1e-9
+    ties = [i for i, s in enumerate(scores) if s <= cut]
+    win = ties[0] if len(ties) == 1 else min(ties, key=lambda i: _tie_order(request, session, preds[i][3].url))
+    home = session.decode_url if session is not None else None
+    if home is not None and preds[win][3].url != home:
+        best_breaks = _breaks(preds[win][0], preds[win][1], request)
+        for i, (t, tp, _, d) in enumerate(preds):
+            if d.url == home and scores[i] <= floor * (1 + AFFINITY_SLACK) and not (_breaks(t, tp, request) and not best_breaks):
+                win = i
+                break
+    t, tp, kv_bytes, d = preds[win]
+    return Candidate("pd", d.url, prefill.url, t, tp, None, kv_bytes, cached_p, prompt - cached_p)
+
+
+def _best_prefill(request: RequestView, session: SessionView | None, prefills: list[WorkerView]) -> WorkerView:
+    """The prefill worker with the least (rounded) P part; equal ones go to the hash."""
+    sides = [_prefill_side_ms(request, session, p) for p in prefills]
+    low = min(sides)
+    ties = [p for p, s in zip(prefills, sides, strict=True) if s == low]
+    if len(ties) == 1:
+        return ties[0]
+    return min(ties, key=lambda p: stable_fraction(request.conversation_id, request.turn, p.url))
 
 
 def _prefill_side_ms(request: RequestView, session: SessionView | None, p: WorkerView) -> float:
@@ -91,8 +149,12 @@ def _pick(request: RequestView, session: SessionView | None, cands: list[Candida
 
 
 def _breaks_slo(c: Candidate, request: RequestView) -> bool:
+    return _breaks(c.ttft_ms, c.tpot_ms, request)
+
+
+def _breaks(ttft_ms: float, tpot_ms: float, request: RequestView) -> bool:
     slo = request.slo
-    return (slo.ttft_ms is not None and c.ttft_ms > slo.ttft_ms) or (slo.tpot_ms is not None and c.tpot_ms > slo.tpot_ms)
+    return (slo.ttft_ms is not None and ttft_ms > slo.ttft_ms) or (slo.tpot_ms is not None and tpot_ms > slo.tpot_ms)
 
 
 def session_worker(cluster: ClusterView, session: SessionView | None) -> WorkerView | None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import pytest
 
 from ppd_server.routing.latency import (
+    append_riding_ms,
+    committed_local_ms_per_step,
     decode_step_ms,
     estimate_local,
     estimate_pd,
     estimate_replica,
+    local_tpot_budget,
     prefill_ms,
     queue_wait_ms,
+    riding_base_ms,
     transfer_ms,
 )
+from ppd_server.routing.types import CostCoefficients
 
 from routing_views import COEFS, cluster, decode, loaded, prefill, request, session, unified
 
@@ -70,6 +75,18 @@ def test_local_pays_queue_append_and_chunk_mixing_and_taxes_running_streams():
     assert c.tpot_ms == pytest.approx(pd_tpot + 3 / 4 * append / 50)
 
 
+def test_a_riding_prefill_costs_its_base_only_beyond_the_decode_steps():
+    heavy = CostCoefficients(prefill_base_ms=12.0, prefill_per_token_ms=0.02, prefill_attn_ms_per_ktok2=0.0,
+                             decode_base_ms=8.0, decode_per_seq_ms=0.1, decode_per_kctx_ms=0.01)
+    assert riding_base_ms(heavy) == pytest.approx(4.0)
+    assert riding_base_ms(COEFS) == 0.0  # never negative
+    assert append_riding_ms(heavy, 500) == pytest.approx(4.0 + 10.0)
+    assert append_riding_ms(heavy, 0) == 0.0
+    d = decode(coefficients=heavy, local_prefill_reqs_per_step=0.5, local_prefill_tokens_per_step=100.0)
+    # two locals in flight, answers of 4 tokens, 200 tokens each: (4 + 0.02*200) / 4 each, not (12 + 4) / 4
+    assert committed_local_ms_per_step(d) == pytest.approx(0.5 * 4.0 + 100.0 * 0.02)
+
+
 def test_local_on_an_idle_decode_worker_has_no_interference():
     c = estimate_local(request(prompt=1600), session(cached_d=1000), decode())
     assert c.tpot_ms == pytest.approx(decode_step_ms(COEFS, 1, 1600 + 16))
@@ -89,3 +106,13 @@ def test_cached_prefix_only_counts_on_the_sessions_own_worker():
 def test_a_cache_hit_always_leaves_the_last_token_to_compute(prompt):
     c = estimate_local(request(prompt=prompt), session(cached_d=1000), decode())
     assert c.ttft_ms == pytest.approx(prefill_ms(COEFS, 1, prompt - 1))
+
+
+def test_the_tpot_budget_prices_the_append_without_a_second_base():
+    heavy = CostCoefficients(prefill_base_ms=12.0, prefill_per_token_ms=0.02, prefill_attn_ms_per_ktok2=0.0,
+                             decode_base_ms=8.0, decode_per_seq_ms=0.1, decode_per_kctx_ms=0.0)
+    d = decode(coefficients=heavy, **loaded(4))
+    need, budget = local_tpot_budget(request(prompt=1100, out=10), session(cached_d=1000), d, 15.0)
+    # 100 new tokens over 10 answer tokens: (12 - 8 + 0.02 * 100) / 10, not (12 + 2) / 10
+    assert need == pytest.approx((4.0 + 2.0) / 10)
+    assert budget == pytest.approx(15.0 - (8.0 + 0.1 * 5))

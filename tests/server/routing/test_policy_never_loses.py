@@ -32,7 +32,8 @@ def test_committed_local_load_raises_the_predicted_tpot(reqs):
     cl = cluster(prefill(), decode(**loaded(8), **_committed(reqs, 300)))
     opts = build_options(request(), cl, session())
     base = build_options(request(), cluster(prefill(), decode(**loaded(8))), session())
-    per_step = reqs * (COEFS.prefill_base_ms + COEFS.prefill_per_token_ms * 300) / 32
+    # each rides in decode iterations that run anyway: its base counts only beyond the decode base
+    per_step = reqs * (max(COEFS.prefill_base_ms - COEFS.decode_base_ms, 0.0) + COEFS.prefill_per_token_ms * 300) / 32
     assert committed_local_ms_per_step(cl.workers[1]) == pytest.approx(per_step)
     # every stream on the worker absorbs the committed prefill, whichever route this turn takes
     assert opts.local.tpot_ms == pytest.approx(base.local.tpot_ms + per_step)
@@ -110,11 +111,14 @@ BOTTLENECK_TABLE = [
 
 # (prefill queue tokens, TPOT target, expected route, reason). Weights that prefer P->D; a P queue
 # that breaks the TTFT target while local is at most half as slow: the prefill side is the
-# bottleneck, so local whatever S says - but never past the holder's TPOT budget.
+# bottleneck, so local whatever S says - but not past the holder's TPOT budget unless P->D is
+# hopeless (past HOPELESS x the TTFT target), the append short (<= 512 tokens) and a decode worker
+# has room: then the static rule (test_policy_ppd covers it).
 PREFILL_BOUND_TABLE = [
     (0, None, "pd", "S="),
     (200_000, None, "local", "prefill side is the bottleneck"),
-    (200_000, 1.0, "pd", "TPOT budget"),
+    (200_000, 1.0, "pd", "TPOT budget"),  # hopeless P->D, but every decode worker saturated
+    (0, 1.0, "pd", "TPOT budget"),  # P idle: P->D meets the TTFT target, the budget holds
 ]
 
 

@@ -153,3 +153,29 @@ def test_prefill_congestion_keeps_continuations_local_even_on_a_busy_decode_work
     p_queued = prefill(waiting_reqs=4, waiting_tokens=6000)
     d = PPD.decide(request(prompt=1600), cluster(p_queued, decode_busy), session())
     assert d.route == "local" and d.predicted("pd").ttft_ms > 6000
+
+
+@pytest.mark.parametrize(
+    "p_waiting_tokens,prompt,spare_decode,route",
+    [
+        (20_000, 1100, True, "local"),  # P->D TTFT ~20 s, 10x the target; a 100-token append: local
+        (20_000, 1600, True, "pd"),  # same queue, a 600-token append: past the static rule, the budget holds
+        (0, 1100, True, "pd"),  # P idle: P->D is not hopeless, the budget holds
+        (20_000, 1100, False, "pd"),  # every decode worker saturated: the budget holds
+    ],
+)
+def test_hopeless_pd_sends_short_appends_local_over_the_tpot_budget(p_waiting_tokens, prompt, spare_decode, route):
+    """When the model sees no good route (P->D far past the TTFT target on a prefill-bound pool,
+    local over the holder's TPOT budget) and a decode worker has room, a short append goes local
+    (the threshold:512 rule)."""
+    req = request(prompt=prompt, slo_ttft_ms=2000.0, slo_tpot_ms=40.0)
+    spare = (decode("http://d1"),) if spare_decode else ()
+    cl = cluster(prefill(waiting_reqs=2, waiting_tokens=p_waiting_tokens), decode(**loaded(4)), *spare)
+    opts = build_options(req, cl, session())
+    assert opts.local.ttft_ms < 0.5 * opts.pd.ttft_ms or p_waiting_tokens == 0
+    d = PPD.decide(req, cl, session())
+    assert d.route == route, d.reason
+    if route == "local":
+        assert "P->D hopeless" in d.reason
+    else:
+        assert "TPOT budget" in d.reason

@@ -18,7 +18,10 @@ With a TPOT target (``slo.tpot_ms``), before S is looked at:
 
 1. the holder's local-prefill budget per iteration (``latency.local_tpot_budget``, at ``headroom``
    x the target: the target binds every request, the prediction is a mean) must take the
-   committed local prefill plus this append, or the turn goes P->D;
+   committed local prefill plus this append, or the turn goes P->D - unless P->D is hopeless
+   (prefill-bound and predicted past ``HOPELESS`` x the TTFT target: the model cannot rank two
+   routes that both miss), the append short (``STATIC_LOCAL_TOKENS``) and some decode worker has
+   room (not saturated, as in 2.): then local, the static ``threshold:512`` rule;
 2. when the decode side is the bottleneck - every decode worker near the target while the P->D
    route has TTFT to spare - the turn goes P->D: prefill workers have the slack, decode does not.
 
@@ -69,6 +72,12 @@ DECODE_SATURATED = 0.9
 #: the prefill side is the bottleneck when P->D breaks the TTFT target and local's TTFT is at most
 #: this share of P->D's: then local, whatever S says (within the TPOT budget: decode streams first)
 PREFILL_BOUND = 0.5
+#: P->D is hopeless when, prefill-bound, its predicted TTFT is past this multiple of the target
+#: (1P3D mixed 32/s, 20 s, before the decode-saturation guard: 1x 97.0%, 2x 91.7%, 3x 83.6% SLO
+#: attainment, threshold:512 99.2%; unguarded it cost 2P2D mixed 32/s 97.5% -> 62.6%)
+HOPELESS = 1.0
+#: ... and then an append of at most this many uncached tokens goes local over the TPOT budget
+STATIC_LOCAL_TOKENS = 512
 
 
 class PPDPolicy(Policy):
@@ -107,12 +116,16 @@ class PPDPolicy(Policy):
             # the holder's local-prefill budget keeps all its streams under the target (with headroom:
             # the target binds every request, the prediction is a mean)
             need, budget = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * slo.tpot_ms)
+            if need > budget and self._hopeless_pd(local, pd, req) and not self._decode_saturated(opts):
+                return "local", s, (f"local: P->D hopeless (TTFT {fmt_ms(pd.ttft_ms)} > {HOPELESS:g}x SLO) and the append is short "
+                                    f"({local.prefill_tokens} <= {STATIC_LOCAL_TOKENS} tokens), over the TPOT budget "
+                                    f"(local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}")
             if need > budget:
                 return "pd", s, f"pd: over {holder.url}'s TPOT budget for the SLO (local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}"
             bottleneck = self._decode_bound(opts)
             if bottleneck:
                 return "pd", s, f"pd: decode side is the bottleneck ({bottleneck}); {detail}"
-        if slo.ttft_ms is not None and pd.ttft_ms > slo.ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms:
+        if self._prefill_bound(local, pd, req):
             return "local", s, f"local: prefill side is the bottleneck (P->D TTFT {fmt_ms(pd.ttft_ms)} > SLO {fmt_ms(slo.ttft_ms)}); {detail}"
         local_breaks = slo_breaches(local, req)
         pd_breaks = slo_breaches(pd, req)
@@ -124,6 +137,34 @@ class PPDPolicy(Policy):
         if s > self._params["margin"]:
             return "local", s, f"local: {detail}{suffix}"
         return "pd", s, f"pd: {detail}{suffix}"
+
+    @classmethod
+    def _hopeless_pd(cls, local: Candidate, pd: Candidate, req: RequestView) -> bool:
+        """The model's own figures cannot rank the routes: P->D is prefill-bound and predicted far
+        past the TTFT target, local far over the TPOT budget. Then the static rule the policy grid
+        favours in such cells (``threshold:512``) decides: a short append goes local."""
+        slo = req.slo
+        return (slo.ttft_ms is not None and cls._prefill_bound(local, pd, req) and pd.ttft_ms > HOPELESS * slo.ttft_ms
+                and local.prefill_tokens <= STATIC_LOCAL_TOKENS)
+
+    @staticmethod
+    def _prefill_bound(local: Candidate, pd: Candidate, req: RequestView) -> bool:
+        """P->D breaks the TTFT target and local's TTFT is at most PREFILL_BOUND of P->D's."""
+        slo = req.slo
+        return slo.ttft_ms is not None and pd.ttft_ms > slo.ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms
+
+    def _decode_saturated(self, opts: Options) -> tuple[float, float] | None:
+        """(least loaded decode worker's TPOT with a joining stream, the limit) when even that worker
+        runs at DECODE_SATURATED of the headroom'd TPOT target or more; None when one has room."""
+        slo = opts.request.slo
+        if opts.cluster is None or slo.tpot_ms is None:
+            return None
+        decodes = opts.cluster.by_role("decode")
+        if not decodes:
+            return None
+        limit = DECODE_SATURATED * self._params["headroom"] * slo.tpot_ms
+        least = min(joined_tpot_ms(opts.request, opts.session, w) for w in decodes)
+        return (least, limit) if least >= limit else None
 
     def _decode_bound(self, opts: Options) -> str:
         """Why the decode side is the bottleneck while prefill has slack ('' when it is not).
@@ -137,13 +178,10 @@ class PPDPolicy(Policy):
         assert slo.tpot_ms is not None and pd is not None and local is not None
         if opts.cluster is None:
             return ""
-        decodes = [w for w in opts.cluster.by_role("decode")]
-        if not decodes:
+        sat = self._decode_saturated(opts)
+        if sat is None:
             return ""
-        limit = DECODE_SATURATED * self._params["headroom"] * slo.tpot_ms
-        least = min(joined_tpot_ms(req, opts.session, w) for w in decodes)
-        if least < limit:
-            return ""
+        least, limit = sat
         slack = pd.ttft_ms <= self._params["headroom"] * slo.ttft_ms if slo.ttft_ms is not None else pd.ttft_ms <= 2 * local.ttft_ms
         if not slack:
             return ""
