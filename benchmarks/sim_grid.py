@@ -75,17 +75,41 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "cluster": self.cluster, "workload": self.workload, "qps": self.qps, "load": self.load,
-            "attainment": self.attainment, "turn2plus_ttft_p50_ms": self.ttft2_p50, "tpot_p50_ms": self.tpot_p50,
-            "turn2plus_local_share": self.local_share, "violations": self.violations,
+            "cluster": self.cluster,
+            "workload": self.workload,
+            "qps": self.qps,
+            "load": self.load,
+            "attainment": self.attainment,
+            "turn2plus_ttft_p50_ms": self.ttft2_p50,
+            "tpot_p50_ms": self.tpot_p50,
+            "turn2plus_local_share": self.local_share,
+            "violations": self.violations,
         }
 
 
-def _argv(spec: GridSpec, cluster: str, workload: str, qps: float, policies: Sequence[str], router: bool = True) -> list[str]:
+def _argv(
+    spec: GridSpec, cluster: str, workload: str, qps: float, policies: Sequence[str], router: bool = True
+) -> list[str]:
     return [
-        "--policies", ",".join(policies), "--cluster", cluster, "--workload", workload, "--qps", f"{qps:g}",
-        "--duration", f"{spec.duration_s:g}", "--seed", str(spec.seed), "--slo-ttft-ms", f"{spec.slo_ttft_ms:g}",
-        "--slo-tpot-ms", f"{spec.slo_tpot_ms:g}", "--quiet", *spec.sim_args, *(spec.router_args if router else ()),
+        "--policies",
+        ",".join(policies),
+        "--cluster",
+        cluster,
+        "--workload",
+        workload,
+        "--qps",
+        f"{qps:g}",
+        "--duration",
+        f"{spec.duration_s:g}",
+        "--seed",
+        str(spec.seed),
+        "--slo-ttft-ms",
+        f"{spec.slo_ttft_ms:g}",
+        "--slo-tpot-ms",
+        f"{spec.slo_tpot_ms:g}",
+        "--quiet",
+        *spec.sim_args,
+        *(spec.router_args if router else ()),
     ]
 
 
@@ -101,7 +125,9 @@ def simulate(argv: list[str]) -> list[dict[str, Any]]:
     out = []
     for policy in policies:
         start = router_profile(args, profile)
-        sim = Simulation(policy, cluster, hw, convs, hints, CostModel(start) if start is not None else None, args.online_fit)
+        sim = Simulation(
+            policy, cluster, hw, convs, hints, CostModel(start) if start is not None else None, args.online_fit
+        )
         out.append(summarize(sim.run(), args.slo_ttft_ms, args.slo_tpot_ms))
     return out
 
@@ -109,7 +135,7 @@ def simulate(argv: list[str]) -> list[dict[str, Any]]:
 def _one_policy(job: tuple[list[str], str]) -> dict[str, Any]:
     argv, policy = job
     i = argv.index("--policies")
-    return simulate([*argv[:i + 1], policy, *argv[i + 2:]])[0]
+    return simulate([*argv[: i + 1], policy, *argv[i + 2 :]])[0]
 
 
 def pd_saturation(spec: GridSpec, cluster: str, workload: str) -> float:
@@ -163,7 +189,7 @@ def run_grid(spec: GridSpec = GridSpec(), progress: bool = False) -> list[Row]:
     rows = []
     for k, (c, w, q, label) in enumerate(cells):
         row = Row(c, w, q, label)
-        for s in results[k * len(spec.policies):(k + 1) * len(spec.policies)]:
+        for s in results[k * len(spec.policies) : (k + 1) * len(spec.policies)]:
             name = s["policy"]
             row.attainment[name] = s["slo_attainment"]
             row.ttft2_p50[name] = s["turn2plus_ttft_ms"]["p50"]
@@ -188,19 +214,28 @@ class SweepRow:
     ttft2_p50: float | None
 
 
-def weights_sweep(cluster: str = "1P3D", workload: str = "mid_bal", qps: float = 16.0, weights: Sequence[float] = WEIGHTS,
-                  spec: GridSpec = GridSpec(), workers: int = 0) -> tuple[list[SweepRow], list[str]]:
+def weights_sweep(
+    cluster: str = "1P3D",
+    workload: str = "mid_bal",
+    qps: float = 16.0,
+    weights: Sequence[float] = WEIGHTS,
+    spec: GridSpec = GridSpec(),
+    workers: int = 0,
+) -> tuple[list[SweepRow], list[str]]:
     """ppd at rising request TPOT weights, no SLO targets (the weights alone decide): the rows and
     the monotonicity violations (local share must not rise with the TPOT weight, TPOT p50 not by
     more than SWEEP_TPOT_TOLERANCE). ``spec.router_args`` says how the router is calibrated."""
     base = _argv(spec, cluster, workload, qps, ["ppd"])
     for flag in ("--slo-ttft-ms", "--slo-tpot-ms"):  # no targets: the weights decide
         i = base.index(flag)
-        del base[i:i + 2]
+        del base[i : i + 2]
     jobs = [([*base, "--w-tpot", f"{w:g}"], "ppd") for w in weights]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         results = list(pool.map(_one_policy, jobs))
-    rows = [SweepRow(w, r["turn2plus_local_share"], r["tpot_ms"]["p50"], r["turn2plus_ttft_ms"]["p50"]) for w, r in zip(weights, results)]
+    rows = [
+        SweepRow(w, r["turn2plus_local_share"], r["tpot_ms"]["p50"], r["turn2plus_ttft_ms"]["p50"])
+        for w, r in zip(weights, results)
+    ]
     bad = []
     for a, b in itertools.pairwise(rows):
         if (b.local_share or 0.0) > (a.local_share or 0.0) + 1e-9:
@@ -233,15 +268,32 @@ def format_grid(rows: Sequence[Row]) -> str:
     table = [head]
     for r in rows:
         ttft = f"{_ms(r.ttft2_p50.get('ppd'))}/{_ms(r.ttft2_p50.get('pd'))}"
-        table.append([r.cluster, r.workload, f"{r.qps:g}", r.load, *(_pct(r.attainment[p]) for p in policies), ttft,
-                      _ms(r.tpot_p50.get("ppd")), _pct(r.local_share.get("ppd")), "!! " + "; ".join(r.violations) if r.violations else "ok"])
+        table.append(
+            [
+                r.cluster,
+                r.workload,
+                f"{r.qps:g}",
+                r.load,
+                *(_pct(r.attainment[p]) for p in policies),
+                ttft,
+                _ms(r.tpot_p50.get("ppd")),
+                _pct(r.local_share.get("ppd")),
+                "!! " + "; ".join(r.violations) if r.violations else "ok",
+            ]
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
-    lines = ["  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) + "  " + row[-1]
-             for row in table]
+    lines = [
+        "  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        + "  "
+        + row[-1]
+        for row in table
+    ]
     lines.insert(1, "-" * len(lines[0]))
     bad = sum(bool(r.violations) for r in rows)
-    lines.append(f"{len(rows)} cells, {bad} violating (attainment in %, ppd >= best of {', '.join(BASELINES)} - "
-                 f"{100 * TOLERANCE:g} points; turn-2+ TTFT p50 ppd <= pd)")
+    lines.append(
+        f"{len(rows)} cells, {bad} violating (attainment in %, ppd >= best of {', '.join(BASELINES)} - "
+        f"{100 * TOLERANCE:g} points; turn-2+ TTFT p50 ppd <= pd)"
+    )
     return "\n".join(lines)
 
 
@@ -261,23 +313,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", default=",".join(d.clusters))
     p.add_argument("--workloads", default=",".join(d.workloads))
     p.add_argument("--policies", default=",".join(d.policies))
-    p.add_argument("--loads", default=",".join(f"{f:g}" for f in d.load_factors), help="multiples of pd's saturation rate")
+    p.add_argument(
+        "--loads", default=",".join(f"{f:g}" for f in d.load_factors), help="multiples of pd's saturation rate"
+    )
     p.add_argument("--qps", help="fixed rates instead of the saturation ladder, e.g. 5,10,15")
     p.add_argument("--duration", type=float, default=d.duration_s, help="seconds of arrivals per run")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--slo-ttft-ms", type=float, default=d.slo_ttft_ms)
     p.add_argument("--slo-tpot-ms", type=float, default=d.slo_tpot_ms)
-    p.add_argument("--router-args", default=" ".join(d.router_args), help="how the router is calibrated (ppd-sim options)")
+    p.add_argument(
+        "--router-args", default=" ".join(d.router_args), help="how the router is calibrated (ppd-sim options)"
+    )
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all CPUs)")
     p.add_argument("--json", help="write the rows as JSON here")
-    p.add_argument("--weights-sweep", metavar="CLUSTER:WORKLOAD:QPS", help="instead of the grid: ppd at rising TPOT weights, "
-                   "no SLO targets, e.g. 1P3D:mid_bal:16; checks that local share and TPOT p50 fall monotonically")
+    p.add_argument(
+        "--weights-sweep",
+        metavar="CLUSTER:WORKLOAD:QPS",
+        help="instead of the grid: ppd at rising TPOT weights, "
+        "no SLO targets, e.g. 1P3D:mid_bal:16; checks that local share and TPOT p50 fall monotonically",
+    )
     args, rest = p.parse_known_args(argv)
     spec = GridSpec(
-        clusters=_csv(args.clusters, "clusters"), workloads=_csv(args.workloads, "workloads"), policies=_csv(args.policies, "policies"),
-        load_factors=_csv(args.loads, "loads", float), duration_s=args.duration, seed=args.seed, slo_ttft_ms=args.slo_ttft_ms,
-        slo_tpot_ms=args.slo_tpot_ms, sim_args=(*GridSpec().sim_args, *rest), router_args=tuple(args.router_args.split()),
-        fixed_qps=_csv(args.qps, "qps", float) if args.qps else (), workers=args.workers,
+        clusters=_csv(args.clusters, "clusters"),
+        workloads=_csv(args.workloads, "workloads"),
+        policies=_csv(args.policies, "policies"),
+        load_factors=_csv(args.loads, "loads", float),
+        duration_s=args.duration,
+        seed=args.seed,
+        slo_ttft_ms=args.slo_ttft_ms,
+        slo_tpot_ms=args.slo_tpot_ms,
+        sim_args=(*GridSpec().sim_args, *rest),
+        router_args=tuple(args.router_args.split()),
+        fixed_qps=_csv(args.qps, "qps", float) if args.qps else (),
+        workers=args.workers,
     )
     if args.weights_sweep:
         try:
@@ -301,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         with open(args.json, "w") as f:
-            json.dump({"spec": {k: getattr(spec, k) for k in spec.__slots__}, "rows": [r.as_dict() for r in rows]}, f, indent=2)
+            json.dump(
+                {"spec": {k: getattr(spec, k) for k in spec.__slots__}, "rows": [r.as_dict() for r in rows]},
+                f,
+                indent=2,
+            )
     return 1 if any(r.violations for r in rows) else 0
 
 

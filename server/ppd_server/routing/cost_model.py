@@ -104,7 +104,8 @@ class Observation:
     computed. ``decode_running``: streams running on the decode (or unified)
     worker when the request was routed; ``decode_context_tokens`` their total context, not
     counting this request (``WorkerView.running_context_tokens``; 0 with streams running =
-    unknown); ``completion_tokens`` the answer's length; ``decode_running_end``, when known, the same count when the turn finished (the
+    unknown); ``completion_tokens`` the answer's length; ``decode_running_end``, when known, the
+    same count when the turn finished (the
     TPOT fit then uses the mean of the two: streams that joined or left during the answer
     shaped its decode steps). ``predicted_*``: the chosen candidate's prediction from the Decision.
     ``tpot_ms`` is None for a one-token answer.
@@ -147,8 +148,12 @@ def _from_end_to_end(obs: Observation) -> Observation | None:
     return replace(obs, tpot_ms=max(obs.e2e_ms - obs.predicted_ttft_ms, 0.0) / steps)
 
 
-def _prior_std(start: tuple[float, float, float], rel: float | None, floors: tuple[float, float, float],
-               typical_x: tuple[float, float, float]) -> list[float]:
+def _prior_std(
+    start: tuple[float, float, float],
+    rel: float | None,
+    floors: tuple[float, float, float],
+    typical_x: tuple[float, float, float],
+) -> list[float]:
     """Prior std per coefficient: loose (no ``rel``: 3x, with floors) or ``rel`` of a trusted profile."""
     if rel is None:
         return [max(3 * v, f) for v, f in zip(start, floors)]
@@ -201,8 +206,9 @@ class _WorkerFit:
         few own samples it already had are refitted against it (they were judged against a prior
         the pool has since shown wrong)."""
         c = self.coefficients
-        self.prefill = self.prefill.rebased(_prefill_fit((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2),
-                                                         self.prior_rel_std))
+        self.prefill = self.prefill.rebased(
+            _prefill_fit((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2), self.prior_rel_std)
+        )
 
 
 def _prefill_features(new: int, cached: int) -> tuple[float, float, float]:
@@ -234,8 +240,14 @@ def _pooled_prefill(start: CostCoefficients, donors: list[_WorkerFit]) -> tuple[
     out = []
     for name in COEFFICIENT_NAMES[:3]:
         mine = getattr(start, name)
-        out.append(median([getattr(d.coefficients, name) * (mine / theirs if (theirs := getattr(d.start, name)) > 0 else 1.0)
-                           for d in donors]))
+        out.append(
+            median(
+                [
+                    getattr(d.coefficients, name) * (mine / theirs if (theirs := getattr(d.start, name)) > 0 else 1.0)
+                    for d in donors
+                ]
+            )
+        )
     return out[0], out[1], out[2]
 
 
@@ -298,8 +310,12 @@ class CostModel:
 
     # -- pooled prefill evidence -------------------------------------------------------------------
 
-    def _pool_prefill_into(self, fit: _WorkerFit, donors: list[_WorkerFit] | None = None,
-                           pooled_by_start: dict[CostCoefficients, tuple[float, float, float]] | None = None) -> None:
+    def _pool_prefill_into(
+        self,
+        fit: _WorkerFit,
+        donors: list[_WorkerFit] | None = None,
+        pooled_by_start: dict[CostCoefficients, tuple[float, float, float]] | None = None,
+    ) -> None:
         """Give a worker without own prefill samples the donors' mean prefill coefficients, each
         scaled by the profile's ratio between the recipient's role and the donor's (per
         coefficient). No donor yet: it keeps its own prior. ``donors`` and ``pooled_by_start``
@@ -371,8 +387,11 @@ class CostModel:
             # a TTFT predicted to be mostly queueing/transfer says little about compute, and its
             # error is mostly a queueing error (a burst the load poll had not seen): skip it ...
             compute_share = predicted_compute / max(predicted_compute + overhead, 1e-9)
-            rescue = (fit.prefill.samples < _RESCUE_SAMPLES and obs.predicted_ttft_ms is not None
-                      and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms)
+            rescue = (
+                fit.prefill.samples < _RESCUE_SAMPLES
+                and obs.predicted_ttft_ms is not None
+                and obs.ttft_ms < _PESSIMISTIC * obs.predicted_ttft_ms
+            )
             if rescue:
                 # ... except on a cold fit whose prediction was far too pessimistic: the queue and the
                 # first decode step were priced with the same kind of coefficients (a CPU profile
@@ -415,7 +434,9 @@ class CostModel:
         if obs.predicted_ttft_ms is None and obs.predicted_tpot_ms is None:
             return
         window = self._errors.setdefault(obs.route, deque(maxlen=self._error_window))
-        window.append((obs.ttft_ms, obs.predicted_ttft_ms or 0.0, obs.tpot_ms, obs.predicted_tpot_ms))  # ttft None: unknown
+        window.append(
+            (obs.ttft_ms, obs.predicted_ttft_ms or 0.0, obs.tpot_ms, obs.predicted_tpot_ms)
+        )  # ttft None: unknown
 
     def error_summary(self) -> dict[str, dict[str, float]]:
         """Per route over the last ``error_window`` observations: count, mean absolute % error of TTFT and TPOT,

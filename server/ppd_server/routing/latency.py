@@ -22,7 +22,8 @@ linear decode step):
 *Committed* local prefill (:func:`committed_local_ms_per_step`) covers every D-local request the
 router has in flight on that worker (queued, prefilling or already decoding), each spread over
 its own answer: ``sum riding(n_i) / N_i``, where ``riding`` is the prefill less the part of its
-base the decode step already pays (a mixed iteration is one forward pass: :func:`riding_base_ms`). Why all of them: a stream's TPOT is its decode step
+base the decode step already pays (a mixed iteration is one forward pass: :func:`riding_base_ms`).
+Why all of them: a stream's TPOT is its decode step
 plus the prefill work that runs during its life, per token; the local requests in flight were
 prefilled (or will be) within about one answer's time, so they sample exactly that window (by
 Little's law the sum is the rate of local prefill per step). Each local turn looks cheap alone;
@@ -79,7 +80,9 @@ def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
     unseen = max(0, w.inflight - max(w.running_reqs, 0) - max(w.waiting_reqs, 0))
     wait = c.prefill_base_ms * reqs + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
     if unseen:
-        wait += unseen * (prefill_ms(c, typical_new_tokens) if w.role != "decode" and typical_new_tokens > 0 else c.prefill_base_ms)
+        wait += unseen * (
+            prefill_ms(c, typical_new_tokens) if w.role != "decode" and typical_new_tokens > 0 else c.prefill_base_ms
+        )
     return wait
 
 
@@ -110,7 +113,9 @@ def committed_local_ms_per_step(w: WorkerView) -> float:
     of those prefills is left out: their cached context is not tracked). Each prefill rides in
     iterations that run anyway, so its base counts only beyond the decode step's (:func:`riding_base_ms`)."""
     c = w.coefficients
-    return riding_base_ms(c) * max(w.local_prefill_reqs_per_step, 0.0) + c.prefill_per_token_ms * max(w.local_prefill_tokens_per_step, 0.0)
+    return riding_base_ms(c) * max(w.local_prefill_reqs_per_step, 0.0) + c.prefill_per_token_ms * max(
+        w.local_prefill_tokens_per_step, 0.0
+    )
 
 
 def decode_batch(w: WorkerView) -> int:
@@ -186,7 +191,9 @@ def estimate_pd(
     first_step = decode_step_ms(decode.coefficients, b + 1, context)
     n_out = expected_output_tokens(request, session)
     tpot = decode_step_ms(decode.coefficients, b + 1, context + n_out // 2) + committed_local_ms_per_step(decode)
-    return Candidate("pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes, cached_p, prompt - cached_p)
+    return Candidate(
+        "pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes, cached_p, prompt - cached_p
+    )
 
 
 def estimate_local(
@@ -223,7 +230,9 @@ def joined_tpot_ms(request: RequestView, session: SessionView | None, w: WorkerV
     return decode_step_ms(w.coefficients, decode_batch(w) + 1, context) + committed_local_ms_per_step(w)
 
 
-def local_tpot_budget(request: RequestView, session: SessionView | None, decode: WorkerView, target_ms: float) -> tuple[float, float]:
+def local_tpot_budget(
+    request: RequestView, session: SessionView | None, decode: WorkerView, target_ms: float
+) -> tuple[float, float]:
     """(need, budget) in ms of local prefill per decode iteration on ``decode`` under a TPOT target.
 
     budget = ``target - step``: what each iteration may carry on top of its decode step with every

@@ -42,8 +42,12 @@ def solve_linear(a: Sequence[Sequence[float]], b: Sequence[float], singular_belo
     return [m[i][n] / m[i][i] for i in range(n)]
 
 
-def least_squares(rows: Sequence[Sequence[float]], ys: Sequence[float], cols: Sequence[int] | None = None,
-                  singular_below: float = 1e-12) -> list[float] | None:
+def least_squares(
+    rows: Sequence[Sequence[float]],
+    ys: Sequence[float],
+    cols: Sequence[int] | None = None,
+    singular_below: float = 1e-12,
+) -> list[float] | None:
     """Least squares over the columns ``cols`` of ``rows`` (all when None), one value per column;
     None when those columns are collinear (a pivot of the normal equations below ``singular_below``)."""
     if not rows:
@@ -94,8 +98,11 @@ def nonnegative_solve(a: Sequence[Sequence[float]], b: Sequence[float]) -> list[
                     continue
                 for i, v in zip(free, sol):
                     t[i] = max(v, 0.0)
-            grad_ok = all(sum(a[j][m] * t[m] for m in range(k)) - b[j] >= -1e-9 * (1.0 + abs(b[j]))
-                          for j in range(k) if j not in free)
+            grad_ok = all(
+                sum(a[j][m] * t[m] for m in range(k)) - b[j] >= -1e-9 * (1.0 + abs(b[j]))
+                for j in range(k)
+                if j not in free
+            )
             if grad_ok:
                 return t
     return [0.0] * k  # unreachable for a positive definite a

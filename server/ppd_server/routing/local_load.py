@@ -59,6 +59,8 @@ class LocalLoad:
     def view_fields(self) -> dict[str, Any]:
         """The ``WorkerView`` fields: ``WorkerView(..., **load.view_fields())``."""
         return {
-            "local_prefill_reqs": self.reqs, "local_prefill_tokens": self.tokens,
-            "local_prefill_tokens_per_step": self.tokens_per_step, "local_prefill_reqs_per_step": self.reqs_per_step,
+            "local_prefill_reqs": self.reqs,
+            "local_prefill_tokens": self.tokens,
+            "local_prefill_tokens_per_step": self.tokens_per_step,
+            "local_prefill_reqs_per_step": self.reqs_per_step,
         }

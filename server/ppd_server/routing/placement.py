@@ -100,7 +100,11 @@ def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | N
     if home is not None and preds[win][3].url != home:
         best_breaks = _breaks(preds[win][0], preds[win][1], request)
         for i, (t, tp, _, d) in enumerate(preds):
-            if d.url == home and scores[i] <= floor * (1 + AFFINITY_SLACK) and not (_breaks(t, tp, request) and not best_breaks):
+            if (
+                d.url == home
+                and scores[i] <= floor * (1 + AFFINITY_SLACK)
+                and not (_breaks(t, tp, request) and not best_breaks)
+            ):
                 win = i
                 break
     t, tp, kv_bytes, d = preds[win]
@@ -132,7 +136,9 @@ def best_replica(request: RequestView, cluster: ClusterView, session: SessionVie
     return _pick(request, session, [estimate_replica(request, session, w) for w in roomy])
 
 
-def _pick(request: RequestView, session: SessionView | None, cands: list[Candidate], affinity_slack: float = 0.0) -> Candidate:
+def _pick(
+    request: RequestView, session: SessionView | None, cands: list[Candidate], affinity_slack: float = 0.0
+) -> Candidate:
     best_ttft = min(c.ttft_ms for c in cands)
     best_tpot = min(c.tpot_ms for c in cands)
     scored = [(_weighted(c.ttft_ms, c.tpot_ms, best_ttft, best_tpot, request), c) for c in cands]
@@ -142,8 +148,11 @@ def _pick(request: RequestView, session: SessionView | None, cands: list[Candida
     best = min(ties, key=lambda c: _tie_order(request, session, c.decode or ""))
     if affinity_slack > 0 and session is not None and best.decode != session.decode_url:
         for s, c in scored:
-            if c.decode == session.decode_url and s <= floor * (1 + affinity_slack) and not (
-                    _breaks_slo(c, request) and not _breaks_slo(best, request)):
+            if (
+                c.decode == session.decode_url
+                and s <= floor * (1 + affinity_slack)
+                and not (_breaks_slo(c, request) and not _breaks_slo(best, request))
+            ):
                 return c
     return best
 

@@ -13,7 +13,8 @@ up and make one odd sample swing the fit.
 
 :meth:`bounded_theta` is the estimate projected onto ``theta >= lower`` in the metric of the
 covariance (the most likely feasible parameters): noisy, collinear traffic can otherwise push one
-coefficient below a physical bound while another overshoots. The projection is applied on read only; clipping the running estimate itself
+coefficient below a physical bound while another overshoots. The projection is applied on read
+only; clipping the running estimate itself
 would make the recursion unstable.
 
 Pure Python on purpose: k <= 3, and numpy's per-call overhead is larger than the arithmetic.
@@ -28,7 +29,9 @@ from ppd_server.routing.linalg import solve_linear
 
 
 class RecursiveLeastSquares:
-    def __init__(self, theta0: Sequence[float], prior_std: Sequence[float], noise_std: float = 1.0, lam: float = 0.995) -> None:
+    def __init__(
+        self, theta0: Sequence[float], prior_std: Sequence[float], noise_std: float = 1.0, lam: float = 0.995
+    ) -> None:
         if len(theta0) != len(prior_std):
             raise ValueError("theta0 and prior_std must have the same length")
         if not 0.0 < lam <= 1.0:

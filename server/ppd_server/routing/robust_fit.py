@@ -48,8 +48,9 @@ _FLOOR_MS = 0.1  # predictions below this are noise-floored (no division by ~0)
 
 
 class RobustFit:
-    def __init__(self, theta0: Sequence[float], prior_std: Sequence[float], scale0: float = 0.2,
-                 window: int = 64, steps: int = 3) -> None:
+    def __init__(
+        self, theta0: Sequence[float], prior_std: Sequence[float], scale0: float = 0.2, window: int = 64, steps: int = 3
+    ) -> None:
         if len(theta0) != 3 or len(prior_std) != 3:
             raise ValueError("RobustFit fits three coefficients (theta0 and prior_std of length 3)")
         if not scale0 > 0:
@@ -75,7 +76,9 @@ class RobustFit:
         """Median absolute log ratio of the window's samples to ``theta``'s predictions (0 when empty)."""
         if not self._window:
             return 0.0
-        return median([abs(math.log(y / max(sum(t * xi for t, xi in zip(theta, x)), _FLOOR_MS))) for x, y in self._window])
+        return median(
+            [abs(math.log(y / max(sum(t * xi for t, xi in zip(theta, x)), _FLOOR_MS))) for x, y in self._window]
+        )
 
     def predict(self, x: Sequence[float]) -> float:
         return sum(t * xi for t, xi in zip(self.theta, x))

@@ -47,12 +47,30 @@ def cluster(*workers: WorkerView, link_gbps: float = 10.0, backlog: int = 0) -> 
     return ClusterView(tuple(workers), link_gbps=link_gbps, link_backlog_bytes=backlog)
 
 
-def session(decode_url: str | None = "http://d0", prefill_url: str | None = "http://p0", cached_d: int = 1000, cached_p: int = 800, turns: int = 1, cid: str = "c1", forked_from: str | None = None) -> SessionView:
+def session(
+    decode_url: str | None = "http://d0",
+    prefill_url: str | None = "http://p0",
+    cached_d: int = 1000,
+    cached_p: int = 800,
+    turns: int = 1,
+    cid: str = "c1",
+    forked_from: str | None = None,
+) -> SessionView:
     return SessionView(cid, decode_url, prefill_url, cached_d, cached_p, turns, forked_from)
 
 
-def request(turn: int = 2, prompt: int = 1100, out: int = 32, cid: str | None = "c1", w_ttft: float = 1.0,
-            w_tpot: float = 1.0, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None, **kw) -> RequestView:
+def request(
+    turn: int = 2,
+    prompt: int = 1100,
+    out: int = 32,
+    cid: str | None = "c1",
+    w_ttft: float = 1.0,
+    w_tpot: float = 1.0,
+    slo_ttft_ms: float | None = None,
+    slo_tpot_ms: float | None = None,
+    **kw,
+) -> RequestView:
     """A RequestView; the weight and SLO keywords become the wire's Weights and SLO."""
-    return RequestView(cid, turn, prompt, out, Weights(ttft=w_ttft, tpot=w_tpot),
-                       SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms), **kw)
+    return RequestView(
+        cid, turn, prompt, out, Weights(ttft=w_ttft, tpot=w_tpot), SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms), **kw
+    )

@@ -10,7 +10,14 @@ import pytest
 
 from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH as MIN_SAMPLES
 from ppd_server.routing.cost_model import CostModel, Observation
-from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, estimate_local, estimate_pd, prefill_ms, transfer_ms
+from ppd_server.routing.latency import (
+    decode_rows_ms,
+    decode_step_ms,
+    estimate_local,
+    estimate_pd,
+    prefill_ms,
+    transfer_ms,
+)
 from ppd_server.routing.rls import RecursiveLeastSquares
 from ppd_server.routing.types import ClusterView, CostCoefficients, RequestView, SessionView, WorkerView
 
@@ -62,13 +69,24 @@ def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
         running = rng.randrange(0, 16)
         ctx = running * rng.randrange(200, 2000)
         prompt = cached + new
-        p = WorkerView("http://p", "prefill", kv_bytes_per_token=KV, coefficients=cm.coefficients("http://p", "prefill"))
+        p = WorkerView(
+            "http://p", "prefill", kv_bytes_per_token=KV, coefficients=cm.coefficients("http://p", "prefill")
+        )
         d = WorkerView(
-            "http://d", "decode", can_local_prefill=True, decode_radix_cache=True, kv_bytes_per_token=KV,
-            running_reqs=running, running_context_tokens=ctx, coefficients=cm.coefficients("http://d", "decode"),
+            "http://d",
+            "decode",
+            can_local_prefill=True,
+            decode_radix_cache=True,
+            kv_bytes_per_token=KV,
+            running_reqs=running,
+            running_context_tokens=ctx,
+            coefficients=cm.coefficients("http://d", "decode"),
         )
         req = RequestView("c", 2, prompt, 64)
-        noise = lambda: 1.0 + rng.uniform(-0.03, 0.03)
+
+        def noise() -> float:
+            return 1.0 + rng.uniform(-0.03, 0.03)
+
         true_tpot = decode_step_ms(TRUE, running + 1, ctx + prompt + 32) * noise()
         if route == "local":
             sess = SessionView("c", "http://d", "http://p", cached, 0, 1)
@@ -83,13 +101,26 @@ def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
             pred = estimate_pd(req, ClusterView((p, d), link_gbps=LINK_GBPS), sess, p, d)
             kv_bytes = prompt * KV
             true_ttft = (
-                prefill_ms(TRUE, new, cached) + transfer_ms(kv_bytes, LINK_GBPS) + decode_step_ms(TRUE, running + 1, ctx + prompt)
+                prefill_ms(TRUE, new, cached)
+                + transfer_ms(kv_bytes, LINK_GBPS)
+                + decode_step_ms(TRUE, running + 1, ctx + prompt)
             ) * noise()
             obs_cached = cached
         cm.observe(
             Observation(
-                route, "http://d", "http://p" if route == "pd" else None, new, obs_cached, true_ttft, true_tpot, running,
-                pred.ttft_ms, pred.tpot_ms, kv_bytes, ctx, completion_tokens=64,
+                route,
+                "http://d",
+                "http://p" if route == "pd" else None,
+                new,
+                obs_cached,
+                true_ttft,
+                true_tpot,
+                running,
+                pred.ttft_ms,
+                pred.tpot_ms,
+                kv_bytes,
+                ctx,
+                completion_tokens=64,
             )
         )
 
@@ -186,10 +217,16 @@ def test_pd_fit_uses_the_prefill_workers_own_cache_hit():
         prompt = rng.randrange(200, 3000)
         d_hit = rng.randrange(0, prompt)
         ttft = prefill_ms(TRUE, prompt, 0)  # P had nothing cached
-        told.observe(Observation("pd", "http://d", "http://p", prompt - d_hit, d_hit, ttft, None, 0, prefill_cached_tokens=0))
+        told.observe(
+            Observation("pd", "http://d", "http://p", prompt - d_hit, d_hit, ttft, None, 0, prefill_cached_tokens=0)
+        )
         untold.observe(Observation("pd", "http://d", "http://p", prompt - d_hit, d_hit, ttft, None, 0))
-    assert told.coefficients("http://p", "prefill").prefill_per_token_ms == pytest.approx(TRUE.prefill_per_token_ms, rel=0.05)
-    assert untold.coefficients("http://p", "prefill").prefill_per_token_ms != pytest.approx(TRUE.prefill_per_token_ms, rel=0.05)
+    assert told.coefficients("http://p", "prefill").prefill_per_token_ms == pytest.approx(
+        TRUE.prefill_per_token_ms, rel=0.05
+    )
+    assert untold.coefficients("http://p", "prefill").prefill_per_token_ms != pytest.approx(
+        TRUE.prefill_per_token_ms, rel=0.05
+    )
 
 
 def test_non_streamed_turns_learn_tpot_from_end_to_end_time():
@@ -197,7 +234,22 @@ def test_non_streamed_turns_learn_tpot_from_end_to_end_time():
     before = cm.coefficients("http://d", "decode")
     # predicted ttft 100 ms, then 9 steps at a predicted 20 ms; the steps took 40 ms each
     for _ in range(MIN_SAMPLES):
-        cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, 100.0, 20.0, e2e_ms=100.0 + 9 * 40.0, completion_tokens=10))
+        cm.observe(
+            Observation(
+                "local",
+                "http://d",
+                None,
+                300,
+                1000,
+                None,
+                None,
+                2,
+                100.0,
+                20.0,
+                e2e_ms=100.0 + 9 * 40.0,
+                completion_tokens=10,
+            )
+        )
     s = cm.error_summary()["local"]
     assert s["tpot_obs_over_pred"] == pytest.approx(2.0) and "ttft_abs_pct_err" not in s
     after = cm.coefficients("http://d", "decode")
@@ -209,7 +261,11 @@ def test_a_one_token_non_streamed_answer_is_its_ttft():
     cm = CostModel()
     pred = prefill_ms(cm.coefficients("http://d", "decode"), 300, 1000)
     for _ in range(MIN_SAMPLES):
-        cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 0, pred, 20.0, e2e_ms=2 * pred, completion_tokens=1))
+        cm.observe(
+            Observation(
+                "local", "http://d", None, 300, 1000, None, None, 0, pred, 20.0, e2e_ms=2 * pred, completion_tokens=1
+            )
+        )
     assert cm.error_summary()["local"]["ttft_obs_over_pred"] == pytest.approx(2.0)
     assert cm.coefficients("http://d", "decode").prefill_per_token_ms > 1.0
 
@@ -217,7 +273,9 @@ def test_a_one_token_non_streamed_answer_is_its_ttft():
 def test_end_to_end_needs_a_time_and_a_prediction():
     cm = CostModel()
     before = cm.coefficients("http://d", "decode")
-    cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, None, None, e2e_ms=560.0, completion_tokens=10))
+    cm.observe(
+        Observation("local", "http://d", None, 300, 1000, None, None, 2, None, None, e2e_ms=560.0, completion_tokens=10)
+    )
     cm.observe(Observation("local", "http://d", None, 300, 1000, None, None, 2, 100.0, 20.0))
     assert cm.error_summary() == {} and cm.coefficients("http://d", "decode") == before
 
@@ -240,7 +298,13 @@ def test_rls_bounded_estimate_is_the_free_one_when_feasible():
 
 
 def _local_obs(cm: CostModel, coefs: CostCoefficients, new: int, cached: int, slowdown: float = 1.0) -> Observation:
-    d = WorkerView("http://d", "decode", can_local_prefill=True, decode_radix_cache=True, coefficients=cm.coefficients("http://d", "decode"))
+    d = WorkerView(
+        "http://d",
+        "decode",
+        can_local_prefill=True,
+        decode_radix_cache=True,
+        coefficients=cm.coefficients("http://d", "decode"),
+    )
     pred = estimate_local(RequestView("c", 2, new + cached, 16), SessionView("c", "http://d", None, cached), d)
     true_ttft = prefill_ms(coefs, new, cached) * slowdown
     return Observation("local", "http://d", None, new, cached, true_ttft, None, 0, pred.ttft_ms, pred.tpot_ms)
@@ -261,15 +325,21 @@ def test_a_profile_wrong_everywhere_still_converges():
     cm, rng = CostModel({"coefficients": TRUE.to_dict()}), random.Random(12)
     for _ in range(300):
         cm.observe(_local_obs(cm, slow, rng.randrange(16, 800), rng.randrange(0, 3000)))
-    assert cm.coefficients("http://d", "decode").prefill_per_token_ms == pytest.approx(slow.prefill_per_token_ms, rel=0.1)
+    assert cm.coefficients("http://d", "decode").prefill_per_token_ms == pytest.approx(
+        slow.prefill_per_token_ms, rel=0.1
+    )
 
 
 def test_queue_dominated_ttfts_do_not_teach_prefill_speed():
     cm = CostModel({"coefficients": TRUE.to_dict()})
     for k in range(12):  # a burst: request k queued behind k others, and the queue took 2x longer
         compute = prefill_ms(cm.coefficients("http://p", "prefill"), 40, 0)
-        cm.observe(Observation("pd", "http://d", "http://p", 40, 0, compute + 2 * k * compute, None, 0, (k + 1) * compute))
-    assert cm.coefficients("http://p", "prefill").prefill_per_token_ms == pytest.approx(TRUE.prefill_per_token_ms, rel=0.01)
+        cm.observe(
+            Observation("pd", "http://d", "http://p", 40, 0, compute + 2 * k * compute, None, 0, (k + 1) * compute)
+        )
+    assert cm.coefficients("http://p", "prefill").prefill_per_token_ms == pytest.approx(
+        TRUE.prefill_per_token_ms, rel=0.01
+    )
     assert cm.error_summary()["pd"]["count"] == 12  # still visible as prediction error
 
 
@@ -284,8 +354,22 @@ def test_tpot_fit_uses_the_batch_the_answer_decoded_in():
         per_stream = rng.randrange(200, 2000)  # the others' contexts; this stream holds its 500-token prompt
         tpot = decode_step_ms(TRUE, running + 1, int(running * per_stream) + 500)
         for cm, end_count in ((told, end), (untold, None)):
-            cm.observe(Observation("pd", "http://d", "http://p", 0, 500, 50.0, tpot, start, None, None,
-                                   decode_context_tokens=start * per_stream, decode_running_end=end_count))
+            cm.observe(
+                Observation(
+                    "pd",
+                    "http://d",
+                    "http://p",
+                    0,
+                    500,
+                    50.0,
+                    tpot,
+                    start,
+                    None,
+                    None,
+                    decode_context_tokens=start * per_stream,
+                    decode_running_end=end_count,
+                )
+            )
     assert told.coefficients("http://d", "decode").decode_per_seq_ms == pytest.approx(TRUE.decode_per_seq_ms, rel=0.1)
     assert untold.coefficients("http://d", "decode").decode_per_seq_ms != pytest.approx(TRUE.decode_per_seq_ms, rel=0.1)
 

@@ -8,7 +8,6 @@ import random
 
 import pytest
 
-
 from ppd_server.routing.cost_model import _DONOR_MIN_SAMPLES as OWN
 from ppd_server.routing.cost_model import CostModel, Observation
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
@@ -25,8 +24,15 @@ P, D = "http://p0", "http://d0"
 
 def _views(cm: CostModel) -> tuple[WorkerView, WorkerView]:
     p = WorkerView(P, "prefill", kv_bytes_per_token=KV, coefficients=cm.coefficients(P, "prefill"))
-    d = WorkerView(D, "decode", can_local_prefill=True, decode_radix_cache=True, kv_bytes_per_token=KV,
-                   chunked_prefill_size=8192, coefficients=cm.coefficients(D, "decode"))
+    d = WorkerView(
+        D,
+        "decode",
+        can_local_prefill=True,
+        decode_radix_cache=True,
+        kv_bytes_per_token=KV,
+        chunked_prefill_size=8192,
+        coefficients=cm.coefficients(D, "decode"),
+    )
     return p, d
 
 
@@ -39,7 +45,11 @@ def _turn_1(cm: CostModel, rng: random.Random) -> None:
     chosen = decision.predicted("pd")
     assert decision.route == "pd" and chosen is not None
     ttft = prefill_ms(GPU, new) + transfer_ms(new * KV, LINK_GBPS) + decode_step_ms(GPU, 1, new)
-    cm.observe(Observation("pd", D, P, new, 0, ttft, decode_step_ms(GPU, 1, new + 32), 0, chosen.ttft_ms, chosen.tpot_ms, new * KV))
+    cm.observe(
+        Observation(
+            "pd", D, P, new, 0, ttft, decode_step_ms(GPU, 1, new + 32), 0, chosen.ttft_ms, chosen.tpot_ms, new * KV
+        )
+    )
 
 
 def _turn_2(cm: CostModel, rng: random.Random) -> str:
@@ -48,7 +58,9 @@ def _turn_2(cm: CostModel, rng: random.Random) -> str:
     cached, new = rng.randrange(200, 2000), rng.randrange(400, 600)
     prompt = cached + new
     session = SessionView("c", D, P, cached, cached, 1)
-    decision = make_policy("ppd").decide(RequestView("c", 2, prompt, 64), ClusterView((p, d), link_gbps=LINK_GBPS), session)
+    decision = make_policy("ppd").decide(
+        RequestView("c", 2, prompt, 64), ClusterView((p, d), link_gbps=LINK_GBPS), session
+    )
     chosen = decision.predicted(decision.route)
     assert chosen is not None
     tpot = decode_step_ms(GPU, 1, prompt + 32)
@@ -58,8 +70,22 @@ def _turn_2(cm: CostModel, rng: random.Random) -> str:
     else:
         kv_bytes = new * KV  # D's radix cache holds the rest
         ttft = prefill_ms(GPU, new, cached) + transfer_ms(kv_bytes, LINK_GBPS) + decode_step_ms(GPU, 1, prompt)
-        cm.observe(Observation("pd", D, P, new, cached, ttft, tpot, 0, chosen.ttft_ms, chosen.tpot_ms, kv_bytes,
-                               prefill_cached_tokens=cached))
+        cm.observe(
+            Observation(
+                "pd",
+                D,
+                P,
+                new,
+                cached,
+                ttft,
+                tpot,
+                0,
+                chosen.ttft_ms,
+                chosen.tpot_ms,
+                kv_bytes,
+                prefill_cached_tokens=cached,
+            )
+        )
     return decision.route
 
 
@@ -98,11 +124,16 @@ def test_a_decode_worker_without_local_samples_publishes_the_prefill_workers_fit
     assert d.decode_base_ms == CPU.decode_base_ms  # the decode step is the worker's own
     assert cm.snapshot()["workers"][D]["prefill_pooled"] is True
     # a worker that joins later starts from the pool too
-    assert cm.coefficients("http://d9", "decode").prefill_per_token_ms == pytest.approx(p.prefill_per_token_ms, rel=0.05)
+    assert cm.coefficients("http://d9", "decode").prefill_per_token_ms == pytest.approx(
+        p.prefill_per_token_ms, rel=0.05
+    )
 
 
 def test_pooled_coefficients_keep_the_profiles_ratio_between_roles():
-    profile = {"coefficients": CPU.to_dict(), "by_role": {"decode": {"prefill_per_token_ms": 2 * CPU.prefill_per_token_ms}}}
+    profile = {
+        "coefficients": CPU.to_dict(),
+        "by_role": {"decode": {"prefill_per_token_ms": 2 * CPU.prefill_per_token_ms}},
+    }
     cm = CostModel(profile)
     _fit_prefill_worker(cm, 60)
     p, d = cm.coefficients(P, "prefill"), cm.coefficients(D, "decode")
@@ -130,12 +161,20 @@ def test_the_first_own_sample_starts_from_the_pooled_estimate_not_the_prior():
     pooled = cm.coefficients(D, "decode")
     new, cached = 500, 1000
     for _ in range(OWN):
-        cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
+        cm.observe(
+            Observation(
+                "local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)
+            )
+        )
     d = cm.coefficients(D, "decode")
     # samples that agree with the pool leave it there (from the CPU prior they would land far off)
     assert prefill_ms(d, 300, 0) == pytest.approx(prefill_ms(pooled, 300, 0), rel=0.2)
     assert cm.snapshot()["workers"][D] | {"coefficients": None} == {
-        "coefficients": None, "prefill_samples": OWN, "decode_samples": 0, "prefill_pooled": False}
+        "coefficients": None,
+        "prefill_samples": OWN,
+        "decode_samples": 0,
+        "prefill_pooled": False,
+    }
     # from now on its own evidence rules: the prefill workers' later fits do not overwrite it
     _fit_prefill_worker(cm, 40, CostCoefficients(**{k: 5 * v for k, v in GPU.to_dict().items()}))
     assert cm.coefficients(D, "decode") == d
@@ -157,7 +196,8 @@ def test_forgetting_the_only_donor_returns_the_recipient_to_its_prior():
     cm.forget(P)
     d = cm.coefficients(D, "decode")
     assert (d.prefill_base_ms, d.prefill_per_token_ms, d.prefill_attn_ms_per_ktok2) == pytest.approx(
-        (CPU.prefill_base_ms, CPU.prefill_per_token_ms, CPU.prefill_attn_ms_per_ktok2))
+        (CPU.prefill_base_ms, CPU.prefill_per_token_ms, CPU.prefill_attn_ms_per_ktok2)
+    )
     assert cm.snapshot()["workers"][D]["prefill_pooled"] is False
 
 
@@ -202,10 +242,18 @@ def test_samples_taken_before_a_pool_existed_do_not_keep_a_worker_from_it():
     cm = CostModel({"coefficients": CPU.to_dict()})
     new, cached = 500, 1000
     for _ in range(2):  # judged against the CPU prior: 50x off
-        cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(CPU, new, cached)))
+        cm.observe(
+            Observation(
+                "local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(CPU, new, cached)
+            )
+        )
     _fit_prefill_worker(cm, 60)
     pooled = cm.coefficients(D, "decode")
-    cm.observe(Observation("local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)))
+    cm.observe(
+        Observation(
+            "local", D, None, new, cached, prefill_ms(GPU, new, cached), None, 0, prefill_ms(pooled, new, cached)
+        )
+    )
     assert prefill_ms(cm.coefficients(D, "decode"), 800, 1000) < 3 * prefill_ms(GPU, 800, 1000)
 
 

@@ -13,8 +13,7 @@ import pytest
 
 from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH, CostModel, Observation
 from ppd_server.routing.latency import decode_step_ms, prefill_ms
-from ppd_server.routing.linalg import solve_linear
-from ppd_server.routing.linalg import nonnegative_solve
+from ppd_server.routing.linalg import nonnegative_solve, solve_linear
 from ppd_server.routing.robust_fit import RobustFit
 from ppd_server.routing.types import CostCoefficients
 
@@ -71,7 +70,14 @@ def test_a_short_cold_first_turn_then_ten_true_ones_lands_near_the_truth(profile
     _prefill_turn(cm, rng, route, slowdown=3.3, new=50)
     for _ in range(10):
         _prefill_turn(cm, rng, route, new=rng.randrange(30, 80))
-    assert abs(prefill_ms(cm.coefficients(*((P, "prefill") if route == "pd" else (D, "decode"))), 55) / prefill_ms(TRUTH, 55) - 1) < 0.2
+    assert (
+        abs(
+            prefill_ms(cm.coefficients(*((P, "prefill") if route == "pd" else (D, "decode"))), 55)
+            / prefill_ms(TRUTH, 55)
+            - 1
+        )
+        < 0.2
+    )
 
 
 @pytest.mark.parametrize("profile", [TRUSTED, LOOSE], ids=["trusted", "loose"])
@@ -123,8 +129,22 @@ def test_decode_fit_sees_the_context_the_prediction_uses():
         others = sum(rng.randrange(100, 3000) for _ in range(running))
         prompt, answer = rng.randrange(50, 3000), rng.randrange(8, 64)
         tpot = decode_step_ms(TRUTH, running + 1, others + prompt + answer // 2) * rng.uniform(0.97, 1.03)
-        cm.observe(Observation("pd", D, P, 0, prompt, 50.0, tpot, running, None, None,
-                               decode_context_tokens=others, completion_tokens=answer))
+        cm.observe(
+            Observation(
+                "pd",
+                D,
+                P,
+                0,
+                prompt,
+                50.0,
+                tpot,
+                running,
+                None,
+                None,
+                decode_context_tokens=others,
+                completion_tokens=answer,
+            )
+        )
     fitted = cm.coefficients(D, "decode")
     for name in ("decode_base_ms", "decode_per_seq_ms", "decode_per_kctx_ms"):
         assert getattr(fitted, name) == pytest.approx(getattr(TRUTH, name), rel=0.2), name
@@ -157,7 +177,9 @@ def _brute_force_nonnegative(a: list[list[float]], b: list[float]) -> list[float
             cand = [0.0] * 3
             for i, v in zip(free, sol):
                 cand[i] = v
-            cost = 0.5 * sum(cand[i] * a[i][j] * cand[j] for i in range(3) for j in range(3)) - sum(x * y for x, y in zip(b, cand))
+            cost = 0.5 * sum(cand[i] * a[i][j] * cand[j] for i in range(3) for j in range(3)) - sum(
+                x * y for x, y in zip(b, cand)
+            )
             if cost < best_cost - 1e-12:
                 best, best_cost = cand, cost
     return best

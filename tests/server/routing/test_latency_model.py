@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from routing_views import COEFS, cluster, decode, loaded, prefill, request, session, unified
 
 from ppd_server.routing.latency import (
     append_riding_ms,
@@ -18,8 +19,6 @@ from ppd_server.routing.latency import (
     transfer_ms,
 )
 from ppd_server.routing.types import CostCoefficients
-
-from routing_views import COEFS, cluster, decode, loaded, prefill, request, session, unified
 
 
 def test_prefill_is_linear_plus_attention_over_the_cached_prefix():
@@ -50,7 +49,9 @@ def test_queue_wait_counts_queued_tokens_requests_and_unseen_inflight():
 
 def test_pd_prefills_what_p_lacks_and_ships_what_d_lacks():
     cl = cluster(prefill(), decode(**loaded(2)), link_gbps=8.0)
-    c = estimate_pd(request(prompt=1100, out=32), cl, session(cached_d=1000, cached_p=800), cl.workers[0], cl.workers[1])
+    c = estimate_pd(
+        request(prompt=1100, out=32), cl, session(cached_d=1000, cached_p=800), cl.workers[0], cl.workers[1]
+    )
     p_part = prefill_ms(COEFS, 300, 800)
     x_part = 100 * 100_000 * 8 / 8e9 * 1e3
     first = decode_step_ms(COEFS, 3, 2000 + 1100)
@@ -76,8 +77,14 @@ def test_local_pays_queue_append_and_chunk_mixing_and_taxes_running_streams():
 
 
 def test_a_riding_prefill_costs_its_base_only_beyond_the_decode_steps():
-    heavy = CostCoefficients(prefill_base_ms=12.0, prefill_per_token_ms=0.02, prefill_attn_ms_per_ktok2=0.0,
-                             decode_base_ms=8.0, decode_per_seq_ms=0.1, decode_per_kctx_ms=0.01)
+    heavy = CostCoefficients(
+        prefill_base_ms=12.0,
+        prefill_per_token_ms=0.02,
+        prefill_attn_ms_per_ktok2=0.0,
+        decode_base_ms=8.0,
+        decode_per_seq_ms=0.1,
+        decode_per_kctx_ms=0.01,
+    )
     assert riding_base_ms(heavy) == pytest.approx(4.0)
     assert riding_base_ms(COEFS) == 0.0  # never negative
     assert append_riding_ms(heavy, 500) == pytest.approx(4.0 + 10.0)
@@ -109,8 +116,14 @@ def test_a_cache_hit_always_leaves_the_last_token_to_compute(prompt):
 
 
 def test_the_tpot_budget_prices_the_append_without_a_second_base():
-    heavy = CostCoefficients(prefill_base_ms=12.0, prefill_per_token_ms=0.02, prefill_attn_ms_per_ktok2=0.0,
-                             decode_base_ms=8.0, decode_per_seq_ms=0.1, decode_per_kctx_ms=0.0)
+    heavy = CostCoefficients(
+        prefill_base_ms=12.0,
+        prefill_per_token_ms=0.02,
+        prefill_attn_ms_per_ktok2=0.0,
+        decode_base_ms=8.0,
+        decode_per_seq_ms=0.1,
+        decode_per_kctx_ms=0.0,
+    )
     d = decode(coefficients=heavy, **loaded(4))
     need, budget = local_tpot_budget(request(prompt=1100, out=10), session(cached_d=1000), d, 15.0)
     # 100 new tokens over 10 answer tokens: (12 - 8 + 0.02 * 100) / 10, not (12 + 2) / 10

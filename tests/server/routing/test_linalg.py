@@ -53,14 +53,18 @@ def test_nonnegative_solve_matches_brute_force():
         assert min(got) >= 0.0
 
         def f(t, a=a, b=b):
-            return 0.5 * sum(t[i] * a[i][j] * t[j] for i in range(3) for j in range(3)) - sum(bi * ti for bi, ti in zip(b, t))
+            return 0.5 * sum(t[i] * a[i][j] * t[j] for i in range(3) for j in range(3)) - sum(
+                bi * ti for bi, ti in zip(b, t)
+            )
 
         for _ in range(50):  # no feasible point nearby does better
             probe = [max(0.0, g + rng.uniform(-0.05, 0.05)) for g in got]
             assert f(probe) >= f(got) - 1e-9
 
 
-@pytest.mark.parametrize(("values", "expected"), [([3.0], 3.0), ([3.0, 1.0], 2.0), ([5.0, 1.0, 3.0], 3.0), ([4, 1, 3, 2], 2.5)])
+@pytest.mark.parametrize(
+    ("values", "expected"), [([3.0], 3.0), ([3.0, 1.0], 2.0), ([5.0, 1.0, 3.0], 3.0), ([4, 1, 3, 2], 2.5)]
+)
 def test_median(values, expected):
     assert median(values) == expected
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from routing_views import cluster, decode, prefill, request
 
 from ppd_server.routing.latency import estimate_pd, kv_fits
 from ppd_server.routing.placement import AFFINITY_SLACK, _pick, _prefill_side_ms, best_pd, stable_fraction
 from ppd_server.routing.types import CostCoefficients, SessionView
-from routing_views import cluster, decode, prefill, request
 
 
 def plain_best_pd(req, cl, sess):
@@ -19,7 +19,9 @@ def plain_best_pd(req, cl, sess):
     decodes = cl.by_role("decode")
     if not prefills or not decodes:
         return None
-    p = min(prefills, key=lambda w: (_prefill_side_ms(req, sess, w), stable_fraction(req.conversation_id, req.turn, w.url)))
+    p = min(
+        prefills, key=lambda w: (_prefill_side_ms(req, sess, w), stable_fraction(req.conversation_id, req.turn, w.url))
+    )
     roomy = [d for d in decodes if kv_fits(req, sess, d)] or list(decodes)
     return _pick(req, sess, [estimate_pd(req, cl, sess, p, d) for d in roomy], AFFINITY_SLACK)
 
@@ -27,42 +29,76 @@ def plain_best_pd(req, cl, sess):
 def _coefs(rng: random.Random, shared: CostCoefficients) -> CostCoefficients:
     if rng.random() < 0.5:
         return shared  # identical workers: exact ties, the hash decides
-    return CostCoefficients(rng.uniform(1, 30), rng.uniform(0.01, 0.5), rng.uniform(0, 0.3),
-                            rng.uniform(5, 30), rng.uniform(0, 1), rng.uniform(0, 2))
+    return CostCoefficients(
+        rng.uniform(1, 30),
+        rng.uniform(0.01, 0.5),
+        rng.uniform(0, 0.3),
+        rng.uniform(5, 30),
+        rng.uniform(0, 1),
+        rng.uniform(0, 2),
+    )
 
 
 def _load(rng: random.Random, similar: bool) -> dict:
     if similar:
         return {}
     run = rng.randrange(0, 40)
-    return {"running_reqs": run, "waiting_reqs": rng.randrange(0, 5), "waiting_tokens": rng.randrange(0, 8000),
-            "running_context_tokens": run * rng.randrange(100, 4000), "inflight": rng.randrange(0, 45),
-            "used_tokens": rng.randrange(0, 200_000), "local_prefill_reqs_per_step": rng.uniform(0, 0.05),
-            "local_prefill_tokens_per_step": rng.uniform(0, 40)}
+    return {
+        "running_reqs": run,
+        "waiting_reqs": rng.randrange(0, 5),
+        "waiting_tokens": rng.randrange(0, 8000),
+        "running_context_tokens": run * rng.randrange(100, 4000),
+        "inflight": rng.randrange(0, 45),
+        "used_tokens": rng.randrange(0, 200_000),
+        "local_prefill_reqs_per_step": rng.uniform(0, 0.05),
+        "local_prefill_tokens_per_step": rng.uniform(0, 40),
+    }
 
 
 def random_case(rng: random.Random):
     shared = CostCoefficients()
     n_p, n_d = rng.randrange(0, 5), rng.randrange(0, 13)
     similar = rng.random() < 0.3
-    ps = [prefill(f"http://p{i}", coefficients=_coefs(rng, shared), healthy=rng.random() > 0.1, **_load(rng, similar)) for i in range(n_p)]
-    ds = [decode(f"http://d{i}", coefficients=_coefs(rng, shared), healthy=rng.random() > 0.1,
-                 decode_radix_cache=rng.random() < 0.8, max_total_tokens=rng.choice([0, 100_000, 250_000]),
-                 **_load(rng, similar)) for i in range(n_d)]
+    ps = [
+        prefill(f"http://p{i}", coefficients=_coefs(rng, shared), healthy=rng.random() > 0.1, **_load(rng, similar))
+        for i in range(n_p)
+    ]
+    ds = [
+        decode(
+            f"http://d{i}",
+            coefficients=_coefs(rng, shared),
+            healthy=rng.random() > 0.1,
+            decode_radix_cache=rng.random() < 0.8,
+            max_total_tokens=rng.choice([0, 100_000, 250_000]),
+            **_load(rng, similar),
+        )
+        for i in range(n_d)
+    ]
     workers = ps + ds
     rng.shuffle(workers)
     cl = cluster(*workers, link_gbps=rng.choice([0.0, 10.0, 25.0]), backlog=rng.randrange(0, 10**8))
     prompt = rng.randrange(0, 20_000)
     sess = None
     if rng.random() < 0.8:
-        sess = SessionView(f"c{rng.randrange(50)}", rng.choice([None, *[f"http://d{i}" for i in range(max(n_d, 1))]]),
-                           rng.choice([None, *[f"http://p{i}" for i in range(max(n_p, 1))]]),
-                           rng.randrange(0, prompt + 1), rng.randrange(0, prompt + 1), rng.randrange(0, 5),
-                           last_output_tokens=rng.choice([0, 50, 500]))
-    req = request(turn=rng.randrange(1, 6), prompt=prompt, out=rng.choice([16, 256, 2048]),
-                  cid=None if sess is None and rng.random() < 0.5 else (sess.conversation_id if sess else "c-new"),
-                  w_ttft=rng.choice([0.0, 1.0, 3.0]), w_tpot=rng.choice([0.0, 1.0, 3.0]),
-                  slo_ttft_ms=rng.choice([None, 200.0, 2000.0]), slo_tpot_ms=rng.choice([None, 15.0, 60.0]))
+        sess = SessionView(
+            f"c{rng.randrange(50)}",
+            rng.choice([None, *[f"http://d{i}" for i in range(max(n_d, 1))]]),
+            rng.choice([None, *[f"http://p{i}" for i in range(max(n_p, 1))]]),
+            rng.randrange(0, prompt + 1),
+            rng.randrange(0, prompt + 1),
+            rng.randrange(0, 5),
+            last_output_tokens=rng.choice([0, 50, 500]),
+        )
+    req = request(
+        turn=rng.randrange(1, 6),
+        prompt=prompt,
+        out=rng.choice([16, 256, 2048]),
+        cid=None if sess is None and rng.random() < 0.5 else (sess.conversation_id if sess else "c-new"),
+        w_ttft=rng.choice([0.0, 1.0, 3.0]),
+        w_tpot=rng.choice([0.0, 1.0, 3.0]),
+        slo_ttft_ms=rng.choice([None, 200.0, 2000.0]),
+        slo_tpot_ms=rng.choice([None, 15.0, 60.0]),
+    )
     return req, cl, sess
 
 
@@ -89,11 +125,28 @@ def test_affinity_and_ties_are_exercised() -> None:
         got = best_pd(req, cl, sess)
         if got is None:
             continue
-        no_home = best_pd(req, cl, None if sess is None else SessionView(sess.conversation_id, None, sess.prefill_url,
-                          sess.cached_tokens_decode, sess.cached_tokens_prefill, sess.turns, last_output_tokens=sess.last_output_tokens))
+        no_home = best_pd(
+            req,
+            cl,
+            None
+            if sess is None
+            else SessionView(
+                sess.conversation_id,
+                None,
+                sess.prefill_url,
+                sess.cached_tokens_decode,
+                sess.cached_tokens_prefill,
+                sess.turns,
+                last_output_tokens=sess.last_output_tokens,
+            ),
+        )
         if sess is not None and got.decode == sess.decode_url and no_home is not None and no_home.decode != got.decode:
             kept_home += 1
         decodes = cl.by_role("decode")
-        if len({d.coefficients for d in decodes}) == 1 and len(decodes) > 1 and all(d.running_reqs == 0 for d in decodes):
+        if (
+            len({d.coefficients for d in decodes}) == 1
+            and len(decodes) > 1
+            and all(d.running_reqs == 0 for d in decodes)
+        ):
             hashed += 1
     assert kept_home > 0 and hashed > 0

@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from routing_views import cluster, decode, loaded, prefill, request, session, unified
 
 from ppd_server.routing.policies import POLICY_NAMES, make_policy
 from ppd_server.routing.types import NoWorkerAvailable
-
-from routing_views import cluster, decode, loaded, prefill, request, session, unified
 
 ALL_SPECS = ["ppd", "pd", "local", "replica", "ratio:0.5", "ratio:1", "threshold:256"]
 # specs that run a continuation locally on an idle decode worker with 100 uncached tokens
@@ -54,7 +53,13 @@ def test_only_unified_workers_means_replica(spec):
 @pytest.mark.parametrize("spec", ALL_SPECS)
 @pytest.mark.parametrize(
     "workers",
-    [(), (prefill(healthy=False), decode(healthy=False)), (prefill(),), (decode(can_local_prefill=False),), (unified(healthy=False),)],
+    [
+        (),
+        (prefill(healthy=False), decode(healthy=False)),
+        (prefill(),),
+        (decode(can_local_prefill=False),),
+        (unified(healthy=False),),
+    ],
     ids=["empty", "all-unhealthy", "prefill-only", "decode-without-local", "unified-unhealthy"],
 )
 def test_nothing_can_serve_raises(spec, workers):
@@ -148,7 +153,9 @@ def test_turn_one_picks_the_idle_decode_and_the_short_prefill_queue(spec):
 
 
 def test_router_inflight_counts_when_the_load_poll_lags():
-    cl = cluster(prefill("http://p0", inflight=6), prefill("http://p1"), decode("http://d0", inflight=9), decode("http://d1"))
+    cl = cluster(
+        prefill("http://p0", inflight=6), prefill("http://p1"), decode("http://d0", inflight=9), decode("http://d1")
+    )
     d = make_policy("pd").decide(request(turn=1, prompt=300), cl, None)
     assert (d.prefill, d.decode) == ("http://p1", "http://d1")
 
@@ -187,10 +194,18 @@ def test_decide_is_pure(spec):
 
 def test_ratio_share_is_deterministic_and_close_to_x():
     pol = make_policy("ratio:0.3")
-    routes = [pol.decide(request(turn=t, cid=f"c{i}"), PD_CLUSTER, session(cid=f"c{i}")).route for i in range(300) for t in (2, 3)]
+    routes = [
+        pol.decide(request(turn=t, cid=f"c{i}"), PD_CLUSTER, session(cid=f"c{i}")).route
+        for i in range(300)
+        for t in (2, 3)
+    ]
     share = routes.count("local") / len(routes)
     assert 0.24 < share < 0.36
-    assert routes == [pol.decide(request(turn=t, cid=f"c{i}"), PD_CLUSTER, session(cid=f"c{i}")).route for i in range(300) for t in (2, 3)]
+    assert routes == [
+        pol.decide(request(turn=t, cid=f"c{i}"), PD_CLUSTER, session(cid=f"c{i}")).route
+        for i in range(300)
+        for t in (2, 3)
+    ]
 
 
 @pytest.mark.parametrize("prompt,uncached,route", [(1256, 256, "local"), (1257, 257, "pd"), (1000, 1, "local")])
@@ -222,5 +237,9 @@ def test_full_kv_pools_everywhere_still_route():
 
 
 def test_turn_one_avoids_a_full_decode_worker():
-    cl = cluster(prefill(), decode("http://d0", max_total_tokens=4096, used_tokens=4000), decode("http://d1", **loaded(20), max_total_tokens=4096))
+    cl = cluster(
+        prefill(),
+        decode("http://d0", max_total_tokens=4096, used_tokens=4000),
+        decode("http://d1", **loaded(20), max_total_tokens=4096),
+    )
     assert make_policy("pd").decide(request(turn=1, prompt=500), cl, None).decode == "http://d1"

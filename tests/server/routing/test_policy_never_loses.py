@@ -4,6 +4,7 @@ bottleneck, P->D affinity and the cold-start prior (issue 7, item 1). Table-driv
 from __future__ import annotations
 
 import pytest
+from routing_views import COEFS, cluster, decode, loaded, prefill, request, session
 
 from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH, CostModel, Observation
 from ppd_server.routing.latency import committed_local_ms_per_step, expected_output_tokens, local_tpot_budget
@@ -11,8 +12,6 @@ from ppd_server.routing.local_load import LocalLoad
 from ppd_server.routing.placement import AFFINITY_SLACK, best_pd
 from ppd_server.routing.policies import build_options, make_policy
 from ppd_server.routing.types import CostCoefficients, SessionView
-
-from routing_views import COEFS, cluster, decode, loaded, prefill, request, session
 
 PPD = make_policy("ppd")
 
@@ -26,6 +25,7 @@ def _committed(reqs: int, tokens_each: int, out: int = 32) -> dict:
 
 
 # -- 1. committed local prefill raises local's (and every stream's) predicted TPOT ---------------
+
 
 @pytest.mark.parametrize("reqs", [0, 1, 4, 16])
 def test_committed_local_load_raises_the_predicted_tpot(reqs):
@@ -41,8 +41,10 @@ def test_committed_local_load_raises_the_predicted_tpot(reqs):
 
 
 def test_more_committed_load_never_makes_local_look_cheaper():
-    tpots = [build_options(request(), cluster(prefill(), decode(**loaded(8), **_committed(n, 300))), session()).local.tpot_ms
-             for n in range(0, 20, 2)]
+    tpots = [
+        build_options(request(), cluster(prefill(), decode(**loaded(8), **_committed(n, 300))), session()).local.tpot_ms
+        for n in range(0, 20, 2)
+    ]
     assert tpots == sorted(tpots) and tpots[-1] > tpots[0]
 
 
@@ -50,15 +52,31 @@ def test_local_load_bookkeeping_commits_and_releases():
     load = LocalLoad()
     load.commit("a", 300, 30)
     load.commit("b", 100, 10)
-    assert load.view_fields() == pytest.approx({"local_prefill_reqs": 2, "local_prefill_tokens": 400,
-                                                "local_prefill_tokens_per_step": 20.0, "local_prefill_reqs_per_step": 1 / 30 + 1 / 10})
+    assert load.view_fields() == pytest.approx(
+        {
+            "local_prefill_reqs": 2,
+            "local_prefill_tokens": 400,
+            "local_prefill_tokens_per_step": 20.0,
+            "local_prefill_reqs_per_step": 1 / 30 + 1 / 10,
+        }
+    )
     load.release("a")
     load.release("unknown")
-    assert load.view_fields() == pytest.approx({"local_prefill_reqs": 1, "local_prefill_tokens": 100,
-                                                "local_prefill_tokens_per_step": 10.0, "local_prefill_reqs_per_step": 0.1})
+    assert load.view_fields() == pytest.approx(
+        {
+            "local_prefill_reqs": 1,
+            "local_prefill_tokens": 100,
+            "local_prefill_tokens_per_step": 10.0,
+            "local_prefill_reqs_per_step": 0.1,
+        }
+    )
     load.release("b")
-    assert load.view_fields() == {"local_prefill_reqs": 0, "local_prefill_tokens": 0,
-                                  "local_prefill_tokens_per_step": 0.0, "local_prefill_reqs_per_step": 0.0}
+    assert load.view_fields() == {
+        "local_prefill_reqs": 0,
+        "local_prefill_tokens": 0,
+        "local_prefill_tokens_per_step": 0.0,
+        "local_prefill_reqs_per_step": 0.0,
+    }
 
 
 # -- 2. with a TPOT target, the per-iteration budget switches the turn to P->D --------------------
@@ -188,7 +206,9 @@ def test_cold_start_predictions_come_from_the_prior_not_the_first_sample(factor)
     pred_tpot = 40.0
     for k in range(MIN_SAMPLES_TO_PUBLISH):
         assert cm.coefficients("http://d0", "decode") == prior, f"moved after {k} sample(s)"
-        cm.observe(Observation("local", "http://d0", None, 300, 1000, 400.0 * factor, pred_tpot * factor, 4, 400.0, pred_tpot))
+        cm.observe(
+            Observation("local", "http://d0", None, 300, 1000, 400.0 * factor, pred_tpot * factor, 4, 400.0, pred_tpot)
+        )
     assert cm.coefficients("http://d0", "decode") != prior  # consistent evidence is believed
 
 
@@ -197,13 +217,15 @@ def test_cold_start_keeps_the_holder_local_capable_on_an_idle_fleet():
     cm = CostModel(PROFILE)
     cm.observe(Observation("pd", "http://d0", "http://p0", 1000, 0, 9_000.0, 400.0, 0, 1100.0, 25.0))
     views = [prefill(coefficients=cm.coefficients("http://p0", "prefill"))] + [
-        decode(u, coefficients=cm.coefficients(u, "decode")) for u in ("http://d1", "http://d0")]
+        decode(u, coefficients=cm.coefficients(u, "decode")) for u in ("http://d1", "http://d0")
+    ]
     d = PPD.decide(request(prompt=1100), cluster(*views), session(decode_url="http://d0"))
     assert d.decode == "http://d0"
     assert d.route == "local", d.reason
 
 
 # -- output lengths unknown to the router: the conversation's last answer, not the max_tokens cap ---
+
 
 @pytest.mark.parametrize(("cap", "last", "want"), [(2048, 0, 2048), (2048, 64, 64), (32, 64, 32), (128, 128, 128)])
 def test_expected_answer_length(cap, last, want):
@@ -219,4 +241,9 @@ def test_a_generous_max_tokens_cap_does_not_hide_the_interference():
     blind = build_options(request(out=2048), cl, session())
     known = build_options(request(out=2048), cl, SessionView("c1", "http://d0", "http://p0", 1000, 800, 1, None, 64))
     assert known.local.tpot_ms - known.pd.tpot_ms > 10 * (blind.local.tpot_ms - blind.pd.tpot_ms)
-    assert PPD.decide(request(out=2048), cl, SessionView("c1", "http://d0", "http://p0", 1000, 800, 1, None, 64)).output_tokens == 64
+    assert (
+        PPD.decide(
+            request(out=2048), cl, SessionView("c1", "http://d0", "http://p0", 1000, 800, 1, None, 64)
+        ).output_tokens
+        == 64
+    )

@@ -6,18 +6,19 @@ from __future__ import annotations
 import re
 
 import pytest
+from routing_views import cluster, decode, loaded, prefill, request, session
 
 from ppd_sdk.wire import PRESETS
 from ppd_server.routing.policies import build_options, make_policy, ppd_score
 from ppd_server.routing.types import Candidate
 
-from routing_views import cluster, decode, loaded, prefill, request, session
-
 PPD = make_policy("ppd")
 
 
 def _cluster_with_decode_load(running: int, waiting_tokens: int = 0):
-    return cluster(prefill(), decode(**loaded(running), waiting_reqs=1 if waiting_tokens else 0, waiting_tokens=waiting_tokens))
+    return cluster(
+        prefill(), decode(**loaded(running), waiting_reqs=1 if waiting_tokens else 0, waiting_tokens=waiting_tokens)
+    )
 
 
 def test_score_matches_the_paper_formula():

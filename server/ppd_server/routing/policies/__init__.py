@@ -42,7 +42,9 @@ def make_policy(spec: str, **params: Any) -> Policy:
     parameter raises ValueError naming it and listing the choices.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"policy spec must be a non-empty string, got {spec!r}; choose one of {', '.join(POLICY_SPECS)}")
+        raise ValueError(
+            f"policy spec must be a non-empty string, got {spec!r}; choose one of {', '.join(POLICY_SPECS)}"
+        )
     name, sep, arg = spec.strip().partition(":")
     cls = POLICIES.get(name)
     if cls is None:
@@ -50,11 +52,15 @@ def make_policy(spec: str, **params: Any) -> Policy:
     if sep:
         key = cls.spec_param
         if key is None:
-            raise ValueError(f"policy {name!r} takes no argument, got {spec!r}; choose one of {', '.join(POLICY_SPECS)}")
+            raise ValueError(
+                f"policy {name!r} takes no argument, got {spec!r}; choose one of {', '.join(POLICY_SPECS)}"
+            )
         try:
             arg_value = float(arg) if isinstance(cls.defaults[key], float) else int(arg)
         except ValueError:
-            raise ValueError(f"policy {spec!r}: {arg!r} is not a valid {key}; e.g. {name}:{cls.defaults[key]}") from None
+            raise ValueError(
+                f"policy {spec!r}: {arg!r} is not a valid {key}; e.g. {name}:{cls.defaults[key]}"
+            ) from None
         params = {key: arg_value, **params}  # an explicit keyword parameter wins over the spec's
     return cls(**params)
 

@@ -98,7 +98,10 @@ def build_options(request: RequestView, cluster: ClusterView, session: SessionVi
     if local is None and pd is None and replica is None:
         capable = [w for w in cluster.by_role("decode") if w.can_local_prefill]
         if capable:
-            cold_local = min((estimate_local(request, None, w) for w in capable), key=lambda c: (c.ttft_ms, c.tpot_ms, c.decode or ""))
+            cold_local = min(
+                (estimate_local(request, None, w) for w in capable),
+                key=lambda c: (c.ttft_ms, c.tpot_ms, c.decode or ""),
+            )
     return Options(request, session, continuation, holder, pd, local, replica, why, cold_local, cluster)
 
 
@@ -136,12 +139,14 @@ class Policy(ABC):
             try:
                 value = type(default)(value)
             except (TypeError, ValueError):
-                raise ValueError(f"policy {self.name!r} parameter {key} must be {type(default).__name__}, got {value!r}") from None
+                raise ValueError(
+                    f"policy {self.name!r} parameter {key} must be {type(default).__name__}, got {value!r}"
+                ) from None
             merged[key] = value
         self._params = merged
         self.validate_params(merged)
 
-    def validate_params(self, params: dict[str, Any]) -> None:
+    def validate_params(self, params: dict[str, Any]) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise ValueError naming a parameter that is out of range."""
 
     @property
@@ -189,7 +194,11 @@ class Policy(ABC):
         if opts.pd is not None:
             return self._decision(opts, opts.pd, f"pd: {opts.why_not_local} ({predicted(opts.pd)})")
         if opts.replica is not None:
-            why = "session affinity" if opts.session and opts.replica.decode == opts.session.decode_url else "least loaded"
+            why = (
+                "session affinity"
+                if opts.session and opts.replica.decode == opts.session.decode_url
+                else "least loaded"
+            )
             return self._decision(opts, opts.replica, f"replica: {why} ({predicted(opts.replica)})")
         if opts.cold_local is not None:
             return self._decision(opts, opts.cold_local, "local: no prefill or unified worker; full prefill on decode")
@@ -199,13 +208,32 @@ class Policy(ABC):
         # a scored choice rates D-local against P->D: local carries S, pd is the reference 0
         scores: dict[str, float] = {"local": score, "pd": 0.0} if score is not None else {}
         cands = tuple(
-            Candidate(c.route, c.decode, c.prefill, c.ttft_ms, c.tpot_ms, scores.get(c.route), c.kv_bytes, c.cached_tokens,
-                      c.prefill_tokens)
+            Candidate(
+                c.route,
+                c.decode,
+                c.prefill,
+                c.ttft_ms,
+                c.tpot_ms,
+                scores.get(c.route),
+                c.kv_bytes,
+                c.cached_tokens,
+                c.prefill_tokens,
+            )
             for c in (*opts.candidates, *((opts.cold_local,) if chosen is opts.cold_local else ()))
         )
-        return Decision(chosen.route, chosen.decode, chosen.prefill, reason, self.spec, cands, score, chosen.cached_tokens,
-                        self.score_weights(opts.request), chosen.prefill_tokens,
-                        expected_output_tokens(opts.request, opts.session))
+        return Decision(
+            chosen.route,
+            chosen.decode,
+            chosen.prefill,
+            reason,
+            self.spec,
+            cands,
+            score,
+            chosen.cached_tokens,
+            self.score_weights(opts.request),
+            chosen.prefill_tokens,
+            expected_output_tokens(opts.request, opts.session),
+        )
 
     @staticmethod
     def describe(local: Candidate, pd: Candidate) -> str:

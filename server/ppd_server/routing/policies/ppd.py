@@ -109,7 +109,9 @@ class PPDPolicy(Policy):
         slo = req.slo
         # the append also delays the first token of every request waiting on the holder (P->D
         # streams whose KV is on its way, queued local prefills): a cost S for this turn alone misses
-        others_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens) * max(holder.waiting_reqs, 0)
+        others_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens) * max(
+            holder.waiting_reqs, 0
+        )
         s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * others_ms / max(pd.ttft_ms, 1e-9)
         detail = f"S={s:+.2f} ({self.describe(local, pd)}{f', others +{fmt_ms(others_ms)}' if others_ms else ''})"
         if slo.tpot_ms is not None:
@@ -117,16 +119,32 @@ class PPDPolicy(Policy):
             # the target binds every request, the prediction is a mean)
             need, budget = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * slo.tpot_ms)
             if need > budget and self._hopeless_pd(local, pd, req) and not self._decode_saturated(opts):
-                return "local", s, (f"local: P->D hopeless (TTFT {fmt_ms(pd.ttft_ms)} > {HOPELESS:g}x SLO) and the append is short "
-                                    f"({local.prefill_tokens} <= {STATIC_LOCAL_TOKENS} tokens), over the TPOT budget "
-                                    f"(local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}")
+                return (
+                    "local",
+                    s,
+                    (
+                        f"local: P->D hopeless (TTFT {fmt_ms(pd.ttft_ms)} > {HOPELESS:g}x SLO) and the append is short "
+                        f"({local.prefill_tokens} <= {STATIC_LOCAL_TOKENS} tokens), over the TPOT budget "
+                        f"(local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}"
+                    ),
+                )
             if need > budget:
-                return "pd", s, f"pd: over {holder.url}'s TPOT budget for the SLO (local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}"
+                return (
+                    "pd",
+                    s,
+                    f"pd: over {holder.url}'s TPOT budget for the SLO "
+                    f"(local prefill {fmt_ms(need)} > {fmt_ms(budget)} per step); {detail}",
+                )
             bottleneck = self._decode_bound(opts)
             if bottleneck:
                 return "pd", s, f"pd: decode side is the bottleneck ({bottleneck}); {detail}"
-        if self._prefill_bound(local, pd, req):
-            return "local", s, f"local: prefill side is the bottleneck (P->D TTFT {fmt_ms(pd.ttft_ms)} > SLO {fmt_ms(slo.ttft_ms)}); {detail}"
+        if slo.ttft_ms is not None and self._prefill_bound(local, pd, req):
+            return (
+                "local",
+                s,
+                f"local: prefill side is the bottleneck "
+                f"(P->D TTFT {fmt_ms(pd.ttft_ms)} > SLO {fmt_ms(slo.ttft_ms)}); {detail}",
+            )
         local_breaks = slo_breaches(local, req)
         pd_breaks = slo_breaches(pd, req)
         if local_breaks and not pd_breaks:
@@ -144,8 +162,12 @@ class PPDPolicy(Policy):
         past the TTFT target, local far over the TPOT budget. Then the static rule the policy grid
         favours in such cells (``threshold:512``) decides: a short append goes local."""
         slo = req.slo
-        return (slo.ttft_ms is not None and cls._prefill_bound(local, pd, req) and pd.ttft_ms > HOPELESS * slo.ttft_ms
-                and local.prefill_tokens <= STATIC_LOCAL_TOKENS)
+        return (
+            slo.ttft_ms is not None
+            and cls._prefill_bound(local, pd, req)
+            and pd.ttft_ms > HOPELESS * slo.ttft_ms
+            and local.prefill_tokens <= STATIC_LOCAL_TOKENS
+        )
 
     @staticmethod
     def _prefill_bound(local: Candidate, pd: Candidate, req: RequestView) -> bool:
@@ -182,7 +204,11 @@ class PPDPolicy(Policy):
         if sat is None:
             return ""
         least, limit = sat
-        slack = pd.ttft_ms <= self._params["headroom"] * slo.ttft_ms if slo.ttft_ms is not None else pd.ttft_ms <= 2 * local.ttft_ms
+        slack = (
+            pd.ttft_ms <= self._params["headroom"] * slo.ttft_ms
+            if slo.ttft_ms is not None
+            else pd.ttft_ms <= 2 * local.ttft_ms
+        )
         if not slack:
             return ""
         return f"least loaded decode TPOT {fmt_ms(least)} >= {fmt_ms(limit)}, P->D TTFT {fmt_ms(pd.ttft_ms)}"
