@@ -74,6 +74,13 @@ def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
     decode worker at the base cost only (most of them are P->D streams waiting for KV).
     """
     c = w.coefficients
+    if w.role == "decode":
+        # A decode worker's waiting requests are mostly P->D streams waiting for their KV (SGLang's
+        # prealloc and transfer queues, and the router's in-flight ones the poll has not seen): they
+        # hold no prefill work there. What runs ahead of a local append is the local prefill still
+        # queued: its tokens, and at most one base cost per local request the router has in flight.
+        local_waiting = min(max(w.waiting_reqs, 0), max(w.local_prefill_reqs, 0))
+        return c.prefill_base_ms * local_waiting + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
     reqs = max(w.waiting_reqs, 0)
     if w.role == "prefill":
         reqs += max(w.running_reqs, 0)  # a prefill worker's running requests are prefills too

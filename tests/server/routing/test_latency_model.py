@@ -41,7 +41,10 @@ def test_queue_wait_counts_queued_tokens_requests_and_unseen_inflight():
     assert queue_wait_ms(prefill()) == 0.0
     assert queue_wait_ms(prefill(waiting_reqs=2, waiting_tokens=300)) == pytest.approx(2 * 5 + 300)
     assert queue_wait_ms(prefill(running_reqs=1)) == pytest.approx(5)  # a prefill in progress
-    assert queue_wait_ms(decode(inflight=3, running_reqs=1), 100) == pytest.approx(2 * 5)
+    # on a decode worker, requests waiting for their KV hold no prefill work: only queued local
+    # prefill runs ahead of a local append (its tokens, one base per local request in flight)
+    assert queue_wait_ms(decode(inflight=3, running_reqs=1, waiting_reqs=2), 100) == 0.0
+    assert queue_wait_ms(decode(waiting_reqs=4, waiting_tokens=50, local_prefill_reqs=1)) == pytest.approx(5 + 50)
     # requests sent but not yet seen by the poll are priced like the new one on a prefill worker
     assert queue_wait_ms(prefill(inflight=2), 100) == pytest.approx(2 * prefill_ms(COEFS, 100))
     assert queue_wait_ms(unified("http://u0", inflight=1), 0) == pytest.approx(5)
@@ -67,7 +70,7 @@ def test_pd_ships_everything_to_a_decode_worker_without_radix_cache():
 
 
 def test_local_pays_queue_append_and_chunk_mixing_and_taxes_running_streams():
-    d = decode(**loaded(3), waiting_reqs=1, waiting_tokens=50)
+    d = decode(**loaded(3), waiting_reqs=1, waiting_tokens=50, local_prefill_reqs=1)
     c = estimate_local(request(prompt=1600, out=50), session(cached_d=1000), d)
     append = prefill_ms(COEFS, 600, 1000)
     mixing = 3 * (3 * 3 + 3000 / 1000)  # ceil(600/256) = 3 chunks carry 3 decode rows each
