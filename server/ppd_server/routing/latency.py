@@ -70,8 +70,8 @@ def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
 
     Requests the router sent but the last load poll did not see yet (``inflight`` beyond
     running+waiting) are queued too: on a prefill or unified worker each is priced like this
-    request (``typical_new_tokens``; bursts of similar requests are the common case), on a
-    decode worker at the base cost only (most of them are P->D streams waiting for KV).
+    request (``typical_new_tokens``; bursts of similar requests are the common case). On a decode
+    worker only its queued local prefill counts (see below).
     """
     c = w.coefficients
     if w.role == "decode":
@@ -87,9 +87,7 @@ def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
     unseen = max(0, w.inflight - max(w.running_reqs, 0) - max(w.waiting_reqs, 0))
     wait = c.prefill_base_ms * reqs + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
     if unseen:
-        wait += unseen * (
-            prefill_ms(c, typical_new_tokens) if w.role != "decode" and typical_new_tokens > 0 else c.prefill_base_ms
-        )
+        wait += unseen * (prefill_ms(c, typical_new_tokens) if typical_new_tokens > 0 else c.prefill_base_ms)
     return wait
 
 
