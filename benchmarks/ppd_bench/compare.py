@@ -124,46 +124,27 @@ def _front_argv(
 ) -> tuple[list[str], dict[str, str], str]:
     """argv, extra env and readiness path of one front end."""
     common = ["--host", "127.0.0.1", "--port", str(port)]
+    # sglang-router and smg take the same PD-mode flags (smg grew out of sglang-router)
+    pd_mode = [
+        "--pd-disaggregation",
+        "--prefill",
+        prefill,
+        str(bootstrap),
+        "--decode",
+        decode,
+        *common,
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(prom_port),
+        "--health-check-interval-secs",
+        "5",
+    ]
     if system == "sglang-router":
-        argv = [
-            sys.executable,
-            "-m",
-            "sglang_router.launch_router",
-            "--pd-disaggregation",
-            "--prefill",
-            prefill,
-            str(bootstrap),
-            "--decode",
-            decode,
-            *common,
-            "--prometheus-host",
-            "127.0.0.1",
-            "--prometheus-port",
-            str(prom_port),
-            "--health-check-interval-secs",
-            "5",
-        ]
-        return argv, NO_NETWORK_ENV, "/health"
+        return [sys.executable, "-m", "sglang_router.launch_router", *pd_mode], NO_NETWORK_ENV, "/health"
     if system == "smg":
         exe = shutil.which("smg") or os.path.join(os.path.dirname(sys.executable), "smg")
-        argv = [
-            exe,
-            "launch",
-            "--pd-disaggregation",
-            "--prefill",
-            prefill,
-            str(bootstrap),
-            "--decode",
-            decode,
-            *common,
-            "--prometheus-host",
-            "127.0.0.1",
-            "--prometheus-port",
-            str(prom_port),
-            "--health-check-interval-secs",
-            "5",
-        ]
-        return argv, NO_NETWORK_ENV, "/health"
+        return [exe, "launch", *pd_mode], NO_NETWORK_ENV, "/health"
     argv = [
         sys.executable,
         "-m",
