@@ -17,16 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ppd_sim.workload import (
-    FIRST_TURN_CLASSES,
-    GENERATORS,
-    WORKLOAD_NAMES,
-    Session,
-    WorkloadSpec,
-    generate_sessions,
-    read_sessions,
-    write_sessions,
-)
+from ppd_sim.workload import FIRST_TURN_CLASSES, GENERATORS, WORKLOAD_NAMES, Session, WorkloadSpec, generate_sessions
+from ppd_sim.workload_file import read_sessions, write_sessions
 
 
 class _Parser(argparse.ArgumentParser):

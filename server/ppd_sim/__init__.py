@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from ppd_sim.cluster import ClusterSpec, Hardware
 from ppd_sim.engine import RequestHints, RouterBehaviour, SimResult, Simulation
-from ppd_sim.workload import Conversation, WorkloadSpec, load_trace, synthetic
+from ppd_sim.workload import Conversation, WorkloadSpec, synthetic
+from ppd_sim.workload_file import load_trace
 
 __all__ = [
     "ClusterSpec",

@@ -32,7 +32,8 @@ from ppd_sim.engine import (
 )
 from ppd_sim.presets import GPUS, MODELS, kv_capacity_tokens, model_preset, preset_profile
 from ppd_sim.report import DEFAULT_REQUEST_TIMEOUT_S, format_table, summarize
-from ppd_sim.workload import FIRST_TURN_CLASSES, WORKLOAD_NAMES, Conversation, WorkloadSpec, load_trace, synthetic
+from ppd_sim.workload import FIRST_TURN_CLASSES, WORKLOAD_NAMES, Conversation, WorkloadSpec, synthetic
+from ppd_sim.workload_file import load_trace
 
 DEFAULT_POLICIES = "pd,local,threshold:512,ppd"
 

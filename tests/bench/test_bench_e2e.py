@@ -11,7 +11,8 @@ import sys
 import pytest
 from processes import STARTUP_TIMEOUT_S, free_port, router_argv, started
 
-from ppd_sim.workload import Session, write_sessions
+from ppd_sim.workload import Session
+from ppd_sim.workload_file import write_sessions
 
 pytestmark = pytest.mark.e2e
 

@@ -9,18 +9,8 @@ import json
 import pytest
 from ppd_bench.importer import import_trace
 
-from ppd_sim.workload import (
-    GENERATORS,
-    WORKLOAD_NAMES,
-    Session,
-    WorkloadSpec,
-    generate_sessions,
-    load_trace,
-    read_sessions,
-    schedule,
-    synthetic,
-    write_sessions,
-)
+from ppd_sim.workload import GENERATORS, WORKLOAD_NAMES, Session, WorkloadSpec, generate_sessions, schedule, synthetic
+from ppd_sim.workload_file import load_trace, read_sessions, write_sessions
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from ppd_sim.events import EventLoop
 from ppd_sim.kv import KVPool
 from ppd_sim.link import KVLink
 from ppd_sim.presets import kv_capacity_tokens, preset_profile
-from ppd_sim.workload import Conversation, WorkloadSpec, load_trace, synthetic
+from ppd_sim.workload import Conversation, WorkloadSpec, synthetic
+from ppd_sim.workload_file import load_trace
 
 
 def test_synthetic_is_a_function_of_the_seed():
