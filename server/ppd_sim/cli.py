@@ -184,6 +184,7 @@ def _hardware(args: argparse.Namespace) -> tuple[Hardware, dict[str, Any]]:
         link_gb_per_s=args.link_gbs,
         decode_local_prefill=not args.no_decode_radix,
         decode_radix_cache=not args.no_decode_radix,
+        model=str(profile.get("model") or args.model),
     )
     return hw, profile
 

@@ -59,6 +59,7 @@ class Hardware:
     link_gb_per_s: float = 25.0
     decode_local_prefill: bool = True  # decode workers can append-prefill (SGLang conditional agg)
     decode_radix_cache: bool = True  # decode workers keep prefixes and receive only what they lack
+    model: str | None = None  # the model the workers serve (their /server_info's served_model_name)
 
 
 class SimCluster:

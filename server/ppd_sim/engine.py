@@ -34,7 +34,8 @@ from typing import Any
 
 from ppd_sdk.wire import SLO, Hints, Weights
 from ppd_server.config import RouterConfig
-from ppd_server.routing.cost_model import CostModel, Observation
+from ppd_server.routing.cost_model import CostModel
+from ppd_server.routing.observation import Observation
 from ppd_server.routing.policies import Policy
 from ppd_server.routing.types import Decision
 from ppd_server.sessions import SessionTable
@@ -138,6 +139,9 @@ class Simulation:
         self._decisions: dict[int, Decision] = {}
         self._origin: dict[int, tuple[Conversation, int]] = {}
         self._kv_bytes_per_token = hw.kv_bytes_per_token
+        if cost_model is not None:  # the router learns what each worker serves from its /server_info
+            for w in self.cluster.workers.values():
+                cost_model.coefficients(w.url, w.role, hw.model)
 
     def run(self, progress: Callable[[float, int], None] | None = None) -> SimResult:
         """Simulate until every turn of every conversation finished (or a budget ran out)."""
@@ -246,6 +250,8 @@ class Simulation:
         self.cluster.link.send(req.kv_bytes, self._kv_delivered, req)
 
     def _kv_delivered(self, req: SimRequest) -> None:
+        # the router's count drops the turn's bytes at its first token (one decode step later)
+        self._router_backlog -= self._predicted_kv.pop(req.rid, 0)
         self.cluster.worker(req.prefill).kv_sent(req)
         self.cluster.worker(req.decode).kv_arrived(req)
 

@@ -237,8 +237,9 @@ class FrontDoor:
             plan = self._plan(
                 kind, request.path, body, turn, stream, client_wants_usage, request_id, worker_headers, span
             )
-            kv_predicted = st.turns.predicted_kv_bytes(turn) if decision.route == "pd" else 0
-            st.turns.link_backlog_bytes += kv_predicted
+            # the link backlog counts this turn's KV until it has crossed: its first token (or its end)
+            release = st.turns.link_backlog.hold(st.turns.predicted_kv_bytes(turn) if decision.route == "pd" else 0)
+            plan.on_first_token = release
             try:
                 return await st.dispatcher.run(request, plan)
             except RetryableFailure as f:
@@ -246,7 +247,7 @@ class FrontDoor:
                 st.registry.record_failure(f.url, f.reason)
                 st.metrics.retries.inc()
             finally:
-                st.turns.link_backlog_bytes -= kv_predicted
+                release()
         raise RouterError(
             503,
             f"no worker could serve the request after {st.config.max_retries + 1} attempts: {last_failure}",

@@ -62,6 +62,8 @@ class Plan:
     finish: Callable[[TurnUsage, float, bool], None]  # (usage, started_at, ok)
     parent_context: Any = None
     started_at: float = field(default_factory=time.perf_counter)
+    # called once when a stream's first token arrives (for P->D: its KV has crossed the link)
+    on_first_token: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)
@@ -305,6 +307,9 @@ class Dispatcher:
             try:
                 async for chunk in _first_within(call.resp.iter_chunks(), self.first_byte_timeout_s):
                     data = shaper.feed(chunk)
+                    if plan.on_first_token is not None and shaper.usage.first_token_at is not None:
+                        plan.on_first_token()
+                        plan.on_first_token = None
                     if shaper.saw_done:
                         finish(not shaper.saw_error and not prefill_error)
                     if data:
