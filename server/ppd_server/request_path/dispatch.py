@@ -282,7 +282,8 @@ class Dispatcher:
         """Relay the worker's SSE. The client's response starts with the first bytes to send, not
         before: a worker that dies before that (killed, stream cut, prefill lost) raises
         RetryableFailure and the turn is re-dispatched on another pair, invisibly to the client.
-        Once bytes went out, a failure ends the stream with an SSE error event and ``[DONE]``."""
+        Once bytes went out, a failure (a cut, a malformed event: relay.py) ends the stream with an
+        SSE error event and ``[DONE]``."""
         out = web.StreamResponse(
             status=200,
             headers={**plan.client_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
@@ -311,12 +312,23 @@ class Dispatcher:
                         if not out.prepared:
                             await out.prepare(request)
                         await out.write(data)
+                    if shaper.malformed is not None:
+                        break  # closing the call below aborts the worker's request
                 tail = shaper.flush()
                 if tail:
                     if not out.prepared:
                         await out.prepare(request)
                     await out.write(tail)
-                if not shaper.saw_done:
+                if shaper.malformed is not None:
+                    broke = RouterError(
+                        502,
+                        f"worker {plan.decision.decode} sent a malformed stream: {shaper.malformed}",
+                        code="worker_failed",
+                        retryable=True,
+                    )
+                    if out.prepared:  # (not yet: the retry below takes the worker out)
+                        self.registry.record_failure(str(plan.decision.decode), broke.message)
+                elif not shaper.saw_done:
                     broke = RouterError(
                         502,
                         f"worker {plan.decision.decode} ended the stream early",
