@@ -58,6 +58,26 @@ else:  # pragma: no cover - Python 3.10
                 handle.cancel()
 
 
+def _has_whole_chunk(reader: asyncio.StreamReader) -> bool:
+    """Whether the bytes the reader already holds contain a whole HTTP/1.1 chunk (or the last,
+    empty one): reading it then completes without waiting for the network. Peeks at
+    StreamReader's buffer (CPython's ``_buffer``, a bytearray, stable since 3.4); False when
+    it cannot tell, which only costs one more write."""
+    buf = getattr(reader, "_buffer", None)
+    if not buf:
+        return False
+    eol = buf.find(b"\r\n")
+    if eol < 0:
+        return False
+    try:
+        size = int(bytes(buf[:eol]).split(b";", 1)[0].strip() or b"0", 16)
+    except ValueError:
+        return True  # let the normal path raise on it
+    if size == 0:
+        return buf.find(b"\r\n\r\n", eol) >= 0  # last chunk and the end of its (empty) trailers
+    return len(buf) >= eol + 2 + size + 2
+
+
 class UpstreamError(OSError):
     """The worker could not be reached, timed out, or broke the connection."""
 
@@ -90,16 +110,26 @@ class UpstreamResponse:
         length = self.headers.get("content-length")
         try:
             if "chunked" in te:
-                while True:
+                end = False
+                while not end:
+                    parts = []
                     async with _timeout(timeout):
-                        line = await reader.readuntil(b"\r\n")
-                        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                        if size == 0:
-                            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                                pass
-                            break
-                        data = await reader.readexactly(size + 2)
-                    yield data[:-2]
+                        # One chunk, waiting for it; then every further chunk already received
+                        # whole, without waiting: a burst of events is relayed as one write.
+                        while True:
+                            line = await reader.readuntil(b"\r\n")
+                            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                            if size == 0:
+                                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                                    pass
+                                end = True
+                                break
+                            data = await reader.readexactly(size + 2)
+                            parts.append(data[:-2])
+                            if not _has_whole_chunk(reader):
+                                break
+                    if parts:
+                        yield parts[0] if len(parts) == 1 else b"".join(parts)
             elif length is not None:
                 remaining = int(length)
                 while remaining > 0:
