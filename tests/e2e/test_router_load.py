@@ -25,7 +25,7 @@ def test_concurrent_streams_and_churn_answer_every_request_exactly_once(tmp_path
         sys.executable, str(BENCH / "router_load.py"),
         "--sessions", "200", "--seconds", "10", "--turns", "3", "--tokens", "4", "--token-interval-ms", "100",
         "--conversations", "3000", "--churn-concurrency", "16", "--max-sessions", "300",
-        "--json", str(out), "--router-log", str(tmp_path / "router.log"),
+        "--warmup-s", "3", "--json", str(out), "--router-log", str(tmp_path / "router.log"),
     ]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=280)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -405,14 +405,18 @@ async def _discard(task: asyncio.Task) -> None:
             result.close(ok=False)
 
 
-async def _first_within(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
-    """``chunks``, raising asyncio.TimeoutError when the first one takes over ``timeout_s`` (0 = no limit)."""
-    if timeout_s > 0:
-        try:
-            first = await asyncio.wait_for(chunks.__anext__(), timeout_s)
-        except StopAsyncIteration:
-            return
-        yield first
+def _first_within(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, raising asyncio.TimeoutError when the first one takes over ``timeout_s`` (0 = no
+    limit: ``chunks`` itself, one async-generator hop per chunk less)."""
+    return _with_first_timeout(chunks, timeout_s) if timeout_s > 0 else chunks
+
+
+async def _with_first_timeout(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    try:
+        first = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+    except StopAsyncIteration:
+        return
+    yield first
     async for chunk in chunks:
         yield chunk
 
