@@ -22,8 +22,16 @@ Every request carries a unique ``x-request-id``. Proven at the end, and printed:
 * router RSS (/proc VmRSS, sampled each second): growth over phase B after its first
   ``--warmup-s`` seconds (the table already at its bound, every connection open: a leak shows
   here), and, for the record, from the start of phase B and from the idle start;
+* and the router's own count (``ppd_requests_total``) equal to the requests sent;
 * the session table size (``/admin/sessions``) never above ``--max-sessions``;
 * router CPU seconds per request in each phase (/proc utime+stime), and the load average.
+``--embedded 1P1D``: the same run against ``ppd-server --embedded 1P1D`` (real ppd-worker
+processes, SmolLM2 on CPU) instead of the fakes - a sustained multi-turn run on the real stack;
+the workers do not count ids, so exactly-once is checked at the client and by the router's count,
+and a stream's token count is not fixed (the model may stop early). Size it to the machine, e.g.
+``--embedded 1P1D --sessions 8 --seconds 60 --tokens 8 --conversations 200 --churn-concurrency 4
+--max-sessions 50``.
+
 Exit status 1 if any check fails (RSS growth >= 10% after the warm-up included).
 """
 
@@ -63,8 +71,9 @@ def _chat(messages: list[dict], stream: bool, max_tokens: int) -> bytes:
     return json.dumps(body).encode()
 
 
-async def _one(conn: bc.Conn, tally: Tally, rid: str, conv: str, body: bytes, stream: bool, tokens: int) -> str:
-    """One turn; records the outcome; returns the assistant text ('' on failure)."""
+async def _one(conn: bc.Conn, tally: Tally, rid: str, conv: str, body: bytes, stream: bool, tokens: int | None) -> str:
+    """One turn; records the outcome; returns the assistant text ('' on failure). ``tokens``: the
+    token events a stream must carry (None: a real model, which may stop early)."""
     tally.sent.append(rid)
     request = conn.request_bytes("/v1/chat/completions", body, {"x-request-id": rid, "X-PPD-Conversation-Id": conv})
     status, headers, raw = await conn.call(request, keep_body=True)
@@ -86,11 +95,13 @@ async def _one(conn: bc.Conn, tally: Tally, rid: str, conv: str, body: bytes, st
         if any("error" in o for o in objs):
             tally.fail(rid, f"error event: {events[-2][:200]}")
             return ""
-        text = "".join(c["delta"].get("content") or "" for o in objs for c in o.get("choices", []))
-        if len(text) != tokens:
-            tally.fail(rid, f"{len(text)} tokens, expected {tokens}")
+        deltas = [c["delta"].get("content") or "" for o in objs for c in o.get("choices", [])]
+        n_tokens = sum(1 for d in deltas if d)
+        if tokens is not None and n_tokens != tokens:
+            tally.fail(rid, f"{n_tokens} token events, expected {tokens}")
             return ""
-        tally.tokens += len(text)
+        tally.tokens += n_tokens
+        text = "".join(deltas) or "(nothing)"
     tally.answered[rid] += 1
     tally.routes[rid] = route
     return text
@@ -112,7 +123,9 @@ async def churn(url: str, tally: Tally, conversations: int, concurrency: int) ->
     await asyncio.gather(*(loop() for _ in range(concurrency)))
 
 
-async def streams(url: str, tally: Tally, sessions: int, seconds: float, turns: int, tokens: int) -> int:
+async def streams(
+    url: str, tally: Tally, sessions: int, seconds: float, turns: int, tokens: int, exact_tokens: bool
+) -> int:
     """Phase B: ``sessions`` concurrent multi-turn streaming sessions for ``seconds``; returns the
     number of distinct conversations started."""
     stop_at = time.monotonic() + seconds
@@ -130,7 +143,15 @@ async def streams(url: str, tally: Tally, sessions: int, seconds: float, turns: 
                     if time.monotonic() >= stop_at:
                         break
                     history.append({"role": "user", "content": f"turn {len(history) // 2 + 1} of {conv}"})
-                    text = await _one(conn, tally, f"b-{s}-{n}", conv, _chat(history, True, tokens), True, tokens)
+                    text = await _one(
+                        conn,
+                        tally,
+                        f"b-{s}-{n}",
+                        conv,
+                        _chat(history, True, tokens),
+                        True,
+                        tokens if exact_tokens else None,
+                    )
                     n += 1
                     if not text:
                         break
@@ -163,8 +184,23 @@ async def sample(pid: int, admin: str, out: list[tuple[float, int, int]], stop: 
             pass
 
 
-def exactly_once(tally: Tally, decode_ids: dict[str, int], prefill_ids: dict[str, int]) -> dict:
+def exactly_once(tally: Tally, decode_ids: dict[str, int] | None, prefill_ids: dict[str, int] | None) -> dict:
+    """Per request id, at the client and (fake workers: ``*_ids`` not None) at each worker."""
     sent = collections.Counter(tally.sent)
+    if decode_ids is None or prefill_ids is None:  # real workers do not count ids for us
+        lost = [r for r in sent if tally.answered[r] == 0]
+        return {
+            "requests_sent": len(tally.sent),
+            "answered_exactly_once_client": sum(1 for r in sent if tally.answered[r] == 1),
+            "lost": len(lost),
+            "duplicated_client": sum(1 for n in tally.answered.values() if n > 1)
+            + sum(1 for n in sent.values() if n > 1),
+            "decode_not_exactly_once": None,
+            "prefill_not_as_routed": None,
+            "unknown_ids_at_workers": None,
+            "routes": dict(collections.Counter(tally.routes.values())),
+            "examples": lost[:5],
+        }
     lost = [r for r in sent if tally.answered[r] == 0]
     dup_sent = [r for r, n in sent.items() if n > 1]
     dup_client = [r for r, n in tally.answered.items() if n > 1]
@@ -186,25 +222,56 @@ def exactly_once(tally: Tally, decode_ids: dict[str, int], prefill_ids: dict[str
     }
 
 
+def _router_counted(url: str) -> int:
+    """The router's own count of routed requests (``ppd_requests_total``, all labels)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return round(sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("ppd_requests_total{")))
+
+
+async def _wait_serving(url: str, timeout_s: float, proc) -> None:
+    """Until a chat turn through the router answers 200 (an embedded cluster loads its model first)."""
+    bp.wait_http(url + "/health", timeout_s, proc)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn = await bc.connect(url)
+            status, _, _ = await conn.call(
+                conn.request_bytes("/v1/chat/completions", _chat([{"role": "user", "content": "hi"}], False, 1))
+            )
+            conn.close()
+            if status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{url} does not serve chat turns")
+        await asyncio.sleep(1.0)
+
+
 async def run(args: argparse.Namespace) -> dict:
     p_port, d_port, boot, r_port = bp.free_port(), bp.free_port(), bp.free_port(), bp.free_port()
-    tok = ["--tokens", str(args.tokens), "--token-interval-ms", str(args.token_interval_ms), "--count-ids"]
-    prefill = bp.start(bp.worker_argv("prefill", p_port, "--count-ids"))
-    decode = bp.start(bp.worker_argv("decode", d_port, *tok))
     p_url, d_url, url = (f"http://127.0.0.1:{p}" for p in (p_port, d_port, r_port))
-    router = None
+    procs = []
+    bound = ["--max-sessions", str(args.max_sessions), "--max-queue-per-worker", "0"]  # not admission control
     try:
-        bp.wait_http(p_url + "/health", 30, prefill)
-        bp.wait_http(d_url + "/health", 30, decode)
-        router = bp.start(
-            bp.ppd_argv(
-                p_url, boot, d_url, r_port,
-                "--max-sessions", str(args.max_sessions),
-                "--max-queue-per-worker", "0",  # this test is about the router, not admission control
-            ),
-            log=args.router_log,
-        )  # fmt: skip
-        bp.wait_http(url + "/health", 120, router)
+        if args.embedded:  # real ppd-worker processes (SmolLM2): no worker-side counts
+            argv = [sys.executable, "-m", "ppd_server", "--embedded", args.embedded, "--model", args.model]
+            argv += ["--host", "127.0.0.1", "--port", str(r_port), "--log-level", "warning", *bound]
+            router = bp.start(argv, log=args.router_log)
+            procs.append(router)
+        else:
+            tok = ["--tokens", str(args.tokens), "--token-interval-ms", str(args.token_interval_ms), "--count-ids"]
+            procs.append(bp.start(bp.worker_argv("prefill", p_port, "--count-ids")))
+            procs.append(bp.start(bp.worker_argv("decode", d_port, *tok)))
+            bp.wait_http(p_url + "/health", 30, procs[0])
+            bp.wait_http(d_url + "/health", 30, procs[1])
+            router = bp.start(bp.ppd_argv(p_url, boot, d_url, r_port, *bound), log=args.router_log)
+            procs.append(router)
+        await _wait_serving(url, 600 if args.embedded else 120, router)
+        warmup_count = _router_counted(url)
         pid = router.pid
         samples: list[tuple[float, int, int]] = []
         stop = asyncio.Event()
@@ -219,19 +286,23 @@ async def run(args: argparse.Namespace) -> dict:
         n_a = len(tally.sent)
         load["after_churn"] = bp.loadavg()
         rss_b0 = bp.rss_kib(pid)
-        conv_b = await streams(url, tally, args.sessions, args.seconds, args.turns, args.tokens)
+        conv_b = await streams(
+            url, tally, args.sessions, args.seconds, args.turns, args.tokens, exact_tokens=not args.embedded
+        )
         cpu2, t2 = bp.cpu_seconds(pid), time.monotonic()
         load["end"] = bp.loadavg()
         rss_end = bp.rss_kib(pid)
         stop.set()
         await sampler
         table_now = bp.get_json(url + "/admin/sessions?limit=0")["count"]
-        decode_ids = bp.get_json(d_url + "/_instant/ids", 60)["ids"]
-        prefill_ids = bp.get_json(p_url + "/_instant/ids", 60)["ids"]
+        router_counted = _router_counted(url) - warmup_count
+        decode_ids = prefill_ids = None
+        if not args.embedded:
+            decode_ids = bp.get_json(d_url + "/_instant/ids", 60)["ids"]
+            prefill_ids = bp.get_json(p_url + "/_instant/ids", 60)["ids"]
     finally:
-        for proc in (router, decode, prefill):
-            if proc is not None:
-                bp.stop(proc)
+        for proc in reversed(procs):  # the router first (it stops its embedded cluster)
+            bp.stop(proc)
     n_b = len(tally.sent) - n_a
     # the leak check starts once every session's connections exist and served a few turns
     warm = [s for s in samples if s[0] >= t1 + args.warmup_s]
@@ -247,9 +318,10 @@ async def run(args: argparse.Namespace) -> dict:
             "conversations_churn": args.conversations,
             "churn_concurrency": args.churn_concurrency,
             "max_sessions": args.max_sessions,
+            "workers": f"embedded {args.embedded} ({args.model})" if args.embedded else "instant_worker.py 1P1D",
             "load_average": load,
         },
-        "exactly_once": exactly_once(tally, decode_ids, prefill_ids),
+        "exactly_once": {**exactly_once(tally, decode_ids, prefill_ids), "router_counted": router_counted},
         "failures": tally.failed,
         "failure_examples": tally.failures,
         "distinct_conversations": args.conversations + conv_b,
@@ -293,8 +365,10 @@ def verdict(r: dict) -> list[str]:
         "prefill_not_as_routed",
         "unknown_ids_at_workers",
     ):
-        if eo[key]:
+        if eo[key]:  # (None: not counted, real workers)
             bad.append(f"{key} = {eo[key]}")
+    if eo["router_counted"] != eo["requests_sent"]:
+        bad.append(f"the router counted {eo['router_counted']} requests, the client sent {eo['requests_sent']}")
     if r["failures"]:
         bad.append(f"{r['failures']} failed requests")
     if r["session_table"]["max_seen"] > r["session_table"]["bound"]:
@@ -317,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--warmup-s", type=float, default=10.0, help="phase B seconds before the RSS baseline is taken (default 10)"
     )
+    ap.add_argument(
+        "--embedded", metavar="LAYOUT", help="real workers: ppd-server --embedded LAYOUT (e.g. 1P1D) instead of fakes"
+    )
+    ap.add_argument("--model", default="smollm2", help="the embedded cluster's model (default smollm2)")
     ap.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
     ap.add_argument("--router-log", metavar="FILE", help="the router's stdout/stderr (default: discarded)")
     args = ap.parse_args(argv)

@@ -78,6 +78,28 @@ def _has_whole_chunk(reader: asyncio.StreamReader) -> bool:
     return len(buf) >= eol + 2 + size + 2
 
 
+def _buffered(reader: asyncio.StreamReader) -> int:
+    """Bytes the reader already holds (0 when it cannot tell): reading that many never waits."""
+    buf = getattr(reader, "_buffer", None)
+    return len(buf) if buf is not None else 0
+
+
+async def _read_chunks(reader: asyncio.StreamReader, parts: list[bytes]) -> bool:
+    """One chunk, waiting for it; then every further chunk already received whole, without
+    waiting (a burst of events is relayed as one write). True after the last chunk."""
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                pass
+            return True
+        data = await reader.readexactly(size + 2)
+        parts.append(data[:-2])
+        if not _has_whole_chunk(reader):
+            return False
+
+
 class UpstreamError(OSError):
     """The worker could not be reached, timed out, or broke the connection."""
 
@@ -112,29 +134,22 @@ class UpstreamResponse:
             if "chunked" in te:
                 end = False
                 while not end:
-                    parts = []
-                    async with _timeout(timeout):
-                        # One chunk, waiting for it; then every further chunk already received
-                        # whole, without waiting: a burst of events is relayed as one write.
-                        while True:
-                            line = await reader.readuntil(b"\r\n")
-                            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                            if size == 0:
-                                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                                    pass
-                                end = True
-                                break
-                            data = await reader.readexactly(size + 2)
-                            parts.append(data[:-2])
-                            if not _has_whole_chunk(reader):
-                                break
+                    parts: list[bytes] = []
+                    if _has_whole_chunk(reader):  # already here: no timer to arm
+                        end = await _read_chunks(reader, parts)
+                    else:
+                        async with _timeout(timeout):
+                            end = await _read_chunks(reader, parts)
                     if parts:
                         yield parts[0] if len(parts) == 1 else b"".join(parts)
             elif length is not None:
                 remaining = int(length)
                 while remaining > 0:
-                    async with _timeout(timeout):
-                        data = await reader.read(min(remaining, 1 << 16))
+                    if _buffered(reader) >= remaining:  # the usual small answer: no timer to arm
+                        data = await reader.readexactly(remaining)
+                    else:
+                        async with _timeout(timeout):
+                            data = await reader.read(min(remaining, 1 << 16))
                     if not data:
                         raise UpstreamError("connection closed before the end of the answer")
                     remaining -= len(data)
