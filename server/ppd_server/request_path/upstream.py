@@ -1,8 +1,8 @@
 """A small HTTP/1.1 keep-alive client for the router -> worker hot path.
 
 Why not aiohttp's client (already a dependency): measured, it costs more. A P->D turn makes two
-worker calls, and ``benchmarks/router_overhead.py`` runs the real router with this client and
-with aiohttp's (``benchmarks/aiohttp_upstream.py``: one session, unlimited keep-alive connector,
+worker calls, and ``benchmarks/router_overhead.py --with-aiohttp-client`` runs the real router
+with this client and with aiohttp's (``benchmarks/aiohttp_upstream.py``: one session, unlimited keep-alive connector,
 no cookie jar, no auto headers) in place of it, same run, same instant fake workers, router
 pinned to one core (``--rounds 3 --skip-sglang``, 2,000 sequential requests, 32 connections x
 4 s; a shared 2-core box at load ~10, so the router's CPU time per request is the figure to
