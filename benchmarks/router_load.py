@@ -208,7 +208,7 @@ def exactly_once(tally: Tally, decode_ids: dict[str, int] | None, prefill_ids: d
     prefill_wrong = [
         r for r in sent if tally.answered[r] and prefill_ids.get(r, 0) != (1 if tally.routes.get(r) == "pd" else 0)
     ]
-    unknown = [r for r in list(decode_ids) + list(prefill_ids) if r not in sent]
+    unknown = [r for r in list(decode_ids) + list(prefill_ids) if r not in sent and not r.startswith(_PROBE)]
     return {
         "requests_sent": len(tally.sent),
         "answered_exactly_once_client": sum(1 for r in sent if tally.answered[r] == 1),
@@ -220,6 +220,9 @@ def exactly_once(tally: Tally, decode_ids: dict[str, int] | None, prefill_ids: d
         "routes": dict(collections.Counter(tally.routes.values())),
         "examples": (lost + decode_wrong + prefill_wrong + unknown)[:5],
     }
+
+
+_PROBE = "readiness-probe-"  # x-request-id of the turns that wait for the router to serve (not counted)
 
 
 def _router_counted(url: str) -> int:
@@ -239,7 +242,11 @@ async def _wait_serving(url: str, timeout_s: float, proc) -> None:
         try:
             conn = await bc.connect(url)
             status, _, _ = await conn.call(
-                conn.request_bytes("/v1/chat/completions", _chat([{"role": "user", "content": "hi"}], False, 1))
+                conn.request_bytes(
+                    "/v1/chat/completions",
+                    _chat([{"role": "user", "content": "hi"}], False, 1),
+                    {"x-request-id": f"{_PROBE}{time.monotonic_ns()}"},
+                )
             )
             conn.close()
             if status == 200:
