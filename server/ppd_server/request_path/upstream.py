@@ -175,6 +175,15 @@ class UpstreamResponse:
         self.release()
 
     async def read(self) -> bytes:
+        """The whole body; raises UpstreamError if the answer breaks off."""
+        conn, length = self._conn, self.headers.get("content-length")
+        if conn is not None and not self._done and length is not None and length.isdigit():
+            n = int(length)
+            if _buffered(conn.reader) >= n:  # the usual small answer, already here: read it at once
+                data = await conn.reader.readexactly(n)
+                self._done = True
+                self.release()
+                return data
         parts = [chunk async for chunk in self.iter_chunks()]
         return b"".join(parts)
 
