@@ -148,3 +148,17 @@ def test_a_malformed_event_stops_the_relay_and_says_why(kind):
     out = shaper.feed(good + b"data: [1, 2]\n\n" + good)
     assert out == good and "not a JSON object" in (shaper.malformed or "")
     assert shaper.feed(good) == b"" and shaper.flush() == b""
+
+
+async def test_garbage_from_the_decode_of_a_pd_pair_ends_the_stream_cleanly():
+    prefill = FakeWorker(role="prefill")
+    bad = GarblesMidStream(role="decode", garbage=GARBAGE["data not JSON"])
+    bad.aborted = asyncio.Event()
+    async with router_over([prefill, bad], policy="pd") as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(stream=True))
+        assert r.status == 200 and r.headers["X-PPD-Route"] == "pd"
+        evs = events(await asyncio.wait_for(r.read(), 10))
+        assert evs[-1] == "[DONE]" and json.loads(evs[-2])["error"]["code"] == "worker_failed"
+        assert len(evs) == 4 and len(prefill.seen) == 1
+        assert await asyncio.wait_for(bad.aborted.wait(), 5) is True
+        assert not state.registry.get(bad.url).healthy and state.registry.get(prefill.url).healthy
