@@ -284,7 +284,8 @@ class Dispatcher:
         """Relay the worker's SSE. The client's response starts with the first bytes to send, not
         before: a worker that dies before that (killed, stream cut, prefill lost) raises
         RetryableFailure and the turn is re-dispatched on another pair, invisibly to the client.
-        Once bytes went out, a failure ends the stream with an SSE error event and ``[DONE]``."""
+        Once bytes went out, a failure (a cut, a malformed event: relay.py) ends the stream with an
+        SSE error event and ``[DONE]``."""
         out = web.StreamResponse(
             status=200,
             headers={**plan.client_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
@@ -316,12 +317,23 @@ class Dispatcher:
                         if not out.prepared:
                             await out.prepare(request)
                         await out.write(data)
+                    if shaper.malformed is not None:
+                        break  # closing the call below aborts the worker's request
                 tail = shaper.flush()
                 if tail:
                     if not out.prepared:
                         await out.prepare(request)
                     await out.write(tail)
-                if not shaper.saw_done:
+                if shaper.malformed is not None:
+                    broke = RouterError(
+                        502,
+                        f"worker {plan.decision.decode} sent a malformed stream: {shaper.malformed}",
+                        code="worker_failed",
+                        retryable=True,
+                    )
+                    if out.prepared:  # (not yet: the retry below takes the worker out)
+                        self.registry.record_failure(str(plan.decision.decode), broke.message)
+                elif not shaper.saw_done:
                     broke = RouterError(
                         502,
                         f"worker {plan.decision.decode} ended the stream early",
@@ -398,14 +410,18 @@ async def _discard(task: asyncio.Task) -> None:
             result.close(ok=False)
 
 
-async def _first_within(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
-    """``chunks``, raising asyncio.TimeoutError when the first one takes over ``timeout_s`` (0 = no limit)."""
-    if timeout_s > 0:
-        try:
-            first = await asyncio.wait_for(chunks.__anext__(), timeout_s)
-        except StopAsyncIteration:
-            return
-        yield first
+def _first_within(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, raising asyncio.TimeoutError when the first one takes over ``timeout_s`` (0 = no
+    limit: ``chunks`` itself, one async-generator hop per chunk less)."""
+    return _with_first_timeout(chunks, timeout_s) if timeout_s > 0 else chunks
+
+
+async def _with_first_timeout(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    try:
+        first = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+    except StopAsyncIteration:
+        return
+    yield first
     async for chunk in chunks:
         yield chunk
 

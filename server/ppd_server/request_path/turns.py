@@ -24,6 +24,8 @@ from ppd_server.routing.policies import Policy
 from ppd_server.routing.types import ClusterView, Decision, RequestView, SessionView
 from ppd_server.sessions import SessionTable
 
+_NOT_DECIDED = ClusterView(workers=())  # a Turn's view until decide() takes the real one
+
 
 @dataclass(slots=True)
 class Turn:
@@ -93,7 +95,8 @@ class TurnRouter:
 
     def begin(self, hints: Hints, prompt_tokens: int, prompt_bytes: int, max_new_tokens: int) -> Turn:
         request, session = self.sessions.admit(hints, prompt_tokens, max_new_tokens, time.monotonic())
-        return Turn(request=request, session=session, cluster=self.cluster_view(), prompt_bytes=prompt_bytes)
+        # the cluster view is taken by decide(), right before the policy reads it (once per attempt)
+        return Turn(request=request, session=session, cluster=_NOT_DECIDED, prompt_bytes=prompt_bytes)
 
     def decide(self, turn: Turn) -> Decision:
         """Raises NoWorkerAvailable. Called again (fresh cluster view) on a retry."""
