@@ -4,6 +4,7 @@
     python benchmarks/sim_speed.py --duration 600         # a shorter version of it
     python benchmarks/sim_speed.py --digests OUT.json     # the equivalence scenarios: a digest per run, saved
     python benchmarks/sim_speed.py --check OUT.json       # ... compared with a saved file; exit 1 on any difference
+    python benchmarks/sim_speed.py --check OUT.json --only 2p2d2r   # one scenario
 
 CPU time is ``time.process_time`` around ``Simulation.run`` alone (not imports or workload
 generation), so it is comparable across a busy machine better than wall time; compare two
@@ -106,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--digests", metavar="OUT", help="run the equivalence scenarios, save their digests here")
     group.add_argument("--check", metavar="SAVED", help="run the equivalence scenarios, compare with a saved file")
+    parser.add_argument("--only", metavar="NAMES", help=f"comma-separated scenarios (of {', '.join(SCENARIOS)})")
     args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     if args.digests is None and args.check is None:
         argv_target = TARGET.replace("--duration 3600", f"--duration {args.duration:g}")
         for row in run(argv_target):
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['events']} events, digest {row['digest']}"
             )
         return 0
-    found = {name: run(line) for name, line in SCENARIOS.items()}
+    found = {name: run(SCENARIOS[name]) for name in names}
     for name, rows in found.items():
         for row in rows:
             print(f"{name:20s} {row['policy']:14s} {row['cpu_s']:6.2f} CPU s {row['turns']:6d} turns {row['digest']}")
