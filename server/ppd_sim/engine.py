@@ -28,6 +28,7 @@ the online fit converges from a wrong profile and what miscalibration costs.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -151,7 +152,15 @@ class Simulation:
             self.loop.at(conv.arrival_ms, self._send, conv, 0)
         last_arrival = max((c.arrival_ms for c in self.conversations), default=0.0)
         tick = (lambda: progress(self.loop.now, self.finished)) if progress else None
-        stop = self.loop.run(max_time_ms=last_arrival * 10 + 600_000.0, max_events=MAX_EVENTS, tick=tick)
+        # The run allocates millions of short-lived objects and almost no reference cycles (~2,000
+        # in a 1-hour 4P12D run); the cyclic collector found nothing else and cost ~3% of the CPU.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            stop = self.loop.run(max_time_ms=last_arrival * 10 + 600_000.0, max_events=MAX_EVENTS, tick=tick)
+        finally:
+            if collecting:
+                gc.enable()
         for w in self.cluster.workers.values():
             w.settle()
         planned = sum(len(c.turns) for c in self.conversations)
