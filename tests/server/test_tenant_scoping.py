@@ -84,7 +84,7 @@ async def test_one_key_or_none_keeps_one_namespace():
     p, d = FakeWorker(role="prefill"), FakeWorker(role="decode")
     d.cached_tokens = 7
     async with router_over([p, d], api_key="sk-only") as (client, state):
-        for turn in (1, 2):
+        for _ in (1, 2):
             r = await client.post("/v1/chat/completions", json=chat_body(), headers=_h("sk-only", "c"))
         assert r.headers[wire.HEADER_ROUTE] == "local"
         assert state.turns.sessions.snapshot()[0]["tenant"] is None
