@@ -1,0 +1,235 @@
+"""Slow, hanging, garbling and crashing workers, with real processes: real SmolLM2 ``ppd-worker``
+processes (1 prefill, 2 decode), each behind a fault-injecting proxy process (``tests/faultproxy.py``),
+a real ``ppd-server`` over the proxies, the real SDK (``ChatSession`` with ``max_retries=0``, so every
+failure the router lets through is counted as client-visible).
+
+``test_fault_matrix``: for each fault (reset, garbage, hang before / after the headers, slow, on a
+decode worker; delay, hang, reset, garbage on the prefill worker), a fresh router, then a few turns
+while the fault is on, then the fault cleared: it prints one row per fault - turns served, client-
+visible failures, the router's retries (before the first byte), requests the proxy faulted (the
+circuit breaker keeps that low), the slowest turn, and how long after the fault was cleared the
+worker was back in service. Rows feed the fault table of docs/operations.md.
+
+``test_slow_decode_added_latency``: the healthy sessions' turn latency p50/p99 with and without one
+slow decode worker, in the same run.
+
+Bounded: short answers, a few turns per row; every process ended by PID.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+from processes import Process, free_port, router_argv, worker_argv
+
+from ppd_sdk import ChatSession
+
+pytestmark = pytest.mark.e2e
+
+PROXY = Path(__file__).resolve().parents[1] / "faultproxy.py"
+FIRST_BYTE_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 10.0
+BREAKER_COOLDOWN_S = 2.0
+MAX_TOKENS = 12
+
+
+def _proxy(tmp: Path, name: str, upstream: str) -> Process:
+    port = free_port()
+    argv = [sys.executable, str(PROXY), "--port", str(port), "--upstream", upstream]
+    return Process(f"proxy-{name}", argv, port, tmp / f"proxy-{name}.log")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[dict[str, Process]]:
+    """prefill, decode1, decode2 (real SmolLM2) and a proxy in front of each."""
+    tmp = tmp_path_factory.mktemp("faultproxy")
+    bootstrap = free_port()
+    decode_args = (
+        "--disaggregation-mode",
+        "decode",
+        "--disaggregation-decode-enable-radix-cache",
+        "--disaggregation-decode-enable-conditional-agg",
+    )
+    with ExitStack() as stack:
+        procs: dict[str, Process] = {}
+        for name, args in (
+            ("prefill", ("--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", str(bootstrap))),
+            ("decode1", decode_args),
+            ("decode2", decode_args),
+        ):
+            port = free_port()
+            procs[name] = Process(name, worker_argv(port, "--model", "smollm2", *args), port, tmp / f"{name}.log")
+            stack.callback(procs[name].stop)
+        for p in list(procs.values()):
+            p.wait_healthy(timeout=240)
+        for name in ("prefill", "decode1", "decode2"):
+            proxy = _proxy(tmp, name, procs[name].url)
+            stack.callback(proxy.stop)
+            proxy.wait_healthy(timeout=30)
+            procs["p-" + name] = proxy
+        procs["p-prefill"].bootstrap_port = bootstrap
+        yield procs
+
+
+def _router(c: dict[str, Process], *extra: str) -> Process:
+    port = free_port()
+    args = [
+        "--policy", "ppd", "--load-interval", "0.3", "--max-retries", "2",
+        "--first-byte-timeout", str(FIRST_BYTE_TIMEOUT_S), "--request-timeout", str(REQUEST_TIMEOUT_S),
+        "--breaker-cooldown", str(BREAKER_COOLDOWN_S), "--breaker-max-cooldown", "8",
+        "--prefill", c["p-prefill"].url, str(c["p-prefill"].bootstrap_port),
+        "--decode", c["p-decode1"].url, "--decode", c["p-decode2"].url, *extra,
+    ]  # fmt: skip
+    router = Process("router", router_argv(port, *args), port)
+    router.wait_healthy(timeout=60)
+    return router
+
+
+def _fault(proxy: Process, mode: str, **kw: float) -> dict:
+    return httpx.post(proxy.url + "/_fault", json={"mode": mode, **kw}, timeout=5).json()
+
+
+def _retries(router: Process) -> float:
+    text = httpx.get(router.url + "/metrics", timeout=5).text
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("ppd_retries_total"))
+
+
+def _healthy(router: Process, url: str) -> bool:
+    workers = httpx.get(router.url + "/admin/workers", timeout=5).json()["workers"]
+    return any(w["url"] == url and w["healthy"] for w in workers)
+
+
+def _turn(chat: ChatSession, text: str, stream: bool) -> tuple[float, str | None]:
+    """One turn; (seconds, decode URL that served it)."""
+    t0 = time.perf_counter()
+    if stream:
+        with chat.stream(text, max_tokens=MAX_TOKENS) as s:
+            for _ in s:
+                pass
+        reply = s.reply
+    else:
+        reply = chat.send(text, max_tokens=MAX_TOKENS)
+    return time.perf_counter() - t0, reply.route.decode if reply.route else None
+
+
+FAULTS = [
+    # (target, mode, params, streamed turns)
+    ("decode1", "reset", {}, True),
+    ("decode1", "garbage", {}, False),
+    ("decode1", "hang_after_headers", {}, True),
+    ("decode1", "hang", {"count": 1}, True),
+    ("decode1", "slow", {"delay_s": 0.25}, True),
+    ("prefill", "delay", {"delay_s": 2.0}, True),
+    ("prefill", "reset", {}, True),
+    ("prefill", "garbage", {}, True),
+    ("prefill", "hang", {"count": 1}, True),
+]
+
+
+def test_fault_matrix(cluster: dict[str, Process]) -> None:
+    rows = []
+    for target, mode, params, stream in FAULTS:
+        proxy = cluster["p-" + target]
+        with ExitStack() as stack:
+            router = _router(cluster)
+            stack.callback(router.stop)
+            chats = [stack.enter_context(ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=60))]
+            _turn(chats[0], "Say hi.", stream)  # warm: the router has seen the fleet answer
+            retries0 = _retries(router)
+            _fault(proxy, mode, **params)
+            failures, times, decodes, errors = 0, [], [], []
+            for i in range(3):  # a fresh conversation (turn 1, P->D) and a second turn of one
+                chat = stack.enter_context(ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=60))
+                for text in (f"Name a fruit, number {i}.", "And a colour."):
+                    try:
+                        secs, dec = _turn(chat, text, stream)
+                        times.append(secs)
+                        decodes.append(dec)
+                    except Exception as e:  # client-visible
+                        failures += 1
+                        errors.append(f"{type(e).__name__}:{getattr(e, 'code', '')}")
+            state = _fault(proxy, "pass")
+            cleared = time.monotonic()
+            back = None
+            while time.monotonic() - cleared < 20:
+                if _healthy(router, proxy.url):
+                    back = time.monotonic() - cleared
+                    break
+                time.sleep(0.1)
+            retries = _retries(router) - retries0
+            rows.append((target, mode, len(times), failures, retries, state["faulted"], max(times or [0]), back))
+            print(
+                f"\nfault {target}:{mode}{params or ''} stream={stream}: turns ok={len(times)} "
+                f"client-visible failures={failures} {errors} router retries={retries:.0f} "
+                f"requests faulted at the proxy={state['faulted']} of {state['requests']} "
+                f"slowest turn={max(times or [0]):.2f}s median={statistics.median(times or [0]):.2f}s "
+                f"decodes={sorted({d for d in decodes if d})} back in service "
+                f"{f'{back:.2f}s' if back is not None else 'not within 20s'} after the fault cleared"
+            )
+            assert back is not None, f"{target} never came back after {mode}"
+            if mode not in ("hang",):  # hang (before headers) is allowed its request timeout, then retried
+                assert failures == 0, (target, mode, errors)
+    print("\nfault table rows (target, mode, turns ok, client failures, retries, faulted, slowest s, back s):")
+    for r in rows:
+        print("  ", r)
+
+
+def _phase(router: Process, sessions: int, turns: int) -> list[tuple[float, str | None]]:
+    out: list[tuple[float, str | None]] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        with ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=120) as chat:
+            for t in range(turns):
+                r = _turn(chat, f"Session {i}: name a city, turn {t}.", True)
+                with lock:
+                    out.append(r)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not any(t.is_alive() for t in threads)
+    return out
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
+
+
+def test_slow_decode_added_latency(cluster: dict[str, Process]) -> None:
+    slow_url = cluster["p-decode1"].url
+    with ExitStack() as stack:
+        router = _router(cluster)
+        stack.callback(router.stop)
+        _phase(router, 1, 1)  # warm
+        base = _phase(router, 4, 3)
+        _fault(cluster["p-decode1"], "slow", delay_s=0.2)
+        try:
+            slow = _phase(router, 4, 3)
+        finally:
+            _fault(cluster["p-decode1"], "pass")
+    healthy_base = [s for s, d in base]  # no slow worker: every turn is healthy
+    healthy_slow = [s for s, d in slow if d != slow_url]
+    on_slow = [s for s, d in slow if d == slow_url]
+    print(
+        f"\nslow decode (+0.2 s per relayed chunk on decode1), 4 concurrent streaming sessions x 3 turns, "
+        f"{MAX_TOKENS} tokens:\n"
+        f"  without the slow worker: all turns n={len(healthy_base)} p50={_pct(healthy_base, 0.5):.2f}s "
+        f"p99={_pct(healthy_base, 0.99):.2f}s\n"
+        f"  with it: turns on healthy decode2 n={len(healthy_slow)} p50={_pct(healthy_slow, 0.5):.2f}s "
+        f"p99={_pct(healthy_slow, 0.99):.2f}s; turns on the slow decode1 n={len(on_slow)} "
+        f"p50={_pct(on_slow, 0.5):.2f}s"
+    )
+    assert len(base) == len(slow) == 12
+    assert healthy_slow, "some turns ran on the healthy decode worker"
