@@ -134,52 +134,48 @@ FAULTS = [
 ]
 
 
-def test_fault_matrix(cluster: dict[str, Process]) -> None:
-    rows = []
-    for target, mode, params, stream in FAULTS:
-        proxy = cluster["p-" + target]
-        with ExitStack() as stack:
-            router = _router(cluster)
-            stack.callback(router.stop)
-            chats = [stack.enter_context(ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=60))]
-            _turn(chats[0], "Say hi.", stream)  # warm: the router has seen the fleet answer
-            retries0 = _retries(router)
-            _fault(proxy, mode, **params)
-            failures, times, decodes, errors = 0, [], [], []
-            for i in range(3):  # a fresh conversation (turn 1, P->D) and a second turn of one
-                chat = stack.enter_context(ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=60))
-                for text in (f"Name a fruit, number {i}.", "And a colour."):
-                    try:
-                        secs, dec = _turn(chat, text, stream)
-                        times.append(secs)
-                        decodes.append(dec)
-                    except Exception as e:  # client-visible
-                        failures += 1
-                        errors.append(f"{type(e).__name__}:{getattr(e, 'code', '')}")
-            state = _fault(proxy, "pass")
-            cleared = time.monotonic()
-            back = None
-            while time.monotonic() - cleared < 20:
-                if _healthy(router, proxy.url):
-                    back = time.monotonic() - cleared
-                    break
-                time.sleep(0.1)
-            retries = _retries(router) - retries0
-            rows.append((target, mode, len(times), failures, retries, state["faulted"], max(times or [0]), back))
-            print(
-                f"\nfault {target}:{mode}{params or ''} stream={stream}: turns ok={len(times)} "
-                f"client-visible failures={failures} {errors} router retries={retries:.0f} "
-                f"requests faulted at the proxy={state['faulted']} of {state['requests']} "
-                f"slowest turn={max(times or [0]):.2f}s median={statistics.median(times or [0]):.2f}s "
-                f"decodes={sorted({d for d in decodes if d})} back in service "
-                f"{f'{back:.2f}s' if back is not None else 'not within 20s'} after the fault cleared"
-            )
-            assert back is not None, f"{target} never came back after {mode}"
-            if mode not in ("hang",):  # hang (before headers) is allowed its request timeout, then retried
-                assert failures == 0, (target, mode, errors)
-    print("\nfault table rows (target, mode, turns ok, client failures, retries, faulted, slowest s, back s):")
-    for r in rows:
-        print("  ", r)
+@pytest.mark.parametrize(("target", "mode", "params", "stream"), FAULTS, ids=[f"{t}-{m}" for t, m, _, _ in FAULTS])
+def test_fault(cluster: dict[str, Process], target: str, mode: str, params: dict, stream: bool) -> None:
+    proxy = cluster["p-" + target]
+    with ExitStack() as stack:
+        router = _router(cluster)
+        stack.callback(router.stop)
+        stack.callback(lambda: _fault(proxy, "pass"))
+        warm = stack.enter_context(ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=60))
+        _turn(warm, "Say hi.", stream)  # the router has seen the fleet answer
+        retries0 = _retries(router)
+        before = _fault(proxy, mode, **params)  # the proxy's counters run on across tests
+        failures, times, decodes, errors = 0, [], [], []
+        for i in range(2):  # a fresh conversation (turn 1, P->D) and its second turn
+            chat = stack.enter_context(ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=60))
+            for text in (f"Name a fruit, number {i}.", "And a colour."):
+                try:
+                    secs, dec = _turn(chat, text, stream)
+                    times.append(secs)
+                    decodes.append(dec)
+                except Exception as e:  # client-visible
+                    failures += 1
+                    errors.append(f"{type(e).__name__}:{getattr(e, 'code', '')}")
+        state = _fault(proxy, "pass")
+        cleared = time.monotonic()
+        back = None
+        while time.monotonic() - cleared < 20:
+            if _healthy(router, proxy.url):
+                back = time.monotonic() - cleared
+                break
+            time.sleep(0.1)
+        retries = _retries(router) - retries0
+        faulted = state["faulted"] - before["faulted"]
+        print(
+            f"\nfault {target}:{mode}{params or ''} stream={stream}: turns ok={len(times)} of 4, "
+            f"client-visible failures={failures} {errors}, router retries={retries:.0f}, "
+            f"requests faulted at the proxy={faulted} of {state['requests'] - before['requests']}, "
+            f"slowest turn={max(times or [0]):.2f}s median={statistics.median(times or [0]):.2f}s, "
+            f"decode workers used={len({d for d in decodes if d})}, back in service "
+            f"{f'{back:.2f}s' if back is not None else 'not within 20s'} after the fault cleared"
+        )
+        assert back is not None, f"{target} never came back after {mode}"
+        assert failures == 0, errors
 
 
 def _phase(router: Process, sessions: int, turns: int) -> list[tuple[float, str | None]]:

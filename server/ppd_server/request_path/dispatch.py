@@ -176,6 +176,8 @@ class Dispatcher:
             call.close(ok=call.resp.status == 200)
             if call.resp.status != 200:
                 raise _worker_error(call.resp.status, raw, "prefill")
+            if raw.lstrip()[:1] not in (b"{", b"[", b"d", b"e", b":", b""):  # prod: neither JSON nor SSE
+                raise RetryableFailure(url, "prefill answered 200 with a body that is neither JSON nor SSE")
             self.registry.record_success(url)
         finally:
             if worker:
@@ -345,6 +347,8 @@ class Dispatcher:
                     retry = prefill_error[0]
                 elif not prefill_error and broke.retryable:
                     retry = RetryableFailure(str(plan.decision.decode), broke.message)
+                    if prefill is not None and not prefill.done():  # prod: either leg may be the stuck one
+                        self.registry.record_failure(str(plan.decision.prefill), "stuck P->D pair: " + broke.message)
                 if retry is None:
                     finish(False)
                     return error_response(broke, plan.client_headers)
