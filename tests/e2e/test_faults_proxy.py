@@ -125,12 +125,12 @@ FAULTS = [
     ("decode1", "reset", {}, True),
     ("decode1", "garbage", {}, False),
     ("decode1", "hang_after_headers", {}, True),
-    ("decode1", "hang", {"count": 1}, True),
+    ("decode1", "hang", {}, True),
     ("decode1", "slow", {"delay_s": 0.25}, True),
     ("prefill", "delay", {"delay_s": 2.0}, True),
     ("prefill", "reset", {}, True),
     ("prefill", "garbage", {}, True),
-    ("prefill", "hang", {"count": 1}, True),
+    ("prefill", "hang", {}, True),
 ]
 
 

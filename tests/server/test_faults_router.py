@@ -134,3 +134,56 @@ async def test_a_hung_stream_is_retried_elsewhere_after_the_first_byte_timeout()
         assert r.status == 200 and evs[-1] == "[DONE]" and not any("error" in e for e in evs)
         assert len(hung.seen) == 1 and not state.registry.get(hung.url).healthy
         hung.hold.set()
+
+
+class GarblingPrefill(FakeWorker):
+    """A prefill worker answering 200 with bytes that are neither JSON nor SSE."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        return web.Response(status=200, body=b"\x00\xffgarbage", content_type="application/json")
+
+
+class NeverAnswers(FakeWorker):
+    """Takes the request and never sends a byte (a wedged worker, before its headers)."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_prefill_answering_garbage_is_a_prefill_failure(stream):
+    p, d = GarblingPrefill(role="prefill"), FakeWorker(role="decode", n_tokens=4)
+    async with router_over([p, d], policy="pd") as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(stream=stream))
+        # the retry has no prefill left: the decode worker serves it whole (or a clean 503 with pd)
+        assert r.status in (200, 503)
+        assert state.registry.get(p.url).healthy is False, "the garbling prefill is taken out"
+        assert state.registry.get(d.url).healthy is True, "the decode worker is not blamed"
+
+
+class Trickles(FakeWorker):
+    """Answers its headers, then a blank line every 0.1 s, never finishing (a prefill still "running")."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        out = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await out.prepare(request)
+        while True:
+            await out.write(b"\n")
+            await asyncio.sleep(0.1)
+
+
+async def test_a_stuck_pd_pair_takes_out_the_prefill_too():
+    """Decode silent past the request timeout while its paired prefill still runs: either leg may
+    be the stuck one (each waits for the other's KV), so both breakers open and the retry goes
+    D-local on the other decode worker instead of into the same stuck prefill."""
+    p, stuck_d = Trickles(role="prefill"), NeverAnswers(role="decode")
+    good = FakeWorker(role="decode", n_tokens=4, load={"num_running_reqs": 30})  # looks busy: tried second
+    async with router_over([p, stuck_d, good], request_timeout_s=0.5) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(), headers={"X-PPD-Conversation-Id": "c"})
+        assert stuck_d.seen, "the stuck pair was tried: the test proves nothing otherwise"
+        assert r.status == 200, await r.text()
+        assert state.registry.get(p.url).healthy is False and state.registry.get(stuck_d.url).healthy is False
+        assert r.headers["X-PPD-Route"] == "local" and r.headers["X-PPD-Decode"] == good.url

@@ -151,7 +151,9 @@ class Dispatcher:
             raise prefill_task.exception()  # type: ignore[misc]
         try:
             call = await decode_task
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not prefill_task.done():  # prod
+                self.registry.record_failure(prefill.url, "stuck P->D pair: " + e.reason)  # either may be stuck
             await _discard(prefill_task)
             raise
         if call.resp.status != 200:
