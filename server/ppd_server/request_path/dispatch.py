@@ -147,6 +147,9 @@ class Dispatcher:
             await _discard(prefill_task)
             raise
         if prefill_task.done() and prefill_task.exception() is not None:
+            e = prefill_task.exception()
+            if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not decode_task.done():  # prod
+                self.registry.record_failure(str(d.decode), "stuck P->D pair: " + e.reason)  # either may be stuck
             await _discard(decode_task)
             raise prefill_task.exception()  # type: ignore[misc]
         try:
