@@ -178,18 +178,18 @@ def test_fault(cluster: dict[str, Process], target: str, mode: str, params: dict
         assert failures == 0, errors
 
 
-def _phase(router: Process, sessions: int, turns: int) -> list[tuple[float, str | None]]:
-    out: list[tuple[float, str | None]] = []
+def _phase(chats: list[ChatSession], turns: int, label: str) -> list[tuple[float, str | None, str]]:
+    """Every session sends ``turns`` streamed turns, all sessions concurrently: (seconds, decode, conversation)."""
+    out: list[tuple[float, str | None, str]] = []
     lock = threading.Lock()
 
-    def run(i: int) -> None:
-        with ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=120) as chat:
-            for t in range(turns):
-                r = _turn(chat, f"Session {i}: name a city, turn {t}.", True)
-                with lock:
-                    out.append(r)
+    def run(i: int, chat: ChatSession) -> None:
+        for t in range(turns):
+            secs, dec = _turn(chat, f"Session {i}, {label} {t}: name a city.", True)
+            with lock:
+                out.append((secs, dec, chat.conversation_id))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(sessions)]
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(chats)]
     for t in threads:
         t.start()
     for t in threads:
@@ -204,28 +204,41 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def test_slow_decode_added_latency(cluster: dict[str, Process]) -> None:
-    slow_url = cluster["p-decode1"].url
+    """Sessions are placed on both decode workers by their first turn (concurrent, so the policy
+    spreads them by load), then keep their worker (D-local turns). Phase A: 2 more turns each, no
+    fault; phase B: 2 more turns each while decode1 relays every chunk 0.2 s late. The figure: the
+    turn latency of the sessions on the healthy decode2, A vs B (same sessions, same run)."""
+    slow_url, healthy_url = cluster["p-decode1"].url, cluster["p-decode2"].url
     with ExitStack() as stack:
         router = _router(cluster)
         stack.callback(router.stop)
-        _phase(router, 1, 1)  # warm
-        base = _phase(router, 4, 3)
+        chats = [stack.enter_context(ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=120))]
+        _phase(chats, 1, "warm")
+        chats = [
+            stack.enter_context(ChatSession(base_url=router.url + "/v1", max_retries=0, timeout=120)) for _ in range(6)
+        ]
+        placed = _phase(chats, 1, "turn one")
+        homes = {cid: dec for _, dec, cid in placed}
+        on = {u: sum(1 for h in homes.values() if h == u) for u in (slow_url, healthy_url)}
+        base = _phase(chats, 2, "phase A")
+        stack.callback(lambda: _fault(cluster["p-decode1"], "pass"))
         _fault(cluster["p-decode1"], "slow", delay_s=0.2)
-        try:
-            slow = _phase(router, 4, 3)
-        finally:
-            _fault(cluster["p-decode1"], "pass")
-    healthy_base = [s for s, d in base]  # no slow worker: every turn is healthy
-    healthy_slow = [s for s, d in slow if d != slow_url]
-    on_slow = [s for s, d in slow if d == slow_url]
+        slow = _phase(chats, 2, "phase B")
+        _fault(cluster["p-decode1"], "pass")
+    healthy_a = [t for t, d, _ in base if d == healthy_url]
+    healthy_b = [t for t, d, _ in slow if d == healthy_url]
+    slow_a = [t for t, d, _ in base if d == slow_url]
+    slow_b = [t for t, d, _ in slow if d == slow_url]
     print(
-        f"\nslow decode (+0.2 s per relayed chunk on decode1), 4 concurrent streaming sessions x 3 turns, "
-        f"{MAX_TOKENS} tokens:\n"
-        f"  without the slow worker: all turns n={len(healthy_base)} p50={_pct(healthy_base, 0.5):.2f}s "
-        f"p99={_pct(healthy_base, 0.99):.2f}s\n"
-        f"  with it: turns on healthy decode2 n={len(healthy_slow)} p50={_pct(healthy_slow, 0.5):.2f}s "
-        f"p99={_pct(healthy_slow, 0.99):.2f}s; turns on the slow decode1 n={len(on_slow)} "
-        f"p50={_pct(on_slow, 0.5):.2f}s"
+        f"\nslow decode: decode1 relays every chunk 0.2 s late (the worker itself is fine), 6 concurrent "
+        f"streaming sessions ({on[slow_url]} on decode1, {on[healthy_url]} on decode2 after turn 1), "
+        f"2 turns each per phase, {MAX_TOKENS} tokens:\n"
+        f"  sessions on healthy decode2: without the slow worker n={len(healthy_a)} p50={_pct(healthy_a, 0.5):.2f}s "
+        f"p99={_pct(healthy_a, 0.99):.2f}s; with it n={len(healthy_b)} p50={_pct(healthy_b, 0.5):.2f}s "
+        f"p99={_pct(healthy_b, 0.99):.2f}s\n"
+        f"  sessions on slow decode1:    without n={len(slow_a)} p50={_pct(slow_a, 0.5):.2f}s; "
+        f"with n={len(slow_b)} p50={_pct(slow_b, 0.5):.2f}s p99={_pct(slow_b, 0.99):.2f}s\n"
+        f"  turn one: {[round(t, 2) for t, _, _ in placed]} s"
     )
     assert len(base) == len(slow) == 12
-    assert healthy_slow, "some turns ran on the healthy decode worker"
+    assert healthy_a and healthy_b, f"no session on the healthy decode worker: {on}"

@@ -148,7 +148,8 @@ class Dispatcher:
             raise
         if prefill_task.done() and prefill_task.exception() is not None:
             e = prefill_task.exception()
-            if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not decode_task.done():  # prod
+            decode_ok = decode_task.done() and not decode_task.cancelled() and decode_task.exception() is None
+            if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not decode_ok:  # prod
                 self.registry.record_failure(str(d.decode), "stuck P->D pair: " + e.reason)  # either may be stuck
             await _discard(decode_task)
             raise prefill_task.exception()  # type: ignore[misc]
