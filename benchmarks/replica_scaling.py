@@ -65,12 +65,25 @@ def _nginx(nginx: str, tmp: Path, replicas: list[str], port: int) -> subprocess.
     return ro._start([nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf")])
 
 
+def _pids(proc: subprocess.Popen) -> list[int]:
+    """The process and its children (nginx's worker runs in a child of the master)."""
+    try:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            return [proc.pid, *(int(x) for x in f.read().split())]
+    except OSError:
+        return [proc.pid]
+
+
+def _cpu(ps: list[subprocess.Popen]) -> float:
+    return sum(ro._cpu_seconds(pid) for p in ps for pid in _pids(p))
+
+
 def _measure(url: str, procs: dict[str, list[subprocess.Popen]], seconds: float, concurrency: int) -> list[tuple]:
     out = []
     for mode, body in ro.MODES:
-        before = {k: sum(ro._cpu_seconds(p.pid) for p in ps) for k, ps in procs.items()}
+        before = {k: _cpu(ps) for k, ps in procs.items()}
         rps, errors = asyncio.run(ro.measure_throughput(url, concurrency, seconds, body))
-        cpu = {k: sum(ro._cpu_seconds(p.pid) for p in ps) - before[k] for k, ps in procs.items()}
+        cpu = {k: _cpu(ps) - before[k] for k, ps in procs.items()}
         n = max(1.0, rps * seconds)
         out.append((mode, rps, errors, {k: v / n * 1e6 for k, v in cpu.items()}))
     return out
