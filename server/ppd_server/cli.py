@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--api-key-file", metavar="PATH", help="more API keys, one per line ('#' comments)")
     g.add_argument(
         "--admin-key",
+        metavar="KEY",
         help="require 'Authorization: Bearer KEY' on /admin/* and /flush_cache (with API keys but no admin key "
         "those answer 403)",
     )
