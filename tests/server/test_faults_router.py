@@ -10,7 +10,7 @@ import json
 
 import pytest
 from aiohttp import web
-from fake_sglang import FakeWorker
+from fake_sglang import FakeWorker, HeadersThenHold
 from router_harness import chat_body, router_over
 
 
@@ -187,3 +187,29 @@ async def test_a_stuck_pd_pair_takes_out_the_prefill_too():
         assert r.status == 200, await r.text()
         assert state.registry.get(p.url).healthy is False and state.registry.get(stuck_d.url).healthy is False
         assert r.headers["X-PPD-Route"] == "local" and r.headers["X-PPD-Decode"] == good.url
+
+
+async def test_a_silent_stream_with_its_prefill_still_running_takes_out_both():
+    """First-byte timeout on the decode leg while the paired prefill still runs: both breakers open."""
+    p, silent = Trickles(role="prefill"), HeadersThenHold(role="decode", hold=asyncio.Event())
+    good = FakeWorker(role="decode", n_tokens=4, load={"num_running_reqs": 30})
+    async with router_over([p, silent, good], first_byte_timeout_s=0.3) as (client, state):
+        r = await client.post(
+            "/v1/chat/completions", json=chat_body(stream=True), headers={"X-PPD-Conversation-Id": "c"}
+        )
+        assert silent.seen and r.status == 200
+        assert events(await r.read())[-1] == "[DONE]"
+        assert not state.registry.get(p.url).healthy and not state.registry.get(silent.url).healthy
+        assert r.headers["X-PPD-Route"] == "local" and r.headers["X-PPD-Decode"] == good.url
+
+
+async def test_a_decode_dying_before_a_byte_does_not_take_out_its_prefill():
+    p, dying = Trickles(role="prefill"), FakeWorker(role="decode", n_tokens=4, die_after_chunks=0)
+    good = FakeWorker(role="decode", n_tokens=4, load={"num_running_reqs": 30})
+    async with router_over([p, dying, good]) as (client, state):
+        r = await client.post(
+            "/v1/chat/completions", json=chat_body(stream=True), headers={"X-PPD-Conversation-Id": "c"}
+        )
+        assert dying.seen and r.status == 200
+        assert state.registry.get(p.url).healthy, "a decode that died is not a stuck pair"
+        assert not state.registry.get(dying.url).healthy

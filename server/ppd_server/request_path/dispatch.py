@@ -353,7 +353,8 @@ class Dispatcher:
                     retry = prefill_error[0]
                 elif not prefill_error and broke.retryable:
                     retry = RetryableFailure(str(plan.decision.decode), broke.message)
-                    if prefill is not None and not prefill.done():  # prod: either leg may be the stuck one
+                    if prefill is not None and not prefill.done() and "Timeout" in broke.message:  # prod: either
+                        # leg of a silent P->D pair may be the stuck one (a decode that died is not a stuck pair)
                         self.registry.record_failure(str(plan.decision.prefill), "stuck P->D pair: " + broke.message)
                 if retry is None:
                     finish(False)
