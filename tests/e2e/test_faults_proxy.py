@@ -206,7 +206,7 @@ def _pct(xs: list[float], q: float) -> float:
 def test_slow_decode_added_latency(cluster: dict[str, Process]) -> None:
     """Sessions are placed on both decode workers by their first turn (concurrent, so the policy
     spreads them by load), then keep their worker (D-local turns). Phase A: 2 more turns each, no
-    fault; phase B: 2 more turns each while decode1 relays every chunk 0.2 s late. The figure: the
+    fault; phase B: 2 more turns each while decode1 relays every chunk 0.5 s late. The figure: the
     turn latency of the sessions on the healthy decode2, A vs B (same sessions, same run)."""
     slow_url, healthy_url = cluster["p-decode1"].url, cluster["p-decode2"].url
     with ExitStack() as stack:
@@ -222,7 +222,7 @@ def test_slow_decode_added_latency(cluster: dict[str, Process]) -> None:
         on = {u: sum(1 for h in homes.values() if h == u) for u in (slow_url, healthy_url)}
         base = _phase(chats, 2, "phase A")
         stack.callback(lambda: _fault(cluster["p-decode1"], "pass"))
-        _fault(cluster["p-decode1"], "slow", delay_s=0.2)
+        _fault(cluster["p-decode1"], "slow", delay_s=0.5)
         slow = _phase(chats, 2, "phase B")
         _fault(cluster["p-decode1"], "pass")
     healthy_a = [t for t, d, _ in base if d == healthy_url]
@@ -230,7 +230,7 @@ def test_slow_decode_added_latency(cluster: dict[str, Process]) -> None:
     slow_a = [t for t, d, _ in base if d == slow_url]
     slow_b = [t for t, d, _ in slow if d == slow_url]
     print(
-        f"\nslow decode: decode1 relays every chunk 0.2 s late (the worker itself is fine), 6 concurrent "
+        f"\nslow decode: decode1 relays every chunk 0.5 s late (the worker itself is fine), 6 concurrent "
         f"streaming sessions ({on[slow_url]} on decode1, {on[healthy_url]} on decode2 after turn 1), "
         f"2 turns each per phase, {MAX_TOKENS} tokens:\n"
         f"  sessions on healthy decode2: without the slow worker n={len(healthy_a)} p50={_pct(healthy_a, 0.5):.2f}s "
