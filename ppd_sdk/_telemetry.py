@@ -6,10 +6,17 @@ attribute names the router's ``ppd.route`` span uses (:mod:`ppd_sdk.wire`: ``ppd
 ``ppd.route`` span joins the same trace; and the three GenAI client metrics. Only
 ``opentelemetry-api`` is used: with no SDK installed everything is a no-op, and nothing is
 ever configured globally (explicit providers win, else the global ones).
+
+Content: prompts and completions are never put on a span unless the application opts in with
+the OpenTelemetry GenAI convention's switch, ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``
+(read when a session is created); then the turn's span carries ``gen_ai.input.messages`` and
+``gen_ai.output.messages`` (JSON).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +49,15 @@ TOKEN_TYPE = "gen_ai.token.type"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 ERROR_TYPE = "error.type"
+INPUT_MESSAGES = "gen_ai.input.messages"
+OUTPUT_MESSAGES = "gen_ai.output.messages"
+CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+def capture_content_from_env() -> bool:
+    """The GenAI instrumentations' opt-in for recording message content (off unless ``true``)."""
+    return os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("true", "1")
+
 
 METRIC_DURATION = "gen_ai.client.operation.duration"
 METRIC_TOKENS = "gen_ai.client.token.usage"
@@ -65,6 +81,7 @@ class Telemetry:
         self.server_address = server_address
         self.server_port = server_port
         self.tracer = trace.get_tracer("ppd_sdk", __version__, tracer_provider=tracer_provider)
+        self.capture_content = capture_content_from_env()
         meter = get_meter("ppd_sdk", __version__, meter_provider=meter_provider)
         self.duration = meter.create_histogram(
             METRIC_DURATION,
@@ -102,6 +119,8 @@ class Telemetry:
             attrs[REQUEST_MAX_TOKENS] = max_tokens
         if isinstance(request.get("temperature"), (int, float)):
             attrs[REQUEST_TEMPERATURE] = float(request["temperature"])
+        if self.capture_content and request.get("messages") is not None:
+            attrs[INPUT_MESSAGES] = json.dumps(request["messages"], default=str)
         span = self.tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attrs)
         return TurnSpan(self, span, attrs)
 
@@ -145,6 +164,8 @@ class TurnSpan:
             span.set_attribute(USAGE_CACHE_READ, reply.usage.cached_tokens)
         if reply.ttft_s is not None:
             span.set_attribute(RESPONSE_TTFC, reply.ttft_s)
+        if self._t.capture_content:
+            span.set_attribute(OUTPUT_MESSAGES, json.dumps([{"role": "assistant", "content": reply.text}]))
         if reply.route is not None:
             for key, value in _route_attributes(reply).items():
                 span.set_attribute(key, value)

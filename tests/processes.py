@@ -209,12 +209,13 @@ def pd_router_process(tmp_dir: Path, prefill_url: str, bootstrap_port: int, deco
 # -- talking to a running router ----------------------------------------------------------------
 
 
-def http_json(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> tuple[int, dict]:
+def http_json(
+    method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30.0, key: str | None = None
+) -> tuple[int, dict]:
+    """One JSON call; ``key`` is sent as ``Authorization: Bearer KEY``."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     req = urllib.request.Request(
-        url,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        url, method=method, data=None if body is None else json.dumps(body).encode(), headers=headers
     )
     try:
         with _OPENER.open(req, timeout=timeout) as r:

@@ -40,8 +40,27 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("front door")
     g.add_argument("--host", help="address to bind" + _d("host"))
     g.add_argument("--port", type=int, help="port to bind" + _d("port"))
-    g.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* and /generate")
-    g.add_argument("--admin-key", help="require 'Authorization: Bearer KEY' on /admin/*")
+    g.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on the OpenAI/SGLang endpoints; repeatable: several keys are "
+        "several tenants, each with its own conversation ids",
+    )
+    g.add_argument("--api-key-file", metavar="PATH", help="more API keys, one per line ('#' comments)")
+    g.add_argument(
+        "--admin-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /admin/* and /flush_cache (with API keys but no admin key "
+        "those answer 403)",
+    )
+    g.add_argument(
+        "--log-content",
+        action="store_true",
+        default=None,
+        help="opt in: record prompts on the ppd.route trace span (off: no prompt or completion is ever logged "
+        "or traced)",
+    )
     g.add_argument("--config", help="YAML file with settings")
     g = p.add_argument_group("workers (none given: embedded cluster)")
     g.add_argument(

@@ -84,8 +84,11 @@ class RouterConfig:
     # front door
     host: str = "127.0.0.1"
     port: int = 30000
-    api_key: str | None = field(default=None, repr=False)
+    # several API keys = several tenants, each with its own conversation-id namespace (auth.py)
+    api_key: tuple[str, ...] = field(default=(), repr=False)  # a str given here is one key
+    api_key_file: str | None = None  # more API keys, one per line ('#' comments)
     admin_key: str | None = field(default=None, repr=False)
+    log_content: bool = False  # opt in: prompts on the ppd.route span (never in logs)
     # workers (none given -> embedded cluster)
     prefill: tuple[PrefillSpec, ...] = ()
     decode: tuple[str, ...] = ()
@@ -123,6 +126,28 @@ class RouterConfig:
     tp: int = 1
     dry_run: bool = False
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.api_key is None or isinstance(self.api_key, str):  # RouterConfig(api_key="k")
+            object.__setattr__(self, "api_key", (self.api_key,) if self.api_key else ())
+
+    def api_keys(self) -> tuple[str, ...]:
+        """Every API key: ``api_key`` plus the lines of ``api_key_file`` (read on each call: at
+        validation and when the app is built). Raises ConfigError on an unreadable file."""
+        keys = list(self.api_key)
+        if self.api_key_file:
+            try:
+                with open(self.api_key_file, encoding="utf-8") as f:
+                    lines = [ln.strip() for ln in f]
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError("api_key_file", f"cannot read {self.api_key_file}: {e}") from None
+            keys += [ln for ln in lines if ln and not ln.startswith("#")]
+            if len(keys) == len(self.api_key):
+                raise ConfigError("api_key_file", f"{self.api_key_file} holds no key")
+        for k in keys:
+            if any(c.isspace() or not c.isprintable() for c in k):
+                raise ConfigError("api_key", "an API key must not contain spaces or control characters")
+        return tuple(dict.fromkeys(keys))
 
     @property
     def embedded_layout(self) -> EmbeddedLayout:
@@ -198,6 +223,9 @@ class RouterConfig:
         if not self.has_external_workers:
             self.embedded_layout  # noqa: B018 - raises ConfigError on a bad layout
         _check_policy(self.policy)
+        self.api_keys()  # raises ConfigError on a bad key or key file
+        if self.admin_key is not None and (not self.admin_key or any(c.isspace() for c in self.admin_key)):
+            raise ConfigError("admin_key", "must be non-empty, without spaces")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level", f"must be debug|info|warning|error, got {self.log_level!r}")
         return self
@@ -239,6 +267,8 @@ def coerce(name: str, value: Any) -> Any:
             return tuple(_prefill_spec(v) for v in _as_list(value))
         if name in ("decode", "worker"):
             return tuple(str(v) for v in _as_list(value))
+        if name == "api_key":  # one string is one key (never split: keys may hold commas)
+            return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
         if kind.startswith("bool"):
             if isinstance(value, bool):
                 return value

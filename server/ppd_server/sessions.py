@@ -17,6 +17,11 @@ Contract with the router app and the simulator::
     st.forget_worker(url)                     # a worker died: its sessions lose their placement
     len(st), st.snapshot(limit)               # admin API
 
+Tenants: with several API keys the router passes ``tenant`` (the key's id, never the key) to
+every call, and an entry is keyed by (tenant, conversation id): the same id sent with another
+key is another conversation, so one tenant can neither read nor steer another's placement.
+``tenant=None`` (one key or none, the simulator) keys by the id alone.
+
 What a worker holds after a turn: the decode (or unified) worker caches prompt + completion
 (SGLang's decode radix cache inserts both when a request finishes); a prefill worker caches the
 prompt it prefilled. A D-local turn leaves the prefill worker's (older) prefix untouched.
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from ppd_sdk.wire import Hints
 from ppd_server.routing.types import Decision, RequestView, SessionView
@@ -46,6 +51,13 @@ class _Entry:
     last_output_tokens: int = 0  # the last turn's answer length (the policy's guess of the next one's)
 
 
+_Key: TypeAlias = "str | tuple[str, str]"
+
+
+def _key(conversation_id: str, tenant: str | None) -> _Key:
+    return conversation_id if tenant is None else (tenant, conversation_id)
+
+
 class SessionTable:
     def __init__(self, max_sessions: int = 100_000, idle_ttl_s: float = 3600.0) -> None:
         if max_sessions < 1:
@@ -54,28 +66,30 @@ class SessionTable:
             raise ValueError(f"idle_ttl_s must be > 0, got {idle_ttl_s}")
         self.max_sessions = max_sessions
         self.idle_ttl_s = idle_ttl_s
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # oldest use first
+        self._entries: OrderedDict[_Key, _Entry] = OrderedDict()  # oldest use first
         self.evicted_lru = 0
         self.expired = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _live(self, conversation_id: str | None, now: float) -> _Entry | None:
+    def _live(self, conversation_id: str | None, now: float, tenant: str | None = None) -> _Entry | None:
         if conversation_id is None:
             return None
-        e = self._entries.get(conversation_id)
+        key = _key(conversation_id, tenant)
+        e = self._entries.get(key)
         if e is None:
             return None
         if now - e.last_used > self.idle_ttl_s:
-            del self._entries[conversation_id]
+            del self._entries[key]
             self.expired += 1
             return None
         return e
 
-    def _put(self, conversation_id: str, entry: _Entry, now: float) -> None:
-        self._entries[conversation_id] = entry
-        self._entries.move_to_end(conversation_id)
+    def _put(self, conversation_id: str, entry: _Entry, now: float, tenant: str | None = None) -> None:
+        key = _key(conversation_id, tenant)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
         while self._entries:
             oldest_id, oldest = next(iter(self._entries.items()))
             if now - oldest.last_used > self.idle_ttl_s:
@@ -87,10 +101,10 @@ class SessionTable:
             else:
                 break
 
-    def view(self, conversation_id: str | None, now: float) -> SessionView | None:
+    def view(self, conversation_id: str | None, now: float, tenant: str | None = None) -> SessionView | None:
         """The session as the policy sees it, or None (unknown, expired or no id). Read-only:
         it does not refresh the session's last use (only a completed turn does)."""
-        e = self._live(conversation_id, now)
+        e = self._live(conversation_id, now, tenant)
         if e is None or conversation_id is None:
             return None
         return SessionView(
@@ -105,7 +119,7 @@ class SessionTable:
         )
 
     def admit(
-        self, hints: Hints, prompt_tokens: int, max_new_tokens: int, now: float
+        self, hints: Hints, prompt_tokens: int, max_new_tokens: int, now: float, tenant: str | None = None
     ) -> tuple[RequestView, SessionView | None]:
         """A new request, as the policy will see it: a fork's first turn is placed on its parent's
         workers, the turn number is the client's or inferred, and the hints' weights and SLO pass
@@ -115,34 +129,36 @@ class SessionTable:
         session = None
         turn = hints.turn or 1
         if conv is not None:
-            if hints.parent_conversation_id is not None and self._live(conv, now) is None:
-                self.start_fork(conv, hints.parent_conversation_id, now)
-            turn = self.turn_for(conv, hints.turn, now)
-            session = self.view(conv, now)
+            if hints.parent_conversation_id is not None and self._live(conv, now, tenant) is None:
+                self.start_fork(conv, hints.parent_conversation_id, now, tenant)
+            turn = self.turn_for(conv, hints.turn, now, tenant)
+            session = self.view(conv, now, tenant)
         request = RequestView(
             conv, turn, prompt_tokens, max_new_tokens, hints.weights, hints.slo, hints.parent_conversation_id
         )
         return request, session
 
-    def turn_for(self, conversation_id: str | None, explicit_turn: int | None, now: float) -> int:
+    def turn_for(
+        self, conversation_id: str | None, explicit_turn: int | None, now: float, tenant: str | None = None
+    ) -> int:
         """The client's turn number when it sent one, else completed turns + 1 (1 when unknown)."""
         if explicit_turn is not None:
             if explicit_turn < 1:
                 raise ValueError(f"turn must be >= 1, got {explicit_turn}")
             return explicit_turn
-        e = self._live(conversation_id, now)
+        e = self._live(conversation_id, now, tenant)
         return 1 if e is None else e.turns + 1
 
-    def start_fork(self, child_id: str, parent_id: str, now: float) -> SessionView | None:
+    def start_fork(self, child_id: str, parent_id: str, now: float, tenant: str | None = None) -> SessionView | None:
         """Place a new conversation that extends ``parent_id``'s prefix on the parent's workers,
         with the parent's cached tokens. No-op (returns the child's view) when the child already
         has turns of its own; returns None when the parent is unknown."""
         if child_id == parent_id:
             raise ValueError("a conversation cannot fork itself")
-        child = self._live(child_id, now)
+        child = self._live(child_id, now, tenant)
         if child is not None and child.turns > 0:
-            return self.view(child_id, now)
-        parent = self._live(parent_id, now)
+            return self.view(child_id, now, tenant)
+        parent = self._live(parent_id, now, tenant)
         if parent is None:
             return None
         entry = _Entry(
@@ -154,8 +170,8 @@ class SessionTable:
             now,
             parent_id,
         )
-        self._put(child_id, entry, now)
-        return self.view(child_id, now)
+        self._put(child_id, entry, now, tenant)
+        return self.view(child_id, now, tenant)
 
     def record(
         self,
@@ -165,12 +181,13 @@ class SessionTable:
         cached_tokens: int,
         completion_tokens: int,
         now: float,
+        tenant: str | None = None,
     ) -> None:
         """A turn of ``conversation_id`` completed on ``decision``'s workers (no-op without an id)."""
         if conversation_id is None:
             return
         prompt_tokens, completion_tokens = max(prompt_tokens, 0), max(completion_tokens, 0)
-        e = self._live(conversation_id, now)
+        e = self._live(conversation_id, now, tenant)
         if e is None:
             e = _Entry(None, None, 0, 0, 0, now)
         e.decode_url = decision.decode
@@ -185,7 +202,7 @@ class SessionTable:
         e.last_route = decision.route
         e.last_reported_cached = max(cached_tokens, 0)
         e.last_output_tokens = completion_tokens
-        self._put(conversation_id, e, now)
+        self._put(conversation_id, e, now, tenant)
 
     def forget_worker(self, url: str) -> int:
         """A worker died or was removed: sessions placed on it lose that placement (their next
@@ -201,10 +218,12 @@ class SessionTable:
         return touched
 
     def snapshot(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The ``limit`` most recently used sessions, newest first (for the admin API)."""
+        """The ``limit`` most recently used sessions, newest first (for the admin API); ``tenant``
+        is the API key's id (None with one key or none)."""
         out: list[dict[str, Any]] = []
-        for cid in reversed(self._entries):
+        for key in reversed(self._entries):
             if len(out) >= max(limit, 0):
                 break
-            out.append({"conversation_id": cid, **asdict(self._entries[cid])})
+            tenant, cid = key if isinstance(key, tuple) else (None, key)
+            out.append({"conversation_id": cid, "tenant": tenant, **asdict(self._entries[key])})
         return out

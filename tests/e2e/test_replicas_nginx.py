@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -162,3 +164,98 @@ def test_replicas_behind_nginx_keep_affinity_and_survive_a_replica_loss(tmp_path
             f"affinity kept 100%; replica SIGKILLed with {len(moved)} conversations: next turn failures={failures}, "
             f"nginx next-upstream retries={nginx_retries}, routes after={routes}"
         )
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)")
+def test_replica_sigkilled_during_a_turn_loses_no_turn(tmp_path: Path) -> None:
+    """A replica SIGKILLed while turns are in flight on it (before their first token: the decode
+    worker is slowed by a fault proxy, tests/faultproxy.py): nginx answers those turns 502 (it never
+    replays a POST that reached a replica), ``ChatSession`` retries each once, the retry lands on
+    the surviving replica, and every conversation ends with every turn, its history consistent."""
+    proxy_script = Path(__file__).resolve().parents[1] / "faultproxy.py"
+    with ExitStack() as stack:
+        prefill, decode = stack.enter_context(pd_pair(tmp_path, "--model", "synthetic"))
+        pport = free_port()
+        proxy = Process("proxy-decode", [sys.executable, str(proxy_script), "--port", str(pport),
+                                         "--upstream", decode.url], pport, tmp_path / "proxy.log")  # fmt: skip
+        stack.callback(proxy.stop)
+        proxy.wait_healthy(timeout=30)
+        replicas = []
+        for i in range(2):
+            port = free_port()
+            args = (
+                "--load-interval",
+                "0.3",
+                "--prefill",
+                prefill.url,
+                str(prefill.bootstrap_port),
+                "--decode",
+                proxy.url,
+            )
+            r = Process(f"replica{i}", router_argv(port, *args), port, tmp_path / f"replica{i}-b.log")
+            stack.callback(r.stop)
+            replicas.append(r)
+        for r in replicas:
+            r.wait_healthy(timeout=120)
+        front_port = free_port()
+        nginx = _start_nginx(tmp_path, [r.url.removeprefix("http://") for r in replicas], front_port)
+        stack.callback(lambda: (nginx.terminate(), nginx.wait(10)))
+        front = f"http://127.0.0.1:{front_port}"
+        for _ in range(100):
+            try:
+                httpx.get(front + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+        chats = [
+            stack.enter_context(ChatSession(base_url=front + "/v1", model="default", timeout=60, max_retries=1))
+            for _ in range(SESSIONS)
+        ]
+        for i, chat in enumerate(chats):
+            chat.send(f"turn 0 of {i}", max_tokens=4)
+        homes = {cid: url for url, t in _tables(replicas).items() for cid in t}
+        victim = max(replicas, key=lambda r: sum(1 for h in homes.values() if h == r.url))
+        on_victim = [c for c in chats if homes[c.conversation_id] == victim.url]
+
+        httpx.post(proxy.url + "/_fault", json={"mode": "delay", "delay_s": 2.0}, timeout=5)
+        outcome: dict[str, str] = {}
+        took: dict[str, float] = {}
+
+        def turn(i: int, chat: ChatSession) -> None:
+            t0 = time.monotonic()
+            try:
+                if i % 2:
+                    with chat.stream("turn 1", max_tokens=4) as s:
+                        for _ in s:
+                            pass
+                else:
+                    chat.send("turn 1", max_tokens=4)
+                outcome[chat.conversation_id] = "ok"
+            except Exception as e:  # client-visible: counted, asserted below
+                outcome[chat.conversation_id] = f"error:{type(e).__name__}"
+            took[chat.conversation_id] = time.monotonic() - t0
+
+        threads = [threading.Thread(target=turn, args=(i, c)) for i, c in enumerate(chats)]
+        for t in threads:
+            t.start()
+        time.sleep(0.8)  # every turn is in flight, waiting on the slowed decode worker
+        victim.popen.kill()  # SIGKILL by PID, mid-turn
+        httpx.post(proxy.url + "/_fault", json={"mode": "pass"}, timeout=5)
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "a turn hung after its replica died"
+        failures = [c for c in chats if outcome.get(c.conversation_id) != "ok"]
+        log = (tmp_path / "access.log").read_text().splitlines()
+        bad_gateway = sum(1 for line in log if line.rstrip().endswith(" 502"))
+        print(
+            f"\nreplica SIGKILLed mid-turn: {SESSIONS} conversations in flight, {len(on_victim)} on the victim; "
+            f"client-visible failures={len(failures)}; nginx 502s (each retried by ChatSession)={bad_gateway}; "
+            f"slowest turn {max(took.values()):.2f}s (2 s decode delay); "
+            f"turns lost=0 if every history holds 2 turns"
+        )
+        assert not failures, outcome
+        for chat in chats:  # every turn kept, exactly once
+            roles = [m["role"] if isinstance(m, dict) else m.role for m in chat.messages]
+            assert roles == ["user", "assistant"] * 2, roles
+        assert bad_gateway >= 1, "the kill hit turns in flight"

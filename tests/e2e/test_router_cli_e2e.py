@@ -20,11 +20,14 @@ pytestmark = pytest.mark.e2e
 def test_embedded_unified_cluster_serves_replica_and_stops_its_workers():
     port = free_port()
     router = Process(
-        "ppd-server", router_argv(port, "--embedded", "1R", "--model", "synthetic", "--api-key", "sk-test"), port
+        "ppd-server",
+        router_argv(port, "--embedded", "1R", "--model", "synthetic", "--api-key", "sk-test", "--admin-key", "adm"),
+        port,
     )
     try:
         router.wait_healthy(timeout=420.0)
-        status, workers = http_json("GET", f"{router.url}/admin/workers")
+        assert http_json("GET", f"{router.url}/admin/workers", key="sk-test")[0] == 401, "an API key is no admin key"
+        status, workers = http_json("GET", f"{router.url}/admin/workers", key="adm")
         assert status == 200 and [w["role"] for w in workers["workers"]] == ["unified"]
         worker_url = workers["workers"][0]["url"]
         req = urllib.request.Request(

@@ -194,9 +194,9 @@ async def test_a_null_max_completion_tokens_leaves_max_tokens_in_force():
         asked: list[int] = []
         begin = state.turns.begin
 
-        def spy(hints, prompt_tokens, prompt_bytes, max_new_tokens):
+        def spy(hints, prompt_tokens, prompt_bytes, max_new_tokens, *rest):
             asked.append(max_new_tokens)
-            return begin(hints, prompt_tokens, prompt_bytes, max_new_tokens)
+            return begin(hints, prompt_tokens, prompt_bytes, max_new_tokens, *rest)
 
         state.turns.begin = spy
         r = await client.post("/v1/chat/completions", json=chat_body(max_tokens=7, max_completion_tokens=None))

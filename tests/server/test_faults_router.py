@@ -10,7 +10,7 @@ import json
 
 import pytest
 from aiohttp import web
-from fake_sglang import FakeWorker
+from fake_sglang import FakeWorker, HeadersThenHold
 from router_harness import chat_body, router_over
 
 
@@ -134,3 +134,82 @@ async def test_a_hung_stream_is_retried_elsewhere_after_the_first_byte_timeout()
         assert r.status == 200 and evs[-1] == "[DONE]" and not any("error" in e for e in evs)
         assert len(hung.seen) == 1 and not state.registry.get(hung.url).healthy
         hung.hold.set()
+
+
+class GarblingPrefill(FakeWorker):
+    """A prefill worker answering 200 with bytes that are neither JSON nor SSE."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        return web.Response(status=200, body=b"\x00\xffgarbage", content_type="application/json")
+
+
+class NeverAnswers(FakeWorker):
+    """Takes the request and never sends a byte (a wedged worker, before its headers)."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_prefill_answering_garbage_is_a_prefill_failure(stream):
+    p, d = GarblingPrefill(role="prefill"), FakeWorker(role="decode", n_tokens=4)
+    async with router_over([p, d], policy="pd") as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(stream=stream))
+        # the retry has no prefill left: the decode worker serves it whole (or a clean 503 with pd)
+        assert r.status in (200, 503)
+        assert state.registry.get(p.url).healthy is False, "the garbling prefill is taken out"
+        assert state.registry.get(d.url).healthy is True, "the decode worker is not blamed"
+
+
+class Trickles(FakeWorker):
+    """Answers its headers, then a blank line every 0.1 s, never finishing (a prefill still "running")."""
+
+    async def _serve(self, request):
+        self.seen.append(await request.json())
+        out = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await out.prepare(request)
+        while True:
+            await out.write(b"\n")
+            await asyncio.sleep(0.1)
+
+
+async def test_a_stuck_pd_pair_takes_out_the_prefill_too():
+    """Decode silent past the request timeout while its paired prefill still runs: either leg may
+    be the stuck one (each waits for the other's KV), so both breakers open and the retry goes
+    D-local on the other decode worker instead of into the same stuck prefill."""
+    p, stuck_d = Trickles(role="prefill"), NeverAnswers(role="decode")
+    good = FakeWorker(role="decode", n_tokens=4, load={"num_running_reqs": 30})  # looks busy: tried second
+    async with router_over([p, stuck_d, good], request_timeout_s=0.5) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(), headers={"X-PPD-Conversation-Id": "c"})
+        assert stuck_d.seen, "the stuck pair was tried: the test proves nothing otherwise"
+        assert r.status == 200, await r.text()
+        assert state.registry.get(p.url).healthy is False and state.registry.get(stuck_d.url).healthy is False
+        assert r.headers["X-PPD-Route"] == "local" and r.headers["X-PPD-Decode"] == good.url
+
+
+async def test_a_silent_stream_with_its_prefill_still_running_takes_out_both():
+    """First-byte timeout on the decode leg while the paired prefill still runs: both breakers open."""
+    p, silent = Trickles(role="prefill"), HeadersThenHold(role="decode", hold=asyncio.Event())
+    good = FakeWorker(role="decode", n_tokens=4, load={"num_running_reqs": 30})
+    async with router_over([p, silent, good], first_byte_timeout_s=0.3) as (client, state):
+        r = await client.post(
+            "/v1/chat/completions", json=chat_body(stream=True), headers={"X-PPD-Conversation-Id": "c"}
+        )
+        assert silent.seen and r.status == 200
+        assert events(await r.read())[-1] == "[DONE]"
+        assert not state.registry.get(p.url).healthy and not state.registry.get(silent.url).healthy
+        assert r.headers["X-PPD-Route"] == "local" and r.headers["X-PPD-Decode"] == good.url
+
+
+async def test_a_decode_dying_before_a_byte_does_not_take_out_its_prefill():
+    p, dying = Trickles(role="prefill"), FakeWorker(role="decode", n_tokens=4, die_after_chunks=0)
+    good = FakeWorker(role="decode", n_tokens=4, load={"num_running_reqs": 30})
+    async with router_over([p, dying, good]) as (client, state):
+        r = await client.post(
+            "/v1/chat/completions", json=chat_body(stream=True), headers={"X-PPD-Conversation-Id": "c"}
+        )
+        assert dying.seen and r.status == 200
+        assert state.registry.get(p.url).healthy, "a decode that died is not a stuck pair"
+        assert not state.registry.get(dying.url).healthy

@@ -84,7 +84,7 @@ def create_app(
         metrics=RouterMetrics(registry, lambda: turns.cost_model.error_summary()),
     )
     app = web.Application(
-        middlewares=[make_error_middleware(log), make_auth_middleware(config.api_key, config.admin_key)],
+        middlewares=[make_error_middleware(log), make_auth_middleware(config.api_keys(), config.admin_key)],
         client_max_size=64 * 1024 * 1024,
     )
     app[STATE] = state

@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ppd_sdk import wire
 from ppd_server.errors import RouterError, bad_request, error_response
+from ppd_server.http.auth import TENANT
 from ppd_server.metrics import turn_bucket
 from ppd_server.request_path.dispatch import Plan, RetryableFailure
 from ppd_server.request_path.relay import Kind, TurnUsage
@@ -222,9 +223,11 @@ class FrontDoor:
         if stream and kind != "generate":
             body["stream_options"] = {**(so if isinstance(so, dict) else {}), "include_usage": True}
 
-        turn = st.turns.begin(hints, prompt_tokens, prompt_bytes, max_new)
+        turn = st.turns.begin(hints, prompt_tokens, prompt_bytes, max_new, request.get(TENANT))  # prod: tenant
         if st.tracing:  # the attribute dicts cost microseconds a no-op span would throw away
             span.set_attributes(wire.hint_attributes(hints, turn.request.turn))
+            if st.config.log_content:  # prod: the operator's opt-in (--log-content); never on by default
+                span.set_attribute("gen_ai.input.messages", json.dumps(body.get(_PROMPT_PARAM[kind])))
         worker_headers = {"Content-Type": "application/json", "x-request-id": request_id}
         # with tracing on, the dispatcher injects its own CLIENT span's context instead
         for h in _FORWARDED_HEADERS if st.tracing else _FORWARDED_HEADERS + _TRACE_HEADERS:

@@ -22,6 +22,7 @@ import asyncio
 import gc
 import json
 import logging
+import re
 import signal
 from typing import Any
 
@@ -32,6 +33,7 @@ from aiohttp.web_protocol import RequestHandler
 from ppd_server.errors import RouterError
 
 log = logging.getLogger("ppd_server")
+_QUOTED_BYTES = re.compile(r":?\s*b['\"]")  # where aiohttp starts quoting the client's bytes
 
 
 class _OpenAIErrorsRequestHandler(RequestHandler):
@@ -47,7 +49,10 @@ class _OpenAIErrorsRequestHandler(RequestHandler):
         else:
             # A client's malformed request is the client's problem: one debug line, no traceback
             # (a flood of garbage must not flood the log).
-            self.logger.debug("bad HTTP request from %s: %s", getattr(request, "remote", "?"), exc or message)
+            # aiohttp's message quotes the offending bytes (a request line, an Authorization header):
+            # only its first line, the kind of error, is logged and echoed - never the client's bytes
+            what = _error_kind(exc, message)
+            self.logger.debug("bad HTTP request from %s: %s", getattr(request, "remote", "?"), what)
             if request.writer.output_size > 0:
                 raise ConnectionError("response already started; cannot send the error")
             if isinstance(exc, LineTooLong):
@@ -55,11 +60,18 @@ class _OpenAIErrorsRequestHandler(RequestHandler):
                 text = "a request header or the request line is over the router's size limit"
             else:
                 code = "bad_http_request"
-                text = f"malformed HTTP request: {(getattr(exc, 'message', None) or message or '')[:200]}"
+                text = f"malformed HTTP request: {what}"
         err = RouterError(status, text, code=code)
         resp = web.Response(status=status, body=json.dumps(err.body()).encode(), content_type="application/json")
         resp.force_close()
         return resp
+
+
+def _error_kind(exc: BaseException | None, message: str | None) -> str:
+    """'Invalid header value char' from aiohttp's 'Invalid header value char:\n\n  b'...'\n  ^'."""
+    text = str(getattr(exc, "message", None) or message or (type(exc).__name__ if exc else "") or "bad request")
+    first = text.strip().splitlines()[0] if text.strip() else "bad request"
+    return _QUOTED_BYTES.split(first)[0].rstrip(": ")[:200] or "bad request"
 
 
 class _Server(web.Server):

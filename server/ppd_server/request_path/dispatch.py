@@ -149,11 +149,17 @@ class Dispatcher:
             await _discard(prefill_task)
             raise
         if prefill_task.done() and prefill_task.exception() is not None:
+            e = prefill_task.exception()
+            decode_ok = decode_task.done() and not decode_task.cancelled() and decode_task.exception() is None
+            if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not decode_ok:  # prod
+                self.registry.record_failure(str(d.decode), "stuck P->D pair: " + e.reason)  # either may be stuck
             await _discard(decode_task)
             raise prefill_task.exception()  # type: ignore[misc]
         try:
             call = await decode_task
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not prefill_task.done():  # prod
+                self.registry.record_failure(prefill.url, "stuck P->D pair: " + e.reason)  # either may be stuck
             await _discard(prefill_task)
             raise
         if call.resp.status != 200:
@@ -178,6 +184,8 @@ class Dispatcher:
             call.close(ok=call.resp.status == 200)
             if call.resp.status != 200:
                 raise _worker_error(call.resp.status, raw, "prefill")
+            if raw.lstrip()[:1] not in (b"{", b"[", b"d", b"e", b":", b""):  # prod: neither JSON nor SSE
+                raise RetryableFailure(url, "prefill answered 200 with a body that is neither JSON nor SSE")
             self.registry.record_success(url)
         finally:
             if worker:
@@ -362,6 +370,9 @@ class Dispatcher:
                     retry = prefill_error[0]
                 elif not prefill_error and broke.retryable:
                     retry = RetryableFailure(str(plan.decision.decode), broke.message)
+                    if prefill is not None and not prefill.done() and "Timeout" in broke.message:  # prod: either
+                        # leg of a silent P->D pair may be the stuck one (a decode that died is not a stuck pair)
+                        self.registry.record_failure(str(plan.decision.prefill), "stuck P->D pair: " + broke.message)
                 if retry is None:
                     finish(False)
                     return error_response(broke, plan.client_headers)

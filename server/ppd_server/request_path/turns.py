@@ -36,6 +36,7 @@ class Turn:
     cluster: ClusterView
     prompt_bytes: int
     decision: Decision | None = None
+    tenant: str | None = None  # prod: the API key's id when several keys scope the sessions (http/auth.py)
 
     @property
     def conversation_id(self) -> str | None:
@@ -93,10 +94,12 @@ class TurnRouter:
             link_backlog_bytes=self.link_backlog.bytes,
         )
 
-    def begin(self, hints: Hints, prompt_tokens: int, prompt_bytes: int, max_new_tokens: int) -> Turn:
-        request, session = self.sessions.admit(hints, prompt_tokens, max_new_tokens, time.monotonic())
+    def begin(
+        self, hints: Hints, prompt_tokens: int, prompt_bytes: int, max_new_tokens: int, tenant: str | None = None
+    ) -> Turn:
+        request, session = self.sessions.admit(hints, prompt_tokens, max_new_tokens, time.monotonic(), tenant)
         # the cluster view is taken by decide(), right before the policy reads it (once per attempt)
-        return Turn(request=request, session=session, cluster=_NOT_DECIDED, prompt_bytes=prompt_bytes)
+        return Turn(request=request, session=session, cluster=_NOT_DECIDED, prompt_bytes=prompt_bytes, tenant=tenant)
 
     def decide(self, turn: Turn) -> Decision:
         """Raises NoWorkerAvailable. Called again (fresh cluster view) on a retry."""
@@ -139,7 +142,9 @@ class TurnRouter:
             kv_bytes = self.predicted_kv_bytes(turn) if d.route == "pd" else 0
         if ok:
             if turn.conversation_id is not None:
-                self.sessions.record(turn.conversation_id, d, prompt, cached, usage.completion_tokens or 0, now)
+                self.sessions.record(
+                    turn.conversation_id, d, prompt, cached, usage.completion_tokens or 0, now, turn.tenant
+                )  # prod: tenant
             if usage.prompt_tokens:
                 self.tokens.observe(turn.prompt_bytes, usage.prompt_tokens)
             chosen = d.predicted(d.route)
