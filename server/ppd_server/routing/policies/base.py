@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
 from ppd_server.routing.latency import cached_on_decode, estimate_local, expected_output_tokens, kv_fits
-from ppd_server.routing.placement import best_pd, best_replica, session_worker
+from ppd_server.routing.placement import best_pd, best_replica, session_worker, split_roles
 from ppd_server.routing.types import (
     Candidate,
     ClusterView,
@@ -76,8 +76,9 @@ def _is_continuation(request: RequestView, session: SessionView | None) -> bool:
 def build_options(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Options:
     continuation = _is_continuation(request, session)
     holder = session_worker(cluster, session) if continuation else None
-    pd = best_pd(request, cluster, session)
-    replica = best_replica(request, cluster, session)
+    prefills, decodes, unified = split_roles(cluster)
+    pd = best_pd(request, cluster, session, (prefills, decodes))
+    replica = best_replica(request, cluster, session, unified) if unified else None
     local: Candidate | None = None
     why = ""
     if not continuation:
