@@ -98,29 +98,16 @@ def best_pd(
     preds: list[tuple[float, float, int, WorkerView]] = []
     best_ttft = best_tpot = None
     for d in roomy:
-        cached_d = cached_on_decode(session, d, prompt) if d.url == home and d.decode_radix_cache else 0
-        per_token = d.kv_bytes_per_token if d.kv_bytes_per_token > 0 else fallback_per_token
-        kv_bytes = (prompt - cached_d) * per_token
+        terms = d.memo
+        if terms is None:
+            terms = _decode_terms(d)
+        url, own_per_token, running_ctx, fixed, per_kctx, committed = terms
+        cached_d = cached_on_decode(session, d, prompt) if url == home and d.decode_radix_cache else 0
+        kv_bytes = (prompt - cached_d) * (own_per_token if own_per_token > 0 else fallback_per_token)
         x_ms = transfers.get(kv_bytes)
         if x_ms is None:
             x_ms = transfers[kv_bytes] = transfer_ms(kv_bytes, link_gbps, backlog)
-        c = d.coefficients
-        running_ctx = d.running_context_tokens
-        context = (0 if running_ctx < 0 else running_ctx) + prompt
-        b = d.running_reqs  # decode_batch: max(running, inflight, 0)
-        if d.inflight > b:
-            b = d.inflight
-        if b < 0:
-            b = 0
-        fixed = c.decode_base_ms + c.decode_per_seq_ms * (b + 1)
-        per_kctx = c.decode_per_kctx_ms
-        # committed_local_ms_per_step: riding_base_ms * reqs/step + per_token * tokens/step
-        riding = c.prefill_base_ms - c.decode_base_ms
-        reqs_step = d.local_prefill_reqs_per_step
-        tokens_step = d.local_prefill_tokens_per_step
-        committed = (0.0 if riding < 0.0 else riding) * (0.0 if reqs_step < 0.0 else reqs_step) + (
-            c.prefill_per_token_ms * (0.0 if tokens_step < 0.0 else tokens_step)
-        )
+        context = running_ctx + prompt
         ttft = p_ms + x_ms + (fixed + per_kctx * context / 1000.0)
         tpot = fixed + per_kctx * (context + half_out) / 1000.0 + committed
         preds.append((ttft, tpot, kv_bytes, d))
@@ -149,6 +136,54 @@ def best_pd(
                 break
     t, tp, kv_bytes, d = preds[win]
     return Candidate("pd", d.url, prefill.url, t, tp, None, kv_bytes, cached_p, prompt - cached_p)
+
+
+def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float]:
+    """The request-independent part of a decode worker's P->D prediction, cached on the view
+    (``WorkerView.memo``; a frozen view's fields never change, so the cache is always current):
+    (url, its own KV bytes per token, running context >= 0, the decode step's base + batch part
+    with one more stream, its per-kilotoken-of-context cost, ``committed_local_ms_per_step``).
+    Each is the very expression ``latency`` evaluates, so predictions are equal to the last bit."""
+    c = d.coefficients
+    running_ctx = d.running_context_tokens
+    b = d.running_reqs  # decode_batch: max(running, inflight, 0)
+    if d.inflight > b:
+        b = d.inflight
+    if b < 0:
+        b = 0
+    # committed_local_ms_per_step: riding_base_ms * reqs/step + per_token * tokens/step (max(x, 0) written out)
+    riding = c.prefill_base_ms - c.decode_base_ms
+    reqs_step = d.local_prefill_reqs_per_step
+    tokens_step = d.local_prefill_tokens_per_step
+    committed = (0.0 if riding < 0.0 else riding) * (0.0 if reqs_step < 0.0 else reqs_step) + (
+        c.prefill_per_token_ms * (0.0 if tokens_step < 0.0 else tokens_step)
+    )
+    terms = (
+        d.url,
+        d.kv_bytes_per_token,
+        0 if running_ctx < 0 else running_ctx,
+        c.decode_base_ms + c.decode_per_seq_ms * (b + 1),
+        c.decode_per_kctx_ms,
+        committed,
+    )
+    object.__setattr__(d, "memo", terms)
+    return terms
+
+
+def _prefill_terms(p: WorkerView) -> tuple[float, int]:
+    """The request-independent part of ``queue_wait_ms`` on a prefill worker, cached on the view
+    like :func:`_decode_terms`: (the wait for its queued and running prefills, the requests the
+    router sent that the last poll did not see - each is then priced like the request at hand)."""
+    c = p.coefficients
+    running = p.running_reqs if p.running_reqs > 0 else 0  # a prefill worker's running requests are prefills too
+    waiting = p.waiting_reqs if p.waiting_reqs > 0 else 0
+    queued_tokens = p.waiting_tokens if p.waiting_tokens > 0 else 0
+    terms = (
+        c.prefill_base_ms * (waiting + running) + c.prefill_per_token_ms * queued_tokens,
+        p.inflight - running - waiting,
+    )
+    object.__setattr__(p, "memo", terms)
+    return terms
 
 
 def split_roles(cluster: ClusterView) -> tuple[list[WorkerView], list[WorkerView], list[WorkerView]]:
@@ -182,12 +217,10 @@ def _best_prefill(
             compute = c.prefill_base_ms + c.prefill_per_token_ms * new + attn
         else:
             compute = 0.0
-        # queue_wait_ms(p, new) for a prefill worker: its running requests are prefills too
-        running = p.running_reqs if p.running_reqs > 0 else 0
-        waiting = p.waiting_reqs if p.waiting_reqs > 0 else 0
-        queued_tokens = p.waiting_tokens if p.waiting_tokens > 0 else 0
-        unseen = p.inflight - running - waiting
-        wait = c.prefill_base_ms * (waiting + running) + c.prefill_per_token_ms * queued_tokens
+        terms = p.memo
+        if terms is None:
+            terms = _prefill_terms(p)
+        wait, unseen = terms
         if unseen > 0:
             wait += unseen * ((compute if cached == 0 else prefill_ms(c, new)) if new > 0 else c.prefill_base_ms)
         ms = wait + compute

@@ -206,10 +206,15 @@ class Policy(ABC):
         raise NoWorkerAvailable("no healthy worker can serve this request (no P/D pair, no unified worker)")
 
     def _decision(self, opts: Options, chosen: Candidate, reason: str, score: float | None = None) -> Decision:
-        # a scored choice rates D-local against P->D: local carries S, pd is the reference 0
+        # a scored choice rates D-local against P->D: local carries S, pd is the reference 0;
+        # a candidate whose score stays None (every unscored one: build_options leaves scores
+        # None) is the frozen object itself, not a copy
         scores: dict[str, float] = {"local": score, "pd": 0.0} if score is not None else {}
+        extra = (opts.cold_local,) if chosen is opts.cold_local else ()
         cands = tuple(
-            Candidate(
+            c
+            if c.score is None and c.route not in scores
+            else Candidate(
                 c.route,
                 c.decode,
                 c.prefill,
@@ -220,7 +225,7 @@ class Policy(ABC):
                 c.cached_tokens,
                 c.prefill_tokens,
             )
-            for c in (*opts.candidates, *((opts.cold_local,) if chosen is opts.cold_local else ()))
+            for c in (*opts.candidates, *extra)
         )
         return Decision(
             chosen.route,
