@@ -207,7 +207,8 @@ def _best_prefill(
     rounding (``queue_wait_ms`` of a prefill worker + ``prefill_ms``), written out in the same
     arithmetic order; ``prompt`` is ``max(request.prompt_tokens, 0)``."""
     session_p = session.prefill_url if session is not None else None
-    sides: list[tuple[float, float, int, WorkerView]] = []
+    low = None
+    ties: list[tuple[float, int, WorkerView]] = []  # (unrounded P part, cached, worker) at the least rounded one
     for p in prefills:
         cached = cached_on_prefill(session, p, prompt) if p.url == session_p else 0
         new = prompt - cached
@@ -224,13 +225,15 @@ def _best_prefill(
         if unseen > 0:
             wait += unseen * ((compute if cached == 0 else prefill_ms(c, new)) if new > 0 else c.prefill_base_ms)
         ms = wait + compute
-        sides.append((round(ms, 6), ms, cached, p))
-    low = min(s[0] for s in sides)
-    ties = [s for s in sides if s[0] == low]
+        rounded = round(ms, 6)
+        if low is None or rounded < low:
+            low, ties = rounded, [(ms, cached, p)]
+        elif rounded == low:
+            ties.append((ms, cached, p))
     if len(ties) == 1:
-        _, ms, cached, p = ties[0]
+        ms, cached, p = ties[0]
     else:
-        _, ms, cached, p = min(ties, key=lambda s: stable_fraction(request.conversation_id, request.turn, s[3].url))
+        ms, cached, p = min(ties, key=lambda t: stable_fraction(request.conversation_id, request.turn, t[2].url))
     return p, ms, cached
 
 
