@@ -96,7 +96,8 @@ def best_pd(
     fallback_per_token = prefill.kv_bytes_per_token if prefill.kv_bytes_per_token > 0 else 0  # kv_bytes_per_token
     transfers: dict[int, float] = {}  # kv bytes -> transfer_ms (the same for every worker caching nothing)
     preds: list[tuple[float, float, int, WorkerView]] = []
-    best_ttft = best_tpot = None
+    best_ttft: float | None = None
+    best_tpot: float | None = None
     for d in roomy:
         terms = d.memo
         if terms is None:
@@ -117,8 +118,9 @@ def best_pd(
             best_tpot = tpot
     w = request.weights
     w_ttft, w_tpot = w.ttft, w.tpot
-    best_ttft = max(best_ttft, 1e-9)  # type: ignore[type-var]  # min over preds (roomy is not empty)
-    best_tpot = max(best_tpot, 1e-9)  # type: ignore[type-var]
+    assert best_ttft is not None and best_tpot is not None  # the min over preds (roomy is not empty)
+    best_ttft = max(best_ttft, 1e-9)
+    best_tpot = max(best_tpot, 1e-9)
     scores = [w_ttft * t / best_ttft + w_tpot * tp / best_tpot for t, tp, _, _ in preds]  # _weighted
     floor = min(scores)
     cut = floor * (1 + _TIE_REL) + 1e-9
