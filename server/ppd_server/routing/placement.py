@@ -21,11 +21,8 @@ import hashlib
 from ppd_server.routing.latency import (
     cached_on_decode,
     cached_on_prefill,
-    committed_local_ms_per_step,
-    decode_batch,
     estimate_replica,
     expected_output_tokens,
-    kv_bytes_per_token,
     kv_fits,
     kv_tokens_needed,
     prefill_ms,
@@ -56,57 +53,74 @@ def _weighted(ttft: float, tpot: float, best_ttft: float, best_tpot: float, requ
     return w.ttft * ttft / max(best_ttft, 1e-9) + w.tpot * tpot / max(best_tpot, 1e-9)
 
 
-def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Candidate | None:
+def best_pd(
+    request: RequestView,
+    cluster: ClusterView,
+    session: SessionView | None,
+    split: tuple[list[WorkerView], list[WorkerView]] | None = None,
+) -> Candidate | None:
     """The best P->D pair, or None when the cluster has no healthy prefill or decode worker.
 
     TTFT(pd) is additive in a P part and a D part, so P and D are chosen separately (O(P+D)).
     The hot path of every decision (router and simulator): the P part is computed once, a
-    :class:`Candidate` is built only for the winner, and tie-break hashes only on ties. It
-    decides exactly as ``estimate_pd`` for every roomy decode worker then :func:`_pick` would
+    :class:`Candidate` is built only for the winner, and tie-break hashes only on ties. The
+    latency formulas are written out here (``decode_batch``, ``committed_local_ms_per_step``,
+    ``decode_step_ms``, ``max(x, 0)`` as a comparison) in the same arithmetic order as
+    ``latency.estimate_pd``, so every prediction is equal to the last bit; the decode step's
+    batch part is shared by the first step and the TPOT step. It decides exactly as
+    ``estimate_pd`` for every roomy decode worker then :func:`_pick` would
     (``tests/server/routing/test_placement_fast.py`` compares the two on random views).
+    ``split``: the cluster's healthy (prefill, decode) workers when the caller has them
+    (:func:`split_roles`).
     """
-    workers = cluster.workers
-    prefills = [w for w in workers if w.role == "prefill" and w.healthy]
-    decodes = [w for w in workers if w.role == "decode" and w.healthy]
+    prefills, decodes = split if split is not None else split_roles(cluster)[:2]
     if not prefills or not decodes:
         return None
-    prefill = _best_prefill(request, session, prefills)
-    prompt = max(request.prompt_tokens, 0)
+    prompt = request.prompt_tokens
+    if prompt < 0:
+        prompt = 0
+    prefill, p_ms, cached_p = _best_prefill(request, session, prefills, prompt)
     home = session.decode_url if session is not None else None
     # a decode worker whose KV pool cannot take the request would make it wait: avoid it if we can
     # (kv_fits; only the session's decode worker caches part of the prompt)
-    need = prompt + max(request.max_new_tokens, 0)
+    max_new = request.max_new_tokens
+    need = prompt + (max_new if max_new > 0 else 0)
     roomy = [
         d
         for d in decodes
         if d.max_total_tokens <= 0
         or d.used_tokens + (need if d.url != home else kv_tokens_needed(request, session, d)) <= d.max_total_tokens
     ] or decodes
-    cached_p = cached_on_prefill(session, prefill, prompt)
-    p_ms = queue_wait_ms(prefill, prompt - cached_p) + prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
     half_out = expected_output_tokens(request, session) // 2
     link_gbps, backlog = cluster.link_gbps, cluster.link_backlog_bytes
+    fallback_per_token = prefill.kv_bytes_per_token if prefill.kv_bytes_per_token > 0 else 0  # kv_bytes_per_token
     transfers: dict[int, float] = {}  # kv bytes -> transfer_ms (the same for every worker caching nothing)
-    # the same arithmetic, in the same order, as latency.estimate_pd (decode_step_ms written out:
-    # its batch part is shared by the first step and the TPOT step)
     preds: list[tuple[float, float, int, WorkerView]] = []
+    best_ttft: float | None = None
+    best_tpot: float | None = None
     for d in roomy:
-        cached_d = cached_on_decode(session, d, prompt) if d.url == home and d.decode_radix_cache else 0
-        per_token = d.kv_bytes_per_token if d.kv_bytes_per_token > 0 else kv_bytes_per_token(prefill)
-        kv_bytes = (prompt - cached_d) * per_token
+        terms = d.memo
+        if terms is None:
+            terms = _decode_terms(d)
+        url, own_per_token, running_ctx, fixed, per_kctx, committed = terms
+        cached_d = cached_on_decode(session, d, prompt) if url == home and d.decode_radix_cache else 0
+        kv_bytes = (prompt - cached_d) * (own_per_token if own_per_token > 0 else fallback_per_token)
         x_ms = transfers.get(kv_bytes)
         if x_ms is None:
             x_ms = transfers[kv_bytes] = transfer_ms(kv_bytes, link_gbps, backlog)
-        c = d.coefficients
-        context = max(d.running_context_tokens, 0) + prompt
-        fixed = c.decode_base_ms + c.decode_per_seq_ms * (decode_batch(d) + 1)
-        first_step = fixed + c.decode_per_kctx_ms * context / 1000.0
-        tpot = fixed + c.decode_per_kctx_ms * (context + half_out) / 1000.0 + committed_local_ms_per_step(d)
-        preds.append((p_ms + x_ms + first_step, tpot, kv_bytes, d))
+        context = running_ctx + prompt
+        ttft = p_ms + x_ms + (fixed + per_kctx * context / 1000.0)
+        tpot = fixed + per_kctx * (context + half_out) / 1000.0 + committed
+        preds.append((ttft, tpot, kv_bytes, d))
+        if best_ttft is None or ttft < best_ttft:
+            best_ttft = ttft
+        if best_tpot is None or tpot < best_tpot:
+            best_tpot = tpot
     w = request.weights
     w_ttft, w_tpot = w.ttft, w.tpot
-    best_ttft = max(min(t for t, _, _, _ in preds), 1e-9)
-    best_tpot = max(min(t for _, t, _, _ in preds), 1e-9)
+    assert best_ttft is not None and best_tpot is not None  # the min over preds (roomy is not empty)
+    best_ttft = max(best_ttft, 1e-9)
+    best_tpot = max(best_tpot, 1e-9)
     scores = [w_ttft * t / best_ttft + w_tpot * tp / best_tpot for t, tp, _, _ in preds]  # _weighted
     floor = min(scores)
     cut = floor * (1 + _TIE_REL) + 1e-9
@@ -126,14 +140,103 @@ def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | N
     return Candidate("pd", d.url, prefill.url, t, tp, None, kv_bytes, cached_p, prompt - cached_p)
 
 
-def _best_prefill(request: RequestView, session: SessionView | None, prefills: list[WorkerView]) -> WorkerView:
-    """The prefill worker with the least (rounded) P part; equal ones go to the hash."""
-    sides = [_prefill_side_ms(request, session, p) for p in prefills]
-    low = min(sides)
-    ties = [p for p, s in zip(prefills, sides, strict=True) if s == low]
+def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float]:
+    """The request-independent part of a decode worker's P->D prediction, cached on the view
+    (``WorkerView.memo``; a frozen view's fields never change, so the cache is always current):
+    (url, its own KV bytes per token, running context >= 0, the decode step's base + batch part
+    with one more stream, its per-kilotoken-of-context cost, ``committed_local_ms_per_step``).
+    Each is the very expression ``latency`` evaluates, so predictions are equal to the last bit."""
+    c = d.coefficients
+    running_ctx = d.running_context_tokens
+    b = d.running_reqs  # decode_batch: max(running, inflight, 0)
+    if d.inflight > b:
+        b = d.inflight
+    if b < 0:
+        b = 0
+    # committed_local_ms_per_step: riding_base_ms * reqs/step + per_token * tokens/step (max(x, 0) written out)
+    riding = c.prefill_base_ms - c.decode_base_ms
+    reqs_step = d.local_prefill_reqs_per_step
+    tokens_step = d.local_prefill_tokens_per_step
+    committed = (0.0 if riding < 0.0 else riding) * (0.0 if reqs_step < 0.0 else reqs_step) + (
+        c.prefill_per_token_ms * (0.0 if tokens_step < 0.0 else tokens_step)
+    )
+    terms = (
+        d.url,
+        d.kv_bytes_per_token,
+        0 if running_ctx < 0 else running_ctx,
+        c.decode_base_ms + c.decode_per_seq_ms * (b + 1),
+        c.decode_per_kctx_ms,
+        committed,
+    )
+    object.__setattr__(d, "memo", terms)
+    return terms
+
+
+def _prefill_terms(p: WorkerView) -> tuple[float, int]:
+    """The request-independent part of ``queue_wait_ms`` on a prefill worker, cached on the view
+    like :func:`_decode_terms`: (the wait for its queued and running prefills, the requests the
+    router sent that the last poll did not see - each is then priced like the request at hand)."""
+    c = p.coefficients
+    running = p.running_reqs if p.running_reqs > 0 else 0  # a prefill worker's running requests are prefills too
+    waiting = p.waiting_reqs if p.waiting_reqs > 0 else 0
+    queued_tokens = p.waiting_tokens if p.waiting_tokens > 0 else 0
+    terms = (
+        c.prefill_base_ms * (waiting + running) + c.prefill_per_token_ms * queued_tokens,
+        p.inflight - running - waiting,
+    )
+    object.__setattr__(p, "memo", terms)
+    return terms
+
+
+def split_roles(cluster: ClusterView) -> tuple[list[WorkerView], list[WorkerView], list[WorkerView]]:
+    """The cluster's healthy (prefill, decode, unified) workers, in cluster order, in one pass
+    (``ClusterView.by_role`` of each role)."""
+    prefills: list[WorkerView] = []
+    decodes: list[WorkerView] = []
+    unified: list[WorkerView] = []
+    lists = {"prefill": prefills, "decode": decodes, "unified": unified}
+    for w in cluster.workers:
+        if w.healthy:
+            lists[w.role].append(w)
+    return prefills, decodes, unified
+
+
+def _best_prefill(
+    request: RequestView, session: SessionView | None, prefills: list[WorkerView], prompt: int
+) -> tuple[WorkerView, float, int]:
+    """(the prefill worker with the least rounded P part, its unrounded P part, the prompt tokens
+    it caches); equal rounded parts go to the hash. The P part is :func:`_prefill_side_ms` before
+    rounding (``queue_wait_ms`` of a prefill worker + ``prefill_ms``), written out in the same
+    arithmetic order; ``prompt`` is ``max(request.prompt_tokens, 0)``."""
+    session_p = session.prefill_url if session is not None else None
+    low = None
+    ties: list[tuple[float, int, WorkerView]] = []  # (unrounded P part, cached, worker) at the least rounded one
+    for p in prefills:
+        cached = cached_on_prefill(session, p, prompt) if p.url == session_p else 0
+        new = prompt - cached
+        c = p.coefficients
+        if new > 0:  # prefill_ms(c, new, cached)
+            attn = c.prefill_attn_ms_per_ktok2 * new * (new + cached) / 1e6
+            compute = c.prefill_base_ms + c.prefill_per_token_ms * new + attn
+        else:
+            compute = 0.0
+        terms = p.memo
+        if terms is None:
+            terms = _prefill_terms(p)
+        wait, unseen = terms
+        if unseen > 0:
+            wait += unseen * ((compute if cached == 0 else prefill_ms(c, new)) if new > 0 else c.prefill_base_ms)
+        ms = wait + compute
+        rounded = round(ms, 6)
+        if low is None or rounded < low:
+            low, ties = rounded, [(ms, cached, p)]
+        elif rounded == low:
+            ties.append((ms, cached, p))
     if len(ties) == 1:
-        return ties[0]
-    return min(ties, key=lambda p: stable_fraction(request.conversation_id, request.turn, p.url))
+        ms, cached, p = ties[0]
+    else:
+        ms, cached, p = min(ties, key=lambda t: stable_fraction(request.conversation_id, request.turn, t[2].url))
+    return p, ms, cached
 
 
 def _prefill_side_ms(request: RequestView, session: SessionView | None, p: WorkerView) -> float:
@@ -143,8 +246,16 @@ def _prefill_side_ms(request: RequestView, session: SessionView | None, p: Worke
     return round(queue_wait_ms(p, prompt - cached) + prefill_ms(p.coefficients, prompt - cached, cached), 6)
 
 
-def best_replica(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Candidate | None:
-    unified = cluster.by_role("unified")
+def best_replica(
+    request: RequestView,
+    cluster: ClusterView,
+    session: SessionView | None,
+    unified: list[WorkerView] | tuple[WorkerView, ...] | None = None,
+) -> Candidate | None:
+    """The best unified worker, or None without one; ``unified``: the cluster's healthy unified
+    workers when the caller has them (:func:`split_roles`)."""
+    if unified is None:
+        unified = cluster.by_role("unified")
     if not unified:
         return None
     roomy = [w for w in unified if kv_fits(request, session, w)] or list(unified)

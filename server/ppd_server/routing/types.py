@@ -9,7 +9,7 @@ model); tests and the simulator build them by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ppd_sdk.wire import NO_SLO, PRESETS, SLO, Weights
 
@@ -94,6 +94,10 @@ class WorkerView:
     local_prefill_reqs_per_step: float = 0.0
     chunked_prefill_size: int = 0  # tokens per mixed prefill+decode iteration; 0 = unknown (one chunk)
     coefficients: CostCoefficients = field(default_factory=CostCoefficients)
+    # the request-independent part of this worker's predictions, computed by routing.placement on
+    # first use (its ``_decode_terms`` / ``_prefill_terms`` say what): a function of the fields
+    # above, which a frozen view never changes; no part of equality, repr or the constructor
+    memo: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

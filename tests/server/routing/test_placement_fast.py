@@ -110,6 +110,8 @@ def test_fast_best_pd_matches_plain_version(seed: int) -> None:
         req, cl, sess = random_case(rng)
         fast, plain = best_pd(req, cl, sess), plain_best_pd(req, cl, sess)
         assert fast == plain, (req, cl, sess)
+        # the second call reads the per-view terms the first one cached (WorkerView.memo)
+        assert best_pd(req, cl, sess) == plain
         if plain is not None and plain.decode != min(w.url for w in cl.by_role("decode")):
             differing_choices += 1
     assert differing_choices > 50  # the cases exercise real choices, not always the first worker
@@ -150,3 +152,19 @@ def test_affinity_and_ties_are_exercised() -> None:
         ):
             hashed += 1
     assert kept_home > 0 and hashed > 0
+
+
+def test_memo_is_no_part_of_a_view() -> None:
+    """The terms best_pd caches on a view change neither its equality, hash nor repr, and a
+    rebuilt view (``dataclasses.replace``) starts without them."""
+    import dataclasses
+
+    rng = random.Random(5)
+    for _ in range(200):
+        req, cl, sess = random_case(rng)
+        before = [(w, repr(w), hash(w)) for w in cl.workers]
+        best_pd(req, cl, sess)
+        for w, text, h in before:
+            fresh = dataclasses.replace(w)
+            assert fresh.memo is None
+            assert w == fresh and hash(w) == h == hash(fresh) and repr(w) == text

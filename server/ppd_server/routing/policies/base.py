@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
 from ppd_server.routing.latency import cached_on_decode, estimate_local, expected_output_tokens, kv_fits
-from ppd_server.routing.placement import best_pd, best_replica, session_worker
+from ppd_server.routing.placement import best_pd, best_replica, session_worker, split_roles
 from ppd_server.routing.types import (
     Candidate,
     ClusterView,
@@ -76,8 +76,9 @@ def _is_continuation(request: RequestView, session: SessionView | None) -> bool:
 def build_options(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Options:
     continuation = _is_continuation(request, session)
     holder = session_worker(cluster, session) if continuation else None
-    pd = best_pd(request, cluster, session)
-    replica = best_replica(request, cluster, session)
+    prefills, decodes, unified = split_roles(cluster)
+    pd = best_pd(request, cluster, session, (prefills, decodes))
+    replica = best_replica(request, cluster, session, unified) if unified else None
     local: Candidate | None = None
     why = ""
     if not continuation:
@@ -205,10 +206,15 @@ class Policy(ABC):
         raise NoWorkerAvailable("no healthy worker can serve this request (no P/D pair, no unified worker)")
 
     def _decision(self, opts: Options, chosen: Candidate, reason: str, score: float | None = None) -> Decision:
-        # a scored choice rates D-local against P->D: local carries S, pd is the reference 0
+        # a scored choice rates D-local against P->D: local carries S, pd is the reference 0;
+        # a candidate whose score stays None (every unscored one: build_options leaves scores
+        # None) is the frozen object itself, not a copy
         scores: dict[str, float] = {"local": score, "pd": 0.0} if score is not None else {}
+        extra = (opts.cold_local,) if chosen is opts.cold_local else ()
         cands = tuple(
-            Candidate(
+            c
+            if c.score is None and c.route not in scores
+            else Candidate(
                 c.route,
                 c.decode,
                 c.prefill,
@@ -219,7 +225,7 @@ class Policy(ABC):
                 c.cached_tokens,
                 c.prefill_tokens,
             )
-            for c in (*opts.candidates, *((opts.cold_local,) if chosen is opts.cold_local else ()))
+            for c in (*opts.candidates, *extra)
         )
         return Decision(
             chosen.route,
