@@ -18,7 +18,6 @@ from typing import Any
 
 from validate_decompose import engine_trace
 
-
 #: the simulator's terms, cumulatively: each step adds one measured property of the live stack
 STEPS: tuple[tuple[str, str], ...] = (
     ("plain", "the workload's token counts, token-granular cache, no per-request overhead"),
@@ -68,7 +67,9 @@ def sim_argv(a: argparse.Namespace, d: Path, info: dict[str, Any], step: int) ->
     return [*argv, "--duration", f"{max(arrivals) / 1000.0 + 1.0:.0f}", *a.sim_args.split()]
 
 
-def simulate(a: argparse.Namespace, d: Path, info: dict[str, Any], step: int | None = None) -> tuple[dict[str, Any], list[str]]:
+def simulate(
+    a: argparse.Namespace, d: Path, info: dict[str, Any], step: int | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """Step 3: ppd-sim on the sessions as run, with the measured profile (all terms by default)."""
     from ppd_sim.cli import main as sim_main
 

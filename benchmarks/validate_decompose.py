@@ -65,8 +65,8 @@ def probe_overheads(router_url: str, decode_url: str, rounds: int = 3, seed: int
     """Idle-cluster probe (see the module docstring); medians over ``rounds`` conversations."""
     import httpx
     from ppd_bench.prompt import prompt_text
-    from ppd_kernels.tokenizer import load_tokenizer
 
+    from ppd_kernels.tokenizer import load_tokenizer
     from ppd_sdk.wire import HEADER_CONVERSATION_ID
 
     client = httpx.Client(timeout=120.0, trust_env=False)

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from validate_compare import STEPS, ablation, compare, mixed_gap, simulate
+from validate_compare import ablation, compare, mixed_gap, simulate
 from validate_decompose import turn_tokens
 from validate_measure import _log, measure
 from validate_render import decomposition_lines, print_table
