@@ -62,7 +62,8 @@ def _stream_ttft(client: Any, url: str, body: dict[str, Any], headers: dict[str,
 
 
 def probe_overheads(router_url: str, decode_url: str, rounds: int = 3, seed: int = 7) -> dict[str, Any]:
-    """Idle-cluster probe (see the module docstring); medians over ``rounds`` conversations."""
+    """Idle-cluster probe (see the module docstring); medians over ``rounds`` conversations. A
+    router turn the policy sent P->D is left out (its path is not the one compared)."""
     import httpx
     from ppd_bench.prompt import prompt_text
 
@@ -79,6 +80,7 @@ def probe_overheads(router_url: str, decode_url: str, rounds: int = 3, seed: int
         shape: list[tuple[int, int]] = []  # (prompt, cached) of the router's turns
         route: list[str] = []
         template_ms: list[float] = []
+        usages: list[dict[str, Any]] = []
         for r in range(rounds):
             cid = f"decompose-{seed}-{r}"
             head = {HEADER_CONVERSATION_ID: cid}
@@ -96,6 +98,9 @@ def probe_overheads(router_url: str, decode_url: str, rounds: int = 3, seed: int
                 template_ms.append((time.perf_counter() - t0) * 1000.0)
                 chat = {"model": model, "messages": msgs, "stream": True, "max_tokens": 2, "temperature": 0.0}
                 if kind == "router":
+                    # the router decides from loads it polls every 0.5 s: let it see the idle cluster
+                    # (a direct request just before must not look like a busy decode worker)
+                    time.sleep(1.2)
                     got = _stream_ttft(
                         client,
                         router_url + "/v1/chat/completions",
@@ -105,8 +110,11 @@ def probe_overheads(router_url: str, decode_url: str, rounds: int = 3, seed: int
                     usage = got["last"].get("usage") or {}
                     ppd = got["last"].get("ppd") or {}
                     details = usage.get("prompt_tokens_details") or {}
-                    shape.append((usage.get("prompt_tokens") or len(ids), details.get("cached_tokens") or 0))
                     route.append(str(ppd.get("route")))
+                    if route[-1] != "local":  # another path (P->D): not the shape compared here
+                        continue
+                    shape.append((usage.get("prompt_tokens") or len(ids), details.get("cached_tokens") or 0))
+                    usages.append({"usage": usage, "ppd_cached": ppd.get("cached_tokens"), "ids": len(ids)})
                 elif kind == "worker_chat":
                     got = _stream_ttft(client, decode_url + "/v1/chat/completions", {**chat, "do_local_prefill": True})
                 else:
@@ -120,6 +128,8 @@ def probe_overheads(router_url: str, decode_url: str, rounds: int = 3, seed: int
                 ttft[kind].append(got["ttft_ms"])
     finally:
         client.close()
+    if not ttft["router"]:
+        return {"rounds": rounds, "router_routes": route, "error": "the router never routed the probe turn local"}
     med = {k: statistics.median(v) for k, v in ttft.items()}
     prompt = statistics.median(p for p, _ in shape) if shape else None
     cached = statistics.median(c for _, c in shape) if shape else None
@@ -128,6 +138,7 @@ def probe_overheads(router_url: str, decode_url: str, rounds: int = 3, seed: int
         "ttft_ms": med,
         "samples_ms": ttft,
         "router_routes": route,
+        "router_usage": usages,
         "prompt_tokens": prompt,
         "cached_tokens": cached,
         "template_tokenize_ms": statistics.median(template_ms) if template_ms else None,

@@ -51,7 +51,9 @@ def decomposition_lines(
             "page of the history."
         )
     probe = info.get("decomposition")
-    if probe:
+    if probe and probe.get("error"):
+        out.append(f"Idle-cluster probe: {probe['error']} (routes {probe.get('router_routes')}); no overhead term.")
+    elif probe:
         t = probe["ttft_ms"]
         new = (probe.get("prompt_tokens") or 0) - (probe.get("cached_tokens") or 0)
         pred = _predicted_prefill_ms(profile, new, probe.get("cached_tokens") or 0)
