@@ -252,11 +252,23 @@ def _systems(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def live_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per system of a ``ppd-bench compare`` document (``systems: [{system, result | error}]``)."""
     out = []
+    workers = doc.get("workers") or {}
     for s in _systems(doc):
         summary = _get(s, "result", "summary") or s.get("summary") or {}
         t2 = summary.get("turn2plus") or {}
+        rounds = [r for r in s.get("rounds") or [] if r.get("busy_share")]
+
+        def busy(role: str, rounds: list[dict[str, Any]] = rounds) -> float | None:
+            shares = [r["busy_share"].get(workers.get(role)) for r in rounds]
+            shares = [x for x in shares if x is not None]
+            return sum(shares) / len(shares) if shares else None
+
+        loads = [r["loadavg"][0] for r in s.get("rounds") or [] if r.get("loadavg")]
         out.append(
             {
+                "busy_p": busy("prefill"),
+                "busy_d": busy("decode"),
+                "loadavg": max(loads) if loads else None,
                 "system": s.get("system") or s.get("label") or "?",
                 "ttft2_p50": _get(t2, "ttft_ms", "p50"),
                 "ttft2_p90": _get(t2, "ttft_ms", "p90"),
@@ -302,21 +314,34 @@ def render_live(live: dict[str, Any] | None, data_dir: Path) -> list[str]:
         md += [f"![live](report/{plot_live(rows, data_dir)})", ""]
     md += [
         "| system | turn-2+ TTFT p50 / p90 ms | TPOT p50 ms | turns 2+ local | success "
-        "| TTFT p50 / baseline | TPOT p50 / baseline |",
-        "|---|---|---|---|---|---|---|",
+        "| TTFT p50 / baseline | TPOT p50 / baseline | P / D busy | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["error"] and r["ttft2_p50"] is None:
-            md.append(f"| {r['system']} | not run: {r['error']} | | | | | |")
+            md.append(f"| {r['system']} | not run: {r['error']} | | | | | | | |")
             continue
+        busy = (
+            f"{_pct(r['busy_p'])}% / {_pct(r['busy_d'])}%"
+            if r.get("busy_p") is not None and r.get("busy_d") is not None
+            else "-"
+        )
+        load = f"{r['loadavg']:.1f}" if r.get("loadavg") is not None else "-"
         rt = f"{r['ttft2_p50'] / base['ttft2_p50']:.2f}" if base and base["ttft2_p50"] and r["ttft2_p50"] else "-"
         rp = f"{r['tpot_p50'] / base['tpot_p50']:.2f}" if base and base["tpot_p50"] and r["tpot_p50"] else "-"
         md.append(
             f"| {r['system']} | {_ms(r['ttft2_p50'])} / {_ms(r['ttft2_p90'])} | {_ms(r['tpot_p50'])} | "
             f"{_pct(r['local'])}% | "
-            f"{_pct(r['success'])}% | {rt} | {rp} |"
+            f"{_pct(r['success'])}% | {rt} | {rp} | {busy} | {load} |"
         )
-    return md + ["", "Baseline: sglang-router in PD mode." if base else "", ""]
+    return md + [
+        "",
+        ("Baseline: sglang-router in PD mode. " if base else "")
+        + "P / D busy: the share of the system's run each worker spent in forward passes (its utilisation); "
+        "load avg: the machine's 1-minute load average at the end of the system's run (2 cores; other tenants "
+        "included).",
+        "",
+    ]
 
 
 # -- (c) validation ----------------------------------------------------------------------------------

@@ -285,13 +285,47 @@ def _run_one(
             f"running {len(sessions)} sessions",
             file=sys.stderr,
         )
+        busy_before = _busy_seconds([prefill.url, decode.url])
+        t_run = time.monotonic()
         entry["result"] = asyncio.run(arun(replace(run, url=proc.url, label=system), sessions, workload))
+        entry["busy_share"] = _busy_share(busy_before, _busy_seconds([prefill.url, decode.url]), t_run)
+        entry["loadavg"] = [round(x, 2) for x in os.getloadavg()]  # the machine's, other tenants included
     except (RuntimeError, BenchError) as e:
         entry["error"] = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         print(f"[ppd-bench compare] {system}: not run: {entry['error']}", file=sys.stderr)
     finally:
         proc.stop()
     return entry
+
+
+def _busy_seconds(urls: Sequence[str]) -> dict[str, float | None]:
+    """Each worker's total forward-pass time so far (``sglang:forward_step_seconds_sum``)."""
+    out: dict[str, float | None] = {}
+    for url in urls:
+        try:
+            text = httpx.get(url + "/metrics", timeout=5.0, trust_env=False).text
+        except httpx.HTTPError:
+            out[url] = None
+            continue
+        out[url] = next(
+            (
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("sglang:forward_step_seconds_sum")
+            ),
+            None,
+        )
+    return out
+
+
+def _busy_share(before: dict[str, float | None], after: dict[str, float | None], since: float) -> dict[str, float]:
+    """Share of the run each worker spent in forward passes (its utilisation)."""
+    wall = time.monotonic() - since
+    return {
+        url: round((after[url] - b) / wall, 3)  # type: ignore[operator]
+        for url, b in before.items()
+        if b is not None and after.get(url) is not None and wall > 0
+    }
 
 
 async def _warm_up(url: str) -> None:

@@ -81,3 +81,14 @@ def test_front_ends_are_put_in_front_of_the_same_workers():
         )
     assert "--pd-disaggregation" in " ".join(_front_argv("sglang-router", 1, "p", 2, "d", 3)[0])
     assert "--policy threshold:64" in " ".join(_front_argv("threshold:64", 1, "p", 2, "d", 3)[0])
+
+
+def test_busy_share_is_each_workers_forward_time_over_the_run(monkeypatch):
+    import time
+
+    from ppd_bench import compare
+
+    monkeypatch.setattr(time, "monotonic", lambda: 110.0)
+    before = {"http://p": 5.0, "http://d": 1.0, "http://x": None}
+    after = {"http://p": 10.5, "http://d": 8.0, "http://x": 3.0}
+    assert compare._busy_share(before, after, since=100.0) == {"http://p": 0.55, "http://d": 0.7}

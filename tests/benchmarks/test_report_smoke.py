@@ -63,9 +63,11 @@ def test_report_rejects_bad_options_with_exit_2(capsys):
 
 
 FAKE_COMPARE = {
+    "workers": {"prefill": "http://p", "decode": "http://d"},
     "systems": [  # the shape ppd-bench compare writes
         {
             "system": "ppd",
+            "rounds": [{"round": 1, "busy_share": {"http://p": 0.55, "http://d": 0.7}, "loadavg": [2.5, 2.0, 1.0]}],
             "result": {
                 "summary": {
                     "turn2plus": {
@@ -93,7 +95,7 @@ FAKE_COMPARE = {
             },
         },
         {"system": "smg", "error": "smg not installed"},
-    ]
+    ],
 }
 
 
@@ -103,8 +105,8 @@ def test_the_live_section_shows_ratios_against_sglang_router(tmp_path):
             {"command": "ppd-bench compare --sessions 4", "seconds": 60, "doc": FAKE_COMPARE}, tmp_path
         )
     )
-    assert "| ppd | 100 / 300 | 40.0 | 90.0% | 100.0% | 0.25 | 0.95 |" in md
-    assert "| sglang-router | 400 / 900 | 42.0 | 0.0% | 100.0% | 1.00 | 1.00 |" in md
+    assert "| ppd | 100 / 300 | 40.0 | 90.0% | 100.0% | 0.25 | 0.95 | 55.0% / 70.0% | 2.5 |" in md
+    assert "| sglang-router | 400 / 900 | 42.0 | 0.0% | 100.0% | 1.00 | 1.00 | - | - |" in md
     assert "| smg | not run: smg not installed |" in md
     assert "`ppd-bench compare --sessions 4`" in md and (tmp_path / "live_compare.png").exists()
 
