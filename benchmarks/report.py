@@ -11,7 +11,11 @@ a. **Simulated grid** - ``benchmarks/sim_grid.py`` (the policy grid runner: flee
    loads from light to past pd's saturation x policies, router fitted online from the built-in
    profile), plus a TPOT-weight sweep of ppd on one fleet;
 b. **Measured CPU comparison** - ``ppd-bench compare``: ppd, pd, local, threshold and
-   sglang-router PD in front of the same embedded 1P1D SmolLM2 workers, one workload, one run;
+   sglang-router PD in front of the same embedded 1P1D SmolLM2 workers, one workload, one run:
+   ``long-prompt-cpu`` (~2k-token first turn, three ~24-token appends, 32-token answers) at
+   :data:`LIVE_LOAD`, where the prefill worker is busy about half the time with first turns (the
+   table shows each worker's measured busy share): the load where P->D turns 2+ wait behind long
+   prefills while the decode worker can still take the appends;
 c. **Validation** - ``benchmarks/validate_sim.py``: the same ppd-bench workload measured on the
    embedded 1P1D cluster and simulated with that cluster's measured profile.
 
@@ -75,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS), help="w_tpot values of the sweep")
     live = p.add_argument_group("live parts")
     live.add_argument(
-        "--live-args", default="", help="extra ppd-bench compare options (default: its own, sized for a 2-core box)"
+        "--live-args",
+        default="",
+        help="extra ppd-bench compare options (default: long-prompt-cpu at 0.25 new sessions/s, 8 sessions; "
+        "later options win)",
     )
     live.add_argument("--validate-args", default="", help="extra benchmarks/validate_sim.py options")
     return p
@@ -178,6 +185,10 @@ def _env() -> dict[str, str]:
     return env
 
 
+#: the live comparison's workload and load (ppd-bench compare options; --live-args adds to them)
+LIVE_LOAD = ("--workload", "long-prompt-cpu", "--rate", "0.25", "--sessions", "8", "--duration", "30")
+
+
 def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
     out = data_dir / "live_compare.json"
     argv = [
@@ -189,6 +200,7 @@ def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
         "ppd,pd,local,threshold:256,sglang-router",
         "--baseline",
         "sglang-router",
+        *LIVE_LOAD,
         *a.live_args.split(),
         "--out",
         str(out),
