@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "later options win)",
     )
     live.add_argument("--validate-args", default="", help="extra benchmarks/validate_sim.py options")
+    live.add_argument(
+        "--live-weights",
+        default="0.25,1,4,16",
+        help="w_tpot values of the live TPOT-weight sweep (ppd-bench compare, ppd@tpot=W, same load as the live "
+        "comparison); 'none' skips it; default 0.25,1,4,16",
+    )
     return p
 
 
@@ -219,6 +225,39 @@ def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
     }
 
 
+def run_live_weights(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
+    """ppd with every client TPOT weight of ``--live-weights`` in front of the same workers."""
+    weights = _csv(a.live_weights, float)
+    out = data_dir / "live_weights_compare.json"
+    systems = ",".join(f"ppd@tpot={w:g}" for w in weights)
+    argv = [
+        sys.executable,
+        "-m",
+        "ppd_bench",
+        "compare",
+        "--systems",
+        systems,
+        "--baseline",
+        f"ppd@tpot={weights[0]:g}",
+        *LIVE_LOAD,
+        *a.live_args.split(),
+        "--out",
+        str(out),
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(argv, env=_env(), cwd=HERE.parent, text=True, capture_output=True)
+    sys.stderr.write(proc.stderr[-2000:])
+    if proc.returncode != 0 or not out.exists():
+        print(f"report: live weights sweep failed (exit {proc.returncode}); keeping any saved one", file=sys.stderr)
+        return None
+    return {
+        "command": "ppd-bench compare " + " ".join(argv[4:-2]),
+        "seconds": round(time.monotonic() - started, 1),
+        "weights": weights,
+        "doc": json.loads(out.read_text()),
+    }
+
+
 def run_validation(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
     out = data_dir / "validation_raw.json"
     argv = [sys.executable, str(HERE / "validate_sim.py"), *a.validate_args.split(), "--json", str(out)]
@@ -264,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{name} {text!r} names nothing")
         if not a.duration > 0:
             raise ValueError(f"--duration must be > 0, got {a.duration}")
+        if a.live_weights.strip().lower() != "none":
+            lw = _csv(a.live_weights, float)
+            if not lw or any(not 0 <= w <= 1000 for w in lw) or len(set(lw)) != len(lw):
+                raise ValueError(
+                    f"--live-weights must be distinct numbers in [0, 1000] or 'none', got {a.live_weights!r}"
+                )
         if "," not in a.weights_cell:
             raise ValueError(f"--weights-cell must be CLUSTER,WORKLOAD, got {a.weights_cell!r}")
     except ValueError as e:
@@ -284,13 +329,19 @@ def main(argv: list[str] | None = None) -> int:
         timings["sim"] = time.monotonic() - t
         _save(data_dir / "sim.json", sim)
 
-    live = validation = None
+    live = validation = live_weights = None
     if not a.skip_live:
         t = time.monotonic()
         live = run_live(a, data_dir)
         timings["live"] = time.monotonic() - t
         if live is not None:
             _save(data_dir / "live.json", live)
+        if a.live_weights.strip().lower() != "none":
+            t = time.monotonic()
+            live_weights = run_live_weights(a, data_dir)
+            timings["live weights"] = time.monotonic() - t
+            if live_weights is not None:
+                _save(data_dir / "live_weights.json", live_weights)
         t = time.monotonic()
         validation = run_validation(a, data_dir)
         timings["validation"] = time.monotonic() - t
@@ -298,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             _save(data_dir / "validation.json", validation)
     live = live or _saved(data_dir / "live.json")
     validation = validation or _saved(data_dir / "validation.json")
+    live_weights = live_weights or _saved(data_dir / "live_weights.json")
 
     timings["total"] = time.monotonic() - started
     meta = {
@@ -307,16 +359,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "git": _git_head(),
         "reused": {"sim": a.reuse_sim, "live": a.skip_live},
-        "recorded": _recorded(sim, live, validation),
+        "recorded": _recorded(sim, live, validation, live_weights),
     }
-    text = report_render.render(meta, sim, live, validation, data_dir)
+    text = report_render.render(meta, sim, live, validation, data_dir, live_weights=live_weights)
     (out_dir / "REPORT.md").write_text(text)
     print(f"report: wrote {out_dir / 'REPORT.md'} in {timings['total']:.0f}s", file=sys.stderr)
     return 0
 
 
 def _recorded(
-    sim: dict[str, Any] | None, live: dict[str, Any] | None, validation: dict[str, Any] | None
+    sim: dict[str, Any] | None,
+    live: dict[str, Any] | None,
+    validation: dict[str, Any] | None,
+    live_weights: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Seconds each part took when it was last run (saved with its figures)."""
     out: dict[str, float] = {}
@@ -326,6 +381,8 @@ def _recorded(
         )
     if live:
         out["live"] = live["seconds"]
+    if live_weights:
+        out["live weights"] = live_weights["seconds"]
     if validation:
         out["validation"] = validation["seconds"]
     return out

@@ -7,6 +7,7 @@ Every figure is captioned with the command and conditions that produced it.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +345,51 @@ def render_live(live: dict[str, Any] | None, data_dir: Path) -> list[str]:
     ]
 
 
+def render_live_weights(lw: dict[str, Any] | None) -> list[str]:
+    """The live TPOT-weight sweep: ppd with each client TPOT weight, same workers, same load."""
+    if not lw:
+        return []
+    rows = live_rows(lw["doc"])
+    md = [
+        "### TPOT weight, live",
+        "",
+        f"`{lw['command']}` ({lw['seconds']:.0f} s here): ppd-server --policy ppd in front of the same workers, "
+        "each run's clients sending that TPOT weight (TTFT weight 1); same sessions and arrivals. The issue asks "
+        "for the local share and TPOT to fall as the weight rises.",
+        "",
+        "| w_tpot | turns 2+ local | TPOT p50 ms | turn-2+ TTFT p50 ms | success | P / D busy | load avg |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        w = r["system"].partition("@tpot=")[2] or r["system"]
+        if r["error"] and r["ttft2_p50"] is None:
+            md.append(f"| {w} | not run: {r['error']} | | | | | |")
+            continue
+        busy = (
+            f"{_pct(r['busy_p'])}% / {_pct(r['busy_d'])}%"
+            if r.get("busy_p") is not None and r.get("busy_d") is not None
+            else "-"
+        )
+        load = f"{r['loadavg']:.1f}" if r.get("loadavg") is not None else "-"
+        md.append(
+            f"| {w} | {_pct(r['local'])}% | {_ms(r['tpot_p50'])} | {_ms(r['ttft2_p50'])} | {_pct(r['success'])}% "
+            f"| {busy} | {load} |"
+        )
+    ok = [r for r in rows if r["local"] is not None and r["tpot_p50"] is not None]
+    ok.sort(key=lambda r: float(r["system"].partition("@tpot=")[2] or 0))
+
+    def falls(key: str) -> bool:
+        return all(b[key] <= a[key] for a, b in itertools.pairwise(ok))
+
+    if len(ok) >= 2:
+        md += [
+            "",
+            f"Local share {'falls' if falls('local') else 'does not fall'} monotonically with the weight; "
+            f"TPOT p50 {'falls' if falls('tpot_p50') else 'does not fall'} monotonically.",
+        ]
+    return md + [""]
+
+
 # -- (c) validation ----------------------------------------------------------------------------------
 
 
@@ -394,6 +440,7 @@ def render(
     live: dict[str, Any] | None,
     validation: dict[str, Any] | None,
     data_dir: Path,
+    live_weights: dict[str, Any] | None = None,
 ) -> str:
     def fmt(secs: dict[str, float]) -> str:
         return ", ".join(f"{k} {v / 60:.1f} min" if v >= 60 else f"{k} {v:.0f} s" for k, v in secs.items())
@@ -418,5 +465,6 @@ def render(
     ]
     md += render_sim(sim, data_dir)
     md += render_live(live, data_dir)
+    md += render_live_weights(live_weights)
     md += render_validation(validation, data_dir)
     return "\n".join(md).rstrip() + "\n"
