@@ -227,6 +227,7 @@ def measure(a: argparse.Namespace, d: Path) -> dict[str, Any]:
             _metric(_get(w + "/metrics"), "kv_transfer_speed_gb_s") for w in (by_role["prefill"], by_role["decode"])
         ]
         info["kv_transfer_speed_gb_s"] = max((s for s in speeds if s), default=None)
+        info["loadavg"] = [round(x, 2) for x in os.getloadavg()]  # the machine's, after the run
         if a.decompose_rounds:
             _log(f"decomposition probe: {a.decompose_rounds} idle turn-2 shapes, router vs worker chat vs /generate")
             info["decomposition"] = probe_overheads(url, by_role["decode"], rounds=a.decompose_rounds)

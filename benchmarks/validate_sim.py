@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             f"policy {a.policy}, "
             f"embedded 1P1D ppd-workers (SmolLM2-135M, {a.threads} thread(s) each) on this machine; profile "
             f"grid `{a.profile_grid}`{profile_setting}"
-            f" (fit error % {profile.get('fit')}); simulated as "
+            f" (fit error % {profile.get('fit')}); machine load average after the run "
+            f"{(info.get('loadavg') or ['?'])[0]} (2 cores, other tenants included); simulated as "
             f"`ppd-sim {' '.join(sim_argv)}`."
         ),
         "cluster": info,
