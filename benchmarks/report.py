@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument(
         "--live-args",
         default="",
-        help="extra ppd-bench compare options (default: long-prompt-cpu at 0.25 new sessions/s, 8 sessions; "
+        help="extra ppd-bench compare options (default: long-prompt-cpu at 0.3 new sessions/s, 10 sessions; "
         "later options win)",
     )
     live.add_argument("--validate-args", default="", help="extra benchmarks/validate_sim.py options")
@@ -192,7 +192,7 @@ def _env() -> dict[str, str]:
 
 
 #: the live comparison's workload and load (ppd-bench compare options; --live-args adds to them)
-LIVE_LOAD = ("--workload", "long-prompt-cpu", "--rate", "0.25", "--sessions", "8", "--duration", "30")
+LIVE_LOAD = ("--workload", "long-prompt-cpu", "--rate", "0.3", "--sessions", "10", "--duration", "30")
 
 
 def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:

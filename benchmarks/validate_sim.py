@@ -84,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--decompose-rounds",
         type=int,
-        default=3,
+        default=5,
         help="idle-cluster probe conversations after the run (router vs worker chat vs /generate; 0 = none; "
-        "without it the simulator gets no per-request overhead); default 3",
+        "without it the simulator gets no per-request overhead); default 5",
     )
     return p
 
