@@ -31,7 +31,7 @@ from ppd_sim.engine import (
     Simulation,
 )
 from ppd_sim.presets import GPUS, MODELS, kv_capacity_tokens, model_preset, preset_profile
-from ppd_sim.report import DEFAULT_REQUEST_TIMEOUT_S, format_table, summarize
+from ppd_sim.report import DEFAULT_REQUEST_TIMEOUT_S, format_table, reason_counts, summarize
 from ppd_sim.workload import FIRST_TURN_CLASSES, WORKLOAD_NAMES, Conversation, WorkloadSpec, synthetic
 from ppd_sim.workload_file import load_trace
 
@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--json", help="write the figures as JSON to this path ('-' = stdout, instead of the table)")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    o.add_argument(
+        "--reasons",
+        action="store_true",
+        help="after the table, why turns 2+ went where they went: each policy's most common decision reasons "
+        "(figures masked) and their counts; in the JSON as 'turn2plus_reasons'",
+    )
     return p
 
 
@@ -202,6 +208,7 @@ def _hardware(args: argparse.Namespace) -> tuple[Hardware, dict[str, Any]]:
         decode_radix_cache=not args.no_decode_radix,
         page_tokens=args.page_tokens,
         request_overhead_ms=args.request_overhead_ms,
+        model=str(profile.get("model") or args.model),
     )
     return hw, profile
 
@@ -303,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         summaries.append(summarize(result, args.slo_ttft_ms, args.slo_tpot_ms, args.request_timeout_s))
+        if args.reasons:
+            summaries[-1]["turn2plus_reasons"] = reason_counts(result)
     config = {
         "cluster": str(spec),
         "model": args.model,
@@ -356,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
         f"(~{rps:.3g} requests/s) for {args.duration:g}s, seed {args.seed}"
     )
     print(format_table(summaries))
+    for s in summaries:
+        if "turn2plus_reasons" in s:
+            total = s["turn2plus_reasons"]["turns"] or 1
+            print(f"\n{s['policy']}: why turns 2+ went where they went (most common reasons, figures masked)")
+            for kind, n in s["turn2plus_reasons"]["top"].items():
+                print(f"  {n:>7}  {100 * n / total:5.1f}%  {kind}")
     return 0
 
 

@@ -63,6 +63,7 @@ class Hardware:
     # Per-request time outside the engine's forward passes (router hop, HTTP, chat template and
     # tokenization on the worker, stream relay): a turn reaches its worker this long after it is sent.
     request_overhead_ms: float = 0.0
+    model: str | None = None  # the model the workers serve (their /server_info's served_model_name)
 
 
 class SimCluster:

@@ -28,13 +28,15 @@ the online fit converges from a wrong profile and what miscalibration costs.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ppd_sdk.wire import SLO, Hints, Weights
 from ppd_server.config import RouterConfig
-from ppd_server.routing.cost_model import CostModel, Observation
+from ppd_server.routing.cost_model import CostModel
+from ppd_server.routing.observation import Observation
 from ppd_server.routing.policies import Policy
 from ppd_server.routing.types import Decision
 from ppd_server.sessions import SessionTable
@@ -139,6 +141,9 @@ class Simulation:
         self._origin: dict[int, tuple[Conversation, int]] = {}
         self._kv_bytes_per_token = hw.kv_bytes_per_token
         self._overhead_ms = hw.request_overhead_ms
+        if cost_model is not None:  # the router learns what each worker serves from its /server_info
+            for w in self.cluster.workers.values():
+                cost_model.coefficients(w.url, w.role, hw.model)
 
     def run(self, progress: Callable[[float, int], None] | None = None) -> SimResult:
         """Simulate until every turn of every conversation finished (or a budget ran out)."""
@@ -148,7 +153,15 @@ class Simulation:
             self.loop.at(conv.arrival_ms, self._send, conv, 0)
         last_arrival = max((c.arrival_ms for c in self.conversations), default=0.0)
         tick = (lambda: progress(self.loop.now, self.finished)) if progress else None
-        stop = self.loop.run(max_time_ms=last_arrival * 10 + 600_000.0, max_events=MAX_EVENTS, tick=tick)
+        # The run allocates millions of short-lived objects and almost no reference cycles (~2,000
+        # in a 1-hour 4P12D run); the cyclic collector found nothing else and cost ~3% of the CPU.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            stop = self.loop.run(max_time_ms=last_arrival * 10 + 600_000.0, max_events=MAX_EVENTS, tick=tick)
+        finally:
+            if collecting:
+                gc.enable()
         for w in self.cluster.workers.values():
             w.settle()
         planned = sum(len(c.turns) for c in self.conversations)
@@ -254,6 +267,8 @@ class Simulation:
         self.cluster.link.send(req.kv_bytes, self._kv_delivered, req)
 
     def _kv_delivered(self, req: SimRequest) -> None:
+        # the router's count drops the turn's bytes at its first token (one decode step later)
+        self._router_backlog -= self._predicted_kv.pop(req.rid, 0)
         self.cluster.worker(req.prefill).kv_sent(req)
         self.cluster.worker(req.decode).kv_arrived(req)
 

@@ -18,7 +18,7 @@ class EventLoop:
     def at(self, t_ms: float, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` at simulated time ``t_ms`` (never before now)."""
         self._seq += 1
-        heapq.heappush(self._heap, (max(t_ms, self.now), self._seq, fn, args))
+        heapq.heappush(self._heap, (t_ms if t_ms > self.now else self.now, self._seq, fn, args))
 
     def pending(self) -> int:
         """Events scheduled and not yet run."""
@@ -27,11 +27,11 @@ class EventLoop:
     def run(self, max_time_ms: float, max_events: int, tick: Callable[[], None] | None = None) -> str | None:
         """Run until no event is left (returns None) or a budget is spent (returns why: the
         cluster could not drain its queues in time). ``tick`` is called every 20000 events."""
-        while self._heap:
-            t, _, fn, args = self._heap[0]
-            if t > max_time_ms:
+        heap, pop = self._heap, heapq.heappop
+        while heap:
+            if heap[0][0] > max_time_ms:
                 return f"stopped at {max_time_ms / 1000:.0f}s simulated before the queues drained (overloaded)"
-            heapq.heappop(self._heap)
+            t, _, fn, args = pop(heap)
             self.now = t
             fn(*args)
             self.events_run += 1

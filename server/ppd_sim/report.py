@@ -10,6 +10,8 @@ attainment are shares of every planned turn."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,6 +87,24 @@ def summarize(
         "evicted_kv_tokens": result.evicted_tokens,
         "cost_model": result.cost_model,
     }
+
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+_WORKER = re.compile(r"sim://[a-z]\d+")
+
+
+def reason_kind(reason: str) -> str:
+    """A decision reason without its figures: its first clause, numbers as ``#``, workers as
+    ``<worker>`` (``pd: over sim://d1's TPOT budget ... (local prefill 11ms > 5.6ms per step)``
+    -> ``pd: over <worker>'s TPOT budget ... (local prefill #ms > #ms per step)``)."""
+    return _NUMBER.sub("#", _WORKER.sub("<worker>", reason.split(";", 1)[0]))
+
+
+def reason_counts(result: SimResult, top: int = 8) -> dict[str, Any]:
+    """Why turns 2+ went where they went: ``{"turns": n, "top": {kind: count}}`` with the ``top``
+    most common reason kinds."""
+    counts = Counter(reason_kind(r.reason) for r in result.requests if r.turn > 1)
+    return {"turns": sum(counts.values()), "top": dict(counts.most_common(top))}
 
 
 def _ms(v: float | None) -> str:

@@ -3,11 +3,13 @@ worker dying mid-stream ends the client's stream with a valid error event and [D
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import pytest
 from aiohttp import web
-from fake_sglang import FakeWorker
-from router_harness import chat_body, router_over
+from fake_sglang import FakeWorker, HeadersThenHold
+from router_harness import chat_body, eventually, router_over
 
 
 def events(raw: bytes) -> list[str]:
@@ -115,3 +117,39 @@ async def test_a_connection_lost_after_done_adds_nothing_after_done():
         assert evs.count("[DONE]") == 1 and evs[-1] == "[DONE]", raw
         assert not any('"error"' in e for e in evs), raw
         assert state.metrics.errors.labels("worker")._value.get() == 0
+
+
+class FirstTokenThenHold(FakeWorker):
+    """Streams one token, then holds the rest of the answer until ``hold`` is set."""
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        delta = {"index": 0, "delta": {"content": "tok "}, "finish_reason": None}
+        await resp.write(b"data: " + json.dumps({"id": "c1", "choices": [delta]}).encode() + b"\n\n")
+        assert self.hold is not None
+        await self.hold.wait()
+        done = {"index": 0, "delta": {}, "finish_reason": "length"}
+        await resp.write(b"data: " + json.dumps({"id": "c1", "choices": [done]}).encode() + b"\n\ndata: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+@pytest.mark.parametrize("decode_cls", [HeadersThenHold, FirstTokenThenHold])
+async def test_a_pd_turn_counts_as_link_backlog_until_its_first_token(decode_cls):
+    """The policy prices a new transfer behind the KV still crossing the link: a P->D turn's bytes
+    count from its decision until its first token (the decode worker had the KV), not to its end."""
+    p, d = FakeWorker(role="prefill"), decode_cls(role="decode", hold=asyncio.Event())
+    async with router_over([p, d]) as (client, state):
+        body = chat_body("x" * 400, stream=True)
+        task = asyncio.create_task(
+            client.post("/v1/chat/completions", json=body, headers={"X-PPD-Conversation-Id": "c"})
+        )
+        await eventually(lambda: len(d.seen) == 1 if decode_cls is HeadersThenHold else bool(p.seen))
+        await asyncio.sleep(0.05)  # the first token, if any, has reached the router
+        held = state.turns.link_backlog.bytes
+        d.hold.set()
+        r = await task
+        await r.read()
+        assert (held > 0) is (decode_cls is HeadersThenHold)
+        assert state.turns.link_backlog.bytes == 0

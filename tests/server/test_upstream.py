@@ -68,7 +68,8 @@ async def test_framings_and_keep_alive_reuse():
         r = await pool.post(url, "/v1/chat/completions", b'{"a":1}', {"Content-Type": "application/json"})
         assert (r.status, await r.read()) == (200, b"{}")
         r = await pool.post(url, "/generate", b"{}", {})
-        assert [c async for c in r.iter_chunks()] == [b"data:", b" 1\n"]
+        # two HTTP chunks the worker sent at once come out as one piece (one write to the client)
+        assert [c async for c in r.iter_chunks()] == [b"data: 1\n"]
         r = await pool.post(url, "/generate", b"{}", {"x-request-id": "r1"})
         assert await r.read() == b"{}"
         assert server.connections == 1, "one keep-alive connection served all three"
@@ -185,3 +186,35 @@ async def test_the_worker_urls_path_prefix_is_kept():
     finally:
         await pool.close()
         await server.close()
+
+
+async def test_a_chunk_is_yielded_as_soon_as_it_arrives_never_held_for_the_next():
+    """Coalescing takes only chunks already received: the first event is relayed while the worker
+    has not even sent the second (a paced stream keeps its token-by-token latency)."""
+    sent_second = asyncio.Event()
+    may_send = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await may_send.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+        sent_second.set()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(connect_timeout=2, read_timeout=5)
+    r = await pool.post(f"http://127.0.0.1:{port}", "/generate", b"{}", {})
+    chunks = r.iter_chunks()
+    assert await asyncio.wait_for(chunks.__anext__(), 5) == b"first"
+    assert not sent_second.is_set()
+    may_send.set()
+    assert [c async for c in chunks] == [b"second"]
+    await pool.close()
+    server.close()
+    await server.wait_closed()

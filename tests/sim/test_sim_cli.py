@@ -137,3 +137,28 @@ def test_request_timeout_and_success_rate(capsys):
     assert data["config"]["requests_per_s"] == pytest.approx(data["config"]["turns_total"] / 5)
     assert res["finished"] == res["turns_planned"] and res["timed_out"] == res["finished"]  # every answer takes > 50 ms
     assert res["success_rate"] == 0.0
+
+
+def test_reasons_say_why_turns_went_where_they_went(capsys):
+    assert main(["--policies", "pd,local", "--reasons", "--json", "-", *SMALL]) == 0
+    pd, local = json.loads(capsys.readouterr().out)["results"]
+    assert pd["turn2plus_reasons"]["top"] == {
+        "pd: policy pd (always prefill -> decode)": pd["turn2plus_reasons"]["turns"]
+    }
+    assert pd["turn2plus_reasons"]["turns"] == local["turn2plus_reasons"]["turns"] > 0
+    assert local["turn2plus_reasons"]["top"] == {
+        "local: policy local (# uncached tokens)": local["turn2plus_reasons"]["turns"]
+    }
+    assert main(["--policies", "ppd", "--reasons", "--slo-tpot-ms", "30", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "ppd: why turns 2+ went where they went" in out
+    assert any(line.strip().split()[1].endswith("%") and "#" in line for line in out.splitlines() if "S=#" in line)
+
+
+def test_reason_kind_masks_figures_and_workers():
+    from ppd_sim.report import reason_kind
+
+    assert (
+        reason_kind("pd: over sim://d12's TPOT budget (local prefill 11ms > 5.6ms per step); S=-2.1 (ttft 3ms)")
+        == "pd: over <worker>'s TPOT budget (local prefill #ms > #ms per step)"
+    )

@@ -93,14 +93,17 @@ def test_the_router_sees_the_clients_max_tokens_not_the_answers_length():
     ].prompt_tokens == 100 + 40 + 20 + 300 + 10
 
 
-def test_the_router_counts_the_predicted_kv_of_open_pd_turns_as_link_backlog():
-    convs = [Conversation("a", 0.0, ((100, 400),), ()), Conversation("b", 300.0, ((50, 4),), ())]
+def test_the_router_counts_the_predicted_kv_of_pd_turns_until_their_first_token_as_link_backlog():
+    convs = [
+        Conversation("a", 0.0, ((100, 400),), ()),
+        Conversation("b", 0.001, ((50, 4),), ()),  # "a" is still prefilling: its KV is yet to cross
+        Conversation("c", 300.0, ((50, 4),), ()),  # "a" is streaming: its KV crossed long ago
+    ]
     _, spy = simulate(convs, RouterBehaviour(link_backlog="router"))
-    (_, _, first), (_, _, second) = spy.seen
-    assert first.link_backlog_bytes == 0
-    assert second.link_backlog_bytes == 100 * 100_000  # "a" is streaming: its KV crossed long ago, still counted
+    backlog = {r.conversation_id: c.link_backlog_bytes for _, r, c in spy.seen}
+    assert backlog == {"a": 0, "b": 100 * 100_000, "c": 0}
     _, spy = simulate(convs, RouterBehaviour(link_backlog="true"))
-    assert spy.seen[1][2].link_backlog_bytes == 0
+    assert [s[2].link_backlog_bytes for s in spy.seen] == [0, 0, 0]
 
 
 @pytest.mark.parametrize("kwargs", [{"poll_interval_ms": -1}, {"client_max_tokens": 0}, {"link_backlog": "guess"}])

@@ -68,7 +68,9 @@ def add_admin_routes(app: web.Application, state: AppState) -> None:
         return web.json_response(
             {
                 "error_summary": cm.error_summary(),
-                "coefficients": {w.url: _coeffs(cm.coefficients(w.url, w.role)) for w in state.registry},
+                "coefficients": {
+                    w.url: _coeffs(cm.coefficients(w.url, w.role, w.served_model_name)) for w in state.registry
+                },
                 "time": time.time(),
             }
         )

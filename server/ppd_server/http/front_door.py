@@ -86,6 +86,16 @@ def _text_bytes(value: Any) -> int:
 class FrontDoor:
     def __init__(self, state: AppState) -> None:
         self.state = state
+        # prometheus ``labels()`` takes a lock and builds a key on every call: the few children
+        # of the hot path (policies x routes x turn buckets) are looked up once and kept
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # --- parsing -------------------------------------------------------------------------
 
@@ -112,8 +122,9 @@ class FrontDoor:
             if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
                 raise bad_request("'messages' must be a non-empty array of message objects", param="messages")
             tools = body.get("tools")
-            tokens = tc.count_chat(messages, tools if isinstance(tools, list) else None)
-            nbytes = tc.chat_bytes(messages, tools if isinstance(tools, list) else None)
+            tools = tools if isinstance(tools, list) else None
+            nbytes = tc.chat_bytes(messages, tools)
+            tokens = tc.count_chat(messages, tools, nbytes)
             limit_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
             max_new = _positive_int(body.get(limit_param), limit_param, 128)
             return tokens, nbytes, max_new
@@ -233,12 +244,13 @@ class FrontDoor:
                 span.set_attributes(decision_attributes(decision))
             span.set_attribute("ppd.attempt", attempt)
             self._admit(decision)
-            st.metrics.decisions.labels(decision.policy, decision.route).inc()
+            self._child(st.metrics.decisions, decision.policy, decision.route).inc()
             plan = self._plan(
                 kind, request.path, body, turn, stream, client_wants_usage, request_id, worker_headers, span
             )
-            kv_predicted = st.turns.predicted_kv_bytes(turn) if decision.route == "pd" else 0
-            st.turns.link_backlog_bytes += kv_predicted
+            # the link backlog counts this turn's KV until it has crossed: its first token (or its end)
+            release = st.turns.link_backlog.hold(st.turns.predicted_kv_bytes(turn) if decision.route == "pd" else 0)
+            plan.on_first_token = release
             try:
                 return await st.dispatcher.run(request, plan)
             except RetryableFailure as f:
@@ -246,7 +258,7 @@ class FrontDoor:
                 st.registry.record_failure(f.url, f.reason)
                 st.metrics.retries.inc()
             finally:
-                st.turns.link_backlog_bytes -= kv_predicted
+                release()
         raise RouterError(
             503,
             f"no worker could serve the request after {st.config.max_retries + 1} attempts: {last_failure}",
@@ -293,14 +305,14 @@ class FrontDoor:
 
         def finish(usage: TurnUsage, started_at: float, ok: bool) -> None:
             figures = st.turns.finish(turn, usage, started_at, ok)
-            st.metrics.requests.labels(d.route, turn_bucket(turn.request.turn)).inc()
+            self._child(st.metrics.requests, d.route, turn_bucket(turn.request.turn)).inc()
             st.metrics.kv_bytes.inc(figures["kv_bytes"])
             st.metrics.sessions.set(len(st.turns.sessions))
             if figures["ttft_ms"] is not None:
-                st.metrics.ttft.labels(d.route).observe(figures["ttft_ms"] / 1000.0)
+                self._child(st.metrics.ttft, d.route).observe(figures["ttft_ms"] / 1000.0)
                 span.set_attribute("ppd.observed.ttft_ms", figures["ttft_ms"])
             if figures["tpot_ms"] is not None:
-                st.metrics.tpot.labels(d.route).observe(figures["tpot_ms"] / 1000.0)
+                self._child(st.metrics.tpot, d.route).observe(figures["tpot_ms"] / 1000.0)
                 span.set_attribute("ppd.observed.tpot_ms", figures["tpot_ms"])
             span.set_attribute("ppd.cached_tokens", figures["cached_tokens"])
             span.set_attribute("ppd.kv_bytes", figures["kv_bytes"])

@@ -62,6 +62,8 @@ class Plan:
     finish: Callable[[TurnUsage, float, bool], None]  # (usage, started_at, ok)
     parent_context: Any = None
     started_at: float = field(default_factory=time.perf_counter)
+    # called once when a stream's first token arrives (for P->D: its KV has crossed the link)
+    on_first_token: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)
@@ -282,7 +284,8 @@ class Dispatcher:
         """Relay the worker's SSE. The client's response starts with the first bytes to send, not
         before: a worker that dies before that (killed, stream cut, prefill lost) raises
         RetryableFailure and the turn is re-dispatched on another pair, invisibly to the client.
-        Once bytes went out, a failure ends the stream with an SSE error event and ``[DONE]``."""
+        Once bytes went out, a failure (a cut, a malformed event: relay.py) ends the stream with an
+        SSE error event and ``[DONE]``."""
         out = web.StreamResponse(
             status=200,
             headers={**plan.client_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
@@ -305,18 +308,32 @@ class Dispatcher:
             try:
                 async for chunk in _first_within(call.resp.iter_chunks(), self.first_byte_timeout_s):
                     data = shaper.feed(chunk)
+                    if plan.on_first_token is not None and shaper.usage.first_token_at is not None:
+                        plan.on_first_token()
+                        plan.on_first_token = None
                     if shaper.saw_done:
                         finish(not shaper.saw_error and not prefill_error)
                     if data:
                         if not out.prepared:
                             await out.prepare(request)
                         await out.write(data)
+                    if shaper.malformed is not None:
+                        break  # closing the call below aborts the worker's request
                 tail = shaper.flush()
                 if tail:
                     if not out.prepared:
                         await out.prepare(request)
                     await out.write(tail)
-                if not shaper.saw_done:
+                if shaper.malformed is not None:
+                    broke = RouterError(
+                        502,
+                        f"worker {plan.decision.decode} sent a malformed stream: {shaper.malformed}",
+                        code="worker_failed",
+                        retryable=True,
+                    )
+                    if out.prepared:  # (not yet: the retry below takes the worker out)
+                        self.registry.record_failure(str(plan.decision.decode), broke.message)
+                elif not shaper.saw_done:
                     broke = RouterError(
                         502,
                         f"worker {plan.decision.decode} ended the stream early",
@@ -393,14 +410,18 @@ async def _discard(task: asyncio.Task) -> None:
             result.close(ok=False)
 
 
-async def _first_within(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
-    """``chunks``, raising asyncio.TimeoutError when the first one takes over ``timeout_s`` (0 = no limit)."""
-    if timeout_s > 0:
-        try:
-            first = await asyncio.wait_for(chunks.__anext__(), timeout_s)
-        except StopAsyncIteration:
-            return
-        yield first
+def _first_within(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, raising asyncio.TimeoutError when the first one takes over ``timeout_s`` (0 = no
+    limit: ``chunks`` itself, one async-generator hop per chunk less)."""
+    return _with_first_timeout(chunks, timeout_s) if timeout_s > 0 else chunks
+
+
+async def _with_first_timeout(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    try:
+        first = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+    except StopAsyncIteration:
+        return
+    yield first
     async for chunk in chunks:
         yield chunk
 

@@ -6,6 +6,15 @@ carry usage (OpenAI: the final ``choices: []`` chunk; ``/generate``: every chunk
 ``meta_info``) are parsed. The router always asks the worker for ``include_usage`` so it can
 observe prompt/cached tokens; if the client did not ask, that extra usage chunk is dropped,
 otherwise it carries ``ppd``. On ``/generate`` the chunk with a ``finish_reason`` carries it.
+
+A worker can answer 200 and then send garbage mid-stream. Every event is checked, cheaply (a
+per-token ``json.loads`` would cost ~5 us a token): each line must be an SSE field (``data``,
+``event``, ``id``, ``retry``) or a comment, each ``data`` payload ``[DONE]`` or framed as a JSON
+object (``{...}``; the events the router parses anyway, usage and errors and every ``/generate``
+event, must parse), and an event may not grow past ``MAX_EVENT_BYTES`` without ending. The first
+malformed event sets :attr:`SSEShaper.malformed` and stops the relay there: the caller retries
+the turn (nothing sent yet) or ends the client's stream with an SSE error event and ``[DONE]``.
+Nothing after ``[DONE]`` is relayed. CRLF line ends are accepted (normalised to LF).
 """
 
 from __future__ import annotations
@@ -67,6 +76,13 @@ class TurnUsage:
 
 RouteInfoFn = Callable[[TurnUsage], dict[str, Any]]
 
+MAX_EVENT_BYTES = 1 << 20  # an SSE event still unfinished past this is garbage, not a token
+_SSE_FIELDS = (b"data", b"event", b"id", b"retry")
+
+
+class _Malformed(Exception):
+    pass
+
 
 def shape_json(kind: Kind, raw: bytes, route_info: RouteInfoFn) -> tuple[bytes, TurnUsage]:
     """Add ``ppd`` to a non-streamed JSON answer; batches (lists) and non-JSON pass untouched."""
@@ -99,39 +115,66 @@ class SSEShaper:
         self.usage = TurnUsage()
         self.saw_done = False
         self.saw_error = False
+        self.malformed: str | None = None  # why the worker's stream is garbage, once it is
         self._buf = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        self._buf += chunk
-        if b"\n\n" not in self._buf:
+        if self.saw_done or self.malformed is not None:
+            return b""  # nothing may follow [DONE]; nothing is relayed past garbage
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:  # a CR that ends this chunk stays and meets its LF in the next one
+            buf = buf.replace(b"\r\n", b"\n")
+        if b"\n\n" not in buf:
+            self._buf = buf
+            if len(buf) > MAX_EVENT_BYTES:
+                self.malformed = f"an SSE event longer than {MAX_EVENT_BYTES} bytes"
             return b""
-        *events, self._buf = self._buf.split(b"\n\n")
-        return b"".join(self._event(e) for e in events)
+        *events, self._buf = buf.split(b"\n\n")
+        if len(events) == 1:
+            return self._checked(events[0])
+        out = []
+        for event in events:
+            out.append(self._checked(event))
+            if self.saw_done or self.malformed is not None:
+                break
+        return b"".join(out)
 
     def flush(self) -> bytes:
         rest, self._buf = self._buf, b""
-        return self._event(rest) if rest.strip() else b""
+        if self.saw_done or self.malformed is not None or not rest.strip():
+            return b""
+        return self._checked(rest)
+
+    def _checked(self, event: bytes) -> bytes:
+        try:
+            return self._event(event)
+        except _Malformed as e:
+            self.malformed = str(e)
+            return b""
 
     def _event(self, event: bytes) -> bytes:
         out = event + b"\n\n"
-        if not event.startswith(b"data:"):
-            return out
-        payload = event[5:].strip()
+        if event.startswith(b"data:") and b"\n" not in event:  # the usual one-line event
+            payload = event[5:].strip()
+        else:
+            data = _data_lines(event)
+            if data is None:  # comments, event/id/retry only
+                return out
+            payload = data.strip()
         if payload == b"[DONE]":
             self.saw_done = True
             return out
+        if payload[:1] != b"{" or payload[-1:] != b"}":
+            raise _Malformed(f"a data line that is not a JSON object: {_excerpt(payload)}")
         now = self.clock()
         if self.kind == "generate":
             return self._generate_event(payload, now, out)
         if b'"usage"' in payload or b'"error"' in payload:
-            try:
-                obj = json.loads(payload)
-            except ValueError:
-                return out
-            if isinstance(obj, dict) and "error" in obj:
+            obj = _parse(payload)
+            if "error" in obj:
                 self.saw_error = True
                 return out
-            if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+            if isinstance(obj.get("usage"), dict):
                 self.usage.absorb(self.kind, obj)
                 if not obj.get("choices"):
                     if not self.client_wants_usage:
@@ -142,12 +185,7 @@ class SSEShaper:
         return out
 
     def _generate_event(self, payload: bytes, now: float, out: bytes) -> bytes:
-        try:
-            obj = json.loads(payload)
-        except ValueError:
-            return out
-        if not isinstance(obj, dict):
-            return out
+        obj = _parse(payload)
         if "error" in obj:
             self.saw_error = True
             return out
@@ -163,3 +201,32 @@ class SSEShaper:
         if self.usage.first_token_at is None:
             self.usage.first_token_at = now
         self.usage.last_token_at = now
+
+
+def _data_lines(event: bytes) -> bytes | None:
+    """The joined ``data`` values of a multi-line event (None: no data line); raises _Malformed
+    on a line that is neither an SSE field nor a comment."""
+    data = []
+    for line in event.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        name, _, value = line.partition(b":")
+        if name not in _SSE_FIELDS:
+            raise _Malformed(f"not an SSE line: {_excerpt(line)}")
+        if name == b"data":
+            data.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(data) if data else None
+
+
+def _parse(payload: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise _Malformed(f"a data line that is not JSON: {_excerpt(payload)}") from None
+    if not isinstance(obj, dict):
+        raise _Malformed(f"a data line that is not a JSON object: {_excerpt(payload)}")
+    return obj
+
+
+def _excerpt(raw: bytes) -> str:
+    return repr(raw[:60]) + ("..." if len(raw) > 60 else "")

@@ -130,15 +130,21 @@ class TokenCounter:
         return self._estimate(len(text.encode()))
 
     def count_chat(
-        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        n_bytes: int | None = None,
     ) -> int:
-        """Prompt tokens of a chat request as the worker will see them (with the generation prompt)."""
+        """Prompt tokens of a chat request as the worker will see them (with the generation prompt).
+        ``n_bytes``: its :meth:`chat_bytes`, when the caller has it already."""
         if self._tokenizer is not None:
             rendered = self._tokenizer.apply_chat_template(
                 _plain_messages(messages), tools=[dict(t) for t in tools] if tools else None, add_generation_prompt=True
             )
             return len(self._tokenizer.encode(rendered))
-        return self._estimate(self.chat_bytes(messages, tools), self.chat_overhead_tokens)
+        if n_bytes is None:
+            n_bytes = self.chat_bytes(messages, tools)
+        return self._estimate(n_bytes, self.chat_overhead_tokens)
 
     def _estimate(self, n_bytes: int, overhead: float = 0.0) -> int:
         if n_bytes <= 0:

@@ -9,6 +9,7 @@ Time is ``time.monotonic()`` read here and passed in, so the brain stays clock-f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,13 @@ from ppd_sdk.wire import Hints
 from ppd_server.fleet.workers import WorkerRegistry
 from ppd_server.request_path.relay import TurnUsage
 from ppd_server.request_path.token_count import TokenCounter
-from ppd_server.routing.cost_model import CostModel, Observation
+from ppd_server.routing.cost_model import CostModel
+from ppd_server.routing.observation import Observation
 from ppd_server.routing.policies import Policy
 from ppd_server.routing.types import ClusterView, Decision, RequestView, SessionView
 from ppd_server.sessions import SessionTable
+
+_NOT_DECIDED = ClusterView(workers=())  # a Turn's view until decide() takes the real one
 
 
 @dataclass(slots=True)
@@ -36,6 +40,30 @@ class Turn:
     @property
     def conversation_id(self) -> str | None:
         return self.request.conversation_id
+
+
+class LinkBacklog:
+    """Predicted KV bytes of the P->D turns whose KV has not crossed the link yet (what the policy
+    prices a new transfer behind). A turn's bytes are held from its decision until its first token
+    (the decode worker had its KV) or its end, whichever comes first: holding them for the whole
+    answer counted transfers long done, and priced P->D off the table on busy fleets."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def hold(self, kv_bytes: int) -> Callable[[], None]:
+        """Count ``kv_bytes``; the returned release takes them off once, however often it is called."""
+        held = max(int(kv_bytes), 0)
+        self.bytes += held
+
+        def release() -> None:
+            nonlocal held
+            self.bytes -= held
+            held = 0
+
+        return release
 
 
 class TurnRouter:
@@ -54,20 +82,21 @@ class TurnRouter:
         self.tokens = tokens
         self.policy = policy  # swapped whole by the admin API (policies are immutable)
         self.link_gbps = link_gbps
-        self.link_backlog_bytes = 0  # predicted KV bytes of P->D transfers still in flight
+        self.link_backlog = LinkBacklog()
         registry.on_down.append(sessions.forget_worker)
 
     def cluster_view(self) -> ClusterView:
         cm = self.cost_model
         return ClusterView(
-            workers=tuple(w.view(cm.coefficients(w.url, w.role)) for w in self.registry),
+            workers=tuple(w.view(cm.coefficients(w.url, w.role, w.served_model_name)) for w in self.registry),
             link_gbps=self.link_gbps,
-            link_backlog_bytes=self.link_backlog_bytes,
+            link_backlog_bytes=self.link_backlog.bytes,
         )
 
     def begin(self, hints: Hints, prompt_tokens: int, prompt_bytes: int, max_new_tokens: int) -> Turn:
         request, session = self.sessions.admit(hints, prompt_tokens, max_new_tokens, time.monotonic())
-        return Turn(request=request, session=session, cluster=self.cluster_view(), prompt_bytes=prompt_bytes)
+        # the cluster view is taken by decide(), right before the policy reads it (once per attempt)
+        return Turn(request=request, session=session, cluster=_NOT_DECIDED, prompt_bytes=prompt_bytes)
 
     def decide(self, turn: Turn) -> Decision:
         """Raises NoWorkerAvailable. Called again (fresh cluster view) on a retry."""

@@ -1,8 +1,8 @@
 """A small HTTP/1.1 keep-alive client for the router -> worker hot path.
 
 Why not aiohttp's client (already a dependency): measured, it costs more. A P->D turn makes two
-worker calls, and ``benchmarks/router_overhead.py`` runs the real router with this client and
-with aiohttp's (``benchmarks/aiohttp_upstream.py``: one session, unlimited keep-alive connector,
+worker calls, and ``benchmarks/router_overhead.py --with-aiohttp-client`` runs the real router
+with this client and with aiohttp's (``benchmarks/aiohttp_upstream.py``: one session, unlimited keep-alive connector,
 no cookie jar, no auto headers) in place of it, same run, same instant fake workers, router
 pinned to one core (``--rounds 3 --skip-sglang``, 2,000 sequential requests, 32 connections x
 4 s; a shared 2-core box at load ~10, so the router's CPU time per request is the figure to
@@ -58,6 +58,48 @@ else:  # pragma: no cover - Python 3.10
                 handle.cancel()
 
 
+def _has_whole_chunk(reader: asyncio.StreamReader) -> bool:
+    """Whether the bytes the reader already holds contain a whole HTTP/1.1 chunk (or the last,
+    empty one): reading it then completes without waiting for the network. Peeks at
+    StreamReader's buffer (CPython's ``_buffer``, a bytearray, stable since 3.4); False when
+    it cannot tell, which only costs one more write."""
+    buf = getattr(reader, "_buffer", None)
+    if not buf:
+        return False
+    eol = buf.find(b"\r\n")
+    if eol < 0:
+        return False
+    try:
+        size = int(bytes(buf[:eol]).split(b";", 1)[0].strip() or b"0", 16)
+    except ValueError:
+        return True  # let the normal path raise on it
+    if size == 0:
+        return buf.find(b"\r\n\r\n", eol) >= 0  # last chunk and the end of its (empty) trailers
+    return len(buf) >= eol + 2 + size + 2
+
+
+def _buffered(reader: asyncio.StreamReader) -> int:
+    """Bytes the reader already holds (0 when it cannot tell): reading that many never waits."""
+    buf = getattr(reader, "_buffer", None)
+    return len(buf) if buf is not None else 0
+
+
+async def _read_chunks(reader: asyncio.StreamReader, parts: list[bytes]) -> bool:
+    """One chunk, waiting for it; then every further chunk already received whole, without
+    waiting (a burst of events is relayed as one write). True after the last chunk."""
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                pass
+            return True
+        data = await reader.readexactly(size + 2)
+        parts.append(data[:-2])
+        if not _has_whole_chunk(reader):
+            return False
+
+
 class UpstreamError(OSError):
     """The worker could not be reached, timed out, or broke the connection."""
 
@@ -90,21 +132,24 @@ class UpstreamResponse:
         length = self.headers.get("content-length")
         try:
             if "chunked" in te:
-                while True:
-                    async with _timeout(timeout):
-                        line = await reader.readuntil(b"\r\n")
-                        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                        if size == 0:
-                            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                                pass
-                            break
-                        data = await reader.readexactly(size + 2)
-                    yield data[:-2]
+                end = False
+                while not end:
+                    parts: list[bytes] = []
+                    if _has_whole_chunk(reader):  # already here: no timer to arm
+                        end = await _read_chunks(reader, parts)
+                    else:
+                        async with _timeout(timeout):
+                            end = await _read_chunks(reader, parts)
+                    if parts:
+                        yield parts[0] if len(parts) == 1 else b"".join(parts)
             elif length is not None:
                 remaining = int(length)
                 while remaining > 0:
-                    async with _timeout(timeout):
-                        data = await reader.read(min(remaining, 1 << 16))
+                    if _buffered(reader) >= remaining:  # the usual small answer: no timer to arm
+                        data = await reader.readexactly(remaining)
+                    else:
+                        async with _timeout(timeout):
+                            data = await reader.read(min(remaining, 1 << 16))
                     if not data:
                         raise UpstreamError("connection closed before the end of the answer")
                     remaining -= len(data)
@@ -130,6 +175,15 @@ class UpstreamResponse:
         self.release()
 
     async def read(self) -> bytes:
+        """The whole body; raises UpstreamError if the answer breaks off."""
+        conn, length = self._conn, self.headers.get("content-length")
+        if conn is not None and not self._done and length is not None and length.isdigit():
+            n = int(length)
+            if _buffered(conn.reader) >= n:  # the usual small answer, already here: read it at once
+                data = await conn.reader.readexactly(n)
+                self._done = True
+                self.release()
+                return data
         parts = [chunk async for chunk in self.iter_chunks()]
         return b"".join(parts)
 

@@ -4,7 +4,7 @@ from observed timings, plus predicted-vs-observed error statistics.
 Contract with the router app::
 
     cm = CostModel(profile)                        # profile: the JSON `ppd-server profile` saves, or None
-    WorkerView(..., coefficients=cm.coefficients(url, role))   # every snapshot the policy sees
+    WorkerView(..., coefficients=cm.coefficients(url, role, served_model))   # every snapshot the policy sees
     cm.observe(Observation(...))                   # after each turn (timings the router measured)
     cm.error_summary()                             # for /metrics and the admin API
 
@@ -13,10 +13,11 @@ component: a robust MAP fit over the recent samples, relative timing noise, the 
 Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
 
 * how far the prior reaches is the profile's to say: ``"prior_rel_std": r`` (optional) marks a
-  profile measured on this engine and hardware (``profile.DEFAULT_PROFILE`` for the embedded
-  SmolLM2 cluster): each coefficient is trusted within ``r`` of its value. Without it the
-  profile is generic or foreign (defaults, a roofline, another machine's) and the prior is
-  loose, 3x its values with CPU-to-GPU floors;
+  profile measured on this engine and hardware (``profiling.presets.DEFAULT_PROFILE`` for the
+  embedded SmolLM2 cluster): each coefficient is trusted within ``r`` of its value, for workers
+  serving the profile's ``"model"`` (or whose model is unknown). Without it, or for a worker
+  serving another model, the profile is generic or foreign (defaults, a roofline, another
+  machine's) and the prior is loose, 3x its values with CPU-to-GPU floors (``profile_prior.py``);
 * prefill coefficients of the worker that ran the prefill - the P worker for ``pd``, the decode
   worker for ``local``, the unified worker for ``replica`` - from the observed TTFT minus the
   parts of the prediction that are not that prefill (queue wait, KV transfer, first decode
@@ -55,32 +56,19 @@ The latency formulas themselves live in ``routing/latency.py``. Nothing here rea
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from ppd_server.routing.latency import prefill_ms
 from ppd_server.routing.linalg import median
-from ppd_server.routing.robust_fit import RobustFit
+from ppd_server.routing.observation import Observation, decode_features, from_end_to_end, prefill_features
+from ppd_server.routing.profile_prior import decode_fit, prefill_fit, same_model
 from ppd_server.routing.types import (
     COEFFICIENT_NAMES,
     CostCoefficients,
     Role,
-    RouteName,
 )
 
-# A profile without "prior_rel_std" (generic defaults, another machine's, a roofline) is a loose
-# prior: std 3x its value, at least these floors, which span CPU-to-GPU speeds, so a profile from
-# other hardware is corrected within tens of samples.
-_PREFILL_FLOORS = (20.0, 1.0, 100.0)
-_DECODE_FLOORS = (20.0, 5.0, 10.0)
-# A trusted profile ("prior_rel_std": r, e.g. one measured on this engine and hardware): std r x
-# each coefficient, and at least r x a tenth of a typical request's time over that term's feature
-# at these typical features (512 new tokens on an empty cache; 8 streams holding 8k tokens), so
-# a coefficient the profile fitted at 0 can still move.
-_TYPICAL_PREFILL_X = (1.0, 512.0, 512.0 * 512.0 / 1e6)
-_TYPICAL_DECODE_X = (1.0, 8.0, 8.0)
-_PREFILL_SCALE0 = 0.2  # prior guess of the relative timing noise (TTFT: scheduling, cache, co-tenants)
-_DECODE_SCALE0 = 0.1  # a TPOT is a mean over many steps: steadier
 _ERROR_WINDOW = 1000
 _MIN_COMPUTE_SHARE = 0.5  # prefill fits learn from TTFTs predicted to be mostly compute
 _PESSIMISTIC = 0.5  # a cold fit whose TTFT came in under this share of the prediction learns from queued samples too
@@ -93,86 +81,15 @@ _POOL_REFRESH_EVERY = 8
 _REBASE_GAIN = 0.5  # the pool replaces a worker's own prefill fit when it halves the fit's error on its own samples
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One completed turn as the router saw it.
-
-    ``new_tokens + cached_tokens`` is the prompt; ``cached_tokens`` is the worker-reported hit
-    (``usage.prompt_tokens_details.cached_tokens``). For ``pd`` that figure is the decode
-    worker's hit plus the prefill worker's, so pass ``prefill_cached_tokens`` (``meta_info``
-    ``cached_tokens_details.prefill``) when known: the prefill fit then uses what P really
-    computed. ``decode_running``: streams running on the decode (or unified)
-    worker when the request was routed; ``decode_context_tokens`` their total context, not
-    counting this request (``WorkerView.running_context_tokens``; 0 with streams running =
-    unknown); ``completion_tokens`` the answer's length; ``decode_running_end``, when known, the
-    same count when the turn finished (the
-    TPOT fit then uses the mean of the two: streams that joined or left during the answer
-    shaped its decode steps). ``predicted_*``: the chosen candidate's prediction from the Decision.
-    ``tpot_ms`` is None for a one-token answer.
-
-    Non-streamed answers have no first-token time: pass ``ttft_ms=None`` with ``e2e_ms`` and
-    ``completion_tokens``. A one-token answer's end-to-end time is its TTFT; for longer answers
-    the time past the predicted TTFT, per extra token, is taken as the TPOT (decode steps
-    dominate), and the prefill fit is left alone.
-    """
-
-    route: RouteName
-    decode_url: str | None
-    prefill_url: str | None
-    new_tokens: int
-    cached_tokens: int
-    ttft_ms: float | None
-    tpot_ms: float | None
-    decode_running: int
-    predicted_ttft_ms: float | None = None
-    predicted_tpot_ms: float | None = None
-    kv_bytes: int = 0
-    decode_context_tokens: int = 0
-    prefill_cached_tokens: int | None = None
-    e2e_ms: float | None = None
-    completion_tokens: int = 0
-    decode_running_end: int | None = None
-
-
-def _from_end_to_end(obs: Observation) -> Observation | None:
-    """TTFT/TPOT recovered from a non-streamed turn's end-to-end time (see Observation)."""
-    if obs.e2e_ms is None or not obs.e2e_ms > 0:
-        return None
-    steps = obs.completion_tokens - 1
-    if steps <= 0:  # a one-token answer: end to end is the first token
-        return replace(obs, ttft_ms=obs.e2e_ms, tpot_ms=None)
-    if obs.predicted_ttft_ms is None:
-        return None
-    # with several tokens the decode steps dominate: attribute the time past the predicted first
-    # token to them (a prefill miss spreads thinly over the steps) and leave the prefill fit alone
-    return replace(obs, tpot_ms=max(obs.e2e_ms - obs.predicted_ttft_ms, 0.0) / steps)
-
-
-def _prior_std(
-    start: tuple[float, float, float],
-    rel: float | None,
-    floors: tuple[float, float, float],
-    typical_x: tuple[float, float, float],
-) -> list[float]:
-    """Prior std per coefficient: loose (no ``rel``: 3x, with floors) or ``rel`` of a trusted profile."""
-    if rel is None:
-        return [max(3 * v, f) for v, f in zip(start, floors)]
-    typical_ms = sum(v * x for v, x in zip(start, typical_x))
-    return [rel * max(v, typical_ms / (10 * x), 1e-6) for v, x in zip(start, typical_x)]
-
-
-def _prefill_fit(start: tuple[float, float, float], rel: float | None) -> RobustFit:
-    return RobustFit(start, _prior_std(start, rel, _PREFILL_FLOORS, _TYPICAL_PREFILL_X), _PREFILL_SCALE0)
-
-
 class _WorkerFit:
-    def __init__(self, start: CostCoefficients, prior_rel_std: float | None) -> None:
+    def __init__(self, start: CostCoefficients, prior_rel_std: float | None, model: str | None = None) -> None:
         self.start = start  # the profile's coefficients for its role (the pool rescales by them)
         self.prior_rel_std = prior_rel_std
+        self.model = model  # the model the worker serves, when the router knows it
         p0 = (start.prefill_base_ms, start.prefill_per_token_ms, start.prefill_attn_ms_per_ktok2)
         d0 = (start.decode_base_ms, start.decode_per_seq_ms, start.decode_per_kctx_ms)
-        self.prefill = _prefill_fit(p0, prior_rel_std)
-        self.decode = RobustFit(d0, _prior_std(d0, prior_rel_std, _DECODE_FLOORS, _TYPICAL_DECODE_X), _DECODE_SCALE0)
+        self.prefill = prefill_fit(p0, prior_rel_std)
+        self.decode = decode_fit(d0, prior_rel_std)
         self.coefficients = start
         # prefill coefficients taken from other workers' fits (no own prefill sample yet)
         self.prefill_pooled = False
@@ -207,29 +124,8 @@ class _WorkerFit:
         the pool has since shown wrong)."""
         c = self.coefficients
         self.prefill = self.prefill.rebased(
-            _prefill_fit((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2), self.prior_rel_std)
+            prefill_fit((c.prefill_base_ms, c.prefill_per_token_ms, c.prefill_attn_ms_per_ktok2), self.prior_rel_std)
         )
-
-
-def _prefill_features(new: int, cached: int) -> tuple[float, float, float]:
-    return 1.0, float(new), new * (new + cached) / 1e6
-
-
-def _decode_features(obs: Observation) -> tuple[float, float, float]:
-    """The decode-step features of the answer's steps, as ``latency.estimate_*`` predicts them:
-    (1, streams incl. this one, context / 1000) where the context is the other streams' plus
-    this stream's prompt and half its answer (the mean over its steps)."""
-    at_start = max(obs.decode_running, 0)
-    running: float = at_start
-    if obs.decode_running_end is not None:  # the batch the stream actually decoded in
-        running = (at_start + max(obs.decode_running_end, 0)) / 2
-    prompt = obs.new_tokens + obs.cached_tokens
-    if at_start > 0 and obs.decode_context_tokens > 0:  # the others' context, rescaled to the mean batch
-        others = obs.decode_context_tokens * running / at_start
-    else:  # unknown, or streams that joined an idle worker later: contexts like this one
-        others = running * prompt
-    context = others + prompt + max(obs.completion_tokens, 0) // 2
-    return 1.0, running + 1.0, context / 1000.0
 
 
 def _pooled_prefill(start: CostCoefficients, donors: list[_WorkerFit]) -> tuple[float, float, float]:
@@ -294,13 +190,35 @@ class CostModel:
         """The profile's coefficients for a role (before any online fit)."""
         return self._by_role.get(role, self._default)
 
-    def coefficients(self, url: str, role: Role) -> CostCoefficients:
-        """The current fitted coefficients of worker ``url`` (cheap: cached between observations)."""
+    def coefficients(self, url: str, role: Role, model: str | None = None) -> CostCoefficients:
+        """The current fitted coefficients of worker ``url`` (cheap: cached between observations).
+
+        ``model``: the model the worker serves, when known (``/server_info``). A trusted profile
+        is trusted only for its own model: for a worker serving another one its prior is loose
+        (``profile_prior``). A worker that turns out to serve another model than its fit was
+        made for (first known now, or changed by a restart) starts a fresh fit."""
         fit = self._fits.get(url)
-        if fit is None:
-            fit = self._fits[url] = _WorkerFit(self.start_coefficients(role), self.prior_rel_std)
-            self._pool_prefill_into(fit)
+        if fit is None or (model is not None and model != fit.model):
+            fit = self._new_fit(url, role, model, fit)
         return fit.coefficients
+
+    def trusts_profile_for(self, model: str | None) -> bool:
+        """Whether a worker serving ``model`` gets the profile's trusted prior (``prior_rel_std``)."""
+        return self.prior_rel_std is not None and same_model(self.model_name, model)
+
+    def _new_fit(self, url: str, role: Role, model: str | None, old: _WorkerFit | None) -> _WorkerFit:
+        trusted = self.trusts_profile_for(model)
+        if old is not None and same_model(old.model, model) and (old.prior_rel_std is not None) == trusted:
+            old.model = model  # the model is now known and changes nothing: keep the samples
+            return old
+        fit = self._fits[url] = _WorkerFit(
+            self.start_coefficients(role), self.prior_rel_std if trusted else None, model
+        )
+        if old is not None and old.prefill.samples >= _DONOR_MIN_SAMPLES:
+            self._republish_pooled_prefill()  # its evidence left the pool
+        else:
+            self._pool_prefill_into(fit)
+        return fit
 
     def forget(self, url: str) -> None:
         """Drop a worker's fit (it was removed from the cluster)."""
@@ -362,7 +280,7 @@ class CostModel:
         """Refit from one completed turn and record its prediction error. Bad values are ignored
         (a timing the router could not measure must not poison the fit)."""
         if obs.ttft_ms is None:
-            derived = _from_end_to_end(obs)
+            derived = from_end_to_end(obs)
             if derived is None:
                 return
             obs = derived
@@ -378,7 +296,7 @@ class CostModel:
             new = prompt - cached
         if prefill_url is not None and new > 0 and obs.ttft_ms is not None:
             fit = self._fit(prefill_url, prefill_role)
-            x = _prefill_features(new, cached)
+            x = prefill_features(new, cached)
             predicted_compute = prefill_ms(fit.coefficients, new, cached)
             overhead = 0.0
             if obs.predicted_ttft_ms is not None:
@@ -414,7 +332,7 @@ class CostModel:
         if obs.decode_url is not None and obs.tpot_ms is not None and obs.tpot_ms > 0:
             role: Role = "unified" if obs.route == "replica" else "decode"
             fit = self._fit(obs.decode_url, role)
-            x_dec = _decode_features(obs)
+            x_dec = decode_features(obs)
             # the local route's predicted TPOT is the decode step plus the interference its
             # append-prefill spreads over the worker's streams; in steady state each stream absorbs
             # about that much from the other streams' local prefills, so fit the step alone

@@ -23,11 +23,11 @@ from ppd_server.routing.latency import (
     cached_on_prefill,
     committed_local_ms_per_step,
     decode_batch,
-    decode_step_ms,
     estimate_replica,
     expected_output_tokens,
     kv_bytes_per_token,
     kv_fits,
+    kv_tokens_needed,
     prefill_ms,
     queue_wait_ms,
     transfer_ms,
@@ -71,32 +71,47 @@ def best_pd(request: RequestView, cluster: ClusterView, session: SessionView | N
     if not prefills or not decodes:
         return None
     prefill = _best_prefill(request, session, prefills)
-    # a decode worker whose KV pool cannot take the request would make it wait: avoid it if we can
-    roomy = [d for d in decodes if kv_fits(request, session, d)] or decodes
     prompt = max(request.prompt_tokens, 0)
+    home = session.decode_url if session is not None else None
+    # a decode worker whose KV pool cannot take the request would make it wait: avoid it if we can
+    # (kv_fits; only the session's decode worker caches part of the prompt)
+    need = prompt + max(request.max_new_tokens, 0)
+    roomy = [
+        d
+        for d in decodes
+        if d.max_total_tokens <= 0
+        or d.used_tokens + (need if d.url != home else kv_tokens_needed(request, session, d)) <= d.max_total_tokens
+    ] or decodes
     cached_p = cached_on_prefill(session, prefill, prompt)
     p_ms = queue_wait_ms(prefill, prompt - cached_p) + prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
-    n_out = expected_output_tokens(request, session)
+    half_out = expected_output_tokens(request, session) // 2
     link_gbps, backlog = cluster.link_gbps, cluster.link_backlog_bytes
-    # the same arithmetic, in the same order, as latency.estimate_pd
+    transfers: dict[int, float] = {}  # kv bytes -> transfer_ms (the same for every worker caching nothing)
+    # the same arithmetic, in the same order, as latency.estimate_pd (decode_step_ms written out:
+    # its batch part is shared by the first step and the TPOT step)
     preds: list[tuple[float, float, int, WorkerView]] = []
     for d in roomy:
-        cached_d = cached_on_decode(session, d, prompt) if d.decode_radix_cache else 0
-        kv_bytes = (prompt - cached_d) * kv_bytes_per_token(d, prefill)
-        x_ms = transfer_ms(kv_bytes, link_gbps, backlog)
-        b = decode_batch(d)
+        cached_d = cached_on_decode(session, d, prompt) if d.url == home and d.decode_radix_cache else 0
+        per_token = d.kv_bytes_per_token if d.kv_bytes_per_token > 0 else kv_bytes_per_token(prefill)
+        kv_bytes = (prompt - cached_d) * per_token
+        x_ms = transfers.get(kv_bytes)
+        if x_ms is None:
+            x_ms = transfers[kv_bytes] = transfer_ms(kv_bytes, link_gbps, backlog)
+        c = d.coefficients
         context = max(d.running_context_tokens, 0) + prompt
-        first_step = decode_step_ms(d.coefficients, b + 1, context)
-        tpot = decode_step_ms(d.coefficients, b + 1, context + n_out // 2) + committed_local_ms_per_step(d)
+        fixed = c.decode_base_ms + c.decode_per_seq_ms * (decode_batch(d) + 1)
+        first_step = fixed + c.decode_per_kctx_ms * context / 1000.0
+        tpot = fixed + c.decode_per_kctx_ms * (context + half_out) / 1000.0 + committed_local_ms_per_step(d)
         preds.append((p_ms + x_ms + first_step, tpot, kv_bytes, d))
-    best_ttft = min(t for t, _, _, _ in preds)
-    best_tpot = min(t for _, t, _, _ in preds)
-    scores = [_weighted(t, tp, best_ttft, best_tpot, request) for t, tp, _, _ in preds]
+    w = request.weights
+    w_ttft, w_tpot = w.ttft, w.tpot
+    best_ttft = max(min(t for t, _, _, _ in preds), 1e-9)
+    best_tpot = max(min(t for _, t, _, _ in preds), 1e-9)
+    scores = [w_ttft * t / best_ttft + w_tpot * tp / best_tpot for t, tp, _, _ in preds]  # _weighted
     floor = min(scores)
     cut = floor * (1 + _TIE_REL) + 1e-9
     ties = [i for i, s in enumerate(scores) if s <= cut]
     win = ties[0] if len(ties) == 1 else min(ties, key=lambda i: _tie_order(request, session, preds[i][3].url))
-    home = session.decode_url if session is not None else None
     if home is not None and preds[win][3].url != home:
         best_breaks = _breaks(preds[win][0], preds[win][1], request)
         for i, (t, tp, _, d) in enumerate(preds):

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH as MIN_SAMPLES
-from ppd_server.routing.cost_model import CostModel, Observation
+from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.latency import (
     decode_rows_ms,
     decode_step_ms,
@@ -18,6 +18,7 @@ from ppd_server.routing.latency import (
     prefill_ms,
     transfer_ms,
 )
+from ppd_server.routing.observation import Observation
 from ppd_server.routing.rls import RecursiveLeastSquares
 from ppd_server.routing.types import ClusterView, CostCoefficients, RequestView, SessionView, WorkerView
 

@@ -9,8 +9,9 @@ import random
 import pytest
 
 from ppd_server.routing.cost_model import _DONOR_MIN_SAMPLES as OWN
-from ppd_server.routing.cost_model import CostModel, Observation
+from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.latency import decode_step_ms, prefill_ms, transfer_ms
+from ppd_server.routing.observation import Observation
 from ppd_server.routing.policies import make_policy
 from ppd_server.routing.types import ClusterView, CostCoefficients, RequestView, SessionView, WorkerView
 

@@ -11,9 +11,10 @@ import random
 
 import pytest
 
-from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH, CostModel, Observation
+from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH, CostModel
 from ppd_server.routing.latency import decode_step_ms, prefill_ms
 from ppd_server.routing.linalg import nonnegative_solve, solve_linear
+from ppd_server.routing.observation import Observation
 from ppd_server.routing.robust_fit import RobustFit
 from ppd_server.routing.types import CostCoefficients
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from routing_views import COEFS, cluster, decode, loaded, prefill, request, session
 
-from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH, CostModel, Observation
+from ppd_server.routing.cost_model import MIN_SAMPLES_TO_PUBLISH, CostModel
 from ppd_server.routing.latency import committed_local_ms_per_step, expected_output_tokens, local_tpot_budget
 from ppd_server.routing.local_load import LocalLoad
+from ppd_server.routing.observation import Observation
 from ppd_server.routing.placement import AFFINITY_SLACK, best_pd
 from ppd_server.routing.policies import build_options, make_policy
 from ppd_server.routing.types import CostCoefficients, SessionView

@@ -180,3 +180,26 @@ def test_hopeless_pd_sends_short_appends_local_over_the_tpot_budget(p_waiting_to
         assert "P->D hopeless" in d.reason
     else:
         assert "TPOT budget" in d.reason
+
+
+@pytest.mark.parametrize(
+    "p_waiting_tokens,tpot_target,route",
+    [
+        (2000, 65.0, "local"),  # P->D ~2.9 s breaks the 1 s target, local ~0.65 s meets it; fits at 65 ms, not at 0.85x
+        (0, 65.0, "pd"),  # P idle: P->D meets the TTFT target, the headroom'd budget holds
+        (2000, 55.0, "pd"),  # P->D breaks the target, but local does not fit even at the target itself
+    ],
+)
+def test_a_turn_pd_would_lose_may_spend_the_tpot_headroom(p_waiting_tokens, tpot_target, route):
+    """The TPOT budget keeps 15% headroom under the target (the prediction is a mean); when P->D is
+    predicted to break the TTFT target and local to meet it, the budget at the target itself
+    decides - for any append size (a 600-token one here, past the static threshold:512 rule)."""
+    req = request(prompt=1600, slo_ttft_ms=1000.0, slo_tpot_ms=tpot_target)
+    cl = cluster(prefill(waiting_reqs=1, waiting_tokens=p_waiting_tokens), decode(**loaded(4)))
+    opts = build_options(req, cl, session())
+    assert opts.local.ttft_ms < 1000.0 and (opts.pd.ttft_ms > 1000.0) is (p_waiting_tokens > 0)
+    d = PPD.decide(req, cl, session())
+    assert d.route == route, d.reason
+    assert ("at the target itself" in d.reason) is (route == "local")
+    if route == "pd":
+        assert "TPOT budget" in d.reason

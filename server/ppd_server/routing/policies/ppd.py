@@ -18,10 +18,12 @@ With a TPOT target (``slo.tpot_ms``), before S is looked at:
 
 1. the holder's local-prefill budget per iteration (``latency.local_tpot_budget``, at ``headroom``
    x the target: the target binds every request, the prediction is a mean) must take the
-   committed local prefill plus this append, or the turn goes P->D - unless P->D is hopeless
+   committed local prefill plus this append, or the turn goes P->D - unless P->D is predicted
+   to break the TTFT target and local to meet it (then the budget at the target itself, without
+   the headroom, decides: a turn P->D would lose is worth the headroom), or P->D is hopeless
    (prefill-bound and predicted past ``HOPELESS`` x the TTFT target: the model cannot rank two
    routes that both miss), the append short (``STATIC_LOCAL_TOKENS``) and some decode worker has
-   room (not saturated, as in 2.): then local, the static ``threshold:512`` rule;
+   room (not saturated at the target itself): then local, the static ``threshold:512`` rule;
 2. when the decode side is the bottleneck - every decode worker near the target while the P->D
    route has TTFT to spare - the turn goes P->D: prefill workers have the slack, decode does not.
 
@@ -118,7 +120,18 @@ class PPDPolicy(Policy):
             # the holder's local-prefill budget keeps all its streams under the target (with headroom:
             # the target binds every request, the prediction is a mean)
             need, budget = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * slo.tpot_ms)
-            if need > budget and self._hopeless_pd(local, pd, req) and not self._decode_saturated(opts):
+            if need > budget and self._pd_misses_ttft(local, pd, req):
+                # the headroom keeps streams well inside the target; a turn P->D would lose is worth it
+                need_t, budget_t = local_tpot_budget(req, opts.session, holder, slo.tpot_ms)
+                if need_t <= budget_t:
+                    return (
+                        "local",
+                        s,
+                        f"local: P->D breaks the TTFT SLO ({fmt_ms(pd.ttft_ms)} > {fmt_ms(slo.ttft_ms or 0)}), local "
+                        f"fits {holder.url}'s TPOT budget at the target itself ({fmt_ms(need_t)} <= "
+                        f"{fmt_ms(budget_t)} per step); {detail}",
+                    )
+            if need > budget and self._hopeless_pd(local, pd, req) and not self._decode_saturated(opts, at_target=True):
                 return (
                     "local",
                     s,
@@ -156,6 +169,12 @@ class PPDPolicy(Policy):
             return "local", s, f"local: {detail}{suffix}"
         return "pd", s, f"pd: {detail}{suffix}"
 
+    @staticmethod
+    def _pd_misses_ttft(local: Candidate, pd: Candidate, req: RequestView) -> bool:
+        """P->D is predicted to break the TTFT target and local to meet it."""
+        t = req.slo.ttft_ms
+        return t is not None and pd.ttft_ms > t >= local.ttft_ms
+
     @classmethod
     def _hopeless_pd(cls, local: Candidate, pd: Candidate, req: RequestView) -> bool:
         """The model's own figures cannot rank the routes: P->D is prefill-bound and predicted far
@@ -175,16 +194,18 @@ class PPDPolicy(Policy):
         slo = req.slo
         return slo.ttft_ms is not None and pd.ttft_ms > slo.ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms
 
-    def _decode_saturated(self, opts: Options) -> tuple[float, float] | None:
+    def _decode_saturated(self, opts: Options, at_target: bool = False) -> tuple[float, float] | None:
         """(least loaded decode worker's TPOT with a joining stream, the limit) when even that worker
-        runs at DECODE_SATURATED of the headroom'd TPOT target or more; None when one has room."""
+        runs at DECODE_SATURATED of the headroom'd TPOT target or more; None when one has room.
+        ``at_target``: of the target itself (no headroom) - when P->D is hopeless, the headroom
+        that keeps streams well inside the target is worth spending on turns P->D would lose."""
         slo = opts.request.slo
         if opts.cluster is None or slo.tpot_ms is None:
             return None
         decodes = opts.cluster.by_role("decode")
         if not decodes:
             return None
-        limit = DECODE_SATURATED * self._params["headroom"] * slo.tpot_ms
+        limit = DECODE_SATURATED * (1.0 if at_target else self._params["headroom"]) * slo.tpot_ms
         least = min(joined_tpot_ms(opts.request, opts.session, w) for w in decodes)
         return (least, limit) if least >= limit else None
 
