@@ -13,9 +13,11 @@ a. **Simulated grid** - ``benchmarks/sim_grid.py`` (the policy grid runner: flee
 b. **Measured CPU comparison** - ``ppd-bench compare``: ppd, pd, local, threshold and
    sglang-router PD in front of the same embedded 1P1D SmolLM2 workers, one workload, one run:
    ``long-prompt-cpu`` (~2k-token first turn, three ~24-token appends, 32-token answers) at
-   :data:`LIVE_LOAD`, where the prefill worker is busy about half the time with first turns (the
-   table shows each worker's measured busy share): the load where P->D turns 2+ wait behind long
-   prefills while the decode worker can still take the appends;
+   :data:`LIVE_LOAD`: 10 first turns of ~2.3 s of prefill each arrive within ~25 s, so the
+   prefill worker is at capacity while sessions arrive and ~55-75% busy over the run (the table
+   shows each worker's measured busy share), while the decode worker can still take the appends:
+   the load where P->D turns 2+ wait behind long prefills. A live TPOT-weight sweep of ppd
+   (``--live-weights``) runs at the same load;
 c. **Validation** - ``benchmarks/validate_sim.py``: the same ppd-bench workload measured on the
    embedded 1P1D cluster and simulated with that cluster's measured profile.
 
@@ -90,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--validate-args", default="", help="extra benchmarks/validate_sim.py options")
     live.add_argument(
         "--live-weights",
-        default="0.25,1,4,16",
+        default="1,4,16",
         help="w_tpot values of the live TPOT-weight sweep (ppd-bench compare, ppd@tpot=W, same load as the live "
-        "comparison); 'none' skips it; default 0.25,1,4,16",
+        "comparison); 'none' skips it; default 1,4,16",
     )
     return p
 
