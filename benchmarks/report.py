@@ -11,7 +11,13 @@ a. **Simulated grid** - ``benchmarks/sim_grid.py`` (the policy grid runner: flee
    loads from light to past pd's saturation x policies, router fitted online from the built-in
    profile), plus a TPOT-weight sweep of ppd on one fleet;
 b. **Measured CPU comparison** - ``ppd-bench compare``: ppd, pd, local, threshold and
-   sglang-router PD in front of the same embedded 1P1D SmolLM2 workers, one workload, one run;
+   sglang-router PD in front of the same embedded 1P1D SmolLM2 workers, one workload, one run:
+   ``long-prompt-cpu`` (~2k-token first turn, three ~24-token appends, 32-token answers) at
+   :data:`LIVE_LOAD`: 10 first turns of ~2.3 s of prefill each arrive within ~25 s, so the
+   prefill worker is at capacity while sessions arrive and ~55-75% busy over the run (the table
+   shows each worker's measured busy share), while the decode worker can still take the appends:
+   the load where P->D turns 2+ wait behind long prefills. A live TPOT-weight sweep of ppd
+   (``--live-weights``) runs at the same load;
 c. **Validation** - ``benchmarks/validate_sim.py``: the same ppd-bench workload measured on the
    embedded 1P1D cluster and simulated with that cluster's measured profile.
 
@@ -78,9 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS), help="w_tpot values of the sweep")
     live = p.add_argument_group("live parts")
     live.add_argument(
-        "--live-args", default="", help="extra ppd-bench compare options (default: its own, sized for a 2-core box)"
+        "--live-args",
+        default="",
+        help="extra ppd-bench compare options (default: long-prompt-cpu at 0.3 new sessions/s, 10 sessions; "
+        "later options win)",
     )
     live.add_argument("--validate-args", default="", help="extra benchmarks/validate_sim.py options")
+    live.add_argument(
+        "--live-weights",
+        default="1,4,16",
+        help="w_tpot values of the live TPOT-weight sweep (ppd-bench compare, ppd@tpot=W, same load as the live "
+        "comparison); 'none' skips it; default 1,4,16",
+    )
     return p
 
 
@@ -181,6 +196,10 @@ def _env() -> dict[str, str]:
     return env
 
 
+#: the live comparison's workload and load (ppd-bench compare options; --live-args adds to them)
+LIVE_LOAD = ("--workload", "long-prompt-cpu", "--rate", "0.3", "--sessions", "10", "--duration", "30")
+
+
 def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
     out = data_dir / "live_compare.json"
     argv = [
@@ -192,6 +211,7 @@ def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
         "ppd,pd,local,threshold:256,sglang-router",
         "--baseline",
         "sglang-router",
+        *LIVE_LOAD,
         *a.live_args.split(),
         "--out",
         str(out),
@@ -207,6 +227,39 @@ def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
         "command": "ppd-bench compare " + " ".join(argv[4:-2]),
         "seconds": round(time.monotonic() - started, 1),
         "doc": doc,
+    }
+
+
+def run_live_weights(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
+    """ppd with every client TPOT weight of ``--live-weights`` in front of the same workers."""
+    weights = _csv(a.live_weights, float)
+    out = data_dir / "live_weights_compare.json"
+    systems = ",".join(f"ppd@tpot={w:g}" for w in weights)
+    argv = [
+        sys.executable,
+        "-m",
+        "ppd_bench",
+        "compare",
+        "--systems",
+        systems,
+        "--baseline",
+        f"ppd@tpot={weights[0]:g}",
+        *LIVE_LOAD,
+        *a.live_args.split(),
+        "--out",
+        str(out),
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(argv, env=_env(), cwd=HERE.parent, text=True, capture_output=True)
+    sys.stderr.write(proc.stderr[-2000:])
+    if proc.returncode != 0 or not out.exists():
+        print(f"report: live weights sweep failed (exit {proc.returncode}); keeping any saved one", file=sys.stderr)
+        return None
+    return {
+        "command": "ppd-bench compare " + " ".join(argv[4:-2]),
+        "seconds": round(time.monotonic() - started, 1),
+        "weights": weights,
+        "doc": json.loads(out.read_text()),
     }
 
 
@@ -255,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{name} {text!r} names nothing")
         if not a.duration > 0:
             raise ValueError(f"--duration must be > 0, got {a.duration}")
+        if a.live_weights.strip().lower() != "none":
+            lw = _csv(a.live_weights, float)
+            if not lw or any(not 0 <= w <= 1000 for w in lw) or len(set(lw)) != len(lw):
+                raise ValueError(
+                    f"--live-weights must be distinct numbers in [0, 1000] or 'none', got {a.live_weights!r}"
+                )
         if "," not in a.weights_cell:
             raise ValueError(f"--weights-cell must be CLUSTER,WORKLOAD, got {a.weights_cell!r}")
     except ValueError as e:
@@ -275,13 +334,19 @@ def main(argv: list[str] | None = None) -> int:
         timings["sim"] = time.monotonic() - t
         _save(data_dir / "sim.json", sim)
 
-    live = validation = None
+    live = validation = live_weights = None
     if not a.skip_live:
         t = time.monotonic()
         live = run_live(a, data_dir)
         timings["live"] = time.monotonic() - t
         if live is not None:
             _save(data_dir / "live.json", live)
+        if a.live_weights.strip().lower() != "none":
+            t = time.monotonic()
+            live_weights = run_live_weights(a, data_dir)
+            timings["live weights"] = time.monotonic() - t
+            if live_weights is not None:
+                _save(data_dir / "live_weights.json", live_weights)
         t = time.monotonic()
         validation = run_validation(a, data_dir)
         timings["validation"] = time.monotonic() - t
@@ -289,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             _save(data_dir / "validation.json", validation)
     live = live or _saved(data_dir / "live.json")
     validation = validation or _saved(data_dir / "validation.json")
+    live_weights = live_weights or _saved(data_dir / "live_weights.json")
 
     timings["total"] = time.monotonic() - started
     meta = {
@@ -298,16 +364,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "git": _git_head(),
         "reused": {"sim": a.reuse_sim, "live": a.skip_live},
-        "recorded": _recorded(sim, live, validation),
+        "recorded": _recorded(sim, live, validation, live_weights),
     }
-    text = report_render.render(meta, sim, live, validation, data_dir)
+    text = report_render.render(meta, sim, live, validation, data_dir, live_weights=live_weights)
     (out_dir / "REPORT.md").write_text(text)
     print(f"report: wrote {out_dir / 'REPORT.md'} in {timings['total']:.0f}s", file=sys.stderr)
     return 0
 
 
 def _recorded(
-    sim: dict[str, Any] | None, live: dict[str, Any] | None, validation: dict[str, Any] | None
+    sim: dict[str, Any] | None,
+    live: dict[str, Any] | None,
+    validation: dict[str, Any] | None,
+    live_weights: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Seconds each part took when it was last run (saved with its figures)."""
     out: dict[str, float] = {}
@@ -317,6 +386,8 @@ def _recorded(
         )
     if live:
         out["live"] = live["seconds"]
+    if live_weights:
+        out["live weights"] = live_weights["seconds"]
     if validation:
         out["validation"] = validation["seconds"]
     return out

@@ -10,36 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-POLICY_ORDER = ("pd", "local", "threshold:512", "ratio:0.5", "ppd")
-COLORS = {"pd": "#1f77b4", "local": "#ff7f0e", "threshold:512": "#2ca02c", "ratio:0.5": "#9467bd", "ppd": "#d62728"}
-
-
-def _pct(v: Any) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
-
-
-def _ms(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
-
-
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
+from report_render_live import live_rows, plot_live, render_live, render_live_weights  # noqa: F401 - re-exported
+from report_render_util import COLORS, POLICY_ORDER, _get, _ms, _pct, _plt  # noqa: F401 - re-exported
 
 # -- (a) sim grid --------------------------------------------------------------------------------------
 
@@ -241,82 +213,7 @@ def render_sim(sim: dict[str, Any] | None, data_dir: Path) -> list[str]:
     return md
 
 
-# -- (b) live comparison -------------------------------------------------------------------------------
-
-
-def _systems(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    systems = doc.get("systems") or []
-    return systems if isinstance(systems, list) else [dict(v, label=k) for k, v in systems.items()]
-
-
-def live_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per system of a ``ppd-bench compare`` document (``systems: [{system, result | error}]``)."""
-    out = []
-    for s in _systems(doc):
-        summary = _get(s, "result", "summary") or s.get("summary") or {}
-        t2 = summary.get("turn2plus") or {}
-        out.append(
-            {
-                "system": s.get("system") or s.get("label") or "?",
-                "ttft2_p50": _get(t2, "ttft_ms", "p50"),
-                "ttft2_p90": _get(t2, "ttft_ms", "p90"),
-                "tpot_p50": _get(t2, "tpot_ms", "p50"),
-                "local": _get(t2, "route_share", "local") or (0.0 if t2.get("ok") else None),
-                "success": _get(summary, "all", "success_rate"),
-                "error": s.get("error"),
-            }
-        )
-    return out
-
-
-def plot_live(rows: list[dict[str, Any]], data_dir: Path) -> str:
-    plt = _plt()
-    rows = [r for r in rows if r["ttft2_p50"] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    names = [r["system"] for r in rows]
-    axes[0].bar(names, [r["ttft2_p50"] for r in rows], color="#d62728")
-    axes[0].set_ylabel("turn-2+ TTFT p50 ms")
-    axes[1].bar(names, [r["tpot_p50"] or 0 for r in rows], color="#1f77b4")
-    axes[1].set_ylabel("TPOT p50 ms (turns 2+)")
-    for ax in axes:
-        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    fig.tight_layout()
-    fig.savefig(data_dir / "live_compare.png", dpi=90)
-    plt.close(fig)
-    return "live_compare.png"
-
-
-def render_live(live: dict[str, Any] | None, data_dir: Path) -> list[str]:
-    md = ["## b. Measured: the embedded CPU 1P1D cluster", ""]
-    if not live:
-        return md + ["_Not run (ppd-bench compare unavailable or failed)._", ""]
-    rows = live_rows(live["doc"])
-    base = next((r for r in rows if r["system"] == "sglang-router"), None)
-    md += [
-        f"`{live['command']}` ({live['seconds']:.0f} s here). One pair of ppd-worker processes (SmolLM2-135M, one "
-        "core each), every system in front of the same workers, the same sessions and arrivals; measured, noisy "
-        "(2-core box shared with other jobs).",
-        "",
-    ]
-    if any(r["ttft2_p50"] is not None for r in rows):
-        md += [f"![live](report/{plot_live(rows, data_dir)})", ""]
-    md += [
-        "| system | turn-2+ TTFT p50 / p90 ms | TPOT p50 ms | turns 2+ local | success "
-        "| TTFT p50 / baseline | TPOT p50 / baseline |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if r["error"] and r["ttft2_p50"] is None:
-            md.append(f"| {r['system']} | not run: {r['error']} | | | | | |")
-            continue
-        rt = f"{r['ttft2_p50'] / base['ttft2_p50']:.2f}" if base and base["ttft2_p50"] and r["ttft2_p50"] else "-"
-        rp = f"{r['tpot_p50'] / base['tpot_p50']:.2f}" if base and base["tpot_p50"] and r["tpot_p50"] else "-"
-        md.append(
-            f"| {r['system']} | {_ms(r['ttft2_p50'])} / {_ms(r['ttft2_p90'])} | {_ms(r['tpot_p50'])} | "
-            f"{_pct(r['local'])}% | "
-            f"{_pct(r['success'])}% | {rt} | {rp} |"
-        )
-    return md + ["", "Baseline: sglang-router in PD mode." if base else "", ""]
+# -- (b) live comparison: report_render_live ------------------------------------------------------------
 
 
 # -- (c) validation ----------------------------------------------------------------------------------
@@ -369,6 +266,7 @@ def render(
     live: dict[str, Any] | None,
     validation: dict[str, Any] | None,
     data_dir: Path,
+    live_weights: dict[str, Any] | None = None,
 ) -> str:
     def fmt(secs: dict[str, float]) -> str:
         return ", ".join(f"{k} {v / 60:.1f} min" if v >= 60 else f"{k} {v:.0f} s" for k, v in secs.items())
@@ -393,5 +291,6 @@ def render(
     ]
     md += render_sim(sim, data_dir)
     md += render_live(live, data_dir)
+    md += render_live_weights(live_weights)
     md += render_validation(validation, data_dir)
     return "\n".join(md).rstrip() + "\n"

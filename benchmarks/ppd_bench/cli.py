@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--systems",
         default="ppd,sglang-router,pd,local,threshold:256,smg",
-        help="comma-separated, run in this order: ppd, pd, local, threshold:N, ratio:X (ppd-server policies), "
+        help="comma-separated, run in this order: ppd, pd, local, threshold:N, ratio:X (ppd-server policies; "
+        "POLICY@tpot=W: its clients send TPOT weight W, e.g. ppd@tpot=1,ppd@tpot=8 is a live weights sweep), "
         "sglang-router, smg; default ppd,sglang-router,pd,local,threshold:256,smg",
     )
     c.add_argument(

@@ -16,6 +16,7 @@ with the reason instead of figures; the others still run.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import subprocess
@@ -61,7 +62,8 @@ class CompareConfig:
 
         if not self.systems:
             raise BenchError("--systems names no system")
-        for s in self.systems:
+        for system in self.systems:
+            s, _ = split_system(system)
             if s in ROUTERS:
                 continue
             try:
@@ -77,6 +79,25 @@ class CompareConfig:
             raise BenchError(f"--rounds must be in 1..20, got {self.rounds}")
         if not 1 <= self.worker_threads <= 64:
             raise BenchError(f"--worker-threads must be in 1..64, got {self.worker_threads}")
+
+
+def split_system(system: str) -> tuple[str, float | None]:
+    """``ppd@tpot=4`` -> ("ppd", 4.0): a ppd-server policy whose clients send TPOT weight 4 (the
+    weights sweep); a plain name -> (name, None). BenchError names a bad suffix."""
+    name, sep, suffix = system.partition("@")
+    if not sep:
+        return system, None
+    key, _, value = suffix.partition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if key != "tpot" or not (math.isfinite(weight) and 0 <= weight <= 1000) or name in ROUTERS:
+        raise BenchError(
+            f"bad system {system!r} in --systems; a ppd-server policy may carry @tpot=W (the clients' TPOT "
+            "weight, 0..1000), e.g. ppd@tpot=4"
+        )
+    return name, weight
 
 
 class _Proc:
@@ -268,8 +289,11 @@ def _run_one(
         return entry
     asyncio.run(flush_caches([prefill.url, decode.url]))
     port = next(ports)
-    argv, env, ready = _front_argv(system, port, prefill.url, prefill.bootstrap_port, decode.url, next(ports))
-    name = system.replace(":", "-")
+    policy, w_tpot = split_system(system)
+    if w_tpot is not None:
+        run = replace(run, w_tpot=w_tpot)
+    argv, env, ready = _front_argv(policy, port, prefill.url, prefill.bootstrap_port, decode.url, next(ports))
+    name = system.replace(":", "-").replace("@", "-").replace("=", "")
     proc = _Proc(name, argv, f"http://127.0.0.1:{port}", log_dir / f"front-{name}-r{round_no + 1}.log", env)
     entry["command"] = " ".join(argv)
     try:
@@ -285,13 +309,47 @@ def _run_one(
             f"running {len(sessions)} sessions",
             file=sys.stderr,
         )
+        busy_before = _busy_seconds([prefill.url, decode.url])
+        t_run = time.monotonic()
         entry["result"] = asyncio.run(arun(replace(run, url=proc.url, label=system), sessions, workload))
+        entry["busy_share"] = _busy_share(busy_before, _busy_seconds([prefill.url, decode.url]), t_run)
+        entry["loadavg"] = [round(x, 2) for x in os.getloadavg()]  # the machine's, other tenants included
     except (RuntimeError, BenchError) as e:
         entry["error"] = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         print(f"[ppd-bench compare] {system}: not run: {entry['error']}", file=sys.stderr)
     finally:
         proc.stop()
     return entry
+
+
+def _busy_seconds(urls: Sequence[str]) -> dict[str, float | None]:
+    """Each worker's total forward-pass time so far (``sglang:forward_step_seconds_sum``)."""
+    out: dict[str, float | None] = {}
+    for url in urls:
+        try:
+            text = httpx.get(url + "/metrics", timeout=5.0, trust_env=False).text
+        except httpx.HTTPError:
+            out[url] = None
+            continue
+        out[url] = next(
+            (
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("sglang:forward_step_seconds_sum")
+            ),
+            None,
+        )
+    return out
+
+
+def _busy_share(before: dict[str, float | None], after: dict[str, float | None], since: float) -> dict[str, float]:
+    """Share of the run each worker spent in forward passes (its utilisation)."""
+    wall = time.monotonic() - since
+    return {
+        url: round((after[url] - b) / wall, 3)  # type: ignore[operator]
+        for url, b in before.items()
+        if b is not None and after.get(url) is not None and wall > 0
+    }
 
 
 async def _warm_up(url: str) -> None:

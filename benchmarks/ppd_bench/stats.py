@@ -44,6 +44,8 @@ class TurnRecord:
     route: str | None = None  # local | pd | replica, from the response (None: a plain server)
     decode: str | None = None
     prefill: str | None = None
+    reason: str | None = None  # the policy's reason for the route (the `ppd` body field)
+    predicted: dict[str, dict[str, float]] | None = None  # its predictions per candidate route
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

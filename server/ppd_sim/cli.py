@@ -67,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="KV slots per worker (default: GPU memory x 0.85 minus weights; 0 = unbounded)",
     )
     g.add_argument(
+        "--page-tokens",
+        type=int,
+        default=1,
+        help="prefix-cache page size (SGLang --page-size): cache hits are whole pages; default 1 (token-granular)",
+    )
+    g.add_argument(
+        "--request-overhead-ms",
+        type=float,
+        default=0.0,
+        help="per-request time outside the engine's forward passes (router hop, HTTP, chat template and "
+        "tokenization, stream relay; benchmarks/validate_sim.py measures it): every turn reaches its worker this "
+        "much after it is sent; default 0",
+    )
+    g.add_argument(
         "--no-decode-radix",
         action="store_true",
         help="decode workers keep no prefix between turns (P->D always ships the whole prompt; no D-local)",
@@ -182,6 +196,8 @@ def _hardware(args: argparse.Namespace) -> tuple[Hardware, dict[str, Any]]:
     _check("--kv-capacity-tokens", capacity, 0, 1e9, lo_open=False)
     _check("--chunk-tokens", args.chunk_tokens, 1, 1_048_576, lo_open=False)
     _check("--link-gbs", args.link_gbs, 0, 10_000)
+    _check("--page-tokens", args.page_tokens, 1, 4096, lo_open=False)
+    _check("--request-overhead-ms", args.request_overhead_ms, 0, 60_000, lo_open=False)
     hw = Hardware(
         coefficients=CostCoefficients.from_dict(profile["coefficients"]),
         kv_bytes_per_token=kv_bytes,
@@ -190,6 +206,8 @@ def _hardware(args: argparse.Namespace) -> tuple[Hardware, dict[str, Any]]:
         link_gb_per_s=args.link_gbs,
         decode_local_prefill=not args.no_decode_radix,
         decode_radix_cache=not args.no_decode_radix,
+        page_tokens=args.page_tokens,
+        request_overhead_ms=args.request_overhead_ms,
         model=str(profile.get("model") or args.model),
     )
     return hw, profile
@@ -305,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_tokens": hw.chunk_tokens,
         "link_gbs": hw.link_gb_per_s,
         "decode_radix_cache": hw.decode_radix_cache,
+        "page_tokens": hw.page_tokens,
+        "request_overhead_ms": hw.request_overhead_ms,
         "qps": args.qps,
         "duration_s": args.duration,
         "workload": "trace:" + args.trace if args.trace else args.workload,

@@ -59,6 +59,10 @@ class Hardware:
     link_gb_per_s: float = 25.0
     decode_local_prefill: bool = True  # decode workers can append-prefill (SGLang conditional agg)
     decode_radix_cache: bool = True  # decode workers keep prefixes and receive only what they lack
+    page_tokens: int = 1  # prefix-cache page (SGLang page_size): a cache hit is a whole number of pages
+    # Per-request time outside the engine's forward passes (router hop, HTTP, chat template and
+    # tokenization on the worker, stream relay): a turn reaches its worker this long after it is sent.
+    request_overhead_ms: float = 0.0
     model: str | None = None  # the model the workers serve (their /server_info's served_model_name)
 
 
@@ -96,6 +100,7 @@ class SimCluster:
                     hw.decode_radix_cache,
                     poll_lag,
                     reference,
+                    page_tokens=hw.page_tokens,
                 )
         # the workers' true-coefficient views, kept up to date through the workers' ``changed``
         self._order = list(self.workers.values())

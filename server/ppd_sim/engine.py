@@ -140,6 +140,7 @@ class Simulation:
         self._decisions: dict[int, Decision] = {}
         self._origin: dict[int, tuple[Conversation, int]] = {}
         self._kv_bytes_per_token = hw.kv_bytes_per_token
+        self._overhead_ms = hw.request_overhead_ms
         if cost_model is not None:  # the router learns what each worker serves from its /server_info
             for w in self.cluster.workers.values():
                 cost_model.coefficients(w.url, w.role, hw.model)
@@ -243,6 +244,13 @@ class Simulation:
         serving = self.cluster.seen(cluster, decision.decode)
         if serving is not None:
             self._decode_at_decision[req.rid] = (serving.running_reqs, serving.running_context_tokens)
+        if self._overhead_ms > 0:
+            self.loop.at(self.loop.now + self._overhead_ms, self._dispatch, req, decision)
+        else:
+            self._dispatch(req, decision)
+
+    def _dispatch(self, req: SimRequest, decision: Decision) -> None:
+        """The turn reaches its workers (``Hardware.request_overhead_ms`` after it was sent)."""
         if decision.route == "pd":
             self.cluster.worker(decision.decode).expect_kv(req)
             self.cluster.worker(decision.prefill).submit_prefill(req)

@@ -5,6 +5,10 @@ Granularity is one cached prefix per conversation (turns of a conversation exten
 prompts, so a conversation's longest cached prefix is all a radix tree would find for it). Cached
 prefixes are evictable; pinned slots are not, so a request is admitted iff the pinned total plus
 its need fits the capacity (the cache makes way). Capacity 0 means unbounded.
+
+``page_tokens`` (SGLang's ``page_size``): the cache matches whole pages only, so a hit is rounded
+down to a page multiple (the embedded ppd-worker uses 16-token pages: on a ~60-token append the
+partial last page of the history is recomputed, ~8 tokens on average). 1 = token-granular.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from collections import OrderedDict
 
 
 class KVPool:
-    def __init__(self, capacity_tokens: int, keeps_prefixes: bool = True) -> None:
+    def __init__(self, capacity_tokens: int, keeps_prefixes: bool = True, page_tokens: int = 1) -> None:
+        if page_tokens < 1:
+            raise ValueError(f"page size must be >= 1 token, got {page_tokens}")
         self.capacity = max(0, capacity_tokens)
+        self.page_tokens = page_tokens
         self.keeps_prefixes = keeps_prefixes
         self.pinned = 0
         self.cached_total = 0
@@ -23,7 +30,8 @@ class KVPool:
 
     def hit(self, conversation: str, prompt_tokens: int) -> int:
         """Prompt tokens found cached (the last prompt token is always computed: its logits)."""
-        return max(0, min(self._cache.get(conversation, 0), prompt_tokens - 1))
+        hit = max(0, min(self._cache.get(conversation, 0), prompt_tokens - 1))
+        return page_aligned(hit, self.page_tokens)
 
     def fits(self, need: int) -> bool:
         return self.capacity <= 0 or self.pinned + need <= self.capacity
@@ -55,3 +63,8 @@ class KVPool:
             _, tokens = self._cache.popitem(last=False)
             self.cached_total -= tokens
             self.evicted_tokens += tokens
+
+
+def page_aligned(tokens: int, page_tokens: int) -> int:
+    """``tokens`` rounded down to whole pages (what a page-granular prefix cache can match)."""
+    return tokens - tokens % page_tokens if page_tokens > 1 else tokens

@@ -83,6 +83,7 @@ class SimWorker:
         decode_radix_cache: bool = False,
         poll_lag: bool = False,
         reference: bool = False,
+        page_tokens: int = 1,
     ) -> None:
         if chunk_tokens < 1:
             raise ValueError(f"chunk size must be >= 1 token, got {chunk_tokens}")
@@ -94,7 +95,7 @@ class SimWorker:
         self.can_local_prefill = role == "decode" and can_local_prefill
         self.decode_radix_cache = role == "decode" and decode_radix_cache
         keeps = role != "decode" or self.decode_radix_cache or self.can_local_prefill
-        self.kv = KVPool(kv_capacity_tokens, keeps_prefixes=keeps)
+        self.kv = KVPool(kv_capacity_tokens, keeps_prefixes=keeps, page_tokens=page_tokens)
         self._loop = loop
         self._host = host
         self.inflight = 0

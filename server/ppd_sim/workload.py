@@ -25,6 +25,9 @@ Built-in generators (:data:`GENERATORS`; ``WORKLOAD_NAMES`` lists every name):
   5 turns), ``chat`` (ShareGPT-like lognormal lengths, 2-12 turns), ``agent`` (8-16 turns,
   tool-sized appends, short think times); each has a ``-cpu`` variant scaled for the embedded CPU
   cluster (SmolLM2-135M, one core per worker). These own their turn counts and think times.
+  ``long-prompt-cpu`` puts most of a session's work in its first turn (~2k tokens, then 3 short
+  appends): at a fraction of a session per second it keeps the CPU cluster's prefill worker busy
+  while its decode worker can still absorb the appends (the live comparison of benchmarks/REPORT.md).
 
 Everything is a function of a seed: every policy compared in one run, and the simulator
 replaying a benchmark's workload, see the same sessions.
@@ -177,10 +180,10 @@ def _paper(name: str) -> DrawFn:
     return draw
 
 
-def _long_context(first: int, follow: int, answer: int, think_s: float) -> DrawFn:
+def _long_context(first: int, follow: int, answer: int, think_s: float, n: int = 5) -> DrawFn:
     def draw(rng: random.Random, spec: WorkloadSpec) -> tuple[Turns, tuple[float, ...]]:
-        turns = [(_jittered(rng, first, 0.1), answer)] + [(_jittered(rng, follow, 0.25), answer) for _ in range(4)]
-        return tuple(turns), _think(rng, think_s, 4)
+        turns = [(_jittered(rng, first, 0.1), answer)] + [(_jittered(rng, follow, 0.25), answer) for _ in range(n - 1)]
+        return tuple(turns), _think(rng, think_s, n - 1)
 
     return draw
 
@@ -230,6 +233,12 @@ def _registry() -> dict[str, Generator]:
             "long-context-cpu",
             "CPU scale: ~1.5k-token first turn, ~48-token follow-ups, 32-token answers, 5 turns, think 0.5 s",
             _long_context(1_500, 48, 32, 0.5),
+        ),
+        Generator(
+            "long-prompt-cpu",
+            "CPU scale, most work in turn 1 (a busy prefill worker at low rates): ~2k-token first turn, ~24-token "
+            "follow-ups, 32-token answers, 4 turns, think 1 s",
+            _long_context(2_000, 24, 32, 1.0, n=4),
         ),
         Generator(
             "chat",

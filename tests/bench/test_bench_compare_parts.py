@@ -81,3 +81,25 @@ def test_front_ends_are_put_in_front_of_the_same_workers():
         )
     assert "--pd-disaggregation" in " ".join(_front_argv("sglang-router", 1, "p", 2, "d", 3)[0])
     assert "--policy threshold:64" in " ".join(_front_argv("threshold:64", 1, "p", 2, "d", 3)[0])
+
+
+def test_busy_share_is_each_workers_forward_time_over_the_run(monkeypatch):
+    import time
+
+    from ppd_bench import compare
+
+    monkeypatch.setattr(time, "monotonic", lambda: 110.0)
+    before = {"http://p": 5.0, "http://d": 1.0, "http://x": None}
+    after = {"http://p": 10.5, "http://d": 8.0, "http://x": 3.0}
+    assert compare._busy_share(before, after, since=100.0) == {"http://p": 0.55, "http://d": 0.7}
+
+
+def test_a_system_may_carry_the_clients_tpot_weight():
+    from ppd_bench.compare import split_system
+
+    assert split_system("ppd") == ("ppd", None) and split_system("threshold:256") == ("threshold:256", None)
+    assert split_system("ppd@tpot=4") == ("ppd", 4.0)
+    CompareConfig(systems=("ppd@tpot=0.5", "ppd@tpot=8")).validate()  # the same policy twice, two weights
+    for bad in ("ppd@tpot=x", "ppd@ttft=1", "ppd@tpot=-1", "sglang-router@tpot=2", "nope@tpot=1"):
+        with pytest.raises(BenchError, match="--systems"):
+            CompareConfig(systems=(bad,)).validate()

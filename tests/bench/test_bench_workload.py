@@ -18,6 +18,7 @@ from ppd_sim.workload_file import load_trace, read_sessions, write_sessions
     [
         ("long-context", (5, 5), (9_000, 11_000), (100, 100)),
         ("long-context-cpu", (5, 5), (1_350, 1_650), (32, 32)),
+        ("long-prompt-cpu", (4, 4), (1_800, 2_200), (32, 32)),
         ("agent", (8, 16), (1_500, 2_500), (4, 300)),
         ("agent-cpu", (8, 16), (300, 500), (4, 48)),
         ("chat", (2, 12), (4, 4096), (4, 2048)),

@@ -63,9 +63,11 @@ def test_report_rejects_bad_options_with_exit_2(capsys):
 
 
 FAKE_COMPARE = {
+    "workers": {"prefill": "http://p", "decode": "http://d"},
     "systems": [  # the shape ppd-bench compare writes
         {
             "system": "ppd",
+            "rounds": [{"round": 1, "busy_share": {"http://p": 0.55, "http://d": 0.7}, "loadavg": [2.5, 2.0, 1.0]}],
             "result": {
                 "summary": {
                     "turn2plus": {
@@ -93,7 +95,7 @@ FAKE_COMPARE = {
             },
         },
         {"system": "smg", "error": "smg not installed"},
-    ]
+    ],
 }
 
 
@@ -103,8 +105,8 @@ def test_the_live_section_shows_ratios_against_sglang_router(tmp_path):
             {"command": "ppd-bench compare --sessions 4", "seconds": 60, "doc": FAKE_COMPARE}, tmp_path
         )
     )
-    assert "| ppd | 100 / 300 | 40.0 | 90.0% | 100.0% | 0.25 | 0.95 |" in md
-    assert "| sglang-router | 400 / 900 | 42.0 | 0.0% | 100.0% | 1.00 | 1.00 |" in md
+    assert "| ppd | 100 / 300 | 40.0 | 90.0% | 100.0% | 0.25 | 0.95 | 55.0% / 70.0% | 2.5 |" in md
+    assert "| sglang-router | 400 / 900 | 42.0 | 0.0% | 100.0% | 1.00 | 1.00 | - | - |" in md
     assert "| smg | not run: smg not installed |" in md
     assert "`ppd-bench compare --sessions 4`" in md and (tmp_path / "live_compare.png").exists()
 
@@ -153,3 +155,24 @@ def test_validate_sim_rejects_bad_options_with_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         validate_sim.main(argv)
     assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def _weight_system(w: str, local: float, tpot: float) -> dict:
+    t2 = {"ok": 6, "ttft_ms": {"p50": 150.0, "p90": 200.0}, "tpot_ms": {"p50": tpot}, "route_share": {"local": local}}
+    return {"system": f"ppd@tpot={w}", "result": {"summary": {"turn2plus": t2, "all": {"success_rate": 1.0}}}}
+
+
+def test_the_live_weights_sweep_says_whether_local_share_and_tpot_fall():
+    doc = {
+        "systems": [_weight_system("0.25", 1.0, 50.0), _weight_system("4", 0.5, 45.0), _weight_system("16", 0.0, 46.0)]
+    }
+    md = "\n".join(report_render.render_live_weights({"command": "ppd-bench compare", "seconds": 9, "doc": doc}))
+    assert "| 4 | 50.0% | 45.0 | 150 | 100.0% | - | - |" in md
+    assert "Local share falls monotonically" in md and "TPOT p50 does not fall monotonically" in md
+    assert report_render.render_live_weights(None) == []
+
+
+def test_report_rejects_bad_live_weights_with_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        report.main(["--live-weights", "1,1", "--skip-live"])
+    assert e.value.code == 2 and "--live-weights" in capsys.readouterr().err
