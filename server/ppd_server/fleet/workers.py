@@ -67,12 +67,17 @@ class Worker:
     down_until: float = 0.0  # monotonic s: the breaker keeps the worker out until then
     last_error: str | None = None
     load_source: str | None = None
+    _host: tuple[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def host(self) -> str:
-        from urllib.parse import urlsplit
+        # parsed once (every P->D turn sends it as bootstrap_host); a changed url parses again
+        cached = self._host
+        if cached is None or cached[0] != self.url:
+            from urllib.parse import urlsplit
 
-        return urlsplit(self.url).hostname or "127.0.0.1"
+            cached = self._host = (self.url, urlsplit(self.url).hostname or "127.0.0.1")
+        return cached[1]
 
     def release(self, now: float) -> None:
         """One of the router's requests to this worker ended."""
