@@ -303,16 +303,22 @@ class Dispatcher:
 
         ok = False
         retry: RetryableFailure | None = None
+        chunks = _first_within(call.resp.iter_chunks(), self.first_byte_timeout_s)
+        last = b""
         try:
             broke: RouterError | None = None
             try:
-                async for chunk in _first_within(call.resp.iter_chunks(), self.first_byte_timeout_s):
+                async for chunk in chunks:
                     data = shaper.feed(chunk)
                     if plan.on_first_token is not None and shaper.usage.first_token_at is not None:
                         plan.on_first_token()
                         plan.on_first_token = None
                     if shaper.saw_done:
                         finish(not shaper.saw_error and not prefill_error)
+                        # nothing may follow [DONE]: it goes out with the response's end, in one
+                        # write, now; the worker's own end is read after (see below)
+                        last = data
+                        break
                     if data:
                         if not out.prepared:
                             await out.prepare(request)
@@ -374,7 +380,11 @@ class Dispatcher:
             if broke is not None and not shaper.saw_error:
                 finish(False)
                 await out.write(sse_error_event(broke))
-            await out.write_eof()
+            await out.write_eof(last)
+            if shaper.saw_done:  # the worker's end of the stream: its connection can then be reused
+                with suppress(*_UPSTREAM_BROKE):
+                    async for _ in chunks:
+                        pass
         except _CLIENT_GONE:
             pass  # client went away: closing the worker call below aborts its request
         finally:
