@@ -286,7 +286,7 @@ class Dispatcher:
         RetryableFailure and the turn is re-dispatched on another pair, invisibly to the client.
         Once bytes went out, a failure (a cut, a malformed event: relay.py) ends the stream with an
         SSE error event and ``[DONE]``."""
-        out = web.StreamResponse(
+        out = _RelayResponse(
             status=200,
             headers={**plan.client_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
         )
@@ -394,6 +394,14 @@ class Dispatcher:
             if retry is None:
                 finish(ok)
         return out
+
+
+class _RelayResponse(web.StreamResponse):
+    """The client's side of a relayed stream. Its headers go out with its first bytes, in one
+    write, instead of a write of their own at ``prepare()`` (aiohttp's ``web.Response`` does the
+    same): the relay prepares only right before it writes."""
+
+    _send_headers_immediately = False
 
 
 def batch_size(kind: Kind, body: dict[str, Any]) -> int:
