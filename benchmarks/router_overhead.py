@@ -198,7 +198,8 @@ def main() -> int:
                 for e in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                 if e and not os.path.abspath(e).startswith(own)
             ]
-            path = os.pathsep.join([*(os.path.join(tree, d) for d in ("", "server", "kernels", "integrations")), *extra])
+            trees = [os.path.join(tree, d) for d in ("", "server", "kernels", "integrations")]
+            path = os.pathsep.join(trees + extra)
             routers.append(("ppd-server, baseline tree", pin + ppd, {"PYTHONPATH": path}, "/health"))
         for system, skip in (("sglang-router", args.skip_sglang), ("smg", args.skip_smg)):
             if skip or (system == "smg" and bp.smg_missing()):

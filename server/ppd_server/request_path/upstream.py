@@ -88,7 +88,8 @@ def _scan_chunks(buf: bytearray) -> tuple[int, list[tuple[int, int]], bool]:
     """The whole chunks at the start of ``buf``: (bytes they take, each one's data span, whether
     the last, empty chunk and its trailers are among them). Stops at the first chunk not whole
     yet, or at one it cannot parse (the waiting path then raises on it)."""
-    pos, n, spans = 0, len(buf), []
+    pos, n = 0, len(buf)
+    spans: list[tuple[int, int]] = []
     while True:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
