@@ -88,11 +88,21 @@ def _merge_rounds(rows: list[tuple]) -> list[tuple]:
     return out
 
 
+def _event_loop_name() -> str:
+    """What ``ppd_server.cli`` runs on here: uvloop when importable (a declared dependency), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio (uvloop not installed)"
+    return f"uvloop {uvloop.__version__}"
+
+
 def _print_table(rows: list[tuple], args: argparse.Namespace, load_before: str, load_after: str) -> None:
     print(
         f"\nrouter overhead: chat completions, P->D to instant fakes; router pinned to core {args.router_core}; "
         f"{args.requests} sequential requests; {args.concurrency} connections x {args.seconds:g}s; "
-        f"{args.rounds} round(s); load average before {load_before}, after {load_after}"
+        f"{args.rounds} round(s); load average before {load_before}, after {load_after}; "
+        f"ppd-server's event loop: {_event_loop_name()}"
     )
     for mode, _ in bc.MODES:
         print(f"\n{mode}")
@@ -180,7 +190,16 @@ def main() -> int:
             )
         if args.baseline_tree:
             tree = os.path.abspath(args.baseline_tree)
-            path = os.pathsep.join(os.path.join(tree, d) for d in ("", "server", "kernels", "integrations"))
+            # that tree's packages in place of this one's; other entries (e.g. a uvloop install
+            # beside the venv) stay, so both trees run on the same event loop
+            own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            extra = [
+                e
+                for e in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                if e and not os.path.abspath(e).startswith(own)
+            ]
+            trees = [os.path.join(tree, d) for d in ("", "server", "kernels", "integrations")]
+            path = os.pathsep.join(trees + extra)
             routers.append(("ppd-server, baseline tree", pin + ppd, {"PYTHONPATH": path}, "/health"))
         for system, skip in (("sglang-router", args.skip_sglang), ("smg", args.skip_smg)):
             if skip or (system == "smg" and bp.smg_missing()):

@@ -153,3 +153,29 @@ async def test_a_pd_turn_counts_as_link_backlog_until_its_first_token(decode_cls
         await r.read()
         assert (held > 0) is (decode_cls is HeadersThenHold)
         assert state.turns.link_backlog.bytes == 0
+
+
+class DoneThenHold(FakeWorker):
+    """Sends a token and ``[DONE]``, then keeps its own stream open until ``hold`` is set."""
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        delta = {"index": 0, "delta": {"content": "tok "}, "finish_reason": "length"}
+        await resp.write(b"data: " + json.dumps({"id": "c1", "choices": [delta]}).encode() + b"\n\ndata: [DONE]\n\n")
+        assert self.hold is not None
+        await self.hold.wait()
+        await resp.write_eof()
+        return resp
+
+
+async def test_the_clients_stream_ends_at_done_even_while_the_worker_keeps_its_own_open():
+    """Nothing may follow [DONE]: the client's stream ends with it, not when the worker ends its."""
+    u = DoneThenHold(role="unified", hold=asyncio.Event())
+    async with router_over([u]) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body(stream=True))
+        raw = (await asyncio.wait_for(r.read(), 5)).decode()
+        assert raw.endswith("data: [DONE]\n\n") and raw.count("[DONE]") == 1, raw
+        assert not u.hold.is_set()
+        u.hold.set()
+        assert state.metrics.errors.labels("worker")._value.get() == 0

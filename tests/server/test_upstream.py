@@ -218,3 +218,32 @@ async def test_a_chunk_is_yielded_as_soon_as_it_arrives_never_held_for_the_next(
     await pool.close()
     server.close()
     await server.wait_closed()
+
+
+def test_whole_chunks_are_scanned_from_the_buffer_up_to_the_first_partial_one():
+    from ppd_server.request_path.upstream import _scan_chunks
+
+    burst = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n"
+    assert _scan_chunks(bytearray(burst + b"a\r\npart")) == (len(burst), [(3, 8), (19, 22)], False)
+    # the last chunk ends the body only with its (possibly non-empty) trailers complete
+    assert _scan_chunks(bytearray(burst + b"0\r\n")) == (len(burst), [(3, 8), (19, 22)], False)
+    done = burst + b"0\r\nx-t: 1\r\n\r\n"
+    assert _scan_chunks(bytearray(done + b"NEXT")) == (len(done), [(3, 8), (19, 22)], True)
+    # a size line it cannot parse stops the scan there (the waiting read raises on it)
+    assert _scan_chunks(bytearray(b"2\r\nok\r\nzz\r\n")) == (7, [(3, 5)], False)
+    assert _scan_chunks(bytearray(b"-1\r\nok\r\n")) == (0, [], False)
+
+
+async def test_a_burst_of_chunks_with_trailers_is_one_piece_and_the_connection_is_reused():
+    burst = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(e), e) for e in (b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n")
+    )
+    server = RawServer([burst + b"0\r\nx-trailer: t\r\n\r\n", OK])
+    pool = UpstreamPool(connect_timeout=2, read_timeout=5)
+    async with server as url:
+        r = await pool.post(url, "/generate", b"{}", {})
+        assert [c async for c in r.iter_chunks()] == [b"data: 1\n\ndata: 2\n\ndata: [DONE]\n\n"]
+        r = await pool.post(url, "/generate", b"{}", {})
+        assert await r.read() == b"{}"
+        assert server.connections == 1
+    await pool.close()

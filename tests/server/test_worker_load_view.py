@@ -99,3 +99,22 @@ async def test_an_odd_answer_is_a_failed_poll_not_a_dead_poller(odd):
             await state.registry.poll_once(state.session, 2.0)  # must not raise
         assert w.healthy is False and w.last_error
         assert state.registry.get(good.url).healthy and state.registry.get(good.url).load.running_reqs == 2
+
+
+def test_the_view_is_kept_while_nothing_it_shows_changes_and_follows_every_change() -> None:
+    w = _decode_with(running=2, context=600)
+    first = w.view(COEFS)
+    assert w.view(COEFS) is first
+    w.inflight += 1
+    assert w.view(COEFS).inflight == 1
+    w.local_load.commit("r1", 100, 10)
+    assert w.view(COEFS).local_prefill_tokens == 100
+    w.set_load(LoadReport(running_reqs=3, running_context_tokens=900), "v1/loads", polled_at=12.0)
+    assert w.view(COEFS).running_reqs == 3
+    w.can_local_prefill = True
+    assert w.view(COEFS).can_local_prefill
+    w.healthy = False
+    assert not w.view(COEFS).healthy
+    refit = CostCoefficients(decode_base_ms=COEFS.decode_base_ms + 1.0)
+    assert w.view(refit).coefficients is refit
+    assert w.view(refit) is w.view(refit)

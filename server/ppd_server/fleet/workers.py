@@ -67,12 +67,19 @@ class Worker:
     down_until: float = 0.0  # monotonic s: the breaker keeps the worker out until then
     last_error: str | None = None
     load_source: str | None = None
+    _host: tuple[str, str] | None = field(default=None, init=False, repr=False, compare=False)
+    # (everything the view shows, the view): see view()
+    _view: tuple[tuple, WorkerView] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def host(self) -> str:
-        from urllib.parse import urlsplit
+        # parsed once (every P->D turn sends it as bootstrap_host); a changed url parses again
+        cached = self._host
+        if cached is None or cached[0] != self.url:
+            from urllib.parse import urlsplit
 
-        return urlsplit(self.url).hostname or "127.0.0.1"
+            cached = self._host = (self.url, urlsplit(self.url).hostname or "127.0.0.1")
+        return cached[1]
 
     def release(self, now: float) -> None:
         """One of the router's requests to this worker ended."""
@@ -86,10 +93,38 @@ class Worker:
             self.recent_finishes.popleft()
 
     def view(self, coefficients: CostCoefficients) -> WorkerView:
-        polled = self.load.running_reqs
+        """The worker as the policy sees it now. The last view is kept and handed out again
+        while nothing it shows changed (a load poll, an in-flight count, a health change, a
+        refit, a D-local request): building one costs more than checking."""
+        load = self.load
+        polled = load.running_reqs
         running = max(0, polled - len(self.recent_finishes))
-        context = self.load.running_context_tokens * running // polled if polled else 0
-        return WorkerView(
+        context = load.running_context_tokens * running // polled if polled else 0
+        ll = self.local_load
+        key = (
+            load,  # a LoadReport is frozen: a poll replaces it
+            self.url,
+            self.role,
+            self.can_local_prefill,
+            self.decode_radix_cache,
+            self.bootstrap_port,
+            self.max_total_tokens,
+            self.kv_bytes_per_token,
+            self.chunked_prefill_size,
+            running,
+            context,
+            self.inflight,
+            self.healthy,
+            coefficients,
+            ll.tokens,
+            ll.tokens_per_step,
+            ll.reqs_per_step,
+            ll.reqs,
+        )
+        cached = self._view
+        if cached is not None and cached[0] == key:  # (tuple ==: identity first, per element)
+            return cached[1]
+        view = WorkerView(
             url=self.url,
             role=self.role,
             healthy=self.healthy,
@@ -105,9 +140,11 @@ class Worker:
             used_tokens=self.load.used_tokens,
             running_context_tokens=context,
             inflight=self.inflight,
-            **self.local_load.view_fields(),
+            **ll.view_fields(),
             coefficients=coefficients,
         )
+        self._view = (key, view)
+        return view
 
     def as_dict(self) -> dict[str, Any]:
         return {

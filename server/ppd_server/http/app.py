@@ -83,6 +83,8 @@ def create_app(
         tracing=tracing,
         metrics=RouterMetrics(registry, lambda: turns.cost_model.error_summary()),
     )
+    # read when /metrics is scraped, not set on every turn
+    state.metrics.sessions.set_function(lambda: len(turns.sessions))
     app = web.Application(
         middlewares=[make_error_middleware(log), make_auth_middleware(config.api_keys(), config.admin_key)],
         client_max_size=64 * 1024 * 1024,

@@ -15,7 +15,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
 from ppd_sdk import wire
 from ppd_server.errors import RouterError, bad_request, error_response
@@ -178,13 +178,15 @@ class FrontDoor:
     async def handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         st = self.state
         request_id = request.headers.get("x-request-id") or f"ppd-{uuid.uuid4().hex}"
-        parent = extract_context(request.headers) if st.tracing else None
-        span = st.tracer.start_span(
-            "ppd.route",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.route": request.path, "http.request.method": "POST"},
-        )
+        if st.tracing:
+            span = st.tracer.start_span(
+                "ppd.route",
+                context=extract_context(request.headers),
+                kind=SpanKind.SERVER,
+                attributes={"http.route": request.path, "http.request.method": "POST"},
+            )
+        else:  # tracing off: the no-op span every call below throws away, without building one
+            span = INVALID_SPAN
         try:
             return await self._handle(request, kind, request_id, span)
         except RouterError as e:
@@ -245,7 +247,8 @@ class FrontDoor:
                 ) from None
             if st.tracing:
                 span.set_attributes(decision_attributes(decision))
-            span.set_attribute("ppd.attempt", attempt)
+            if st.tracing:
+                span.set_attribute("ppd.attempt", attempt)
             self._admit(decision)
             self._child(st.metrics.decisions, decision.policy, decision.route).inc()
             plan = self._plan(
@@ -310,19 +313,12 @@ class FrontDoor:
             figures = st.turns.finish(turn, usage, started_at, ok)
             self._child(st.metrics.requests, d.route, turn_bucket(turn.request.turn)).inc()
             st.metrics.kv_bytes.inc(figures["kv_bytes"])
-            st.metrics.sessions.set(len(st.turns.sessions))
             if figures["ttft_ms"] is not None:
                 self._child(st.metrics.ttft, d.route).observe(figures["ttft_ms"] / 1000.0)
-                span.set_attribute("ppd.observed.ttft_ms", figures["ttft_ms"])
             if figures["tpot_ms"] is not None:
                 self._child(st.metrics.tpot, d.route).observe(figures["tpot_ms"] / 1000.0)
-                span.set_attribute("ppd.observed.tpot_ms", figures["tpot_ms"])
-            span.set_attribute("ppd.cached_tokens", figures["cached_tokens"])
-            span.set_attribute("ppd.kv_bytes", figures["kv_bytes"])
-            span.set_attribute("gen_ai.usage.input_tokens", figures["prompt_tokens"])
-            span.set_attribute("gen_ai.usage.cache_read.input_tokens", figures["cached_tokens"])
-            if usage.completion_tokens is not None:
-                span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+            if st.tracing:
+                _record_figures(span, figures, usage)
             if not ok:
                 span.set_status(Status(StatusCode.ERROR))
                 st.metrics.errors.labels("worker").inc()
@@ -338,7 +334,7 @@ class FrontDoor:
             worker_headers=worker_headers,
             route_info=lambda usage: st.turns.route_info(turn, usage),
             finish=finish,
-            parent_context=_span_context(span),
+            parent_context=_span_context(span) if st.tracing else None,
             started_at=time.perf_counter(),
         )
 
@@ -347,3 +343,17 @@ def _span_context(span: Any) -> Any:
     from opentelemetry import trace
 
     return trace.set_span_in_context(span)
+
+
+def _record_figures(span: Any, figures: dict[str, Any], usage: TurnUsage) -> None:
+    """The observed figures of a finished turn on its ``ppd.route`` span (tracing on only)."""
+    if figures["ttft_ms"] is not None:
+        span.set_attribute("ppd.observed.ttft_ms", figures["ttft_ms"])
+    if figures["tpot_ms"] is not None:
+        span.set_attribute("ppd.observed.tpot_ms", figures["tpot_ms"])
+    span.set_attribute("ppd.cached_tokens", figures["cached_tokens"])
+    span.set_attribute("ppd.kv_bytes", figures["kv_bytes"])
+    span.set_attribute("gen_ai.usage.input_tokens", figures["prompt_tokens"])
+    span.set_attribute("gen_ai.usage.cache_read.input_tokens", figures["cached_tokens"])
+    if usage.completion_tokens is not None:
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)

@@ -294,7 +294,7 @@ class Dispatcher:
         RetryableFailure and the turn is re-dispatched on another pair, invisibly to the client.
         Once bytes went out, a failure (a cut, a malformed event: relay.py) ends the stream with an
         SSE error event and ``[DONE]``."""
-        out = web.StreamResponse(
+        out = _RelayResponse(
             status=200,
             headers={**plan.client_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
         )
@@ -311,16 +311,22 @@ class Dispatcher:
 
         ok = False
         retry: RetryableFailure | None = None
+        chunks = _first_within(call.resp.iter_chunks(), self.first_byte_timeout_s)
+        last = b""
         try:
             broke: RouterError | None = None
             try:
-                async for chunk in _first_within(call.resp.iter_chunks(), self.first_byte_timeout_s):
+                async for chunk in chunks:
                     data = shaper.feed(chunk)
                     if plan.on_first_token is not None and shaper.usage.first_token_at is not None:
                         plan.on_first_token()
                         plan.on_first_token = None
                     if shaper.saw_done:
                         finish(not shaper.saw_error and not prefill_error)
+                        # nothing may follow [DONE]: it goes out with the response's end, in one
+                        # write, now; the worker's own end is read after (see below)
+                        last = data
+                        break
                     if data:
                         if not out.prepared:
                             await out.prepare(request)
@@ -385,7 +391,11 @@ class Dispatcher:
             if broke is not None and not shaper.saw_error:
                 finish(False)
                 await out.write(sse_error_event(broke))
-            await out.write_eof()
+            await out.write_eof(last)
+            if shaper.saw_done:  # the worker's end of the stream: its connection can then be reused
+                with suppress(*_UPSTREAM_BROKE):
+                    async for _ in chunks:
+                        pass
         except _CLIENT_GONE:
             pass  # client went away: closing the worker call below aborts its request
         finally:
@@ -395,6 +405,14 @@ class Dispatcher:
             if retry is None:
                 finish(ok)
         return out
+
+
+class _RelayResponse(web.StreamResponse):
+    """The client's side of a relayed stream. Its headers go out with its first bytes, in one
+    write, instead of a write of their own at ``prepare()`` (aiohttp's ``web.Response`` does the
+    same): the relay prepares only right before it writes."""
+
+    _send_headers_immediately = False
 
 
 def batch_size(kind: Kind, body: dict[str, Any]) -> int:

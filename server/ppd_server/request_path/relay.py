@@ -80,6 +80,9 @@ MAX_EVENT_BYTES = 1 << 20  # an SSE event still unfinished past this is garbage,
 _SSE_FIELDS = (b"data", b"event", b"id", b"retry")
 
 
+_UTF8_OBJECT_START = (b"{", b" ", b"\n", b"\r", b"\t")
+
+
 class _Malformed(Exception):
     pass
 
@@ -94,7 +97,14 @@ def shape_json(kind: Kind, raw: bytes, route_info: RouteInfoFn) -> tuple[bytes, 
     if not isinstance(obj, dict):
         return raw, usage
     usage.absorb(kind, obj)
-    obj["ppd"] = route_info(usage)
+    info = route_info(usage)
+    end = raw.rstrip()
+    if obj and "ppd" not in obj and raw[:1] in _UTF8_OBJECT_START and end.endswith(b"}"):
+        # the worker's own bytes, with ``"ppd": ...`` spliced in before the closing brace:
+        # re-serialising the whole answer cost more than parsing it. (UTF-8 only: json.loads also
+        # takes UTF-16/32 and a BOM, which start otherwise or end in a NUL; those are re-serialised.)
+        return b"".join((end[:-1], b', "ppd": ', json.dumps(info).encode(), b"}")), usage
+    obj["ppd"] = info
     return json.dumps(obj).encode(), usage
 
 

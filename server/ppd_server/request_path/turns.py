@@ -84,15 +84,25 @@ class TurnRouter:
         self.policy = policy  # swapped whole by the admin API (policies are immutable)
         self.link_gbps = link_gbps
         self.link_backlog = LinkBacklog()
+        self._last_view = _NOT_DECIDED
         registry.on_down.append(sessions.forget_worker)
 
     def cluster_view(self) -> ClusterView:
+        """The fleet now; the last one again when no worker's view and no link figure changed
+        (each worker keeps its view between changes: ``Worker.view``)."""
         cm = self.cost_model
-        return ClusterView(
-            workers=tuple(w.view(cm.coefficients(w.url, w.role, w.served_model_name)) for w in self.registry),
-            link_gbps=self.link_gbps,
-            link_backlog_bytes=self.link_backlog.bytes,
-        )
+        workers = tuple(w.view(cm.coefficients(w.url, w.role, w.served_model_name)) for w in self.registry)
+        last = self._last_view
+        backlog = self.link_backlog.bytes
+        if (
+            last.link_backlog_bytes == backlog
+            and last.link_gbps == self.link_gbps
+            and len(last.workers) == len(workers)
+            and all(a is b for a, b in zip(last.workers, workers))
+        ):
+            return last
+        self._last_view = ClusterView(workers=workers, link_gbps=self.link_gbps, link_backlog_bytes=backlog)
+        return self._last_view
 
     def begin(
         self, hints: Hints, prompt_tokens: int, prompt_bytes: int, max_new_tokens: int, tenant: str | None = None

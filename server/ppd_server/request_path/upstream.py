@@ -84,20 +84,64 @@ def _buffered(reader: asyncio.StreamReader) -> int:
     return len(buf) if buf is not None else 0
 
 
-async def _read_chunks(reader: asyncio.StreamReader, parts: list[bytes]) -> bool:
-    """One chunk, waiting for it; then every further chunk already received whole, without
-    waiting (a burst of events is relayed as one write). True after the last chunk."""
+def _scan_chunks(buf: bytearray) -> tuple[int, list[tuple[int, int]], bool]:
+    """The whole chunks at the start of ``buf``: (bytes they take, each one's data span, whether
+    the last, empty chunk and its trailers are among them). Stops at the first chunk not whole
+    yet, or at one it cannot parse (the waiting path then raises on it)."""
+    pos, n = 0, len(buf)
+    spans: list[tuple[int, int]] = []
     while True:
-        line = await reader.readuntil(b"\r\n")
-        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            break
+        try:
+            size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip() or b"0", 16)
+        except ValueError:
+            break
+        if size < 0:
+            break
         if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                pass
-            return True
-        data = await reader.readexactly(size + 2)
-        parts.append(data[:-2])
-        if not _has_whole_chunk(reader):
-            return False
+            trailers_end = buf.find(b"\r\n\r\n", eol)
+            if trailers_end < 0:
+                break
+            return trailers_end + 4, spans, True
+        start = eol + 2
+        if start + size + 2 > n:
+            break
+        spans.append((start, start + size))
+        pos = start + size + 2
+    return pos, spans, False
+
+
+async def _read_buffered_chunks(reader: asyncio.StreamReader, parts: list[bytes]) -> bool:
+    """Every chunk the reader already holds whole, taken in one read that never waits; True
+    when the last chunk was among them."""
+    buf = getattr(reader, "_buffer", None)
+    if not buf:
+        return False
+    consumed, spans, end = _scan_chunks(buf)
+    if consumed:
+        data = await reader.readexactly(consumed)
+        parts += [data[a:b] for a, b in spans]
+    return end
+
+
+async def _read_chunks(reader: asyncio.StreamReader, parts: list[bytes]) -> bool:
+    """At least one chunk, waiting for it; with every further chunk already received whole
+    (a burst of events is relayed as one write). True after the last chunk."""
+    if await _read_buffered_chunks(reader, parts):
+        return True
+    if parts:
+        return False
+    line = await reader.readuntil(b"\r\n")
+    size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+    if size == 0:
+        while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+            pass
+        return True
+    data = await reader.readexactly(size + 2)
+    parts.append(data[:-2])
+    return await _read_buffered_chunks(reader, parts)
 
 
 class UpstreamError(OSError):
