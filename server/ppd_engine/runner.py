@@ -64,7 +64,7 @@ class ModelRunner:
             ids += row.input_ids()
             positions += range(row.start, row.start + row.num_new)
             slots = self.slots_of(row.req)[: row.start + row.num_new]
-            seqs.append(SeqChunk(num_cached=row.start, num_new=row.num_new, slots=slots))
+            seqs.append(SeqChunk(num_cached=row.start, num_new=row.num_new, slots=slots, seq_id=row.req.rid))
         batch = ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.long, device=self.device),
             positions=torch.tensor(positions, dtype=torch.long, device=self.device),
