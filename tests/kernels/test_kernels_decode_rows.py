@@ -120,7 +120,7 @@ def test_rows_keep_members_at_the_front_and_in_order(small_steps):
     kv = KVPool(config, POOL, dtype=torch.float32)
     rows = kv.decode_rows
 
-    base = {"x": 0, "y": 100, "z": 200}
+    base = {"x": 0, "y": 100, "z": 200, "w": 300, "v": 400}
 
     def prepare(keys_lengths):
         batch = ForwardBatch.build(
@@ -131,14 +131,19 @@ def test_rows_keep_members_at_the_front_and_in_order(small_steps):
         )
         return rows.prepare(batch.plan(), kv.data)
 
-    staged = prepare([("x", 5), ("y", 29), ("z", 2)])
+    staged = prepare([("x", 5), ("y", 9), ("z", 2)])
     assert staged.rows.tolist() == [0, 1, 2] and staged.identity and staged.used == 3
-    assert staged.key_mask.sum(1).tolist() == [rows.capacity[1] - n for n in (6, 30, 3)]
+    assert rows.capacity == (4, 12)
+    assert staged.key_mask.sum(1).tolist() == [12 - n for n in (6, 10, 3)]
     staged = prepare([("z", 3), ("x", 6)])  # y left: its row is free, z and x keep theirs
     assert staged.rows.tolist() == [2, 0] and not staged.identity and staged.used == 3
-    assert staged.key_mask[1].sum().item() == rows.capacity[1] - 1  # a free row sees one key
-    staged = prepare([("x", 7)])  # far below capacity: shrinks, x compacted to row 0
-    assert staged.rows.tolist() == [0] and staged.used == 1 and rows.capacity[0] == 2
+    assert staged.key_mask[1].sum().item() == 12 - 1  # a free row sees one key
+    staged = prepare([("z", 4), ("x", 7), ("w", 2), ("v", 2)])  # newcomers fill the free rows
+    assert staged.rows.tolist() == [2, 0, 1, 3] and rows.capacity == (4, 12)
+    staged = prepare([("y", 40), ("x", 5)])  # y back on other lengths: refilled; rows grow
+    assert rows.capacity == (2, 44)
+    staged = prepare([("x", 6)])  # under a quarter used: shrinks, x compacted to row 0
+    assert staged.rows.tolist() == [0] and staged.identity and rows.capacity == (2, 8)
 
 
 def test_a_failing_forward_clears_the_rows(synthetic_fp32, monkeypatch):
