@@ -69,27 +69,30 @@ def scenario(model, layout: str, seed: int) -> tuple[list[list[tuple[Seq, int]]]
 
 
 @pytest.mark.usefixtures("small_steps")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_rows_follow_joins_leaves_growth_and_id_reuse(synthetic_fp32, layout, dtype):
+def test_rows_follow_joins_leaves_growth_and_id_reuse(synthetic_fp32, layout):
     model = synthetic_fp32.model
-    if dtype is torch.bfloat16:
-        from ppd_kernels import load_model
-
-        model = load_model("synthetic:1", dtype=torch.float32).model  # weights as the oracle sees them
     kv = KVPool(model.config, POOL, dtype=model.dtype)
     schedule, _ = scenario(model, layout, seed=3)
     assert drive(model, kv, schedule) > 30
     assert kv.decode_rows.capacity != (0, 0)  # the rows really served the decode groups
 
 
+@pytest.fixture(scope="module")
+def synthetic_bf16():
+    from ppd_kernels import load_model
+
+    return load_model("synthetic:1", dtype=torch.bfloat16)
+
+
 @pytest.mark.usefixtures("small_steps")
-def test_rows_match_the_pool_paths_step_by_step(synthetic_fp32):
-    """Same schedule on two pools: rows (seq ids) and no rows (no ids): identical logits up
-    to float rounding, every step."""
-    model = synthetic_fp32.model
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+def test_rows_match_the_pool_paths_step_by_step(synthetic_fp32, synthetic_bf16, dtype, atol):
+    """Same schedule on two pools: rows (seq ids) and no rows (no ids): the same logits up
+    to rounding, every step."""
+    model = (synthetic_fp32 if dtype is torch.float32 else synthetic_bf16).model
     schedule, _ = scenario(model, "pages", seed=5)
-    with_rows, without = KVPool(model.config, POOL, dtype=torch.float32), KVPool(model.config, POOL, dtype=torch.float32)
+    with_rows, without = KVPool(model.config, POOL, dtype=dtype), KVPool(model.config, POOL, dtype=dtype)
     progress: dict[int, int] = {}
     for step in schedule:
         args = (
@@ -99,10 +102,10 @@ def test_rows_match_the_pool_paths_step_by_step(synthetic_fp32):
         )
         got = model.forward(ForwardBatch.build(*args, seq_ids=[s.key for s, _ in step]), with_rows)
         expected = model.forward(ForwardBatch.build(*args), without)
-        assert (got - expected).abs().max().item() < 1e-4
+        assert (got - expected).abs().max().item() < atol * max(1.0, expected.abs().max().item())
         for s, n in step:
             progress[id(s)] = progress.get(id(s), 0) + n
-    assert without.decode_rows.capacity == (0, 0)
+    assert without.decode_rows.capacity == (0, 0) and with_rows.decode_rows.capacity != (0, 0)
 
 
 def test_over_budget_falls_back_to_the_pool(synthetic_fp32):
