@@ -50,6 +50,7 @@ class StagedDecode:
     rows: torch.Tensor  # [G] long
     positions: torch.Tensor  # [G] long
     key_mask: torch.Tensor  # bool [used, L]
+    key_bias: torch.Tensor  # [used * kv_heads, 1, L] in the KV dtype: 0 or -inf per key_mask
     used: int
     identity: bool  # rows == arange(G) == arange(used): no query scatter / output gather needed
 
@@ -130,10 +131,13 @@ class DecodeRows:
         used = max(rows) + 1
         visible = torch.tensor([self.lengths[r] if self.keys[r] is not None else 1 for r in range(used)])
         key_mask = torch.arange(self.capacity[1])[None, :] >= visible[:, None]
+        key_bias = torch.zeros(key_mask.shape, dtype=self.dtype).masked_fill_(key_mask, float("-inf"))
+        key_bias = key_bias.repeat_interleave(self.config.num_kv_heads, dim=0)[:, None, :]
         return StagedDecode(
             rows=torch.tensor(rows, dtype=torch.long, device=self.device),
             positions=torch.tensor([seq.num_cached for seq in members], dtype=torch.long, device=self.device),
             key_mask=key_mask.to(self.device),
+            key_bias=key_bias.to(self.device),
             used=used,
             identity=rows == list(range(used)),
         )
