@@ -1,6 +1,10 @@
 """Batched attention for a ragged batch over the head-major KVPool; same contract as
 ``attention_reference.reference_attention``. Plain torch, CPU and CUDA.
 
+CPU decode with sequence ids reads persistent contiguous rows instead of the pool
+(``decode_rows``, ``stages_decode``, ``_staged``); what follows is the pool-reading path,
+which serves extend chunks, CUDA, and decode rows without ids or over the rows' budget.
+
 One call per layer covers the whole batch, as (at most) two groups: the decode rows and the
 extend chunks (``attention_plan``). Each group runs one of two kernels, picked per group and
 device by ``choose_path`` (measured; the figures are there): the batched kernel (ONE padded
