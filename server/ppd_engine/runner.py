@@ -28,13 +28,19 @@ if TYPE_CHECKING:
 
 class ModelRunner:
     def __init__(
-        self, lm: LoadedModel, num_slots: int, page_size: int, dtype: torch.dtype, device: str = "cpu"
+        self,
+        lm: LoadedModel,
+        num_slots: int,
+        page_size: int,
+        dtype: torch.dtype,
+        device: str = "cpu",
+        decode_rows_tokens: int | None = None,
     ) -> None:
         self.lm = lm
         self.page_size = page_size
         self.device = device
         self.dtype = dtype
-        self.kv = KVPool(lm.config, num_slots, dtype=dtype, device=device)
+        self.kv = KVPool(lm.config, num_slots, dtype=dtype, device=device, decode_rows_budget=decode_rows_tokens)
         self._slots: dict[str, torch.Tensor] = {}
         self._transfer_lock = threading.Lock()
 
