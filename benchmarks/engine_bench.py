@@ -200,10 +200,15 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3, same_host: bool = 
 def load_baseline(path: str) -> str:
     """Register ``paged_attention`` of the file at ``path`` (e.g. the kernel of an earlier
     commit: ``git show REV:kernels/ppd_kernels/attention.py > /tmp/attention_before.py``) as
-    the attention backend "baseline"; returns its name."""
+    the attention backend "baseline"; returns its name. ``path`` "pool": today's kernel
+    under the name "pool", which reads the paged pool (no decode rows)."""
     import importlib.util
 
     from ppd_kernels import model as model_module
+
+    if path == "pool":
+        model_module.ATTENTION_BACKENDS["pool"] = model_module.paged_attention
+        return "pool"
 
     spec = importlib.util.spec_from_file_location("attention_baseline", path)
     module = importlib.util.module_from_spec(spec)
@@ -322,8 +327,9 @@ def main() -> None:
     parser.add_argument(
         "--baseline-attention",
         metavar="FILE",
-        help="also measure the paged_attention of FILE (an earlier kernel), "
-        "interleaved with the current one in this run",
+        help="also measure the paged_attention of FILE (an earlier kernel, which reads the paged "
+        "pool), interleaved with the current one in this run; 'pool': today's kernel without the "
+        "CPU decode rows",
     )
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per figure")
     args = parser.parse_args()
