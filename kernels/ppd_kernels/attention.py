@@ -108,13 +108,13 @@ def paged_attention(
             attended = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
             results.append((group, None, attended))  # real rows only, in out_rows order
             continue
-        rows = q if group.rows is None else q.index_select(0, group.rows)
+        queries = q if group.rows is None else q.index_select(0, group.rows)
         k, v = _context(k_cache, group), _context(v_cache, group)
         if group.view is not None and q.dtype != torch.float32:
             # The CPU bf16 GEMM against a transposed strided view of the pool ran 2.2x
             # slower than copy + GEMM (decode, 8 x 1025); fp32 ran faster on the view.
             k = k.contiguous()
-        results.append((group, group.out_index, kernel(rows, k, v, group)))
+        results.append((group, group.out_index, kernel(queries, k, v, group)))
     if len(results) == 1 and results[0][0].rows is None and results[0][1] is None:
         return results[0][2]
     out = q.new_empty(q.shape)

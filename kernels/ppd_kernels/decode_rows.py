@@ -111,12 +111,12 @@ class DecodeRows:
                 del row_of[key]
         stale = []  # members whose row must be (re)filled from the pool
         for seq in members:
-            r = row_of.get(seq.seq_id)
+            held = row_of.get(seq.seq_id)
             first = seq.runs[0][0]
-            if r is None or self.lengths[r] != seq.num_cached or self.first_slots[r] != first:
+            if held is None or self.lengths[held] != seq.num_cached or self.first_slots[held] != first:
                 stale.append(seq)
-                if r is not None:
-                    self.keys[r] = None
+                if held is not None:
+                    self.keys[held] = None
                     del row_of[seq.seq_id]
         self._fit(num_rows, length, len(members))
         row_of = {key: r for r, key in enumerate(self.keys) if key is not None}

@@ -7,6 +7,7 @@ at construction so each layer runs 4 GEMMs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,8 @@ WEIGHT_NAMES = (
     "layers.{i}.w_down",
 )
 
-ATTENTION_BACKENDS = {"fast": paged_attention, "reference": reference_attention}
+# name -> attention(q, k_cache, v_cache, plan, scale[, rows=...]); only "fast" gets ``rows``
+ATTENTION_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"fast": paged_attention, "reference": reference_attention}
 
 
 @dataclass
