@@ -74,8 +74,9 @@ def choose_path(group: AttentionGroup, device: torch.device) -> str:
 def stages_decode(device: torch.device) -> bool:
     """Whether decode groups on ``device`` keep their KV in persistent contiguous rows
     (``decode_rows``) rather than reading the pool. CPU: yes, measured (batch 32 x ctx 1024,
-    SmolLM2 bf16, 1 thread: the rows' two GEMMs per layer 2.3 ms against 2.7 ms of gather
-    plus the same GEMMs, or 6.2 ms for the per-sequence loop). CUDA: no; a second copy of
+    SmolLM2 bf16, 1 thread, one cache-resident layer: the rows' two GEMMs 2.3 ms against 2.7
+    ms of gather plus the same GEMMs, or 6.2 ms for the per-sequence loop; whole steps: see
+    ``decode_rows``). CUDA: no; a second copy of
     the decoding KV would halve what the GPU memory holds, and the batched gather there is
     a bandwidth-bound copy at HBM speed (not measured here: no GPU)."""
     return device.type == "cpu"

@@ -7,10 +7,15 @@ cannot give a batched GEMM one uniformly strided view of 32 sequences at arbitra
 before this each layer either gathered the group's K/V (a copy as large as the read itself)
 or looped in Python over per-sequence views, copying each K to contiguous memory because
 the CPU bf16 GEMM on a strided view runs 2-5x slower. Measured on the 2-vCPU AVX-512 box, 1
-thread, bf16, one layer of 32 x 1025: per-sequence loop 6.2 ms, gather 2.7 ms + GEMMs 2.3
-ms, GEMMs over a contiguous copy alone 2.3 ms (a strided, padded view: 11 ms; SDPA on the
-strided view: 2.9 ms, 5.4 ms with the padding mask). So the rows are kept contiguous and
-the GEMMs run over the WHOLE buffer (padding keys masked), never a sliced view.
+thread, bf16, one layer of 32 x 1025 (cache-resident): per-sequence loop 6.2 ms, gather 2.7
+ms + GEMMs 2.3 ms, GEMMs over a contiguous copy alone 2.3 ms (a strided, padded view: 11
+ms; SDPA on the strided view: 2.9 ms, 5.4 ms with the padding mask). So the rows are kept
+contiguous and the GEMMs run over the WHOLE buffer (padding keys masked), never a sliced
+view. In a whole SmolLM2 step the KV comes from DRAM and the gain shrinks: steps of the
+three kernels interleaved in one process (load ~4): batch 32 x ctx 1024 thread CPU ms best /
+median 202 / 216 (rows), 220 / 280 (pool paths of today), 215 / 287 (the kernel before);
+batch 1: 31.0 / 31.3 / 33.3. Streaming the step's 850 MB of rows alone costs ~100 ms on one
+thread here (``sum`` over them), so batch 32 stays DRAM-bound at about 6x batch 1.
 
 Contract (``DecodeRows.prepare``, once per forward, before the layer loop):
 - a row belongs to one sequence, identified by ``SeqChunk.seq_id``; it holds the K/V of
