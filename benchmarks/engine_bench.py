@@ -12,7 +12,15 @@ Prints a table of
   alone step time, over the steps that carry prefill tokens).
 
 Throughputs print the median and (best) over repeats: on a shared machine the best is the
-closer estimate of the uncontended speed.
+closer estimate of the uncontended speed. Decode also prints its step times in ms (wall and
+this thread's CPU time, best and median over every step of every round) and the batch-32 /
+batch-1 step-time ratio from them.
+
+Before/after in one run: ``--baseline-attention FILE`` adds the ``paged_attention`` of FILE
+(e.g. ``git show REV:kernels/ppd_kernels/attention.py > /tmp/attention_before.py``) as the
+backend "baseline", interleaved with the current one figure by figure. The model keeps CPU
+decode KV in persistent rows (``ppd_kernels.decode_rows``) for the backend "fast" only, so
+"baseline" also measures the pool-reading decode of before the rows.
 
 Usage: python benchmarks/engine_bench.py [--model smollm2] [--dtype bfloat16] [--threads 1]
        [--baseline-attention FILE --rounds 2]   # before/after in one run, interleaved
@@ -62,13 +70,15 @@ class Bench:
         return Req(rid=f"b{self.ids}", prompt_ids=prompt, sampling=params, tracker=tracker)
 
     def step(self) -> tuple[float, int]:
-        """One engine step; returns (seconds, prefill tokens in it)."""
+        """One engine step; returns (seconds, prefill tokens in it); ``last_cpu`` keeps the
+        step's CPU time of this thread (what a shared machine's load inflates least)."""
         step = self.sched.schedule()
         prefill_tokens = sum(r.num_new for r in step.rows if r.req.state is State.PREFILLING)
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.thread_time()
         tokens = self.runner.run(step)
         self.sched.on_forward_done(step, tokens)
         elapsed = time.perf_counter() - began
+        self.last_cpu = time.thread_time() - began_cpu
         for req in [r.req for r in step.rows if r.req.finished]:
             self.runner.release(req)
         return elapsed, prefill_tokens
@@ -99,15 +109,18 @@ def bench_prefill(b: Bench, n: int, chunk: int, repeats: int = 3) -> tuple[float
     return n / statistics.median(times), n / min(times)
 
 
-def bench_decode(b: Bench, batch: int, ctx: int, steps: int = 12) -> tuple[float, float]:
-    """tok/s (median, best step) of ``batch`` decode streams at context ``ctx``."""
+def bench_decode(b: Bench, batch: int, ctx: int, steps: int = 12) -> tuple[list[float], list[float]]:
+    """Step times (wall, CPU) in seconds of ``batch`` decode streams at context ``ctx``."""
     b.reset(chunk=2048)
     reqs = [b.req(b.prompt(ctx), max_new=steps + 8) for _ in range(batch)]
     b.run_to_decoding(reqs)
     b.step()  # warm-up
-    times = [b.step()[0] for _ in range(steps)]
+    wall, cpu = [], []
+    for _ in range(steps):
+        wall.append(b.step()[0])
+        cpu.append(b.last_cpu)
     b.abort_all()
-    return batch / statistics.median(times), batch / min(times)
+    return wall, cpu
 
 
 def bench_asymmetry(b: Bench, chunk: int, streams: int = 8, ctx: int = 1024) -> dict[str, float]:
@@ -187,10 +200,15 @@ def bench_transfer(b: Bench, n: int = 2048, repeats: int = 3, same_host: bool = 
 def load_baseline(path: str) -> str:
     """Register ``paged_attention`` of the file at ``path`` (e.g. the kernel of an earlier
     commit: ``git show REV:kernels/ppd_kernels/attention.py > /tmp/attention_before.py``) as
-    the attention backend "baseline"; returns its name."""
+    the attention backend "baseline"; returns its name. ``path`` "pool": today's kernel
+    under the name "pool", which reads the paged pool (no decode rows)."""
     import importlib.util
 
     from ppd_kernels import model as model_module
+
+    if path == "pool":
+        model_module.ATTENTION_BACKENDS["pool"] = model_module.paged_attention
+        return "pool"
 
     spec = importlib.util.spec_from_file_location("attention_baseline", path)
     module = importlib.util.module_from_spec(spec)
@@ -226,15 +244,48 @@ def measure(b: Bench, backends: list[str], rounds: int) -> dict[str, list[tuple[
             "target >= 700 at 512" if n == 512 else "",
         )
     add(f"prefill 2048 tok, chunks of {chunk}", best_of(lambda: bench_prefill(b, 2048, chunk)), "as served")
-    decode = {}
+    steps: dict[int, dict[str, dict[str, tuple[float, float]]]] = {}
     for batch in (1, 8, 32):
-        decode[batch] = best_of(lambda batch=batch: bench_decode(b, batch, 1024))
-        add(f"decode batch {batch}, ctx 1024", decode[batch], "target >= 100" if batch == 8 else "")
+        times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in backends}
+        for _ in range(rounds):
+            for name in backends:
+                b.lm.model.attention_backend = name
+                wall, cpu = bench_decode(b, batch, 1024)
+                times[name][0].extend(wall)
+                times[name][1].extend(cpu)
+        steps[batch] = {
+            name: {kind: (min(t), statistics.median(t)) for kind, t in zip(("wall", "cpu"), pair)}
+            for name, pair in times.items()
+        }
+        add(
+            f"decode batch {batch}, ctx 1024",
+            {name: (batch / s["wall"][1], batch / s["wall"][0]) for name, s in steps[batch].items()},
+            "target >= 100" if batch == 8 else "",
+        )
+    for batch in (1, 8, 32):
+        for name in backends:
+            wall, cpu = steps[batch][name]["wall"], steps[batch][name]["cpu"]
+            rows[name].append(
+                (
+                    f"decode step batch {batch}, ctx 1024",
+                    f"{wall[0] * 1000:8.1f} ms best, {wall[1] * 1000:.1f} median",
+                    f"CPU {cpu[0] * 1000:.1f} best, {cpu[1] * 1000:.1f} median",
+                )
+            )
     for name in backends:
-        # step-time ratio batch 32 / batch 1 from the best steps: (32 / tok32) / (1 / tok1)
-        ratio = 32 * decode[1][name][1] / decode[32][name][1]
-        median_ratio = 32 * decode[1][name][0] / decode[32][name][0]
-        rows[name].append(("decode step batch 32 / batch 1", f"{ratio:8.2f} x", f"median {median_ratio:.2f} x"))
+        ratio = {
+            f"{kind} {which}": steps[32][name][kind][i] / steps[1][name][kind][i]
+            for kind in ("wall", "cpu")
+            for i, which in enumerate(("best", "median"))
+        }
+        rows[name].append(
+            (
+                "decode step batch 32 / batch 1",
+                f"{ratio['wall best']:8.2f} x best",
+                f"median {ratio['wall median']:.2f} x; CPU {ratio['cpu best']:.2f} x best, "
+                f"{ratio['cpu median']:.2f} x median; target <= 4",
+            )
+        )
     for name in backends:
         b.lm.model.attention_backend = name
         for label, same_host in (("loopback TCP", False), ("same-host shm", True)):
@@ -276,8 +327,9 @@ def main() -> None:
     parser.add_argument(
         "--baseline-attention",
         metavar="FILE",
-        help="also measure the paged_attention of FILE (an earlier kernel), "
-        "interleaved with the current one in this run",
+        help="also measure the paged_attention of FILE (an earlier kernel, which reads the paged "
+        "pool), interleaved with the current one in this run; 'pool': today's kernel without the "
+        "CPU decode rows",
     )
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per figure")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ API (stable; the engine codes against it)::
     blob = kv.read(slots)          # [num_layers, 2, num_kv_heads, len(slots), head_dim], contiguous
     kv.write(slots, blob)          # inverse (the receiving side of a KV transfer)
 
-    batch = ForwardBatch(input_ids, positions, [SeqChunk(num_cached, num_new, slots), ...])
+    batch = ForwardBatch(input_ids, positions, [SeqChunk(num_cached, num_new, slots, seq_id=None), ...])
     batch = ForwardBatch.build(new_token_ids=[[...], ...], num_cached=[...], slots=[[...], ...])
     logits = lm.model.forward(batch, kv)   # float32 [len(seqs), vocab]: last new token of each
 
@@ -45,6 +45,10 @@ its context gathered once per layer, by whole blocks when every sequence sits on
 pages (the engine's page allocator), else slot by slot; on CPU for sequences on consecutive
 slots with long contexts, a loop over sequences reading zero-copy views of the pool (cheaper
 there than the gather). Any slot order is correct; consecutive pages are the fast case.
+On CPU, when every decode row carries a ``SeqChunk.seq_id`` (the engine passes the request
+id), the decode group instead reads persistent contiguous rows of its KV kept across steps
+and appended in place (``decode_rows``, owned by the ``KVPool``, bounded by its
+``decode_rows_budget``): each sequence's context is read once per layer, with no gather.
 
 Why the tokenizer lives here and not in the engine: the router counts prompt tokens with it
 (``ppd_server.request_path.token_count``), torch-free, and the router must never import the

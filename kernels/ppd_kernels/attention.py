@@ -1,6 +1,10 @@
 """Batched attention for a ragged batch over the head-major KVPool; same contract as
 ``attention_reference.reference_attention``. Plain torch, CPU and CUDA.
 
+CPU decode with sequence ids reads persistent contiguous rows instead of the pool
+(``decode_rows``, ``stages_decode``, ``_staged``); what follows is the pool-reading path,
+which serves extend chunks, CUDA, and decode rows without ids or over the rows' budget.
+
 One call per layer covers the whole batch, as (at most) two groups: the decode rows and the
 extend chunks (``attention_plan``). Each group runs one of two kernels, picked per group and
 device by ``choose_path`` (measured; the figures are there): the batched kernel (ONE padded
@@ -32,6 +36,7 @@ import torch
 
 from ppd_kernels.attention_plan import AttentionGroup
 from ppd_kernels.batch import BatchPlan, SeqPlan
+from ppd_kernels.decode_rows import StagedDecode
 
 PATHS = ("batched", "per_sequence")
 # CPU: below this padded context a group of several sequences gathers its K/V more cheaply
@@ -66,6 +71,17 @@ def choose_path(group: AttentionGroup, device: torch.device) -> str:
     return "batched"
 
 
+def stages_decode(device: torch.device) -> bool:
+    """Whether decode groups on ``device`` keep their KV in persistent contiguous rows
+    (``decode_rows``) rather than reading the pool. CPU: yes, measured (batch 32 x ctx 1024,
+    SmolLM2 bf16, 1 thread, one cache-resident layer: the rows' two GEMMs 2.3 ms against 2.7
+    ms of gather plus the same GEMMs, or 6.2 ms for the per-sequence loop; whole steps: see
+    ``decode_rows``). CUDA: no; a second copy of
+    the decoding KV would halve what the GPU memory holds, and the batched gather there is
+    a bandwidth-bound copy at HBM speed (not measured here: no GPU)."""
+    return device.type == "cpu"
+
+
 def paged_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -73,27 +89,33 @@ def paged_attention(
     plan: BatchPlan,
     scale: float,
     path: str | None = None,
+    rows: tuple[torch.Tensor, torch.Tensor, StagedDecode] | None = None,
 ) -> torch.Tensor:
     """q: [T, num_heads, head_dim]; k_cache/v_cache: one layer [num_kv_heads, num_slots, head_dim],
     already holding this step's new K/V. Returns [T, num_heads, head_dim]. ``path`` forces
-    one kernel for every group (tests); None: ``choose_path`` per group."""
+    one kernel for every group (tests); None: ``choose_path`` per group. ``rows`` (this
+    layer's decode rows K, V [kv_heads, R, L, head_dim], holding this step's new K/V, and the
+    step's ``StagedDecode``): the decode group reads them instead of the pool."""
     q = q * scale
     results: list[tuple[AttentionGroup, torch.Tensor | None, torch.Tensor]] = []
-    for group, kernel in ((plan.decode, _decode), (plan.extend, _extend)):
+    for group, kernel in ((plan.decode, _decode_group), (plan.extend, _extend)):
         if group is None:
+            continue
+        if rows is not None and group is plan.decode and path is None:
+            results.append((group, None, _staged(q, group, *rows)))
             continue
         if (path or choose_path(group, q.device)) == "per_sequence":
             outputs = [_sequence(q, k_cache, v_cache, plan.seqs[i]) for i in group.members]
             attended = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
             results.append((group, None, attended))  # real rows only, in out_rows order
             continue
-        rows = q if group.rows is None else q.index_select(0, group.rows)
+        queries = q if group.rows is None else q.index_select(0, group.rows)
         k, v = _context(k_cache, group), _context(v_cache, group)
         if group.view is not None and q.dtype != torch.float32:
             # The CPU bf16 GEMM against a transposed strided view of the pool ran 2.2x
             # slower than copy + GEMM (decode, 8 x 1025); fp32 ran faster on the view.
             k = k.contiguous()
-        results.append((group, group.out_index, kernel(rows, k, v, group)))
+        results.append((group, group.out_index, kernel(queries, k, v, group)))
     if len(results) == 1 and results[0][0].rows is None and results[0][1] is None:
         return results[0][2]
     out = q.new_empty(q.shape)
@@ -123,8 +145,35 @@ def _context(cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
     return cache.index_select(1, group.gather).view(kv_heads, group.num_seqs, group.context_max, head_dim)
 
 
-def _decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
-    """q: [G, heads, hd] (pre-scaled); k/v: [kv_heads, G, context, hd] -> [G, heads, hd]."""
+def _staged(
+    q: torch.Tensor, group: AttentionGroup, k: torch.Tensor, v: torch.Tensor, staged: StagedDecode
+) -> torch.Tensor:
+    """The decode group over its rows (k/v [used, kv_heads, L, hd], contiguous): queries
+    scattered to their rows (free rows get zero queries and see one key), two batched GEMMs
+    over (row, kv head) pairs; returns the members' outputs in member (``out_rows``) order."""
+    members = q if group.rows is None else q.index_select(0, group.rows)
+    if staged.identity:
+        padded = members
+    else:
+        padded = q.new_zeros(staged.used, *q.shape[1:])
+        padded.index_copy_(0, staged.rows, members)
+    used, kv_heads, length, head_dim = k.shape
+    per_kv = q.shape[1] // kv_heads
+    # baddbmm adds the padding mask (0 / -inf) in the GEMM: ~6% less than a masked_fill pass
+    keys = k.view(used * kv_heads, length, head_dim).mT
+    scores = torch.baddbmm(staged.key_bias, padded.view(used * kv_heads, per_kv, head_dim), keys)
+    probs = torch.softmax(scores, dim=-1)
+    attended = torch.bmm(probs, v.view(used * kv_heads, length, head_dim)).view(used, kv_heads * per_kv, head_dim)
+    return attended if staged.identity else attended.index_select(0, staged.rows)
+
+
+def _decode_group(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+    return _decode(q, k, v, group.key_mask)
+
+
+def _decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """q: [G, heads, hd] (pre-scaled); k/v: [kv_heads, G, context, hd] -> [G, heads, hd];
+    ``key_mask`` bool [G, context], True = not a key of that row."""
     num_seqs, num_heads, head_dim = q.shape
     kv_heads, _, context, _ = k.shape
     per_kv = num_heads // kv_heads
@@ -132,8 +181,8 @@ def _decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionG
     grouped = q.view(num_seqs, kv_heads, per_kv, head_dim).transpose(0, 1).reshape(-1, per_kv, head_dim)
     keys = k.reshape(kv_heads * num_seqs, context, head_dim)
     scores = torch.bmm(grouped, keys.transpose(1, 2)).view(kv_heads, num_seqs, per_kv, context)
-    if group.key_mask is not None:
-        scores.masked_fill_(group.key_mask[None, :, None, :], float("-inf"))
+    if key_mask is not None:
+        scores.masked_fill_(key_mask[None, :, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1).view(kv_heads * num_seqs, per_kv, context)
     attended = torch.bmm(probs, v.reshape(kv_heads * num_seqs, context, head_dim))
     return (

@@ -8,7 +8,7 @@ rows of last tokens), so the per-layer loop does no bookkeeping.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,11 +24,15 @@ class SeqChunk:
     num_new: tokens computed by this forward (1 = decode row, >1 = extend chunk).
     slots: LongTensor [num_cached + num_new], the pool slot of every token in order;
         the last ``num_new`` are written by the forward.
+    seq_id: optional identity of the sequence across forwards (the engine passes the
+        request id): lets CPU decode keep its KV in persistent contiguous rows
+        (``decode_rows``); None: the forward reads the pool only.
     """
 
     num_cached: int
     num_new: int
     slots: torch.Tensor
+    seq_id: Hashable | None = None
 
     def __post_init__(self) -> None:
         if self.num_new < 1 or self.num_cached < 0:
@@ -58,6 +62,7 @@ class SeqPlan:
     slots: torch.Tensor  # [num_cached + num_new]
     runs: list[tuple[int, int]]  # (first slot, length) of each contiguous slot run, in order
     query_blocks: list[tuple[int, int]]  # [start, end) row blocks that bound the score tile size
+    seq_id: Hashable | None = None
 
     @property
     def is_decode(self) -> bool:
@@ -99,14 +104,16 @@ class ForwardBatch:
         num_cached: Sequence[int],
         slots: Sequence[Sequence[int] | torch.Tensor],
         device: str | torch.device = "cpu",
+        seq_ids: Sequence[Hashable | None] | None = None,
     ) -> ForwardBatch:
         """Batch from plain lists; positions are ``num_cached + i`` for the i-th new token."""
         seqs: list[SeqChunk] = []
         ids: list[int] = []
         positions: list[int] = []
-        for tokens, cached, seq_slots in zip(new_token_ids, num_cached, slots, strict=True):
+        keys = [None] * len(slots) if seq_ids is None else seq_ids
+        for tokens, cached, seq_slots, key in zip(new_token_ids, num_cached, slots, keys, strict=True):
             slot_tensor = torch.as_tensor(seq_slots, dtype=torch.long, device=device)
-            seqs.append(SeqChunk(num_cached=cached, num_new=len(tokens), slots=slot_tensor))
+            seqs.append(SeqChunk(num_cached=cached, num_new=len(tokens), slots=slot_tensor, seq_id=key))
             ids.extend(tokens)
             positions.extend(range(cached, cached + len(tokens)))
         return cls(
@@ -172,6 +179,7 @@ def _make_plan(seqs: list[SeqChunk]) -> BatchPlan:
                 slots=seq.slots,
                 runs=runs,
                 query_blocks=query_blocks(seq.num_new, seq.context_len),
+                seq_id=seq.seq_id,
             )
         )
         host_slots.append(slots_host)

