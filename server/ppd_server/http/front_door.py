@@ -21,7 +21,7 @@ from ppd_sdk import wire
 from ppd_server.errors import RouterError, bad_request, error_response
 from ppd_server.http.auth import TENANT
 from ppd_server.metrics import turn_bucket
-from ppd_server.request_path.dispatch import Plan, RetryableFailure
+from ppd_server.request_path.attempt import Plan, RetryableFailure
 from ppd_server.request_path.relay import Kind, TurnUsage
 from ppd_server.request_path.turns import Turn
 from ppd_server.routing.types import NoWorkerAvailable
