@@ -16,7 +16,7 @@ Sections (each in the JSON under ``--out``; a failing section is recorded, the r
    reference) on the device.
 3. ``engine``: the forward on the benchmark model: prefill 512/2k/8k, decode batch 1/8/32/64 x
    context 1k/4k, the append-vs-full stall ratio, each with its roofline and share.
-4. ``kv_transfer``: GB/s between two processes on this host, TCP vs same-host handoff
+4. ``kv_transfer`` (``gpu_check_kv``): GB/s between two processes on this host, TCP vs same-host handoff
    (shared memory on CPU, CUDA IPC on GPU).
 5. ``serving``: PPD vs PD vs local with a prefill and a decode ppd-worker on the device under an
    open-loop multi-turn load (``gpu_check_serving``).
@@ -44,6 +44,8 @@ for sub in ("", "server", "kernels"):  # a source checkout without PYTHONPATH wo
         sys.path.insert(0, path)
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
+
+from gpu_check_kv import section_kv_transfer  # noqa: E402
 
 from ppd_kernels import ForwardBatch, KVPool, load_model  # noqa: E402
 
@@ -270,80 +272,6 @@ def _stall(lm, device, clock, ids, quick: bool) -> dict[str, Any]:
         "append_step_ms": appended * 1e3,
         "stall_ratio": (appended - alone) / max(full - alone, 1e-9),
     }
-
-
-def _transfer_server(device: str, tokens: int, shape: list[int], port_queue, stop) -> None:
-    """Child process: a prefill-side bootstrap server that serves rooms 0.. with one KV blob."""
-    import asyncio
-
-    from ppd_engine.kv_transfer import BootstrapServer, PrefillResult
-
-    torch.set_num_threads(1)
-    blob = torch.randn(shape, device=device).to(torch.bfloat16)
-
-    async def main() -> None:
-        server = BootstrapServer("127.0.0.1", 0, 60)
-        await server.start()
-        port_queue.put(server.port)
-        room = 0
-        while not stop.is_set():
-            try:
-                await server.send(room, PrefillResult(1, tokens, 0, lambda s, e: blob[:, :, :, s:e]))
-            except Exception:
-                break
-            room += 1
-        await server.close()
-
-    asyncio.run(main())
-
-
-def section_kv_transfer(lm, device: torch.device, quick: bool) -> dict[str, Any]:
-    import asyncio
-    import multiprocessing as mp
-
-    from ppd_engine.kv_transfer import fetch_kv
-
-    cfg = lm.config
-    # 2048 tokens of the model (268 MB on the 8B shape); small models: at least 16 / 64 MB
-    per_token = cfg.kv_bytes_per_token(torch.bfloat16)
-    tokens = max(2048, -(-(16 if quick else 64) * 2**20 // per_token))
-    shape = [cfg.num_layers, 2, cfg.num_kv_heads, tokens, cfg.head_dim]
-    nbytes = torch.Size(shape).numel() * 2
-    ctx = mp.get_context("spawn")
-    ports, stop = ctx.Queue(), ctx.Event()
-    child = ctx.Process(target=_transfer_server, args=(str(device), tokens, shape, ports, stop), daemon=True)
-    child.start()
-    out: dict[str, Any] = {"tokens": tokens, "mb": nbytes / 1e6}
-    try:
-        port = ports.get(timeout=120)
-        target = torch.empty(shape, dtype=torch.bfloat16, device=device)
-
-        async def store(received) -> None:
-            target.copy_(received.data)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
-        async def run(same_host: bool, rounds: int, room0: int) -> float:
-            best = float("inf")
-            for i in range(rounds):
-                began = time.perf_counter()
-                await fetch_kv("127.0.0.1", port, room0 + i, 0, 60, store, same_host=same_host)
-                best = min(best, time.perf_counter() - began)
-            return best
-
-        rounds = 3 if quick else 5
-        room = 0
-        for label, same_host in (("tcp", False), ("same_host", True), ("tcp", False), ("same_host", True)):
-            seconds = asyncio.run(run(same_host, rounds, room))
-            room += rounds
-            out[f"{label}_gbps"] = max(out.get(f"{label}_gbps", 0.0), nbytes / seconds / 1e9)
-        out["same_host_kind"] = "cuda_ipc" if device.type == "cuda" else "shm"
-    finally:
-        stop.set()
-        child.join(timeout=5)
-        if child.is_alive():
-            child.terminate()
-    return out
 
 
 def run_section(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
