@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -59,3 +60,14 @@ async def decode():
         disaggregation_decode_enable_conditional_agg=True,
     ) as pair:
         yield pair
+
+
+async def sse_chunks(response) -> list:
+    """The payloads of an SSE response: JSON objects, and the final ``[DONE]`` as a string."""
+    chunks = []
+    async for line in response.content:
+        line = line.strip()
+        if line.startswith(b"data: "):
+            payload = line[6:]
+            chunks.append(payload.decode() if payload == b"[DONE]" else json.loads(payload))
+    return chunks
