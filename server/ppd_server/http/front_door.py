@@ -10,8 +10,8 @@ new pair when a worker fails before any byte reached the client.
 from __future__ import annotations
 
 import json
+import random
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -90,6 +90,9 @@ class FrontDoor:
         # prometheus ``labels()`` takes a lock and builds a key on every call: the few children
         # of the hot path (policies x routes x turn buckets) are looked up once and kept
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # request ids need to be unique, not secret: a seeded PRNG (from os.urandom) instead of
+        # uuid4's system call per request; same shape (32 hex digits)
+        self._ids = random.Random()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -177,7 +180,7 @@ class FrontDoor:
 
     async def handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         st = self.state
-        request_id = request.headers.get("x-request-id") or f"ppd-{uuid.uuid4().hex}"
+        request_id = request.headers.get("x-request-id") or f"ppd-{self._ids.getrandbits(128):032x}"
         if st.tracing:
             span = st.tracer.start_span(
                 "ppd.route",
@@ -199,7 +202,8 @@ class FrontDoor:
 
     async def _handle(self, request: web.Request, kind: Kind, request_id: str, span: Any) -> web.StreamResponse:
         st = self.state
-        body = _parse_body(await request.read())
+        raw = await request.read()
+        body = _parse_body(raw)
         if kind != "generate":
             self._check_model(body)
         prompt_tokens, prompt_bytes, max_new = self._measure(kind, body)
@@ -214,7 +218,9 @@ class FrontDoor:
             _check_header_safe(value, header if header in request.headers else f"{wire.BODY_FIELD}.{field}")
         self._check_capacity(kind, prompt_tokens)
 
-        body.pop(wire.BODY_FIELD, None)
+        if wire.BODY_FIELD in body:
+            del body[wire.BODY_FIELD]
+            raw = None  # the workers get the body without it: re-serialised (worker_body.py)
         stream = body.get("stream", False)
         if stream is None:
             stream = False
@@ -222,8 +228,9 @@ class FrontDoor:
             raise bad_request(f"'stream' must be a boolean, got {_short(stream)}", param="stream")
         so = body.get("stream_options")
         client_wants_usage = isinstance(so, dict) and bool(so.get("include_usage"))
-        if stream and kind != "generate":
+        if stream and kind != "generate" and not (isinstance(so, dict) and so.get("include_usage") is True):
             body["stream_options"] = {**(so if isinstance(so, dict) else {}), "include_usage": True}
+            raw = None
 
         turn = st.turns.begin(hints, prompt_tokens, prompt_bytes, max_new, request.get(TENANT))  # prod: tenant
         if st.tracing:  # the attribute dicts cost microseconds a no-op span would throw away
@@ -254,6 +261,7 @@ class FrontDoor:
             plan = self._plan(
                 kind, request.path, body, turn, stream, client_wants_usage, request_id, worker_headers, span
             )
+            plan.raw_body = raw
             # the link backlog counts this turn's KV until it has crossed: its first token (or its end)
             release = st.turns.link_backlog.hold(st.turns.predicted_kv_bytes(turn) if decision.route == "pd" else 0)
             plan.on_first_token = release

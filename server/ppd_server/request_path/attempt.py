@@ -47,6 +47,8 @@ class Plan:
     started_at: float = field(default_factory=time.perf_counter)
     # called once when a stream's first token arrives (for P->D: its KV has crossed the link)
     on_first_token: Callable[[], None] | None = None
+    # the client's body bytes when they are ``body`` unchanged (``worker_body.py``), else None
+    raw_body: bytes | None = None
 
 
 @dataclass(slots=True)

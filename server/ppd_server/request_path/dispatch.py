@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
+import random
 import time
 from contextlib import suppress
 from typing import Any
@@ -39,6 +39,7 @@ from ppd_server.request_path.attempt import (
 from ppd_server.request_path.relay import Kind, TurnUsage, shape_json
 from ppd_server.request_path.stream_relay import relay_stream
 from ppd_server.request_path.upstream import UpstreamPool, UpstreamResponse
+from ppd_server.request_path.worker_body import worker_body
 
 
 class Dispatcher:
@@ -58,6 +59,9 @@ class Dispatcher:
         self.registry = registry
         self.tracer = tracer
         self.background = background
+        # bootstrap rooms need to be distinct, not secret: a seeded PRNG (from os.urandom) instead
+        # of a system call per room (``secrets``)
+        self._rooms = random.Random()
 
     async def run(self, request: web.Request, plan: Plan) -> web.StreamResponse:
         d = plan.decision
@@ -70,10 +74,9 @@ class Dispatcher:
         try:
             if d.route == "pd":
                 return await self._pd(request, plan)
-            body = dict(plan.body, do_local_prefill=True) if d.route == "local" else plan.body
-            call = await self._open(
-                decode.url, plan, json.dumps(body).encode(), "decode" if d.route == "local" else "unified"
-            )
+            local = d.route == "local"
+            data = worker_body(plan.body, plan.raw_body, {"do_local_prefill": True} if local else None)
+            call = await self._open(decode.url, plan, data, "decode" if local else "unified")
             return await self._answer(request, plan, call, prefill=None)
         finally:
             decode.release(time.monotonic())
@@ -87,21 +90,20 @@ class Dispatcher:
         if prefill is None:
             raise RetryableFailure(str(d.prefill), "unknown prefill worker")
         n = batch_size(plan.kind, plan.body)
+        rooms = self._rooms
         if n == 1:
-            body = dict(
-                plan.body,
-                bootstrap_host=prefill.host,
-                bootstrap_port=prefill.bootstrap_port,
-                bootstrap_room=secrets.randbits(63),
-            )
+            extra = {
+                "bootstrap_host": prefill.host,
+                "bootstrap_port": prefill.bootstrap_port,
+                "bootstrap_room": rooms.getrandbits(63),
+            }
         else:  # SGLang pairs each item of a batch through its own room
-            body = dict(
-                plan.body,
-                bootstrap_host=[prefill.host] * n,
-                bootstrap_port=[prefill.bootstrap_port] * n,
-                bootstrap_room=[secrets.randbits(63) for _ in range(n)],
-            )
-        data = json.dumps(body).encode()
+            extra = {
+                "bootstrap_host": [prefill.host] * n,
+                "bootstrap_port": [prefill.bootstrap_port] * n,
+                "bootstrap_room": [rooms.getrandbits(63) for _ in range(n)],
+            }
+        data = worker_body(plan.body, plan.raw_body, extra)
         prefill_task = asyncio.create_task(self._prefill(prefill.url, plan, data))
         decode_task = asyncio.create_task(self._open(str(d.decode), plan, data, "decode"))
         try:

@@ -189,8 +189,7 @@ class SSEShaper:
                 if not obj.get("choices"):
                     if not self.client_wants_usage:
                         return b""
-                    obj["ppd"] = self.route_info(self.usage)
-                    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+                    return self._with_ppd(obj, payload)
         self._token(now)
         return out
 
@@ -203,9 +202,19 @@ class SSEShaper:
         self.usage.absorb("generate", obj)
         meta = obj.get("meta_info")
         if isinstance(meta, dict) and meta.get("finish_reason") is not None:
-            obj["ppd"] = self.route_info(self.usage)
-            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+            return self._with_ppd(obj, payload)
         return out
+
+    def _with_ppd(self, obj: dict[str, Any], payload: bytes) -> bytes:
+        """The event ``obj`` (parsed from ``payload``) with ``ppd`` added: the worker's own bytes
+        with ``"ppd": ...`` spliced in before the closing brace (as :func:`shape_json`), re-serialised
+        only when the worker sent a ``ppd`` of its own (replaced), an empty object, or a multi-line
+        event (one ``data:`` line goes out)."""
+        info = self.route_info(self.usage)
+        if obj and "ppd" not in obj and b"\n" not in payload:  # payload: '{...}' (checked by _event)
+            return b"".join((b"data: ", payload[:-1], b', "ppd": ', json.dumps(info).encode(), b"}\n\n"))
+        obj["ppd"] = info
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
     def _token(self, now: float) -> None:
         if self.usage.first_token_at is None:
