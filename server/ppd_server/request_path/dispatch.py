@@ -21,7 +21,7 @@ import json
 import random
 import time
 from contextlib import suppress
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from opentelemetry import propagate, trace
@@ -104,31 +104,51 @@ class Dispatcher:
                 "bootstrap_room": [rooms.getrandbits(63) for _ in range(n)],
             }
         data = worker_body(plan.body, plan.raw_body, extra)
+        # The prefill leg runs in a task of its own; the decode leg opens in this one (a task and
+        # an asyncio.wait less per turn). A prefill that fails while the decode leg is still
+        # waiting for its headers cancels this task: the decode request is aborted (its
+        # connection closed) and the prefill's error is what the turn fails with, as before.
         prefill_task = asyncio.create_task(self._prefill(prefill.url, plan, data))
-        decode_task = asyncio.create_task(self._open(str(d.decode), plan, data, "decode"))
+        me = asyncio.current_task()
+        opening = True
+
+        def on_prefill_done(t: asyncio.Task) -> None:
+            if opening and me is not None and not t.cancelled() and t.exception() is not None:
+                me.cancel()
+
+        prefill_task.add_done_callback(on_prefill_done)
         try:
-            await asyncio.wait((prefill_task, decode_task), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # cancelled (the client left): asyncio.wait does not cancel the legs
-            await _discard(decode_task)
-            await _discard(prefill_task)
-            raise
-        if prefill_task.done() and prefill_task.exception() is not None:
-            e = prefill_task.exception()
-            decode_ok = decode_task.done() and not decode_task.cancelled() and decode_task.exception() is None
-            if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not decode_ok:  # prod
-                self.registry.record_failure(str(d.decode), "stuck P->D pair: " + e.reason)  # either may be stuck
-            await _discard(decode_task)
-            raise prefill_task.exception()  # type: ignore[misc]
-        try:
-            call = await decode_task
+            await asyncio.sleep(0)  # the prefill leg's request goes out first, as it always did
+            call = await self._open(str(d.decode), plan, data, "decode")
+        except asyncio.CancelledError:
+            opening = False
+            failed = prefill_task.done() and not prefill_task.cancelled() and prefill_task.exception() is not None
+            if not failed or _uncancel(me):  # the client left (too): abort the prefill leg as well
+                await _discard(prefill_task)
+                raise
+            self._prefill_failed(prefill_task, d.decode, decode_ok=False)
         except BaseException as e:
+            opening = False
             if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not prefill_task.done():  # prod
                 self.registry.record_failure(prefill.url, "stuck P->D pair: " + e.reason)  # either may be stuck
             await _discard(prefill_task)
             raise
+        opening = False
+        if prefill_task.done() and not prefill_task.cancelled() and prefill_task.exception() is not None:
+            call.close(ok=False)
+            self._prefill_failed(prefill_task, d.decode, decode_ok=True)
         if call.resp.status != 200:
             await _discard(prefill_task)
         return await self._answer(request, plan, call, prefill=prefill_task)
+
+    def _prefill_failed(self, prefill_task: asyncio.Task, decode_url: str, decode_ok: bool) -> NoReturn:
+        """Raise the prefill leg's error; a timeout while the decode leg still waited also takes
+        the decode worker out (either leg of a silent pair may be the stuck one)."""
+        e = prefill_task.exception()
+        assert e is not None
+        if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not decode_ok:  # prod
+            self.registry.record_failure(str(decode_url), "stuck P->D pair: " + e.reason)
+        raise e
 
     async def _prefill(self, url: str, plan: Plan, data: bytes) -> None:
         """Send to the prefill worker and drain its answer; raise on failure."""
@@ -260,6 +280,13 @@ def batch_size(kind: Kind, body: dict[str, Any]) -> int:
     if isinstance(items, list) and items and isinstance(items[0], (str, list)):
         return len(items)
     return 1
+
+
+def _uncancel(task: asyncio.Task | None) -> bool:
+    """Withdraw this module's own cancel of ``task``; True when it is still being cancelled by
+    someone else (its client left). Python 3.10 has no count of cancel requests: always False."""
+    uncancel = getattr(task, "uncancel", None)
+    return bool(uncancel is not None and uncancel() > 0)
 
 
 async def _discard(task: asyncio.Task) -> None:

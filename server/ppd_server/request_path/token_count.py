@@ -68,6 +68,40 @@ def _plain_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
     return out
 
 
+class _TwoParameterRLS(RecursiveLeastSquares):
+    """:class:`RecursiveLeastSquares` with its update unrolled for the counter's two parameters
+    (overhead, tokens per kbyte): the same arithmetic, in the same order, without the generic
+    k x k loops (which cost more than the rest of a routed turn's bookkeeping: it runs per turn)."""
+
+    def update(self, x: Sequence[float], y: float, weight: float = 1.0) -> float:
+        x0, x1 = x
+        (p00, p01), (p10, p11) = self._p
+        px0 = p00 * x0 + p01 * x1
+        px1 = p10 * x0 + p11 * x1
+        t0, t1 = self.theta
+        residual = y - (t0 * x0 + t1 * x1)
+        if not weight > 0:
+            return residual
+        lam = self._lam
+        denom = lam / weight + (x0 * px0 + x1 * px1)
+        if denom <= 0:
+            return residual
+        g0, g1 = px0 / denom, px1 / denom
+        self.theta = [t0 + g0 * residual, t1 + g1 * residual]
+        n00, n01 = (p00 - g0 * px0) / lam, (p01 - g0 * px1) / lam
+        n10, n11 = (p10 - g1 * px0) / lam, (p11 - g1 * px1) / lam
+        d0, d1 = self._prior_diag
+        if n00 > d0:  # cap each variance at the prior's, rescaling its row and column
+            scale = (d0 / n00) ** 0.5
+            n00, n01, n10 = n00 * scale * scale, n01 * scale, n10 * scale
+        if n11 > d1:
+            scale = (d1 / n11) ** 0.5
+            n10, n11, n01 = n10 * scale, n11 * scale * scale, n01 * scale
+        self._p = [[n00, n01], [n10, n11]]
+        self.samples += 1
+        return residual
+
+
 class TokenCounter:
     def __init__(self, tokenizer: _Tokenizer | None = None, bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN) -> None:
         lo, hi = _RATIO_BOUNDS
@@ -76,7 +110,7 @@ class TokenCounter:
         self._tokenizer = tokenizer
         self.observations = 0
         # tokens = overhead + (bytes / 1000) * tokens_per_kbyte
-        self._fit = RecursiveLeastSquares(
+        self._fit = _TwoParameterRLS(
             [0.0, 1000.0 / bytes_per_token], [64.0, 1000.0 / bytes_per_token], noise_std=4.0, lam=_FORGET
         )
 
