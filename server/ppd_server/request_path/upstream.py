@@ -58,6 +58,14 @@ else:  # pragma: no cover - Python 3.10
                 handle.cancel()
 
 
+def _chunk_size(line: bytes | bytearray) -> int:
+    """A chunk-size line's value (its extensions ignored; an empty line is 0). Raises ValueError."""
+    try:
+        return int(line, 16)  # the usual bare hex size (int() skips surrounding whitespace itself)
+    except ValueError:
+        return int(bytes(line).split(b";", 1)[0].strip() or b"0", 16)
+
+
 def _has_whole_chunk(reader: asyncio.StreamReader) -> bool:
     """Whether the bytes the reader already holds contain a whole HTTP/1.1 chunk (or the last,
     empty one): reading it then completes without waiting for the network. Peeks at
@@ -70,7 +78,7 @@ def _has_whole_chunk(reader: asyncio.StreamReader) -> bool:
     if eol < 0:
         return False
     try:
-        size = int(bytes(buf[:eol]).split(b";", 1)[0].strip() or b"0", 16)
+        size = _chunk_size(buf[:eol])
     except ValueError:
         return True  # let the normal path raise on it
     if size == 0:
@@ -95,7 +103,7 @@ def _scan_chunks(buf: bytearray) -> tuple[int, list[tuple[int, int]], bool]:
         if eol < 0:
             break
         try:
-            size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip() or b"0", 16)
+            size = _chunk_size(buf[pos:eol])
         except ValueError:
             break
         if size < 0:
