@@ -90,3 +90,15 @@ def test_the_unrolled_rls_update_is_the_generic_one():
         y, w = rng.uniform(0, 5000), rng.choice([1.0, 0.5, 2.0, 0.0])
         assert a.update(x, y, w) == b.update(x, y, w)
         assert a.theta == b.theta and a._p == b._p and a.samples == b.samples
+
+
+def test_the_dispatchers_pre_encoded_bootstrap_members_are_json_dumps_own():
+    from ppd_server.request_path.worker_body import members_prefix
+
+    for host, port in (("127.0.0.1", 8998), ('h\u00e9"x', None)):
+        extra = {"bootstrap_host": host, "bootstrap_port": port, "bootstrap_room": 2**63 - 1}
+        members = members_prefix({"bootstrap_host": host, "bootstrap_port": port}) + b'bootstrap_room": %d' % (
+            2**63 - 1
+        )
+        assert members == json.dumps(extra).encode()[1:-1]
+        assert worker_body({"a": 1}, b'{"a":1}', extra, members) == b'{"a":1, ' + members + b"}"

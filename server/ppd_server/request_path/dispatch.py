@@ -39,7 +39,7 @@ from ppd_server.request_path.attempt import (
 from ppd_server.request_path.relay import Kind, TurnUsage, shape_json
 from ppd_server.request_path.stream_relay import relay_stream
 from ppd_server.request_path.upstream import UpstreamPool, UpstreamResponse
-from ppd_server.request_path.worker_body import worker_body
+from ppd_server.request_path.worker_body import members_prefix, worker_body
 
 
 class Dispatcher:
@@ -62,6 +62,8 @@ class Dispatcher:
         # bootstrap rooms need to be distinct, not secret: a seeded PRNG (from os.urandom) instead
         # of a system call per room (``secrets``)
         self._rooms = random.Random()
+        # per (bootstrap host, port): '"bootstrap_host": ..., "bootstrap_port": ..., "' (worker_body.py)
+        self._bootstrap_members: dict[tuple[str, Any], bytes] = {}
 
     async def run(self, request: web.Request, plan: Plan) -> web.StreamResponse:
         d = plan.decision
@@ -91,19 +93,23 @@ class Dispatcher:
             raise RetryableFailure(str(d.prefill), "unknown prefill worker")
         n = batch_size(plan.kind, plan.body)
         rooms = self._rooms
+        members = None
         if n == 1:
-            extra = {
-                "bootstrap_host": prefill.host,
-                "bootstrap_port": prefill.bootstrap_port,
-                "bootstrap_room": rooms.getrandbits(63),
-            }
+            host, port, room = prefill.host, prefill.bootstrap_port, rooms.getrandbits(63)
+            extra = {"bootstrap_host": host, "bootstrap_port": port, "bootstrap_room": room}
+            prefix = self._bootstrap_members.get((host, port))
+            if prefix is None:
+                prefix = self._bootstrap_members[(host, port)] = members_prefix(
+                    {"bootstrap_host": host, "bootstrap_port": port}
+                )
+            members = b'%sbootstrap_room": %d' % (prefix, room)
         else:  # SGLang pairs each item of a batch through its own room
             extra = {
                 "bootstrap_host": [prefill.host] * n,
                 "bootstrap_port": [prefill.bootstrap_port] * n,
                 "bootstrap_room": [rooms.getrandbits(63) for _ in range(n)],
             }
-        data = worker_body(plan.body, plan.raw_body, extra)
+        data = worker_body(plan.body, plan.raw_body, extra, members)
         # The prefill leg runs in a task of its own; the decode leg opens in this one (a task and
         # an asyncio.wait less per turn). A prefill that fails while the decode leg is still
         # waiting for its headers cancels this task: the decode request is aborted (its

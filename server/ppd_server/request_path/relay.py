@@ -26,10 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-try:  # a declared dependency of the server extra; the stdlib gives the same JSON, ~10x slower
+try:  # a declared dependency of the server extra; the stdlib gives the same JSON, several times slower
     from orjson import dumps as _orjson_dumps
+    from orjson import loads as _orjson_loads
 except ImportError:  # pragma: no cover
-    _orjson_dumps = None
+    _orjson_dumps = _orjson_loads = None
 
 Kind = Literal["chat", "completion", "generate"]
 
@@ -97,7 +98,7 @@ def shape_json(kind: Kind, raw: bytes, route_info: RouteInfoFn) -> tuple[bytes, 
     """Add ``ppd`` to a non-streamed JSON answer; batches (lists) and non-JSON pass untouched."""
     usage = TurnUsage()
     try:
-        obj = json.loads(raw)
+        obj = _read(raw)
     except ValueError:
         return raw, usage
     if not isinstance(obj, dict):
@@ -110,8 +111,22 @@ def shape_json(kind: Kind, raw: bytes, route_info: RouteInfoFn) -> tuple[bytes, 
         # re-serialising the whole answer cost more than parsing it. (UTF-8 only: json.loads also
         # takes UTF-16/32 and a BOM, which start otherwise or end in a NUL; those are re-serialised.)
         return b"".join((end[:-1], b', "ppd": ', info_json(info), b"}")), usage
+    obj = json.loads(raw)  # re-serialised: the stdlib's exact objects (see _read)
     obj["ppd"] = info
     return json.dumps(obj).encode(), usage
+
+
+def _read(raw: bytes) -> Any:
+    """Parse a worker's JSON to READ it (usage, errors, finish): ``json.loads``'s object for any
+    input, bar integers past 64 bits (orjson makes them floats: never a token count). What orjson
+    refuses and the stdlib accepts (NaN, 1e400, lone surrogates, a BOM, UTF-16, deep nesting)
+    goes to ``json.loads``. An object to re-serialise is parsed by ``json.loads`` itself."""
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(raw)
+        except ValueError:  # orjson.JSONDecodeError is a json.JSONDecodeError
+            pass
+    return json.loads(raw)
 
 
 def info_json(info: dict[str, Any]) -> bytes:
@@ -238,6 +253,7 @@ class SSEShaper:
         info = self.route_info(self.usage)
         if obj and "ppd" not in obj and b"\n" not in payload:  # payload: '{...}' (checked by _event)
             return b"".join((b"data: ", payload[:-1], b', "ppd": ', info_json(info), b"}\n\n"))
+        obj = json.loads(payload)  # re-serialised: the stdlib's exact objects (see _read)
         obj["ppd"] = info
         return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
@@ -264,7 +280,7 @@ def _data_lines(event: bytes) -> bytes | None:
 
 def _parse(payload: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(payload)
+        obj = _read(payload)
     except (ValueError, RecursionError):
         raise _Malformed(f"a data line that is not JSON: {_excerpt(payload)}") from None
     if not isinstance(obj, dict):

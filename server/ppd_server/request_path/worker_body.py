@@ -26,13 +26,24 @@ from typing import Any
 _OBJECT_START = (b"{", b" ", b"\n", b"\r", b"\t")
 
 
-def worker_body(body: dict[str, Any], raw: bytes | None, extra: dict[str, Any] | None = None) -> bytes:
-    """The bytes to POST: ``body`` updated with ``extra`` (``extra``'s keys last, as ``dict(body, **extra)``)."""
+def worker_body(
+    body: dict[str, Any], raw: bytes | None, extra: dict[str, Any] | None = None, members: bytes | None = None
+) -> bytes:
+    """The bytes to POST: ``body`` updated with ``extra`` (``extra``'s keys last, as ``dict(body, **extra)``).
+    ``members``: ``extra`` already encoded as ``json.dumps(extra)`` writes its members
+    (``"k": v, ...``), when the caller has them cheaper."""
     if raw is not None and body and raw[:1] in _OBJECT_START and not (extra and any(k in body for k in extra)):
         end = raw.rstrip()
         if end.endswith(b"}"):
             if not extra:
                 return raw
-            # json.dumps(extra) is '{"k": v, ...}': its members go in before the client's closing brace
-            return b"".join((end[:-1], b", ", json.dumps(extra).encode()[1:]))
+            if members is None:
+                members = json.dumps(extra).encode()[1:-1]
+            return b"".join((end[:-1], b", ", members, b"}"))
     return json.dumps(dict(body, **extra) if extra else body).encode()
+
+
+def members_prefix(extra: dict[str, Any]) -> bytes:
+    """``extra``'s members as ``json.dumps`` writes them, followed by ``, "``: a prefix to which
+    the caller appends the last member (``key": value``)."""
+    return json.dumps(extra).encode()[1:-1] + b', "'
