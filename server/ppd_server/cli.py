@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="retry a stream elsewhere when its worker is silent this long (0 = off)" + _d("first_byte_timeout_s"),
     )
     g.add_argument(
+        "--header-timeout",
+        dest="header_timeout_s",
+        type=float,
+        help="streamed requests: seconds to wait for a worker's response headers before retrying the turn on "
+        "another pair (0 = off: --request-timeout bounds it). Set it above the time your workers take to "
+        "start a stream: SGLang answers its headers at once, ppd-worker with the first token" + _d("header_timeout_s"),
+    )
+    g.add_argument(
         "--breaker-cooldown",
         dest="breaker_cooldown_s",
         type=float,

@@ -112,6 +112,7 @@ class RouterConfig:
     retry_after_s: int = 1  # Retry-After on 503 (no worker) and 429 (queue full) answers
     max_queue_per_worker: int = 256  # requests the router keeps in flight per worker; beyond: 429 (0 = no bound)
     first_byte_timeout_s: float = 0.0  # a stream silent this long after its headers is retried elsewhere (0 = off)
+    header_timeout_s: float = 0.0  # a stream's worker without response headers this long: retried elsewhere (0 = off)
     breaker_cooldown_s: float = 1.0  # a worker whose request failed stays out at least this long (doubling)
     breaker_max_cooldown_s: float = 60.0  # ... up to this
     # embedded cluster
@@ -189,6 +190,8 @@ class RouterConfig:
             )
         if not self.first_byte_timeout_s >= 0:
             raise ConfigError("first_byte_timeout_s", f"must be >= 0, got {self.first_byte_timeout_s}")
+        if not self.header_timeout_s >= 0:
+            raise ConfigError("header_timeout_s", f"must be >= 0, got {self.header_timeout_s}")
         if self.max_queue_per_worker < 0:
             raise ConfigError("max_queue_per_worker", f"must be >= 0, got {self.max_queue_per_worker}")
         if not 1 <= self.retry_after_s <= 3600:

@@ -153,6 +153,7 @@ async def _startup(app: web.Application) -> None:
         st.tracer if st.tracing else None,
         st.background,
         first_byte_timeout_s=cfg.first_byte_timeout_s,
+        header_timeout_s=cfg.header_timeout_s,
     )
     await st.registry.poll_once(st.session, timeout_s=max(2.0, cfg.connect_timeout_s))
     if cfg.tokenizer is None and not st.turns.tokens.exact:

@@ -50,11 +50,14 @@ class Dispatcher:
         tracer: Tracer | None,
         background: set[asyncio.Task],
         first_byte_timeout_s: float = 0.0,
+        header_timeout_s: float = 0.0,
     ) -> None:
         """``tracer`` None = tracing off: no CLIENT spans, the caller's trace headers pass through.
         ``first_byte_timeout_s`` > 0: a stream whose worker sends nothing for that long after its
         headers (a hung worker) is abandoned and retried elsewhere, since the client has no byte yet."""
         self.first_byte_timeout_s = first_byte_timeout_s
+        # streams only: a non-streamed answer's headers come with the whole answer
+        self.header_timeout_s = header_timeout_s or None
         self.pool = pool
         self.registry = registry
         self.tracer = tracer
@@ -204,7 +207,9 @@ class Dispatcher:
             headers = dict(plan.worker_headers)
             propagate.inject(headers, context=trace.set_span_in_context(span, plan.parent_context))
         try:
-            resp = await self.pool.post(url, plan.path, data, headers)
+            resp = await self.pool.post(
+                url, plan.path, data, headers, header_timeout=self.header_timeout_s if plan.stream else None
+            )
         except UPSTREAM_BROKE as e:
             span.set_status(Status(StatusCode.ERROR, type(e).__name__))
             span.end()

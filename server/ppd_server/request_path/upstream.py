@@ -290,7 +290,11 @@ class UpstreamPool:
         else:
             conn.writer.close()
 
-    async def post(self, base_url: str, path: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+    async def post(
+        self, base_url: str, path: str, body: bytes, headers: dict[str, str], header_timeout: float | None = None
+    ) -> UpstreamResponse:
+        """POST ``body``; the answer's status and headers. ``header_timeout``: the longest wait for
+        them (default: ``read_timeout``); past it, UpstreamError('HeaderTimeout: ...')."""
         key = self._target(base_url)
         head = [f"POST {key[4]}{path} HTTP/1.1\r\nHost: {key[3]}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
@@ -301,22 +305,25 @@ class UpstreamPool:
             conn = idle.pop()
             if conn.usable():
                 try:
-                    return await self._exchange(conn, request)
+                    return await self._exchange(conn, request, header_timeout=header_timeout)
                 except _StaleConnection:
                     continue  # the worker closed it while idle: try another / a fresh one
             else:
                 conn.writer.close()
         try:
-            return await self._exchange(await self._connect(key), request, fresh=True)
+            return await self._exchange(await self._connect(key), request, fresh=True, header_timeout=header_timeout)
         except _StaleConnection as e:
             raise UpstreamError(str(e)) from None
 
-    async def _exchange(self, conn: _Conn, request: bytes, fresh: bool = False) -> UpstreamResponse:
+    async def _exchange(
+        self, conn: _Conn, request: bytes, fresh: bool = False, header_timeout: float | None = None
+    ) -> UpstreamResponse:
+        wait = header_timeout or self.read_timeout
         try:
             conn.writer.write(request)
             if conn.writer.transport.get_write_buffer_size() > 1 << 16:
                 await conn.writer.drain()
-            async with _timeout(self.read_timeout):
+            async with _timeout(wait):
                 raw = await conn.reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as e:
             conn.writer.close()
@@ -327,6 +334,8 @@ class UpstreamPool:
             conn.writer.close()
             if isinstance(e, ConnectionError) and not fresh:
                 raise _StaleConnection(str(e)) from None
+            if isinstance(e, asyncio.TimeoutError) and header_timeout:  # "Timeout": a stuck pair (dispatch.py)
+                raise UpstreamError(f"HeaderTimeout: no response headers within {wait:g} s") from None
             raise UpstreamError(f"{type(e).__name__}: {e}") from None
         except BaseException:
             conn.writer.close()  # cancelled (e.g. the paired prefill failed): abort the request
