@@ -247,6 +247,15 @@ class UpstreamResponse:
                 self._done = True
                 self.release()
                 return data
+        elif conn is not None and not self._done and "chunked" in self.headers.get("transfer-encoding", "").lower():
+            buf = getattr(conn.reader, "_buffer", None)
+            if buf:  # a whole chunked answer already here (e.g. a prefill's short stream): one read
+                consumed, spans, end = _scan_chunks(buf)
+                if end:
+                    data = await conn.reader.readexactly(consumed)
+                    self._done = True
+                    self.release()
+                    return b"".join([data[a:b] for a, b in spans])
         parts = [chunk async for chunk in self.iter_chunks()]
         return b"".join(parts)
 
