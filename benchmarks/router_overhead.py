@@ -16,7 +16,8 @@ non-streaming and a streaming (SSE, usage chunk) request:
 * latency: sequential requests; p50/p99 direct to the fake decode, and through each router;
   "added" = router p50/p99 - direct p50/p99;
 * throughput: ``--concurrency`` connections for ``--seconds`` (after a warm-up): requests/s, and
-  the router's own CPU time per request (/proc utime+stime, all threads), whose inverse is the
+  the router's own CPU time per request (with ``--rounds`` > 1: the median, the best round and every
+  round's figure) (/proc utime+stime, all threads), whose inverse is the
   request rate one fully available core would sustain - robust when other processes share the
   machine, unlike req/s. Ratios between routers of the same run are what to quote.
 Everything is bounded by counts and time; every process started here is ended by PID.
@@ -83,6 +84,7 @@ def _merge_rounds(rows: list[tuple]) -> list[tuple]:
                 statistics.median(t[0] for t in thrs),
                 sum(t[1] for t in thrs),
                 statistics.median(t[2] for t in thrs),
+                [t[2] for t in thrs],  # every round's CPU us/request (best-of and spread)
             )
         out.append((mode, name, lat, thr))
     return out
@@ -108,7 +110,7 @@ def _print_table(rows: list[tuple], args: argparse.Namespace, load_before: str, 
         print(f"\n{mode}")
         print(
             f"{'path':<30}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}{'req/s':>10}{'errors':>8}"
-            f"{'CPU us/req':>12}{'req/s per CPU-s':>17}{'CPU/req vs ppd':>16}"
+            f"{'CPU us/req':>12}{'req/s per CPU-s':>17}{'CPU/req vs ppd':>16}{'best us/req':>13}  rounds"
         )
         direct = next(lat for m, name, lat, thr in rows if m == mode and thr is None)
         d50, d99 = bc.pct(direct, 50), bc.pct(direct, 99)
@@ -120,7 +122,8 @@ def _print_table(rows: list[tuple], args: argparse.Namespace, load_before: str, 
             added = f"{p50 - d50:>11.3f}{p99 - d99:>11.3f}" if thr else f"{'-':>11}{'-':>11}"
             tput = (
                 f"{thr[0]:>10.0f}{thr[1]:>8d}{thr[2]:>12.0f}{1e6 / max(thr[2], 1e-9):>17.0f}"
-                f"{(thr[2] / ppd_cpu if ppd_cpu else 0):>15.2f}x"
+                f"{(thr[2] / ppd_cpu if ppd_cpu else 0):>15.2f}x{min(thr[3]):>13.0f}  "
+                + "/".join(f"{c:.0f}" for c in thr[3])
                 if thr
                 else f"{'-':>10}{'-':>8}{'-':>12}{'-':>17}{'-':>16}"
             )
