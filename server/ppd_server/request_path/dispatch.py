@@ -119,10 +119,12 @@ class Dispatcher:
         # connection closed) and the prefill's error is what the turn fails with, as before.
         prefill_task = asyncio.create_task(self._prefill(prefill.url, plan, data))
         me = asyncio.current_task()
-        opening = True
+        opening, cancelled_it = True, False
 
         def on_prefill_done(t: asyncio.Task) -> None:
+            nonlocal cancelled_it
             if opening and me is not None and not t.cancelled() and t.exception() is not None:
+                cancelled_it = True
                 me.cancel()
 
         prefill_task.add_done_callback(on_prefill_done)
@@ -131,8 +133,7 @@ class Dispatcher:
             call = await self._open(str(d.decode), plan, data, "decode")
         except asyncio.CancelledError:
             opening = False
-            failed = prefill_task.done() and not prefill_task.cancelled() and prefill_task.exception() is not None
-            if not failed or _uncancel(me):  # the client left (too): abort the prefill leg as well
+            if not cancelled_it or _uncancel(me):  # the client left (too): abort the prefill leg as well
                 await _discard(prefill_task)
                 raise
             self._prefill_failed(prefill_task, d.decode, decode_ok=False)
