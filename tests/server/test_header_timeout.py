@@ -40,9 +40,10 @@ def _events(raw: bytes) -> list[str]:
 async def test_a_decode_without_headers_is_retried_on_another_pair_after_the_header_timeout():
     p, hung = FakeWorker(role="prefill"), NeverAnswers(role="decode")
     good = FakeWorker(role="decode", n_tokens=4, load={"num_running_reqs": 30})  # looks busy: tried second
-    async with router_over(
-        [p, hung, good], header_timeout_s=0.3, request_timeout_s=REQUEST_TIMEOUT_S
-    ) as (client, state):
+    async with router_over([p, hung, good], header_timeout_s=0.3, request_timeout_s=REQUEST_TIMEOUT_S) as (
+        client,
+        state,
+    ):
         t0 = time.monotonic()
         r = await client.post(
             "/v1/chat/completions", json=chat_body(stream=True), headers={"X-PPD-Conversation-Id": "c"}

@@ -247,3 +247,32 @@ async def test_a_burst_of_chunks_with_trailers_is_one_piece_and_the_connection_i
         assert await r.read() == b"{}"
         assert server.connections == 1
     await pool.close()
+
+
+async def test_a_whole_chunked_answer_is_read_at_once_and_a_late_one_chunk_by_chunk():
+    """read() of a chunked answer: already received whole (extensions, trailers) it is taken in
+    one read; arriving piece by piece it goes through the chunk reader; both de-chunk the same
+    bytes and give the connection back."""
+    events = (b"data: 1\n\n", b"data: [DONE]\n\n")
+    whole = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(e), e) for e in events
+    )
+    server = RawServer([whole + b"0\r\nx-trailer: t\r\n\r\n", OK])
+    pool = UpstreamPool(connect_timeout=2, read_timeout=5)
+    async with server as url:
+        r = await pool.post(url, "/generate", b"{}", {})
+        await asyncio.sleep(0.05)  # the whole answer is in the reader's buffer
+        assert await r.read() == b"hello" + b"".join(events)
+        assert await (await pool.post(url, "/generate", b"{}", {})).read() == b"{}"
+        assert server.connections == 1
+    await pool.close()
+
+
+async def test_the_header_timeout_bounds_the_wait_for_headers_only():
+    pool = UpstreamPool(connect_timeout=2, read_timeout=30)
+    async with RawServer([b"HANG"]) as url:
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamError, match=r"HeaderTimeout: no response headers within 0\.2 s"):
+            await pool.post(url, "/x", b"{}", {}, header_timeout=0.2)
+        assert asyncio.get_running_loop().time() - t0 < 15  # not the 30 s read timeout
+    await pool.close()
