@@ -9,7 +9,8 @@
 * ``replica``: the body to a unified worker.
 
 ``RetryableFailure`` (``attempt.py``) is raised only before any byte reached the client (connect
-error, 502/503, a worker that dies or cuts its answer before the first byte was relayed: streams
+error, 502/503, a streamed call without response headers within ``header_timeout_s``, a worker
+that dies or cuts its answer before the first byte was relayed: streams
 start the client's response with their first relayed bytes, ``stream_relay.py``); the caller takes
 the worker out, re-decides and retries on a new pair.
 """

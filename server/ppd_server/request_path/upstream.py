@@ -23,8 +23,9 @@ else: POST a JSON body over a pooled connection, read the status and headers, th
 arrives (:meth:`iter_chunks`, for SSE relay). :meth:`close` drops the connection, which is how
 the router aborts a worker request (the worker sees the disconnect).
 
-Errors are :class:`UpstreamError` (an OSError): connect failures, timeouts, a connection that
-breaks mid-answer. A pooled connection the worker closed while idle is retried once on a fresh
+Errors are :class:`UpstreamError` (an OSError): connect failures, timeouts (``read_timeout`` per
+read; ``post(header_timeout=...)`` for the response headers alone), a connection that breaks
+mid-answer. A pooled connection the worker closed while idle is retried once on a fresh
 connection when nothing of the answer was received yet.
 """
 
