@@ -20,6 +20,20 @@ class EventLoop:
         self._seq += 1
         heapq.heappush(self._heap, (t_ms if t_ms > self.now else self.now, self._seq, fn, args))
 
+    def reserve(self, n: int) -> int:
+        """Take ``n`` places in the scheduling order now (for events pushed later with
+        :meth:`at_reserved`); returns the first. A stream of events known in advance (the
+        conversations' arrivals) then keeps only its next event on the heap, in the order it would
+        have had if every one had been scheduled now."""
+        first = self._seq + 1
+        self._seq += n
+        return first
+
+    def at_reserved(self, t_ms: float, seq: int, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` at ``t_ms`` in the reserved place ``seq`` (see :meth:`reserve`); the
+        caller clamps ``t_ms`` as :meth:`at` would have when the place was reserved."""
+        heapq.heappush(self._heap, (t_ms, seq, fn, args))
+
     def pending(self) -> int:
         """Events scheduled and not yet run."""
         return len(self._heap)

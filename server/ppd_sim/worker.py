@@ -39,6 +39,9 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import deque
+from functools import reduce
+from itertools import accumulate
+from operator import add
 from collections.abc import Callable
 from typing import Protocol
 
@@ -124,7 +127,7 @@ class SimWorker:
         self._view: WorkerView | None = None
         self.changed: Callable[[SimWorker], None] | None = None  # told when the view must be rebuilt
         self._may_coast = not reference
-        # a coasting run: (first iteration index, end times, step times, context at its start)
+        # a coasting run: (first iteration index, end times, the steps after the first, context at its start)
         self._coast: tuple[int, list[float], list[float], int] | None = None
 
     # -- what the router sees --------------------------------------------------------------
@@ -170,23 +173,28 @@ class SimWorker:
             context = polled_context * running // polled if polled else 0
         else:
             running, waiting, waiting_tokens, used, context = self.load()
-        view = WorkerView(
-            url=self.url,
-            role=self.role,
-            healthy=True,
-            can_local_prefill=self.can_local_prefill,
-            decode_radix_cache=self.decode_radix_cache,
-            max_total_tokens=self.kv.capacity,
-            kv_bytes_per_token=self.kv_bytes_per_token,
-            running_reqs=running,
-            waiting_reqs=waiting,
-            waiting_tokens=waiting_tokens,
-            used_tokens=used,
-            running_context_tokens=context,
-            inflight=self.inflight,
-            chunked_prefill_size=self.chunk_tokens,
-            **self.local_load.view_fields(),
-            coefficients=coefficients,
+        load = self.local_load
+        view = WorkerView(  # positional, in field order (faster); test_sim_parts holds it to the names
+            self.url,
+            self.role,
+            True,  # healthy
+            self.can_local_prefill,
+            self.decode_radix_cache,
+            None,  # bootstrap_port
+            self.kv.capacity,  # max_total_tokens
+            self.kv_bytes_per_token,
+            running,
+            waiting,
+            waiting_tokens,
+            used,
+            context,  # running_context_tokens
+            self.inflight,
+            load.reqs,  # local_prefill_reqs
+            load.tokens,
+            load.tokens_per_step,
+            load.reqs_per_step,
+            self.chunk_tokens,  # chunked_prefill_size
+            coefficients,
         )
         if self._cache_views:
             self._view = view
@@ -324,20 +332,18 @@ class SimWorker:
     def _start_coast(self, dt: float, n: int) -> None:
         """``n`` decode-only iterations from now, the first taking ``dt``. Each step is
         ``decode_step_ms(c, b, context)`` written out (the batch part is the same for all), with
-        the same operations in the same order: the fast-path test holds it to the function."""
+        the same operations in the same order, and each end time the previous one plus the step
+        (``accumulate`` adds left to right, as a loop would): the fast-path test holds it to the
+        function."""
         c, b, context = self.coefficients, self._running, self._context
         fixed = c.decode_base_ms + c.decode_per_seq_ms * b
         per_kctx = c.decode_per_kctx_ms
-        t = self._loop.now + dt
-        ends, steps = [t], [dt]
-        for k in range(1, n):
-            dt = fixed + per_kctx * (context + k * b) / 1000.0
-            t = t + dt
-            ends.append(t)
-            steps.append(dt)
+        # the steps after the first: context + k*b tokens at step k (b >= 1: streams are running)
+        steps = [fixed + per_kctx * ctx / 1000.0 for ctx in range(context + b, context + n * b, b)]
+        ends = list(accumulate(steps, initial=self._loop.now + dt))
         coast = (self.iterations, ends, steps, context)
         self._coast = coast
-        self._loop.at(t, self._end_coast, coast)
+        self._loop.at(ends[-1], self._end_coast, coast)
 
     def _advance_coast(self, k: int) -> None:
         """Iterations 0..k-1 of the coasting run ended; iteration k is in flight (its step counted)."""
@@ -346,8 +352,8 @@ class SimWorker:
         self._coast = None
         self.iterations = first + k
         self._context = context + k * self._running
-        for j in range(1, k + 1):
-            self.busy_ms += steps[j]
+        if k:  # busy time plus each step, left to right (``sum`` may round differently)
+            self.busy_ms = reduce(add, steps[:k], self.busy_ms)
 
     def _end_coast(self, coast: tuple[int, list[float], list[float], int]) -> None:
         if self._coast is not coast:  # settled earlier: ordinary events took over
