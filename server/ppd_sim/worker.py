@@ -36,16 +36,16 @@ arithmetic is the same, in the same order, as iterating one event at a time.
 
 from __future__ import annotations
 
-import heapq
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 from functools import reduce
+from heapq import heappop, heappush
 from itertools import accumulate
 from operator import add
-from collections.abc import Callable
 from typing import Protocol
 
-from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
+from ppd_server.routing.latency import decode_rows_ms, prefill_ms
 from ppd_server.routing.local_load import LocalLoad
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
@@ -294,38 +294,43 @@ class SimWorker:
         if self._waiting:
             self._admit_waiting()
         pieces: list[tuple[SimRequest, int, int]] = []
-        budget = self.chunk_tokens
-        for req in self._prefilling:
-            if budget <= 0:
-                break
-            n = min(req.remaining_prefill, budget)
-            pieces.append((req, n, req.prompt_tokens - req.remaining_prefill))
-            budget -= n
+        if self._prefilling:
+            budget = self.chunk_tokens
+            for req in self._prefilling:
+                if budget <= 0:
+                    break
+                left = req.remaining_prefill
+                n = left if left < budget else budget
+                pieces.append((req, n, req.prompt_tokens - left))
+                budget -= n
         fresh = []
-        for req, emit, ctx in self._joins:
-            self._running += 1
-            self._context += ctx
-            heapq.heappush(self._finish_heap, (self.iterations + emit, req.rid, req))
-            if req.first_token_ms is None:
-                fresh.append(req)
-        self._joins.clear()
-        if not pieces and self._running == 0:
-            return
+        joins = self._joins
+        if joins:
+            heap, iterations = self._finish_heap, self.iterations
+            for req, emit, ctx in joins:
+                self._running += 1
+                self._context += ctx
+                heappush(heap, (iterations + emit, req.rid, req))
+                if req.first_token_ms is None:
+                    fresh.append(req)
+            joins.clear()
+        running = self._running
         c = self.coefficients
         if pieces:
-            dt = batch_prefill_ms(c, pieces) + (
-                decode_rows_ms(c, self._running, self._context) if self._running else 0.0
-            )
-        else:
-            dt = decode_step_ms(c, self._running, self._context)
+            dt = batch_prefill_ms(c, pieces) + (decode_rows_ms(c, running, self._context) if running else 0.0)
+        elif running == 0:
+            return
+        else:  # decode_step_ms(c, running, context), written out
+            dt = c.decode_base_ms + c.decode_per_seq_ms * running + c.decode_per_kctx_ms * self._context / 1000.0
         self._busy = True
         self.busy_ms += dt
         if not pieces and not fresh and self._may_coast:
-            n = min(self._finish_heap[0][0] - self.iterations, _COAST_MAX)
+            n = self._finish_heap[0][0] - self.iterations
             if n >= 2:
-                self._start_coast(dt, n)
+                self._start_coast(dt, n if n < _COAST_MAX else _COAST_MAX)
                 return
-        self._loop.at(self._loop.now + dt, self._end_iteration, pieces, fresh)
+        loop = self._loop
+        loop.at(loop.now + dt, self._end_iteration, pieces, fresh)
 
     # -- coasting (see the module docstring) --------------------------------------------------
 
@@ -376,12 +381,13 @@ class SimWorker:
 
     def _end_iteration(self, pieces: list[tuple[SimRequest, int, int]], fresh: list[SimRequest]) -> None:
         now = self._loop.now
-        self.iterations += 1
+        iterations = self.iterations = self.iterations + 1
         self._context += self._running  # every running stream emitted one token
         for req in fresh:
             req.first_token_ms = now
-        while self._finish_heap and self._finish_heap[0][0] <= self.iterations:
-            _, _, req = heapq.heappop(self._finish_heap)
+        heap = self._finish_heap
+        while heap and heap[0][0] <= iterations:
+            req = heappop(heap)[2]
             self._running -= 1
             self._context -= req.prompt_tokens + req.output_tokens
             self._finish(req)

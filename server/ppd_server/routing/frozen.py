@@ -67,7 +67,7 @@ def fast_init(cls: type[T]) -> type[T]:
             value = f.name
         body.append(f"    _set_{f.name}(self, {value})")
     src = f"def __init__(self, {', '.join(args)}) -> None:\n" + ("\n".join(body) or "    pass") + "\n"
-    exec(src, ns)  # noqa: S102 - generated from the class's own field list, as dataclasses does
+    exec(src, ns)  # generated from the class's own field list, as dataclasses does
     init = ns["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
