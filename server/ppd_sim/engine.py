@@ -141,6 +141,7 @@ class Simulation:
         self._decisions: dict[int, Decision] = {}
         self._origin: dict[int, tuple[Conversation, int]] = {}
         self._kv_bytes_per_token = hw.kv_bytes_per_token
+        self._backlog_router = router.link_backlog == "router"
         self._overhead_ms = hw.request_overhead_ms
         if cost_model is not None:  # the router learns what each worker serves from its /server_info
             for w in self.cluster.workers.values():
@@ -214,56 +215,44 @@ class Simulation:
 
     def _arrive(self, conv: Conversation) -> None:
         self._next_arrival()
-        self._send(conv, 0)
+        self._send(conv, 0, conv.turns[0][0])
 
-    def _answer_tokens(self, out: int) -> int:
-        cap = self.router.client_max_tokens
-        return out if cap is None else min(out, cap)
-
-    def _prompt_tokens(self, conv: Conversation, index: int) -> int:
-        """The whole history (answers as they were sent back, cut at the cap) plus the new input."""
-        if self.router.client_max_tokens is None:
-            return conv.prompt_tokens(index)
-        return sum(i + self._answer_tokens(o) for i, o in conv.turns[:index]) + conv.turns[index][0]
-
-    def _send(self, conv: Conversation, index: int) -> None:
-        now_s = self.loop.now / 1000.0
+    def _send(self, conv: Conversation, index: int, prompt: int) -> None:
+        """Turn ``index`` of ``conv``; ``prompt``: the whole history (answers as they were sent
+        back, cut at the client's cap) plus the new input."""
+        loop = self.loop
+        now = loop.now
         new_in, wanted = conv.turns[index]
-        out = self._answer_tokens(wanted)
-        prompt = self._prompt_tokens(conv, index)
         cap = self.router.client_max_tokens
+        out = wanted if cap is None or wanted <= cap else cap  # the answer, cut at the cap
         cid = conv.conversation_id
         hints = self._wire_hints.model_copy(update={"conversation_id": cid, "turn": index + 1})
         # what the router does with them; it sees the client's max_tokens cap, not the answer's length
-        view, session = self.sessions.admit(hints, prompt, out if cap is None else cap, now_s)
-        turn = view.turn
+        view, session = self.sessions.admit(hints, prompt, out if cap is None else cap, now / 1000.0)
         believed = self.cost_model.coefficients if self.cost_model is not None else None
-        backlog = self._router_backlog if self.router.link_backlog == "router" else None
-        cluster = self.cluster.view(believed, backlog)
+        cluster = self.cluster.view(believed, self._router_backlog if self._backlog_router else None)
         decision = self.policy.decide(view, cluster, session)
-        req = SimRequest(len(self.requests), cid, turn, self.loop.now, prompt, new_in, out)
-        req.max_new_tokens, req.cut = view.max_new_tokens, out < wanted
-        req.expected_output_tokens = decision.output_tokens
-        req.route, req.decode, req.prefill, req.reason = (
-            decision.route,
-            decision.decode,
-            decision.prefill,
-            decision.reason,
-        )
-        chosen = decision.predicted(decision.route)
-        if chosen is not None:
-            req.predicted_ttft_ms, req.predicted_tpot_ms = chosen.ttft_ms, chosen.tpot_ms
-            if decision.route == "pd" and chosen.kv_bytes:
-                self._predicted_kv[req.rid] = chosen.kv_bytes
-                self._router_backlog += chosen.kv_bytes
+        rid = len(self.requests)
+        req = SimRequest(rid, cid, view.turn, now, prompt, new_in, out, view.max_new_tokens, decision.output_tokens)
+        req.cut = out < wanted
+        route = req.route = decision.route
+        req.decode, req.prefill, req.reason = decision.decode, decision.prefill, decision.reason
+        for chosen in decision.candidates:  # decision.predicted(route)
+            if chosen.route == route:
+                req.predicted_ttft_ms, req.predicted_tpot_ms = chosen.ttft_ms, chosen.tpot_ms
+                if route == "pd" and chosen.kv_bytes:
+                    self._predicted_kv[rid] = chosen.kv_bytes
+                    self._router_backlog += chosen.kv_bytes
+                break
         self.requests.append(req)
-        self._decisions[req.rid] = decision
-        self._origin[req.rid] = (conv, index)
-        serving = self.cluster.seen(cluster, decision.decode)
-        if serving is not None:
-            self._decode_at_decision[req.rid] = (serving.running_reqs, serving.running_context_tokens)
+        self._decisions[rid] = decision
+        self._origin[rid] = (conv, index)
+        if self.online_fit:  # what the policy saw of the serving worker (the observation's context)
+            serving = self.cluster.seen(cluster, decision.decode)
+            if serving is not None:
+                self._decode_at_decision[rid] = (serving.running_reqs, serving.running_context_tokens)
         if self._overhead_ms > 0:
-            self.loop.at(self.loop.now + self._overhead_ms, self._dispatch, req, decision)
+            loop.at(now + self._overhead_ms, self._dispatch, req, decision)
         else:
             self._dispatch(req, decision)
 
@@ -323,4 +312,5 @@ class Simulation:
                 )
             )
         if index + 1 < len(conv.turns):
-            self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1)
+            prompt = req.prompt_tokens + req.output_tokens + conv.turns[index + 1][0]  # + the answer sent back
+            self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1, prompt)
