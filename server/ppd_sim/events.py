@@ -42,15 +42,20 @@ class EventLoop:
         """Run until no event is left (returns None) or a budget is spent (returns why: the
         cluster could not drain its queues in time). ``tick`` is called every 20000 events."""
         heap, pop = self._heap, heapq.heappop
-        while heap:
-            if heap[0][0] > max_time_ms:
-                return f"stopped at {max_time_ms / 1000:.0f}s simulated before the queues drained (overloaded)"
-            t, _, fn, args = pop(heap)
-            self.now = t
-            fn(*args)
-            self.events_run += 1
-            if self.events_run >= max_events:
-                return f"stopped after {max_events} events before the queues drained"
-            if tick is not None and self.events_run % 20000 == 0:
-                tick()
-        return None
+        n = self.events_run
+        try:
+            while heap:
+                if heap[0][0] > max_time_ms:
+                    return f"stopped at {max_time_ms / 1000:.0f}s simulated before the queues drained (overloaded)"
+                t, _, fn, args = pop(heap)
+                self.now = t
+                fn(*args)
+                n += 1
+                if n >= max_events:
+                    return f"stopped after {max_events} events before the queues drained"
+                if tick is not None and n % 20000 == 0:
+                    self.events_run = n
+                    tick()
+            return None
+        finally:
+            self.events_run = n
