@@ -89,3 +89,15 @@ def test_reserved_places_keep_the_order_of_scheduling_at_once():
         return seen
 
     assert run(lazy=True) == run(lazy=False)
+
+
+def test_turn_hints_carry_every_hints_field():
+    from ppd_sdk.wire import SLO, Hints, Weights
+    from ppd_sim.engine import _TurnHints
+
+    run = Hints(weights=Weights(ttft=2.0, tpot=0.5), slo=SLO(ttft_ms=200.0, tpot_ms=None))
+    fast = _TurnHints("c7", 3, run)
+    plain = run.model_copy(update={"conversation_id": "c7", "turn": 3})
+    assert set(_TurnHints.__slots__) == set(Hints.model_fields)
+    for name in Hints.model_fields:
+        assert getattr(fast, name) == getattr(plain, name), name
