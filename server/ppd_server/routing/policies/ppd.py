@@ -12,7 +12,10 @@ TPOT(local) is priced with every local prefill already committed to the decode w
 ``latency.py``), so a burst of individually cheap local turns is seen for what it costs.
 
 S also charges local with the delay its append adds to the first token of every request waiting
-on the holder (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills).
+on the holder (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills), and
+with the prefill it leaves behind on the conversation's prefill worker (:func:`stale_prefill_ms`:
+a later P->D turn re-prefills this turn's tokens and answer there; weighted by how likely turns on
+the holder go P->D, the squared non-local share of its in-flight requests).
 
 With a TPOT target (``slo.tpot_ms``), before S is looked at:
 
@@ -45,7 +48,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
-from ppd_server.routing.latency import joined_tpot_ms, local_tpot_budget, prefill_ms
+from ppd_server.routing.latency import expected_output_tokens, joined_tpot_ms, local_tpot_budget, prefill_ms
 from ppd_server.routing.policies.base import Options, Policy, fmt_ms
 from ppd_server.routing.types import Candidate, RequestView, RouteName
 
@@ -82,6 +85,29 @@ HOPELESS = 1.0
 STATIC_LOCAL_TOKENS = 512
 
 
+def stale_prefill_ms(opts: Options) -> float:
+    """The expected prefill a D-local turn leaves for a later P->D turn of its conversation.
+
+    Going local, the conversation's prefill worker does not see this turn: it lacks what P->D
+    would have prefilled now (``pd.prefill_tokens``) plus the answer. The next turn that goes
+    P->D prefills them there on top of its own input (per token and attention, not a second base).
+    How likely that is: the share of the holder's in-flight requests that are not local, squared
+    (in-flight counts turn-1 streams, all P->D: the plain share overstates P->D, and a charge at
+    that rate locks a lightly loaded fleet out of local - 3P1D big_paste 4/s went 78% -> 6% local).
+    0 when nothing is in flight on the holder (nothing says turns there go P->D)."""
+    pd, holder, cluster = opts.pd, opts.holder, opts.cluster
+    if pd is None or holder is None or cluster is None or holder.inflight <= 0:
+        return 0.0
+    p = cluster.get(pd.prefill)
+    if p is None:
+        return 0.0
+    c = p.coefficients
+    lag = max(pd.prefill_tokens, 0) + expected_output_tokens(opts.request, opts.session)
+    extra = prefill_ms(c, lag, max(pd.cached_tokens, 0)) - c.prefill_base_ms
+    p_pd = 1.0 - min(1.0, max(holder.local_prefill_reqs, 0) / holder.inflight)
+    return max(extra, 0.0) * p_pd * p_pd
+
+
 class PPDPolicy(Policy):
     name = "ppd"
     defaults: ClassVar[dict[str, Any]] = {"w_ttft": 1.0, "w_tpot": 1.0, "margin": 0.0, "headroom": 0.85}
@@ -114,8 +140,14 @@ class PPDPolicy(Policy):
         others_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens) * max(
             holder.waiting_reqs, 0
         )
-        s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * others_ms / max(pd.ttft_ms, 1e-9)
-        detail = f"S={s:+.2f} ({self.describe(local, pd)}{f', others +{fmt_ms(others_ms)}' if others_ms else ''})"
+        # ... and leaves the conversation's prefill worker behind by this turn: a later P->D turn
+        # re-prefills it there (issue 7: P->D turns' prefill grew 28 -> 32 ms in 3P1D big_paste 8/s)
+        stale_ms = stale_prefill_ms(opts)
+        s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * (others_ms + stale_ms) / max(pd.ttft_ms, 1e-9)
+        extra = (f", others +{fmt_ms(others_ms)}" if others_ms else "") + (
+            f", stale P +{fmt_ms(stale_ms)}" if stale_ms else ""
+        )
+        detail = f"S={s:+.2f} ({self.describe(local, pd)}{extra})"
         if slo.tpot_ms is not None:
             # the holder's local-prefill budget keeps all its streams under the target (with headroom:
             # the target binds every request, the prediction is a mean)
