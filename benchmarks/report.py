@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loads", default="0.25,0.5,1,2", help="multiples of pd's saturation rate")
     g.add_argument("--qps", help="fixed rates instead of pd's saturation ladder (smoke runs)")
     g.add_argument("--duration", type=float, default=30.0, help="simulated seconds of arrivals per run (default 30)")
+    g.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="every grid cell runs with each seed; its figures and check are the means over them, and each "
+        "seed's own verdict is shown beside (default 0,1,2)",
+    )
     g.add_argument("--slo-ttft-ms", type=float, default=200.0)
     g.add_argument("--slo-tpot-ms", type=float, default=15.0)
     g.add_argument("--sim-args", default="", help="extra ppd-sim options for every run (e.g. the router's poll lag)")
@@ -106,7 +112,8 @@ def _grid_command(a: argparse.Namespace, workloads: str, slo_ttft: float) -> str
     extra = f" --qps {a.qps}" if a.qps else f" --loads {a.loads}"
     return (
         f"python benchmarks/sim_grid.py --clusters {a.clusters} --workloads {workloads} --policies {a.policies}{extra} "
-        f"--duration {a.duration:g} --slo-ttft-ms {slo_ttft:g} --slo-tpot-ms {a.slo_tpot_ms:g} {a.sim_args}"
+        f"--duration {a.duration:g} --seeds {a.seeds} --slo-ttft-ms {slo_ttft:g} --slo-tpot-ms {a.slo_tpot_ms:g} "
+        f"{a.sim_args}"
     ).strip()
 
 
@@ -128,6 +135,7 @@ def run_sim(a: argparse.Namespace) -> dict[str, Any]:
             policies=_csv(a.policies),
             load_factors=_csv(a.loads, float),
             duration_s=a.duration,
+            seeds=_csv(a.seeds, int),
             slo_ttft_ms=slo_ttft,
             slo_tpot_ms=a.slo_tpot_ms,
             sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()),
@@ -143,6 +151,7 @@ def run_sim(a: argparse.Namespace) -> dict[str, Any]:
                 "slo_ttft_ms": slo_ttft,
                 "slo_tpot_ms": a.slo_tpot_ms,
                 "duration_s": a.duration,
+                "seeds": list(spec.seeds),
                 "sim_args": list(spec.sim_args),
                 "router_args": list(spec.router_args),
                 "rows": [r.as_dict() for r in rows],
@@ -301,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--workloads", a.workloads, str),
             ("--policies", a.policies, str),
             ("--loads", a.loads, float),
+            ("--seeds", a.seeds, int),
             ("--weights", a.weights, float),
             ("--qps", a.qps or "1", float),
         ):

@@ -14,6 +14,12 @@ A cell *violates* the invariant when ppd's SLO attainment is below the best of `
 and ``threshold:512`` minus ``TOLERANCE`` (2 points), or its turn-2+ TTFT p50 is above pd's.
 Exit status 1 when any cell violates (2 for bad arguments). Simulated figures, not measurements.
 
+Seeds: one seed of 30 s is one sample of a noisy system; near saturation two policies' p50s
+1-3% apart can swap order from seed to seed. ``--seeds 0,1,2`` runs every cell with each seed
+(each seed draws other conversations and arrivals) and checks the invariant on the *mean over
+seeds* of each figure (``Row``'s figures); each seed's own verdict is kept too
+(``Row.seed_violations``), so a reader sees both. The saturation ladder uses the first seed.
+
 Function API (the report step calls it)::
 
     rows = run_grid(GridSpec(clusters=("3P1D",), workloads=("big_paste",)))
@@ -50,7 +56,7 @@ class GridSpec:
     policies: tuple[str, ...] = POLICIES
     load_factors: tuple[float, ...] = LOAD_FACTORS
     duration_s: float = 30.0
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # figures are means over these; the saturation ladder uses the first
     slo_ttft_ms: float = 200.0
     slo_tpot_ms: float = 15.0
     sim_args: tuple[str, ...] = ("--model", "llama-3.1-8b", "--gpu", "h100", "--link-gbs", "25")
@@ -71,7 +77,8 @@ class Row:
     ttft2_p50: dict[str, float | None] = field(default_factory=dict)
     tpot_p50: dict[str, float | None] = field(default_factory=dict)
     local_share: dict[str, float | None] = field(default_factory=dict)
-    violations: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)  # on the figures above (means over the seeds)
+    seed_violations: dict[int, list[str]] = field(default_factory=dict)  # each seed's own verdict
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,11 +91,18 @@ class Row:
             "tpot_p50_ms": self.tpot_p50,
             "turn2plus_local_share": self.local_share,
             "violations": self.violations,
+            "seed_violations": {str(s): v for s, v in self.seed_violations.items()},
         }
 
 
 def _argv(
-    spec: GridSpec, cluster: str, workload: str, qps: float, policies: Sequence[str], router: bool = True
+    spec: GridSpec,
+    cluster: str,
+    workload: str,
+    qps: float,
+    policies: Sequence[str],
+    router: bool = True,
+    seed: int | None = None,
 ) -> list[str]:
     return [
         "--policies",
@@ -102,7 +116,7 @@ def _argv(
         "--duration",
         f"{spec.duration_s:g}",
         "--seed",
-        str(spec.seed),
+        str(spec.seeds[0] if seed is None else seed),
         "--slo-ttft-ms",
         f"{spec.slo_ttft_ms:g}",
         "--slo-tpot-ms",
@@ -184,22 +198,55 @@ def run_grid(spec: GridSpec = GridSpec(), progress: bool = False) -> list[Row]:
             if progress:
                 print(f"sim_grid: pd saturation found in {time.monotonic() - started:.0f}s", file=sys.stderr)
         cells = [(c, w, q, label) for (c, w) in groups for q, label in rates[(c, w)]]
-        jobs = [(_argv(spec, c, w, q, [p]), p) for c, w, q, _ in cells for p in spec.policies]
+        jobs = [
+            (_argv(spec, c, w, q, [p], seed=seed), p)
+            for c, w, q, _ in cells
+            for seed in spec.seeds
+            for p in spec.policies
+        ]
         results = list(pool.map(_one_policy, jobs))
     rows = []
+    per_cell = len(spec.seeds) * len(spec.policies)
     for k, (c, w, q, label) in enumerate(cells):
-        row = Row(c, w, q, label)
-        for s in results[k * len(spec.policies) : (k + 1) * len(spec.policies)]:
-            name = s["policy"]
-            row.attainment[name] = s["slo_attainment"]
-            row.ttft2_p50[name] = s["turn2plus_ttft_ms"]["p50"]
-            row.tpot_p50[name] = s["tpot_ms"]["p50"]
-            row.local_share[name] = s["turn2plus_local_share"]
+        first = k * per_cell
+        samples = [
+            _row(c, w, q, label, results[first + i * len(spec.policies) : first + (i + 1) * len(spec.policies)])
+            for i in range(len(spec.seeds))
+        ]
+        row = _mean_row(samples)
+        row.seed_violations = {seed: check(s) for seed, s in zip(spec.seeds, samples)}
         row.violations = check(row)
         rows.append(row)
     if progress:
         print(f"sim_grid: {len(jobs)} runs in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return rows
+
+
+def _row(cluster: str, workload: str, qps: float, load: str, summaries: Sequence[dict[str, Any]]) -> Row:
+    row = Row(cluster, workload, qps, load)
+    for s in summaries:
+        name = s["policy"]
+        row.attainment[name] = s["slo_attainment"]
+        row.ttft2_p50[name] = s["turn2plus_ttft_ms"]["p50"]
+        row.tpot_p50[name] = s["tpot_ms"]["p50"]
+        row.local_share[name] = s["turn2plus_local_share"]
+    return row
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _mean_row(samples: Sequence[Row]) -> Row:
+    """One cell's figures as the mean over its seeds (a figure missing in a seed is left out)."""
+    first = samples[0]
+    if len(samples) == 1:
+        return first
+    row = Row(first.cluster, first.workload, first.qps, first.load)
+    for name in ("attainment", "ttft2_p50", "tpot_p50", "local_share"):
+        setattr(row, name, {p: _mean([getattr(s, name).get(p) for s in samples]) for p in getattr(first, name)})
+    return row
 
 
 SWEEP_TPOT_TOLERANCE = 0.01  # TPOT p50 may wobble by 1% between neighbouring weights (simulation noise)
@@ -294,6 +341,12 @@ def format_grid(rows: Sequence[Row]) -> str:
         f"{len(rows)} cells, {bad} violating (attainment in %, ppd >= best of {', '.join(BASELINES)} - "
         f"{100 * TOLERANCE:g} points; turn-2+ TTFT p50 ppd <= pd)"
     )
+    seeds = list(rows[0].seed_violations) if rows else []
+    if len(seeds) > 1:
+        each = ", ".join(f"seed {s}: {sum(bool(r.seed_violations[s]) for r in rows)}" for s in seeds)
+        lines.append(
+            f"figures and check on the means over seeds {', '.join(map(str, seeds))}; violating per seed: {each}"
+        )
     return "\n".join(lines)
 
 
@@ -301,9 +354,10 @@ def _csv(text: str, what: str, cast: Any = str) -> tuple[Any, ...]:
     try:
         items = tuple(cast(x.strip()) for x in text.split(",") if x.strip())
     except ValueError:
-        raise SystemExit(f"sim_grid: bad --{what} {text!r}") from None
+        items = None
     if not items:
-        raise SystemExit(f"sim_grid: --{what} {text!r} names nothing")
+        print(f"sim_grid: bad --{what} {text!r}: expected a comma-separated list", file=sys.stderr)
+        raise SystemExit(2)
     return items
 
 
@@ -318,7 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--qps", help="fixed rates instead of the saturation ladder, e.g. 5,10,15")
     p.add_argument("--duration", type=float, default=d.duration_s, help="seconds of arrivals per run")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, help="one seed (the same as --seeds N)")
+    p.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds; every cell runs with each, figures and the check are on the means (default 0)",
+    )
     p.add_argument("--slo-ttft-ms", type=float, default=d.slo_ttft_ms)
     p.add_argument("--slo-tpot-ms", type=float, default=d.slo_tpot_ms)
     p.add_argument(
@@ -339,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         policies=_csv(args.policies, "policies"),
         load_factors=_csv(args.loads, "loads", float),
         duration_s=args.duration,
-        seed=args.seed,
+        seeds=(args.seed,) if args.seed is not None else _csv(args.seeds, "seeds", int),
         slo_ttft_ms=args.slo_ttft_ms,
         slo_tpot_ms=args.slo_tpot_ms,
         sim_args=(*GridSpec().sim_args, *rest),

@@ -56,7 +56,23 @@ def parse_common(body: dict[str, Any], prompt_ids: list[int], sampling: Sampling
     local = body.get("do_local_prefill", False)
     if not isinstance(local, bool):
         raise InvalidRequest("do_local_prefill must be a boolean", param="do_local_prefill")
-    return GenerateInput(prompt_ids, sampling, rid, parse_bootstrap(body), local)
+    return GenerateInput(prompt_ids, sampling, rid, parse_bootstrap(body), local, parse_cache_salt(body))
+
+
+MAX_CACHE_SALT_CHARS = 1024
+
+
+def parse_cache_salt(body: dict[str, Any]) -> str | None:
+    """SGLang's / vLLM's ``cache_salt``: requests share cached prefixes only with requests of
+    the same salt. Absent, null or "" = the shared namespace."""
+    salt = body.get("cache_salt")
+    if salt is None or salt == "":
+        return None
+    if not isinstance(salt, str) or len(salt) > MAX_CACHE_SALT_CHARS:
+        raise InvalidRequest(
+            f"cache_salt must be a string of at most {MAX_CACHE_SALT_CHARS} characters", param="cache_salt"
+        )
+    return salt
 
 
 def is_int(value: Any) -> TypeGuard[int]:

@@ -10,6 +10,11 @@ KV page and matching/eviction never splits a page. Contracts:
 * ``insert`` adopts the caller's pages for the part of the sequence not cached yet, and
   returns the canonical pages for the whole inserted prefix plus the caller's pages that
   duplicated cached ones (the caller frees those).
+* ``namespace`` (a request's ``cache_salt``): each namespace is a tree of its own under its own
+  root, so a prefix cached under one salt is never matched under another (or under none):
+  tenants that do not share a salt cannot observe each other's prompts by timing or by
+  ``cached_tokens``. Eviction and flushing cover every namespace; an emptied namespace's root
+  is dropped, so many short-lived salts do not accumulate.
 
 Pure bookkeeping: integers and tuples only, no torch.
 """
@@ -36,6 +41,7 @@ class RadixCache:
         self.page_size = page_size
         self._clock = itertools.count(1)
         self._root = _Node(key=(), page=-1, parent=None, lock_ref=1)
+        self._roots: dict[str | None, _Node] = {None: self._root}  # namespace -> its root
         self._num_nodes = 0
         self._num_locked = 0
 
@@ -53,9 +59,22 @@ class RadixCache:
         for start in range(0, limit - limit % size, size):
             yield tuple(tokens[start : start + size])
 
-    def match(self, tokens: list[int], max_tokens: int | None = None) -> tuple[list[int], _Node]:
-        """Longest cached prefix of ``tokens`` (at most ``max_tokens``): (pages, deepest node)."""
-        node, pages, now = self._root, [], next(self._clock)
+    def _root_of(self, namespace: str | None) -> _Node:
+        root = self._roots.get(namespace)
+        if root is None:
+            root = self._roots[namespace] = _Node(key=(), page=-1, parent=None, lock_ref=1)
+        return root
+
+    def match(
+        self, tokens: list[int], max_tokens: int | None = None, namespace: str | None = None
+    ) -> tuple[list[int], _Node]:
+        """Longest cached prefix of ``tokens`` (at most ``max_tokens``) under ``namespace``:
+        (pages, deepest node)."""
+        pages: list[int] = []
+        node = self._roots.get(namespace)
+        if node is None:  # a namespace that caches nothing (yet)
+            return pages, self._root
+        now = next(self._clock)
         for key in self._page_keys(tokens, max_tokens):
             child = node.children.get(key)
             if child is None:
@@ -66,14 +85,14 @@ class RadixCache:
         return pages, node
 
     def lock(self, node: _Node) -> None:
-        while node is not self._root:
+        while node.parent is not None:
             if node.lock_ref == 0:
                 self._num_locked += 1
             node.lock_ref += 1
             node = node.parent  # type: ignore[assignment]
 
     def unlock(self, node: _Node) -> None:
-        while node is not self._root:
+        while node.parent is not None:
             if node.lock_ref <= 0:
                 raise RuntimeError("unlock of an unlocked radix node")
             node.lock_ref -= 1
@@ -81,11 +100,13 @@ class RadixCache:
                 self._num_locked -= 1
             node = node.parent  # type: ignore[assignment]
 
-    def insert(self, tokens: list[int], pages: list[int]) -> tuple[list[int], list[int], _Node]:
+    def insert(
+        self, tokens: list[int], pages: list[int], namespace: str | None = None
+    ) -> tuple[list[int], list[int], _Node]:
         """Cache the full pages of ``tokens`` whose KV is in ``pages`` (pages[i] holds tokens
-        [i*P, (i+1)*P)). Returns (canonical pages of the inserted prefix, caller pages now
-        redundant, deepest node)."""
-        node, canonical, redundant, now = self._root, [], [], next(self._clock)
+        [i*P, (i+1)*P)) under ``namespace``. Returns (canonical pages of the inserted prefix,
+        caller pages now redundant, deepest node)."""
+        node, canonical, redundant, now = self._root_of(namespace), [], [], next(self._clock)
         for index, key in enumerate(self._page_keys(tokens, len(pages) * self.page_size)):
             child = node.children.get(key)
             if child is None:
@@ -111,9 +132,19 @@ class RadixCache:
             del parent.children[leaf.key]
             self._num_nodes -= 1
             freed.append(leaf.page)
-            if parent is not self._root and not parent.children and parent.lock_ref == 0:
+            if parent.parent is not None and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access, id(parent), parent))
+        self._drop_empty_namespaces()
         return freed
+
+    def _drop_empty_namespaces(self) -> None:
+        for namespace in [ns for ns, root in self._roots.items() if ns is not None and not root.children]:
+            del self._roots[namespace]
+
+    @property
+    def num_namespaces(self) -> int:
+        """Salted namespaces currently holding pages (the unsalted one is not counted)."""
+        return sum(1 for ns, root in self._roots.items() if ns is not None and root.children)
 
     def reset(self) -> list[int]:
         """Drop everything (flush_cache). Refuses while any node is locked."""
@@ -121,11 +152,12 @@ class RadixCache:
             raise RuntimeError("cannot flush the prefix cache while requests use it")
         pages = [n.page for n in self._iter_nodes()]
         self._root.children.clear()
+        self._roots = {None: self._root}
         self._num_nodes = 0
         return pages
 
     def _iter_nodes(self):
-        stack = list(self._root.children.values())
+        stack = [child for root in self._roots.values() for child in root.children.values()]
         while stack:
             node = stack.pop()
             yield node

@@ -52,6 +52,7 @@ class Req:
     tracker: OutputTracker
     mode: Mode = Mode.LOCAL
     bootstrap: Bootstrap | None = None
+    cache_salt: str | None = None  # the prefix-cache namespace (radix_cache); None = shared
     state: State = State.WAITING
     pages: list[int] = field(default_factory=list)
     prefix_node: Any = None  # locked radix node (or None)
@@ -112,6 +113,7 @@ class GenerateInput:
     rid: str | None = None
     bootstrap: Bootstrap | None = None
     do_local_prefill: bool = False
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True)

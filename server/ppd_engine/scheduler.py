@@ -124,7 +124,7 @@ class Scheduler:
         node = None
         if self.cache is not None:
             limit = req.prompt_len if req.mode is Mode.DECODE_RECV else req.prompt_len - 1
-            prefix_pages, node = self.cache.match(req.prompt_ids, limit)
+            prefix_pages, node = self.cache.match(req.prompt_ids, limit, req.cache_salt)
             self.cache.lock(node)
         needed = self.pages_needed(req.max_len) - len(prefix_pages)
         deficit = needed - self.allocator.num_free
@@ -194,7 +194,9 @@ class Scheduler:
         keep = 0
         if self.cache is not None:
             full_pages = req.num_computed // self.page_size
-            canonical, redundant, _ = self.cache.insert(req.all_ids()[: req.num_computed], req.pages[:full_pages])
+            canonical, redundant, _ = self.cache.insert(
+                req.all_ids()[: req.num_computed], req.pages[:full_pages], req.cache_salt
+            )
             keep = len(canonical)
             self.allocator.free(redundant)
             if req.prefix_node is not None:

@@ -190,6 +190,7 @@ class Worker:
             tracker=tracker,
             mode=mode,
             bootstrap=inp.bootstrap,
+            cache_salt=inp.cache_salt,
         )
         req.client_rid = inp.rid or req.rid
         handle = RequestHandle(req, asyncio.get_running_loop())

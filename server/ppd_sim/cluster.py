@@ -109,6 +109,8 @@ class SimCluster:
         self._stale: set[int] = set(range(len(self._order)))
         for k, w in enumerate(self._order):
             w.changed = lambda _w, k=k: self._stale.add(k)
+        self._cache_views = bool(self._order) and self._order[0]._cache_views  # else every view, every time
+        self._link_gbps = self.link.link_gbps  # fixed for the run
 
     def view(
         self, believed: Callable[[str, Role], CostCoefficients] | None = None, link_backlog_bytes: int | None = None
@@ -117,17 +119,20 @@ class SimCluster:
         ``link_backlog_bytes``: what the router counts on the link (default: the true backlog)."""
         if believed is None:
             views = self._views
-            for k in self._stale:
-                views[k] = self._order[k].view()
-            if self.workers and self._order[0]._cache_views:
-                self._stale.clear()
+            stale = self._stale
+            if stale:
+                order = self._order
+                for k in stale:
+                    views[k] = order[k].view()
+                if self._cache_views:
+                    stale.clear()
             workers = cast("tuple[WorkerView, ...]", tuple(views))  # every slot was filled on the first call
         else:
             workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)  # in _order, as seen() assumes
         return ClusterView(
-            workers=workers,
-            link_gbps=self.link.link_gbps,
-            link_backlog_bytes=self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
+            workers,
+            self._link_gbps,
+            self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
         )
 
     def seen(self, view: ClusterView, url: str | None) -> WorkerView | None:

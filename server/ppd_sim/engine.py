@@ -31,7 +31,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ppd_sdk.wire import SLO, Hints, Weights
 from ppd_server.config import RouterConfig
@@ -74,6 +74,22 @@ class RouterBehaviour:
             raise ValueError(f"client max_tokens must be >= 1, got {self.client_max_tokens}")
         if self.link_backlog not in LINK_BACKLOG_KINDS:
             raise ValueError(f"link backlog must be one of {', '.join(LINK_BACKLOG_KINDS)}, got {self.link_backlog!r}")
+
+
+class _TurnHints:
+    """One turn's ``Hints`` as ``SessionTable.admit`` reads them: the run's weights and SLO with
+    the turn's conversation id and number. Every field of ``Hints``, read-only by convention;
+    a pydantic ``model_copy`` per turn cost ~3% of a run (``tests/sim/test_sim_speed_parts.py``
+    holds the two to the same fields and values)."""
+
+    __slots__ = ("conversation_id", "parent_conversation_id", "slo", "turn", "weights")
+
+    def __init__(self, conversation_id: str, turn: int, run: Hints) -> None:
+        self.conversation_id = conversation_id
+        self.parent_conversation_id = run.parent_conversation_id
+        self.turn = turn
+        self.weights = run.weights
+        self.slo = run.slo
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +149,7 @@ class Simulation:
         self.cluster = SimCluster(spec, hw, self.loop, self, poll_lag=router.poll_interval_ms > 0, reference=reference)
         self._router_backlog = 0  # predicted KV bytes of the open P->D turns (the live router's count)
         self._predicted_kv: dict[int, int] = {}
+        self._arrivals: list[tuple[float, int, Conversation]] = []  # not yet on the heap, last first
         self._last_finish_ms = 0.0
         self.sessions = SessionTable(max_sessions=max(100_000, len(conversations) + 1), idle_ttl_s=24 * 3600.0)
         self.requests: list[SimRequest] = []
@@ -140,6 +157,7 @@ class Simulation:
         self._decisions: dict[int, Decision] = {}
         self._origin: dict[int, tuple[Conversation, int]] = {}
         self._kv_bytes_per_token = hw.kv_bytes_per_token
+        self._backlog_router = router.link_backlog == "router"
         self._overhead_ms = hw.request_overhead_ms
         if cost_model is not None:  # the router learns what each worker serves from its /server_info
             for w in self.cluster.workers.values():
@@ -149,8 +167,16 @@ class Simulation:
         """Simulate until every turn of every conversation finished (or a budget ran out)."""
         if self.router.poll_interval_ms > 0:
             self.loop.at(0.0, self._poll)
-        for conv in self.conversations:
-            self.loop.at(conv.arrival_ms, self._send, conv, 0)
+        # every arrival takes its place in the event order now, but only the next one waits on the
+        # heap (a heap of every conversation costs each event a few more comparisons)
+        first, now = self.loop.reserve(len(self.conversations)), self.loop.now
+        arrivals = [
+            (conv.arrival_ms if conv.arrival_ms > now else now, first + k, conv)
+            for k, conv in enumerate(self.conversations)
+        ]
+        arrivals.sort(reverse=True)  # (time, place) are unique: conversations are never compared
+        self._arrivals = arrivals
+        self._next_arrival()
         last_arrival = max((c.arrival_ms for c in self.conversations), default=0.0)
         tick = (lambda: progress(self.loop.now, self.finished)) if progress else None
         # The run allocates millions of short-lived objects and almost no reference cycles (~2,000
@@ -198,54 +224,51 @@ class Simulation:
         if self.loop.pending():  # anything left to happen: keep polling
             self.loop.at(self.loop.now + self.router.poll_interval_ms, self._poll)
 
-    def _answer_tokens(self, out: int) -> int:
-        cap = self.router.client_max_tokens
-        return out if cap is None else min(out, cap)
+    def _next_arrival(self) -> None:
+        if self._arrivals:
+            t, seq, conv = self._arrivals.pop()
+            self.loop.at_reserved(t, seq, self._arrive, conv)
 
-    def _prompt_tokens(self, conv: Conversation, index: int) -> int:
-        """The whole history (answers as they were sent back, cut at the cap) plus the new input."""
-        if self.router.client_max_tokens is None:
-            return conv.prompt_tokens(index)
-        return sum(i + self._answer_tokens(o) for i, o in conv.turns[:index]) + conv.turns[index][0]
+    def _arrive(self, conv: Conversation) -> None:
+        self._next_arrival()
+        self._send(conv, 0, conv.turns[0][0])
 
-    def _send(self, conv: Conversation, index: int) -> None:
-        now_s = self.loop.now / 1000.0
+    def _send(self, conv: Conversation, index: int, prompt: int) -> None:
+        """Turn ``index`` of ``conv``; ``prompt``: the whole history (answers as they were sent
+        back, cut at the client's cap) plus the new input."""
+        loop = self.loop
+        now = loop.now
         new_in, wanted = conv.turns[index]
-        out = self._answer_tokens(wanted)
-        prompt = self._prompt_tokens(conv, index)
         cap = self.router.client_max_tokens
+        out = wanted if cap is None or wanted <= cap else cap  # the answer, cut at the cap
         cid = conv.conversation_id
-        hints = self._wire_hints.model_copy(update={"conversation_id": cid, "turn": index + 1})
+        hints = cast(Hints, _TurnHints(cid, index + 1, self._wire_hints))
         # what the router does with them; it sees the client's max_tokens cap, not the answer's length
-        view, session = self.sessions.admit(hints, prompt, out if cap is None else cap, now_s)
-        turn = view.turn
+        view, session = self.sessions.admit(hints, prompt, out if cap is None else cap, now / 1000.0)
         believed = self.cost_model.coefficients if self.cost_model is not None else None
-        backlog = self._router_backlog if self.router.link_backlog == "router" else None
-        cluster = self.cluster.view(believed, backlog)
+        cluster = self.cluster.view(believed, self._router_backlog if self._backlog_router else None)
         decision = self.policy.decide(view, cluster, session)
-        req = SimRequest(len(self.requests), cid, turn, self.loop.now, prompt, new_in, out)
-        req.max_new_tokens, req.cut = view.max_new_tokens, out < wanted
-        req.expected_output_tokens = decision.output_tokens
-        req.route, req.decode, req.prefill, req.reason = (
-            decision.route,
-            decision.decode,
-            decision.prefill,
-            decision.reason,
-        )
-        chosen = decision.predicted(decision.route)
-        if chosen is not None:
-            req.predicted_ttft_ms, req.predicted_tpot_ms = chosen.ttft_ms, chosen.tpot_ms
-            if decision.route == "pd" and chosen.kv_bytes:
-                self._predicted_kv[req.rid] = chosen.kv_bytes
-                self._router_backlog += chosen.kv_bytes
+        rid = len(self.requests)
+        req = SimRequest(rid, cid, view.turn, now, prompt, new_in, out, view.max_new_tokens, decision.output_tokens)
+        req.cut = out < wanted
+        route = req.route = decision.route
+        req.decode, req.prefill, req.reason = decision.decode, decision.prefill, decision.reason
+        for chosen in decision.candidates:  # decision.predicted(route)
+            if chosen.route == route:
+                req.predicted_ttft_ms, req.predicted_tpot_ms = chosen.ttft_ms, chosen.tpot_ms
+                if route == "pd" and chosen.kv_bytes:
+                    self._predicted_kv[rid] = chosen.kv_bytes
+                    self._router_backlog += chosen.kv_bytes
+                break
         self.requests.append(req)
-        self._decisions[req.rid] = decision
-        self._origin[req.rid] = (conv, index)
-        serving = self.cluster.seen(cluster, decision.decode)
-        if serving is not None:
-            self._decode_at_decision[req.rid] = (serving.running_reqs, serving.running_context_tokens)
+        self._decisions[rid] = decision
+        self._origin[rid] = (conv, index)
+        if self.online_fit:  # what the policy saw of the serving worker (the observation's context)
+            serving = self.cluster.seen(cluster, decision.decode)
+            if serving is not None:
+                self._decode_at_decision[rid] = (serving.running_reqs, serving.running_context_tokens)
         if self._overhead_ms > 0:
-            self.loop.at(self.loop.now + self._overhead_ms, self._dispatch, req, decision)
+            loop.at(now + self._overhead_ms, self._dispatch, req, decision)
         else:
             self._dispatch(req, decision)
 
@@ -305,4 +328,5 @@ class Simulation:
                 )
             )
         if index + 1 < len(conv.turns):
-            self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1)
+            prompt = req.prompt_tokens + req.output_tokens + conv.turns[index + 1][0]  # + the answer sent back
+            self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1, prompt)

@@ -20,6 +20,20 @@ class EventLoop:
         self._seq += 1
         heapq.heappush(self._heap, (t_ms if t_ms > self.now else self.now, self._seq, fn, args))
 
+    def reserve(self, n: int) -> int:
+        """Take ``n`` places in the scheduling order now (for events pushed later with
+        :meth:`at_reserved`); returns the first. A stream of events known in advance (the
+        conversations' arrivals) then keeps only its next event on the heap, in the order it would
+        have had if every one had been scheduled now."""
+        first = self._seq + 1
+        self._seq += n
+        return first
+
+    def at_reserved(self, t_ms: float, seq: int, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` at ``t_ms`` in the reserved place ``seq`` (see :meth:`reserve`); the
+        caller clamps ``t_ms`` as :meth:`at` would have when the place was reserved."""
+        heapq.heappush(self._heap, (t_ms, seq, fn, args))
+
     def pending(self) -> int:
         """Events scheduled and not yet run."""
         return len(self._heap)
@@ -28,15 +42,20 @@ class EventLoop:
         """Run until no event is left (returns None) or a budget is spent (returns why: the
         cluster could not drain its queues in time). ``tick`` is called every 20000 events."""
         heap, pop = self._heap, heapq.heappop
-        while heap:
-            if heap[0][0] > max_time_ms:
-                return f"stopped at {max_time_ms / 1000:.0f}s simulated before the queues drained (overloaded)"
-            t, _, fn, args = pop(heap)
-            self.now = t
-            fn(*args)
-            self.events_run += 1
-            if self.events_run >= max_events:
-                return f"stopped after {max_events} events before the queues drained"
-            if tick is not None and self.events_run % 20000 == 0:
-                tick()
-        return None
+        n = self.events_run
+        try:
+            while heap:
+                if heap[0][0] > max_time_ms:
+                    return f"stopped at {max_time_ms / 1000:.0f}s simulated before the queues drained (overloaded)"
+                t, _, fn, args = pop(heap)
+                self.now = t
+                fn(*args)
+                n += 1
+                if n >= max_events:
+                    return f"stopped after {max_events} events before the queues drained"
+                if tick is not None and n % 20000 == 0:
+                    self.events_run = n
+                    tick()
+            return None
+        finally:
+            self.events_run = n

@@ -30,8 +30,13 @@ class KVPool:
 
     def hit(self, conversation: str, prompt_tokens: int) -> int:
         """Prompt tokens found cached (the last prompt token is always computed: its logits)."""
-        hit = max(0, min(self._cache.get(conversation, 0), prompt_tokens - 1))
-        return page_aligned(hit, self.page_tokens)
+        hit = self._cache.get(conversation, 0)
+        if hit > prompt_tokens - 1:
+            hit = prompt_tokens - 1
+        if hit <= 0:
+            return 0
+        page = self.page_tokens
+        return hit - hit % page if page > 1 else hit  # page_aligned
 
     def fits(self, need: int) -> bool:
         return self.capacity <= 0 or self.pinned + need <= self.capacity
@@ -39,22 +44,28 @@ class KVPool:
     def admit(self, conversation: str, prompt_tokens: int, need: int) -> int | None:
         """Pin ``need`` slots for a request; returns its cache hit, or None when it must wait.
         The conversation's cached prefix becomes part of the pinned slots (it is in use)."""
-        if not self.fits(need):
+        capacity = self.capacity
+        if capacity > 0 and self.pinned + need > capacity:  # not fits(need)
             return None
         hit = self.hit(conversation, prompt_tokens)
-        self.cached_total -= self._cache.pop(conversation, 0)
+        cached = self._cache.pop(conversation, 0)
+        if cached:
+            self.cached_total -= cached
         self.pinned += need
-        self._evict()
+        if capacity > 0:
+            self._evict()
         return hit
 
     def release(self, conversation: str, pinned: int, keep_tokens: int) -> None:
         """Unpin a finished request's slots; ``keep_tokens`` of them stay cached for the conversation."""
         self.pinned -= pinned
         if self.keeps_prefixes and keep_tokens > 0:
-            self.cached_total -= self._cache.pop(conversation, 0)
-            self._cache[conversation] = keep_tokens
+            cache = self._cache
+            self.cached_total -= cache.pop(conversation, 0)
+            cache[conversation] = keep_tokens
             self.cached_total += keep_tokens
-        self._evict()
+        if self.capacity > 0:
+            self._evict()
 
     def _evict(self) -> None:
         if self.capacity <= 0:

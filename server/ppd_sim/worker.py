@@ -36,13 +36,16 @@ arithmetic is the same, in the same order, as iterating one event at a time.
 
 from __future__ import annotations
 
-import heapq
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from functools import reduce
+from heapq import heappop, heappush
+from itertools import accumulate
+from operator import add
 from typing import Protocol
 
-from ppd_server.routing.latency import decode_rows_ms, decode_step_ms, prefill_ms
+from ppd_server.routing.latency import decode_rows_ms, prefill_ms
 from ppd_server.routing.local_load import LocalLoad
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
@@ -124,7 +127,7 @@ class SimWorker:
         self._view: WorkerView | None = None
         self.changed: Callable[[SimWorker], None] | None = None  # told when the view must be rebuilt
         self._may_coast = not reference
-        # a coasting run: (first iteration index, end times, step times, context at its start)
+        # a coasting run: (first iteration index, end times, the steps after the first, context at its start)
         self._coast: tuple[int, list[float], list[float], int] | None = None
 
     # -- what the router sees --------------------------------------------------------------
@@ -170,23 +173,28 @@ class SimWorker:
             context = polled_context * running // polled if polled else 0
         else:
             running, waiting, waiting_tokens, used, context = self.load()
-        view = WorkerView(
-            url=self.url,
-            role=self.role,
-            healthy=True,
-            can_local_prefill=self.can_local_prefill,
-            decode_radix_cache=self.decode_radix_cache,
-            max_total_tokens=self.kv.capacity,
-            kv_bytes_per_token=self.kv_bytes_per_token,
-            running_reqs=running,
-            waiting_reqs=waiting,
-            waiting_tokens=waiting_tokens,
-            used_tokens=used,
-            running_context_tokens=context,
-            inflight=self.inflight,
-            chunked_prefill_size=self.chunk_tokens,
-            **self.local_load.view_fields(),
-            coefficients=coefficients,
+        load = self.local_load
+        view = WorkerView(  # positional, in field order (faster); test_sim_parts holds it to the names
+            self.url,
+            self.role,
+            True,  # healthy
+            self.can_local_prefill,
+            self.decode_radix_cache,
+            None,  # bootstrap_port
+            self.kv.capacity,  # max_total_tokens
+            self.kv_bytes_per_token,
+            running,
+            waiting,
+            waiting_tokens,
+            used,
+            context,  # running_context_tokens
+            self.inflight,
+            load.reqs,  # local_prefill_reqs
+            load.tokens,
+            load.tokens_per_step,
+            load.reqs_per_step,
+            self.chunk_tokens,  # chunked_prefill_size
+            coefficients,
         )
         if self._cache_views:
             self._view = view
@@ -286,58 +294,61 @@ class SimWorker:
         if self._waiting:
             self._admit_waiting()
         pieces: list[tuple[SimRequest, int, int]] = []
-        budget = self.chunk_tokens
-        for req in self._prefilling:
-            if budget <= 0:
-                break
-            n = min(req.remaining_prefill, budget)
-            pieces.append((req, n, req.prompt_tokens - req.remaining_prefill))
-            budget -= n
+        if self._prefilling:
+            budget = self.chunk_tokens
+            for req in self._prefilling:
+                if budget <= 0:
+                    break
+                left = req.remaining_prefill
+                n = left if left < budget else budget
+                pieces.append((req, n, req.prompt_tokens - left))
+                budget -= n
         fresh = []
-        for req, emit, ctx in self._joins:
-            self._running += 1
-            self._context += ctx
-            heapq.heappush(self._finish_heap, (self.iterations + emit, req.rid, req))
-            if req.first_token_ms is None:
-                fresh.append(req)
-        self._joins.clear()
-        if not pieces and self._running == 0:
-            return
+        joins = self._joins
+        if joins:
+            heap, iterations = self._finish_heap, self.iterations
+            for req, emit, ctx in joins:
+                self._running += 1
+                self._context += ctx
+                heappush(heap, (iterations + emit, req.rid, req))
+                if req.first_token_ms is None:
+                    fresh.append(req)
+            joins.clear()
+        running = self._running
         c = self.coefficients
         if pieces:
-            dt = batch_prefill_ms(c, pieces) + (
-                decode_rows_ms(c, self._running, self._context) if self._running else 0.0
-            )
-        else:
-            dt = decode_step_ms(c, self._running, self._context)
+            dt = batch_prefill_ms(c, pieces) + (decode_rows_ms(c, running, self._context) if running else 0.0)
+        elif running == 0:
+            return
+        else:  # decode_step_ms(c, running, context), written out
+            dt = c.decode_base_ms + c.decode_per_seq_ms * running + c.decode_per_kctx_ms * self._context / 1000.0
         self._busy = True
         self.busy_ms += dt
         if not pieces and not fresh and self._may_coast:
-            n = min(self._finish_heap[0][0] - self.iterations, _COAST_MAX)
+            n = self._finish_heap[0][0] - self.iterations
             if n >= 2:
-                self._start_coast(dt, n)
+                self._start_coast(dt, n if n < _COAST_MAX else _COAST_MAX)
                 return
-        self._loop.at(self._loop.now + dt, self._end_iteration, pieces, fresh)
+        loop = self._loop
+        loop.at(loop.now + dt, self._end_iteration, pieces, fresh)
 
     # -- coasting (see the module docstring) --------------------------------------------------
 
     def _start_coast(self, dt: float, n: int) -> None:
         """``n`` decode-only iterations from now, the first taking ``dt``. Each step is
         ``decode_step_ms(c, b, context)`` written out (the batch part is the same for all), with
-        the same operations in the same order: the fast-path test holds it to the function."""
+        the same operations in the same order, and each end time the previous one plus the step
+        (``accumulate`` adds left to right, as a loop would): the fast-path test holds it to the
+        function."""
         c, b, context = self.coefficients, self._running, self._context
         fixed = c.decode_base_ms + c.decode_per_seq_ms * b
         per_kctx = c.decode_per_kctx_ms
-        t = self._loop.now + dt
-        ends, steps = [t], [dt]
-        for k in range(1, n):
-            dt = fixed + per_kctx * (context + k * b) / 1000.0
-            t = t + dt
-            ends.append(t)
-            steps.append(dt)
+        # the steps after the first: context + k*b tokens at step k (b >= 1: streams are running)
+        steps = [fixed + per_kctx * ctx / 1000.0 for ctx in range(context + b, context + n * b, b)]
+        ends = list(accumulate(steps, initial=self._loop.now + dt))
         coast = (self.iterations, ends, steps, context)
         self._coast = coast
-        self._loop.at(t, self._end_coast, coast)
+        self._loop.at(ends[-1], self._end_coast, coast)
 
     def _advance_coast(self, k: int) -> None:
         """Iterations 0..k-1 of the coasting run ended; iteration k is in flight (its step counted)."""
@@ -346,8 +357,8 @@ class SimWorker:
         self._coast = None
         self.iterations = first + k
         self._context = context + k * self._running
-        for j in range(1, k + 1):
-            self.busy_ms += steps[j]
+        if k:  # busy time plus each step, left to right (``sum`` may round differently)
+            self.busy_ms = reduce(add, steps[:k], self.busy_ms)
 
     def _end_coast(self, coast: tuple[int, list[float], list[float], int]) -> None:
         if self._coast is not coast:  # settled earlier: ordinary events took over
@@ -370,12 +381,13 @@ class SimWorker:
 
     def _end_iteration(self, pieces: list[tuple[SimRequest, int, int]], fresh: list[SimRequest]) -> None:
         now = self._loop.now
-        self.iterations += 1
+        iterations = self.iterations = self.iterations + 1
         self._context += self._running  # every running stream emitted one token
         for req in fresh:
             req.first_token_ms = now
-        while self._finish_heap and self._finish_heap[0][0] <= self.iterations:
-            _, _, req = heapq.heappop(self._finish_heap)
+        heap = self._finish_heap
+        while heap and heap[0][0] <= iterations:
+            req = heappop(heap)[2]
             self._running -= 1
             self._context -= req.prompt_tokens + req.output_tokens
             self._finish(req)

@@ -33,6 +33,8 @@ def test_report_renders_a_tiny_sim_grid_with_plots_and_commands(tmp_path):
             "1,2",
             "--duration",
             "3",
+            "--seeds",
+            "0,1",
             "--workers",
             "1",
             "--weights",
@@ -49,6 +51,8 @@ def test_report_renders_a_tiny_sim_grid_with_plots_and_commands(tmp_path):
     assert md.count("| 1P3D | mid_bal |") == 2  # one row per rate
     saved = json.loads((tmp_path / "report" / "sim.json").read_text())
     assert [r["qps"] for r in saved["grids"][0]["rows"]] == [1.0, 2.0]
+    assert all(list(r["seed_violations"]) == ["0", "1"] for r in saved["grids"][0]["rows"])
+    assert "on the means over seeds 0, 1" in md and "--seeds 0,1" in md
     assert [p["w_tpot"] for p in saved["weights"]["points"]] == [1.0, 4.0]
     # --reuse-sim re-renders from the saved figures without simulating
     (tmp_path / "REPORT.md").unlink()

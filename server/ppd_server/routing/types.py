@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ppd_sdk.wire import NO_SLO, PRESETS, SLO, Weights
+from ppd_server.routing.frozen import fast_init
 
 Role = Literal["prefill", "decode", "unified"]
 RouteName = Literal["local", "pd", "replica"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CostCoefficients:
     """Per-worker timing model, in milliseconds (fitted online; start from a profile).
@@ -65,6 +67,7 @@ COEFFICIENT_NAMES: tuple[str, ...] = (
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WorkerView:
     """One worker as the policy sees it: identity, capabilities, live load, timing model."""
@@ -100,6 +103,7 @@ class WorkerView:
     memo: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ClusterView:
     workers: tuple[WorkerView, ...]
@@ -116,6 +120,7 @@ class ClusterView:
         return None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RequestView:
     """What the router parsed from one request: only the fields it routes on. ``weights`` and
@@ -131,6 +136,7 @@ class RequestView:
     parent_conversation_id: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SessionView:
     """Where a conversation's KV lives, as reported by the workers for its earlier turns."""
@@ -145,6 +151,7 @@ class SessionView:
     last_output_tokens: int = 0  # the answer length of its last completed turn (0 = unknown)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One option the policy weighed, with the cost model's prediction for it."""
@@ -160,6 +167,7 @@ class Candidate:
     prefill_tokens: int = 0  # prompt tokens this route computes (the uncached part)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     route: RouteName

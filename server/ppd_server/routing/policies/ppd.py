@@ -11,8 +11,14 @@ or a preset) multiplied by this policy's ``w_ttft`` / ``w_tpot`` (operator-wide 
 TPOT(local) is priced with every local prefill already committed to the decode worker (see
 ``latency.py``), so a burst of individually cheap local turns is seen for what it costs.
 
-S also charges local with the delay its append adds to the first token of every request waiting
-on the holder (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills).
+S also charges local (in ms, over TTFT_pd, at w_ttft) with what it costs other turns:
+
+* the delay its append adds to the first token of every request waiting on the holder
+  (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills) and of the P->D
+  streams that will join the holder while it runs (:func:`join_delay_ms`);
+* the prefill it leaves behind on the conversation's prefill worker (:func:`stale_prefill_ms`:
+  a later P->D turn re-prefills this turn's tokens there; weighted by how likely turns on the
+  holder go P->D, the squared non-local share of its in-flight requests).
 
 With a TPOT target (``slo.tpot_ms``), before S is looked at:
 
@@ -45,9 +51,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
-from ppd_server.routing.latency import joined_tpot_ms, local_tpot_budget, prefill_ms
+from ppd_server.routing.latency import expected_output_tokens, joined_tpot_ms, local_tpot_budget, prefill_ms
 from ppd_server.routing.policies.base import Options, Policy, fmt_ms
-from ppd_server.routing.types import Candidate, RequestView, RouteName
+from ppd_server.routing.types import Candidate, RequestView, RouteName, WorkerView
 
 
 def ppd_score(local: Candidate, pd: Candidate, w_ttft: float, w_tpot: float) -> float:
@@ -82,6 +88,52 @@ HOPELESS = 1.0
 STATIC_LOCAL_TOKENS = 512
 
 
+def pd_share(holder: WorkerView) -> float:
+    """How likely a turn on ``holder`` goes P->D: the share of its in-flight requests that are not
+    local (0 when nothing is in flight: nothing says they do)."""
+    if holder.inflight <= 0:
+        return 0.0
+    return 1.0 - min(1.0, max(holder.local_prefill_reqs, 0) / holder.inflight)
+
+
+def stale_prefill_ms(opts: Options) -> float:
+    """The prefill a D-local turn leaves for a later P->D turn of its conversation.
+
+    Going local, the conversation's prefill worker does not see this turn: it lacks the tokens
+    P->D would have prefilled now (``pd.prefill_tokens``; the answer it lacks either way). The
+    next turn that goes P->D prefills them there on top of its own (per token and attention, no
+    second base). Weighted by :func:`pd_share` squared: in-flight counts turn-1 streams, all P->D,
+    so the plain share overstates P->D for continuations (at the plain share 3P1D big_paste 4/s
+    went 78% -> 6% local, P->D-like TTFT)."""
+    pd, holder, cluster = opts.pd, opts.holder, opts.cluster
+    if pd is None or holder is None or cluster is None:
+        return 0.0
+    p = cluster.get(pd.prefill)
+    share = pd_share(holder)
+    if p is None or share <= 0.0 or pd.prefill_tokens <= 0:
+        return 0.0
+    c = p.coefficients
+    extra = prefill_ms(c, pd.prefill_tokens, max(pd.cached_tokens, 0)) - c.prefill_base_ms
+    return max(extra, 0.0) * share * share
+
+
+def join_delay_ms(opts: Options, append_ms: float) -> float:
+    """The first-token delay a local append adds to P->D streams that join the holder while it runs.
+
+    A P->D stream whose KV lands during the append waits for that iteration to end (its first
+    token is the next iteration's): on average half the append. The expected number landing in it
+    is the holder's P->D join rate times the append, the rate by Little's law: its non-local
+    in-flight requests over how long one stays in flight (TTFT + answer x TPOT). So
+    ``rate x append^2 / 2`` (issue 7: with 37% local, P->D turns in 3P1D big_paste 8/s waited
+    10.9 -> 13.1 ms on the decode worker, ~4 ms per local turn; this prices ~4 ms)."""
+    pd, holder = opts.pd, opts.holder
+    if pd is None or holder is None or append_ms <= 0.0:
+        return 0.0
+    streams = holder.inflight * pd_share(holder)
+    life_ms = pd.ttft_ms + expected_output_tokens(opts.request, opts.session) * pd.tpot_ms
+    return streams / max(life_ms, 1e-9) * append_ms * append_ms / 2.0
+
+
 class PPDPolicy(Policy):
     name = "ppd"
     defaults: ClassVar[dict[str, Any]] = {"w_ttft": 1.0, "w_tpot": 1.0, "margin": 0.0, "headroom": 0.85}
@@ -111,11 +163,17 @@ class PPDPolicy(Policy):
         slo = req.slo
         # the append also delays the first token of every request waiting on the holder (P->D
         # streams whose KV is on its way, queued local prefills): a cost S for this turn alone misses
-        others_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens) * max(
-            holder.waiting_reqs, 0
+        # and P->D streams that join the holder while the append runs (join_delay_ms)
+        append_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens)
+        others_ms = append_ms * max(holder.waiting_reqs, 0) + join_delay_ms(opts, append_ms)
+        # ... and leaves the conversation's prefill worker behind by this turn: a later P->D turn
+        # re-prefills it there (issue 7: P->D turns' prefill grew 28 -> 32 ms in 3P1D big_paste 8/s)
+        stale_ms = stale_prefill_ms(opts)
+        s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * (others_ms + stale_ms) / max(pd.ttft_ms, 1e-9)
+        extra = (f", others +{fmt_ms(others_ms)}" if others_ms else "") + (
+            f", stale P +{fmt_ms(stale_ms)}" if stale_ms else ""
         )
-        s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * others_ms / max(pd.ttft_ms, 1e-9)
-        detail = f"S={s:+.2f} ({self.describe(local, pd)}{f', others +{fmt_ms(others_ms)}' if others_ms else ''})"
+        detail = f"S={s:+.2f} ({self.describe(local, pd)}{extra})"
         if slo.tpot_ms is not None:
             # the holder's local-prefill budget keeps all its streams under the target (with headroom:
             # the target binds every request, the prediction is a mean)

@@ -1,0 +1,51 @@
+"""sim_grid over several seeds: a cell's figures are the means over its seeds and the invariant
+is checked on them, while each seed's own verdict is kept."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import pytest
+import sim_grid
+
+
+def _summary(policy: str, attainment: float, ttft: float) -> dict:
+    return {
+        "policy": policy,
+        "slo_attainment": attainment,
+        "turn2plus_ttft_ms": {"p50": ttft},
+        "tpot_ms": {"p50": 10.0},
+        "turn2plus_local_share": 0.5 if policy == "ppd" else None,
+    }
+
+
+def test_the_check_runs_on_the_means_and_each_seed_keeps_its_verdict():
+    seed0 = sim_grid._row("3P1D", "big_paste", 8, "1x sat", [_summary("pd", 1.0, 40.0), _summary("ppd", 1.0, 41.0)])
+    seed1 = sim_grid._row("3P1D", "big_paste", 8, "1x sat", [_summary("pd", 1.0, 44.0), _summary("ppd", 1.0, 39.0)])
+    assert sim_grid.check(seed0) and not sim_grid.check(seed1)  # ppd slower than pd on seed 0 only
+    mean = sim_grid._mean_row([seed0, seed1])
+    assert mean.ttft2_p50 == {"pd": 42.0, "ppd": 40.0}
+    assert mean.local_share == {"pd": None, "ppd": 0.5}
+    assert sim_grid.check(mean) == []
+    worse = sim_grid._row("3P1D", "big_paste", 8, "1x sat", [_summary("pd", 1.0, 40.0), _summary("ppd", 0.9, 45.0)])
+    assert len(sim_grid.check(sim_grid._mean_row([seed0, worse]))) == 2  # attainment 95% < 100 - 2, and TTFT
+
+
+def test_seeds_reach_the_simulator_and_one_seed_is_the_old_grid():
+    spec = sim_grid.GridSpec(seeds=(3, 4))
+    argv = sim_grid._argv(spec, "1P3D", "mid_bal", 2.0, ["ppd"], seed=4)
+    assert argv[argv.index("--seed") + 1] == "4"
+    assert sim_grid._argv(spec, "1P3D", "mid_bal", 2.0, ["pd"])[argv.index("--seed") + 1] == "3"  # the ladder's
+    only = sim_grid._row("1P3D", "mid_bal", 2, "fixed", [_summary("ppd", 1.0, 20.0)])
+    assert sim_grid._mean_row([only]) is only
+
+
+@pytest.mark.parametrize("seeds", ["0,x", ","])
+def test_bad_seeds_are_a_one_line_error_with_exit_2(capsys, seeds):
+    with pytest.raises(SystemExit) as e:
+        sim_grid.main(["--seeds", seeds])
+    assert e.value.code == 2
+    assert f"bad --seeds {seeds!r}" in capsys.readouterr().err

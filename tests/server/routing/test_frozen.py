@@ -1,0 +1,94 @@
+"""``routing.frozen.fast_init``: the views, candidates and decisions keep the dataclass
+constructor's signature and build the very same objects, frozen as before."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import pickle
+from dataclasses import dataclass, field
+
+import pytest
+
+from ppd_sdk.wire import PRESETS
+from ppd_server.routing import types
+from ppd_server.routing.frozen import fast_init
+
+CLASSES = [
+    types.CostCoefficients,
+    types.WorkerView,
+    types.ClusterView,
+    types.RequestView,
+    types.SessionView,
+    types.Candidate,
+    types.Decision,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:  # what the generated __init__ must reproduce
+    a: int
+    b: str = "x"
+    c: list[int] = field(default_factory=lambda: [1])
+    d: float | None = field(default=None, init=False, compare=False)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class _Fast:  # the same fields, with the fast __init__
+    a: int
+    b: str = "x"
+    c: list[int] = field(default_factory=lambda: [1])
+    d: float | None = field(default=None, init=False, compare=False)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_signature_is_the_dataclass_one(cls):
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    assert [p.name for p in params] == [f.name for f in fields]
+    for p, f in zip(params, fields, strict=True):
+        if f.default is not dataclasses.MISSING:
+            assert p.default is f.default
+        elif f.default_factory is dataclasses.MISSING:
+            assert p.default is inspect.Parameter.empty
+
+
+def test_objects_equal_the_generated_constructor_ones():
+    assert dataclasses.astuple(_Fast(3)) == dataclasses.astuple(_Plain(3)) == (3, "x", [1], None)
+    assert dataclasses.astuple(_Fast(4, "y", [2])) == (4, "y", [2], None)
+    assert _Fast(3).c is not _Fast(3).c  # the factory runs per object
+    w = types.WorkerView("http://d0", "decode", running_reqs=3, inflight=2)
+    assert (w.url, w.role, w.healthy, w.running_reqs, w.inflight, w.memo) == ("http://d0", "decode", True, 3, 2, None)
+    assert w.coefficients == types.CostCoefficients() and w == types.WorkerView(
+        "http://d0", "decode", True, running_reqs=3, inflight=2
+    )
+    r = types.RequestView("c", 2, 100)
+    assert r.weights is PRESETS["balanced"] and r.max_new_tokens == 128
+    assert dataclasses.replace(w, inflight=5).inflight == 5
+    assert pickle.loads(pickle.dumps(w)) == w
+    with pytest.raises(TypeError):
+        types.Candidate("pd", "d", "p")  # ttft_ms, tpot_ms are required
+
+
+def test_still_frozen():
+    w = types.WorkerView("http://d0", "decode")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        w.inflight = 3  # type: ignore[misc]
+
+
+def test_refuses_what_it_cannot_reproduce():
+    @dataclass(frozen=True, slots=True)
+    class Post:
+        a: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclass(slots=True)
+    class Mutable:
+        a: int
+
+    for cls in (Post, Mutable):
+        with pytest.raises(TypeError):
+            fast_init(cls)

@@ -1,0 +1,76 @@
+"""ppd charges a D-local turn with what it costs other turns beyond its own holder's streams
+(issue 7, the decode-bound cells where ppd's turn-2+ TTFT p50 was above pd's):
+
+* ``stale_prefill_ms``: going local, the conversation's prefill worker does not see this turn, so a
+  later P->D turn re-prefills its tokens there; weighted by the squared non-local share of the
+  holder's in-flight requests (how likely turns there go P->D);
+* ``join_delay_ms``: P->D streams whose KV lands on the holder while the append runs wait for it
+  (half the append on average; their rate by Little's law)."""
+
+from __future__ import annotations
+
+import pytest
+from routing_views import COEFS, cluster, decode, loaded, prefill, request, session
+
+from ppd_server.routing.latency import expected_output_tokens, prefill_ms
+from ppd_server.routing.policies import build_options, make_policy, ppd_score
+from ppd_server.routing.policies.ppd import join_delay_ms, pd_share, stale_prefill_ms
+
+PPD = make_policy("ppd")
+SESSION = session(cached_d=1000, cached_p=1000)
+REQ = request(prompt=1050, out=32)  # 50 new tokens; P caches the 1000 before them
+
+
+def _cluster(running: int = 4, local: int = 0, inflight: int | None = None):
+    holder = decode(**loaded(running), inflight=running if inflight is None else inflight, local_prefill_reqs=local)
+    return cluster(prefill(waiting_reqs=1, waiting_tokens=50), holder)
+
+
+@pytest.mark.parametrize(("local", "share_pd"), [(0, 1.0), (2, 0.5), (3, 0.25), (4, 0.0)])
+def test_the_stale_charge_is_the_left_behind_prefill_times_the_squared_pd_share(local, share_pd):
+    opts = build_options(REQ, _cluster(running=4, local=local), SESSION)
+    assert opts.pd.prefill_tokens == 50  # P->D would prefill only the new tokens now
+    # the answer is missing on P whichever route this turn takes: only the 50 tokens count
+    extra = prefill_ms(COEFS, 50, opts.pd.cached_tokens) - COEFS.prefill_base_ms
+    assert pd_share(opts.holder) == pytest.approx(share_pd)
+    assert stale_prefill_ms(opts) == pytest.approx(extra * share_pd**2)
+
+
+def test_nothing_in_flight_on_the_holder_means_no_charge():
+    opts = build_options(REQ, _cluster(running=0, inflight=0), SESSION)
+    assert stale_prefill_ms(opts) == 0.0
+    assert join_delay_ms(opts, 10.0) == 0.0
+
+
+@pytest.mark.parametrize("local", [0, 2])
+def test_join_delay_is_the_join_rate_times_half_the_squared_append(local):
+    opts = build_options(REQ, _cluster(running=8, local=local), SESSION)
+    life = opts.pd.ttft_ms + expected_output_tokens(REQ, SESSION) * opts.pd.tpot_ms
+    assert join_delay_ms(opts, 10.0) == pytest.approx((8 - local) / life * 10.0**2 / 2)
+    assert join_delay_ms(opts, 20.0) == pytest.approx(4 * join_delay_ms(opts, 10.0))  # quadratic
+    assert join_delay_ms(opts, 0.0) == 0.0
+
+
+def test_the_charges_lower_s_and_are_named_in_the_reason():
+    cl = _cluster(local=0)
+    d = PPD.decide(REQ, cl, SESSION)
+    opts = build_options(REQ, cl, SESSION)
+    stale = stale_prefill_ms(opts)
+    append = prefill_ms(COEFS, opts.local.prefill_tokens, opts.local.cached_tokens)
+    joins = join_delay_ms(opts, append)
+    assert stale > 0 and joins > 0
+    assert d.score == pytest.approx(ppd_score(opts.local, opts.pd, 1.0, 1.0) - (stale + joins) / opts.pd.ttft_ms)
+    assert "stale P +" in d.reason and "others +" in d.reason
+
+
+@pytest.mark.parametrize("running", [2, 4, 8])
+def test_a_holder_whose_turns_go_pd_keeps_the_conversation_on_pd(running):
+    req = request(prompt=1100, out=32)  # 100 new tokens
+    # everything in flight on the holder is local: later turns stay local, nothing is charged
+    all_local = PPD.decide(req, _cluster(running=running, local=running), SESSION)
+    assert all_local.route == "local", all_local.reason
+    assert "stale" not in all_local.reason and "others" not in all_local.reason
+    # nothing in flight is local: the next turn likely goes P->D and re-prefills this one on P
+    none_local = PPD.decide(req, _cluster(running=running, local=0), SESSION)
+    assert none_local.route == "pd", none_local.reason
+    assert "stale P +" in none_local.reason
