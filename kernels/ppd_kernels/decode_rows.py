@@ -11,11 +11,20 @@ thread, bf16, one layer of 32 x 1025 (cache-resident): per-sequence loop 6.2 ms,
 ms + GEMMs 2.3 ms, GEMMs over a contiguous copy alone 2.3 ms (a strided, padded view: 11
 ms; SDPA on the strided view: 2.9 ms, 5.4 ms with the padding mask). So the rows are kept
 contiguous and the GEMMs run over the WHOLE buffer (padding keys masked), never a sliced
-view. In a whole SmolLM2 step the KV comes from DRAM and the gain shrinks: steps of the
-three kernels interleaved in one process (load ~4): batch 32 x ctx 1024 thread CPU ms best /
-median 202 / 216 (rows), 220 / 280 (pool paths of today), 215 / 287 (the kernel before);
-batch 1: 31.0 / 31.3 / 33.3. Streaming the step's 850 MB of rows alone costs ~100 ms on one
-thread here (``sum`` over them), so batch 32 stays DRAM-bound at about 6x batch 1.
+view. K is kept [row, kv_head, L, head_dim] and V transposed [row, kv_head, head_dim, L], so
+both GEMMs stream the big operand as the row-major left matrix (``attention._staged``: ~10
+GB/s against ~7 for q @ K^T and p @ V, 30 layers of 32 x 1088 from DRAM).
+
+What bounds batch 32 (SmolLM2-135M, bf16 KV and activations; 30 layers, 3 kv heads x 64):
+the KV is 30 x 2 x 3 x 64 x 2 B = 23,040 B per token, so a step at batch 32 x ctx 1024
+reads 32 x 1088 (rows padded to ``LENGTH_STEP``) x 23,040 = 802 MB of rows, plus the bf16
+weights (106 M in the layers + the 28 M tied lm_head = 269 MB): ~1.07 GB; batch 1 reads the
+packed 4-bit layer weights (~66 MB), the bf16 lm_head (57 MB) and 25 MB of rows: ~0.15 GB.
+One thread here reads DRAM at ~14.8 GB/s (fp32 ``sum``, int16 ``max`` over 400 MB), so
+the rooflines are ~72 ms and ~10 ms: 7.2x. Batch 1 runs at ~25 ms (per-op overhead over 30
+layers, not bandwidth), batch 32 at ~150-175 ms of which ~80 are the attention GEMMs at
+~10 GB/s and ~27 the weight GEMMs at ~8 GB/s (``onednn_linear``); a step of 32 under 4x
+batch 1 (~100 ms) would need every kernel at ~72% of the single-thread DRAM bandwidth.
 
 Contract (``DecodeRows.prepare``, once per forward, before the layer loop):
 - a row belongs to one sequence, identified by ``SeqChunk.seq_id``; it holds the K/V of

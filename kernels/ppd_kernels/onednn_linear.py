@@ -25,9 +25,7 @@ def packing_available(device: torch.device | str, dtype: torch.dtype) -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and hasattr(
-            torch.ops.mkldnn, "_linear_pointwise"
-        )
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     except (AttributeError, RuntimeError):
         return False
 
