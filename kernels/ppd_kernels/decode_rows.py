@@ -162,9 +162,9 @@ class DecodeRows:
         kv_heads, head_dim, capacity = self.config.num_kv_heads, self.config.head_dim, self.capacity[1]
         heads = torch.arange(kv_heads)[None, :, None]
         dims = torch.arange(head_dim)[None, None, :]
-        first = (row_index * kv_heads)[:, None, None] + heads  # [G, kv_heads, 1]: (row, head) pair
-        k_index = (first * capacity + positions[:, None, None]) * head_dim + dims
-        v_index = (first * head_dim + dims) * capacity + positions[:, None, None]
+        pair = (row_index * kv_heads)[:, None, None] + heads  # [G, kv_heads, 1]: (row, head) pair
+        k_index = (pair * capacity + positions[:, None, None]) * head_dim + dims
+        v_index = (pair * head_dim + dims) * capacity + positions[:, None, None]
         return StagedDecode(
             rows=row_index.to(self.device),
             positions=positions.to(self.device),
