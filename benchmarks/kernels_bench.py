@@ -4,7 +4,10 @@ and per-step overhead. Prints a table; only ``model.forward`` is timed.
     python benchmarks/kernels_bench.py --threads 1 --dtype bf16
 
 Decode contexts are filled with random K/V instead of a real prefill (attention cost does not
-depend on the values), so batch-32 x 1024 runs in seconds.
+depend on the values), so batch-32 x 1024 runs in seconds. The decode figures without
+sequence ids read the paged pool (fast = the kernel ``choose_path`` picks, batched, or the
+reference); "decode rows" gives the sequences ids, as the engine does, so the CPU decode
+reads its persistent contiguous rows (``ppd_kernels.decode_rows``), each step one token on.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from ppd_kernels import ForwardBatch, KVPool, load_model
 from ppd_kernels import model as model_module
-from ppd_kernels.attention import paged_attention
+from ppd_kernels.attention import paged_attention, stages_decode
 from ppd_kernels.model import LlamaModel
 from ppd_kernels.synthetic import synthetic_config, synthetic_weights
 
@@ -104,6 +107,31 @@ def bench_decode(
         model.attention_backend = "fast"
 
 
+def bench_decode_rows(model: LlamaModel, batch: int, context: int, layout: str, steps: int) -> tuple[float, float]:
+    """Decode through the CPU decode rows (``ppd_kernels.decode_rows``), as the engine runs
+    it: sequence ids given, every step one token further (a repeated step would refill the
+    rows from the pool each time). The first two steps (filling the rows) are not timed."""
+    warmup = 2
+    slots = decode_slots(batch, context + warmup + steps, layout)
+    num_slots = max(max(s) for s in slots) + 1
+    # the rows round lengths up (``LENGTH_STEP``): a budget beyond the pool's own tokens
+    kv = KVPool(model.config, num_slots, model.dtype, decode_rows_budget=2 * num_slots + 4096)
+    kv.data.normal_()
+    batches = [
+        ForwardBatch.build(
+            [[random.randrange(model.config.vocab_size)] for _ in range(batch)],
+            [context + i] * batch,
+            [s[: context + i + 1] for s in slots],
+            seq_ids=list(range(batch)),
+        )
+        for i in range(warmup + steps)
+    ]
+    pending = iter(batches)
+    seconds = timed(lambda: model.forward(next(pending), kv), steps, warmup=warmup)
+    assert kv.decode_rows.capacity != (0, 0), "the decode rows did not serve the steps"
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="GGUF file or HF dir (default: SmolLM2 GGUF)")
@@ -156,6 +184,10 @@ def main() -> None:
         ):
             seconds = bench_decode(lm.model, batch, args.context, layout, backend, args.steps)
             row(f"decode b={batch} ctx={args.context} {backend} ({layout})", seconds, batch)
+        if stages_decode(lm.model.embed.device):
+            for layout in ("contiguous", "pages"):
+                seconds = bench_decode_rows(lm.model, batch, args.context, layout, args.steps)
+                row(f"decode b={batch} ctx={args.context} fast, decode rows ({layout})", seconds, batch)
         if has_packed and batch <= packed_rows:  # the rows above used the packed Q4_1 weights
             lm.model.packed_max_rows = 0
             seconds = bench_decode(lm.model, batch, args.context, "contiguous", "fast", args.steps)

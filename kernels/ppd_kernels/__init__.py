@@ -35,7 +35,7 @@ Contract of a forward:
 - ``KVPool`` dtype must equal the model dtype. ``model.attention_backend`` is "fast"
   (default) or "reference" (readable oracle).
 - GGUF Q4_1 models on CPU in bf16 also keep their 4-bit matrices packed; a forward of at
-  most ``model.packed_max_rows`` tokens (default 16: decode steps, small chunks) runs its
+  most ``model.packed_max_rows`` tokens (default 8 with oneDNN-packed bf16 weights, else 16) runs its
   GEMMs on them, ~2x faster decode at batch 1. Set it to 0 for dequantized weights only.
 
 Attention (``attention.paged_attention``): one call per layer for the whole batch; decode

@@ -11,11 +11,20 @@ thread, bf16, one layer of 32 x 1025 (cache-resident): per-sequence loop 6.2 ms,
 ms + GEMMs 2.3 ms, GEMMs over a contiguous copy alone 2.3 ms (a strided, padded view: 11
 ms; SDPA on the strided view: 2.9 ms, 5.4 ms with the padding mask). So the rows are kept
 contiguous and the GEMMs run over the WHOLE buffer (padding keys masked), never a sliced
-view. In a whole SmolLM2 step the KV comes from DRAM and the gain shrinks: steps of the
-three kernels interleaved in one process (load ~4): batch 32 x ctx 1024 thread CPU ms best /
-median 202 / 216 (rows), 220 / 280 (pool paths of today), 215 / 287 (the kernel before);
-batch 1: 31.0 / 31.3 / 33.3. Streaming the step's 850 MB of rows alone costs ~100 ms on one
-thread here (``sum`` over them), so batch 32 stays DRAM-bound at about 6x batch 1.
+view. K is kept [row, kv_head, L, head_dim] and V transposed [row, kv_head, head_dim, L], so
+both GEMMs stream the big operand as the row-major left matrix (``attention._staged``: ~10
+GB/s against ~7 for q @ K^T and p @ V, 30 layers of 32 x 1088 from DRAM).
+
+What bounds batch 32 (SmolLM2-135M, bf16 KV and activations; 30 layers, 3 kv heads x 64):
+the KV is 30 x 2 x 3 x 64 x 2 B = 23,040 B per token, so a step at batch 32 x ctx 1024
+reads 32 x 1088 (rows padded to ``LENGTH_STEP``) x 23,040 = 802 MB of rows, plus the bf16
+weights (106 M in the layers + the 28 M tied lm_head = 269 MB): ~1.07 GB; batch 1 reads the
+packed 4-bit layer weights (~66 MB), the bf16 lm_head (57 MB) and 25 MB of rows: ~0.15 GB.
+One thread here reads DRAM at ~14.8 GB/s (fp32 ``sum``, int16 ``max`` over 400 MB), so
+the rooflines are ~72 ms and ~10 ms: 7.2x. Batch 1 runs at ~25 ms (per-op overhead over 30
+layers, not bandwidth), batch 32 at ~150-175 ms of which ~80 are the attention GEMMs at
+~10 GB/s and ~27 the weight GEMMs at ~8 GB/s (``onednn_linear``); a step of 32 under 4x
+batch 1 (~100 ms) would need every kernel at ~72% of the single-thread DRAM bandwidth.
 
 Contract (``DecodeRows.prepare``, once per forward, before the layer loop):
 - a row belongs to one sequence, identified by ``SeqChunk.seq_id``; it holds the K/V of
@@ -54,6 +63,8 @@ class StagedDecode:
 
     rows: torch.Tensor  # [G] long
     positions: torch.Tensor  # [G] long
+    k_index: torch.Tensor  # [G * kv_heads * head_dim] long: where ``append`` writes K in one layer's flat K rows
+    v_index: torch.Tensor  # the same for V^T
     key_mask: torch.Tensor  # bool [used, L]
     key_bias: torch.Tensor  # [used * kv_heads, 1, L] in the KV dtype: 0 or -inf per key_mask
     used: int
@@ -67,7 +78,10 @@ def _round_up(n: int, step: int) -> int:
 class DecodeRows:
     def __init__(self, config: ModelConfig, budget_tokens: int, dtype: torch.dtype, device: torch.device) -> None:
         self.config, self.budget_tokens, self.dtype, self.device = config, budget_tokens, dtype, device
-        self.data: torch.Tensor | None = None  # [layers, 2, R, kv_heads, L, head_dim]
+        # K [layers, R, kv_heads, L, head_dim] and V TRANSPOSED [layers, R, kv_heads, head_dim, L]:
+        # both GEMMs then stream their big operand as the row-major left matrix (see ``layer``).
+        self.k_rows: torch.Tensor | None = None
+        self.v_rows: torch.Tensor | None = None
         self.keys: list[Hashable | None] = []  # per row: the sequence it holds, None = free
         self.lengths: list[int] = []  # per row: positions held
         self.first_slots: list[int] = []  # per row: pool slot of position 0 (detects reuse of an id)
@@ -75,21 +89,26 @@ class DecodeRows:
     @property
     def capacity(self) -> tuple[int, int]:
         """(rows, positions) allocated."""
-        return (0, 0) if self.data is None else (self.data.shape[2], self.data.shape[4])
+        return (0, 0) if self.k_rows is None else (self.k_rows.shape[1], self.k_rows.shape[3])
 
     def clear(self) -> None:
-        self.data, self.keys, self.lengths, self.first_slots = None, [], [], []
+        self.k_rows, self.v_rows, self.keys, self.lengths, self.first_slots = None, None, [], [], []
 
     def layer(self, index: int, used: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(k, v) of one layer's first ``used`` rows, each [used, kv_heads, L, head_dim], contiguous."""
-        assert self.data is not None
-        return self.data[index, 0, :used], self.data[index, 1, :used]
+        """(k [used, kv_heads, L, head_dim], v_t [used, kv_heads, head_dim, L]) of one layer's
+        first ``used`` rows, contiguous; V is stored transposed (``_staged`` computes
+        K @ q^T and V^T @ p^T: a big row-major left operand against 3-column right ones, which
+        the CPU bf16 GEMM streams at ~10 GB/s against ~7 for q @ K^T and p @ V, measured)."""
+        assert self.k_rows is not None and self.v_rows is not None
+        return self.k_rows[index, :used], self.v_rows[index, :used]
 
     def append(self, index: int, staged: StagedDecode, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write one layer's new K/V of the decode members ([G, kv_heads, head_dim], member order)."""
-        assert self.data is not None
-        self.data[index, 0][staged.rows, :, staged.positions] = k
-        self.data[index, 1][staged.rows, :, staged.positions] = v
+        assert self.k_rows is not None and self.v_rows is not None
+        # flat index_copy_ with indices computed once per step: the advanced-index write
+        # (rows[i], :, :, positions[i]) into V^T cost ~120 us per call, ~7 ms per step at batch 32
+        self.k_rows[index].view(-1).index_copy_(0, staged.k_index, k.reshape(-1))
+        self.v_rows[index].view(-1).index_copy_(0, staged.v_index, v.reshape(-1))
 
     def prepare(self, plan: BatchPlan, pool_data: torch.Tensor) -> StagedDecode | None:
         """Bring the rows in line with ``plan``'s decode group (see the module contract);
@@ -138,9 +157,19 @@ class DecodeRows:
         key_mask = torch.arange(self.capacity[1])[None, :] >= visible[:, None]
         key_bias = torch.zeros(key_mask.shape, dtype=self.dtype).masked_fill_(key_mask, float("-inf"))
         key_bias = key_bias.repeat_interleave(self.config.num_kv_heads, dim=0)[:, None, :]
+        row_index = torch.tensor(rows, dtype=torch.long)
+        positions = torch.tensor([seq.num_cached for seq in members], dtype=torch.long)
+        kv_heads, head_dim, capacity = self.config.num_kv_heads, self.config.head_dim, self.capacity[1]
+        heads = torch.arange(kv_heads)[None, :, None]
+        dims = torch.arange(head_dim)[None, None, :]
+        pair = (row_index * kv_heads)[:, None, None] + heads  # [G, kv_heads, 1]: (row, head) pair
+        k_index = (pair * capacity + positions[:, None, None]) * head_dim + dims
+        v_index = (pair * head_dim + dims) * capacity + positions[:, None, None]
         return StagedDecode(
-            rows=torch.tensor(rows, dtype=torch.long, device=self.device),
-            positions=torch.tensor([seq.num_cached for seq in members], dtype=torch.long, device=self.device),
+            rows=row_index.to(self.device),
+            positions=positions.to(self.device),
+            k_index=k_index.flatten().to(self.device),
+            v_index=v_index.flatten().to(self.device),
             key_mask=key_mask.to(self.device),
             key_bias=key_bias.to(self.device),
             used=used,
@@ -158,27 +187,29 @@ class DecodeRows:
             return
         kept = [r for r, key in enumerate(self.keys) if key is not None]
         cfg = self.config
-        data = torch.zeros(
-            cfg.num_layers, 2, num_rows, cfg.num_kv_heads, length, cfg.head_dim, dtype=self.dtype, device=self.device
-        )
-        if self.data is not None and kept:
+        shape = (cfg.num_layers, num_rows, cfg.num_kv_heads)
+        k_rows = torch.zeros(*shape, length, cfg.head_dim, dtype=self.dtype, device=self.device)
+        v_rows = torch.zeros(*shape, cfg.head_dim, length, dtype=self.dtype, device=self.device)
+        if self.k_rows is not None and self.v_rows is not None and kept:
             span = min(have_length, length)
             index = torch.tensor(kept, dtype=torch.long, device=self.device)
-            data[:, :, : len(kept), :, :span] = self.data[:, :, :, :, :span].index_select(2, index)
+            k_rows[:, : len(kept), :, :span] = self.k_rows[:, :, :, :span].index_select(1, index)
+            v_rows[:, : len(kept), :, :, :span] = self.v_rows[..., :span].index_select(1, index)
         self.keys = [self.keys[r] for r in kept] + [None] * (num_rows - len(kept))
         self.lengths = [self.lengths[r] for r in kept] + [0] * (num_rows - len(kept))
         self.first_slots = [self.first_slots[r] for r in kept] + [-1] * (num_rows - len(kept))
-        self.data = data
+        self.k_rows, self.v_rows = k_rows, v_rows
 
     def _fill(self, row: int, seq: SeqPlan, pool_data: torch.Tensor) -> None:
         """Copy positions [0, num_cached) of ``seq`` from the pool into ``row``."""
-        assert self.data is not None
+        assert self.k_rows is not None and self.v_rows is not None
         n = seq.num_cached
         if n == 0:
             return
-        target = self.data[:, :, row, :, :n]
         if len(seq.runs) == 1:
             start = seq.runs[0][0]
-            target.copy_(pool_data[:, :, :, start : start + n])
+            source = pool_data[:, :, :, start : start + n]
         else:
-            target.copy_(pool_data.index_select(3, seq.slots[:n].to(pool_data.device)))
+            source = pool_data.index_select(3, seq.slots[:n].to(pool_data.device))
+        self.k_rows[:, row, :, :n].copy_(source[:, 0])
+        self.v_rows[:, row, :, :, :n].copy_(source[:, 1].mT)

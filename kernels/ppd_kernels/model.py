@@ -19,6 +19,8 @@ from ppd_kernels.batch import ForwardBatch
 from ppd_kernels.config import ModelConfig
 from ppd_kernels.kv_pool import KVPool
 from ppd_kernels.layers import Rotary, rms_norm
+from ppd_kernels.onednn_linear import linear as dense_linear
+from ppd_kernels.onednn_linear import pack, packing_available
 from ppd_kernels.packed_q4 import PackedQ4, Q4Blocks, packing_supported
 
 # Canonical weight names; "{i}" is the layer index. Biases and lm_head are optional.
@@ -47,6 +49,7 @@ ATTENTION_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"fast": paged_atte
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor
+    # The matrices are plain or oneDNN-packed (CPU bf16: ``onednn_linear``; ``dense`` reads either).
     w_qkv: torch.Tensor  # [q_size + 2 * kv_size, hidden]
     b_qkv: torch.Tensor | None
     w_o: torch.Tensor
@@ -85,7 +88,11 @@ class LlamaModel(torch.nn.Module):
         self.config = config
         self.dtype = dtype
         self.attention_backend = "fast"
-        self.packed_max_rows = 16
+        # Where the 4-bit GEMMs stop paying (1 thread, SmolLM2's four matrices x 30 layers, ms,
+        # Q4 vs bf16): against plain F.linear ~16 rows (``packed_q4``); against the oneDNN-packed
+        # bf16 weights (``onednn_linear``) 8 rows: 8 rows 23.7 vs 24.2, 12: 34.5 vs 24.5, 16:
+        # 43.5 vs 24.3 (1 row: 8.0 vs 23.6).
+        self.packed_max_rows = 8 if packing_available(device, dtype) else 16
         if not packing_supported(device, dtype):
             q4_blocks = None
 
@@ -99,7 +106,8 @@ class LlamaModel(torch.nn.Module):
 
         self.embed = get("embed")
         self.norm = get("norm")
-        self.lm_head = self.embed if config.tie_word_embeddings else get("lm_head")
+        # Tied: a packed copy beside the embedding (vocab x hidden more bytes) when packing applies.
+        self.lm_head = pack(self.embed if config.tie_word_embeddings else get("lm_head"))
         self.layers: list[LayerWeights] = []
         for i in range(config.num_layers):
             prefix = f"layers.{i}."
@@ -109,12 +117,12 @@ class LlamaModel(torch.nn.Module):
             self.layers.append(
                 LayerWeights(
                     attn_norm=get(prefix + "attn_norm"),
-                    w_qkv=torch.cat([get(prefix + w) for w in ("wq", "wk", "wv")]),
+                    w_qkv=pack(torch.cat([get(prefix + w) for w in ("wq", "wk", "wv")])),
                     b_qkv=torch.cat(biases).to(device=device, dtype=dtype) if biases else None,
-                    w_o=get(prefix + "wo"),
+                    w_o=pack(get(prefix + "wo")),
                     ffn_norm=get(prefix + "ffn_norm"),
-                    w_gate_up=torch.cat([get(prefix + "w_gate"), get(prefix + "w_up")]),
-                    w_down=get(prefix + "w_down"),
+                    w_gate_up=pack(torch.cat([get(prefix + "w_gate"), get(prefix + "w_up")])),
+                    w_down=pack(get(prefix + "w_down")),
                     qkv_packed=packed(*(prefix + w for w in ("wq", "wk", "wv"))),
                     o_packed=packed(prefix + "wo"),
                     gate_up_packed=packed(prefix + "w_gate", prefix + "w_up"),
@@ -140,7 +148,7 @@ class LlamaModel(torch.nn.Module):
             x: torch.Tensor, weight: torch.Tensor, packed: PackedQ4 | None, bias: torch.Tensor | None = None
         ) -> torch.Tensor:
             if packed is None or not use_packed:
-                return F.linear(x, weight, bias)
+                return dense_linear(x, weight, bias)
             out = packed.linear(x)
             return out if bias is None else out + bias
 
@@ -175,4 +183,4 @@ class LlamaModel(torch.nn.Module):
             kv.decode_rows.clear()  # a row may claim a token this forward did not write
             raise
         last = rms_norm(x[plan.last_rows], self.norm, cfg.rms_eps)
-        return F.linear(last, self.lm_head).float()
+        return dense_linear(last, self.lm_head).float()

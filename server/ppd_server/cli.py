@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of its GPU each ppd-worker may use (e.g. 0.45 for a 1P1D pair on one GPU)",
     )
     g.add_argument(
+        "--decode-rows-tokens",
+        type=int,
+        help="passed to each ppd-worker: on CPU, most tokens of decoding KV kept a second time in "
+        "contiguous per-sequence rows (0 = off; default: the worker's, its --max-total-tokens)",
+    )
+    g.add_argument(
         "--startup-timeout",
         dest="startup_timeout_s",
         type=float,

@@ -124,6 +124,7 @@ class RouterConfig:
     kv_link_gbps: float | None = None
     device: str = "cpu"  # ppd-worker devices, comma-separated (cuda:0,cuda:1): workers round-robin
     gpu_memory_fraction: float | None = None  # per ppd-worker share of a GPU that several share
+    decode_rows_tokens: int | None = None  # ppd-worker --decode-rows-tokens (None: the worker's default)
     tp: int = 1
     dry_run: bool = False
     log_level: str = "info"
@@ -205,6 +206,8 @@ class RouterConfig:
         for device in self.devices:
             if not (device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
                 raise ConfigError("device", f"each device must be cpu, cuda or cuda:N, got {device!r}")
+        if self.decode_rows_tokens is not None and self.decode_rows_tokens < 0:
+            raise ConfigError("decode_rows_tokens", f"must be >= 0, got {self.decode_rows_tokens}")
         if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
             raise ConfigError("gpu_memory_fraction", f"must be in (0, 1], got {self.gpu_memory_fraction}")
         if self.backend not in BACKENDS:

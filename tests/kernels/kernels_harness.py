@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ppd_kernels import ForwardBatch, KVPool
 from ppd_kernels.model import LlamaModel
+from ppd_kernels.onednn_linear import dense
 
 POOL_SLOTS = 512
 LAYOUTS = ["contiguous", "pages", "shuffled"]
@@ -109,7 +110,7 @@ def dense_logits(model: LlamaModel, token_ids: list[int]) -> torch.Tensor:
     group = cfg.num_heads // cfg.num_kv_heads
     for layer in model.layers:
         h = norm(x, layer.attn_norm)
-        qkv = h @ layer.w_qkv.float().T + (layer.b_qkv.float() if layer.b_qkv is not None else 0)
+        qkv = h @ dense(layer.w_qkv).float().T + (layer.b_qkv.float() if layer.b_qkv is not None else 0)
         q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
         q = rotate(q.view(n, cfg.num_heads, cfg.head_dim))
         k = rotate(k.view(n, cfg.num_kv_heads, cfg.head_dim)).repeat_interleave(group, dim=1)
@@ -117,7 +118,7 @@ def dense_logits(model: LlamaModel, token_ids: list[int]) -> torch.Tensor:
         scores = torch.einsum("qhd,khd->hqk", q, k) / cfg.head_dim**0.5
         scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
         attended = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, cfg.q_size)
-        x = x + attended @ layer.w_o.float().T
-        gate, up = (norm(x, layer.ffn_norm) @ layer.w_gate_up.float().T).chunk(2, dim=-1)
-        x = x + (F.silu(gate) * up) @ layer.w_down.float().T
-    return norm(x, model.norm) @ model.lm_head.float().T
+        x = x + attended @ dense(layer.w_o).float().T
+        gate, up = (norm(x, layer.ffn_norm) @ dense(layer.w_gate_up).float().T).chunk(2, dim=-1)
+        x = x + (F.silu(gate) * up) @ dense(layer.w_down).float().T
+    return norm(x, model.norm) @ dense(model.lm_head).float().T

@@ -153,3 +153,15 @@ def test_bad_device_or_fraction_is_a_one_line_error(capsys):
     assert "tpu:0" in capsys.readouterr().err
     assert main(["--device", "cuda", "--gpu-memory-fraction", "1.5", "--dry-run"]) == 2
     assert "gpu_memory_fraction" in capsys.readouterr().err
+
+
+def test_decode_rows_tokens_reaches_every_embedded_worker(capsys):
+    cfg = RouterConfig(embedded="1P2D", model="synthetic", decode_rows_tokens=4096).validate()
+    plans = plan_cluster(cfg, ports(), cpus=[0, 1])
+    assert [_flag(list(p.argv), "--decode-rows-tokens") for p in plans] == ["4096"] * 3
+    unset = plan_cluster(RouterConfig(embedded="1P1D", model="synthetic").validate(), ports(), cpus=[0, 1])
+    assert all("--decode-rows-tokens" not in p.argv for p in unset), "unset: the worker's own default"
+    assert main(["--embedded", "1P1D", "--decode-rows-tokens", "0", "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("--decode-rows-tokens 0") == 2
+    assert main(["--decode-rows-tokens", "-1", "--dry-run"]) == 2
+    assert "decode_rows_tokens" in capsys.readouterr().err

@@ -117,6 +117,8 @@ def ppd_worker_argv(
         "--threads",
         str(config.worker_threads),
     ]
+    if config.decode_rows_tokens is not None:
+        argv += ["--decode-rows-tokens", str(config.decode_rows_tokens)]
     if device != "cpu":
         argv += ["--device", device]
         if config.gpu_memory_fraction is not None:
