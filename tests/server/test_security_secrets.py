@@ -50,7 +50,11 @@ def _provider() -> tuple[TracerProvider, InMemorySpanExporter]:
 
 @asynccontextmanager
 async def _served(provider: TracerProvider, **config: Any) -> AsyncIterator[tuple[str, list[FakeWorker]]]:
-    p, d, bad = FakeWorker(role="prefill"), FakeWorker(role="decode"), FakeWorker(role="decode", die_after_chunks=1)
+    # `d` reports itself busier, so the policy places new conversations on `bad` first (which then
+    # dies mid-stream and is retried around): the failure paths are exercised on every run, not
+    # only when port order happens to break the tie that way
+    p, d = FakeWorker(role="prefill"), FakeWorker(role="decode", load={"num_running_reqs": 3})
+    bad = FakeWorker(role="decode", die_after_chunks=1)
     for w in (p, d, bad):
         await w.start()
     cfg = RouterConfig(
