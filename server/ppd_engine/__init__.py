@@ -7,7 +7,8 @@ Map of the package (one concept per file):
 * ``cli``          argparse built from the config, SGLang flag names; ``main()``.
 * ``model_source`` resolves ``smollm2`` / a path / ``synthetic[:SEED]`` to a loadable source.
 * ``pages``        page allocator over KV slots (prefers contiguous runs).
-* ``radix_cache``  prefix cache over pages with ref-count locks and LRU eviction.
+* ``radix_cache``  prefix cache over pages with ref-count locks and LRU eviction; one tree per
+                   ``cache_salt`` (SGLang's field: prefixes are shared only within a salt).
 * ``request``      Req: one request's tokens, pages, state and sampling params.
 * ``sampling``     sampling-param parsing/validation and the torch sampler.
 * ``stopping``     stop ids / stop strings / max tokens, incremental detokenisation.

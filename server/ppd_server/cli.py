@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="opt in: record prompts on the ppd.route trace span (off: no prompt or completion is ever logged "
         "or traced)",
     )
+    g.add_argument(
+        "--shared-prefix-cache",
+        action="store_true",
+        default=None,
+        help="with several API keys, let tenants share the workers' prefix caches (a common system prompt is "
+        "cached once, but a tenant can then tell by timing or cached_tokens whether another sent the same "
+        "prefix); off: each tenant's requests carry its own cache_salt",
+    )
     g.add_argument("--config", help="YAML file with settings")
     g = p.add_argument_group("workers (none given: embedded cluster)")
     g.add_argument(

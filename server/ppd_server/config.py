@@ -89,6 +89,7 @@ class RouterConfig:
     api_key_file: str | None = None  # more API keys, one per line ('#' comments)
     admin_key: str | None = field(default=None, repr=False)
     log_content: bool = False  # opt in: prompts on the ppd.route span (never in logs)
+    shared_prefix_cache: bool = False  # several API keys: let tenants share the workers' prefix caches
     # workers (none given -> embedded cluster)
     prefill: tuple[PrefillSpec, ...] = ()
     decode: tuple[str, ...] = ()

@@ -60,6 +60,16 @@ def key_id(key: str) -> str:
     return hashlib.sha256(b"ppd-tenant\x00" + key.encode()).hexdigest()[:12]
 
 
+def tenant_cache_salt(tenant: str, client_salt: str | None) -> str:
+    """The ``cache_salt`` the workers get for a tenant's request: workers share cached prefixes only
+    between requests of one salt (SGLang's and ppd-worker's radix cache), so tenants cannot observe
+    each other's prompts by timing or ``cached_tokens``. Derived, so every replica gives the same
+    one; the client's own salt (isolation within the tenant) is folded in, never used as is, so no
+    client can choose another tenant's salt."""
+    material = b"ppd-cache-salt\x00" + tenant.encode() + b"\x00" + (client_salt or "").encode()
+    return "ppd-" + hashlib.sha256(material).hexdigest()[:32]
+
+
 def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
 
@@ -130,4 +140,13 @@ def make_auth_middleware(api_keys: Iterable[str], admin_key: str | None):
     return auth
 
 
-__all__ = ["ROUTE_ACCESS", "TENANT", "Access", "KeyRing", "access_of", "key_id", "make_auth_middleware"]
+__all__ = [
+    "ROUTE_ACCESS",
+    "TENANT",
+    "Access",
+    "KeyRing",
+    "access_of",
+    "key_id",
+    "make_auth_middleware",
+    "tenant_cache_salt",
+]

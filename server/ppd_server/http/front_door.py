@@ -19,7 +19,7 @@ from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
 from ppd_sdk import wire
 from ppd_server.errors import RouterError, bad_request, error_response
-from ppd_server.http.auth import TENANT
+from ppd_server.http.auth import TENANT, tenant_cache_salt
 from ppd_server.metrics import turn_bucket
 from ppd_server.request_path.attempt import Plan, RetryableFailure
 from ppd_server.request_path.relay import Kind, TurnUsage
@@ -202,8 +202,9 @@ class FrontDoor:
 
     async def _handle(self, request: web.Request, kind: Kind, request_id: str, span: Any) -> web.StreamResponse:
         st = self.state
-        raw = await request.read()
-        body = _parse_body(raw)
+        received = await request.read()
+        body = _parse_body(received)
+        raw: bytes | None = received  # None once the body is changed: the workers get it re-serialised
         if kind != "generate":
             self._check_model(body)
         prompt_tokens, prompt_bytes, max_new = self._measure(kind, body)
@@ -231,8 +232,15 @@ class FrontDoor:
         if stream and kind != "generate" and not (isinstance(so, dict) and so.get("include_usage") is True):
             body["stream_options"] = {**(so if isinstance(so, dict) else {}), "include_usage": True}
             raw = None
+        salt = body.get("cache_salt")
+        if salt is not None and not isinstance(salt, str):
+            raise bad_request(f"'cache_salt' must be a string, got {_short(salt)}", param="cache_salt")
+        tenant = request.get(TENANT)
+        if tenant is not None and not st.config.shared_prefix_cache:  # prod: per-tenant prefix caches
+            body["cache_salt"] = tenant_cache_salt(tenant, salt)
+            raw = None
 
-        turn = st.turns.begin(hints, prompt_tokens, prompt_bytes, max_new, request.get(TENANT))  # prod: tenant
+        turn = st.turns.begin(hints, prompt_tokens, prompt_bytes, max_new, tenant)  # prod: tenant
         if st.tracing:  # the attribute dicts cost microseconds a no-op span would throw away
             span.set_attributes(wire.hint_attributes(hints, turn.request.turn))
             if st.config.log_content:  # prod: the operator's opt-in (--log-content); never on by default

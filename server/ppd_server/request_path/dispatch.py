@@ -100,7 +100,7 @@ class Dispatcher:
         members = None
         if n == 1:
             host, port, room = prefill.host, prefill.bootstrap_port, rooms.getrandbits(63)
-            extra = {"bootstrap_host": host, "bootstrap_port": port, "bootstrap_room": room}
+            extra: dict[str, Any] = {"bootstrap_host": host, "bootstrap_port": port, "bootstrap_room": room}
             prefix = self._bootstrap_members.get((host, port))
             if prefix is None:
                 prefix = self._bootstrap_members[(host, port)] = members_prefix(
@@ -137,7 +137,7 @@ class Dispatcher:
             if not cancelled_it or _uncancel(me):  # the client left (too): abort the prefill leg as well
                 await _discard(prefill_task)
                 raise
-            self._prefill_failed(prefill_task, d.decode, decode_ok=False)
+            self._prefill_failed(prefill_task, str(d.decode), decode_ok=False)
         except BaseException as e:
             opening = False
             if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not prefill_task.done():  # prod
@@ -147,7 +147,7 @@ class Dispatcher:
         opening = False
         if prefill_task.done() and not prefill_task.cancelled() and prefill_task.exception() is not None:
             call.close(ok=False)
-            self._prefill_failed(prefill_task, d.decode, decode_ok=True)
+            self._prefill_failed(prefill_task, str(d.decode), decode_ok=True)
         if call.resp.status != 200:
             await _discard(prefill_task)
         return await self._answer(request, plan, call, prefill=prefill_task)

@@ -30,7 +30,7 @@ try:  # a declared dependency of the server extra; the stdlib gives the same JSO
     from orjson import dumps as _orjson_dumps
     from orjson import loads as _orjson_loads
 except ImportError:  # pragma: no cover
-    _orjson_dumps = _orjson_loads = None
+    _orjson_dumps = _orjson_loads = None  # type: ignore[assignment]
 
 Kind = Literal["chat", "completion", "generate"]
 
