@@ -17,8 +17,9 @@ S also charges local (in ms, over TTFT_pd, at w_ttft) with what it costs other t
   (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills) and of the P->D
   streams that will join the holder while it runs (:func:`join_delay_ms`);
 * the prefill it leaves behind on the conversation's prefill worker (:func:`stale_prefill_ms`:
-  a later P->D turn re-prefills this turn's tokens there; weighted by how likely turns on the
-  holder go P->D, the squared non-local share of its in-flight requests).
+  a later P->D turn re-prefills this turn's tokens there; weighted by how likely the next turn
+  goes P->D: with a TPOT target the holder's budget use squared (:func:`budget_pd_chance`),
+  without one the squared non-local share of its in-flight requests).
 
 With a TPOT target (``slo.tpot_ms``), before S is looked at:
 
