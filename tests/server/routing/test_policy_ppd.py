@@ -82,8 +82,10 @@ def test_tpot_slo_is_a_hard_limit_and_flips_back():
     for running in (0, 8, 0):
         d = PPD.decide(request(slo_tpot_ms=slo), _cluster_with_decode_load(running), session())
         routes.append(d.route)
-        if running == 8:  # the TPOT budget (with headroom) is the first to say no
-            assert "TPOT budget" in d.reason and d.score is not None and d.score > 0
+        if running == 8:  # the TPOT budget (with headroom) is the first to say no: the paper's S says local
+            # (the full S also charges the stale prefill, at full weight when the budget is used up)
+            assert "TPOT budget" in d.reason and d.score is not None
+            assert ppd_score(d.predicted("local"), d.predicted("pd"), 1.0, 1.0) > 0
     assert routes == ["local", "pd", "local"]
 
 

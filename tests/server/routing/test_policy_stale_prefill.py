@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 from routing_views import COEFS, cluster, decode, loaded, prefill, request, session
 
-from ppd_server.routing.latency import expected_output_tokens, prefill_ms
+from ppd_server.routing.latency import expected_output_tokens, local_tpot_budget, prefill_ms
 from ppd_server.routing.policies import build_options, make_policy, ppd_score
-from ppd_server.routing.policies.ppd import join_delay_ms, pd_share, stale_prefill_ms
+from ppd_server.routing.policies.ppd import budget_pd_chance, join_delay_ms, pd_share, stale_prefill_ms
 
 PPD = make_policy("ppd")
 SESSION = session(cached_d=1000, cached_p=1000)
@@ -74,3 +74,55 @@ def test_a_holder_whose_turns_go_pd_keeps_the_conversation_on_pd(running):
     none_local = PPD.decide(req, _cluster(running=running, local=0), SESSION)
     assert none_local.route == "pd", none_local.reason
     assert "stale P +" in none_local.reason
+
+
+# -- with a TPOT target: how likely the next turn goes P->D is the holder's budget use, squared ------
+
+
+@pytest.mark.parametrize(
+    ("need", "budget", "chance"),
+    [(0.0, 10.0, 0.0), (5.0, 10.0, 0.25), (10.0, 10.0, 1.0), (30.0, 10.0, 1.0), (1.0, 0.0, 1.0), (-1.0, 10.0, 0.0)],
+)
+def test_budget_pd_chance_is_the_squared_budget_use(need, budget, chance):
+    assert budget_pd_chance(need, budget) == pytest.approx(chance)
+
+
+def test_the_stale_weight_comes_from_the_caller_when_given():
+    opts = build_options(REQ, _cluster(running=4, local=0), SESSION)
+    full = stale_prefill_ms(opts, 1.0)
+    assert full > 0
+    assert stale_prefill_ms(opts, 0.25) == pytest.approx(0.25 * full)
+    assert stale_prefill_ms(opts, 0.0) == 0.0
+    assert stale_prefill_ms(opts) == pytest.approx(full)  # share 1 squared: the no-target default
+
+
+def test_with_a_tpot_target_an_idle_budget_does_not_charge_the_stale_prefill():
+    """3P1D huge_paste 4/s: nothing local in flight on the holder says the share is 1 (every turn
+    P->D), so the share charged the full re-prefill, no turn went local and the share stayed 1.
+    Under a TPOT target the budget says whether the next turn is refused local: far from full, the
+    charge is small, and the turn goes local where the share kept it P->D."""
+    req = request(prompt=1100, out=32, slo_tpot_ms=200.0)  # a loose target: the budget is far from used
+    cl = _cluster(running=4, local=0)
+    opts = build_options(req, cl, SESSION)
+    need, budget = local_tpot_budget(req, SESSION, opts.holder, 0.85 * 200.0)
+    assert 0 < need < 0.1 * budget
+    d = PPD.decide(req, cl, SESSION)
+    assert d.route == "local", d.reason
+    # without the target, the squared share (1: nothing local in flight) keeps it P->D
+    assert PPD.decide(request(prompt=1100, out=32), cl, SESSION).route == "pd"
+
+
+@pytest.mark.parametrize("slo_tpot", [25.0, 60.0, 200.0])
+def test_with_a_tpot_target_s_charges_the_stale_prefill_at_the_budget_chance(slo_tpot):
+    req = request(prompt=1100, out=32, slo_tpot_ms=slo_tpot)
+    cl = _cluster(running=4, local=0)
+    opts = build_options(req, cl, SESSION)
+    need, budget = local_tpot_budget(req, SESSION, opts.holder, 0.85 * slo_tpot)
+    chance = budget_pd_chance(need, budget)
+    stale = stale_prefill_ms(opts, chance)
+    joins = join_delay_ms(opts, prefill_ms(COEFS, opts.local.prefill_tokens, opts.local.cached_tokens))
+    d = PPD.decide(req, cl, SESSION)
+    assert d.score == pytest.approx(ppd_score(opts.local, opts.pd, 1.0, 1.0) - (stale + joins) / opts.pd.ttft_ms)
+    # the share's weight is 1 (nothing local in flight); the budget's only when it is used up
+    assert (stale < stale_prefill_ms(opts)) == (need < budget)
+

@@ -17,8 +17,9 @@ S also charges local (in ms, over TTFT_pd, at w_ttft) with what it costs other t
   (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills) and of the P->D
   streams that will join the holder while it runs (:func:`join_delay_ms`);
 * the prefill it leaves behind on the conversation's prefill worker (:func:`stale_prefill_ms`:
-  a later P->D turn re-prefills this turn's tokens there; weighted by how likely turns on the
-  holder go P->D, the squared non-local share of its in-flight requests).
+  a later P->D turn re-prefills this turn's tokens there; weighted by how likely the next turn
+  goes P->D: with a TPOT target the holder's budget use squared (:func:`budget_pd_chance`),
+  without one the squared non-local share of its in-flight requests).
 
 With a TPOT target (``slo.tpot_ms``), before S is looked at:
 
@@ -96,25 +97,41 @@ def pd_share(holder: WorkerView) -> float:
     return 1.0 - min(1.0, max(holder.local_prefill_reqs, 0) / holder.inflight)
 
 
-def stale_prefill_ms(opts: Options) -> float:
+def budget_pd_chance(need_ms: float, budget_ms: float) -> float:
+    """How likely the conversation's next turn goes P->D, under a TPOT target: the share of the
+    holder's local-prefill budget used once it takes this turn (``latency.local_tpot_budget``),
+    squared. The budget is what sends a continuation P->D (an idle holder never refuses; a full
+    one always does), and the next turn finds the holder about as loaded as this one leaves it.
+    Squared because a use well below 1 is rarely refused (the committed load comes and goes
+    with the streams). 1 when there is no budget at all."""
+    if budget_ms <= 0.0:
+        return 1.0
+    u = min(1.0, max(need_ms, 0.0) / budget_ms)
+    return u * u
+
+
+def stale_prefill_ms(opts: Options, p_next_pd: float | None = None) -> float:
     """The prefill a D-local turn leaves for a later P->D turn of its conversation.
 
     Going local, the conversation's prefill worker does not see this turn: it lacks the tokens
     P->D would have prefilled now (``pd.prefill_tokens``; the answer it lacks either way). The
     next turn that goes P->D prefills them there on top of its own (per token and attention, no
-    second base). Weighted by :func:`pd_share` squared: in-flight counts turn-1 streams, all P->D,
-    so the plain share overstates P->D for continuations (at the plain share 3P1D big_paste 4/s
-    went 78% -> 6% local, P->D-like TTFT)."""
+    second base). Weighted by ``p_next_pd``, how likely that next turn goes P->D: with a TPOT
+    target :func:`budget_pd_chance` (the caller's); without one :func:`pd_share` squared
+    (in-flight counts turn-1 streams, all P->D, so the plain share overstates P->D for
+    continuations: at the plain share 3P1D big_paste 4/s went 78% -> 6% local). The share is
+    self-fulfilling: with nothing local in flight it says 1, and no local turn starts to lower
+    it (3P1D huge_paste 4/s stayed ~4% local, P->D-like TTFT); the budget is not."""
     pd, holder, cluster = opts.pd, opts.holder, opts.cluster
     if pd is None or holder is None or cluster is None:
         return 0.0
     p = cluster.get(pd.prefill)
-    share = pd_share(holder)
-    if p is None or share <= 0.0 or pd.prefill_tokens <= 0:
+    weight = pd_share(holder) ** 2 if p_next_pd is None else min(max(p_next_pd, 0.0), 1.0)
+    if p is None or weight <= 0.0 or pd.prefill_tokens <= 0:
         return 0.0
     c = p.coefficients
     extra = prefill_ms(c, pd.prefill_tokens, max(pd.cached_tokens, 0)) - c.prefill_base_ms
-    return max(extra, 0.0) * share * share
+    return max(extra, 0.0) * weight
 
 
 def join_delay_ms(opts: Options, append_ms: float) -> float:
@@ -168,7 +185,14 @@ class PPDPolicy(Policy):
         others_ms = append_ms * max(holder.waiting_reqs, 0) + join_delay_ms(opts, append_ms)
         # ... and leaves the conversation's prefill worker behind by this turn: a later P->D turn
         # re-prefills it there (issue 7: P->D turns' prefill grew 28 -> 32 ms in 3P1D big_paste 8/s)
-        stale_ms = stale_prefill_ms(opts)
+        # how likely the conversation's next turn goes P->D: with a TPOT target, the holder's budget
+        # use once it takes this turn (the budget is what sends turns P->D), squared
+        budgets = None
+        p_next = None
+        if slo.tpot_ms is not None:
+            budgets = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * slo.tpot_ms)
+            p_next = budget_pd_chance(*budgets)
+        stale_ms = stale_prefill_ms(opts, p_next)
         s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * (others_ms + stale_ms) / max(pd.ttft_ms, 1e-9)
         extra = (f", others +{fmt_ms(others_ms)}" if others_ms else "") + (
             f", stale P +{fmt_ms(stale_ms)}" if stale_ms else ""
@@ -177,7 +201,8 @@ class PPDPolicy(Policy):
         if slo.tpot_ms is not None:
             # the holder's local-prefill budget keeps all its streams under the target (with headroom:
             # the target binds every request, the prediction is a mean)
-            need, budget = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * slo.tpot_ms)
+            assert budgets is not None
+            need, budget = budgets
             if need > budget and self._pd_misses_ttft(local, pd, req):
                 # the headroom keeps streams well inside the target; a turn P->D would lose is worth it
                 need_t, budget_t = local_tpot_budget(req, opts.session, holder, slo.tpot_ms)
