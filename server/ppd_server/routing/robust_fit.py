@@ -100,8 +100,10 @@ class RobustFit:
         (written out for k = 3: this runs over the whole window on every observation)."""
         t0, t1, t2 = self.theta
         window = self._window
-        preds = [max(t0 * x0 + t1 * x1 + t2 * x2, _FLOOR_MS) for (x0, x1, x2), _ in window]
-        logs = [math.log(y / p) for (_, y), p in zip(window, preds)]
+        floor, log = _FLOOR_MS, math.log
+        # max(prediction, floor) written out (max keeps its first argument unless the second is larger)
+        preds = [floor if floor > (v := t0 * x0 + t1 * x1 + t2 * x2) else v for (x0, x1, x2), _ in window]
+        logs = [log(y / p) for (_, y), p in zip(window, preds)]
         n = len(logs)
         mad = _MAD_TO_STD * median(list(map(abs, logs)))
         var = (_SCALE_PRIOR_SAMPLES * self._scale0**2 + n * mad * mad) / (_SCALE_PRIOR_SAMPLES + n)
