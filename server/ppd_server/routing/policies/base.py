@@ -102,7 +102,7 @@ def build_options(request: RequestView, cluster: ClusterView, session: SessionVi
         why = "session lives on a unified worker"
     elif not holder.can_local_prefill:
         why = f"decode worker {holder.url} cannot prefill locally"
-    elif not kv_fits(request, session, holder) and pd is not None and pd.decode != holder.url:
+    elif pd is not None and pd.decode != holder.url and not kv_fits(request, session, holder):
         # Dynamo's decode-busy veto: the holder's KV pool is full, another decode worker has room
         why = f"decode worker {holder.url} KV pool full ({holder.used_tokens}/{holder.max_total_tokens} tokens used)"
     else:
