@@ -33,8 +33,13 @@ def solve_linear(a: Sequence[Sequence[float]], b: Sequence[float], singular_belo
         return _solve_linear2(a, b, singular_below)
     m = [[float(x) for x in row] + [float(v)] for row, v in zip(a, b)]
     for c in range(n):
-        pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[pivot][c]) < singular_below:
+        # the first row with the largest magnitude in column c (what max(..., key=abs) picks)
+        pivot, big = c, abs(m[c][c])
+        for r in range(c + 1, n):
+            v = abs(m[r][c])
+            if v > big:
+                pivot, big = r, v
+        if big < singular_below:
             return None
         m[c], m[pivot] = m[pivot], m[c]
         for r in range(n):
