@@ -76,8 +76,15 @@ class RobustFit:
         """Median absolute log ratio of the window's samples to ``theta``'s predictions (0 when empty)."""
         if not self._window:
             return 0.0
+        t0, t1, t2 = theta
+        floor, log = _FLOOR_MS, math.log
+        # the prediction as _irls_step writes it (a zero's sign aside, which the floor erases, what
+        # ``sum`` of the three products gives on Python < 3.12), floored like max(prediction, floor)
         return median(
-            [abs(math.log(y / max(sum(t * xi for t, xi in zip(theta, x)), _FLOOR_MS))) for x, y in self._window]
+            [
+                abs(log(y / (floor if floor > (v := t0 * x0 + t1 * x1 + t2 * x2) else v)))
+                for (x0, x1, x2), y in self._window
+            ]
         )
 
     def predict(self, x: Sequence[float]) -> float:
