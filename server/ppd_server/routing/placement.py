@@ -24,7 +24,6 @@ from ppd_server.routing.latency import (
     estimate_replica,
     expected_output_tokens,
     kv_fits,
-    kv_tokens_needed,
     prefill_ms,
     queue_wait_ms,
     transfer_ms,
@@ -90,7 +89,8 @@ def best_pd(
         d
         for d in decodes
         if d.max_total_tokens <= 0
-        or d.used_tokens + (need if d.url != home else kv_tokens_needed(request, session, d)) <= d.max_total_tokens
+        or d.used_tokens + (need if d.url != home else need - cached_on_decode(session, d, prompt))
+        <= d.max_total_tokens  # kv_tokens_needed
     ] or decodes
     half_out = expected_output_tokens(request, session) // 2
     link_gbps, backlog = cluster.link_gbps, cluster.link_backlog_bytes
