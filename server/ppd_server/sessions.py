@@ -76,7 +76,7 @@ class SessionTable:
     def _live(self, conversation_id: str | None, now: float, tenant: str | None = None) -> _Entry | None:
         if conversation_id is None:
             return None
-        key = _key(conversation_id, tenant)
+        key = conversation_id if tenant is None else (tenant, conversation_id)  # _key
         e = self._entries.get(key)
         if e is None:
             return None
@@ -87,16 +87,18 @@ class SessionTable:
         return e
 
     def _put(self, conversation_id: str, entry: _Entry, now: float, tenant: str | None = None) -> None:
-        key = _key(conversation_id, tenant)
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while self._entries:
-            oldest_id, oldest = next(iter(self._entries.items()))
-            if now - oldest.last_used > self.idle_ttl_s:
-                del self._entries[oldest_id]
+        key = conversation_id if tenant is None else (tenant, conversation_id)  # _key
+        entries = self._entries
+        entries[key] = entry
+        entries.move_to_end(key)
+        ttl = self.idle_ttl_s
+        while entries:
+            oldest_id = next(iter(entries))
+            if now - entries[oldest_id].last_used > ttl:
+                del entries[oldest_id]
                 self.expired += 1
-            elif len(self._entries) > self.max_sessions:
-                del self._entries[oldest_id]
+            elif len(entries) > self.max_sessions:
+                del entries[oldest_id]
                 self.evicted_lru += 1
             else:
                 break

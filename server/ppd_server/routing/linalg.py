@@ -29,10 +29,17 @@ __all__ = ["least_squares", "median", "nonnegative_least_squares", "nonnegative_
 def solve_linear(a: Sequence[Sequence[float]], b: Sequence[float], singular_below: float = 1e-15) -> list[float] | None:
     """Gauss-Jordan solve of a small dense system; None when a pivot is below ``singular_below``."""
     n = len(b)
+    if n == 2:
+        return _solve_linear2(a, b, singular_below)
     m = [[float(x) for x in row] + [float(v)] for row, v in zip(a, b)]
     for c in range(n):
-        pivot = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[pivot][c]) < singular_below:
+        # the first row with the largest magnitude in column c (what max(..., key=abs) picks)
+        pivot, big = c, abs(m[c][c])
+        for r in range(c + 1, n):
+            v = abs(m[r][c])
+            if v > big:
+                pivot, big = r, v
+        if big < singular_below:
             return None
         m[c], m[pivot] = m[pivot], m[c]
         for r in range(n):
@@ -40,6 +47,29 @@ def solve_linear(a: Sequence[Sequence[float]], b: Sequence[float], singular_belo
                 f = m[r][c] / m[c][c]
                 m[r] = [x - f * y for x, y in zip(m[r], m[c])]
     return [m[i][n] / m[i][i] for i in range(n)]
+
+
+def _solve_linear2(a: Sequence[Sequence[float]], b: Sequence[float], singular_below: float) -> list[float] | None:
+    """:func:`solve_linear` of a 2x2 system written out: the same pivoting and the same operations
+    in the same order (so the same floats), without the generic loops (the hot path of
+    ``nonnegative_solve``'s two-free-coefficient sets, tried on every online refit that hits the
+    constraint)."""
+    (x00, x01), (x10, x11) = a
+    r0 = [float(x00), float(x01), float(b[0])]
+    r1 = [float(x10), float(x11), float(b[1])]
+    # column 0: the first row with the largest magnitude is the pivot
+    if abs(r1[0]) > abs(r0[0]):
+        r0, r1 = r1, r0
+    if abs(r0[0]) < singular_below:
+        return None
+    f = r1[0] / r0[0]
+    r1 = [r1[0] - f * r0[0], r1[1] - f * r0[1], r1[2] - f * r0[2]]
+    # column 1: one candidate row left
+    if abs(r1[1]) < singular_below:
+        return None
+    f = r0[1] / r1[1]
+    r0 = [r0[0] - f * r1[0], r0[1] - f * r1[1], r0[2] - f * r1[2]]
+    return [r0[2] / r0[0], r1[2] / r1[1]]
 
 
 def least_squares(

@@ -24,7 +24,6 @@ from ppd_server.routing.latency import (
     estimate_replica,
     expected_output_tokens,
     kv_fits,
-    kv_tokens_needed,
     prefill_ms,
     queue_wait_ms,
     transfer_ms,
@@ -32,6 +31,7 @@ from ppd_server.routing.latency import (
 from ppd_server.routing.types import Candidate, ClusterView, RequestView, SessionView, WorkerView
 
 _TIE_REL = 1e-9
+_blake2b = hashlib.blake2b
 #: how much worse (relative weighted score) the session's decode worker may be and still keep it
 AFFINITY_SLACK = 0.25
 
@@ -40,7 +40,7 @@ def stable_fraction(conversation_id: str | None, turn: int, salt: str = "") -> f
     """A number in [0, 1) derived only from (conversation_id, turn): the policies' one source of
     'randomness' (ratio shares, tie-breaks)."""
     key = f"{salt}\x00{conversation_id or ''}\x00{turn}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0**64
+    return int.from_bytes(_blake2b(key, digest_size=8).digest(), "big") / 2.0**64
 
 
 def _tie_order(request: RequestView, session: SessionView | None, url: str) -> tuple[int, float]:
@@ -89,7 +89,8 @@ def best_pd(
         d
         for d in decodes
         if d.max_total_tokens <= 0
-        or d.used_tokens + (need if d.url != home else kv_tokens_needed(request, session, d)) <= d.max_total_tokens
+        or d.used_tokens + (need if d.url != home else need - cached_on_decode(session, d, prompt))
+        <= d.max_total_tokens  # kv_tokens_needed
     ] or decodes
     half_out = expected_output_tokens(request, session) // 2
     link_gbps, backlog = cluster.link_gbps, cluster.link_backlog_bytes
@@ -209,29 +210,47 @@ def _best_prefill(
     rounding (``queue_wait_ms`` of a prefill worker + ``prefill_ms``), written out in the same
     arithmetic order; ``prompt`` is ``max(request.prompt_tokens, 0)``."""
     session_p = session.prefill_url if session is not None else None
-    low = None
-    ties: list[tuple[float, int, WorkerView]] = []  # (unrounded P part, cached, worker) at the least rounded one
+    cold_c = None  # the coefficients of the last prefill of the whole prompt computed, and its time:
+    cold = 0.0  # the same on every worker caching nothing that has those coefficients
+    rows: list[tuple[float, int, WorkerView]] = []  # (unrounded P part, cached, worker)
+    least = 0.0
     for p in prefills:
-        cached = cached_on_prefill(session, p, prompt) if p.url == session_p else 0
-        new = prompt - cached
         c = p.coefficients
-        if new > 0:  # prefill_ms(c, new, cached)
-            attn = c.prefill_attn_ms_per_ktok2 * new * (new + cached) / 1e6
-            compute = c.prefill_base_ms + c.prefill_per_token_ms * new + attn
+        cached = cached_on_prefill(session, p, prompt) if session_p is not None and p.url == session_p else 0
+        new = prompt - cached
+        if cached == 0 and c is cold_c:
+            compute = cold
         else:
-            compute = 0.0
-        terms = p.memo
-        if terms is None:
-            terms = _prefill_terms(p)
-        wait, unseen = terms
+            if new > 0:  # prefill_ms(c, new, cached)
+                attn = c.prefill_attn_ms_per_ktok2 * new * (new + cached) / 1e6
+                compute = c.prefill_base_ms + c.prefill_per_token_ms * new + attn
+            else:
+                compute = 0.0
+            if cached == 0:
+                cold_c, cold = c, compute
+        wait, unseen = p.memo or _prefill_terms(p)  # a memo is a non-empty tuple
         if unseen > 0:
             wait += unseen * ((compute if cached == 0 else prefill_ms(c, new)) if new > 0 else c.prefill_base_ms)
         ms = wait + compute
-        rounded = round(ms, 6)
+        if not rows or ms < least:
+            least = ms
+        rows.append((ms, cached, p))
+    if len(rows) == 1:
+        return rows[0][2], rows[0][0], rows[0][1]
+    # ``round`` is monotone: only parts within a rounding step of the least can round to its value
+    # (rounding every part costs more than the rest of this function)
+    near = [r for r in rows if r[0] <= least + 1e-5]
+    if len(near) == 1:
+        ms, cached, p = near[0]
+        return p, ms, cached
+    low = None
+    ties: list[tuple[float, int, WorkerView]] = []  # the parts at the least rounded one
+    for r in near:
+        rounded = round(r[0], 6)
         if low is None or rounded < low:
-            low, ties = rounded, [(ms, cached, p)]
+            low, ties = rounded, [r]
         elif rounded == low:
-            ties.append((ms, cached, p))
+            ties.append(r)
     if len(ties) == 1:
         ms, cached, p = ties[0]
     else:

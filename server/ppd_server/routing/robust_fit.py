@@ -76,8 +76,15 @@ class RobustFit:
         """Median absolute log ratio of the window's samples to ``theta``'s predictions (0 when empty)."""
         if not self._window:
             return 0.0
+        t0, t1, t2 = theta
+        floor, log = _FLOOR_MS, math.log
+        # the prediction as _irls_step writes it (a zero's sign aside, which the floor erases, what
+        # ``sum`` of the three products gives on Python < 3.12), floored like max(prediction, floor)
         return median(
-            [abs(math.log(y / max(sum(t * xi for t, xi in zip(theta, x)), _FLOOR_MS))) for x, y in self._window]
+            [
+                abs(log(y / (floor if floor > (v := t0 * x0 + t1 * x1 + t2 * x2) else v)))
+                for (x0, x1, x2), y in self._window
+            ]
         )
 
     def predict(self, x: Sequence[float]) -> float:
@@ -100,8 +107,10 @@ class RobustFit:
         (written out for k = 3: this runs over the whole window on every observation)."""
         t0, t1, t2 = self.theta
         window = self._window
-        preds = [max(t0 * x0 + t1 * x1 + t2 * x2, _FLOOR_MS) for (x0, x1, x2), _ in window]
-        logs = [math.log(y / p) for (_, y), p in zip(window, preds)]
+        floor, log = _FLOOR_MS, math.log
+        # max(prediction, floor) written out (max keeps its first argument unless the second is larger)
+        preds = [floor if floor > (v := t0 * x0 + t1 * x1 + t2 * x2) else v for (x0, x1, x2), _ in window]
+        logs = [log(y / p) for (_, y), p in zip(window, preds)]
         n = len(logs)
         mad = _MAD_TO_STD * median(list(map(abs, logs)))
         var = (_SCALE_PRIOR_SAMPLES * self._scale0**2 + n * mad * mad) / (_SCALE_PRIOR_SAMPLES + n)

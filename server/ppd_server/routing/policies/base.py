@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
 from ppd_server.routing.latency import cached_on_decode, estimate_local, expected_output_tokens, kv_fits
-from ppd_server.routing.placement import best_pd, best_replica, session_worker, split_roles
+from ppd_server.routing.placement import best_pd, best_replica
 from ppd_server.routing.types import (
     Candidate,
     ClusterView,
@@ -75,8 +75,21 @@ def _is_continuation(request: RequestView, session: SessionView | None) -> bool:
 
 def build_options(request: RequestView, cluster: ClusterView, session: SessionView | None) -> Options:
     continuation = _is_continuation(request, session)
-    holder = session_worker(cluster, session) if continuation else None
-    prefills, decodes, unified = split_roles(cluster)
+    # split_roles and, for a continuation, session_worker in one pass over the fleet
+    target = session.decode_url if continuation and session is not None else None
+    prefills: list[WorkerView] = []
+    decodes: list[WorkerView] = []
+    unified: list[WorkerView] = []
+    lists = {"prefill": prefills, "decode": decodes, "unified": unified}
+    holder = None
+    found = target is None
+    for w in cluster.workers:
+        if w.healthy:
+            lists[w.role].append(w)
+            if not found and w.url == target:
+                found, holder = True, w
+        elif not found and w.url == target:  # the first worker of that url is the session's
+            found = True
     pd = best_pd(request, cluster, session, (prefills, decodes))
     replica = best_replica(request, cluster, session, unified) if unified else None
     local: Candidate | None = None
@@ -89,7 +102,7 @@ def build_options(request: RequestView, cluster: ClusterView, session: SessionVi
         why = "session lives on a unified worker"
     elif not holder.can_local_prefill:
         why = f"decode worker {holder.url} cannot prefill locally"
-    elif not kv_fits(request, session, holder) and pd is not None and pd.decode != holder.url:
+    elif pd is not None and pd.decode != holder.url and not kv_fits(request, session, holder):
         # Dynamo's decode-busy veto: the holder's KV pool is full, another decode worker has room
         why = f"decode worker {holder.url} KV pool full ({holder.used_tokens}/{holder.max_total_tokens} tokens used)"
     else:
@@ -209,31 +222,38 @@ class Policy(ABC):
         # a scored choice rates D-local against P->D: local carries S, pd is the reference 0;
         # a candidate whose score stays None (every unscored one: build_options leaves scores
         # None) is the frozen object itself, not a copy
-        scores: dict[str, float] = {"local": score, "pd": 0.0} if score is not None else {}
-        extra = (opts.cold_local,) if chosen is opts.cold_local else ()
-        cands = tuple(
-            c
-            if c.score is None and c.route not in scores
-            else Candidate(
-                c.route,
-                c.decode,
-                c.prefill,
-                c.ttft_ms,
-                c.tpot_ms,
-                scores.get(c.route),
-                c.kv_bytes,
-                c.cached_tokens,
-                c.prefill_tokens,
+        cands: list[Candidate] = []
+        for c in (opts.local, opts.pd, opts.replica, opts.cold_local if chosen is opts.cold_local else None):
+            if c is None:
+                continue
+            route = c.route
+            if score is not None and (route == "local" or route == "pd"):
+                rated: float | None = score if route == "local" else 0.0
+            elif c.score is None:
+                cands.append(c)
+                continue
+            else:
+                rated = None
+            cands.append(
+                Candidate(
+                    route,
+                    c.decode,
+                    c.prefill,
+                    c.ttft_ms,
+                    c.tpot_ms,
+                    rated,
+                    c.kv_bytes,
+                    c.cached_tokens,
+                    c.prefill_tokens,
+                )
             )
-            for c in (*opts.candidates, *extra)
-        )
         return Decision(
             chosen.route,
             chosen.decode,
             chosen.prefill,
             reason,
             self.spec,
-            cands,
+            tuple(cands),
             score,
             chosen.cached_tokens,
             self.score_weights(opts.request),
