@@ -75,6 +75,17 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
+def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
+    """(destination, start, stop) of each run of consecutive ``rows``, packed to the front."""
+    out: list[tuple[int, int, int]] = []
+    for r in rows:
+        if out and out[-1][2] == r:
+            out[-1] = (out[-1][0], out[-1][1], r + 1)
+        else:
+            out.append((out[-1][0] + out[-1][2] - out[-1][1] if out else 0, r, r + 1))
+    return out
+
+
 class DecodeRows:
     def __init__(self, config: ModelConfig, budget_tokens: int, dtype: torch.dtype, device: torch.device) -> None:
         self.config, self.budget_tokens, self.dtype, self.device = config, budget_tokens, dtype, device
@@ -191,10 +202,13 @@ class DecodeRows:
         k_rows = torch.zeros(*shape, length, cfg.head_dim, dtype=self.dtype, device=self.device)
         v_rows = torch.zeros(*shape, cfg.head_dim, length, dtype=self.dtype, device=self.device)
         if self.k_rows is not None and self.v_rows is not None and kept:
+            # straight into the new buffer, a run of consecutive rows per copy (an index_select
+            # made a temporary as large as the rows first: twice the memory traffic)
             span = min(have_length, length)
-            index = torch.tensor(kept, dtype=torch.long, device=self.device)
-            k_rows[:, : len(kept), :, :span] = self.k_rows[:, :, :, :span].index_select(1, index)
-            v_rows[:, : len(kept), :, :, :span] = self.v_rows[..., :span].index_select(1, index)
+            for to, start, stop in _runs(kept):
+                n = stop - start
+                k_rows[:, to : to + n, :, :span].copy_(self.k_rows[:, start:stop, :, :span])
+                v_rows[:, to : to + n, :, :, :span].copy_(self.v_rows[:, start:stop, ..., :span])
         self.keys = [self.keys[r] for r in kept] + [None] * (num_rows - len(kept))
         self.lengths = [self.lengths[r] for r in kept] + [0] * (num_rows - len(kept))
         self.first_slots = [self.first_slots[r] for r in kept] + [-1] * (num_rows - len(kept))

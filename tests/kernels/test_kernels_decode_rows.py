@@ -163,3 +163,10 @@ def test_a_failing_forward_clears_the_rows(synthetic_fp32, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         drive(model, kv, schedule[3:4])
     assert kv.decode_rows.capacity == (0, 0)
+
+
+def test_kept_rows_are_copied_as_runs_packed_to_the_front():
+    from ppd_kernels.decode_rows import _runs
+
+    assert _runs([0, 1, 2, 5, 6, 9]) == [(0, 0, 3), (3, 5, 7), (5, 9, 10)]
+    assert _runs([3]) == [(0, 3, 4)] and _runs([]) == []
