@@ -10,13 +10,9 @@ linear decode step):
 * ``prefill(n new over c cached) = base + per_token*n + attn*n*(n+c)/1e6``
 * ``decode_step(batch b, context K) = base + per_seq*b + per_kctx*K/1000``
 * TTFT(pd)    = P queue + prefill on P (minus what P caches) + KV transfer of what D lacks
-                (plus the link backlog) + D's join wait + D's first decode step (it emits the
-                first token).
-* TTFT(local) = D queue + D's join wait + append-prefill over D's cached prefix + the decode rows
-                that ride in every chunked-prefill iteration.
-* join wait   = half of D's current decode step when it runs streams, 0 when idle
-                (:func:`join_wait_ms`): a request reaching a busy worker waits for the iteration
-                in flight to end (an engine admits requests and KV between forward passes).
+                (plus the link backlog) + D's first decode step (it emits the first token).
+* TTFT(local) = D queue + append-prefill over D's cached prefix + the decode rows that ride in
+                every chunked-prefill iteration.
 * TPOT(pd)    = D's decode step with this stream joined, plus the committed local-prefill work
                 per step D's streams absorb (``committed_local_ms_per_step``).
 * TPOT(local) = TPOT(pd) + the append-prefill time the D's other ``b`` streams absorb,
@@ -67,21 +63,6 @@ def decode_step_ms(c: CostCoefficients, batch: int, context_tokens: int) -> floa
 def decode_rows_ms(c: CostCoefficients, batch: int, context_tokens: int) -> float:
     """What ``batch`` decode rows add to an iteration that runs anyway (no base cost)."""
     return c.decode_per_seq_ms * batch + c.decode_per_kctx_ms * context_tokens / 1000.0
-
-
-def join_wait_ms(w: WorkerView) -> float:
-    """The expected rest of the iteration ``w`` is running when a request reaches it: half its
-    current decode step (``decode_batch`` streams over their context) if it runs streams, 0 idle.
-
-    An engine's scheduler (SGLang's event loop, ``ppd_sim.worker``) admits new requests and
-    arrived KV only between forward passes, so a local append-prefill starts, and a transferred
-    stream joins its first decode step, only after the iteration in flight; a request arriving at
-    a random time sees on average half of it. Both routes that land on ``w`` pay it.
-    """
-    b = decode_batch(w)
-    if b <= 0:
-        return 0.0
-    return 0.5 * decode_step_ms(w.coefficients, b, max(w.running_context_tokens, 0))
 
 
 def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
@@ -215,8 +196,9 @@ def estimate_pd(
     first_step = decode_step_ms(decode.coefficients, b + 1, context)
     n_out = expected_output_tokens(request, session)
     tpot = decode_step_ms(decode.coefficients, b + 1, context + n_out // 2) + committed_local_ms_per_step(decode)
-    ttft = p_ms + x_ms + first_step + join_wait_ms(decode)
-    return Candidate("pd", decode.url, prefill.url, ttft, tpot, None, kv_bytes, cached_p, prompt - cached_p)
+    return Candidate(
+        "pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes, cached_p, prompt - cached_p
+    )
 
 
 def estimate_local(
@@ -237,7 +219,7 @@ def estimate_local(
     chunk = decode.chunked_prefill_size if decode.chunked_prefill_size > 0 else max(new, 1)
     chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
     mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
-    ttft = queue_wait_ms(decode) + join_wait_ms(decode) + append + mixing
+    ttft = queue_wait_ms(decode) + append + mixing
     n_out = expected_output_tokens(request, session)
     if pd_tpot_ms is None:
         pd_tpot_ms = decode_step_ms(c, b + 1, running_ctx + prompt + n_out // 2) + committed_local_ms_per_step(decode)

@@ -103,14 +103,14 @@ def best_pd(
         terms = d.memo
         if terms is None:
             terms = _decode_terms(d)
-        url, own_per_token, running_ctx, fixed, per_kctx, committed, join_wait = terms
+        url, own_per_token, running_ctx, fixed, per_kctx, committed = terms
         cached_d = cached_on_decode(session, d, prompt) if url == home and d.decode_radix_cache else 0
         kv_bytes = (prompt - cached_d) * (own_per_token if own_per_token > 0 else fallback_per_token)
         x_ms = transfers.get(kv_bytes)
         if x_ms is None:
             x_ms = transfers[kv_bytes] = transfer_ms(kv_bytes, link_gbps, backlog)
         context = running_ctx + prompt
-        ttft = p_ms + x_ms + (fixed + per_kctx * context / 1000.0) + join_wait
+        ttft = p_ms + x_ms + (fixed + per_kctx * context / 1000.0)
         tpot = fixed + per_kctx * (context + half_out) / 1000.0 + committed
         preds.append((ttft, tpot, kv_bytes, d))
         if best_ttft is None or ttft < best_ttft:
@@ -141,12 +141,11 @@ def best_pd(
     return Candidate("pd", d.url, prefill.url, t, tp, None, kv_bytes, cached_p, prompt - cached_p)
 
 
-def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float, float]:
+def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float]:
     """The request-independent part of a decode worker's P->D prediction, cached on the view
     (``WorkerView.memo``; a frozen view's fields never change, so the cache is always current):
     (url, its own KV bytes per token, running context >= 0, the decode step's base + batch part
-    with one more stream, its per-kilotoken-of-context cost, ``committed_local_ms_per_step``,
-    ``join_wait_ms``).
+    with one more stream, its per-kilotoken-of-context cost, ``committed_local_ms_per_step``).
     Each is the very expression ``latency`` evaluates, so predictions are equal to the last bit."""
     c = d.coefficients
     running_ctx = d.running_context_tokens
@@ -162,20 +161,13 @@ def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float, fl
     committed = (0.0 if riding < 0.0 else riding) * (0.0 if reqs_step < 0.0 else reqs_step) + (
         c.prefill_per_token_ms * (0.0 if tokens_step < 0.0 else tokens_step)
     )
-    if running_ctx < 0:
-        running_ctx = 0
-    # join_wait_ms: half the current decode step (b streams) when the worker runs any, else 0
-    join_wait = (
-        0.5 * (c.decode_base_ms + c.decode_per_seq_ms * b + c.decode_per_kctx_ms * running_ctx / 1000.0) if b > 0 else 0.0
-    )
     terms = (
         d.url,
         d.kv_bytes_per_token,
-        running_ctx,
+        0 if running_ctx < 0 else running_ctx,
         c.decode_base_ms + c.decode_per_seq_ms * (b + 1),
         c.decode_per_kctx_ms,
         committed,
-        join_wait,
     )
     object.__setattr__(d, "memo", terms)
     return terms

@@ -89,13 +89,11 @@ def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
             return 1.0 + rng.uniform(-0.03, 0.03)
 
         true_tpot = decode_step_ms(TRUE, running + 1, ctx + prompt + 32) * noise()
-        # a busy decode worker finishes the iteration in flight first (latency.join_wait_ms)
-        join = 0.5 * decode_step_ms(TRUE, running, ctx) if running else 0.0
         if route == "local":
             sess = SessionView("c", "http://d", "http://p", cached, 0, 1)
             pred = estimate_local(req, sess, d)
             append = prefill_ms(TRUE, new, cached)
-            true_ttft = (join + append + decode_rows_ms(TRUE, running, ctx)) * noise()  # one chunk carries the decode rows
+            true_ttft = (append + decode_rows_ms(TRUE, running, ctx)) * noise()  # one chunk carries the decode rows
             # steady state: a stream absorbs about the interference one local prefill causes
             true_tpot += running / (running + 1) * append / 64
             obs_cached, kv_bytes = cached, 0
@@ -107,7 +105,6 @@ def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
                 prefill_ms(TRUE, new, cached)
                 + transfer_ms(kv_bytes, LINK_GBPS)
                 + decode_step_ms(TRUE, running + 1, ctx + prompt)
-                + join
             ) * noise()
             obs_cached = cached
         cm.observe(

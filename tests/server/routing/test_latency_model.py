@@ -12,7 +12,6 @@ from ppd_server.routing.latency import (
     estimate_local,
     estimate_pd,
     estimate_replica,
-    join_wait_ms,
     local_tpot_budget,
     prefill_ms,
     queue_wait_ms,
@@ -59,8 +58,7 @@ def test_pd_prefills_what_p_lacks_and_ships_what_d_lacks():
     p_part = prefill_ms(COEFS, 300, 800)
     x_part = 100 * 100_000 * 8 / 8e9 * 1e3
     first = decode_step_ms(COEFS, 3, 2000 + 1100)
-    join = decode_step_ms(COEFS, 2, 2000) / 2  # the iteration in flight on the busy decode worker
-    assert c.ttft_ms == pytest.approx(p_part + x_part + join + first)
+    assert c.ttft_ms == pytest.approx(p_part + x_part + first)
     assert c.kv_bytes == 100 * 100_000
     assert c.tpot_ms == pytest.approx(decode_step_ms(COEFS, 3, 2000 + 1100 + 16))
 
@@ -76,28 +74,9 @@ def test_local_pays_queue_append_and_chunk_mixing_and_taxes_running_streams():
     c = estimate_local(request(prompt=1600, out=50), session(cached_d=1000), d)
     append = prefill_ms(COEFS, 600, 1000)
     mixing = 3 * (3 * 3 + 3000 / 1000)  # ceil(600/256) = 3 chunks carry 3 decode rows each
-    join = decode_step_ms(COEFS, 3, 3000) / 2  # the append starts after the iteration in flight
-    assert c.ttft_ms == pytest.approx(5 + 50 + join + append + mixing)
+    assert c.ttft_ms == pytest.approx(5 + 50 + append + mixing)
     pd_tpot = decode_step_ms(COEFS, 4, 3000 + 1600 + 25)
     assert c.tpot_ms == pytest.approx(pd_tpot + 3 / 4 * append / 50)
-
-
-def test_both_routes_to_a_busy_decode_worker_wait_for_the_iteration_in_flight():
-    # an engine admits requests and KV between forward passes: on average half the step in flight
-    assert join_wait_ms(decode()) == 0.0  # idle: starts at once
-    busy = decode(**loaded(4))
-    assert join_wait_ms(busy) == pytest.approx(decode_step_ms(COEFS, 4, 4000) / 2)
-    # requests the router sent that the poll has not seen yet count as streams too
-    assert join_wait_ms(decode(inflight=2)) == pytest.approx(decode_step_ms(COEFS, 2, 0) / 2)
-    req, sess = request(prompt=1100, out=32), session(cached_d=1000, cached_p=800)
-    for cl in (cluster(prefill(), decode()), cluster(prefill(), busy)):
-        d = cl.workers[1]
-        pd, local = estimate_pd(req, cl, sess, cl.workers[0], d), estimate_local(req, sess, d)
-        w = join_wait_ms(d)
-        first = decode_step_ms(COEFS, d.running_reqs + 1, d.running_context_tokens + 1100)
-        assert pd.ttft_ms == pytest.approx(prefill_ms(COEFS, 300, 800) + 100 * 100_000 * 8 / 10e9 * 1e3 + first + w)
-        rows = 0.0 if d.running_reqs == 0 else d.running_reqs * 3 + d.running_context_tokens / 1000
-        assert local.ttft_ms == pytest.approx(w + prefill_ms(COEFS, 100, 1000) + rows)
 
 
 def test_a_riding_prefill_costs_its_base_only_beyond_the_decode_steps():
