@@ -175,7 +175,9 @@ def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str,
             return None
         qps = ([r for r in rows if r["load"].startswith("1x")] or rows[len(rows) // 2 :])[0]["qps"]
     weights = _csv(a.weights, float)
-    spec = sim_grid.GridSpec(duration_s=a.duration, sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()))
+    spec = sim_grid.GridSpec(
+        duration_s=a.duration, seeds=_csv(a.seeds, int), sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split())
+    )
     started = time.monotonic()
     rows, bad = sim_grid.weights_sweep(cluster, workload, qps, weights, spec=spec, workers=a.workers)
     points = [
@@ -191,7 +193,7 @@ def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str,
         "seconds": round(time.monotonic() - started, 1),
         "command": (
             f"python benchmarks/sim_grid.py --weights-sweep {cluster}:{workload}:{qps:g} --duration {a.duration:g} "
-            f"{a.sim_args}"
+            f"--seeds {a.seeds} {a.sim_args}"
         ).strip(),
     }
 

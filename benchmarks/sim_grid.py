@@ -271,17 +271,26 @@ def weights_sweep(
 ) -> tuple[list[SweepRow], list[str]]:
     """ppd at rising request TPOT weights, no SLO targets (the weights alone decide): the rows and
     the monotonicity violations (local share must not rise with the TPOT weight, TPOT p50 not by
-    more than SWEEP_TPOT_TOLERANCE). ``spec.router_args`` says how the router is calibrated."""
-    base = _argv(spec, cluster, workload, qps, ["ppd"])
-    for flag in ("--slo-ttft-ms", "--slo-tpot-ms"):  # no targets: the weights decide
-        i = base.index(flag)
-        del base[i : i + 2]
-    jobs = [([*base, "--w-tpot", f"{w:g}"], "ppd") for w in weights]
+    more than SWEEP_TPOT_TOLERANCE). ``spec.router_args`` says how the router is calibrated; with
+    several ``spec.seeds`` each point is the mean over them (as the grid's cells)."""
+    jobs = []
+    for seed in spec.seeds:
+        base = _argv(spec, cluster, workload, qps, ["ppd"], seed=seed)
+        for flag in ("--slo-ttft-ms", "--slo-tpot-ms"):  # no targets: the weights decide
+            i = base.index(flag)
+            del base[i : i + 2]
+        jobs += [([*base, "--w-tpot", f"{w:g}"], "ppd") for w in weights]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         results = list(pool.map(_one_policy, jobs))
+    n = len(weights)
     rows = [
-        SweepRow(w, r["turn2plus_local_share"], r["tpot_ms"]["p50"], r["turn2plus_ttft_ms"]["p50"])
-        for w, r in zip(weights, results)
+        SweepRow(
+            w,
+            _mean([r["turn2plus_local_share"] for r in results[k::n]]),
+            _mean([r["tpot_ms"]["p50"] for r in results[k::n]]),
+            _mean([r["turn2plus_ttft_ms"]["p50"] for r in results[k::n]]),
+        )
+        for k, w in enumerate(weights)
     ]
     bad = []
     for a, b in itertools.pairwise(rows):
