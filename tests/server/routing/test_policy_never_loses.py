@@ -99,7 +99,9 @@ def test_tpot_budget_switches_to_pd_as_committed_local_load_grows(committed, rou
     d = decode(**loaded(4), **_committed(committed, 30))
     # margin -1: S (and the stale-P charge, which near a full budget is most of the gain here)
     # does not decide; the budget alone switches the route
-    decision = make_policy("ppd", margin=-1.0).decide(req, cluster(prefill(), decode("http://d1", **loaded(4)), d), session())
+    decision = make_policy("ppd", margin=-1.0).decide(
+        req, cluster(prefill(), decode("http://d1", **loaded(4)), d), session()
+    )
     need, budget = local_tpot_budget(req, session(), d, 0.85 * 60.0)
     assert (need <= budget) == (route == "local")
     assert decision.route == route, decision.reason

@@ -125,4 +125,3 @@ def test_with_a_tpot_target_s_charges_the_stale_prefill_at_the_budget_chance(slo
     assert d.score == pytest.approx(ppd_score(opts.local, opts.pd, 1.0, 1.0) - (stale + joins) / opts.pd.ttft_ms)
     # the share's weight is 1 (nothing local in flight); the budget's only when it is used up
     assert (stale < stale_prefill_ms(opts)) == (need < budget)
-
