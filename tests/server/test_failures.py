@@ -109,3 +109,19 @@ async def test_a_worker_that_stops_answering_polls_is_taken_out_and_its_sessions
         assert (await client.get("/health")).status == 503
         r = await client.post("/v1/chat/completions", json=chat_body())
         assert r.status == 503 and (await r.json())["error"]["code"] == "no_worker_available"
+
+
+async def test_a_decode_giving_up_on_kv_that_never_came_takes_the_silent_prefill_out_too():
+    """A prefill that hangs (its health still fine) while the decode, after waiting for the KV,
+    answers 503: the pair is stuck, so the retry must not go through that prefill again (it goes
+    D-local on the other decode) - not back to the hung prefill until every decode is out."""
+    p = FakeWorker(role="prefill", hold=asyncio.Event())  # never answers
+    gives_up = FakeWorker(role="decode", fail_status=503, hold=asyncio.Event())
+    other = FakeWorker(role="decode", load={"num_running_reqs": 3})  # busier: `gives_up` is tried first
+    async with router_over([p, gives_up, other]) as (client, state):
+        asyncio.get_running_loop().call_later(1.2, gives_up.hold.set)  # 503 after waiting > 1 s
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 200, await r.text()
+        assert r.headers["X-PPD-Route"] == "local" and r.headers["X-PPD-Decode"] == other.url
+        assert state.registry.get(p.url).healthy is False and len(p.seen) == 1
+        p.hold.set()

@@ -42,6 +42,12 @@ from ppd_server.request_path.stream_relay import relay_stream
 from ppd_server.request_path.upstream import UpstreamPool, UpstreamResponse
 from ppd_server.request_path.worker_body import members_prefix, worker_body
 
+# A decode worker that gives up on a P->D turn (HTTP 5xx) after waiting this long while the
+# prefill leg has not answered was most likely waiting for KV that never came: the pair is
+# stuck, so the prefill worker is taken out too (as on a timeout). Quicker 5xx answers are the
+# decode's own failure (overloaded, dying) and leave a working prefill in.
+STUCK_PAIR_AFTER_S = 1.0
+
 
 class Dispatcher:
     def __init__(
@@ -131,6 +137,7 @@ class Dispatcher:
         prefill_task.add_done_callback(on_prefill_done)
         try:
             await asyncio.sleep(0)  # the prefill leg's request goes out first, as it always did
+            opened_at = time.monotonic()
             call = await self._open(str(d.decode), plan, data, "decode")
         except asyncio.CancelledError:
             opening = False
@@ -140,8 +147,15 @@ class Dispatcher:
             self._prefill_failed(prefill_task, str(d.decode), decode_ok=False)
         except BaseException as e:
             opening = False
-            if isinstance(e, RetryableFailure) and "Timeout" in e.reason and not prefill_task.done():  # prod
-                self.registry.record_failure(prefill.url, "stuck P->D pair: " + e.reason)  # either may be stuck
+            if (
+                isinstance(e, RetryableFailure)
+                and not prefill_task.done()
+                and (  # prod: either may be stuck
+                    "Timeout" in e.reason
+                    or (e.reason.startswith("answered HTTP 5") and time.monotonic() - opened_at >= STUCK_PAIR_AFTER_S)
+                )
+            ):
+                self.registry.record_failure(prefill.url, "stuck P->D pair: " + e.reason)
             await _discard(prefill_task)
             raise
         opening = False
