@@ -351,3 +351,11 @@ def load_config(
     merged.update(from_env(os.environ if environ is None else environ))
     merged.update({k: coerce(k, v) for k, v in flags.items() if v is not None})
     return RouterConfig(**merged).validate()
+
+
+DEFAULTS = {f.name: f.default for f in fields(RouterConfig)}  # what --help shows for each field
+
+
+def default_hint(name: str) -> str:
+    """`` (default: X)`` for a field's --help text (the CLI of serve and of ``profile``)."""
+    return f" (default: {DEFAULTS[name]})"
