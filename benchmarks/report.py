@@ -211,67 +211,36 @@ def _env() -> dict[str, str]:
 LIVE_LOAD = ("--workload", "long-prompt-cpu", "--rate", "0.3", "--sessions", "10", "--duration", "30")
 
 
-def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
-    out = data_dir / "live_compare.json"
-    argv = [
-        sys.executable,
-        "-m",
-        "ppd_bench",
-        "compare",
-        "--systems",
-        "ppd,pd,local,threshold:256,sglang-router",
-        "--baseline",
-        "sglang-router",
-        *LIVE_LOAD,
-        *a.live_args.split(),
-        "--out",
-        str(out),
-    ]
+def _compare(a: argparse.Namespace, systems: str, baseline: str, out: Path, what: str, tail: int) -> dict | None:
+    """Run ``ppd-bench compare`` on the live load; its JSON, the command and how long it took
+    (None when it failed: any saved figures are kept)."""
+    argv = [sys.executable, "-m", "ppd_bench", "compare", "--systems", systems, "--baseline", baseline]
+    argv += [*LIVE_LOAD, *a.live_args.split(), "--out", str(out)]
     started = time.monotonic()
     proc = subprocess.run(argv, env=_env(), cwd=HERE.parent, text=True, capture_output=True)
-    sys.stderr.write(proc.stderr[-4000:])
+    sys.stderr.write(proc.stderr[-tail:])
     if proc.returncode != 0 or not out.exists():
-        print(f"report: live comparison failed (exit {proc.returncode}); keeping any saved one", file=sys.stderr)
+        print(f"report: {what} failed (exit {proc.returncode}); keeping any saved one", file=sys.stderr)
         return None
-    doc = json.loads(out.read_text())
     return {
         "command": "ppd-bench compare " + " ".join(argv[4:-2]),
         "seconds": round(time.monotonic() - started, 1),
-        "doc": doc,
+        "doc": json.loads(out.read_text()),
     }
+
+
+def run_live(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
+    out = data_dir / "live_compare.json"
+    return _compare(a, "ppd,pd,local,threshold:256,sglang-router", "sglang-router", out, "live comparison", 4000)
 
 
 def run_live_weights(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
     """ppd with every client TPOT weight of ``--live-weights`` in front of the same workers."""
     weights = _csv(a.live_weights, float)
-    out = data_dir / "live_weights_compare.json"
     systems = ",".join(f"ppd@tpot={w:g}" for w in weights)
-    argv = [
-        sys.executable,
-        "-m",
-        "ppd_bench",
-        "compare",
-        "--systems",
-        systems,
-        "--baseline",
-        f"ppd@tpot={weights[0]:g}",
-        *LIVE_LOAD,
-        *a.live_args.split(),
-        "--out",
-        str(out),
-    ]
-    started = time.monotonic()
-    proc = subprocess.run(argv, env=_env(), cwd=HERE.parent, text=True, capture_output=True)
-    sys.stderr.write(proc.stderr[-2000:])
-    if proc.returncode != 0 or not out.exists():
-        print(f"report: live weights sweep failed (exit {proc.returncode}); keeping any saved one", file=sys.stderr)
-        return None
-    return {
-        "command": "ppd-bench compare " + " ".join(argv[4:-2]),
-        "seconds": round(time.monotonic() - started, 1),
-        "weights": weights,
-        "doc": json.loads(out.read_text()),
-    }
+    out = data_dir / "live_weights_compare.json"
+    run = _compare(a, systems, f"ppd@tpot={weights[0]:g}", out, "live weights sweep", 2000)
+    return None if run is None else {**run, "weights": weights}
 
 
 def run_validation(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | None:
