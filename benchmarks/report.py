@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "local turns cost its streams almost nothing, and what moves is closed-loop noise)",
     )
     g.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS), help="w_tpot values of the sweep")
+    g.add_argument(
+        "--weights-seeds",
+        default="0,1,2,3,4,5,6,7",
+        help="seeds of the sweep (default 0-7, more than the grid's: at low weights a step moves the local "
+        "share by about a point, the seed-to-seed spread is about five)",
+    )
     live = p.add_argument_group("live parts")
     live.add_argument(
         "--live-args",
@@ -176,12 +182,21 @@ def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str,
         qps = ([r for r in rows if r["load"].startswith("1x")] or rows[len(rows) // 2 :])[0]["qps"]
     weights = _csv(a.weights, float)
     spec = sim_grid.GridSpec(
-        duration_s=a.duration, seeds=_csv(a.seeds, int), sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split())
+        duration_s=a.duration,
+        seeds=_csv(a.weights_seeds, int),
+        sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()),
     )
     started = time.monotonic()
     rows, bad = sim_grid.weights_sweep(cluster, workload, qps, weights, spec=spec, workers=a.workers)
     points = [
-        {"w_tpot": r.w_tpot, "local_share": r.local_share, "tpot_p50_ms": r.tpot_p50, "ttft2_p50_ms": r.ttft2_p50}
+        {
+            "w_tpot": r.w_tpot,
+            "local_share": r.local_share,
+            "local_step": r.step,
+            "local_step_se": r.step_se,
+            "tpot_p50_ms": r.tpot_p50,
+            "ttft2_p50_ms": r.ttft2_p50,
+        }
         for r in rows
     ]
     return {
@@ -193,7 +208,7 @@ def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str,
         "seconds": round(time.monotonic() - started, 1),
         "command": (
             f"python benchmarks/sim_grid.py --weights-sweep {cluster}:{workload}:{qps:g} --duration {a.duration:g} "
-            f"--seeds {a.seeds} {a.sim_args}"
+            f"--seeds {a.weights_seeds} {a.sim_args}"
         ).strip(),
     }
 
@@ -282,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--policies", a.policies, str),
             ("--loads", a.loads, float),
             ("--seeds", a.seeds, int),
+            ("--weights-seeds", a.weights_seeds, int),
             ("--weights", a.weights, float),
             ("--qps", a.qps or "1", float),
         ):

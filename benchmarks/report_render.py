@@ -215,13 +215,16 @@ def render_sim(sim: dict[str, Any] | None, data_dir: Path) -> list[str]:
             "",
             f"![weights](report/{name})",
             "",
-            f"_`{w['command']}` ({w['seconds']:.0f} s here); no SLO target, so the weights alone decide._",
+            f"_`{w['command']}` ({w['seconds']:.0f} s here); no SLO target, so the weights alone decide. Each "
+            "point is the mean over the seeds; the step is the change in local share from the previous weight, "
+            "paired by seed, with its standard error over the seeds._",
             "",
-            "| w_tpot | turns 2+ local | TPOT p50 ms | turn-2+ TTFT p50 ms |",
-            "|---|---|---|---|",
+            "| w_tpot | turns 2+ local | step, points (SE) | TPOT p50 ms | turn-2+ TTFT p50 ms |",
+            "|---|---|---|---|---|",
         ]
         md += [
-            f"| {p['w_tpot']:g} | {_pct(p['local_share'])}% | {_ms(p['tpot_p50_ms'])} | {_ms(p['ttft2_p50_ms'])} |"
+            f"| {p['w_tpot']:g} | {_pct(p['local_share'])}% | {_step(p)} | {_ms(p['tpot_p50_ms'])} | "
+            f"{_ms(p['ttft2_p50_ms'])} |"
             for p in pts
         ]
         verdict = (
@@ -231,6 +234,14 @@ def render_sim(sim: dict[str, Any] | None, data_dir: Path) -> list[str]:
         )
         md += ["", f"Local share and TPOT p50 {verdict}.", ""]
     return md
+
+
+def _step(p: dict[str, Any]) -> str:
+    """A sweep point's paired change in local share, in points, with its standard error."""
+    step, se = p.get("local_step"), p.get("local_step_se")
+    if step is None:
+        return "-"
+    return f"{100 * step:+.1f}" + (f" ({100 * se:.1f})" if se is not None else "")
 
 
 # -- (b) live comparison: report_render_live ------------------------------------------------------------

@@ -259,6 +259,22 @@ class SweepRow:
     local_share: float | None
     tpot_p50: float | None
     ttft2_p50: float | None
+    # the change in local share from the previous weight, paired by seed: its mean and standard
+    # error over the seeds (None for the first weight, or with one seed for the error)
+    step: float | None = None
+    step_se: float | None = None
+
+
+def _paired_step(before: Sequence[float | None], after: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and standard error of ``after - before`` over the seeds that have both."""
+    diffs = [b - a for a, b in zip(before, after) if a is not None and b is not None]
+    if not diffs:
+        return None, None
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return mean, None
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, (var / len(diffs)) ** 0.5
 
 
 def weights_sweep(
@@ -272,7 +288,10 @@ def weights_sweep(
     """ppd at rising request TPOT weights, no SLO targets (the weights alone decide): the rows and
     the monotonicity violations (local share must not rise with the TPOT weight, TPOT p50 not by
     more than SWEEP_TPOT_TOLERANCE). ``spec.router_args`` says how the router is calibrated; with
-    several ``spec.seeds`` each point is the mean over them (as the grid's cells)."""
+    several ``spec.seeds`` each point is the mean over them (as the grid's cells), and each step's
+    change in local share is also given paired by seed, with its standard error: one 30-s seed is
+    one noisy sample of a closed loop, and where the share is nearly flat (low weights) a step is
+    smaller than the seed-to-seed spread, so the sweep needs more seeds than the grid."""
     jobs = []
     for seed in spec.seeds:
         base = _argv(spec, cluster, workload, qps, ["ppd"], seed=seed)
@@ -283,12 +302,14 @@ def weights_sweep(
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         results = list(pool.map(_one_policy, jobs))
     n = len(weights)
+    shares = [[r["turn2plus_local_share"] for r in results[k::n]] for k in range(n)]  # per weight, per seed
     rows = [
         SweepRow(
             w,
-            _mean([r["turn2plus_local_share"] for r in results[k::n]]),
+            _mean(shares[k]),
             _mean([r["tpot_ms"]["p50"] for r in results[k::n]]),
             _mean([r["turn2plus_ttft_ms"]["p50"] for r in results[k::n]]),
+            *(_paired_step(shares[k - 1], shares[k]) if k else (None, None)),
         )
         for k, w in enumerate(weights)
     ]
@@ -302,10 +323,20 @@ def weights_sweep(
 
 
 def format_sweep(rows: Sequence[SweepRow], bad: Sequence[str]) -> str:
-    lines = [f"{'w_tpot':>7}  {'local %':>8}  {'TPOT p50':>9}  {'ttft2 p50':>9}"]
-    lines += [f"{r.w_tpot:>7g}  {_pct(r.local_share):>8}  {_ms(r.tpot_p50):>9}  {_ms(r.ttft2_p50):>9}" for r in rows]
+    lines = [f"{'w_tpot':>7}  {'local %':>8}  {'step (SE)':>13}  {'TPOT p50':>9}  {'ttft2 p50':>9}"]
+    lines += [
+        f"{r.w_tpot:>7g}  {_pct(r.local_share):>8}  {_step(r):>13}  {_ms(r.tpot_p50):>9}  {_ms(r.ttft2_p50):>9}"
+        for r in rows
+    ]
     lines.append("monotone" if not bad else "!! " + "; ".join(bad))
     return "\n".join(lines)
+
+
+def _step(r: SweepRow) -> str:
+    """The paired change in local share from the previous weight, in points (its SE in brackets)."""
+    if r.step is None:
+        return "-"
+    return f"{100 * r.step:+.1f}" + (f" ({100 * r.step_se:.1f})" if r.step_se is not None else "")
 
 
 def _pct(v: float | None) -> str:

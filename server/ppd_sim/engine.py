@@ -256,6 +256,7 @@ class Simulation:
         for chosen in decision.candidates:  # decision.predicted(route)
             if chosen.route == route:
                 req.predicted_ttft_ms, req.predicted_tpot_ms = chosen.ttft_ms, chosen.tpot_ms
+                req.predicted_compute_ms = chosen.compute_ms
                 if route == "pd" and chosen.kv_bytes:
                     self._predicted_kv[rid] = chosen.kv_bytes
                     self._router_backlog += chosen.kv_bytes
@@ -320,6 +321,7 @@ class Simulation:
                     decode_context_tokens=context,
                     predicted_ttft_ms=req.predicted_ttft_ms,
                     predicted_tpot_ms=req.predicted_tpot_ms,
+                    predicted_compute_ms=req.predicted_compute_ms,
                     kv_bytes=req.kv_bytes,
                     prefill_cached_tokens=req.prefill_cached_tokens if decision.route == "pd" else None,
                     e2e_ms=req.e2e_ms,

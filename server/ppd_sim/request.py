@@ -23,6 +23,7 @@ class SimRequest:
     prefill: str | None = None
     predicted_ttft_ms: float = 0.0
     predicted_tpot_ms: float = 0.0
+    predicted_compute_ms: float | None = None  # the prefill compute inside predicted_ttft_ms (Candidate.compute_ms)
     reason: str = ""
     # what happened
     cached_tokens: int = 0  # prompt tokens the serving worker found cached (reported to the session table)

@@ -173,6 +173,7 @@ class TurnRouter:
                         decode_context_tokens=decode.running_context_tokens if decode else 0,
                         predicted_ttft_ms=chosen.ttft_ms,
                         predicted_tpot_ms=chosen.tpot_ms,
+                        predicted_compute_ms=chosen.compute_ms,
                         kv_bytes=kv_bytes,
                         prefill_cached_tokens=usage.prefill_cached_tokens if d.route == "pd" else None,
                         e2e_ms=(time.perf_counter() - started_at) * 1000.0,

@@ -21,7 +21,8 @@ Gaussian prior; see ``robust_fit.py`` for why not recursive least squares):
 * prefill coefficients of the worker that ran the prefill - the P worker for ``pd``, the decode
   worker for ``local``, the unified worker for ``replica`` - from the observed TTFT minus the
   parts of the prediction that are not that prefill (queue wait, KV transfer, first decode
-  step, chunk mixing: ``predicted_ttft_ms - predicted prefill``);
+  step, chunk mixing: ``predicted_ttft_ms - predicted_compute_ms``, both as the decision priced
+  them: a fit that has refitted since would misjudge how much of the TTFT was compute);
 * a sample far outside the fit's own scatter (a cold first request, a burst queued behind
   requests the load poll had not seen) gets no weight, and is re-judged at every refit, so
   consistent later evidence wins back from an early outlier; TTFT samples predicted to be half
@@ -297,7 +298,13 @@ class CostModel:
         if prefill_url is not None and new > 0 and obs.ttft_ms is not None:
             fit = self._fit(prefill_url, prefill_role)
             x = prefill_features(new, cached)
-            predicted_compute = prefill_ms(fit.coefficients, new, cached)
+            # the decision's own split of its TTFT: coefficients refitted since (a cold fit publishing
+            # its first estimate) would price the compute against a queue priced with the old ones
+            # (issue 7: 1P3D big_paste seed 3 took 5 samples at ~3% of a 525 ms TTFT predicted with
+            # the prior, fitted prefill at 0 per token and never sampled again: P->D TTFT 22 vs 40 ms)
+            predicted_compute = obs.predicted_compute_ms
+            if predicted_compute is None or not predicted_compute >= 0:
+                predicted_compute = prefill_ms(fit.coefficients, new, cached)
             overhead = 0.0
             if obs.predicted_ttft_ms is not None:
                 overhead = max(0.0, obs.predicted_ttft_ms - predicted_compute)

@@ -186,7 +186,8 @@ def estimate_pd(
     """Predicted TTFT/TPOT of the P->D path through ``prefill`` then ``decode``."""
     prompt = max(request.prompt_tokens, 0)
     cached_p = cached_on_prefill(session, prefill, prompt)
-    p_ms = queue_wait_ms(prefill, prompt - cached_p) + prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
+    compute = prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
+    p_ms = queue_wait_ms(prefill, prompt - cached_p) + compute
     # SGLang's incremental transfer: a decode worker with a radix cache receives only what it lacks.
     cached_d = cached_on_decode(session, decode, prompt) if decode.decode_radix_cache else 0
     kv_bytes = (prompt - cached_d) * kv_bytes_per_token(decode, prefill)
@@ -197,7 +198,16 @@ def estimate_pd(
     n_out = expected_output_tokens(request, session)
     tpot = decode_step_ms(decode.coefficients, b + 1, context + n_out // 2) + committed_local_ms_per_step(decode)
     return Candidate(
-        "pd", decode.url, prefill.url, p_ms + x_ms + first_step, tpot, None, kv_bytes, cached_p, prompt - cached_p
+        "pd",
+        decode.url,
+        prefill.url,
+        p_ms + x_ms + first_step,
+        tpot,
+        None,
+        kv_bytes,
+        cached_p,
+        prompt - cached_p,
+        compute,
     )
 
 
@@ -224,7 +234,7 @@ def estimate_local(
     if pd_tpot_ms is None:
         pd_tpot_ms = decode_step_ms(c, b + 1, running_ctx + prompt + n_out // 2) + committed_local_ms_per_step(decode)
     interference = (b / (b + 1)) * append / n_out
-    return Candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0, cached, new)
+    return Candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0, cached, new, append)
 
 
 def joined_tpot_ms(request: RequestView, session: SessionView | None, w: WorkerView) -> float:
@@ -268,6 +278,7 @@ def estimate_replica(request: RequestView, session: SessionView | None, worker: 
     chunk = worker.chunked_prefill_size if worker.chunked_prefill_size > 0 else max(new, 1)
     chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
     mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
-    ttft = queue_wait_ms(worker, new) + prefill_ms(c, new, cached) + mixing
+    compute = prefill_ms(c, new, cached)
+    ttft = queue_wait_ms(worker, new) + compute + mixing
     tpot = decode_step_ms(c, b + 1, running_ctx + prompt + expected_output_tokens(request, session) // 2)
-    return Candidate("replica", worker.url, None, ttft, tpot, None, 0, cached, new)
+    return Candidate("replica", worker.url, None, ttft, tpot, None, 0, cached, new, compute)

@@ -26,7 +26,10 @@ class Observation:
     unknown); ``completion_tokens`` the answer's length; ``decode_running_end``, when known, the
     same count when the turn finished (the
     TPOT fit then uses the mean of the two: streams that joined or left during the answer
-    shaped its decode steps). ``predicted_*``: the chosen candidate's prediction from the Decision.
+    shaped its decode steps). ``predicted_*``: the chosen candidate's prediction from the Decision;
+    ``predicted_compute_ms`` the prefill compute inside its TTFT (``Candidate.compute_ms``), so the
+    prefill fit takes off the rest (queue, transfer, first decode step) as the decision priced it,
+    not as coefficients refitted since would (None: recomputed from the current coefficients).
     ``tpot_ms`` is None for a one-token answer.
 
     Non-streamed answers have no first-token time: pass ``ttft_ms=None`` with ``e2e_ms`` and
@@ -51,6 +54,7 @@ class Observation:
     e2e_ms: float | None = None
     completion_tokens: int = 0
     decode_running_end: int | None = None
+    predicted_compute_ms: float | None = None
 
 
 def from_end_to_end(obs: Observation) -> Observation | None:

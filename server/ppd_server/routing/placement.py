@@ -138,7 +138,8 @@ def best_pd(
                 win = i
                 break
     t, tp, kv_bytes, d = preds[win]
-    return Candidate("pd", d.url, prefill.url, t, tp, None, kv_bytes, cached_p, prompt - cached_p)
+    compute = prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
+    return Candidate("pd", d.url, prefill.url, t, tp, None, kv_bytes, cached_p, prompt - cached_p, compute)
 
 
 def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float]:

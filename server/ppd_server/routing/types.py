@@ -165,6 +165,9 @@ class Candidate:
     kv_bytes: int = 0  # predicted KV bytes this route moves over the P->D link
     cached_tokens: int = 0  # prompt tokens the prefilling worker already holds (not recomputed)
     prefill_tokens: int = 0  # prompt tokens this route computes (the uncached part)
+    # the prefill compute inside ttft_ms (no queue, transfer or decode step), priced with the same
+    # coefficients: the online fit takes the rest of the TTFT off as the decision priced it
+    compute_ms: float | None = None
 
 
 @fast_init

@@ -245,6 +245,7 @@ class Policy(ABC):
                     c.kv_bytes,
                     c.cached_tokens,
                     c.prefill_tokens,
+                    c.compute_ms,
                 )
             )
         return Decision(
