@@ -43,6 +43,8 @@ def live_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "ttft2_p90": _get(t2, "ttft_ms", "p90"),
                 "tpot_p50": _get(t2, "tpot_ms", "p50"),
                 "local": _get(t2, "route_share", "local") or (0.0 if t2.get("ok") else None),
+                "local_turns": _get(t2, "routes", "local") or 0,
+                "turns": t2.get("ok") or 0,
                 "success": _get(summary, "all", "success_rate"),
                 "error": s.get("error"),
             }
@@ -140,8 +142,8 @@ def render_live_weights(lw: dict[str, Any] | None) -> list[str]:
         )
         load = f"{r['loadavg']:.1f}" if r.get("loadavg") is not None else "-"
         md.append(
-            f"| {w} | {_pct(r['local'])}% | {_ms(r['tpot_p50'])} | {_ms(r['ttft2_p50'])} | {_pct(r['success'])}% "
-            f"| {busy} | {load} |"
+            f"| {w} | {_pct(r['local'])}% ({r['local_turns']} of {r['turns']}) | {_ms(r['tpot_p50'])} | "
+            f"{_ms(r['ttft2_p50'])} | {_pct(r['success'])}% | {busy} | {load} |"
         )
     ok = [r for r in rows if r["local"] is not None and r["tpot_p50"] is not None]
     ok.sort(key=lambda r: float(r["system"].partition("@tpot=")[2] or 0))
@@ -150,9 +152,16 @@ def render_live_weights(lw: dict[str, Any] | None) -> list[str]:
         return all(b[key] <= a[key] for a, b in itertools.pairwise(ok))
 
     if len(ok) >= 2:
+        rises = [
+            f"from w_tpot {a['system'].partition('@tpot=')[2]} to {b['system'].partition('@tpot=')[2]}: "
+            f"{a['local_turns']} of {a['turns']} -> {b['local_turns']} of {b['turns']} turns local"
+            for a, b in itertools.pairwise(ok)
+            if b["local"] > a["local"]
+        ]
         md += [
             "",
-            f"Local share {'falls' if falls('local') else 'does not fall'} monotonically with the weight; "
-            f"TPOT p50 {'falls' if falls('tpot_p50') else 'does not fall'} monotonically.",
+            f"Local share {'falls' if falls('local') else 'does not fall'} monotonically with the weight"
+            + (f" ({'; '.join(rises)})" if rises else "")
+            + f"; TPOT p50 {'falls' if falls('tpot_p50') else 'does not fall'} monotonically.",
         ]
     return md + [""]

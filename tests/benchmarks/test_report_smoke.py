@@ -161,19 +161,29 @@ def test_validate_sim_rejects_bad_options_with_exit_2(argv, needle, capsys):
     assert e.value.code == 2 and needle in capsys.readouterr().err
 
 
-def _weight_system(w: str, local: float, tpot: float) -> dict:
-    t2 = {"ok": 6, "ttft_ms": {"p50": 150.0, "p90": 200.0}, "tpot_ms": {"p50": tpot}, "route_share": {"local": local}}
+def _weight_system(w: str, local: int, tpot: float) -> dict:
+    t2 = {
+        "ok": 6,
+        "ttft_ms": {"p50": 150.0, "p90": 200.0},
+        "tpot_ms": {"p50": tpot},
+        "routes": {"local": local, "pd": 6 - local},
+        "route_share": {"local": local / 6},
+    }
     return {"system": f"ppd@tpot={w}", "result": {"summary": {"turn2plus": t2, "all": {"success_rate": 1.0}}}}
 
 
 def test_the_live_weights_sweep_says_whether_local_share_and_tpot_fall():
-    doc = {
-        "systems": [_weight_system("0.25", 1.0, 50.0), _weight_system("4", 0.5, 45.0), _weight_system("16", 0.0, 46.0)]
-    }
+    doc = {"systems": [_weight_system("0.25", 6, 50.0), _weight_system("4", 3, 45.0), _weight_system("16", 0, 46.0)]}
     md = "\n".join(report_render.render_live_weights({"command": "ppd-bench compare", "seconds": 9, "doc": doc}))
-    assert "| 4 | 50.0% | 45.0 | 150 | 100.0% | - | - |" in md
-    assert "Local share falls monotonically" in md and "TPOT p50 does not fall monotonically" in md
+    assert "| 4 | 50.0% (3 of 6) | 45.0 | 150 | 100.0% | - | - |" in md
+    assert "Local share falls monotonically with the weight;" in md and "TPOT p50 does not fall monotonically" in md
     assert report_render.render_live_weights(None) == []
+
+
+def test_the_live_weights_sweep_names_a_rise_in_turns():
+    doc = {"systems": [_weight_system("1", 5, 50.0), _weight_system("4", 6, 45.0)]}
+    md = "\n".join(report_render.render_live_weights({"command": "ppd-bench compare", "seconds": 9, "doc": doc}))
+    assert "does not fall monotonically with the weight (from w_tpot 1 to 4: 5 of 6 -> 6 of 6 turns local)" in md
 
 
 def test_report_rejects_bad_live_weights_with_exit_2(capsys):

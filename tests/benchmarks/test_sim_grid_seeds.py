@@ -49,3 +49,13 @@ def test_bad_seeds_are_a_one_line_error_with_exit_2(capsys, seeds):
         sim_grid.main(["--seeds", seeds])
     assert e.value.code == 2
     assert f"bad --seeds {seeds!r}" in capsys.readouterr().err
+
+
+def test_a_sweep_step_is_paired_by_seed_with_its_standard_error():
+    # seed-to-seed levels differ a lot (0.2 vs 0.8); the paired step is the same -0.1 in each seed
+    mean, se = sim_grid._paired_step([0.3, 0.9, 0.5], [0.2, 0.8, 0.4])
+    assert mean == pytest.approx(-0.1) and se == pytest.approx(0.0, abs=1e-12)
+    mean, se = sim_grid._paired_step([0.5, 0.5, None], [0.6, 0.4, 0.9])  # a seed without a figure is left out
+    assert mean == pytest.approx(0.0) and se == pytest.approx(0.1)
+    assert sim_grid._paired_step([0.5], [0.4]) == (pytest.approx(-0.1), None)
+    assert sim_grid._paired_step([None], [0.4]) == (None, None)
