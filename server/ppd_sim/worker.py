@@ -11,8 +11,11 @@ worker's :class:`CostCoefficients` (the same step-time model the router predicts
 
 Roles: ``prefill`` (prefill only; the KV then leaves over the link), ``decode`` (streams from
 transferred KV; with ``can_local_prefill`` also append-prefills locally), ``unified`` (prefill
-and decode in one place). A prefill/local/replica request ends its prefill with its first token;
-a transferred request emits its first token at the end of its first decode iteration.
+and decode in one place). A prefill/local/replica request ends its prefill with its first token.
+A transferred request's first token was sampled by the prefill worker and travels with its KV:
+it goes out when the iteration in flight on the decode worker ends (at once on an idle one), with
+no forward pass of its own - SGLang's prebuilt batch and ``ppd-worker``'s ``kv_received`` both
+handle a landed KV between iterations - and the stream decodes the rest from the next iteration.
 
 The load a worker reports (:meth:`view`) mirrors SGLang's ``/v1/loads`` as ``ppd_server.fleet.loads``
 parses it: running = decoding + prefilling requests, waiting = unadmitted prefills plus P->D
@@ -114,6 +117,7 @@ class SimWorker:
         self._expecting = 0  # P->D requests routed here whose KV has not joined yet
         self._prealloc: deque[SimRequest] = deque()  # P->D requests whose prefill is done, waiting for slots
         self._joins: list[tuple[SimRequest, int, int]] = []  # (request, tokens to emit, context) for the next iteration
+        self._landed: list[SimRequest] = []  # P->D requests whose KV landed during the iteration in flight
         self._finish_heap: list[tuple[int, int, SimRequest]] = []  # (iteration it finishes at, rid, request)
         self._running = 0
         self._context = 0  # total context tokens of running streams
@@ -240,11 +244,24 @@ class SimWorker:
         self._admit_prealloc()
 
     def kv_arrived(self, req: SimRequest) -> None:
+        """The KV (and the first token the prefill worker sampled) landed: the first token goes out
+        when the iteration in flight ends (at once on an idle worker), then the stream decodes."""
         if self._coast is not None:
             self._settle()
         self._expecting -= 1
-        self._joins.append((req, req.output_tokens, req.prompt_tokens))
+        if self._busy:
+            self._landed.append(req)
+            return
+        self._first_token(req, self._loop.now)
         self._kick()
+
+    def _first_token(self, req: SimRequest, now: float) -> None:
+        """A transferred stream's first token (from the prefill worker): out now; the rest decode here."""
+        req.first_token_ms = now
+        if req.output_tokens > 1:
+            self._joins.append((req, req.output_tokens - 1, req.prompt_tokens + 1))
+        else:
+            self._finish(req)
 
     def kv_sent(self, req: SimRequest) -> None:
         """Prefill role: the KV left; free its slots and keep the prompt as a cached prefix. Prefills
@@ -409,6 +426,10 @@ class SimWorker:
                 self._joins.append((req, req.output_tokens - 1, req.prompt_tokens + 1))
             else:
                 self._finish(req)
+        if self._landed:
+            for req in self._landed:
+                self._first_token(req, now)
+            self._landed.clear()
         self._busy = False
         self._admit_prealloc()
         self._start_iteration()

@@ -319,7 +319,7 @@ class CostModel:
             )
             if rescue:
                 # ... except on a cold fit whose prediction was far too pessimistic: the queue and the
-                # first decode step were priced with the same kind of coefficients (a CPU profile
+                # decode iteration in flight were priced with the same kind of coefficients (a CPU profile
                 # on GPUs is as wrong about them as about the prefill; their predicted share can
                 # even exceed the whole observed TTFT), so take the compute's predicted share of
                 # the observed time. Without this a prefill worker queued from the start never

@@ -10,8 +10,11 @@ linear decode step):
 * ``prefill(n new over c cached) = base + per_token*n + attn*n*(n+c)/1e6``
 * ``decode_step(batch b, context K) = base + per_seq*b + per_kctx*K/1000``
 * TTFT(pd)    = P queue + prefill on P (minus what P caches) + KV transfer of what D lacks
-                (plus the link backlog) + D's first decode step (it emits the first token).
-* TTFT(local) = D queue + append-prefill over D's cached prefix + the decode rows that ride in
+                (plus the link backlog) + the end of D's iteration in flight (the first token,
+                sampled on P, travels with the KV and goes out between D's iterations:
+                :func:`iteration_wait_ms`, half a decode step on a busy D, 0 on an idle one).
+* TTFT(local) = D's iteration in flight (as above: the prefill starts between iterations) + D
+                queue + append-prefill over D's cached prefix + the decode rows that ride in
                 every chunked-prefill iteration.
 * TPOT(pd)    = D's decode step with this stream joined, plus the committed local-prefill work
                 per step D's streams absorb (``committed_local_ms_per_step``).
@@ -123,6 +126,16 @@ def committed_local_ms_per_step(w: WorkerView) -> float:
     )
 
 
+def iteration_wait_ms(w: WorkerView) -> float:
+    """How long a request arriving at ``w`` waits for the iteration in flight to end: half a decode
+    step of its running streams (0 on an idle worker). A landed KV and a local prefill both start
+    only between iterations (SGLang's scheduler loop; ``ppd-worker``'s engine inbox)."""
+    b = decode_batch(w)
+    if b == 0:
+        return 0.0
+    return decode_step_ms(w.coefficients, b, max(w.running_context_tokens, 0)) / 2.0
+
+
 def decode_batch(w: WorkerView) -> int:
     """Streams the decode worker is running (the router's in-flight count when polls lag)."""
     return max(w.running_reqs, w.inflight, 0)
@@ -194,14 +207,13 @@ def estimate_pd(
     x_ms = transfer_ms(kv_bytes, cluster.link_gbps, cluster.link_backlog_bytes)
     b = decode_batch(decode)
     context = max(decode.running_context_tokens, 0) + prompt
-    first_step = decode_step_ms(decode.coefficients, b + 1, context)
     n_out = expected_output_tokens(request, session)
     tpot = decode_step_ms(decode.coefficients, b + 1, context + n_out // 2) + committed_local_ms_per_step(decode)
     return Candidate(
         "pd",
         decode.url,
         prefill.url,
-        p_ms + x_ms + first_step,
+        p_ms + x_ms + iteration_wait_ms(decode),
         tpot,
         None,
         kv_bytes,
@@ -229,7 +241,7 @@ def estimate_local(
     chunk = decode.chunked_prefill_size if decode.chunked_prefill_size > 0 else max(new, 1)
     chunks = max(1, math.ceil(new / chunk)) if new > 0 else 0
     mixing = chunks * decode_rows_ms(c, b, running_ctx) if b > 0 else 0.0
-    ttft = queue_wait_ms(decode) + append + mixing
+    ttft = iteration_wait_ms(decode) + queue_wait_ms(decode) + append + mixing
     n_out = expected_output_tokens(request, session)
     if pd_tpot_ms is None:
         pd_tpot_ms = decode_step_ms(c, b + 1, running_ctx + prompt + n_out // 2) + committed_local_ms_per_step(decode)

@@ -28,7 +28,7 @@ class Observation:
     TPOT fit then uses the mean of the two: streams that joined or left during the answer
     shaped its decode steps). ``predicted_*``: the chosen candidate's prediction from the Decision;
     ``predicted_compute_ms`` the prefill compute inside its TTFT (``Candidate.compute_ms``), so the
-    prefill fit takes off the rest (queue, transfer, first decode step) as the decision priced it,
+    prefill fit takes off the rest (queue, transfer, D's iteration in flight) as the decision priced it,
     not as coefficients refitted since would (None: recomputed from the current coefficients).
     ``tpot_ms`` is None for a one-token answer.
 

@@ -23,6 +23,7 @@ from ppd_server.routing.latency import (
     cached_on_prefill,
     estimate_replica,
     expected_output_tokens,
+    iteration_wait_ms,
     kv_fits,
     prefill_ms,
     queue_wait_ms,
@@ -66,8 +67,8 @@ def best_pd(
     :class:`Candidate` is built only for the winner, and tie-break hashes only on ties. The
     latency formulas are written out here (``decode_batch``, ``committed_local_ms_per_step``,
     ``decode_step_ms``, ``max(x, 0)`` as a comparison) in the same arithmetic order as
-    ``latency.estimate_pd``, so every prediction is equal to the last bit; the decode step's
-    batch part is shared by the first step and the TPOT step. It decides exactly as
+    ``latency.estimate_pd``, so every prediction is equal to the last bit; the decode worker's
+    request-independent terms (``iteration_wait_ms`` among them) are memoised on its view. It decides exactly as
     ``estimate_pd`` for every roomy decode worker then :func:`_pick` would
     (``tests/server/routing/test_placement_fast.py`` compares the two on random views).
     ``split``: the cluster's healthy (prefill, decode) workers when the caller has them
@@ -103,14 +104,14 @@ def best_pd(
         terms = d.memo
         if terms is None:
             terms = _decode_terms(d)
-        url, own_per_token, running_ctx, fixed, per_kctx, committed = terms
+        url, own_per_token, running_ctx, fixed, per_kctx, committed, wait = terms
         cached_d = cached_on_decode(session, d, prompt) if url == home and d.decode_radix_cache else 0
         kv_bytes = (prompt - cached_d) * (own_per_token if own_per_token > 0 else fallback_per_token)
         x_ms = transfers.get(kv_bytes)
         if x_ms is None:
             x_ms = transfers[kv_bytes] = transfer_ms(kv_bytes, link_gbps, backlog)
         context = running_ctx + prompt
-        ttft = p_ms + x_ms + (fixed + per_kctx * context / 1000.0)
+        ttft = p_ms + x_ms + wait
         tpot = fixed + per_kctx * (context + half_out) / 1000.0 + committed
         preds.append((ttft, tpot, kv_bytes, d))
         if best_ttft is None or ttft < best_ttft:
@@ -142,11 +143,12 @@ def best_pd(
     return Candidate("pd", d.url, prefill.url, t, tp, None, kv_bytes, cached_p, prompt - cached_p, compute)
 
 
-def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float]:
+def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float, float]:
     """The request-independent part of a decode worker's P->D prediction, cached on the view
     (``WorkerView.memo``; a frozen view's fields never change, so the cache is always current):
     (url, its own KV bytes per token, running context >= 0, the decode step's base + batch part
-    with one more stream, its per-kilotoken-of-context cost, ``committed_local_ms_per_step``).
+    with one more stream, its per-kilotoken-of-context cost, ``committed_local_ms_per_step``,
+    ``iteration_wait_ms``).
     Each is the very expression ``latency`` evaluates, so predictions are equal to the last bit."""
     c = d.coefficients
     running_ctx = d.running_context_tokens
@@ -169,6 +171,7 @@ def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float]:
         c.decode_base_ms + c.decode_per_seq_ms * (b + 1),
         c.decode_per_kctx_ms,
         committed,
+        iteration_wait_ms(d),
     )
     object.__setattr__(d, "memo", terms)
     return terms

@@ -89,11 +89,12 @@ def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
             return 1.0 + rng.uniform(-0.03, 0.03)
 
         true_tpot = decode_step_ms(TRUE, running + 1, ctx + prompt + 32) * noise()
+        in_flight = decode_step_ms(TRUE, running, ctx) / 2 if running else 0.0  # D's iteration in flight ends
         if route == "local":
             sess = SessionView("c", "http://d", "http://p", cached, 0, 1)
             pred = estimate_local(req, sess, d)
             append = prefill_ms(TRUE, new, cached)
-            true_ttft = (append + decode_rows_ms(TRUE, running, ctx)) * noise()  # one chunk carries the decode rows
+            true_ttft = (in_flight + append + decode_rows_ms(TRUE, running, ctx)) * noise()  # one chunk: the rows
             # steady state: a stream absorbs about the interference one local prefill causes
             true_tpot += running / (running + 1) * append / 64
             obs_cached, kv_bytes = cached, 0
@@ -104,7 +105,7 @@ def _traffic(cm: CostModel, rng: random.Random, n: int) -> None:
             true_ttft = (
                 prefill_ms(TRUE, new, cached)
                 + transfer_ms(kv_bytes, LINK_GBPS)
-                + decode_step_ms(TRUE, running + 1, ctx + prompt)
+                + in_flight  # the first token (sampled on P) goes out when D's iteration in flight ends
             ) * noise()
             obs_cached = cached
         cm.observe(

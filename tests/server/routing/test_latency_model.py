@@ -12,6 +12,7 @@ from ppd_server.routing.latency import (
     estimate_local,
     estimate_pd,
     estimate_replica,
+    iteration_wait_ms,
     local_tpot_budget,
     prefill_ms,
     queue_wait_ms,
@@ -57,8 +58,8 @@ def test_pd_prefills_what_p_lacks_and_ships_what_d_lacks():
     )
     p_part = prefill_ms(COEFS, 300, 800)
     x_part = 100 * 100_000 * 8 / 8e9 * 1e3
-    first = decode_step_ms(COEFS, 3, 2000 + 1100)
-    assert c.ttft_ms == pytest.approx(p_part + x_part + first)
+    in_flight = decode_step_ms(COEFS, 2, 2000) / 2  # the first token goes out when D's iteration in flight ends
+    assert c.ttft_ms == pytest.approx(p_part + x_part + in_flight)
     assert c.kv_bytes == 100 * 100_000
     assert c.tpot_ms == pytest.approx(decode_step_ms(COEFS, 3, 2000 + 1100 + 16))
 
@@ -69,12 +70,21 @@ def test_pd_ships_everything_to_a_decode_worker_without_radix_cache():
     assert c.kv_bytes == 1100 * 100_000
 
 
+def test_an_idle_decode_worker_makes_no_request_wait():
+    assert iteration_wait_ms(decode()) == 0.0
+    busy = decode(**loaded(4))
+    assert iteration_wait_ms(busy) == pytest.approx(decode_step_ms(COEFS, 4, 4000) / 2)
+    # the router's own in-flight streams count when the poll has not seen them yet
+    assert iteration_wait_ms(decode(inflight=2)) == pytest.approx(decode_step_ms(COEFS, 2, 0) / 2)
+
+
 def test_local_pays_queue_append_and_chunk_mixing_and_taxes_running_streams():
     d = decode(**loaded(3), waiting_reqs=1, waiting_tokens=50, local_prefill_reqs=1)
     c = estimate_local(request(prompt=1600, out=50), session(cached_d=1000), d)
     append = prefill_ms(COEFS, 600, 1000)
     mixing = 3 * (3 * 3 + 3000 / 1000)  # ceil(600/256) = 3 chunks carry 3 decode rows each
-    assert c.ttft_ms == pytest.approx(5 + 50 + append + mixing)
+    in_flight = decode_step_ms(COEFS, 3, 3000) / 2  # the prefill starts when D's iteration in flight ends
+    assert c.ttft_ms == pytest.approx(in_flight + 5 + 50 + append + mixing)
     pd_tpot = decode_step_ms(COEFS, 4, 3000 + 1600 + 25)
     assert c.tpot_ms == pytest.approx(pd_tpot + 3 / 4 * append / 50)
 

@@ -64,7 +64,7 @@ def test_flips_to_pd_under_decode_load_and_back_when_it_falls():
 def test_flip_point_moves_with_the_new_token_count():
     """More running streams make every chunk of a long append-prefill dearer: short appends stay
     local at loads where long ones already go P->D."""
-    busy = cluster(prefill(), decode(**loaded(64)))
+    busy = cluster(prefill(), decode(**loaded(32)))
     assert PPD.decide(request(prompt=1100), busy, session()).route == "local"
     assert PPD.decide(request(prompt=1600), busy, session()).route == "pd"
 

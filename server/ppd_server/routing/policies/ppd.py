@@ -137,8 +137,8 @@ def stale_prefill_ms(opts: Options, p_next_pd: float | None = None) -> float:
 def join_delay_ms(opts: Options, append_ms: float) -> float:
     """The first-token delay a local append adds to P->D streams that join the holder while it runs.
 
-    A P->D stream whose KV lands during the append waits for that iteration to end (its first
-    token is the next iteration's): on average half the append. The expected number landing in it
+    A P->D stream whose KV lands during the append waits for that iteration to end before its
+    first token goes out: on average half the append. The expected number landing in it
     is the holder's P->D join rate times the append, the rate by Little's law: its non-local
     in-flight requests over how long one stays in flight (TTFT + answer x TPOT). So
     ``rate x append^2 / 2`` (issue 7: with 37% local, P->D turns in 3P1D big_paste 8/s waited
