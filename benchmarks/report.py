@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS), help="w_tpot values of the sweep")
     g.add_argument(
         "--weights-seeds",
-        default="0,1,2,3,4,5,6,7",
-        help="seeds of the sweep (default 0-7, more than the grid's: at low weights a step moves the local "
-        "share by about a point, the seed-to-seed spread is about five)",
+        default=",".join(str(i) for i in range(16)),
+        help="seeds of the sweep (default 0-15, more than the grid's: at low weights a step moves the local "
+        "share by a point or two, one seed's share by about five)",
     )
     live = p.add_argument_group("live parts")
     live.add_argument(

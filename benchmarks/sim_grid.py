@@ -316,7 +316,7 @@ def weights_sweep(
     bad = []
     for a, b in itertools.pairwise(rows):
         if (b.local_share or 0.0) > (a.local_share or 0.0) + 1e-9:
-            bad.append(f"local share rose from w_tpot {a.w_tpot:g} to {b.w_tpot:g}")
+            bad.append(f"local share rose from w_tpot {a.w_tpot:g} to {b.w_tpot:g}{_noise(b)}")
         if (b.tpot_p50 or 0.0) > (a.tpot_p50 or 0.0) * (1 + SWEEP_TPOT_TOLERANCE):
             bad.append(f"TPOT p50 rose from w_tpot {a.w_tpot:g} to {b.w_tpot:g}")
     return rows, bad
@@ -330,6 +330,14 @@ def format_sweep(rows: Sequence[SweepRow], bad: Sequence[str]) -> str:
     ]
     lines.append("monotone" if not bad else "!! " + "; ".join(bad))
     return "\n".join(lines)
+
+
+def _noise(r: SweepRow) -> str:
+    """How a rise in local share compares with its seed-to-seed noise (two standard errors)."""
+    if r.step is None or r.step_se is None:
+        return ""
+    beyond = "beyond" if r.step > 2 * r.step_se else "within"
+    return f" ({100 * r.step:+.1f} points, SE {100 * r.step_se:.1f}: {beyond} noise)"
 
 
 def _step(r: SweepRow) -> str:

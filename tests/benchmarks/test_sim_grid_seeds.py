@@ -59,3 +59,11 @@ def test_a_sweep_step_is_paired_by_seed_with_its_standard_error():
     assert mean == pytest.approx(0.0) and se == pytest.approx(0.1)
     assert sim_grid._paired_step([0.5], [0.4]) == (pytest.approx(-0.1), None)
     assert sim_grid._paired_step([None], [0.4]) == (None, None)
+
+
+def test_a_rise_in_local_share_says_whether_it_is_beyond_the_noise():
+    row = sim_grid.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.001, step_se=0.015)
+    assert sim_grid._noise(row) == " (+0.1 points, SE 1.5: within noise)"
+    row = sim_grid.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.05, step_se=0.01)
+    assert sim_grid._noise(row) == " (+5.0 points, SE 1.0: beyond noise)"
+    assert sim_grid._noise(sim_grid.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.05)) == ""  # one seed: no error
