@@ -364,6 +364,23 @@ class SimWorker:
         if self._coast is not coast:  # settled earlier: ordinary events took over
             return
         self._advance_coast(len(coast[1]) - 1)
+        heap = self._finish_heap
+        if heap[0][0] > self.iterations + 1 and not (self._prealloc or self._waiting or self._prefilling or self._joins):
+            # the run was cut at _COAST_MAX: nothing ends or starts at its last iteration, so
+            # _end_iteration([], []) then _start_iteration() come down to the next run, written out
+            self.iterations += 1
+            running = self._running
+            context = self._context = self._context + running
+            c = self.coefficients
+            dt = c.decode_base_ms + c.decode_per_seq_ms * running + c.decode_per_kctx_ms * context / 1000.0
+            self.busy_ms += dt
+            n = heap[0][0] - self.iterations  # >= 1
+            if n >= 2:
+                self._start_coast(dt, n if n < _COAST_MAX else _COAST_MAX)
+            else:
+                loop = self._loop
+                loop.at(loop.now + dt, self._end_iteration, [], [])
+            return
         self._end_iteration([], [])
 
     def _settle(self) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from routing_views import cluster, decode, prefill, request
+from routing_views import KV_BYTES, cluster, decode, prefill, request
 
 from ppd_server.routing.latency import estimate_pd, kv_fits
 from ppd_server.routing.placement import AFFINITY_SLACK, _pick, _prefill_side_ms, best_pd, stable_fraction
@@ -70,6 +70,8 @@ def random_case(rng: random.Random):
             healthy=rng.random() > 0.1,
             decode_radix_cache=rng.random() < 0.8,
             max_total_tokens=rng.choice([0, 100_000, 250_000]),
+            # mostly the fleet's one size (one transfer time for all), sometimes its own or unknown
+            kv_bytes_per_token=KV_BYTES if rng.random() < 0.8 else rng.choice([0, 50_000]),
             **_load(rng, similar),
         )
         for i in range(n_d)

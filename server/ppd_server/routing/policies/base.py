@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
+from ppd_server.routing.frozen import fast_init
 from ppd_server.routing.latency import cached_on_decode, estimate_local, expected_output_tokens, kv_fits
 from ppd_server.routing.placement import best_pd, best_replica
 from ppd_server.routing.types import (
@@ -41,6 +42,7 @@ from ppd_server.routing.types import (
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Options:
     """Everything a policy may choose between for one request, with predictions."""
