@@ -26,9 +26,10 @@ its last :meth:`poll`, less the router's requests to it that ended since (``Work
 them off the polled running count and scales the context alike), with the in-flight count of now.
 Without it the view is the instantaneous load (a router polling continuously).
 
-Coasting (speed; ``reference`` turns it off): a run of decode-only iterations (no prefill piece,
-no stream joining) is fully determined until its first stream finishes, so its iteration end
-times are computed in one go and one event stands for them all. Anything that could change the
+Coasting (speed; ``reference`` turns it off): a run of decode-only iterations (no prefill piece;
+streams may join at its first, their first token the end of that iteration) is fully determined
+until its first stream finishes, so its iteration end times are computed in one go and one event
+stands for them all. Anything that could change the
 next iteration (a prefill submitted, a stream's KV arriving) or that reads the load first
 settles the run at the iteration in flight and turns it back into ordinary events. The
 arithmetic is the same, in the same order, as iterating one event at a time.
@@ -53,6 +54,9 @@ from ppd_sim.kv import KVPool
 from ppd_sim.request import SimRequest
 
 _COAST_MAX = 16  # iterations one coasting event stands for at most
+#: a coasting run: (first iteration index, end times, the steps after the first, context at its
+#: start, the streams whose first token is the end of its first iteration)
+Coast = tuple[int, list[float], list[float], int, list[SimRequest]]
 
 
 class WorkerHost(Protocol):
@@ -128,7 +132,7 @@ class SimWorker:
         self.changed: Callable[[SimWorker], None] | None = None  # told when the view must be rebuilt
         self._may_coast = not reference
         # a coasting run: (first iteration index, end times, the steps after the first, context at its start)
-        self._coast: tuple[int, list[float], list[float], int] | None = None
+        self._coast: Coast | None = None
 
     # -- what the router sees --------------------------------------------------------------
 
@@ -324,18 +328,20 @@ class SimWorker:
             dt = c.decode_base_ms + c.decode_per_seq_ms * running + c.decode_per_kctx_ms * self._context / 1000.0
         self._busy = True
         self.busy_ms += dt
-        if not pieces and not fresh and self._may_coast:
+        if not pieces and self._may_coast:
             n = self._finish_heap[0][0] - self.iterations
             if n >= 2:
-                self._start_coast(dt, n if n < _COAST_MAX else _COAST_MAX)
+                self._start_coast(dt, n if n < _COAST_MAX else _COAST_MAX, fresh)
                 return
         loop = self._loop
         loop.at(loop.now + dt, self._end_iteration, pieces, fresh)
 
     # -- coasting (see the module docstring) --------------------------------------------------
 
-    def _start_coast(self, dt: float, n: int) -> None:
-        """``n`` decode-only iterations from now, the first taking ``dt``. Each step is
+    def _start_coast(self, dt: float, n: int, fresh: list[SimRequest]) -> None:
+        """``n`` decode-only iterations from now, the first taking ``dt``; ``fresh``: the streams that
+        joined for this iteration, whose first token is its end (set when the run is advanced past
+        it: nothing reads a first token before its request finishes or the run ends). Each step is
         ``decode_step_ms(c, b, context)`` written out (the batch part is the same for all), with
         the same operations in the same order, and each end time the previous one plus the step
         (``accumulate`` adds left to right, as a loop would): the fast-path test holds it to the
@@ -346,21 +352,23 @@ class SimWorker:
         # the steps after the first: context + k*b tokens at step k (b >= 1: streams are running)
         steps = [fixed + per_kctx * ctx / 1000.0 for ctx in range(context + b, context + n * b, b)]
         ends = list(accumulate(steps, initial=self._loop.now + dt))
-        coast = (self.iterations, ends, steps, context)
+        coast = (self.iterations, ends, steps, context, fresh)
         self._coast = coast
         self._loop.at(ends[-1], self._end_coast, coast)
 
     def _advance_coast(self, k: int) -> None:
         """Iterations 0..k-1 of the coasting run ended; iteration k is in flight (its step counted)."""
         assert self._coast is not None
-        first, _, steps, context = self._coast
+        first, ends, steps, context, fresh = self._coast
         self._coast = None
         self.iterations = first + k
         self._context = context + k * self._running
         if k:  # busy time plus each step, left to right (``sum`` may round differently)
             self.busy_ms = reduce(add, steps[:k], self.busy_ms)
+            for req in fresh:  # what _end_iteration sets at the end of the first iteration
+                req.first_token_ms = ends[0]
 
-    def _end_coast(self, coast: tuple[int, list[float], list[float], int]) -> None:
+    def _end_coast(self, coast: Coast) -> None:
         if self._coast is not coast:  # settled earlier: ordinary events took over
             return
         self._advance_coast(len(coast[1]) - 1)
@@ -376,7 +384,7 @@ class SimWorker:
             self.busy_ms += dt
             n = heap[0][0] - self.iterations  # >= 1
             if n >= 2:
-                self._start_coast(dt, n if n < _COAST_MAX else _COAST_MAX)
+                self._start_coast(dt, n if n < _COAST_MAX else _COAST_MAX, [])
             else:
                 loop = self._loop
                 loop.at(loop.now + dt, self._end_iteration, [], [])
@@ -386,10 +394,10 @@ class SimWorker:
     def _settle(self) -> None:
         """Back to one event per iteration, at the iteration in flight now."""
         assert self._coast is not None
-        ends = self._coast[1]
+        ends, fresh = self._coast[1], self._coast[4]
         k = bisect_left(ends, self._loop.now)  # iterations that ended before now
         self._advance_coast(k)
-        self._loop.at(ends[k], self._end_iteration, [], [])
+        self._loop.at(ends[k], self._end_iteration, [], [] if k else fresh)
 
     def settle(self) -> None:
         """Bring the counters (busy time, iterations) up to now, e.g. when a run stops early."""
