@@ -12,6 +12,7 @@ import pytest
 
 from ppd_sdk.wire import PRESETS
 from ppd_server.routing import types
+from ppd_server.routing import frozen as frozen_module
 from ppd_server.routing.frozen import fast_init
 
 CLASSES = [
@@ -92,3 +93,36 @@ def test_refuses_what_it_cannot_reproduce():
     for cls in (Post, Mutable):
         with pytest.raises(TypeError):
             fast_init(cls)
+
+
+def test_objects_are_of_their_class_after_the_shadow_init():
+    """The fast ``__init__`` assigns the fields on a shadow class of the same layout and turns the
+    object back: it ends as its own class, frozen, hashable, equal to one built field by field."""
+    for obj in (_Fast(1), types.WorkerView("u", "decode", inflight=1), types.Candidate("pd", "d", "p", 1.0, 2.0)):
+        assert type(obj).__name__ in {"_Fast", "WorkerView", "Candidate"}
+        assert type(obj).__init__.__qualname__ == f"{type(obj).__qualname__}.__init__"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, dataclasses.fields(obj)[0].name, 1)
+        if not isinstance(obj, _Fast):  # (its list field is unhashable)
+            hash(obj)
+    assert frozen_module._shadow(types.WorkerView) is not None
+
+
+def test_a_layout_python_will_not_switch_stores_through_the_slots():
+    """A slotted subclass of a slotted dataclass has a layout a plain shadow cannot match: the
+    ``__init__`` then stores each field through its slot descriptor, with the same result."""
+
+    @dataclass(frozen=True, slots=True)
+    class Base:
+        a: int
+
+    @fast_init
+    @dataclass(frozen=True, slots=True)
+    class Derived(Base):
+        b: int = 2
+
+    assert frozen_module._shadow(Derived) is None
+    d = Derived(1)
+    assert type(d) is Derived and (d.a, d.b) == (1, 2) and d == Derived(1, 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.b = 3  # type: ignore[misc]
