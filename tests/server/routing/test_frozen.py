@@ -106,23 +106,24 @@ def test_objects_are_of_their_class_after_the_shadow_init():
         if not isinstance(obj, _Fast):  # (its list field is unhashable)
             hash(obj)
     assert frozen_module._shadow(types.WorkerView) is not None
+    assert "_set_class" in _Fast.__init__.__code__.co_names  # the shadow path, not the descriptors
 
 
-def test_a_layout_python_will_not_switch_stores_through_the_slots():
-    """A slotted subclass of a slotted dataclass has a layout a plain shadow cannot match: the
-    ``__init__`` then stores each field through its slot descriptor, with the same result."""
-
-    @dataclass(frozen=True, slots=True)
-    class Base:
-        a: int
+def test_without_a_shadow_it_stores_through_the_slots(monkeypatch):
+    """Where Python would refuse the ``__class__`` switch (``_shadow`` returns None) the ``__init__``
+    stores each field through its slot descriptor, with the same result."""
+    monkeypatch.setattr(frozen_module, "_shadow", lambda cls: None)
 
     @fast_init
     @dataclass(frozen=True, slots=True)
-    class Derived(Base):
-        b: int = 2
+    class Slow:
+        a: int
+        b: str = "x"
+        c: list[int] = field(default_factory=lambda: [1])
+        d: float | None = field(default=None, init=False, compare=False)
 
-    assert frozen_module._shadow(Derived) is None
-    d = Derived(1)
-    assert type(d) is Derived and (d.a, d.b) == (1, 2) and d == Derived(1, 2)
+    assert "_set_class" not in Slow.__init__.__code__.co_names
+    assert dataclasses.astuple(Slow(3)) == dataclasses.astuple(_Plain(3))
+    assert type(Slow(3)) is Slow
     with pytest.raises(dataclasses.FrozenInstanceError):
-        d.b = 3  # type: ignore[misc]
+        Slow(3).a = 4  # type: ignore[misc]
