@@ -117,7 +117,10 @@ def best_pd(
     w_ttft, w_tpot = w.ttft, w.tpot
     best_ttft = max(min(ttfts), 1e-9)
     best_tpot = max(min(tpots), 1e-9)
-    scores = [w_ttft * t / best_ttft + w_tpot * tp / best_tpot for t, tp in zip(ttfts, tpots, strict=True)]  # _weighted
+    if w_ttft == 1.0 and w_tpot == 1.0:  # the usual weights: 1.0 * x is x, to the bit
+        scores = [t / best_ttft + tp / best_tpot for t, tp in zip(ttfts, tpots, strict=True)]
+    else:
+        scores = [w_ttft * t / best_ttft + w_tpot * tp / best_tpot for t, tp in zip(ttfts, tpots, strict=True)]  # _weighted
     floor = min(scores)
     cut = floor * (1 + _TIE_REL) + 1e-9
     if len(scores) > 1 and sorted(scores)[1] > cut >= floor:  # one score at the floor, the next beyond the tie
