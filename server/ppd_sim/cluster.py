@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import cast
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
@@ -108,7 +109,7 @@ class SimCluster:
         self._views: list[WorkerView | None] = [None] * len(self._order)
         self._stale: set[int] = set(range(len(self._order)))
         for k, w in enumerate(self._order):
-            w.changed = lambda _w, k=k: self._stale.add(k)
+            w.changed = partial(self._stale.add, k)
         self._cache_views = bool(self._order) and self._order[0]._cache_views  # else every view, every time
         self._link_gbps = self.link.link_gbps  # fixed for the run
 

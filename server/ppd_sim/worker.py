@@ -129,7 +129,7 @@ class SimWorker:
         # built then, not on every turn (``reference`` = rebuild it every time, the plain path).
         self._cache_views = poll_lag and not reference
         self._view: WorkerView | None = None
-        self.changed: Callable[[SimWorker], None] | None = None  # told when the view must be rebuilt
+        self.changed: Callable[[], None] | None = None  # told when the view must be rebuilt
         self._may_coast = not reference
         # a coasting run: (first iteration index, end times, the steps after the first, context at its start)
         self._coast: Coast | None = None
@@ -208,7 +208,7 @@ class SimWorker:
         if self._view is not None:
             self._view = None
             if self.changed is not None:
-                self.changed(self)
+                self.changed()
 
     def _release(self) -> None:
         """One of the router's requests to this worker ended (``Worker.release``)."""
@@ -373,7 +373,8 @@ class SimWorker:
             return
         self._advance_coast(len(coast[1]) - 1)
         heap = self._finish_heap
-        if heap[0][0] > self.iterations + 1 and not (self._prealloc or self._waiting or self._prefilling or self._joins):
+        quiet = not (self._prealloc or self._waiting or self._prefilling or self._joins)
+        if quiet and heap[0][0] > self.iterations + 1:
             # the run was cut at _COAST_MAX: nothing ends or starts at its last iteration, so
             # _end_iteration([], []) then _start_iteration() come down to the next run, written out
             self.iterations += 1
@@ -440,7 +441,8 @@ class SimWorker:
 
     def _finish(self, req: SimRequest) -> None:
         req.finish_ms = self._loop.now
-        self.local_load.release(req.rid)
+        if req.route == "local":  # only a D-local turn was committed (submit_prefill on a decode worker)
+            self.local_load.release(req.rid)
         self._release()
         self.kv.release(req.conversation_id, req.pinned_tokens, req.prompt_tokens + req.output_tokens)
         self._host.on_finished(self, req)

@@ -90,7 +90,7 @@ def _shadow(cls: type) -> type | None:
     switch an instance of ``cls`` to it and back (``__class__`` assignment checks the layouts)."""
     shadow = type(f"_{cls.__name__}Init", (), {"__slots__": cls.__dict__["__slots__"], "__module__": cls.__module__})
     try:
-        probe = object.__new__(cls)
+        probe: object = object.__new__(cls)
         object.__setattr__(probe, "__class__", shadow)
         object.__setattr__(probe, "__class__", cls)
     except TypeError:

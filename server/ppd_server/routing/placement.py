@@ -120,7 +120,9 @@ def best_pd(
     if w_ttft == 1.0 and w_tpot == 1.0:  # the usual weights: 1.0 * x is x, to the bit
         scores = [t / best_ttft + tp / best_tpot for t, tp in zip(ttfts, tpots, strict=True)]
     else:
-        scores = [w_ttft * t / best_ttft + w_tpot * tp / best_tpot for t, tp in zip(ttfts, tpots, strict=True)]  # _weighted
+        scores = [  # _weighted
+            w_ttft * t / best_ttft + w_tpot * tp / best_tpot for t, tp in zip(ttfts, tpots, strict=True)
+        ]
     floor = min(scores)
     cut = floor * (1 + _TIE_REL) + 1e-9
     if len(scores) > 1 and sorted(scores)[1] > cut >= floor:  # one score at the floor, the next beyond the tie

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from ppd_sdk.wire import PRESETS
-from ppd_server.routing import types
 from ppd_server.routing import frozen as frozen_module
+from ppd_server.routing import types
 from ppd_server.routing.frozen import fast_init
 
 CLASSES = [
