@@ -112,6 +112,7 @@ class SimCluster:
             w.changed = partial(self._stale.add, k)
         self._cache_views = bool(self._order) and self._order[0]._cache_views  # else every view, every time
         self._link_gbps = self.link.link_gbps  # fixed for the run
+        self._roles = (spec.prefill, spec.prefill + spec.decode)  # where the decode and unified workers start
 
     def view(
         self, believed: Callable[[str, Role], CostCoefficients] | None = None, link_backlog_bytes: int | None = None
@@ -130,11 +131,15 @@ class SimCluster:
             workers = cast("tuple[WorkerView, ...]", tuple(views))  # every slot was filled on the first call
         else:
             workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)  # in _order, as seen() assumes
-        return ClusterView(
+        view = ClusterView(
             workers,
             self._link_gbps,
             self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
         )
+        # fleet_index(workers) for the price of three slices: every worker is healthy, in role order
+        p, d = self._roles
+        object.__setattr__(view, "memo", (list(workers[:p]), list(workers[p:d]), list(workers[d:]), self._index))
+        return view
 
     def seen(self, view: ClusterView, url: str | None) -> WorkerView | None:
         """``view.get(url)`` for a view this cluster built, without the scan."""
