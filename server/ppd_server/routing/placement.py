@@ -45,6 +45,14 @@ def stable_fraction(conversation_id: str | None, turn: int, salt: str = "") -> f
     return int.from_bytes(_blake2b(key, digest_size=8).digest(), "big") / 2.0**64
 
 
+def _first_by_fraction(request: RequestView, urls: list[str]) -> int:
+    """The position of the first url with the least ``stable_fraction(request.conversation_id,
+    request.turn, url)``: the same keys, the part after the url encoded once for all of them."""
+    tail = f"\x00{request.conversation_id or ''}\x00{request.turn}".encode()
+    fractions = [int.from_bytes(_blake2b(url.encode() + tail, digest_size=8).digest(), "big") / 2.0**64 for url in urls]
+    return fractions.index(min(fractions))
+
+
 def _tie_order(request: RequestView, session: SessionView | None, url: str) -> tuple[int, float]:
     affinity = 0 if session is not None and session.decode_url == url else 1
     return affinity, stable_fraction(request.conversation_id, request.turn, url)
@@ -129,7 +137,12 @@ def best_pd(
         win = scores.index(floor)
     else:
         ties = [i for i, s in enumerate(scores) if s <= cut]
-        win = ties[0] if len(ties) == 1 else min(ties, key=lambda i: _tie_order(request, session, urls[i]))
+        if len(ties) > 1 and at_home in ties:  # _tie_order: the session's worker first
+            win = at_home
+        elif len(ties) > 1:  # ... then the hash
+            win = ties[_first_by_fraction(request, [urls[i] for i in ties])]
+        else:
+            win = ties[0]
     if (
         at_home >= 0
         and win != at_home
@@ -329,7 +342,7 @@ def _best_prefill(
     if len(ties) == 1:
         ms, cached, p = ties[0]
     else:
-        ms, cached, p = min(ties, key=lambda t: stable_fraction(request.conversation_id, request.turn, t[2].url))
+        ms, cached, p = ties[_first_by_fraction(request, [t[2].url for t in ties])]
     return p, ms, cached
 
 
