@@ -53,7 +53,7 @@ from ppd_sim.events import EventLoop
 from ppd_sim.kv import KVPool
 from ppd_sim.request import SimRequest
 
-_COAST_MAX = 16  # iterations one coasting event stands for at most
+_COAST_MAX = 32  # iterations one coasting event stands for at most (16 and 64 measured ~1% slower)
 #: a coasting run: (first iteration index, end times, the steps after the first, context at its
 #: start, the streams whose first token is the end of its first iteration)
 Coast = tuple[int, list[float], list[float], int, list[SimRequest]]
@@ -364,7 +364,7 @@ class SimWorker:
         self.iterations = first + k
         self._context = context + k * self._running
         if k:  # busy time plus each step, left to right (``sum`` may round differently)
-            self.busy_ms = reduce(add, steps[:k], self.busy_ms)
+            self.busy_ms = reduce(add, steps if k == len(steps) else steps[:k], self.busy_ms)
             for req in fresh:  # what _end_iteration sets at the end of the first iteration
                 req.first_token_ms = ends[0]
 
