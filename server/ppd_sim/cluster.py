@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import cast
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role, WorkerView
@@ -23,6 +22,7 @@ from ppd_sim.link import KVLink
 from ppd_sim.worker import SimWorker, WorkerHost
 
 MAX_WORKERS = 64
+_set_memo = ClusterView.__dict__["memo"].__set__  # ClusterView.memo's slot (the view is frozen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ class SimCluster:
                     views[k] = order[k].view()
                 if self._cache_views:
                     stale.clear()
-            workers = cast("tuple[WorkerView, ...]", tuple(views))  # every slot was filled on the first call
+            workers: tuple[WorkerView, ...] = tuple(views)  # type: ignore[arg-type]  # every slot is filled
         else:
             workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)  # in _order, as seen() assumes
         view = ClusterView(
@@ -138,7 +138,7 @@ class SimCluster:
         )
         # fleet_index(workers) for the price of three slices: every worker is healthy, in role order
         p, d = self._roles
-        object.__setattr__(view, "memo", (list(workers[:p]), list(workers[p:d]), list(workers[d:]), self._index))
+        _set_memo(view, (list(workers[:p]), list(workers[p:d]), list(workers[d:]), self._index))
         return view
 
     def seen(self, view: ClusterView, url: str | None) -> WorkerView | None:

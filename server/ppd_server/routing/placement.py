@@ -109,7 +109,10 @@ def best_pd(
     per_token = own if own > 0 else fallback_per_token
     kv_bytes = prompt * per_token
     link_gbps, backlog = cluster.link_gbps, cluster.link_backlog_bytes
-    px = p_ms + transfer_ms(kv_bytes, link_gbps, backlog)  # estimate_pd's p_ms + x_ms
+    if kv_bytes <= 0 or link_gbps <= 0:  # estimate_pd's p_ms + x_ms, transfer_ms written out
+        px = p_ms + 0.0
+    else:
+        px = p_ms + (kv_bytes + (backlog if backlog > 0 else 0)) * 8.0 / (link_gbps * 1e9) * 1e3
     ttfts = [px + (t[3] + t[4] * (t[2] + prompt) / 1000.0) for t in rows]
     ph = prompt + expected_output_tokens(request, session) // 2  # the context at half the answer
     tpots = [t[3] + t[4] * (t[2] + ph) / 1000.0 + t[5] for t in rows]
