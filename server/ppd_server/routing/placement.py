@@ -77,9 +77,12 @@ def best_pd(
     latency formulas are written out here (``decode_batch``, ``committed_local_ms_per_step``,
     ``decode_step_ms``, ``max(x, 0)`` as a comparison) in the same arithmetic order as
     ``latency.estimate_pd``, so every prediction is equal to the last bit; the decode step's
-    batch part is shared by the first step and the TPOT step. It decides exactly as
-    ``estimate_pd`` for every roomy decode worker then :func:`_pick` would
-    (``tests/server/routing/test_placement_fast.py`` compares the two on random views).
+    batch part is shared by the first step and the TPOT step. In the usual case (every decode
+    worker has room, one KV size, the session's url at most once) the decode workers are ranked
+    a list at a time, with the transfer time shared by all but the session's worker; otherwise
+    worker by worker (:func:`_best_pd_by_worker`). It decides exactly as ``estimate_pd`` for
+    every roomy decode worker then :func:`_pick` would (``tests/server/routing/test_placement_fast.py``
+    compares the two on random views).
     ``split``: the cluster's healthy (prefill, decode) workers when the caller has them
     (:func:`split_roles`).
     """
