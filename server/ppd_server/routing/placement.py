@@ -102,8 +102,9 @@ def best_pd(
     own = rows[0][1]
     max_new = request.max_new_tokens
     need = prompt + (max_new if max_new > 0 else 0)
+    homes = urls.count(home)
     if (
-        urls.count(home) > 1
+        homes > 1
         or min([t[6] for t in rows]) < need  # kv_fits may fail somewhere (the session's worker needs less)
         or [t[1] for t in rows].count(own) != len(rows)
     ):
@@ -119,7 +120,7 @@ def best_pd(
     ttfts = [px + (t[3] + t[4] * (t[2] + prompt) / 1000.0) for t in rows]
     ph = prompt + expected_output_tokens(request, session) // 2  # the context at half the answer
     tpots = [t[3] + t[4] * (t[2] + ph) / 1000.0 + t[5] for t in rows]
-    at_home = urls.index(home) if home in urls else -1
+    at_home = urls.index(home) if homes else -1
     home_kv = kv_bytes
     if at_home >= 0 and decodes[at_home].decode_radix_cache:  # it receives only what it lacks
         cached_d = cached_on_decode(session, decodes[at_home], prompt)
