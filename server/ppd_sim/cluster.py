@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from functools import partial
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role, WorkerView
@@ -22,6 +22,7 @@ from ppd_sim.link import KVLink
 from ppd_sim.worker import SimWorker, WorkerHost
 
 MAX_WORKERS = 64
+_set_memo = ClusterView.__dict__["memo"].__set__  # ClusterView.memo's slot (the view is frozen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +109,10 @@ class SimCluster:
         self._views: list[WorkerView | None] = [None] * len(self._order)
         self._stale: set[int] = set(range(len(self._order)))
         for k, w in enumerate(self._order):
-            w.changed = lambda _w, k=k: self._stale.add(k)
+            w.changed = partial(self._stale.add, k)
         self._cache_views = bool(self._order) and self._order[0]._cache_views  # else every view, every time
         self._link_gbps = self.link.link_gbps  # fixed for the run
+        self._roles = (spec.prefill, spec.prefill + spec.decode)  # where the decode and unified workers start
 
     def view(
         self, believed: Callable[[str, Role], CostCoefficients] | None = None, link_backlog_bytes: int | None = None
@@ -126,14 +128,18 @@ class SimCluster:
                     views[k] = order[k].view()
                 if self._cache_views:
                     stale.clear()
-            workers = cast("tuple[WorkerView, ...]", tuple(views))  # every slot was filled on the first call
+            workers: tuple[WorkerView, ...] = tuple(views)  # type: ignore[arg-type]  # every slot is filled
         else:
             workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)  # in _order, as seen() assumes
-        return ClusterView(
+        view = ClusterView(
             workers,
             self._link_gbps,
             self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
         )
+        # fleet_index(workers) for the price of three slices: every worker is healthy, in role order
+        p, d = self._roles
+        _set_memo(view, (list(workers[:p]), list(workers[p:d]), list(workers[d:]), self._index))
+        return view
 
     def seen(self, view: ClusterView, url: str | None) -> WorkerView | None:
         """``view.get(url)`` for a view this cluster built, without the scan."""

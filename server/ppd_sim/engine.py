@@ -31,7 +31,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from ppd_sdk.wire import SLO, Hints, Weights
 from ppd_server.config import RouterConfig
@@ -242,7 +242,7 @@ class Simulation:
         cap = self.router.client_max_tokens
         out = wanted if cap is None or wanted <= cap else cap  # the answer, cut at the cap
         cid = conv.conversation_id
-        hints = cast(Hints, _TurnHints(cid, index + 1, self._wire_hints))
+        hints: Any = _TurnHints(cid, index + 1, self._wire_hints)  # read as Hints (no cast call)
         # what the router does with them; it sees the client's max_tokens cap, not the answer's length
         view, session = self.sessions.admit(hints, prompt, out if cap is None else cap, now / 1000.0)
         believed = self.cost_model.coefficients if self.cost_model is not None else None
@@ -306,29 +306,30 @@ class Simulation:
         self.sessions.record(
             req.conversation_id, decision, req.prompt_tokens, req.cached_tokens, req.output_tokens, now_s
         )
-        running, context = self._decode_at_decision.pop(req.rid, (0, 0))
-        if self.online_fit and self.cost_model is not None and req.ttft_ms is not None:
-            self.cost_model.observe(
-                Observation(
-                    route=decision.route,
-                    decode_url=decision.decode,
-                    prefill_url=decision.prefill,
-                    new_tokens=req.prompt_tokens - req.cached_tokens,
-                    cached_tokens=req.cached_tokens,
-                    ttft_ms=req.ttft_ms,
-                    tpot_ms=req.tpot_ms,
-                    decode_running=running,
-                    decode_context_tokens=context,
-                    predicted_ttft_ms=req.predicted_ttft_ms,
-                    predicted_tpot_ms=req.predicted_tpot_ms,
-                    predicted_compute_ms=req.predicted_compute_ms,
-                    kv_bytes=req.kv_bytes,
-                    prefill_cached_tokens=req.prefill_cached_tokens if decision.route == "pd" else None,
-                    e2e_ms=req.e2e_ms,
-                    completion_tokens=req.output_tokens,
-                    decode_running_end=worker.view_running(),
+        if self.online_fit:  # what the policy saw of the serving worker at the decision
+            running, context = self._decode_at_decision.pop(req.rid, (0, 0))
+            if self.cost_model is not None and req.ttft_ms is not None:
+                self.cost_model.observe(
+                    Observation(
+                        route=decision.route,
+                        decode_url=decision.decode,
+                        prefill_url=decision.prefill,
+                        new_tokens=req.prompt_tokens - req.cached_tokens,
+                        cached_tokens=req.cached_tokens,
+                        ttft_ms=req.ttft_ms,
+                        tpot_ms=req.tpot_ms,
+                        decode_running=running,
+                        decode_context_tokens=context,
+                        predicted_ttft_ms=req.predicted_ttft_ms,
+                        predicted_tpot_ms=req.predicted_tpot_ms,
+                        predicted_compute_ms=req.predicted_compute_ms,
+                        kv_bytes=req.kv_bytes,
+                        prefill_cached_tokens=req.prefill_cached_tokens if decision.route == "pd" else None,
+                        e2e_ms=req.e2e_ms,
+                        completion_tokens=req.output_tokens,
+                        decode_running_end=worker.view_running(),
+                    )
                 )
-            )
         if index + 1 < len(conv.turns):
             prompt = req.prompt_tokens + req.output_tokens + conv.turns[index + 1][0]  # + the answer sent back
             self.loop.at(self.loop.now + conv.think_ms[index], self._send, conv, index + 1, prompt)

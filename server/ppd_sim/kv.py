@@ -52,7 +52,7 @@ class KVPool:
         if cached:
             self.cached_total -= cached
         self.pinned += need
-        if capacity > 0:
+        if capacity > 0 and self.pinned + self.cached_total > capacity:  # _evict has work
             self._evict()
         return hit
 
@@ -64,7 +64,7 @@ class KVPool:
             self.cached_total -= cache.pop(conversation, 0)
             cache[conversation] = keep_tokens
             self.cached_total += keep_tokens
-        if self.capacity > 0:
+        if 0 < self.capacity < self.pinned + self.cached_total:  # _evict has work
             self._evict()
 
     def _evict(self) -> None:

@@ -101,3 +101,30 @@ def test_turn_hints_carry_every_hints_field():
     assert set(_TurnHints.__slots__) == set(Hints.model_fields)
     for name in Hints.model_fields:
         assert getattr(fast, name) == getattr(plain, name), name
+
+
+def test_cluster_views_carry_their_fleet_index():
+    """Every ClusterView the simulator hands a policy carries ``fleet_index`` of its workers (the
+    role split and url positions the policy would otherwise compute), with true and believed
+    coefficients, in a mixed fleet; and ``get`` finds each worker through it."""
+    from ppd_server.routing.cost_model import CostModel
+    from ppd_server.routing.policies import make_policy
+    from ppd_server.routing.types import fleet_index
+    from ppd_sim import ClusterSpec, Hardware, Simulation, WorkloadSpec, synthetic
+
+    convs = synthetic(WorkloadSpec(qps=8, duration_s=5, workload="chat", turns_min=2, turns_max=3, think_s=0.2, seed=1))
+    hw = Hardware(CostCoefficients(), 1000, 0)
+    for cost_model in (None, CostModel({"coefficients": CostCoefficients().to_dict()})):
+        policy = make_policy("ppd")
+        seen = []
+        decide = policy.decide
+
+        def checking(request, cluster, session, decide=decide, seen=seen):
+            assert cluster.memo == fleet_index(cluster.workers)
+            assert all(cluster.get(w.url) is w for w in cluster.workers) and cluster.get("nowhere") is None
+            seen.append(cluster)
+            return decide(request, cluster, session)
+
+        policy.decide = checking
+        Simulation(policy, ClusterSpec.parse("2P3D1R"), hw, convs, cost_model=cost_model).run()
+        assert len(seen) == sum(len(c.turns) for c in convs)

@@ -2,14 +2,20 @@
 
 A frozen dataclass's generated ``__init__`` stores each field through ``object.__setattr__``
 (its own ``__setattr__`` refuses): a generic attribute lookup per field. With ``slots=True``
-each field is a slot whose member descriptor can store the value directly, which is about
-twice as fast; a ``WorkerView`` (20 fields) is built a few times per routed request in the
-router and per simulated turn in ``ppd-sim``, where that is a few percent of the run.
+each field is a slot, and a slot is stored fastest by plain attribute assignment on a class
+whose ``__setattr__`` is the default: :func:`fast_init` makes a *shadow* class with the very same
+``__slots__`` (hence the same memory layout; Python checks it), and the new ``__init__`` turns the
+instance into the shadow, assigns every field, and turns it back (``__class__`` assignment, which
+Python allows between heap types of one layout). That is about four times as fast as the
+generated ``__init__``; a ``WorkerView`` (20 fields) is built a few times per routed request in
+the router and per simulated turn in ``ppd-sim``, and a few candidates and a decision per turn,
+where that is a few percent of the run. A class whose layout the check refuses (e.g. a slotted
+base class) stores each field through its slot's descriptor instead (about twice as fast).
 
 :func:`fast_init` replaces the class's ``__init__`` with one of the same signature (the same
 parameters, in the same order, with the same defaults and default factories) that stores each
-field through its slot descriptor, in field order, and sets ``init=False`` fields to their
-defaults, as the generated one does. Nothing else changes: the class stays frozen (assignment
+field, in field order, and sets ``init=False`` fields to their defaults, as the generated one
+does. Nothing else changes: the class stays frozen (assignment
 still raises), equality, hashing, ``repr``, ``dataclasses.replace`` and pickling are the
 dataclass's own. Only for classes without ``__post_init__``, keyword-only fields or InitVars
 (checked: a TypeError at import otherwise).
@@ -40,7 +46,9 @@ def fast_init(cls: type[T]) -> type[T]:
         raise TypeError(f"fast_init: {cls.__name__} is not a frozen slotted dataclass")
     if hasattr(cls, "__post_init__") or any(f.kw_only is True for f in params):
         raise TypeError(f"fast_init: {cls.__name__} has __post_init__ or keyword-only fields")
-    ns: dict[str, Any] = {"_FACTORY": _FACTORY}
+    ns: dict[str, Any] = {"_FACTORY": _FACTORY, "_set_class": object.__setattr__, "_cls": cls}
+    shadow = _shadow(cls)
+    ns["_shadow"] = shadow
     args: list[str] = []
     body: list[str] = []
     for f in params:
@@ -65,7 +73,9 @@ def fast_init(cls: type[T]) -> type[T]:
         else:
             args.append(f.name)
             value = f.name
-        body.append(f"    _set_{f.name}(self, {value})")
+        body.append(f"    self.{f.name} = {value}" if shadow is not None else f"    _set_{f.name}(self, {value})")
+    if shadow is not None and body:
+        body = ["    _set_class(self, '__class__', _shadow)", *body, "    _set_class(self, '__class__', _cls)"]
     src = f"def __init__(self, {', '.join(args)}) -> None:\n" + ("\n".join(body) or "    pass") + "\n"
     exec(src, ns)  # generated from the class's own field list, as dataclasses does
     init = ns["__init__"]
@@ -73,3 +83,16 @@ def fast_init(cls: type[T]) -> type[T]:
     init.__module__ = cls.__module__
     setattr(cls, "__init__", init)  # noqa: B010
     return cls
+
+
+def _shadow(cls: type) -> type | None:
+    """A plain class with ``cls``'s exact slots (the same layout), or None when Python will not
+    switch an instance of ``cls`` to it and back (``__class__`` assignment checks the layouts)."""
+    shadow = type(f"_{cls.__name__}Init", (), {"__slots__": cls.__dict__["__slots__"], "__module__": cls.__module__})
+    try:
+        probe: object = object.__new__(cls)
+        object.__setattr__(probe, "__class__", shadow)
+        object.__setattr__(probe, "__class__", cls)
+    except TypeError:
+        return None
+    return shadow

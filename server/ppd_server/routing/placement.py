@@ -35,6 +35,8 @@ _TIE_REL = 1e-9
 _blake2b = hashlib.blake2b
 #: how much worse (relative weighted score) the session's decode worker may be and still keep it
 AFFINITY_SLACK = 0.25
+#: the free KV tokens of a worker whose capacity is unknown (``kv_fits`` says it always has room)
+_ROOMY = 1 << 62
 
 
 def stable_fraction(conversation_id: str | None, turn: int, salt: str = "") -> float:
@@ -42,6 +44,14 @@ def stable_fraction(conversation_id: str | None, turn: int, salt: str = "") -> f
     'randomness' (ratio shares, tie-breaks)."""
     key = f"{salt}\x00{conversation_id or ''}\x00{turn}".encode()
     return int.from_bytes(_blake2b(key, digest_size=8).digest(), "big") / 2.0**64
+
+
+def _first_by_fraction(request: RequestView, urls: list[str]) -> int:
+    """The position of the first url with the least ``stable_fraction(request.conversation_id,
+    request.turn, url)``: the same keys, the part after the url encoded once for all of them."""
+    tail = f"\x00{request.conversation_id or ''}\x00{request.turn}".encode()
+    fractions = [int.from_bytes(_blake2b(url.encode() + tail, digest_size=8).digest(), "big") / 2.0**64 for url in urls]
+    return fractions.index(min(fractions))
 
 
 def _tie_order(request: RequestView, session: SessionView | None, url: str) -> tuple[int, float]:
@@ -68,8 +78,11 @@ def best_pd(
     latency formulas are written out here (``decode_batch``, ``committed_local_ms_per_step``,
     ``decode_step_ms``, ``max(x, 0)`` as a comparison) in the same arithmetic order as
     ``latency.estimate_pd``, so every prediction is equal to the last bit; the decode worker's
-    request-independent terms (``iteration_wait_ms`` among them) are memoised on its view. It decides exactly as
-    ``estimate_pd`` for every roomy decode worker then :func:`_pick` would
+    request-independent terms (``iteration_wait_ms`` among them) are memoised on its view. In the
+    usual case (every decode worker has room, one KV size, the session's url at most once) the
+    decode workers are ranked a list at a time, with the transfer time shared by all but the
+    session's worker; otherwise worker by worker (:func:`_best_pd_by_worker`). It decides exactly
+    as ``estimate_pd`` for every roomy decode worker then :func:`_pick` would
     (``tests/server/routing/test_placement_fast.py`` compares the two on random views).
     ``split``: the cluster's healthy (prefill, decode) workers when the caller has them
     (:func:`split_roles`).
@@ -81,6 +94,89 @@ def best_pd(
     if prompt < 0:
         prompt = 0
     prefill, p_ms, cached_p = _best_prefill(request, session, prefills, prompt)
+    # The usual case, one list at a time: every decode worker has room for the request, all have
+    # the same KV bytes per token (one transfer time for every worker but the session's) and the
+    # session's worker appears at most once. Anything else takes the worker-by-worker path below.
+    rows = [d.memo or _decode_terms(d) for d in decodes]  # a memo is a non-empty tuple
+    urls = [t[0] for t in rows]
+    home = session.decode_url if session is not None else None
+    own = rows[0][1]
+    max_new = request.max_new_tokens
+    need = prompt + (max_new if max_new > 0 else 0)
+    homes = urls.count(home)
+    if (
+        homes > 1
+        or min([t[6] for t in rows]) < need  # kv_fits may fail somewhere (the session's worker needs less)
+        or [t[1] for t in rows].count(own) != len(rows)
+    ):
+        return _best_pd_by_worker(request, cluster, session, prefill, p_ms, cached_p, decodes, prompt)
+    fallback_per_token = prefill.kv_bytes_per_token if prefill.kv_bytes_per_token > 0 else 0  # kv_bytes_per_token
+    per_token = own if own > 0 else fallback_per_token
+    kv_bytes = prompt * per_token
+    link_gbps, backlog = cluster.link_gbps, cluster.link_backlog_bytes
+    if kv_bytes <= 0 or link_gbps <= 0:  # estimate_pd's p_ms + x_ms, transfer_ms written out
+        px = p_ms + 0.0
+    else:
+        px = p_ms + (kv_bytes + (backlog if backlog > 0 else 0)) * 8.0 / (link_gbps * 1e9) * 1e3
+    ttfts = [px + t[7] for t in rows]  # + iteration_wait_ms
+    ph = prompt + expected_output_tokens(request, session) // 2  # the context at half the answer
+    tpots = [t[3] + t[4] * (t[2] + ph) / 1000.0 + t[5] for t in rows]
+    at_home = urls.index(home) if homes else -1
+    home_kv = kv_bytes
+    if at_home >= 0 and decodes[at_home].decode_radix_cache:  # it receives only what it lacks
+        cached_d = cached_on_decode(session, decodes[at_home], prompt)
+        if cached_d:
+            home_kv = (prompt - cached_d) * per_token
+            t = rows[at_home]
+            ttfts[at_home] = p_ms + transfer_ms(home_kv, link_gbps, backlog) + t[7]
+    w = request.weights
+    w_ttft, w_tpot = w.ttft, w.tpot
+    best_ttft = max(min(ttfts), 1e-9)
+    best_tpot = max(min(tpots), 1e-9)
+    if w_ttft == 1.0 and w_tpot == 1.0:  # the usual weights: 1.0 * x is x, to the bit
+        scores = [t / best_ttft + tp / best_tpot for t, tp in zip(ttfts, tpots, strict=True)]
+    else:
+        scores = [  # _weighted
+            w_ttft * t / best_ttft + w_tpot * tp / best_tpot for t, tp in zip(ttfts, tpots, strict=True)
+        ]
+    floor = min(scores)
+    cut = floor * (1 + _TIE_REL) + 1e-9
+    if len(scores) > 1 and sorted(scores)[1] > cut >= floor:  # one score at the floor, the next beyond the tie
+        win = scores.index(floor)
+    else:
+        ties = [i for i, s in enumerate(scores) if s <= cut]
+        if len(ties) > 1 and at_home in ties:  # _tie_order: the session's worker first
+            win = at_home
+        elif len(ties) > 1:  # ... then the hash
+            win = ties[_first_by_fraction(request, [urls[i] for i in ties])]
+        else:
+            win = ties[0]
+    if (
+        at_home >= 0
+        and win != at_home
+        and scores[at_home] <= floor * (1 + AFFINITY_SLACK)
+        and not (_breaks(ttfts[at_home], tpots[at_home], request) and not _breaks(ttfts[win], tpots[win], request))
+    ):
+        win = at_home
+    kv_win = home_kv if win == at_home else kv_bytes
+    compute = prefill_ms(prefill.coefficients, prompt - cached_p, cached_p)
+    return Candidate(
+        "pd", urls[win], prefill.url, ttfts[win], tpots[win], None, kv_win, cached_p, prompt - cached_p, compute
+    )
+
+
+def _best_pd_by_worker(
+    request: RequestView,
+    cluster: ClusterView,
+    session: SessionView | None,
+    prefill: WorkerView,
+    p_ms: float,
+    cached_p: int,
+    decodes: list[WorkerView],
+    prompt: int,
+) -> Candidate:
+    """:func:`best_pd`'s decode side, one worker at a time (some worker may lack room, the workers'
+    KV sizes differ, or the session's url appears twice)."""
     home = session.decode_url if session is not None else None
     # a decode worker whose KV pool cannot take the request would make it wait: avoid it if we can
     # (kv_fits; only the session's decode worker caches part of the prompt)
@@ -104,7 +200,7 @@ def best_pd(
         terms = d.memo
         if terms is None:
             terms = _decode_terms(d)
-        url, own_per_token, running_ctx, fixed, per_kctx, committed, wait = terms
+        url, own_per_token, running_ctx, fixed, per_kctx, committed, _, wait = terms
         cached_d = cached_on_decode(session, d, prompt) if url == home and d.decode_radix_cache else 0
         kv_bytes = (prompt - cached_d) * (own_per_token if own_per_token > 0 else fallback_per_token)
         x_ms = transfers.get(kv_bytes)
@@ -143,11 +239,12 @@ def best_pd(
     return Candidate("pd", d.url, prefill.url, t, tp, None, kv_bytes, cached_p, prompt - cached_p, compute)
 
 
-def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float, float]:
+def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float, int, float]:
     """The request-independent part of a decode worker's P->D prediction, cached on the view
     (``WorkerView.memo``; a frozen view's fields never change, so the cache is always current):
     (url, its own KV bytes per token, running context >= 0, the decode step's base + batch part
-    with one more stream, its per-kilotoken-of-context cost, ``committed_local_ms_per_step``,
+    with one more stream, its per-kilotoken-of-context cost, ``committed_local_ms_per_step``, the
+    KV tokens it has free: capacity - used, or :data:`_ROOMY` when its capacity is unknown,
     ``iteration_wait_ms``).
     Each is the very expression ``latency`` evaluates, so predictions are equal to the last bit."""
     c = d.coefficients
@@ -171,6 +268,7 @@ def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float, fl
         c.decode_base_ms + c.decode_per_seq_ms * (b + 1),
         c.decode_per_kctx_ms,
         committed,
+        d.max_total_tokens - d.used_tokens if d.max_total_tokens > 0 else _ROOMY,
         iteration_wait_ms(d),
     )
     object.__setattr__(d, "memo", terms)
@@ -258,7 +356,7 @@ def _best_prefill(
     if len(ties) == 1:
         ms, cached, p = ties[0]
     else:
-        ms, cached, p = min(ties, key=lambda t: stable_fraction(request.conversation_id, request.turn, t[2].url))
+        ms, cached, p = ties[_first_by_fraction(request, [t[2].url for t in ties])]
     return p, ms, cached
 
 

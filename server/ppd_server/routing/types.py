@@ -109,15 +109,39 @@ class ClusterView:
     workers: tuple[WorkerView, ...]
     link_gbps: float = 10.0  # P->D KV link bandwidth the cost model assumes
     link_backlog_bytes: int = 0  # KV bytes the router knows are still in flight on the link
+    # :func:`fleet_index` of ``workers``, when whoever built the view has it at hand for less than
+    # it costs to compute (the simulator: its fleet's order and urls never change); else None and
+    # the policy scans ``workers``. No part of equality, repr or the constructor.
+    memo: FleetIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def by_role(self, role: Role) -> tuple[WorkerView, ...]:
         return tuple(w for w in self.workers if w.role == role and w.healthy)
 
     def get(self, url: str | None) -> WorkerView | None:
+        """The first worker with this url, or None."""
+        if self.memo is not None:
+            k = self.memo[3].get(url)  # type: ignore[arg-type]
+            return None if k is None else self.workers[k]
         for w in self.workers:
             if w.url == url:
                 return w
         return None
+
+
+#: a fleet's healthy (prefill, decode, unified) workers, each list in fleet order, and each url's
+#: first position in the fleet (read-only by convention: the lists and the dict may be shared)
+FleetIndex = tuple[list[WorkerView], list[WorkerView], list[WorkerView], dict[str, int]]
+
+
+def fleet_index(workers: tuple[WorkerView, ...]) -> FleetIndex:
+    """What ``ClusterView.memo`` holds: the healthy workers of each role and the url positions."""
+    lists: dict[str, list[WorkerView]] = {"prefill": [], "decode": [], "unified": []}
+    positions: dict[str, int] = {}
+    for k, w in enumerate(workers):
+        if w.healthy:
+            lists[w.role].append(w)
+        positions.setdefault(w.url, k)
+    return lists["prefill"], lists["decode"], lists["unified"], positions
 
 
 @fast_init

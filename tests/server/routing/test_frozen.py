@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ppd_sdk.wire import PRESETS
+from ppd_server.routing import frozen as frozen_module
 from ppd_server.routing import types
 from ppd_server.routing.frozen import fast_init
 
@@ -92,3 +93,37 @@ def test_refuses_what_it_cannot_reproduce():
     for cls in (Post, Mutable):
         with pytest.raises(TypeError):
             fast_init(cls)
+
+
+def test_objects_are_of_their_class_after_the_shadow_init():
+    """The fast ``__init__`` assigns the fields on a shadow class of the same layout and turns the
+    object back: it ends as its own class, frozen, hashable, equal to one built field by field."""
+    for obj in (_Fast(1), types.WorkerView("u", "decode", inflight=1), types.Candidate("pd", "d", "p", 1.0, 2.0)):
+        assert type(obj).__name__ in {"_Fast", "WorkerView", "Candidate"}
+        assert type(obj).__init__.__qualname__ == f"{type(obj).__qualname__}.__init__"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, dataclasses.fields(obj)[0].name, 1)
+        if not isinstance(obj, _Fast):  # (its list field is unhashable)
+            hash(obj)
+    assert frozen_module._shadow(types.WorkerView) is not None
+    assert "_set_class" in _Fast.__init__.__code__.co_names  # the shadow path, not the descriptors
+
+
+def test_without_a_shadow_it_stores_through_the_slots(monkeypatch):
+    """Where Python would refuse the ``__class__`` switch (``_shadow`` returns None) the ``__init__``
+    stores each field through its slot descriptor, with the same result."""
+    monkeypatch.setattr(frozen_module, "_shadow", lambda cls: None)
+
+    @fast_init
+    @dataclass(frozen=True, slots=True)
+    class Slow:
+        a: int
+        b: str = "x"
+        c: list[int] = field(default_factory=lambda: [1])
+        d: float | None = field(default=None, init=False, compare=False)
+
+    assert "_set_class" not in Slow.__init__.__code__.co_names
+    assert dataclasses.astuple(Slow(3)) == dataclasses.astuple(_Plain(3))
+    assert type(Slow(3)) is Slow
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Slow(3).a = 4  # type: ignore[misc]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from routing_views import cluster, decode, prefill, request
+from routing_views import KV_BYTES, cluster, decode, prefill, request
 
 from ppd_server.routing.latency import estimate_pd, kv_fits
 from ppd_server.routing.placement import AFFINITY_SLACK, _pick, _prefill_side_ms, best_pd, stable_fraction
@@ -70,6 +70,8 @@ def random_case(rng: random.Random):
             healthy=rng.random() > 0.1,
             decode_radix_cache=rng.random() < 0.8,
             max_total_tokens=rng.choice([0, 100_000, 250_000]),
+            # mostly the fleet's one size (one transfer time for all), sometimes its own or unknown
+            kv_bytes_per_token=KV_BYTES if rng.random() < 0.8 else rng.choice([0, 50_000]),
             **_load(rng, similar),
         )
         for i in range(n_d)
@@ -168,3 +170,26 @@ def test_memo_is_no_part_of_a_view() -> None:
             fresh = dataclasses.replace(w)
             assert fresh.memo is None
             assert w == fresh and hash(w) == h == hash(fresh) and repr(w) == text
+
+
+def test_options_are_the_same_with_a_fleet_index():
+    """``build_options`` reads the role split and the session's worker from ``ClusterView.memo``
+    when the view carries one (``fleet_index``): the options are those of the scan, on random
+    fleets with unhealthy workers, shuffled roles and a repeated url."""
+    import dataclasses
+
+    from ppd_server.routing.policies.base import build_options
+    from ppd_server.routing.types import ClusterView, fleet_index
+
+    rng = random.Random(11)
+    for n in range(1500):
+        req, cl, sess = random_case(rng)
+        workers = cl.workers
+        if n % 5 == 0 and workers:  # a url twice: the first one is the session's
+            workers = (*workers, dataclasses.replace(workers[0], healthy=not workers[0].healthy))
+        plain = ClusterView(workers, cl.link_gbps, cl.link_backlog_bytes)
+        indexed = ClusterView(workers, cl.link_gbps, cl.link_backlog_bytes)
+        object.__setattr__(indexed, "memo", fleet_index(workers))
+        assert build_options(req, indexed, sess) == build_options(req, plain, sess)
+        for url in {w.url for w in workers} | {"nowhere"}:
+            assert indexed.get(url) is plain.get(url)

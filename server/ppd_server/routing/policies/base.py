@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
+from ppd_server.routing.frozen import fast_init
 from ppd_server.routing.latency import cached_on_decode, estimate_local, expected_output_tokens, kv_fits
 from ppd_server.routing.placement import best_pd, best_replica
 from ppd_server.routing.types import (
@@ -41,6 +42,7 @@ from ppd_server.routing.types import (
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Options:
     """Everything a policy may choose between for one request, with predictions."""
@@ -77,19 +79,24 @@ def build_options(request: RequestView, cluster: ClusterView, session: SessionVi
     continuation = _is_continuation(request, session)
     # split_roles and, for a continuation, session_worker in one pass over the fleet
     target = session.decode_url if continuation and session is not None else None
-    prefills: list[WorkerView] = []
-    decodes: list[WorkerView] = []
-    unified: list[WorkerView] = []
-    lists = {"prefill": prefills, "decode": decodes, "unified": unified}
     holder = None
-    found = target is None
-    for w in cluster.workers:
-        if w.healthy:
-            lists[w.role].append(w)
-            if not found and w.url == target:
-                found, holder = True, w
-        elif not found and w.url == target:  # the first worker of that url is the session's
-            found = True
+    index = cluster.memo
+    if index is not None:  # the view's builder gave them (ClusterView.memo)
+        prefills, decodes, unified, positions = index
+        k = positions.get(target) if target is not None else None
+        if k is not None and cluster.workers[k].healthy:  # the first worker of that url is the session's
+            holder = cluster.workers[k]
+    else:
+        prefills, decodes, unified = [], [], []
+        lists = {"prefill": prefills, "decode": decodes, "unified": unified}
+        found = target is None
+        for w in cluster.workers:
+            if w.healthy:
+                lists[w.role].append(w)
+                if not found and w.url == target:
+                    found, holder = True, w
+            elif not found and w.url == target:  # the first worker of that url is the session's
+                found = True
     pd = best_pd(request, cluster, session, (prefills, decodes))
     replica = best_replica(request, cluster, session, unified) if unified else None
     local: Candidate | None = None
