@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import router_overhead as ro  # the fakes and the load generator live there
+import bench_client as bc  # the load generator
+import bench_procs as bp  # process helpers and the instant fake workers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "docs" / "nginx" / "ppd-router.conf"
@@ -62,7 +63,7 @@ def _nginx(nginx: str, tmp: Path, replicas: list[str], port: int) -> subprocess.
         text = "\n".join(ln for ln in text.splitlines() if "127.0.0.1:30002" not in ln)
     (tmp / "ppd-router.conf").write_text(text)
     (tmp / "nginx.conf").write_text(MAIN.format(tmp=tmp))
-    return ro._start([nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf")])
+    return bp.start([nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf")])
 
 
 def _pids(proc: subprocess.Popen) -> list[int]:
@@ -75,14 +76,14 @@ def _pids(proc: subprocess.Popen) -> list[int]:
 
 
 def _cpu(ps: list[subprocess.Popen]) -> float:
-    return sum(ro._cpu_seconds(pid) for p in ps for pid in _pids(p))
+    return sum(bp.cpu_seconds(pid) for p in ps for pid in _pids(p))
 
 
 def _measure(url: str, procs: dict[str, list[subprocess.Popen]], seconds: float, concurrency: int) -> list[tuple]:
     out = []
-    for mode, body in ro.MODES:
+    for mode, body in bc.MODES:
         before = {k: _cpu(ps) for k, ps in procs.items()}
-        rps, errors = asyncio.run(ro.measure_throughput(url, concurrency, seconds, body))
+        rps, errors, _ = asyncio.run(bc.measure_throughput(url, concurrency, seconds, body))
         cpu = {k: _cpu(ps) - before[k] for k, ps in procs.items()}
         n = max(1.0, rps * seconds)
         out.append((mode, rps, errors, {k: v / n * 1e6 for k, v in cpu.items()}))
@@ -105,48 +106,45 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ppd-replicas-") as raw:
         tmp = Path(raw)
         try:
-            p_port, d_port, boot = ro._free_port(), ro._free_port(), ro._free_port()
-            fakes = [
-                ro._start([sys.executable, ro.__file__, "--serve-fake", mode, str(port)])
-                for mode, port in (("prefill", p_port), ("decode", d_port))
-            ]
+            p_port, d_port, boot = bp.free_port(), bp.free_port(), bp.free_port()
+            fakes = [bp.start(bp.worker_argv(mode, port)) for mode, port in (("prefill", p_port), ("decode", d_port))]
             started += fakes
             p_url, d_url = f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{d_port}"
-            ro._wait_ready(d_url, 20, fakes[1])
-            ro._wait_ready(p_url, 20, fakes[0])
+            bp.wait_http(d_url + "/health", 20, fakes[1])
+            bp.wait_http(p_url + "/health", 20, fakes[0])
             workers = ["--prefill", p_url, str(boot), "--decode", d_url, "--log-level", "warning"]
             for _ in range(args.rounds):
                 for setup, n, behind in (("1 replica, direct", 1, False), ("1 replica + nginx", 1, True),
                                          ("2 replicas + nginx", 2, True)):  # fmt: skip
-                    ports = [ro._free_port() for _ in range(n)]
-                    reps = [ro._start([sys.executable, "-m", "ppd_server", "--port", str(p), *workers]) for p in ports]
+                    ports = [bp.free_port() for _ in range(n)]
+                    reps = [bp.start([sys.executable, "-m", "ppd_server", "--port", str(p), *workers]) for p in ports]
                     started += reps
                     for p, proc in zip(ports, reps, strict=True):
-                        ro._wait_ready(f"http://127.0.0.1:{p}", 60, proc)
+                        bp.wait_http(f"http://127.0.0.1:{p}/health", 60, proc)
                     procs = {"replicas": reps}
                     url = f"http://127.0.0.1:{ports[0]}"
                     ng = None
                     if behind:
-                        front = ro._free_port()
+                        front = bp.free_port()
                         ng = _nginx(nginx, tmp, [f"127.0.0.1:{p}" for p in ports], front)
                         started.append(ng)
                         url = f"http://127.0.0.1:{front}"
-                        ro._wait_ready(url, 20, ng)
+                        bp.wait_http(url + "/health", 20, ng)
                         procs["nginx"] = [ng]
                     results.setdefault(setup, []).append(_measure(url, procs, args.seconds, args.concurrency))
                     for proc in [*reps, *([ng] if ng else [])]:
-                        ro._stop(proc)
+                        bp.stop(proc)
                     time.sleep(0.5)
         finally:
             for proc in started:
-                ro._stop(proc)
+                bp.stop(proc)
     print(
         f"\nreplica scaling: P->D chat completions to instant fakes, {args.concurrency} connections x "
         f"{args.seconds:g}s, {args.rounds} round(s) interleaved (median req/s), {os.cpu_count()} cores shared by "
         f"everything (no pinning)"
     )
     base: dict[str, float] = {}
-    for mode, _ in ro.MODES:
+    for mode, _ in bc.MODES:
         print(f"\n{mode}")
         print(
             f"{'setup':<22}{'req/s':>9}{'x 1 replica':>13}{'errors':>8}{'replicas CPU us/req':>21}{'nginx us/req':>14}"

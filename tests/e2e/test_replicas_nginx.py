@@ -259,3 +259,20 @@ def test_replica_sigkilled_during_a_turn_loses_no_turn(tmp_path: Path) -> None:
             roles = [m["role"] if isinstance(m, dict) else m.role for m in chat.messages]
             assert roles == ["user", "assistant"] * 2, roles
         assert bad_gateway >= 1, "the kill hit turns in flight"
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)")
+def test_the_replica_scaling_benchmark_runs_and_prints_every_setup() -> None:
+    """benchmarks/replica_scaling.py, shortened: every setup answers without errors (it had rotted
+    once, importing helpers that had moved, and nothing ran it)."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "replica_scaling.py"
+    argv = [sys.executable, str(script), "--seconds", "0.5", "--rounds", "1", "--concurrency", "4"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for setup in ("1 replica, direct", "1 replica + nginx", "2 replicas + nginx"):
+        rows = [ln for ln in done.stdout.splitlines() if ln.startswith(setup)]
+        assert len(rows) == 2, done.stdout  # non-streaming and streaming
+        for row in rows:
+            fields = row[len(setup) :].split()  # req/s, x 1 replica, errors, ...
+            rps, errors = float(fields[0]), int(fields[2])
+            assert rps > 0 and errors == 0, row
