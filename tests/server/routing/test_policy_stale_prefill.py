@@ -4,15 +4,16 @@
 * ``stale_prefill_ms``: going local, the conversation's prefill worker does not see this turn, so a
   later P->D turn re-prefills its tokens there; weighted by the squared non-local share of the
   holder's in-flight requests (how likely turns there go P->D);
-* ``join_delay_ms``: P->D streams whose KV lands on the holder while the append runs wait for it
-  (half the append on average; their rate by Little's law)."""
+* ``join_delay_ms``: P->D streams landing on the holder wait for the iteration in flight; the append
+  makes one iteration ``append`` longer: ``rate x append x (append/2 + step)`` (their rate by
+  Little's law)."""
 
 from __future__ import annotations
 
 import pytest
 from routing_views import COEFS, cluster, decode, loaded, prefill, request, session
 
-from ppd_server.routing.latency import expected_output_tokens, local_tpot_budget, prefill_ms
+from ppd_server.routing.latency import decode_step_ms, expected_output_tokens, local_tpot_budget, prefill_ms
 from ppd_server.routing.policies import build_options, make_policy, ppd_score
 from ppd_server.routing.policies.ppd import budget_pd_chance, join_delay_ms, pd_share, stale_prefill_ms
 
@@ -43,11 +44,15 @@ def test_nothing_in_flight_on_the_holder_means_no_charge():
 
 
 @pytest.mark.parametrize("local", [0, 2])
-def test_join_delay_is_the_join_rate_times_half_the_squared_append(local):
+def test_join_delay_is_the_join_rate_times_the_growth_of_the_iteration_wait(local):
     opts = build_options(REQ, _cluster(running=8, local=local), SESSION)
     life = opts.pd.ttft_ms + expected_output_tokens(REQ, SESSION) * opts.pd.tpot_ms
-    assert join_delay_ms(opts, 10.0) == pytest.approx((8 - local) / life * 10.0**2 / 2)
-    assert join_delay_ms(opts, 20.0) == pytest.approx(4 * join_delay_ms(opts, 10.0))  # quadratic
+    step = decode_step_ms(COEFS, 8, 8000)  # the holder's decode step: 8 streams of 1000 tokens
+    rate = (8 - local) / life  # its P->D streams (in flight, not local) over how long one stays
+    # ((step + append)^2 - step^2) / 2: the waits for the iteration in flight grow by this much
+    assert join_delay_ms(opts, 10.0) == pytest.approx(rate * ((step + 10.0) ** 2 - step**2) / 2)
+    assert join_delay_ms(opts, 10.0) == pytest.approx(rate * 10.0 * (10.0 / 2 + step))
+    assert join_delay_ms(opts, 20.0) > 2 * join_delay_ms(opts, 10.0)  # superlinear in the append
     assert join_delay_ms(opts, 0.0) == 0.0
 
 

@@ -15,7 +15,8 @@ S also charges local (in ms, over TTFT_pd, at w_ttft) with what it costs other t
 
 * the delay its append adds to the first token of every request waiting on the holder
   (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills) and of the P->D
-  streams that will join the holder while it runs (:func:`join_delay_ms`);
+  streams that land on the holder, whose wait for the iteration in flight grows
+  (:func:`join_delay_ms`: rate x append x (append/2 + step));
 * the prefill it leaves behind on the conversation's prefill worker (:func:`stale_prefill_ms`:
   a later P->D turn re-prefills this turn's tokens there; weighted by how likely the next turn
   goes P->D: with a TPOT target the holder's budget use squared (:func:`budget_pd_chance`),
@@ -52,7 +53,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
-from ppd_server.routing.latency import expected_output_tokens, joined_tpot_ms, local_tpot_budget, prefill_ms
+from ppd_server.routing.latency import (
+    expected_output_tokens,
+    iteration_wait_ms,
+    joined_tpot_ms,
+    local_tpot_budget,
+    prefill_ms,
+)
 from ppd_server.routing.policies.base import Options, Policy, fmt_ms
 from ppd_server.routing.types import Candidate, RequestView, RouteName, WorkerView
 
@@ -135,20 +142,25 @@ def stale_prefill_ms(opts: Options, p_next_pd: float | None = None) -> float:
 
 
 def join_delay_ms(opts: Options, append_ms: float) -> float:
-    """The first-token delay a local append adds to P->D streams that join the holder while it runs.
+    """The first-token delay a local append adds to the P->D streams landing on the holder.
 
-    A P->D stream whose KV lands during the append waits for that iteration to end before its
-    first token goes out: on average half the append. The expected number landing in it
-    is the holder's P->D join rate times the append, the rate by Little's law: its non-local
-    in-flight requests over how long one stays in flight (TTFT + answer x TPOT). So
-    ``rate x append^2 / 2`` (issue 7: with 37% local, P->D turns in 3P1D big_paste 8/s waited
-    10.9 -> 13.1 ms on the decode worker, ~4 ms per local turn; this prices ~4 ms)."""
+    A P->D stream's first token goes out when the iteration in flight at its KV's landing ends:
+    it waits that iteration's remainder, on average ``sum(I^2) / (2 sum(I))`` over the
+    iterations ``I``. The append turns one decode step ``d`` into a mixed iteration about
+    ``d + append`` long, so over the landings at rate ``r`` the waits grow by
+    ``r x ((d + append)^2 - d^2) / 2 = r x append x (append/2 + d)``: the landings during the
+    append wait its remainder, and the step it rides in is longer for every landing in it. The
+    rate by Little's law: the holder's non-local in-flight requests over how long one stays in
+    flight (TTFT + answer x TPOT). (Issue 7, 3P1D mid_bal 16/s seed 0: 201 local turns raised the
+    P->D first tokens' wait at the decode worker by ~0.5 ms each over ~1,650 of them, ~4 ms per
+    local turn; ``append^2/2`` alone priced ~1.5.)"""
     pd, holder = opts.pd, opts.holder
     if pd is None or holder is None or append_ms <= 0.0:
         return 0.0
     streams = holder.inflight * pd_share(holder)
     life_ms = pd.ttft_ms + expected_output_tokens(opts.request, opts.session) * pd.tpot_ms
-    return streams / max(life_ms, 1e-9) * append_ms * append_ms / 2.0
+    step_ms = 2.0 * iteration_wait_ms(holder)  # the holder's decode step now (0 when idle)
+    return streams / max(life_ms, 1e-9) * append_ms * (append_ms / 2.0 + step_ms)
 
 
 class PPDPolicy(Policy):
@@ -180,7 +192,7 @@ class PPDPolicy(Policy):
         slo = req.slo
         # the append also delays the first token of every request waiting on the holder (P->D
         # streams whose KV is on its way, queued local prefills): a cost S for this turn alone misses
-        # and P->D streams that join the holder while the append runs (join_delay_ms)
+        # and P->D streams landing on the holder wait longer for the iteration in flight (join_delay_ms)
         append_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens)
         others_ms = append_ms * max(holder.waiting_reqs, 0) + join_delay_ms(opts, append_ms)
         # ... and leaves the conversation's prefill worker behind by this turn: a later P->D turn
