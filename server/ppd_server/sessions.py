@@ -130,7 +130,22 @@ class SessionTable:
         conv = hints.conversation_id
         session = None
         turn = hints.turn or 1
-        if conv is not None:
+        if conv is not None and hints.parent_conversation_id is None and hints.turn is not None and hints.turn >= 1:
+            # the usual case (the simulator's every turn): no fork, the client's turn number; the
+            # one lookup turn_for and view would each make
+            e = self._live(conv, now, tenant)
+            if e is not None:
+                session = SessionView(
+                    conv,
+                    e.decode_url,
+                    e.prefill_url,
+                    e.cached_tokens_decode,
+                    e.cached_tokens_prefill,
+                    e.turns,
+                    e.forked_from,
+                    e.last_output_tokens,
+                )
+        elif conv is not None:
             if hints.parent_conversation_id is not None and self._live(conv, now, tenant) is None:
                 self.start_fork(conv, hints.parent_conversation_id, now, tenant)
             turn = self.turn_for(conv, hints.turn, now, tenant)

@@ -128,17 +128,17 @@ class SimCluster:
                     views[k] = order[k].view()
                 if self._cache_views:
                     stale.clear()
-            workers: tuple[WorkerView, ...] = tuple(views)  # type: ignore[arg-type]  # every slot is filled
-        else:
-            workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)  # in _order, as seen() assumes
+        else:  # in _order, as seen() assumes
+            views = [w.view(believed(w.url, w.role)) for w in self._order]
         view = ClusterView(
-            workers,
+            tuple(views),  # type: ignore[arg-type]  # every slot is filled
             self._link_gbps,
             self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
         )
-        # fleet_index(workers) for the price of three slices: every worker is healthy, in role order
+        # fleet_index(workers) for the price of three slices (list slices are new lists): every
+        # worker is healthy, in role order
         p, d = self._roles
-        _set_memo(view, (list(workers[:p]), list(workers[p:d]), list(workers[d:]), self._index))
+        _set_memo(view, (views[:p], views[p:d], views[d:], self._index))
         return view
 
     def seen(self, view: ClusterView, url: str | None) -> WorkerView | None:
