@@ -203,7 +203,10 @@ class SessionTable:
         """A turn of ``conversation_id`` completed on ``decision``'s workers (no-op without an id)."""
         if conversation_id is None:
             return
-        prompt_tokens, completion_tokens = max(prompt_tokens, 0), max(completion_tokens, 0)
+        if prompt_tokens < 0:  # max(x, 0), written out (once per turn)
+            prompt_tokens = 0
+        if completion_tokens < 0:
+            completion_tokens = 0
         e = self._live(conversation_id, now, tenant)
         if e is None:
             e = _Entry(None, None, 0, 0, 0, now)
@@ -217,7 +220,7 @@ class SessionTable:
         e.turns += 1
         e.last_used = now
         e.last_route = decision.route
-        e.last_reported_cached = max(cached_tokens, 0)
+        e.last_reported_cached = cached_tokens if cached_tokens > 0 else 0
         e.last_output_tokens = completion_tokens
         self._put(conversation_id, e, now, tenant)
 

@@ -175,7 +175,9 @@ class SimWorker:
             return cached
         if self.poll_lag:
             polled, waiting, waiting_tokens, used, polled_context = self._polled
-            running = max(0, polled - self._ended_since_poll)
+            running = polled - self._ended_since_poll
+            if running < 0:  # max(0, running), written out
+                running = 0
             context = polled_context * running // polled if polled else 0
         else:
             running, waiting, waiting_tokens, used, context = self.load()
