@@ -23,7 +23,6 @@ from ppd_server.routing.latency import (
     cached_on_prefill,
     estimate_replica,
     expected_output_tokens,
-    iteration_wait_ms,
     kv_fits,
     prefill_ms,
     queue_wait_ms,
@@ -249,11 +248,17 @@ def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float, in
     Each is the very expression ``latency`` evaluates, so predictions are equal to the last bit."""
     c = d.coefficients
     running_ctx = d.running_context_tokens
+    if running_ctx < 0:
+        running_ctx = 0
     b = d.running_reqs  # decode_batch: max(running, inflight, 0)
     if d.inflight > b:
         b = d.inflight
     if b < 0:
         b = 0
+    # iteration_wait_ms with this b and context: half a decode_step_ms (0 on an idle worker)
+    wait = (
+        (c.decode_base_ms + c.decode_per_seq_ms * b + c.decode_per_kctx_ms * running_ctx / 1000.0) / 2.0 if b else 0.0
+    )
     # committed_local_ms_per_step: riding_base_ms * reqs/step + per_token * tokens/step (max(x, 0) written out)
     riding = c.prefill_base_ms - c.decode_base_ms
     reqs_step = d.local_prefill_reqs_per_step
@@ -264,12 +269,12 @@ def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float, in
     terms = (
         d.url,
         d.kv_bytes_per_token,
-        0 if running_ctx < 0 else running_ctx,
+        running_ctx,
         c.decode_base_ms + c.decode_per_seq_ms * (b + 1),
         c.decode_per_kctx_ms,
         committed,
         d.max_total_tokens - d.used_tokens if d.max_total_tokens > 0 else _ROOMY,
-        iteration_wait_ms(d),
+        wait,
     )
     object.__setattr__(d, "memo", terms)
     return terms
