@@ -425,7 +425,6 @@ class SimWorker:
             self._running -= 1
             self._context -= req.prompt_tokens + req.output_tokens
             self._finish(req)
-        done: list[SimRequest] = []
         if pieces:
             for req, n, _ in pieces:
                 req.remaining_prefill -= n
@@ -433,22 +432,23 @@ class SimWorker:
             done = [req for req, _, _ in pieces if req.remaining_prefill == 0]
             if done:
                 self._prefilling = [r for r in self._prefilling if r.remaining_prefill > 0]
-        for req in done:
-            if self.role == "prefill":
-                self._release()
-                self._host.on_prefilled(self, req)
-                continue
-            req.first_token_ms = now  # the prefill's logits give the first token
-            if req.output_tokens > 1:
-                self._joins.append((req, req.output_tokens - 1, req.prompt_tokens + 1))
-            else:
-                self._finish(req)
+            for req in done:
+                if self.role == "prefill":
+                    self._release()
+                    self._host.on_prefilled(self, req)
+                    continue
+                req.first_token_ms = now  # the prefill's logits give the first token
+                if req.output_tokens > 1:
+                    self._joins.append((req, req.output_tokens - 1, req.prompt_tokens + 1))
+                else:
+                    self._finish(req)
         if self._landed:
             for req in self._landed:
                 self._first_token(req, now)
             self._landed.clear()
         self._busy = False
-        self._admit_prealloc()
+        if self._prealloc:  # _admit_prealloc has work
+            self._admit_prealloc()
         self._start_iteration()
 
     def _finish(self, req: SimRequest) -> None:
