@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from functools import partial
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
+from ppd_server.routing.frozen import constructor
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
 from ppd_sim.link import KVLink
 from ppd_sim.worker import SimWorker, WorkerHost
 
 MAX_WORKERS = 64
+_new_cluster_view = constructor(ClusterView)  # ClusterView(...), built faster
 _set_memo = ClusterView.__dict__["memo"].__set__  # ClusterView.memo's slot (the view is frozen)
 
 
@@ -130,7 +132,7 @@ class SimCluster:
                     stale.clear()
         else:  # in _order, as seen() assumes
             views = [w.view(believed(w.url, w.role)) for w in self._order]
-        view = ClusterView(
+        view = _new_cluster_view(
             tuple(views),  # type: ignore[arg-type]  # every slot is filled
             self._link_gbps,
             self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,

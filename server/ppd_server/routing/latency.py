@@ -44,7 +44,10 @@ from __future__ import annotations
 
 import math
 
+from ppd_server.routing.frozen import constructor
 from ppd_server.routing.types import Candidate, ClusterView, CostCoefficients, RequestView, SessionView, WorkerView
+
+_new_candidate = constructor(Candidate)  # Candidate(...), built faster (estimate_local: one per decision)
 
 
 def prefill_ms(c: CostCoefficients, new_tokens: int, cached_tokens: int = 0) -> float:
@@ -255,7 +258,7 @@ def estimate_local(
     if pd_tpot_ms is None:
         pd_tpot_ms = decode_step_ms(c, b + 1, running_ctx + prompt + n_out // 2) + committed_local_ms_per_step(decode)
     interference = (b / (b + 1)) * append / n_out
-    return Candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0, cached, new, append)
+    return _new_candidate("local", decode.url, None, ttft, pd_tpot_ms + interference, None, 0, cached, new, append)
 
 
 def joined_tpot_ms(request: RequestView, session: SessionView | None, w: WorkerView) -> float:
