@@ -34,7 +34,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeAlias
 
 from ppd_sdk.wire import Hints
+from ppd_server.routing.frozen import constructor
 from ppd_server.routing.types import Decision, RequestView, SessionView
+
+# built on every request (routing.frozen.constructor: RequestView(...)/SessionView(...), faster)
+_new_request_view = constructor(RequestView)
+_new_session_view = constructor(SessionView)
 
 
 @dataclass(slots=True)
@@ -109,7 +114,7 @@ class SessionTable:
         e = self._live(conversation_id, now, tenant)
         if e is None or conversation_id is None:
             return None
-        return SessionView(
+        return _new_session_view(
             conversation_id,
             e.decode_url,
             e.prefill_url,
@@ -130,12 +135,27 @@ class SessionTable:
         conv = hints.conversation_id
         session = None
         turn = hints.turn or 1
-        if conv is not None:
+        if conv is not None and hints.parent_conversation_id is None and hints.turn is not None and hints.turn >= 1:
+            # the usual case (the simulator's every turn): no fork, the client's turn number; the
+            # one lookup turn_for and view would each make
+            e = self._live(conv, now, tenant)
+            if e is not None:
+                session = _new_session_view(
+                    conv,
+                    e.decode_url,
+                    e.prefill_url,
+                    e.cached_tokens_decode,
+                    e.cached_tokens_prefill,
+                    e.turns,
+                    e.forked_from,
+                    e.last_output_tokens,
+                )
+        elif conv is not None:
             if hints.parent_conversation_id is not None and self._live(conv, now, tenant) is None:
                 self.start_fork(conv, hints.parent_conversation_id, now, tenant)
             turn = self.turn_for(conv, hints.turn, now, tenant)
             session = self.view(conv, now, tenant)
-        request = RequestView(
+        request = _new_request_view(
             conv, turn, prompt_tokens, max_new_tokens, hints.weights, hints.slo, hints.parent_conversation_id
         )
         return request, session
@@ -188,7 +208,10 @@ class SessionTable:
         """A turn of ``conversation_id`` completed on ``decision``'s workers (no-op without an id)."""
         if conversation_id is None:
             return
-        prompt_tokens, completion_tokens = max(prompt_tokens, 0), max(completion_tokens, 0)
+        if prompt_tokens < 0:  # max(x, 0), written out (once per turn)
+            prompt_tokens = 0
+        if completion_tokens < 0:
+            completion_tokens = 0
         e = self._live(conversation_id, now, tenant)
         if e is None:
             e = _Entry(None, None, 0, 0, 0, now)
@@ -202,7 +225,7 @@ class SessionTable:
         e.turns += 1
         e.last_used = now
         e.last_route = decision.route
-        e.last_reported_cached = max(cached_tokens, 0)
+        e.last_reported_cached = cached_tokens if cached_tokens > 0 else 0
         e.last_output_tokens = completion_tokens
         self._put(conversation_id, e, now, tenant)
 

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from functools import partial
 
 from ppd_server.config import format_worker_counts, parse_worker_counts
+from ppd_server.routing.frozen import constructor
 from ppd_server.routing.types import ClusterView, CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
 from ppd_sim.link import KVLink
 from ppd_sim.worker import SimWorker, WorkerHost
 
 MAX_WORKERS = 64
+_new_cluster_view = constructor(ClusterView)  # ClusterView(...), built faster
 _set_memo = ClusterView.__dict__["memo"].__set__  # ClusterView.memo's slot (the view is frozen)
 
 
@@ -128,17 +130,17 @@ class SimCluster:
                     views[k] = order[k].view()
                 if self._cache_views:
                     stale.clear()
-            workers: tuple[WorkerView, ...] = tuple(views)  # type: ignore[arg-type]  # every slot is filled
-        else:
-            workers = tuple(w.view(believed(w.url, w.role)) for w in self._order)  # in _order, as seen() assumes
-        view = ClusterView(
-            workers,
+        else:  # in _order, as seen() assumes
+            views = [w.view(believed(w.url, w.role)) for w in self._order]
+        view = _new_cluster_view(
+            tuple(views),  # type: ignore[arg-type]  # every slot is filled
             self._link_gbps,
             self.link.backlog_bytes() if link_backlog_bytes is None else link_backlog_bytes,
         )
-        # fleet_index(workers) for the price of three slices: every worker is healthy, in role order
+        # fleet_index(workers) for the price of three slices (list slices are new lists): every
+        # worker is healthy, in role order
         p, d = self._roles
-        _set_memo(view, (list(workers[:p]), list(workers[p:d]), list(workers[d:]), self._index))
+        _set_memo(view, (views[:p], views[p:d], views[d:], self._index))
         return view
 
     def seen(self, view: ClusterView, url: str | None) -> WorkerView | None:

@@ -50,13 +50,12 @@ class EventLoop:
         stop_at = max_events if tick is None else min(max_events, (n // every + 1) * every)
         try:
             while heap:
-                event = pop(heap)
-                t = event[0]
+                t, seq, fn, args = pop(heap)
                 if t > max_time_ms:
-                    heapq.heappush(heap, event)
+                    heapq.heappush(heap, (t, seq, fn, args))
                     return f"stopped at {max_time_ms / 1000:.0f}s simulated before the queues drained (overloaded)"
                 self.now = t
-                event[2](*event[3])
+                fn(*args)
                 n += 1
                 if n >= stop_at:
                     if n >= max_events:

@@ -167,3 +167,27 @@ def test_snapshot_lists_newest_first_with_limit():
 def test_bad_bounds_are_rejected(kw):
     with pytest.raises(ValueError):
         SessionTable(**kw)
+
+
+def test_admit_sees_what_turn_for_and_view_see():
+    """``admit`` (one lookup when the client numbers its turns and does not fork) hands the policy
+    the turn and session that ``turn_for`` and ``view`` give, for known, unknown, expired and
+    other-tenant conversations, and still refuses a turn below 1."""
+    from ppd_sdk.wire import Hints
+
+    st = SessionTable(idle_ttl_s=10.0)
+    st.record("c", PD, 100, 0, 20, now=1.0)
+    st.record("old", LOCAL, 50, 0, 5, now=0.0)
+    st.record("t", PD, 70, 0, 7, now=1.0, tenant="k1")
+    for conv, turn, tenant in (("c", 2, None), ("c", 5, None), ("new", 1, None), ("t", 2, "k1"), ("t", 2, "k2")):
+        request, session = st.admit(Hints(conversation_id=conv, turn=turn), 120, 64, 5.0, tenant)
+        assert request.turn == st.turn_for(conv, turn, 5.0, tenant) == turn
+        assert session == st.view(conv, 5.0, tenant)
+        assert (request.conversation_id, request.prompt_tokens, request.max_new_tokens) == (conv, 120, 64)
+    assert st.admit(Hints(conversation_id="c", turn=2), 120, 64, 5.0)[1].turns == 1
+    _, expired = st.admit(Hints(conversation_id="old", turn=2), 60, 8, now=20.0)  # idle past the TTL
+    assert expired is None and st.view("old", 20.0) is None
+    request, session = st.admit(Hints(conversation_id="c"), 120, 64, 5.0)  # no turn: inferred
+    assert request.turn == 2 and session == st.view("c", 5.0)
+    with pytest.raises(ValueError):
+        st.admit(Hints.model_construct(conversation_id="c", turn=0, parent_conversation_id=None), 120, 64, 5.0)

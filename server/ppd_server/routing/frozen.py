@@ -24,6 +24,7 @@ dataclass's own. Only for classes without ``__post_init__``, keyword-only fields
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -82,7 +83,34 @@ def fast_init(cls: type[T]) -> type[T]:
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
     setattr(cls, "__init__", init)  # noqa: B010
+    if shadow is not None:
+        # constructor(cls): the object is made as the shadow, so one class switch (not two) and no
+        # type call; the same parameters and field stores as __init__
+        ns["_new"] = object.__new__
+        stores = body[1:-1]  # __init__'s field stores, without its two switches
+        make_src = (
+            f"def _make({', '.join(args)}):\n    self = _new(_shadow)\n"
+            + "".join(line + "\n" for line in stores)
+            + "    _set_class(self, '__class__', _cls)\n    return self\n"
+        )
+        exec(make_src, ns)
+        make = ns["_make"]
+        make.__qualname__ = f"{cls.__qualname__}._fast_new"
+        make.__module__ = cls.__module__
+        make.__doc__ = f"``{cls.__name__}(...)``, built faster (``routing.frozen.constructor``)."
+        setattr(cls, "_fast_new", staticmethod(make))  # noqa: B010
     return cls
+
+
+def constructor(cls: type[T]) -> Callable[..., T]:
+    """A function that builds ``cls`` objects exactly as ``cls(...)`` does (same parameters,
+    defaults and stored fields; a plain ``cls`` instance, frozen as ever), for the few hot paths
+    that build one per worker or per decision. For a :func:`fast_init` class with a shadow, the
+    object is allocated as the shadow and switched to ``cls`` once, where ``cls(...)`` goes
+    through ``type.__call__`` and switches twice: about 40% less per object (a ``WorkerView``
+    0.63 -> 0.36 us on the dev box). Any other class: ``cls`` itself."""
+    make = cls.__dict__.get("_fast_new")
+    return cls if make is None else make.__func__
 
 
 def _shadow(cls: type) -> type | None:

@@ -13,7 +13,7 @@ import pytest
 from ppd_sdk.wire import PRESETS
 from ppd_server.routing import frozen as frozen_module
 from ppd_server.routing import types
-from ppd_server.routing.frozen import fast_init
+from ppd_server.routing.frozen import constructor, fast_init
 
 CLASSES = [
     types.CostCoefficients,
@@ -127,3 +127,43 @@ def test_without_a_shadow_it_stores_through_the_slots(monkeypatch):
     assert type(Slow(3)) is Slow
     with pytest.raises(dataclasses.FrozenInstanceError):
         Slow(3).a = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_constructor_has_the_constructor_signature(cls):
+    make = constructor(cls)
+    assert make is not cls  # every routing type has a shadow: the fast path
+    assert list(inspect.signature(make).parameters) == list(inspect.signature(cls.__init__).parameters)[1:]
+
+
+def test_constructor_builds_what_the_class_builds():
+    """``constructor(cls)(...)`` is ``cls(...)``: same class, fields, defaults (a factory runs per
+    object, an ``init=False`` field gets its default), frozen and hashable."""
+    make = constructor(_Fast)
+    for args, kwargs in (((3,), {}), ((4, "y", [2]), {}), ((5,), {"c": [7]})):
+        a, b = make(*args, **kwargs), _Fast(*args, **kwargs)
+        assert type(a) is _Fast and dataclasses.astuple(a) == dataclasses.astuple(b) == dataclasses.astuple(
+            _Plain(*args, **kwargs)
+        )
+    assert make(3).c is not make(3).c
+    w = constructor(types.WorkerView)("http://d0", "decode", running_reqs=3, inflight=2)
+    assert type(w) is types.WorkerView and w == types.WorkerView("http://d0", "decode", running_reqs=3, inflight=2)
+    assert w.memo is None and w.coefficients == types.CostCoefficients()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        w.inflight = 3  # type: ignore[misc]
+    hash(w)
+    assert pickle.loads(pickle.dumps(w)) == w
+    with pytest.raises(TypeError):
+        constructor(types.Candidate)("pd", "d", "p")  # ttft_ms, tpot_ms are required
+
+
+def test_constructor_of_other_classes_is_the_class(monkeypatch):
+    """Without a shadow (or without fast_init) there is no faster way: the class itself."""
+    monkeypatch.setattr(frozen_module, "_shadow", lambda cls: None)
+
+    @fast_init
+    @dataclass(frozen=True, slots=True)
+    class Slow:
+        a: int
+
+    assert constructor(Slow) is Slow and constructor(_Plain) is _Plain

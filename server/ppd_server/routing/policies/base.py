@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ppd_sdk.wire import Weights
-from ppd_server.routing.frozen import fast_init
+from ppd_server.routing.frozen import constructor, fast_init
 from ppd_server.routing.latency import cached_on_decode, estimate_local, expected_output_tokens, kv_fits
 from ppd_server.routing.placement import best_pd, best_replica
 from ppd_server.routing.types import (
@@ -67,6 +67,12 @@ class Options:
         """Prompt tokens the holder does not cache (the Dynamo / llm-d threshold's input)."""
         cached = cached_on_decode(self.session, self.holder, self.request.prompt_tokens) if self.holder else 0
         return max(0, self.request.prompt_tokens - cached)
+
+
+# the objects every decision builds, built faster (routing.frozen.constructor)
+_new_options = constructor(Options)
+_new_candidate = constructor(Candidate)
+_new_decision = constructor(Decision)
 
 
 def _is_continuation(request: RequestView, session: SessionView | None) -> bool:
@@ -123,7 +129,7 @@ def build_options(request: RequestView, cluster: ClusterView, session: SessionVi
                 (estimate_local(request, None, w) for w in capable),
                 key=lambda c: (c.ttft_ms, c.tpot_ms, c.decode or ""),
             )
-    return Options(request, session, continuation, holder, pd, local, replica, why, cold_local, cluster)
+    return _new_options(request, session, continuation, holder, pd, local, replica, why, cold_local, cluster)
 
 
 def fmt_ms(x: float) -> str:
@@ -242,7 +248,7 @@ class Policy(ABC):
             else:
                 rated = None
             cands.append(
-                Candidate(
+                _new_candidate(
                     route,
                     c.decode,
                     c.prefill,
@@ -255,7 +261,7 @@ class Policy(ABC):
                     c.compute_ms,
                 )
             )
-        return Decision(
+        return _new_decision(
             chosen.route,
             chosen.decode,
             chosen.prefill,
