@@ -17,10 +17,14 @@ S also charges local (in ms, over TTFT_pd, at w_ttft) with what it costs other t
   (``waiting_reqs``: P->D streams whose KV is on its way, queued local prefills) and of the P->D
   streams that land on the holder, whose wait for the iteration in flight grows
   (:func:`join_delay_ms`: rate x append x (append/2 + step));
-* the prefill it leaves behind on the conversation's prefill worker (:func:`stale_prefill_ms`:
-  a later P->D turn re-prefills this turn's tokens there; weighted by how likely the next turn
-  goes P->D: with a TPOT target the holder's budget use squared (:func:`budget_pd_chance`),
-  without one the squared non-local share of its in-flight requests).
+* with a TPOT target, the prefill it leaves behind on the conversation's prefill worker
+  (:func:`stale_prefill_ms`: a later P->D turn re-prefills this turn's tokens there), weighted by
+  how likely the next turn goes P->D: the holder's budget use squared (:func:`budget_pd_chance`).
+  Without a target nothing sends a continuation P->D but S itself, and the next turn's S is
+  about this one's: a conversation that goes local stays local, and if it ever goes P->D, that
+  turn's own TTFT(pd) prices the catch-up prefill. Charging it now as well counted it twice, and
+  grew with every local turn until it forced a P->D turn that paid it all (live, 1P1D
+  long-context-cpu: `pd: S=-0.07 (ttft 166ms vs 701ms, ..., stale P +538ms)`, measured 1,641 ms).
 
 With a TPOT target (``slo.tpot_ms``), before S is looked at:
 
@@ -117,23 +121,21 @@ def budget_pd_chance(need_ms: float, budget_ms: float) -> float:
     return u * u
 
 
-def stale_prefill_ms(opts: Options, p_next_pd: float | None = None) -> float:
+def stale_prefill_ms(opts: Options, p_next_pd: float) -> float:
     """The prefill a D-local turn leaves for a later P->D turn of its conversation.
 
     Going local, the conversation's prefill worker does not see this turn: it lacks the tokens
     P->D would have prefilled now (``pd.prefill_tokens``; the answer it lacks either way). The
     next turn that goes P->D prefills them there on top of its own (per token and attention, no
-    second base). Weighted by ``p_next_pd``, how likely that next turn goes P->D: with a TPOT
-    target :func:`budget_pd_chance` (the caller's); without one :func:`pd_share` squared
-    (in-flight counts turn-1 streams, all P->D, so the plain share overstates P->D for
-    continuations: at the plain share 3P1D big_paste 4/s went 78% -> 6% local). The share is
-    self-fulfilling: with nothing local in flight it says 1, and no local turn starts to lower
-    it (3P1D huge_paste 4/s stayed ~4% local, P->D-like TTFT); the budget is not."""
+    second base). Weighted by ``p_next_pd``, how likely that next turn goes P->D
+    (:func:`budget_pd_chance` under a TPOT target: the budget is what sends a continuation P->D;
+    the share of the holder's in-flight requests that are not local was self-fulfilling: with
+    nothing local in flight it says 1, and no local turn starts to lower it)."""
     pd, holder, cluster = opts.pd, opts.holder, opts.cluster
     if pd is None or holder is None or cluster is None:
         return 0.0
     p = cluster.get(pd.prefill)
-    weight = pd_share(holder) ** 2 if p_next_pd is None else min(max(p_next_pd, 0.0), 1.0)
+    weight = min(max(p_next_pd, 0.0), 1.0)
     if p is None or weight <= 0.0 or pd.prefill_tokens <= 0:
         return 0.0
     c = p.coefficients
@@ -195,16 +197,15 @@ class PPDPolicy(Policy):
         # and P->D streams landing on the holder wait longer for the iteration in flight (join_delay_ms)
         append_ms = prefill_ms(holder.coefficients, local.prefill_tokens, local.cached_tokens)
         others_ms = append_ms * max(holder.waiting_reqs, 0) + join_delay_ms(opts, append_ms)
-        # ... and leaves the conversation's prefill worker behind by this turn: a later P->D turn
-        # re-prefills it there (issue 7: P->D turns' prefill grew 28 -> 32 ms in 3P1D big_paste 8/s)
-        # how likely the conversation's next turn goes P->D: with a TPOT target, the holder's budget
-        # use once it takes this turn (the budget is what sends turns P->D), squared
+        # ... and, with a TPOT target, leaves the conversation's prefill worker behind by this turn:
+        # a later P->D turn re-prefills it there (issue 7: P->D turns' prefill grew 28 -> 32 ms in
+        # 3P1D big_paste 8/s), as likely as the holder's budget use once it takes this turn, squared
+        # (the budget is what sends turns P->D; without a target nothing does: no charge)
         budgets = None
-        p_next = None
+        stale_ms = 0.0
         if slo.tpot_ms is not None:
             budgets = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * slo.tpot_ms)
-            p_next = budget_pd_chance(*budgets)
-        stale_ms = stale_prefill_ms(opts, p_next)
+            stale_ms = stale_prefill_ms(opts, budget_pd_chance(*budgets))
         s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * (others_ms + stale_ms) / max(pd.ttft_ms, 1e-9)
         extra = (f", others +{fmt_ms(others_ms)}" if others_ms else "") + (
             f", stale P +{fmt_ms(stale_ms)}" if stale_ms else ""
