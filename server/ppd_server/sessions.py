@@ -63,6 +63,20 @@ def _key(conversation_id: str, tenant: str | None) -> _Key:
     return conversation_id if tenant is None else (tenant, conversation_id)
 
 
+def _session_view(conversation_id: str, e: _Entry) -> SessionView:
+    """A live entry as the policy sees it."""
+    return _new_session_view(
+        conversation_id,
+        e.decode_url,
+        e.prefill_url,
+        e.cached_tokens_decode,
+        e.cached_tokens_prefill,
+        e.turns,
+        e.forked_from,
+        e.last_output_tokens,
+    )
+
+
 class SessionTable:
     def __init__(self, max_sessions: int = 100_000, idle_ttl_s: float = 3600.0) -> None:
         if max_sessions < 1:
@@ -114,16 +128,7 @@ class SessionTable:
         e = self._live(conversation_id, now, tenant)
         if e is None or conversation_id is None:
             return None
-        return _new_session_view(
-            conversation_id,
-            e.decode_url,
-            e.prefill_url,
-            e.cached_tokens_decode,
-            e.cached_tokens_prefill,
-            e.turns,
-            e.forked_from,
-            e.last_output_tokens,
-        )
+        return _session_view(conversation_id, e)
 
     def admit(
         self, hints: Hints, prompt_tokens: int, max_new_tokens: int, now: float, tenant: str | None = None
@@ -140,16 +145,7 @@ class SessionTable:
             # one lookup turn_for and view would each make
             e = self._live(conv, now, tenant)
             if e is not None:
-                session = _new_session_view(
-                    conv,
-                    e.decode_url,
-                    e.prefill_url,
-                    e.cached_tokens_decode,
-                    e.cached_tokens_prefill,
-                    e.turns,
-                    e.forked_from,
-                    e.last_output_tokens,
-                )
+                session = _session_view(conv, e)
         elif conv is not None:
             if hints.parent_conversation_id is not None and self._live(conv, now, tenant) is None:
                 self.start_fork(conv, hints.parent_conversation_id, now, tenant)
