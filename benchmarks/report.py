@@ -42,8 +42,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # sim_grid, validate_sim and ppd_bench live beside this file
 
 import report_render  # noqa: E402
+from sim_weights import WEIGHTS  # noqa: E402
 
-WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 LONG_CONTEXT_SLO_TTFT_MS = 1000.0  # a ~10k-token first turn takes ~0.4 s to prefill alone on an H100
 
 
@@ -168,9 +168,10 @@ def run_sim(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """sim_grid.weights_sweep: ppd at rising TPOT weights on one fleet, no SLO target (the weights
+    """sim_weights.weights_sweep: ppd at rising TPOT weights on one fleet, no SLO target (the weights
     alone decide). The rate is the cell's, else pd's saturation rate found by the grid."""
     import sim_grid
+    import sim_weights
 
     cluster, workload, *rest = a.weights_cell.split(",")
     if rest:
@@ -187,7 +188,7 @@ def run_weights(a: argparse.Namespace, grids: list[dict[str, Any]]) -> dict[str,
         sim_args=(*sim_grid.GridSpec().sim_args, *a.sim_args.split()),
     )
     started = time.monotonic()
-    rows, bad = sim_grid.weights_sweep(cluster, workload, qps, weights, spec=spec, workers=a.workers)
+    rows, bad = sim_weights.weights_sweep(cluster, workload, qps, weights, spec=spec, workers=a.workers)
     points = [
         {
             "w_tpot": r.w_tpot,

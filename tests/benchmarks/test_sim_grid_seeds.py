@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import pytest
 import sim_grid
+import sim_weights
 
 
 def _summary(policy: str, attainment: float, ttft: float) -> dict:
@@ -53,17 +54,17 @@ def test_bad_seeds_are_a_one_line_error_with_exit_2(capsys, seeds):
 
 def test_a_sweep_step_is_paired_by_seed_with_its_standard_error():
     # seed-to-seed levels differ a lot (0.2 vs 0.8); the paired step is the same -0.1 in each seed
-    mean, se = sim_grid._paired_step([0.3, 0.9, 0.5], [0.2, 0.8, 0.4])
+    mean, se = sim_weights._paired_step([0.3, 0.9, 0.5], [0.2, 0.8, 0.4])
     assert mean == pytest.approx(-0.1) and se == pytest.approx(0.0, abs=1e-12)
-    mean, se = sim_grid._paired_step([0.5, 0.5, None], [0.6, 0.4, 0.9])  # a seed without a figure is left out
+    mean, se = sim_weights._paired_step([0.5, 0.5, None], [0.6, 0.4, 0.9])  # a seed without a figure is left out
     assert mean == pytest.approx(0.0) and se == pytest.approx(0.1)
-    assert sim_grid._paired_step([0.5], [0.4]) == (pytest.approx(-0.1), None)
-    assert sim_grid._paired_step([None], [0.4]) == (None, None)
+    assert sim_weights._paired_step([0.5], [0.4]) == (pytest.approx(-0.1), None)
+    assert sim_weights._paired_step([None], [0.4]) == (None, None)
 
 
 def test_a_rise_in_local_share_says_whether_it_is_beyond_the_noise():
-    row = sim_grid.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.001, step_se=0.015)
-    assert sim_grid._noise(row) == " (+0.1 points, SE 1.5: within noise)"
-    row = sim_grid.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.05, step_se=0.01)
-    assert sim_grid._noise(row) == " (+5.0 points, SE 1.0: beyond noise)"
-    assert sim_grid._noise(sim_grid.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.05)) == ""  # one seed: no error
+    row = sim_weights.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.001, step_se=0.015)
+    assert sim_weights._noise(row) == " (+0.1 points, SE 1.5: within noise)"
+    row = sim_weights.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.05, step_se=0.01)
+    assert sim_weights._noise(row) == " (+5.0 points, SE 1.0: beyond noise)"
+    assert sim_weights._noise(sim_weights.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.05)) == ""  # one seed: no error
