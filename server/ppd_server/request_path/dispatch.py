@@ -147,15 +147,17 @@ class Dispatcher:
             self._prefill_failed(prefill_task, str(d.decode), decode_ok=False)
         except BaseException as e:
             opening = False
-            if (
-                isinstance(e, RetryableFailure)
-                and not prefill_task.done()
-                and (  # prod: either may be stuck
-                    "Timeout" in e.reason
-                    or (e.reason.startswith("answered HTTP 5") and time.monotonic() - opened_at >= STUCK_PAIR_AFTER_S)
-                )
-            ):
-                self.registry.record_failure(prefill.url, "stuck P->D pair: " + e.reason)
+            if isinstance(e, RetryableFailure) and not prefill_task.done():
+                if "Timeout" in e.reason:  # prod: either may be stuck, both go out
+                    self.registry.record_failure(prefill.url, "stuck P->D pair: " + e.reason)
+                elif e.reason.startswith("answered HTTP 5") and time.monotonic() - opened_at >= STUCK_PAIR_AFTER_S:
+                    # the decode gave up waiting for a KV the prefill never sent: the prefill's failure,
+                    # not the decode's (blaming both let a hung prefill, probed back in after each
+                    # cooldown, take out one decode per probe until none was left)
+                    await _discard(prefill_task)
+                    raise RetryableFailure(
+                        prefill.url, f"stuck P->D pair: decode {e.url} {e.reason} while the prefill was silent"
+                    ) from None
             await _discard(prefill_task)
             raise
         opening = False
