@@ -148,9 +148,8 @@ class Dispatcher:
         except BaseException as e:
             opening = False
             if isinstance(e, RetryableFailure) and not prefill_task.done():
-                if "Timeout" in e.reason:  # prod: either may be stuck, both go out
-                    self.registry.record_failure(prefill.url, "stuck P->D pair: " + e.reason)
-                elif e.reason.startswith("answered HTTP 5") and time.monotonic() - opened_at >= STUCK_PAIR_AFTER_S:
+                waited = time.monotonic() - opened_at >= STUCK_PAIR_AFTER_S
+                if e.reason.startswith("answered HTTP 5") and waited:
                     # the decode gave up waiting for a KV the prefill never sent: the prefill's failure,
                     # not the decode's (blaming both let a hung prefill, probed back in after each
                     # cooldown, take out one decode per probe until none was left)
@@ -158,6 +157,11 @@ class Dispatcher:
                     raise RetryableFailure(
                         prefill.url, f"stuck P->D pair: decode {e.url} {e.reason} while the prefill was silent"
                     ) from None
+                if "Timeout" in e.reason or e.reason.startswith("answered HTTP 5"):  # prod
+                    # either may be stuck (a timeout), or a decode refused at once while its prefill was
+                    # silent: which is at fault is unknown, and retrying through the same prefill can
+                    # walk every decode out (fresh-clone CI, prefill-hang): both go out
+                    self.registry.record_failure(prefill.url, "stuck P->D pair: " + e.reason)
             await _discard(prefill_task)
             raise
         opening = False
