@@ -130,26 +130,14 @@ FAULTS = [
     ("prefill", "delay", {"delay_s": 2.0}, True),
     ("prefill", "reset", {}, True),
     ("prefill", "garbage", {}, True),
-    pytest.param(
-        "prefill",
-        "hang",
-        {},
-        True,
-        marks=pytest.mark.xfail(
-            reason="KNOWN OPEN BUG (issue 8): in fresh-clone CI runs the first turn after a prefill starts "
-            "to hang can fail with workers_unavailable (3 fast attempts through the hung prefill); passes "
-            "locally. Not strict: it passes when the bug does not show.",
-            strict=False,
-        ),
-        id="prefill-hang",
-    ),
+    ("prefill", "hang", {}, True),
 ]
 
 
 @pytest.mark.parametrize(
     ("target", "mode", "params", "stream"),
     FAULTS,
-    ids=[f"{f[0]}-{f[1]}" if isinstance(f, tuple) else None for f in FAULTS],
+    ids=[f"{f[0]}-{f[1]}" for f in FAULTS],
 )
 def test_fault(cluster: dict[str, Process], target: str, mode: str, params: dict, stream: bool) -> None:
     proxy = cluster["p-" + target]

@@ -125,3 +125,22 @@ async def test_a_decode_giving_up_on_kv_that_never_came_takes_the_silent_prefill
         assert r.headers["X-PPD-Route"] == "local" and r.headers["X-PPD-Decode"] == other.url
         assert state.registry.get(p.url).healthy is False and len(p.seen) == 1
         p.hold.set()
+
+
+async def test_a_prefill_and_decode_timing_out_together_take_the_prefill_out_too():
+    """Both legs of a P->D turn share one request timeout, so a hung prefill's leg times out in
+    the same loop iteration as its decode's (waiting for the KV). The retry must not go through
+    that prefill again: it goes D-local on the other decode, and the prefill is out. (Before the
+    fix, a prefill leg that had already failed did not count as silent: only the decode was
+    blamed, and every retry went P->D through the hung prefill - fresh-clone CI, prefill-hang.)"""
+    p = FakeWorker(role="prefill", hold=asyncio.Event())  # never answers
+    waits = FakeWorker(role="decode", hold=asyncio.Event())  # waits for KV that never comes
+    other = FakeWorker(role="decode", load={"num_running_reqs": 3})  # busier: `waits` is tried first
+    async with router_over([p, waits, other], request_timeout_s=0.5) as (client, state):
+        r = await client.post("/v1/chat/completions", json=chat_body())
+        assert r.status == 200, await r.text()
+        assert r.headers["X-PPD-Route"] == "local" and r.headers["X-PPD-Decode"] == other.url
+        assert state.registry.get(p.url).healthy is False and len(p.seen) == 1
+        assert state.registry.get(waits.url).healthy is False, "a timeout takes both legs of the pair out"
+        p.hold.set()
+        waits.hold.set()
