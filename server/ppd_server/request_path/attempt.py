@@ -70,3 +70,12 @@ def as_router_error(exc: BaseException) -> RouterError:
     if isinstance(exc, RetryableFailure):
         return RouterError(502, f"prefill worker failed: {exc.reason}", code="prefill_error", retryable=True)
     return RouterError(502, f"prefill worker failed: {type(exc).__name__}", code="prefill_error")
+
+
+def prefill_silent(prefill_leg: asyncio.Task) -> bool:
+    """The prefill leg of a P->D attempt never answered: still waiting, or failed itself. Both
+    legs share one request timeout, so a hung prefill's leg often times out in the same loop
+    iteration as the decode's, before its done-callbacks ran: "already failed" must count as
+    silent too, or the decode alone was blamed and every retry went through the hung prefill
+    again (fresh-clone CI, prefill-hang). A silent prefill under a decode timeout: both go out."""
+    return not prefill_leg.done() or (not prefill_leg.cancelled() and prefill_leg.exception() is not None)

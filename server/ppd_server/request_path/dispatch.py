@@ -36,6 +36,7 @@ from ppd_server.request_path.attempt import (
     Plan,
     RetryableFailure,
     as_router_error,
+    prefill_silent,
 )
 from ppd_server.request_path.relay import Kind, TurnUsage, shape_json
 from ppd_server.request_path.stream_relay import relay_stream
@@ -147,7 +148,7 @@ class Dispatcher:
             self._prefill_failed(prefill_task, str(d.decode), decode_ok=False)
         except BaseException as e:
             opening = False
-            if isinstance(e, RetryableFailure) and _never_answered(prefill_task):
+            if isinstance(e, RetryableFailure) and prefill_silent(prefill_task):
                 waited = time.monotonic() - opened_at >= STUCK_PAIR_AFTER_S
                 if e.reason.startswith("answered HTTP 5") and waited:
                     # the decode gave up waiting for a KV the prefill never sent: the prefill's failure,
@@ -313,14 +314,6 @@ def batch_size(kind: Kind, body: dict[str, Any]) -> int:
     if isinstance(items, list) and items and isinstance(items[0], (str, list)):
         return len(items)
     return 1
-
-
-def _never_answered(prefill_task: asyncio.Task) -> bool:
-    """The prefill leg is silent: still waiting, or failed itself. Both legs share one request
-    timeout, so a hung prefill's leg often times out in the same loop iteration as the decode's,
-    before its done-callback could cancel the decode leg: "already failed" must count as silent
-    too, or the decode alone was blamed and every retry went through the hung prefill again."""
-    return not prefill_task.done() or (not prefill_task.cancelled() and prefill_task.exception() is not None)
 
 
 def _uncancel(task: asyncio.Task | None) -> bool:

@@ -22,6 +22,7 @@ from ppd_server.request_path.attempt import (
     Plan,
     RetryableFailure,
     as_router_error,
+    prefill_silent,
 )
 from ppd_server.request_path.relay import SSEShaper
 
@@ -122,7 +123,7 @@ async def relay_stream(
                 retry = prefill_error[0]
             elif not prefill_error and broke.retryable:
                 retry = RetryableFailure(str(plan.decision.decode), broke.message)
-                if prefill is not None and not prefill.done() and "Timeout" in broke.message:  # prod: either
+                if prefill is not None and prefill_silent(prefill) and "Timeout" in broke.message:  # prod: either
                     # leg of a silent P->D pair may be the stuck one (a decode that died is not a stuck pair)
                     registry.record_failure(str(plan.decision.prefill), "stuck P->D pair: " + broke.message)
             if retry is None:
