@@ -24,7 +24,11 @@ def test_prefill_load_bookkeeping_commits_and_releases():
     load.release("unknown")
     assert (load.reqs, load.tokens) == (1, 200) and load.attn_ktok2 == pytest.approx(0.04)
     load.release("b")
-    assert load.view_fields() == {"router_prefill_reqs": 0, "router_prefill_tokens": 0, "router_prefill_attn_ktok2": 0.0}
+    assert load.view_fields() == {
+        "router_prefill_reqs": 0,
+        "router_prefill_tokens": 0,
+        "router_prefill_attn_ktok2": 0.0,
+    }
 
 
 def test_the_routers_own_prefills_in_flight_are_the_queue_whatever_the_poll_says():
@@ -46,5 +50,8 @@ def test_p_to_d_ttft_and_placement_follow_the_routers_prefill_queue():
     idle = prefill("http://p1")
     cl = cluster(busy, idle, decode())
     req = request(prompt=100, out=16)
-    assert estimate_pd(req, cl, None, busy, cl.workers[2]).ttft_ms > estimate_pd(req, cl, None, idle, cl.workers[2]).ttft_ms + 3000
+    assert (
+        estimate_pd(req, cl, None, busy, cl.workers[2]).ttft_ms
+        > estimate_pd(req, cl, None, idle, cl.workers[2]).ttft_ms + 3000
+    )
     assert best_pd(req, cl, None).prefill == "http://p1"
