@@ -76,7 +76,8 @@ def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
 
     On a prefill worker with the router's own prefills in flight (``router_prefill_*``,
     routing.local_load.PrefillLoad) the wait is their compute: each is queued or running there,
-    and the count moves on every dispatch, while the load poll lags. Otherwise the poll's queue:
+    and the count moves on every dispatch, while the load poll lags; or the poll's queue when it
+    shows more (other router replicas' work, DESIGN.md "Scale-out"). Otherwise the poll's queue:
     requests the router sent that it did not see yet (``inflight`` beyond running+waiting) are
     queued too, each priced like this request (``typical_new_tokens``). On a decode worker only its
     queued local prefill counts (see below).
@@ -97,6 +98,12 @@ def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
             + c.prefill_per_token_ms * max(w.router_prefill_tokens, 0)
             + c.prefill_attn_ms_per_ktok2 * max(w.router_prefill_attn_ktok2, 0.0)
         )
+        # other routers' work (replicas polling the same workers) shows only in the poll's queue
+        polled = c.prefill_base_ms * (max(w.waiting_reqs, 0) + max(w.running_reqs, 0)) + c.prefill_per_token_ms * max(
+            w.waiting_tokens, 0
+        )
+        if polled > wait:
+            wait = polled
         unseen = max(0, w.inflight - w.router_prefill_reqs)
     else:
         reqs = max(w.waiting_reqs, 0)

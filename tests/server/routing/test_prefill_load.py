@@ -38,8 +38,10 @@ def test_the_routers_own_prefills_in_flight_are_the_queue_whatever_the_poll_says
     # a 50-token turn queues behind 3,000 tokens of prefill, not behind two 50-token ones
     assert queue_wait_ms(prefill(**own), 50) == pytest.approx(expected)
     assert queue_wait_ms(prefill(**own), 50) > 10 * queue_wait_ms(prefill(inflight=2), 50)
-    # a stale poll does not add to it (those requests are the router's own)
-    assert queue_wait_ms(prefill(waiting_reqs=5, waiting_tokens=9000, **own), 50) == pytest.approx(expected)
+    # a poll that shows less does not lower it (the poll lags); one that shows more (other router
+    # replicas' work: they poll the same workers) is the queue
+    assert queue_wait_ms(prefill(waiting_reqs=1, waiting_tokens=900, **own), 50) == pytest.approx(expected)
+    assert queue_wait_ms(prefill(waiting_reqs=5, waiting_tokens=9000, **own), 50) == pytest.approx(5 * 5 + 9000)
     # in-flight requests beyond the router's count are still priced like the request at hand
     more = dict(own, inflight=3)
     assert queue_wait_ms(prefill(**more), 50) == pytest.approx(expected + prefill_ms(COEFS, 50))
