@@ -277,7 +277,11 @@ class Simulation:
         """The turn reaches its workers (``Hardware.request_overhead_ms`` after it was sent)."""
         if decision.route == "pd":
             self.cluster.worker(decision.decode).expect_kv(req)
-            self.cluster.worker(decision.prefill).submit_prefill(req)
+            prefill = self.cluster.worker(decision.prefill)
+            chosen = decision.predicted("pd")  # the router's own count of what it sent there
+            if chosen is not None:
+                prefill.prefill_load.commit(req.rid, chosen.prefill_tokens, chosen.cached_tokens)
+            prefill.submit_prefill(req)
         else:
             self.cluster.worker(decision.decode).submit_prefill(req)
 

@@ -50,7 +50,7 @@ from typing import Protocol
 
 from ppd_server.routing.frozen import constructor
 from ppd_server.routing.latency import decode_rows_ms, prefill_ms
-from ppd_server.routing.local_load import LocalLoad
+from ppd_server.routing.local_load import LocalLoad, PrefillLoad
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 from ppd_sim.events import EventLoop
 from ppd_sim.kv import KVPool
@@ -110,6 +110,7 @@ class SimWorker:
         self._host = host
         self.inflight = 0
         self.local_load = LocalLoad()  # the router's D-local requests in flight here
+        self.prefill_load = PrefillLoad()  # prefill role: the router's prefills in flight here
         self.busy_ms = 0.0
         self.iterations = 0
         self._busy = False
@@ -183,7 +184,7 @@ class SimWorker:
             context = polled_context * running // polled if polled else 0
         else:
             running, waiting, waiting_tokens, used, context = self.load()
-        load = self.local_load
+        load, own = self.local_load, self.prefill_load
         view = _new_view(  # positional, in field order (faster); test_sim_parts holds it to the names
             self.url,
             self.role,
@@ -205,6 +206,9 @@ class SimWorker:
             load.reqs_per_step,
             self.chunk_tokens,  # chunked_prefill_size
             coefficients,
+            own.reqs,  # router_prefill_reqs
+            own.tokens,
+            own.attn_ktok2,
         )
         if self._cache_views:
             self._view = view
@@ -436,6 +440,7 @@ class SimWorker:
                 self._prefilling = [r for r in self._prefilling if r.remaining_prefill > 0]
             for req in done:
                 if self.role == "prefill":
+                    self.prefill_load.release(req.rid)
                     self._release()
                     self._host.on_prefilled(self, req)
                     continue

@@ -4,10 +4,12 @@ agent's back-to-back turn was charged interference from the turn that had just e
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiohttp import web
 from fake_sglang import FakeWorker
-from router_harness import router_over
+from router_harness import chat_body, eventually, router_over
 
 from ppd_server.fleet.loads import LoadReport
 from ppd_server.fleet.workers import Worker
@@ -118,3 +120,22 @@ def test_the_view_is_kept_while_nothing_it_shows_changes_and_follows_every_chang
     refit = CostCoefficients(decode_base_ms=COEFS.decode_base_ms + 1.0)
     assert w.view(refit).coefficients is refit
     assert w.view(refit) is w.view(refit)
+
+
+# The prefills the router has in flight on a prefill worker price its queue between polls (issue 7).
+async def test_the_live_router_counts_a_p_to_d_prefill_until_its_leg_ends():
+    p = FakeWorker(role="prefill", hold=asyncio.Event())
+    d = FakeWorker(role="decode")
+    async with router_over([p, d]) as (client, state):
+        try:
+            post = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
+            await eventually(lambda: p.seen)
+            view = state.registry.get(p.url).view(COEFS)
+            assert view.router_prefill_reqs == 1 and view.router_prefill_tokens > 0
+            p.hold.set()
+            r = await post
+            assert r.status == 200
+        finally:
+            p.hold.set()
+        await eventually(lambda: state.registry.get(p.url).prefill_load.reqs == 0)  # the leg is drained
+        assert state.registry.get(p.url).view(COEFS).router_prefill_reqs == 0

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from ppd_server.fleet.loads import LoadReport, parse_prometheus, parse_v1_loads
-from ppd_server.routing.local_load import LocalLoad
+from ppd_server.routing.local_load import LocalLoad, PrefillLoad
 from ppd_server.routing.types import CostCoefficients, Role, WorkerView
 
 log = logging.getLogger("ppd_server.fleet.workers")
@@ -57,6 +57,8 @@ class Worker:
     inflight: int = 0
     # the D-local requests in flight here (the ppd policy prices a local prefill with all of them)
     local_load: LocalLoad = field(default_factory=LocalLoad)
+    # the prefills in flight here (P->D's first half): the queue the policy prices between polls
+    prefill_load: PrefillLoad = field(default_factory=PrefillLoad)
     # When the router's own requests to this worker ended (monotonic s) since the last load poll
     # was sent: a poll cannot see them yet, so they are taken off its running count. Agents send
     # turn N+1 right after turn N ends; without this the policy would charge turn N+1 for
@@ -100,7 +102,7 @@ class Worker:
         polled = load.running_reqs
         running = max(0, polled - len(self.recent_finishes))
         context = load.running_context_tokens * running // polled if polled else 0
-        ll = self.local_load
+        ll, own = self.local_load, self.prefill_load
         key = (
             load,  # a LoadReport is frozen: a poll replaces it
             self.url,
@@ -120,6 +122,9 @@ class Worker:
             ll.tokens_per_step,
             ll.reqs_per_step,
             ll.reqs,
+            own.tokens,
+            own.attn_ktok2,
+            own.reqs,
         )
         cached = self._view
         if cached is not None and cached[0] == key:  # (tuple ==: identity first, per element)
@@ -142,6 +147,7 @@ class Worker:
             inflight=self.inflight,
             **ll.view_fields(),
             coefficients=coefficients,
+            **own.view_fields(),
         )
         self._view = (key, view)
         return view

@@ -187,6 +187,9 @@ class Dispatcher:
         worker = self.registry.get(url)
         if worker:
             worker.inflight += 1
+            chosen = plan.decision.predicted("pd")  # what the router sent there: the queue it prices
+            if chosen is not None:
+                worker.prefill_load.commit(id(plan), chosen.prefill_tokens, chosen.cached_tokens)
         try:
             call = await self._open(url, plan, data, "prefill")
             try:
@@ -206,6 +209,7 @@ class Dispatcher:
         finally:
             if worker:
                 worker.release(time.monotonic())
+                worker.prefill_load.release(id(plan))
 
     # --- common ----------------------------------------------------------------------------
 

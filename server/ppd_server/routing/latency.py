@@ -74,10 +74,13 @@ def decode_rows_ms(c: CostCoefficients, batch: int, context_tokens: int) -> floa
 def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
     """Prefill work queued ahead of a new request on ``w`` (its own prefill queue).
 
-    Requests the router sent but the last load poll did not see yet (``inflight`` beyond
-    running+waiting) are queued too: on a prefill or unified worker each is priced like this
-    request (``typical_new_tokens``; bursts of similar requests are the common case). On a decode
-    worker only its queued local prefill counts (see below).
+    On a prefill worker with the router's own prefills in flight (``router_prefill_*``,
+    routing.local_load.PrefillLoad) the wait is their compute: each is queued or running there,
+    and the count moves on every dispatch, while the load poll lags; or the poll's queue when it
+    shows more (other router replicas' work, DESIGN.md "Scale-out"). Otherwise the poll's queue:
+    requests the router sent that it did not see yet (``inflight`` beyond running+waiting) are
+    queued too, each priced like this request (``typical_new_tokens``). On a decode worker only its
+    queued local prefill counts (see below).
     """
     c = w.coefficients
     if w.role == "decode":
@@ -87,11 +90,27 @@ def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
         # queued: its tokens, and at most one base cost per local request the router has in flight.
         local_waiting = min(max(w.waiting_reqs, 0), max(w.local_prefill_reqs, 0))
         return c.prefill_base_ms * local_waiting + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
-    reqs = max(w.waiting_reqs, 0)
-    if w.role == "prefill":
-        reqs += max(w.running_reqs, 0)  # a prefill worker's running requests are prefills too
-    unseen = max(0, w.inflight - max(w.running_reqs, 0) - max(w.waiting_reqs, 0))
-    wait = c.prefill_base_ms * reqs + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
+    if w.role == "prefill" and w.router_prefill_reqs > 0:
+        # the router's own prefills in flight there are all queued or running: their compute,
+        # current on every dispatch (the poll lags); any other in-flight request is priced as below
+        wait = (
+            c.prefill_base_ms * w.router_prefill_reqs
+            + c.prefill_per_token_ms * max(w.router_prefill_tokens, 0)
+            + c.prefill_attn_ms_per_ktok2 * max(w.router_prefill_attn_ktok2, 0.0)
+        )
+        # other routers' work (replicas polling the same workers) shows only in the poll's queue
+        polled = c.prefill_base_ms * (max(w.waiting_reqs, 0) + max(w.running_reqs, 0)) + c.prefill_per_token_ms * max(
+            w.waiting_tokens, 0
+        )
+        if polled > wait:
+            wait = polled
+        unseen = max(0, w.inflight - w.router_prefill_reqs)
+    else:
+        reqs = max(w.waiting_reqs, 0)
+        if w.role == "prefill":
+            reqs += max(w.running_reqs, 0)  # a prefill worker's running requests are prefills too
+        unseen = max(0, w.inflight - max(w.running_reqs, 0) - max(w.waiting_reqs, 0))
+        wait = c.prefill_base_ms * reqs + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
     if unseen:
         wait += unseen * (prefill_ms(c, typical_new_tokens) if typical_new_tokens > 0 else c.prefill_base_ms)
     return wait

@@ -12,6 +12,13 @@ Per request it keeps the uncached prompt tokens ``n`` the worker prefills and th
 Little's law the rate of that work, per decode step, is the sum over the local requests in
 flight of ``prefill(n_i) / N_i``, so the view carries ``sum n_i / N_i`` and ``sum 1 / N_i``
 (the per-token and per-request parts of that sum) beside the plain counts.
+
+:class:`PrefillLoad` is the same bookkeeping for the prefills the router has in flight on a
+prefill worker (P->D's first half, sent and not yet done): their count, uncached tokens and
+attention term. Every one of them is queued or running there, so the wait ahead of the next
+prefill is their compute (``latency.queue_wait_ms``), current on every dispatch; the load poll
+(every ``load_interval_s``) is not, and pricing the requests it has not seen like the request at
+hand under-priced a short turn queued behind long ones (issue 7: 1P3D mixed 32/s).
 """
 
 from __future__ import annotations
@@ -63,4 +70,49 @@ class LocalLoad:
             "local_prefill_tokens": self.tokens,
             "local_prefill_tokens_per_step": self.tokens_per_step,
             "local_prefill_reqs_per_step": self.reqs_per_step,
+        }
+
+
+class PrefillLoad:
+    """The router's prefills in flight on one prefill worker (committed at dispatch, released when
+    the worker is done with them): count, uncached tokens ``n`` and attention work ``n*(n+c)/1e6``."""
+
+    __slots__ = ("_items", "attn_ktok2", "tokens")
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, tuple[int, float]] = {}
+        self.tokens = 0
+        self.attn_ktok2 = 0.0
+
+    @property
+    def reqs(self) -> int:
+        return len(self._items)
+
+    def commit(self, key: Hashable, new_tokens: int, cached_tokens: int = 0) -> None:
+        """A prefill of ``new_tokens`` over ``cached_tokens`` the worker holds was sent."""
+        if key in self._items:
+            self.release(key)
+        n = max(int(new_tokens), 0)
+        attn = n * (n + max(int(cached_tokens), 0)) / 1e6
+        self._items[key] = (n, attn)
+        self.tokens += n
+        self.attn_ktok2 += attn
+
+    def release(self, key: Hashable) -> None:
+        """The prefill is done (or failed, or was cancelled); unknown keys are ignored."""
+        item = self._items.pop(key, None)
+        if item is None:
+            return
+        if not self._items:  # no float drift survives an idle moment
+            self.tokens, self.attn_ktok2 = 0, 0.0
+            return
+        self.tokens -= item[0]
+        self.attn_ktok2 = max(0.0, self.attn_ktok2 - item[1])
+
+    def view_fields(self) -> dict[str, Any]:
+        """The ``WorkerView`` fields: ``WorkerView(..., **load.view_fields())``."""
+        return {
+            "router_prefill_reqs": self.reqs,
+            "router_prefill_tokens": self.tokens,
+            "router_prefill_attn_ktok2": self.attn_ktok2,
         }

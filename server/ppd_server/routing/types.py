@@ -97,6 +97,12 @@ class WorkerView:
     local_prefill_reqs_per_step: float = 0.0
     chunked_prefill_size: int = 0  # tokens per mixed prefill+decode iteration; 0 = unknown (one chunk)
     coefficients: CostCoefficients = field(default_factory=CostCoefficients)
+    # the prefills the router has in flight on this (prefill) worker, sent and not yet done: their
+    # count, uncached tokens and attention work sum n_i*(n_i+c_i)/1e6 (routing.local_load.PrefillLoad);
+    # current between load polls, so latency.queue_wait_ms prices the queue with them
+    router_prefill_reqs: int = 0
+    router_prefill_tokens: int = 0
+    router_prefill_attn_ktok2: float = 0.0
     # the request-independent part of this worker's predictions, computed by routing.placement on
     # first use (its ``_decode_terms`` / ``_prefill_terms`` say what): a function of the fields
     # above, which a frozen view never changes; no part of equality, repr or the constructor

@@ -52,6 +52,16 @@ def _load(rng: random.Random, similar: bool) -> dict:
         "used_tokens": rng.randrange(0, 200_000),
         "local_prefill_reqs_per_step": rng.uniform(0, 0.05),
         "local_prefill_tokens_per_step": rng.uniform(0, 40),
+        # the router's own prefills in flight (prefill workers price their queue with them)
+        **(
+            {
+                "router_prefill_reqs": rng.randrange(1, 6),
+                "router_prefill_tokens": rng.randrange(0, 8000),
+                "router_prefill_attn_ktok2": rng.uniform(0, 20),
+            }
+            if rng.random() < 0.5
+            else {}
+        ),
     }
 
 

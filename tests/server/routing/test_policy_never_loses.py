@@ -135,12 +135,12 @@ BOTTLENECK_TABLE = [
 # (prefill queue tokens, TPOT target, expected route, reason). Weights that prefer P->D; a P queue
 # that breaks the TTFT target while local is at most half as slow: the prefill side is the
 # bottleneck, so local whatever S says - but not past the holder's TPOT budget unless P->D is
-# hopeless (past HOPELESS x the TTFT target), the append short (<= 512 tokens) and a decode worker
-# has room: then the static rule (test_policy_ppd covers it).
+# hopeless (past HOPELESS x the TTFT target) and the append short (<= 512 tokens): then the
+# static rule, even over a saturated decode pool (test_policy_ppd covers it).
 PREFILL_BOUND_TABLE = [
     (0, None, "pd", "S="),
     (200_000, None, "local", "prefill side is the bottleneck"),
-    (200_000, 1.0, "pd", "TPOT budget"),  # hopeless P->D, but every decode worker saturated
+    (200_000, 1.0, "local", "P->D hopeless"),  # every decode worker saturated, P->D misses for sure
     (0, 1.0, "pd", "TPOT budget"),  # P idle: P->D meets the TTFT target, the budget holds
 ]
 

@@ -164,13 +164,16 @@ def test_prefill_congestion_keeps_continuations_local_even_on_a_busy_decode_work
         (20_000, 1100, True, "local"),  # P->D TTFT ~20 s, 10x the target; a 100-token append: local
         (20_000, 1600, True, "pd"),  # same queue, a 600-token append: past the static rule, the budget holds
         (0, 1100, True, "pd"),  # P idle: P->D is not hopeless, the budget holds
-        (20_000, 1100, False, "pd"),  # every decode worker saturated: the budget holds
+        # every decode worker saturated: still local (issue 7, 1P3D mixed 32/s: P->D misses for
+        # sure and lengthens the prefill queue of every turn after it; with the guard ppd lost)
+        (20_000, 1100, False, "local"),
+        (20_000, 1600, False, "pd"),  # ... but a long append stays under the budget
     ],
 )
 def test_hopeless_pd_sends_short_appends_local_over_the_tpot_budget(p_waiting_tokens, prompt, spare_decode, route):
     """When the model sees no good route (P->D far past the TTFT target on a prefill-bound pool,
-    local over the holder's TPOT budget) and a decode worker has room, a short append goes local
-    (the threshold:512 rule)."""
+    local over the holder's TPOT budget), a short append goes local (the threshold:512 rule),
+    whether or not a decode worker has room."""
     req = request(prompt=prompt, slo_ttft_ms=2000.0, slo_tpot_ms=40.0)
     spare = (decode("http://d1"),) if spare_decode else ()
     cl = cluster(prefill(waiting_reqs=2, waiting_tokens=p_waiting_tokens), decode(**loaded(4)), *spare)

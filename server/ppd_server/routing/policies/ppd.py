@@ -34,8 +34,9 @@ With a TPOT target (``slo.tpot_ms``), before S is looked at:
    to break the TTFT target and local to meet it (then the budget at the target itself, without
    the headroom, decides: a turn P->D would lose is worth the headroom), or P->D is hopeless
    (prefill-bound and predicted past ``HOPELESS`` x the TTFT target: the model cannot rank two
-   routes that both miss), the append short (``STATIC_LOCAL_TOKENS``) and some decode worker has
-   room (not saturated at the target itself): then local, the static ``threshold:512`` rule;
+   routes that both miss) and the append short (``STATIC_LOCAL_TOKENS``): then local, the static
+   ``threshold:512`` rule, even over a saturated decode pool (P->D would miss for sure, and
+   lengthen the prefill queue of every turn after it);
 2. when the decode side is the bottleneck - every decode worker near the target while the P->D
    route has TTFT to spare - the turn goes P->D: prefill workers have the slack, decode does not.
 
@@ -93,8 +94,13 @@ DECODE_SATURATED = 0.9
 #: this share of P->D's: then local, whatever S says (within the TPOT budget: decode streams first)
 PREFILL_BOUND = 0.5
 #: P->D is hopeless when, prefill-bound, its predicted TTFT is past this multiple of the target
-#: (1P3D mixed 32/s, 20 s, before the decode-saturation guard: 1x 97.0%, 2x 91.7%, 3x 83.6% SLO
-#: attainment, threshold:512 99.2%; unguarded it cost 2P2D mixed 32/s 97.5% -> 62.6%)
+#: (1P3D mixed 32/s, 20 s: 1x 97.0%, 2x 91.7%, 3x 83.6% SLO attainment, threshold:512 99.2%).
+#: It goes local over the TPOT budget even when every decode worker is near the target: a turn
+#: P->D is sure to lose, and it lengthens the prefill queue of every turn after it (1P3D mixed
+#: 32/s, seeds 0-2: 90.1% -> 94.5%, threshold:512 94.8%). A guard against a saturated decode pool
+#: was needed while the prefill queue was priced from the lagging load poll (2P2D mixed 32/s fell
+#: 97.5% -> 62.6% without it, on falsely hopeless P->D turns); with the router's own prefills in
+#: flight it costs that cell nothing (55.6% either way, pd 57.1%).
 HOPELESS = 1.0
 #: ... and then an append of at most this many uncached tokens goes local over the TPOT budget
 STATIC_LOCAL_TOKENS = 512
@@ -227,7 +233,7 @@ class PPDPolicy(Policy):
                         f"fits {holder.url}'s TPOT budget at the target itself ({fmt_ms(need_t)} <= "
                         f"{fmt_ms(budget_t)} per step); {detail}",
                     )
-            if need > budget and self._hopeless_pd(local, pd, req) and not self._decode_saturated(opts, at_target=True):
+            if need > budget and self._hopeless_pd(local, pd, req):
                 return (
                     "local",
                     s,
@@ -290,18 +296,16 @@ class PPDPolicy(Policy):
         slo = req.slo
         return slo.ttft_ms is not None and pd.ttft_ms > slo.ttft_ms and local.ttft_ms <= PREFILL_BOUND * pd.ttft_ms
 
-    def _decode_saturated(self, opts: Options, at_target: bool = False) -> tuple[float, float] | None:
+    def _decode_saturated(self, opts: Options) -> tuple[float, float] | None:
         """(least loaded decode worker's TPOT with a joining stream, the limit) when even that worker
-        runs at DECODE_SATURATED of the headroom'd TPOT target or more; None when one has room.
-        ``at_target``: of the target itself (no headroom) - when P->D is hopeless, the headroom
-        that keeps streams well inside the target is worth spending on turns P->D would lose."""
+        runs at DECODE_SATURATED of the headroom'd TPOT target or more; None when one has room."""
         slo = opts.request.slo
         if opts.cluster is None or slo.tpot_ms is None:
             return None
         decodes = opts.cluster.by_role("decode")
         if not decodes:
             return None
-        limit = DECODE_SATURATED * (1.0 if at_target else self._params["headroom"]) * slo.tpot_ms
+        limit = DECODE_SATURATED * self._params["headroom"] * slo.tpot_ms
         least = min(joined_tpot_ms(opts.request, opts.session, w) for w in decodes)
         return (least, limit) if least >= limit else None
 
