@@ -90,30 +90,33 @@ def queue_wait_ms(w: WorkerView, typical_new_tokens: int = 0) -> float:
         # queued: its tokens, and at most one base cost per local request the router has in flight.
         local_waiting = min(max(w.waiting_reqs, 0), max(w.local_prefill_reqs, 0))
         return c.prefill_base_ms * local_waiting + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
-    if w.role == "prefill" and w.router_prefill_reqs > 0:
-        # the router's own prefills in flight there are all queued or running: their compute,
-        # current on every dispatch (the poll lags); any other in-flight request is priced as below
-        wait = (
-            c.prefill_base_ms * w.router_prefill_reqs
-            + c.prefill_per_token_ms * max(w.router_prefill_tokens, 0)
-            + c.prefill_attn_ms_per_ktok2 * max(w.router_prefill_attn_ktok2, 0.0)
-        )
-        # other routers' work (replicas polling the same workers) shows only in the poll's queue
-        polled = c.prefill_base_ms * (max(w.waiting_reqs, 0) + max(w.running_reqs, 0)) + c.prefill_per_token_ms * max(
-            w.waiting_tokens, 0
-        )
-        if polled > wait:
-            wait = polled
-        unseen = max(0, w.inflight - w.router_prefill_reqs)
-    else:
-        reqs = max(w.waiting_reqs, 0)
-        if w.role == "prefill":
-            reqs += max(w.running_reqs, 0)  # a prefill worker's running requests are prefills too
-        unseen = max(0, w.inflight - max(w.running_reqs, 0) - max(w.waiting_reqs, 0))
-        wait = c.prefill_base_ms * reqs + c.prefill_per_token_ms * max(w.waiting_tokens, 0)
-    if unseen:
+    wait, unseen = prefill_queue_terms(w)
+    if unseen > 0:
         wait += unseen * (prefill_ms(c, typical_new_tokens) if typical_new_tokens > 0 else c.prefill_base_ms)
     return wait
+
+
+def prefill_queue_terms(w: WorkerView) -> tuple[float, int]:
+    """The request-independent part of :func:`queue_wait_ms` on a prefill or unified worker:
+    (the wait for the prefills queued and running there, the requests the router sent beyond
+    them, unclamped). ``routing.placement`` memoises it per view."""
+    c = w.coefficients
+    running = w.running_reqs if w.running_reqs > 0 else 0
+    waiting = w.waiting_reqs if w.waiting_reqs > 0 else 0
+    queued_tokens = w.waiting_tokens if w.waiting_tokens > 0 else 0
+    if w.role == "prefill" and w.router_prefill_reqs > 0:
+        # the router's own prefills in flight there are all queued or running: their compute,
+        # current on every dispatch (the poll lags)
+        own = (
+            c.prefill_base_ms * w.router_prefill_reqs
+            + c.prefill_per_token_ms * (w.router_prefill_tokens if w.router_prefill_tokens > 0 else 0)
+            + c.prefill_attn_ms_per_ktok2 * (w.router_prefill_attn_ktok2 if w.router_prefill_attn_ktok2 > 0 else 0.0)
+        )
+        # other routers' work (replicas polling the same workers) shows only in the poll's queue
+        polled = c.prefill_base_ms * (waiting + running) + c.prefill_per_token_ms * queued_tokens
+        return (polled if polled > own else own), w.inflight - w.router_prefill_reqs
+    reqs = waiting + running if w.role == "prefill" else waiting  # a prefill worker's running requests are prefills too
+    return c.prefill_base_ms * reqs + c.prefill_per_token_ms * queued_tokens, w.inflight - running - waiting
 
 
 def transfer_ms(kv_bytes: int, link_gbps: float, backlog_bytes: int = 0) -> float:

@@ -26,6 +26,7 @@ from ppd_server.routing.latency import (
     expected_output_tokens,
     kv_fits,
     prefill_ms,
+    prefill_queue_terms,
     queue_wait_ms,
     transfer_ms,
 )
@@ -283,30 +284,10 @@ def _decode_terms(d: WorkerView) -> tuple[str, int, int, float, float, float, in
 
 
 def _prefill_terms(p: WorkerView) -> tuple[float, int]:
-    """The request-independent part of ``queue_wait_ms`` on a prefill worker, cached on the view
-    like :func:`_decode_terms`: (the wait for its queued and running prefills, the requests the
-    router sent that the last poll did not see - each is then priced like the request at hand)."""
-    c = p.coefficients
-    if p.router_prefill_reqs > 0:  # the router's own prefills in flight there (queue_wait_ms)
-        own = p.router_prefill_reqs
-        wait = (
-            c.prefill_base_ms * own
-            + c.prefill_per_token_ms * (p.router_prefill_tokens if p.router_prefill_tokens > 0 else 0)
-            + c.prefill_attn_ms_per_ktok2 * (p.router_prefill_attn_ktok2 if p.router_prefill_attn_ktok2 > 0 else 0.0)
-        )
-        polled = c.prefill_base_ms * (
-            (p.waiting_reqs if p.waiting_reqs > 0 else 0) + (p.running_reqs if p.running_reqs > 0 else 0)
-        ) + c.prefill_per_token_ms * (p.waiting_tokens if p.waiting_tokens > 0 else 0)
-        terms = (polled if polled > wait else wait, p.inflight - own)
-        object.__setattr__(p, "memo", terms)
-        return terms
-    running = p.running_reqs if p.running_reqs > 0 else 0  # a prefill worker's running requests are prefills too
-    waiting = p.waiting_reqs if p.waiting_reqs > 0 else 0
-    queued_tokens = p.waiting_tokens if p.waiting_tokens > 0 else 0
-    terms = (
-        c.prefill_base_ms * (waiting + running) + c.prefill_per_token_ms * queued_tokens,
-        p.inflight - running - waiting,
-    )
+    """``latency.prefill_queue_terms`` of a prefill worker, cached on the view like
+    :func:`_decode_terms`: (the wait for its queued and running prefills, the requests the
+    router sent that it cannot place in that queue - each is then priced like the request at hand)."""
+    terms = prefill_queue_terms(p)
     object.__setattr__(p, "memo", terms)
     return terms
 
