@@ -17,7 +17,7 @@ b. **Measured CPU comparison** - ``ppd-bench compare``: ppd, pd, local, threshol
    prefill worker is at capacity while sessions arrive and ~55-75% busy over the run (the table
    shows each worker's measured busy share), while the decode worker can still take the appends:
    the load where P->D turns 2+ wait behind long prefills. A live TPOT-weight sweep of ppd
-   (``--live-weights``) runs at the same load;
+   (``--live-weights``) runs at :data:`LIVE_WEIGHTS_LOAD`, a load with a trade-off to weigh;
 c. **Validation** - ``benchmarks/validate_sim.py``: the same ppd-bench workload measured on the
    embedded 1P1D cluster and simulated with that cluster's measured profile.
 
@@ -104,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--validate-args", default="", help="extra benchmarks/validate_sim.py options")
     live.add_argument(
         "--live-weights",
-        default="1,4,16",
-        help="w_tpot values of the live TPOT-weight sweep (ppd-bench compare, ppd@tpot=W, same load as the live "
-        "comparison); 'none' skips it; default 1,4,16",
+        default="1,8,64",
+        help="w_tpot values of the live TPOT-weight sweep (ppd-bench compare, ppd@tpot=W, on big_paste: 512-token "
+        "appends that stall the decode worker's streams when prefilled there); 'none' skips it; default 1,8,64",
     )
     return p
 
@@ -225,13 +225,32 @@ def _env() -> dict[str, str]:
 
 #: the live comparison's workload and load (ppd-bench compare options; --live-args adds to them)
 LIVE_LOAD = ("--workload", "long-prompt-cpu", "--rate", "0.3", "--sessions", "10", "--duration", "30")
+#: the live TPOT-weight sweep's. Not LIVE_LOAD: there the prefill worker is the bottleneck, and
+#: local turns are better on TPOT too (P->D turns 2+ queue behind the 2k-token first turns and land
+#: on the decode worker together: pd's turn-2+ TPOT p50 was 140 ms against local's 71, 2026-12-04),
+#: so a TPOT weight has nothing to trade. Here a 512-token append prefilled on the decode worker
+#: stalls its streams, while the prefill worker has room: w_tpot 1 / 8 / 64 gave 68 / 30 / 6% local,
+#: TPOT p50 150 / 115 / 108 ms (2026-12-05). Two rounds, ABBA: a turn's TPOT on two shared cores
+#: swings by a quarter between runs.
+LIVE_WEIGHTS_LOAD = (
+    "--workload", "big_paste", "--first-turn", "small", "--turns", "4",
+    "--rate", "0.2", "--sessions", "10", "--duration", "40", "--rounds", "2",
+)  # fmt: skip
 
 
-def _compare(a: argparse.Namespace, systems: str, baseline: str, out: Path, what: str, tail: int) -> dict | None:
-    """Run ``ppd-bench compare`` on the live load; its JSON, the command and how long it took
+def _compare(
+    a: argparse.Namespace,
+    systems: str,
+    baseline: str,
+    out: Path,
+    what: str,
+    tail: int,
+    load: tuple[str, ...] = LIVE_LOAD,
+) -> dict | None:
+    """Run ``ppd-bench compare`` on ``load``; its JSON, the command and how long it took
     (None when it failed: any saved figures are kept)."""
     argv = [sys.executable, "-m", "ppd_bench", "compare", "--systems", systems, "--baseline", baseline]
-    argv += [*LIVE_LOAD, *a.live_args.split(), "--out", str(out)]
+    argv += [*load, *a.live_args.split(), "--out", str(out)]
     started = time.monotonic()
     proc = subprocess.run(argv, env=_env(), cwd=HERE.parent, text=True, capture_output=True)
     sys.stderr.write(proc.stderr[-tail:])
@@ -255,7 +274,7 @@ def run_live_weights(a: argparse.Namespace, data_dir: Path) -> dict[str, Any] | 
     weights = _csv(a.live_weights, float)
     systems = ",".join(f"ppd@tpot={w:g}" for w in weights)
     out = data_dir / "live_weights_compare.json"
-    run = _compare(a, systems, f"ppd@tpot={weights[0]:g}", out, "live weights sweep", 2000)
+    run = _compare(a, systems, f"ppd@tpot={weights[0]:g}", out, "live weights sweep", 2000, LIVE_WEIGHTS_LOAD)
     return None if run is None else {**run, "weights": weights}
 
 

@@ -124,8 +124,12 @@ def render_live_weights(lw: dict[str, Any] | None) -> list[str]:
         "### TPOT weight, live",
         "",
         f"`{lw['command']}` ({lw['seconds']:.0f} s here): ppd-server --policy ppd in front of the same workers, "
-        "each run's clients sending that TPOT weight (TTFT weight 1); same sessions and arrivals. The issue asks "
-        "for the local share and TPOT to fall as the weight rises.",
+        "each run's clients sending that TPOT weight (TTFT weight 1); same sessions and arrivals; with several "
+        "rounds the figures pool them. The workload is not the comparison's above: there the prefill worker is "
+        "the bottleneck and local turns are better on TPOT as well (P->D turns queue behind the long first "
+        "turns and land on the decode worker together), so a weight has nothing to trade. Here a 512-token "
+        "append prefilled on the decode worker stalls its streams while the prefill worker has room: local buys "
+        "TTFT with TPOT. The issue asks for the local share and TPOT to fall as the weight rises.",
         "",
         "| w_tpot | turns 2+ local | TPOT p50 ms | turn-2+ TTFT p50 ms | success | P / D busy | load avg |",
         "|---|---|---|---|---|---|---|",

@@ -190,3 +190,21 @@ def test_report_rejects_bad_live_weights_with_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         report.main(["--live-weights", "1,1", "--skip-live"])
     assert e.value.code == 2 and "--live-weights" in capsys.readouterr().err
+
+
+def test_the_live_weights_sweep_runs_on_its_own_load_and_the_comparison_on_its(monkeypatch, tmp_path):
+    # the comparison's long-prompt-cpu is prefill-bound (local wins TPOT too): the sweep needs a load
+    # where local buys TTFT with TPOT, and two rounds against run-to-run noise
+    seen: list[list[str]] = []
+
+    def fake_run(argv, **_):
+        seen.append(argv)
+        return type("Done", (), {"returncode": 1, "stderr": ""})()
+
+    monkeypatch.setattr(report.subprocess, "run", fake_run)
+    a = report.build_parser().parse_args(["--live-weights", "1,8"])
+    assert report.run_live_weights(a, tmp_path) is None and report.run_live(a, tmp_path) is None
+    weights, live = seen
+    assert weights[weights.index("--workload") + 1] == "big_paste" and "--rounds" in weights
+    assert "ppd@tpot=1,ppd@tpot=8" in weights
+    assert live[live.index("--workload") + 1] == "long-prompt-cpu" and "--rounds" not in live
