@@ -1,6 +1,7 @@
 """How fast is ppd-sim, and did a speed-up change any result?
 
     python benchmarks/sim_speed.py                        # the 1-hour 4P12D mixed 20/s ppd run: CPU s, turns, turns/s
+    python benchmarks/sim_speed.py --reasons              # ... keeping every decision's reason (ppd-sim --reasons)
     python benchmarks/sim_speed.py --duration 600         # a shorter version of it
     python benchmarks/sim_speed.py --digests OUT.json     # the equivalence scenarios: a digest per run, saved
     python benchmarks/sim_speed.py --check OUT.json       # ... compared with a saved file; exit 1 on any difference
@@ -8,7 +9,9 @@
 
 CPU time is ``time.process_time`` around ``Simulation.run`` alone (not imports or workload
 generation), so it is comparable across a busy machine better than wall time; compare two
-trees side by side in one sitting all the same.
+trees side by side in one sitting all the same. The timed run runs as ``ppd-sim`` does without
+``--reasons``: no decision reason is written (its digest covers empty reasons; before that
+option existed every run wrote them: ``--reasons`` times that). The scenarios keep the reasons.
 
 A digest is a SHA-256 over every request of the run (route, workers, arrival, first token,
 finish, cached tokens, KV bytes, predictions; floats as ``repr``, i.e. to the last bit) plus the
@@ -76,15 +79,26 @@ def digest(result: Any, summary: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def run(argv: str) -> list[dict[str, Any]]:
-    """Every policy of one ``ppd-sim`` command line: CPU seconds, turns, digest."""
+def run(argv: str, keep_reasons: bool = True) -> list[dict[str, Any]]:
+    """Every policy of one ``ppd-sim`` command line: CPU seconds, turns, digest. ``keep_reasons``
+    False: as ``ppd-sim`` runs without ``--reasons`` (every reason empty, the digest too)."""
     args = build_parser().parse_args([*argv.split(), "--quiet"])
     policies, spec, hw, profile, convs, hints = prepare(args)
     out = []
     for policy in policies:
         start = router_profile(args, profile)
         cost_model = CostModel(start) if start is not None else None
-        sim = Simulation(policy, spec, hw, convs, hints, cost_model, args.online_fit, router_behaviour(args))
+        sim = Simulation(
+            policy,
+            spec,
+            hw,
+            convs,
+            hints,
+            cost_model,
+            args.online_fit,
+            router_behaviour(args),
+            keep_reasons=keep_reasons,
+        )
         t0 = time.process_time()
         result = sim.run()
         cpu = time.process_time() - t0
@@ -107,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--digests", metavar="OUT", help="run the equivalence scenarios, save their digests here")
     group.add_argument("--check", metavar="SAVED", help="run the equivalence scenarios, compare with a saved file")
+    parser.add_argument(
+        "--reasons",
+        action="store_true",
+        help="time the run keeping every decision's reason (ppd-sim --reasons); by default it runs as "
+        "ppd-sim without --reasons, which formats none (its digest then covers empty reasons)",
+    )
     parser.add_argument("--only", metavar="NAMES", help=f"comma-separated scenarios (of {', '.join(SCENARIOS)})")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",")] if args.only else list(SCENARIOS)
@@ -115,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     if args.digests is None and args.check is None:
         argv_target = TARGET.replace("--duration 3600", f"--duration {args.duration:g}")
-        for row in run(argv_target):
+        for row in run(argv_target, keep_reasons=args.reasons):
             rate = row["turns"] / max(row["cpu_s"], 1e-9)
             print(
                 f"{argv_target}: {row['cpu_s']:.2f} CPU s, {row['turns']} turns, {rate:.0f} turns/s, "

@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     for policy in policies:
         start = router_profile(args, profile)
         cost_model = CostModel(start) if start is not None else None  # a fresh fit per policy
-        sim = Simulation(policy, spec, hw, convs, hints, cost_model, args.online_fit, behaviour)
+        sim = Simulation(
+            policy, spec, hw, convs, hints, cost_model, args.online_fit, behaviour, keep_reasons=args.reasons
+        )
         started = time.monotonic()
         last = [started]
 

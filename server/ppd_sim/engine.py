@@ -28,6 +28,7 @@ the online fit converges from a wrong profile and what miscalibration costs.
 
 from __future__ import annotations
 
+import copy
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,12 +130,19 @@ class Simulation:
         online_fit: bool = False,
         router: RouterBehaviour = RouterBehaviour(),
         reference: bool = False,
+        keep_reasons: bool = True,
     ) -> None:
         """``reference``: the plain path (every view rebuilt on every turn, every worker iteration an
-        event); the same results, slower; tests compare the fast path against it."""
+        event); the same results, slower; tests compare the fast path against it. ``keep_reasons``:
+        False leaves every ``SimRequest.reason`` empty and the policy's usual reasons unwritten
+        (``Policy.explain``; ``ppd-sim`` reads them only with ``--reasons``); nothing else changes."""
         if online_fit and cost_model is None:
             raise ValueError("online_fit needs a cost_model")
+        if not keep_reasons and policy.explain:  # a copy: the caller's policy keeps explaining
+            policy = copy.copy(policy)
+            policy.explain = False
         self.policy = policy
+        self._keep_reasons = keep_reasons
         self.cost_model = cost_model
         self.online_fit = online_fit
         self._decode_at_decision: dict[int, tuple[int, int]] = {}  # rid -> (running, context) the policy saw
@@ -252,7 +260,9 @@ class Simulation:
         req = SimRequest(rid, cid, view.turn, now, prompt, new_in, out, view.max_new_tokens, decision.output_tokens)
         req.cut = out < wanted
         route = req.route = decision.route
-        req.decode, req.prefill, req.reason = decision.decode, decision.prefill, decision.reason
+        req.decode, req.prefill = decision.decode, decision.prefill
+        if self._keep_reasons:
+            req.reason = decision.reason
         for chosen in decision.candidates:  # decision.predicted(route)
             if chosen.route == route:
                 req.predicted_ttft_ms, req.predicted_tpot_ms = chosen.ttft_ms, chosen.tpot_ms

@@ -3,6 +3,8 @@ event each) gives exactly the results of the plain path, request by request."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from ppd_server.routing.cost_model import CostModel
@@ -11,6 +13,7 @@ from ppd_server.routing.types import CostCoefficients
 from ppd_sim import (
     ClusterSpec,
     Hardware,
+    RequestHints,
     RouterBehaviour,
     Simulation,
     WorkloadSpec,
@@ -81,3 +84,24 @@ def test_fast_path_equals_the_plain_path(policy, cluster, router, fit, capacity)
     assert trace(fast) == trace(plain)
     s_plain, s_fast = summarize(plain, 200, 15), summarize(fast, 200, 15)
     assert s_fast == s_plain
+
+
+@pytest.mark.parametrize("slo", [{}, {"slo_ttft_ms": 150.0, "slo_tpot_ms": 12.0}])
+def test_a_run_without_reasons_differs_only_in_them(slo):
+    """``keep_reasons=False`` (``ppd-sim`` without ``--reasons``): the policy writes no reason
+    figures and every request's reason is empty; every other field of every request is the same."""
+    convs = synthetic(WorkloadSpec(qps=16, duration_s=10, workload="mixed", turns_min=2, turns_max=5, seed=4))
+    policy = make_policy("ppd")
+    runs = [
+        Simulation(policy, ClusterSpec.parse("2P4D"), hardware(), convs, RequestHints(**slo), keep_reasons=keep).run()
+        for keep in (True, False)
+    ]
+    kept, dropped = runs
+    assert policy.explain  # the caller's policy still explains (the run used a copy)
+    assert {r.route for r in kept.requests} >= {"local", "pd"} and all(r.reason for r in kept.requests)
+    assert all(r.reason == "" for r in dropped.requests)
+    other = [f.name for f in fields(kept.requests[0]) if f.name != "reason"]
+    assert [[getattr(r, n) for n in other] for r in dropped.requests] == [
+        [getattr(r, n) for n in other] for r in kept.requests
+    ]
+    assert summarize(dropped, 200, 15) == summarize(kept, 200, 15)

@@ -149,6 +149,11 @@ class Policy(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     spec_param: ClassVar[str | None] = None  # the parameter ``name:ARG`` sets, if any
     spec_metavar: ClassVar[str] = "ARG"  # how usage() writes that argument
+    #: write the decisions' reasons. False, for a caller that reads none (``ppd-sim`` without
+    #: ``--reasons``: formatting them cost ~4% of its run, keeping them more): the usual reasons
+    #: (the score's, P->D for want of a choice) are empty, the rarer ones lack the score's figures.
+    #: Nothing else about a decision changes.
+    explain: bool = True
 
     @classmethod
     def usage(cls) -> str:
@@ -219,7 +224,8 @@ class Policy(ABC):
         if opts.holder is not None and opts.holder.role == "unified" and opts.replica is not None:
             return self._decision(opts, opts.replica, f"replica: {opts.why_not_local}")
         if opts.pd is not None:
-            return self._decision(opts, opts.pd, f"pd: {opts.why_not_local} ({predicted(opts.pd)})")
+            reason = f"pd: {opts.why_not_local} ({predicted(opts.pd)})" if self.explain else ""
+            return self._decision(opts, opts.pd, reason)
         if opts.replica is not None:
             why = (
                 "session affinity"

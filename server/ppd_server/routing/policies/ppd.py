@@ -213,10 +213,12 @@ class PPDPolicy(Policy):
             budgets = local_tpot_budget(req, opts.session, holder, self._params["headroom"] * slo.tpot_ms)
             stale_ms = stale_prefill_ms(opts, budget_pd_chance(*budgets))
         s = ppd_score(local, pd, w_ttft, w_tpot) - w_ttft * (others_ms + stale_ms) / max(pd.ttft_ms, 1e-9)
-        extra = (f", others +{fmt_ms(others_ms)}" if others_ms else "") + (
-            f", stale P +{fmt_ms(stale_ms)}" if stale_ms else ""
-        )
-        detail = f"S={s:+.2f} ({self.describe(local, pd)}{extra})"
+        detail = ""
+        if self.explain:
+            extra = (f", others +{fmt_ms(others_ms)}" if others_ms else "") + (
+                f", stale P +{fmt_ms(stale_ms)}" if stale_ms else ""
+            )
+            detail = f"S={s:+.2f} ({self.describe(local, pd)}{extra})"
         if slo.tpot_ms is not None:
             # the holder's local-prefill budget keeps all its streams under the target (with headroom:
             # the target binds every request, the prediction is a mean)
@@ -268,8 +270,8 @@ class PPDPolicy(Policy):
             return "local", s, f"local: pd breaks SLO ({'; '.join(pd_breaks)}); {detail}"
         suffix = "; both break the SLO" if local_breaks else ""
         if s > self._params["margin"]:
-            return "local", s, f"local: {detail}{suffix}"
-        return "pd", s, f"pd: {detail}{suffix}"
+            return "local", s, f"local: {detail}{suffix}" if detail else ""
+        return "pd", s, f"pd: {detail}{suffix}" if detail else ""
 
     @staticmethod
     def _pd_misses_ttft(local: Candidate, pd: Candidate, req: RequestView) -> bool:
