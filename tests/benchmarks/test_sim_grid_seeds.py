@@ -68,3 +68,25 @@ def test_a_rise_in_local_share_says_whether_it_is_beyond_the_noise():
     row = sim_weights.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.05, step_se=0.01)
     assert sim_weights._noise(row) == " (+5.0 points, SE 1.0: beyond noise)"
     assert sim_weights._noise(sim_weights.SweepRow(1.0, 0.6, 7.0, 28.0, step=0.05)) == ""  # one seed: no error
+
+
+def test_the_router_options_of_a_cell_reach_the_simulator():
+    # --sim-args / --router-args may idealise the router (report.py's help names the poll lag):
+    # the grid once built its Simulation without them, and every cell ran the live defaults
+    base = [
+        "--policies",
+        "ppd",
+        "--cluster",
+        "1P3D",
+        "--qps",
+        "16",
+        "--duration",
+        "10",
+        "--workload",
+        "big_paste",
+        "--seed",
+        "0",
+    ]
+    lagged = sim_grid.simulate(base)[0]
+    assert sim_grid.simulate([*base, "--poll-interval-ms", "0"])[0] != lagged
+    assert sim_grid.simulate([*base, "--client-max-tokens", "exact"])[0] != lagged
