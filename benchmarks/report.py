@@ -229,12 +229,14 @@ LIVE_LOAD = ("--workload", "long-prompt-cpu", "--rate", "0.3", "--sessions", "10
 #: local turns are better on TPOT too (P->D turns 2+ queue behind the 2k-token first turns and land
 #: on the decode worker together: pd's turn-2+ TPOT p50 was 140 ms against local's 71, 2026-12-04),
 #: so a TPOT weight has nothing to trade. Here a 512-token append prefilled on the decode worker
-#: stalls its streams, while the prefill worker has room: w_tpot 1 / 8 / 64 gave 68 / 30 / 6% local,
-#: TPOT p50 150 / 115 / 108 ms (2026-12-05). Two rounds, ABBA: a turn's TPOT on two shared cores
-#: swings by a quarter between runs.
+#: stalls its streams, while the prefill worker has room. Two rounds each (2026-12-05): w_tpot 1 / 8 / 64
+#: gave 68 / 30 / 6% local at TPOT p50 150 / 115 / 108 ms, then 59 / 32 / 4% at 150 / 123 / 128;
+#: w_tpot 0.25 / 2 / 64: 56 / 33 / 6% at 123 / 111 / 99. One round's TPOT p50 swings by up to a
+#: quarter on two shared cores (w_tpot 64: 104 and 138 ms), more than 30% -> 5% local moves it:
+#: three rounds, ABBA.
 LIVE_WEIGHTS_LOAD = (
     "--workload", "big_paste", "--first-turn", "small", "--turns", "4",
-    "--rate", "0.2", "--sessions", "10", "--duration", "40", "--rounds", "2",
+    "--rate", "0.2", "--sessions", "10", "--duration", "40", "--rounds", "3",
 )  # fmt: skip
 
 
