@@ -117,10 +117,13 @@ def pd_share(holder: WorkerView) -> float:
 def budget_pd_chance(need_ms: float, budget_ms: float) -> float:
     """How likely the conversation's next turn goes P->D, under a TPOT target: the share of the
     holder's local-prefill budget used once it takes this turn (``latency.local_tpot_budget``),
-    squared. The budget is what sends a continuation P->D (an idle holder never refuses; a full
-    one always does), and the next turn finds the holder about as loaded as this one leaves it.
-    Squared because a use well below 1 is rarely refused (the committed load comes and goes
-    with the streams). 1 when there is no budget at all."""
+    squared. The budget is one thing that sends a continuation P->D (an idle holder never
+    refuses; a full one always does), and the next turn finds the holder about as loaded as this
+    one leaves it. Squared because a use well below 1 is rarely refused (the committed load comes
+    and goes with the streams). 1 when there is no budget at all. It misses the other thing, S
+    itself: in 3P1D huge_paste 8/s ~60% of the turns after a local turn go P->D on S (its
+    ``others`` charge swings from turn to turn) while this says 0-0.1; the measured chance did
+    not fix that cell either (routing/README.md, "Proving it")."""
     if budget_ms <= 0.0:
         return 1.0
     u = min(1.0, max(need_ms, 0.0) / budget_ms)
@@ -134,7 +137,7 @@ def stale_prefill_ms(opts: Options, p_next_pd: float) -> float:
     P->D would have prefilled now (``pd.prefill_tokens``; the answer it lacks either way). The
     next turn that goes P->D prefills them there on top of its own (per token and attention, no
     second base). Weighted by ``p_next_pd``, how likely that next turn goes P->D
-    (:func:`budget_pd_chance` under a TPOT target: the budget is what sends a continuation P->D;
+    (:func:`budget_pd_chance` under a TPOT target, which sees the budget's refusals and not S's;
     the share of the holder's in-flight requests that are not local was self-fulfilling: with
     nothing local in flight it says 1, and no local turn starts to lower it)."""
     pd, holder, cluster = opts.pd, opts.holder, opts.cluster
