@@ -12,6 +12,7 @@ from typing import Any
 
 from report_render_live import live_rows, plot_live, render_live, render_live_weights  # noqa: F401 - re-exported
 from report_render_util import COLORS, POLICY_ORDER, _get, _ms, _pct, _plt  # noqa: F401 - re-exported
+from sim_grid import format_gap
 
 # -- (a) sim grid --------------------------------------------------------------------------------------
 
@@ -85,6 +86,7 @@ def grid_table(rows: list[dict[str, Any]]) -> str:
         "qps",
         *[f"{p} SLO%" for p in pols],
         "t2 TTFT p50 ppd / pd ms",
+        "ppd - pd ms (SE)",
         "ppd TPOT p50",
         "ppd local",
         "check",
@@ -105,6 +107,7 @@ def grid_table(rows: list[dict[str, Any]]) -> str:
                     f"{r['qps']:g}",
                     *[_pct(r["attainment"].get(p)) for p in pols],
                     f"{_ms(r['turn2plus_ttft_p50_ms'].get('ppd'))} / {_ms(r['turn2plus_ttft_p50_ms'].get('pd'))}",
+                    _gap(r.get("turn2plus_ttft_p50_gap_ms")),
                     _ms(r["tpot_p50_ms"].get("ppd")),
                     _pct(r["turn2plus_local_share"].get("ppd")),
                     check,
@@ -114,6 +117,11 @@ def grid_table(rows: list[dict[str, Any]]) -> str:
             + " |"
         )
     return "\n".join(lines)
+
+
+def _gap(gap: dict[str, Any] | None) -> str:
+    """The saved paired gap (``turn2plus_ttft_p50_gap_ms``; absent in runs saved before it)."""
+    return format_gap(((gap or {}).get("mean"), (gap or {}).get("se")))
 
 
 def grid_headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -180,7 +188,10 @@ def render_sim(sim: dict[str, Any] | None, data_dir: Path) -> list[str]:
         md.append(
             f"Every cell ran with seeds {', '.join(h['seeds'])} (other conversations and arrivals each); the figures "
             f"and the check are the means over them. Cells losing on one seed alone: {each}. One 30-s seed is one "
-            "noisy sample: near saturation, p50s 1-3% apart swap order from seed to seed."
+            "noisy sample: near saturation, p50s 1-3% apart swap order from seed to seed. `ppd - pd ms (SE)` is "
+            "ppd's turn-2+ TTFT p50 minus pd's, paired by seed, with its standard error over the seeds: a loss "
+            "within about two SE is the seed-to-seed noise (one local turn can move a run's p50 by ~1 ms), one "
+            "beyond it is ppd's."
         )
     md.append("")
     for g in sim["grids"]:

@@ -78,6 +78,9 @@ class Row:
     local_share: dict[str, float | None] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)  # on the figures above (means over the seeds)
     seed_violations: dict[int, list[str]] = field(default_factory=dict)  # each seed's own verdict
+    # ppd's turn-2+ TTFT p50 minus pd's, paired by seed: (mean, standard error) in ms; the SE says
+    # whether a loss on the means is beyond the seed-to-seed noise (None with one seed)
+    ttft2_gap: tuple[float | None, float | None] = (None, None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,7 @@ class Row:
             "turn2plus_local_share": self.local_share,
             "violations": self.violations,
             "seed_violations": {str(s): v for s, v in self.seed_violations.items()},
+            "turn2plus_ttft_p50_gap_ms": {"mean": self.ttft2_gap[0], "se": self.ttft2_gap[1]},
         }
 
 
@@ -213,10 +217,7 @@ def run_grid(spec: GridSpec = GridSpec(), progress: bool = False) -> list[Row]:
             _row(c, w, q, label, results[first + i * len(spec.policies) : first + (i + 1) * len(spec.policies)])
             for i in range(len(spec.seeds))
         ]
-        row = _mean_row(samples)
-        row.seed_violations = {seed: check(s) for seed, s in zip(spec.seeds, samples)}
-        row.violations = check(row)
-        rows.append(row)
+        rows.append(cell_row(samples, spec.seeds))
     if progress:
         print(f"sim_grid: {len(jobs)} runs in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return rows
@@ -238,6 +239,32 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+def paired_difference(
+    before: Sequence[float | None], after: Sequence[float | None]
+) -> tuple[float | None, float | None]:
+    """Mean and standard error of ``after - before`` over the seeds that have both."""
+    diffs = [b - a for a, b in zip(before, after) if a is not None and b is not None]
+    if not diffs:
+        return None, None
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return mean, None
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, (var / len(diffs)) ** 0.5
+
+
+def cell_row(samples: Sequence[Row], seeds: Sequence[int]) -> Row:
+    """One cell from its seeds' rows: the means, checked, with each seed's own verdict and
+    ppd's turn-2+ TTFT p50 gap to pd paired by seed."""
+    row = _mean_row(samples)
+    row.seed_violations = {seed: check(s) for seed, s in zip(seeds, samples)}
+    row.ttft2_gap = paired_difference(
+        [s.ttft2_p50.get("pd") for s in samples], [s.ttft2_p50.get("ppd") for s in samples]
+    )
+    row.violations = check(row)
+    return row
+
+
 def _mean_row(samples: Sequence[Row]) -> Row:
     """One cell's figures as the mean over its seeds (a figure missing in a seed is left out)."""
     first = samples[0]
@@ -257,11 +284,30 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def format_gap(gap: Sequence[float | None]) -> str:
+    """ppd's turn-2+ TTFT p50 minus pd's, ms, paired by seed: ``+1.1 (0.3)``; ``-`` when unknown."""
+    mean, se = gap
+    if mean is None:
+        return "-"
+    return f"{mean:+.1f}" + (f" ({se:.1f})" if se is not None else "")
+
+
 def format_grid(rows: Sequence[Row]) -> str:
     """One line per cell: SLO attainment (%) per policy, ppd's and pd's turn-2+ TTFT p50, ppd's local
     share and TPOT p50, and the violations (marked ``!!``)."""
     policies = list(rows[0].attainment) if rows else []
-    head = ["cluster", "workload", "qps", "load", *policies, "ttft2 ppd/pd", "ppd tpot", "ppd local", "check"]
+    head = [
+        "cluster",
+        "workload",
+        "qps",
+        "load",
+        *policies,
+        "ttft2 ppd/pd",
+        "ppd-pd (SE)",
+        "ppd tpot",
+        "ppd local",
+        "check",
+    ]
     table = [head]
     for r in rows:
         ttft = f"{_ms(r.ttft2_p50.get('ppd'))}/{_ms(r.ttft2_p50.get('pd'))}"
@@ -273,6 +319,7 @@ def format_grid(rows: Sequence[Row]) -> str:
                 r.load,
                 *(_pct(r.attainment[p]) for p in policies),
                 ttft,
+                format_gap(r.ttft2_gap),
                 _ms(r.tpot_p50.get("ppd")),
                 _pct(r.local_share.get("ppd")),
                 "!! " + "; ".join(r.violations) if r.violations else "ok",

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from sim_grid import GridSpec, _argv, _mean, _ms, _one_policy, _pct
+from sim_grid import GridSpec, _argv, _mean, _ms, _one_policy, _pct, paired_difference
 
 SWEEP_TPOT_TOLERANCE = 0.01  # TPOT p50 may wobble by 1% between neighbouring weights (simulation noise)
 WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -32,18 +32,6 @@ class SweepRow:
     # error over the seeds (None for the first weight, or with one seed for the error)
     step: float | None = None
     step_se: float | None = None
-
-
-def _paired_step(before: Sequence[float | None], after: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and standard error of ``after - before`` over the seeds that have both."""
-    diffs = [b - a for a, b in zip(before, after) if a is not None and b is not None]
-    if not diffs:
-        return None, None
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) < 2:
-        return mean, None
-    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
-    return mean, (var / len(diffs)) ** 0.5
 
 
 def weights_sweep(
@@ -79,7 +67,7 @@ def weights_sweep(
             _mean(shares[k]),
             _mean([r["tpot_ms"]["p50"] for r in results[k::n]]),
             _mean([r["turn2plus_ttft_ms"]["p50"] for r in results[k::n]]),
-            *(_paired_step(shares[k - 1], shares[k]) if k else (None, None)),
+            *(paired_difference(shares[k - 1], shares[k]) if k else (None, None)),
         )
         for k, w in enumerate(weights)
     ]

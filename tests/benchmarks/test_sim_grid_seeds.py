@@ -54,12 +54,12 @@ def test_bad_seeds_are_a_one_line_error_with_exit_2(capsys, seeds):
 
 def test_a_sweep_step_is_paired_by_seed_with_its_standard_error():
     # seed-to-seed levels differ a lot (0.2 vs 0.8); the paired step is the same -0.1 in each seed
-    mean, se = sim_weights._paired_step([0.3, 0.9, 0.5], [0.2, 0.8, 0.4])
+    mean, se = sim_grid.paired_difference([0.3, 0.9, 0.5], [0.2, 0.8, 0.4])
     assert mean == pytest.approx(-0.1) and se == pytest.approx(0.0, abs=1e-12)
-    mean, se = sim_weights._paired_step([0.5, 0.5, None], [0.6, 0.4, 0.9])  # a seed without a figure is left out
+    mean, se = sim_grid.paired_difference([0.5, 0.5, None], [0.6, 0.4, 0.9])  # a seed without a figure is left out
     assert mean == pytest.approx(0.0) and se == pytest.approx(0.1)
-    assert sim_weights._paired_step([0.5], [0.4]) == (pytest.approx(-0.1), None)
-    assert sim_weights._paired_step([None], [0.4]) == (None, None)
+    assert sim_grid.paired_difference([0.5], [0.4]) == (pytest.approx(-0.1), None)
+    assert sim_grid.paired_difference([None], [0.4]) == (None, None)
 
 
 def test_a_rise_in_local_share_says_whether_it_is_beyond_the_noise():
@@ -90,3 +90,18 @@ def test_the_router_options_of_a_cell_reach_the_simulator():
     lagged = sim_grid.simulate(base)[0]
     assert sim_grid.simulate([*base, "--poll-interval-ms", "0"])[0] != lagged
     assert sim_grid.simulate([*base, "--client-max-tokens", "exact"])[0] != lagged
+
+
+def test_a_cell_carries_ppds_gap_to_pd_paired_by_seed():
+    # seed levels 40 / 44 / 50 ms; ppd is 1 ms slower than pd in every seed: the gap is +1.0 with
+    # no spread, which a mean of the two columns alone would not show
+    samples = [
+        sim_grid._row("3P1D", "huge_paste", 8, "0.5x sat", [_summary("pd", 1.0, t), _summary("ppd", 1.0, t + 1.0)])
+        for t in (40.0, 44.0, 50.0)
+    ]
+    row = sim_grid.cell_row(samples, [0, 1, 2])
+    assert row.ttft2_gap == (pytest.approx(1.0), pytest.approx(0.0, abs=1e-12))
+    assert row.violations and all(row.seed_violations[s] for s in (0, 1, 2))
+    assert row.as_dict()["turn2plus_ttft_p50_gap_ms"] == {"mean": pytest.approx(1.0), "se": pytest.approx(0.0)}
+    assert sim_grid.format_gap(row.ttft2_gap) == "+1.0 (0.0)" and sim_grid.format_gap((None, None)) == "-"
+    assert "+1.0 (0.0)" in sim_grid.format_grid([row])
