@@ -20,10 +20,8 @@ import sys
 import time
 from typing import Any
 
-from ppd_server.routing.cost_model import CostModel
 from ppd_server.routing.policies import make_policy
-from ppd_sim import Simulation
-from ppd_sim.cli import build_parser, prepare, router_behaviour, router_profile
+from ppd_sim.cli import build_parser, prepare, simulation
 
 DEFAULT = "--cluster 4P12D --qps 20 --duration 300 --workload mixed --policies ppd"
 
@@ -31,9 +29,9 @@ DEFAULT = "--cluster 4P12D --qps 20 --duration 300 --workload mixed --policies p
 def record(argv: str) -> list[tuple[str, Any, Any, Any]]:
     """Every decide call of the command line's runs: (policy spec, request, cluster, session)."""
     args = build_parser().parse_args([*argv.split(), "--quiet"])
-    policies, spec, hw, profile, convs, hints = prepare(args)
+    prepared = prepare(args)
     calls: list[tuple[str, Any, Any, Any]] = []
-    for policy in policies:
+    for policy in prepared[0]:
         decide = policy.decide
 
         def recording(request: Any, cluster: Any, session: Any, decide: Any = decide, name: str = policy.spec) -> Any:
@@ -41,9 +39,7 @@ def record(argv: str) -> list[tuple[str, Any, Any, Any]]:
             return decide(request, cluster, session)
 
         policy.decide = recording  # type: ignore[method-assign]
-        start = router_profile(args, profile)
-        cost_model = CostModel(start) if start is not None else None
-        Simulation(policy, spec, hw, convs, hints, cost_model, args.online_fit, router_behaviour(args)).run()
+        simulation(args, policy, prepared).run()
     return calls
 
 

@@ -132,20 +132,15 @@ def _argv(
 
 def simulate(argv: list[str]) -> list[dict[str, Any]]:
     """Run ``ppd-sim`` in-process for the given arguments; one summary per policy."""
-    from ppd_server.routing.cost_model import CostModel
-    from ppd_sim.cli import build_parser, prepare, router_behaviour, router_profile
-    from ppd_sim.engine import Simulation
+    from ppd_sim.cli import build_parser, prepare, simulation
     from ppd_sim.report import summarize
 
     args = build_parser().parse_args(argv)
-    policies, cluster, hw, profile, convs, hints = prepare(args)
-    behaviour = router_behaviour(args)  # the poll lag, the clients' max_tokens, the link backlog asked for
+    prepared = prepare(args)
     out = []
-    for policy in policies:
-        start = router_profile(args, profile)
-        cost_model = CostModel(start) if start is not None else None
+    for policy in prepared[0]:
         # the grid reads no decision reasons: unwritten, a run is ~5% faster (ppd-sim without --reasons)
-        sim = Simulation(policy, cluster, hw, convs, hints, cost_model, args.online_fit, behaviour, keep_reasons=False)
+        sim = simulation(args, policy, prepared, keep_reasons=False)
         out.append(summarize(sim.run(), args.slo_ttft_ms, args.slo_tpot_ms))
     return out
 

@@ -31,9 +31,7 @@ import sys
 import time
 from typing import Any
 
-from ppd_server.routing.cost_model import CostModel
-from ppd_sim import Simulation
-from ppd_sim.cli import build_parser, prepare, router_behaviour, router_profile
+from ppd_sim.cli import build_parser, prepare, simulation
 from ppd_sim.report import summarize
 
 TARGET = "--cluster 4P12D --qps 20 --duration 3600 --workload mixed --policies ppd"
@@ -83,22 +81,10 @@ def run(argv: str, keep_reasons: bool = True) -> list[dict[str, Any]]:
     """Every policy of one ``ppd-sim`` command line: CPU seconds, turns, digest. ``keep_reasons``
     False: as ``ppd-sim`` runs without ``--reasons`` (every reason empty, the digest too)."""
     args = build_parser().parse_args([*argv.split(), "--quiet"])
-    policies, spec, hw, profile, convs, hints = prepare(args)
+    prepared = prepare(args)
     out = []
-    for policy in policies:
-        start = router_profile(args, profile)
-        cost_model = CostModel(start) if start is not None else None
-        sim = Simulation(
-            policy,
-            spec,
-            hw,
-            convs,
-            hints,
-            cost_model,
-            args.online_fit,
-            router_behaviour(args),
-            keep_reasons=keep_reasons,
-        )
+    for policy in prepared[0]:
+        sim = simulation(args, policy, prepared, keep_reasons=keep_reasons)
         t0 = time.process_time()
         result = sim.run()
         cpu = time.process_time() - t0

@@ -248,9 +248,7 @@ def router_profile(args: argparse.Namespace, hardware_profile: dict[str, Any]) -
     return hardware_profile if args.online_fit else None
 
 
-def prepare(
-    args: argparse.Namespace,
-) -> tuple[list[Any], ClusterSpec, Hardware, dict[str, Any], tuple[Conversation, ...], RequestHints]:
+def prepare(args: argparse.Namespace) -> Prepared:
     """Validate everything before simulating anything; ValueError names the bad value."""
     policies = [make_policy(spec) for spec in args.policies.split(",") if spec.strip()]
     if not policies:
@@ -277,23 +275,34 @@ def prepare(
     return policies, spec, hw, profile, convs, hints
 
 
+Prepared = tuple[list[Any], ClusterSpec, Hardware, dict[str, Any], tuple[Conversation, ...], RequestHints]
+
+
+def simulation(args: argparse.Namespace, policy: Any, prepared: Prepared, keep_reasons: bool = True) -> Simulation:
+    """One policy's run as ``ppd-sim`` makes it from ``args`` and :func:`prepare`'s result: a fresh
+    cost model (each policy fits its own), the router behaviour the options ask for. The one place
+    that assembles a run, for the CLI and the benchmarks alike."""
+    _, spec, hw, profile, convs, hints = prepared
+    start = router_profile(args, profile)
+    cost_model = CostModel(start) if start is not None else None
+    behaviour = router_behaviour(args)
+    return Simulation(policy, spec, hw, convs, hints, cost_model, args.online_fit, behaviour, keep_reasons=keep_reasons)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        policies, spec, hw, profile, convs, hints = prepare(args)
-        behaviour = router_behaviour(args)
+        prepared = prepare(args)
     except ValueError as e:
         parser.error(str(e))
+    policies, spec, hw, profile, convs, _ = prepared
+    behaviour = router_behaviour(args)
     total_turns = sum(len(c.turns) for c in convs)
     rps = total_turns / args.duration  # offered requests per second (turns of the conversations started per second)
     summaries = []
     for policy in policies:
-        start = router_profile(args, profile)
-        cost_model = CostModel(start) if start is not None else None  # a fresh fit per policy
-        sim = Simulation(
-            policy, spec, hw, convs, hints, cost_model, args.online_fit, behaviour, keep_reasons=args.reasons
-        )
+        sim = simulation(args, policy, prepared, keep_reasons=args.reasons)
         started = time.monotonic()
         last = [started]
 
